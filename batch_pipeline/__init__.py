@@ -1,0 +1,67 @@
+"""batch_pipeline: background LLM work through providers' Batch APIs, with nothing lost.
+
+Public names load on first use, so `import batch_pipeline.local_api` stays light and the
+core never pulls in Dagster: `BatchPipelineComponent` comes from the Dagster layer only when
+asked for.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "PartitionStatus": "batch_pipeline.core.pipeline",
+    "Pipeline": "batch_pipeline.core.pipeline",
+    "PipelineError": "batch_pipeline.core.pipeline",
+    "PollReport": "batch_pipeline.core.pipeline",
+    "RequestsSummary": "batch_pipeline.core.pipeline",
+    "ResultsSummary": "batch_pipeline.core.pipeline",
+    "SubmitSummary": "batch_pipeline.core.pipeline",
+    "load_pipeline": "batch_pipeline.core.pipeline",
+    "read_results": "batch_pipeline.core.pipeline",
+    "PipelineSpec": "batch_pipeline.core.spec",
+    "SpecError": "batch_pipeline.core.spec",
+    "RowStatus": "batch_pipeline.core.types",
+    "BatchPipelineComponent": "batch_pipeline.dagster",
+}
+
+__all__ = [
+    "BatchPipelineComponent",
+    "PartitionStatus",
+    "Pipeline",
+    "PipelineError",
+    "PipelineSpec",
+    "PollReport",
+    "RequestsSummary",
+    "ResultsSummary",
+    "RowStatus",
+    "SpecError",
+    "SubmitSummary",
+    "__version__",
+    "load_pipeline",
+    "read_results",
+]
+
+if TYPE_CHECKING:
+    from batch_pipeline.core.pipeline import (
+        PartitionStatus,
+        Pipeline,
+        PipelineError,
+        PollReport,
+        RequestsSummary,
+        ResultsSummary,
+        SubmitSummary,
+        load_pipeline,
+        read_results,
+    )
+    from batch_pipeline.core.spec import PipelineSpec, SpecError
+    from batch_pipeline.core.types import RowStatus
+    from batch_pipeline.dagster import BatchPipelineComponent
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batch_pipeline' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,261 @@
+"""The pipeline spec: the public contract users write in YAML (or build in Python).
+
+Unknown keys and wrong types are refused with a `SpecError` that names the key.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from batch_pipeline.core.types import Endpoint
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+OPENAI_MAX_REQUESTS_PER_FILE = 50_000
+OPENAI_MAX_BYTES_PER_FILE = 200 * 1024 * 1024
+
+
+class SpecError(ValueError):
+    """A pipeline spec that cannot be used; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqlSource(_Section):
+    url: str = Field(description="SQLAlchemy URL of the database to read from.")
+    query: str = Field(description="A SELECT returning the source rows.")
+
+
+class SourceSpec(_Section):
+    path: str | None = Field(
+        default=None, description="A file or folder of .parquet, .csv or .jsonl files."
+    )
+    sql: SqlSource | None = None
+    key: str = Field(description="The column holding each row's unique key.")
+    partition_column: str = Field(
+        description="A date or timestamp column; partitions are its days, YYYY-MM-DD."
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceSpec:
+        if (self.path is None) == (self.sql is None):
+            raise ValueError("give exactly one of source.path and source.sql")
+        return self
+
+
+class RequestSpec(_Section):
+    endpoint: Endpoint = Endpoint.CHAT_COMPLETIONS
+    model: str
+    system: str | None = None
+    prompt: str = Field(
+        description="Text with {column} placeholders; for embeddings it is the input."
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    context_window: int | None = Field(
+        default=None,
+        description="The model's context in tokens; default from the built-in model table.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_parses(cls, prompt: str) -> str:
+        try:
+            list(string.Formatter().parse(prompt))
+        except ValueError as exc:
+            raise ValueError(f"cannot parse the template: {exc}") from exc
+        return prompt
+
+    @field_validator("params")
+    @classmethod
+    def _params_do_not_override(cls, params: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"model", "messages", "input", "prompt"} & params.keys()
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} are set by the pipeline, not by params")
+        return params
+
+    @property
+    def placeholders(self) -> list[str]:
+        """The column names the prompt and system texts refer to, in order, without repeats."""
+        names: list[str] = []
+        for text in (self.system or "", self.prompt):
+            for _, field_name, _, _ in string.Formatter().parse(text):
+                if field_name is not None and field_name not in names:
+                    names.append(field_name)
+        return names
+
+
+class BackendSpec(_Section):
+    provider: Literal["local", "openai", "azure"] = "local"
+    base_url: str | None = None
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="The NAME of the environment variable holding the key, never the key.",
+    )
+    azure_endpoint: str | None = None
+    api_version: str | None = None
+    organization: str | None = None
+    project: str | None = None
+    request_timeout_seconds: float = 60.0
+    max_retries: int = 3
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _looks_like_a_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be the name of an environment variable, not a key")
+        return value
+
+    @model_validator(mode="after")
+    def _azure_needs_endpoint(self) -> BackendSpec:
+        if self.provider == "azure" and not (self.azure_endpoint and self.api_version):
+            raise ValueError("provider azure needs azure_endpoint and api_version")
+        return self
+
+
+class LimitsSpec(_Section):
+    max_requests_per_file: int = Field(default=OPENAI_MAX_REQUESTS_PER_FILE, ge=1)
+    max_bytes_per_file: int = Field(default=190_000_000, ge=1024)
+    enqueued_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("max_requests_per_file")
+    @classmethod
+    def _within_provider_requests(cls, value: int) -> int:
+        if value > OPENAI_MAX_REQUESTS_PER_FILE:
+            raise ValueError(f"the Batch API takes at most {OPENAI_MAX_REQUESTS_PER_FILE} a file")
+        return value
+
+    @field_validator("max_bytes_per_file")
+    @classmethod
+    def _within_provider_bytes(cls, value: int) -> int:
+        if value > OPENAI_MAX_BYTES_PER_FILE:
+            raise ValueError(f"the Batch API takes at most {OPENAI_MAX_BYTES_PER_FILE} bytes")
+        return value
+
+
+class RetrySpec(_Section):
+    max_attempts: int = Field(default=3, ge=1, le=20)
+
+
+class OutputSpec(_Section):
+    dir: str = "out"
+
+
+class LedgerSpec(_Section):
+    url: str | None = None
+
+
+class ModelPrice(_Section):
+    """USD per million tokens at live prices; the Batch API charges `batch_discount` of it."""
+
+    input: float = Field(ge=0)
+    output: float = Field(default=0.0, ge=0)
+
+
+class PartitionsSpec(_Section):
+    start: date
+    end: date | None = None
+
+
+class ScheduleSpec(_Section):
+    cron: str = "0 1 * * *"
+    timezone: str = "UTC"
+
+
+class ChecksSpec(_Section):
+    max_failed_share: float = Field(default=0.05, ge=0, le=1)
+
+
+class PipelineSpec(_Section):
+    """One pipeline: where rows come from, what to ask, where the Batch API is, where results go."""
+
+    name: str
+    source: SourceSpec
+    request: RequestSpec
+    backend: BackendSpec = Field(default_factory=BackendSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    ledger: LedgerSpec = Field(default_factory=LedgerSpec)
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
+    )
+    partitions: PartitionsSpec | None = None
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    base_dir: Path = Field(
+        default_factory=Path.cwd,
+        exclude=True,
+        description="Relative paths are resolved against this folder (the YAML file's).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, name: str) -> str:
+        if not NAME_PATTERN.fullmatch(name):
+            raise ValueError("must match [a-z][a-z0-9_]* (it is used in asset keys and paths)")
+        return name
+
+    def resolve(self, path: str | Path) -> Path:
+        """A spec path made absolute against the spec's folder."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else (self.base_dir / candidate).resolve()
+
+    @property
+    def pipeline_dir(self) -> Path:
+        """`{output.dir}/{name}`: requests, batch files, results and the default ledger."""
+        return self.resolve(self.output.dir) / self.name
+
+    @property
+    def ledger_url(self) -> str:
+        if self.ledger.url:
+            return self.ledger.url
+        return f"sqlite:///{self.pipeline_dir / 'ledger.sqlite'}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base_dir: Path | None = None) -> PipelineSpec:
+        """Validate a mapping (parsed YAML, Component attributes) into a spec."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a pipeline spec is a mapping of keys, not {type(data).__name__}")
+        try:
+            return cls.model_validate({**data, "base_dir": base_dir or Path.cwd()})
+        except ValidationError as exc:
+            raise SpecError(_describe(exc)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineSpec:
+        """Read a spec file; its relative paths are relative to the file's folder."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(f"cannot read the pipeline spec {path}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path} is not valid YAML: {exc}") from None
+        try:
+            return cls.from_dict(data, base_dir=path.resolve().parent)
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "spec"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        elif error["type"] == "missing":
+            problems.append(f"{key}: required key is missing")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {message}")
+    return "invalid pipeline spec: " + "; ".join(problems)
