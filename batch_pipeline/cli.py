@@ -1,0 +1,216 @@
+"""`batch-pipeline`: serve the local Batch API, run a pipeline, show status, cancel."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from batch_pipeline.local_api.server import add_serve_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="batch-pipeline",
+        description="Run background LLM work through a provider's Batch API.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log every step.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="Run the local OpenAI-compatible Files + Batches API service."
+    )
+    add_serve_arguments(serve)
+
+    run = commands.add_parser("run", help="Run one partition end to end.")
+    run.add_argument("spec", help="Path of the pipeline's YAML spec.")
+    run.add_argument("--partition", required=True, help="The day to run, YYYY-MM-DD.")
+    run.add_argument(
+        "--no-wait", action="store_true", help="Submit and return; collect with a later run."
+    )
+    run.add_argument(
+        "--poll-interval", type=float, default=10.0, help="Seconds between polls (default 10)."
+    )
+    run.add_argument(
+        "--rebuild", action="store_true", help="Start the partition afresh as a new generation."
+    )
+    run.add_argument(
+        "--timeout", type=float, default=None, help="Give up waiting after this many seconds."
+    )
+
+    status = commands.add_parser("status", help="Show partitions, shards and batches.")
+    status.add_argument("spec", help="Path of the pipeline's YAML spec.")
+    status.add_argument("--partition", help="Only this day, YYYY-MM-DD.")
+
+    cancel = commands.add_parser("cancel", help="Cancel a partition's batches.")
+    cancel.add_argument("spec", help="Path of the pipeline's YAML spec.")
+    cancel.add_argument("--partition", required=True, help="The day to cancel, YYYY-MM-DD.")
+
+    demo = commands.add_parser(
+        "demo", help="Run the demo pipeline end to end with Dagster, offline."
+    )
+    demo.add_argument("--dir", default="demo_output", help="Where the demo writes its files.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        from batch_pipeline.local_api.server import serve_from_args
+
+        return serve_from_args(args)
+    if args.command == "demo":
+        from batch_pipeline.demo import main as demo_main
+
+        return demo_main(["--dir", args.dir])
+    return _pipeline_command(args, sys.stdout)
+
+
+def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
+    from batch_pipeline.core.backends.base import BackendError
+    from batch_pipeline.core.pipeline import PipelineError, load_pipeline
+    from batch_pipeline.core.spec import SpecError
+
+    try:
+        with load_pipeline(args.spec) as pipeline:
+            if args.command == "run":
+                return _run(pipeline, args, out)
+            if args.command == "status":
+                return _status(pipeline, args.partition, out)
+            if args.command == "cancel":
+                cancelled = pipeline.cancel(args.partition)
+                print(
+                    f"cancel requested for {len(cancelled)} batch(es) of {args.partition}; "
+                    "queued shards will not be submitted",
+                    file=out,
+                )
+                return EXIT_OK
+    except (SpecError, PipelineError, BackendError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_USAGE
+
+
+def _run(pipeline, args: argparse.Namespace, out: TextIO) -> int:
+    from batch_pipeline.core.pipeline import PartitionStatus, ResultsSummary
+
+    progress = _ProgressLine(sys.stderr)
+    outcome = pipeline.run(
+        args.partition,
+        wait=not args.no_wait,
+        poll_interval=args.poll_interval,
+        rebuild=args.rebuild,
+        timeout=args.timeout,
+        on_progress=lambda status, _report: progress.show(status),
+    )
+    progress.done()
+    if isinstance(outcome, PartitionStatus):
+        print(
+            f"{outcome.partition}: {outcome.requests} requests submitted in "
+            f"{len(outcome.batches)} batch(es), {outcome.rejected} rejected; run again "
+            "to collect the results",
+            file=out,
+        )
+        return EXIT_OK
+    assert isinstance(outcome, ResultsSummary)
+    if outcome.already_collected:
+        print(
+            f"{outcome.partition} is already settled and collected; nothing to do "
+            "(use --rebuild to run it afresh)",
+            file=out,
+        )
+    print(format_results_summary(outcome), file=out)
+    return EXIT_OK
+
+
+def format_results_summary(summary) -> str:
+    """A readable block: rows per status, tokens, cost at batch price and the saving."""
+    lines = [f"results: {summary.path}", f"rows:    {summary.rows:,}"]
+    for status, count in summary.counts.items():
+        if count:
+            lines.append(f"  {status:<10} {count:>10,}")
+    lines.append(f"tokens:  {summary.input_tokens:,} in, {summary.output_tokens:,} out")
+    if summary.cost_batch_usd is not None:
+        lines.append(
+            f"cost:    ${summary.cost_batch_usd:.4f} at batch price "
+            f"(live: ${summary.cost_live_usd:.4f}, saved ${summary.saved_usd:.4f})"
+        )
+    else:
+        lines.append("cost:    unknown (no price for this model; add one under `prices:`)")
+    return "\n".join(lines)
+
+
+def _status(pipeline, partition: str | None, out: TextIO) -> int:
+    statuses = pipeline.status(partition)
+    if not statuses:
+        print(f"{pipeline.spec.name}: no partition built yet", file=out)
+    for status in statuses:
+        shards = ", ".join(f"{n} {state}" for state, n in sorted(status.shards.items())) or "none"
+        print(
+            f"{status.partition}  gen {status.generation}  {status.state:<9}  "
+            f"{status.requests:,} requests, {status.rejected:,} rejected; shards: {shards}",
+            file=out,
+        )
+        for batch in status.batches:
+            print(
+                f"    {batch['batch_id']}  {batch['status']:<11} "
+                f"{batch['completed']:,}/{batch['total']:,} done, {batch['failed']:,} failed",
+                file=out,
+            )
+        for reason in status.waiting:
+            print(f"    waiting: {reason}", file=out)
+        if status.results_path:
+            print(f"    results: {status.results_path}", file=out)
+    return EXIT_OK
+
+
+class _ProgressLine:
+    """A one-line progress bar on a terminal; plain lines when output is not a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = ""
+
+    def show(self, status) -> None:
+        total = sum(b["total"] for b in status.batches) or status.requests or 1
+        done = sum(b["completed"] + b["failed"] for b in status.batches)
+        if status.state in ("settled", "collected"):
+            done = total
+        filled = int(self.WIDTH * min(done / total, 1.0))
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        line = (
+            f"{status.partition} [{bar}] {done:,}/{total:,} requests, "
+            f"{len(status.batches)} batch(es), {status.state}"
+        )
+        if line == self._last:
+            return
+        self._last = line
+        if self.tty:
+            self.stream.write("\r" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

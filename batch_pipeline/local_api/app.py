@@ -1,0 +1,499 @@
+"""The HTTP side: starlette routes for the Files and Batches APIs under /v1, OpenAI errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import parse_options_header
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from batch_pipeline.local_api.errors import ApiError, error_body
+from batch_pipeline.local_api.responders import EchoResponder, ProxyResponder
+from batch_pipeline.local_api.settings import LocalApiSettings
+from batch_pipeline.local_api.store import BATCH_ID_RE, FILE_ID_RE, Store, public
+from batch_pipeline.local_api.uploads import MultipartUpload, UploadInvalid, UploadTooLarge
+from batch_pipeline.local_api.validation import SUPPORTED_ENDPOINTS
+from batch_pipeline.local_api.worker import BatchEngine, Responder
+
+log = logging.getLogger(__name__)
+
+FILE_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
+MULTIPART_SLACK_BYTES = 1024 * 1024  # room for the multipart framing around the file
+MAX_JSON_BODY_BYTES = 1024 * 1024
+CREATE_BATCH_FIELDS = frozenset(
+    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+)
+
+
+class JSONResponse(Response):
+    """A JSON response rendered with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def make_responder(settings: LocalApiSettings) -> Responder:
+    """The responder the settings ask for."""
+    if settings.responder == "proxy":
+        assert settings.upstream_url is not None
+        return ProxyResponder(
+            settings.upstream_url,
+            api_key=settings.resolved_upstream_api_key(),
+            concurrency=settings.concurrency,
+            timeout=settings.upstream_timeout_seconds,
+            max_retries=settings.upstream_max_retries,
+            backoff=settings.upstream_backoff_seconds,
+        )
+    return EchoResponder()
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request needs `Authorization: Bearer <key>`."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value
+                break
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key):
+            await self.app(scope, receive, send)
+            return
+        if not header:
+            error = ApiError(401, "You didn't provide an API key. You need to provide your API "
+                                  "key in an Authorization header using Bearer auth "
+                                  "(i.e. Authorization: Bearer YOUR_KEY).")
+        else:
+            error = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        await _error_response(error)(scope, receive, send)
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"Invalid '{name}': expected an integer.", param=name,
+                       code="invalid_value") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"Invalid '{name}': must be between {low} and {high}.",
+                       param=name, code="invalid_value")
+    return value
+
+
+def _cursor_param(request: Request, name: str, pattern: Any) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if not pattern.match(raw):
+        raise ApiError(400, f"Invalid '{name}': not an id of this API.", param=name,
+                       code="invalid_value")
+    return raw
+
+
+def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BODY_BYTES:
+            raise ApiError(413, "The request body is too large.", code="request_too_large")
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "We could not parse the JSON body of your request. The body "
+                            "must be a JSON object.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _validate_metadata(metadata: Any) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise ApiError(400, "Invalid 'metadata': expected an object of strings.",
+                       param="metadata", code="invalid_type")
+    if len(metadata) > 16:
+        raise ApiError(400, "Invalid 'metadata': at most 16 keys.", param="metadata",
+                       code="invalid_value")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise ApiError(400, "Invalid 'metadata': keys are at most 64 characters.",
+                           param="metadata", code="invalid_value")
+        if not isinstance(value, str):
+            raise ApiError(400, "Invalid 'metadata': values must be strings.",
+                           param="metadata", code="invalid_type")
+        if len(value) > 512:
+            raise ApiError(400, "Invalid 'metadata': values are at most 512 characters.",
+                           param="metadata", code="invalid_value")
+    return metadata
+
+
+def _expires_after_seconds(value: Any, param: str) -> int | None:
+    if value is None:
+        return None
+    seconds = value.get("seconds") if isinstance(value, dict) else None
+    anchor = value.get("anchor") if isinstance(value, dict) else None
+    if isinstance(seconds, str) and seconds.isdigit():
+        seconds = int(seconds)
+    if anchor != "created_at" or not isinstance(seconds, int) or isinstance(seconds, bool) \
+            or not 3600 <= seconds <= 2_592_000:
+        raise ApiError(400, f"Invalid '{param}': anchor must be 'created_at' and seconds "
+                            f"between 3600 and 2592000.", param=param, code="invalid_value")
+    return seconds
+
+
+def _file_id(request: Request) -> str:
+    file_id = request.path_params["file_id"]
+    if not FILE_ID_RE.match(file_id):
+        raise ApiError(404, "No such File object.", param="id")
+    return file_id
+
+
+class LocalBatchService:
+    """The service's state shared by the routes: store, engine, settings, fault counters."""
+
+    def __init__(self, settings: LocalApiSettings) -> None:
+        self.settings = settings
+        self.store: Store | None = None
+        self.engine: BatchEngine | None = None
+        self.create_calls = 0
+        self.download_calls = 0
+
+    def open(self) -> None:
+        """Load the state dir and start the batch engine."""
+        self.store = Store(self.settings.state_dir)
+        self.engine = BatchEngine(self.store, self.settings, make_responder(self.settings))
+        self.engine.start()
+
+    def close(self) -> None:
+        """Stop the batch engine (work in progress is resumed at the next open)."""
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
+
+    @property
+    def _store(self) -> Store:
+        assert self.store is not None, "service not started"
+        return self.store
+
+    @property
+    def _engine(self) -> BatchEngine:
+        assert self.engine is not None, "service not started"
+        return self.engine
+
+    # ------------------------------------------------------------------ files
+
+    async def create_file(self, request: Request) -> Response:
+        ctype, params = parse_options_header(request.headers.get("content-type"))
+        if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+            raise ApiError(400, "Uploads must be multipart/form-data with a boundary.",
+                           code="invalid_content_type")
+        limit = self.settings.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit + MULTIPART_SLACK_BYTES:
+            raise ApiError(413, f"The file is larger than the limit of {limit} bytes.",
+                           param="file", code="file_too_large",
+                           headers={"connection": "close"})
+        try:
+            upload = MultipartUpload(params[b"boundary"], self._store.new_tmp_path(), limit)
+        except FormParserError:
+            raise ApiError(400, "Invalid multipart boundary.", code="invalid_content_type") \
+                from None
+        try:
+            await upload.receive(request.stream())
+        except UploadTooLarge:
+            raise ApiError(413, f"The file is larger than the limit of {limit} bytes.",
+                           param="file", code="file_too_large",
+                           headers={"connection": "close"}) from None
+        except UploadInvalid as exc:
+            raise ApiError(400, str(exc), code="invalid_multipart") from None
+        try:
+            purpose = upload.fields.get("purpose")
+            if not upload.has_file:
+                raise ApiError(400, "Missing required parameter: 'file'.", param="file",
+                               code="missing_required_parameter")
+            if not purpose:
+                raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
+                               code="missing_required_parameter")
+            if purpose not in FILE_PURPOSES:
+                raise ApiError(400, f"Invalid 'purpose': expected one of "
+                                    f"{', '.join(sorted(FILE_PURPOSES))}.",
+                               param="purpose", code="invalid_value")
+            expires_at = None
+            fields = upload.fields
+            if "expires_after[seconds]" in fields or "expires_after[anchor]" in fields:
+                seconds = _expires_after_seconds(
+                    {"anchor": upload.fields.get("expires_after[anchor]"),
+                     "seconds": upload.fields.get("expires_after[seconds]")},
+                    "expires_after",
+                )
+                expires_at = int(time.time()) + (seconds or 0)
+        except ApiError:
+            upload.discard()
+            raise
+        record = await run_in_threadpool(
+            self._store.add_file, upload.file_path, filename=upload.filename or "upload",
+            purpose=purpose, expires_at=expires_at,
+        )
+        log.info("file %s stored (%s bytes, purpose %s)", record["id"], record["bytes"], purpose)
+        return JSONResponse(public(record))
+
+    async def list_files(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 10_000, 1, 10_000)
+        order = request.query_params.get("order") or "desc"
+        if order not in ("asc", "desc"):
+            raise ApiError(400, "Invalid 'order': expected 'asc' or 'desc'.", param="order",
+                           code="invalid_value")
+        after = _cursor_param(request, "after", FILE_ID_RE)
+        purpose = request.query_params.get("purpose") or None
+        page, has_more = self._store.list_files(purpose=purpose, order=order, after=after,
+                                                limit=limit)
+        return JSONResponse(_list_body([public(r) for r in page], has_more))
+
+    async def retrieve_file(self, request: Request) -> Response:
+        record = self._store.get_file(_file_id(request))
+        if record is None:
+            raise ApiError(404, f"No such File object: {request.path_params['file_id']}",
+                           param="id")
+        return JSONResponse(public(record))
+
+    async def file_content(self, request: Request) -> Response:
+        self.download_calls += 1
+        every = self.settings.fault_download_500_every
+        if every and self.download_calls % every == 0:
+            raise ApiError(500, "The server had an error while processing your request "
+                                "(simulated by fault_download_500_every).",
+                           type="server_error", code="server_error")
+        file_id = _file_id(request)
+        if self._store.get_file(file_id) is None:
+            raise ApiError(404, f"No such File object: {file_id}", param="id")
+        return FileResponse(self._store.blob_path(file_id), media_type="application/octet-stream")
+
+    async def delete_file(self, request: Request) -> Response:
+        file_id = _file_id(request)
+        if not await run_in_threadpool(self._store.delete_file, file_id):
+            raise ApiError(404, f"No such File object: {file_id}", param="id")
+        log.info("file %s deleted", file_id)
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+    # ------------------------------------------------------------------ batches
+
+    async def create_batch(self, request: Request) -> Response:
+        self.create_calls += 1
+        every = self.settings.fault_create_429_every
+        if every and self.create_calls % every == 0:
+            raise ApiError(429, "Rate limit reached for batch creation (simulated by "
+                                "fault_create_429_every). Please try again in 1s.",
+                           type="requests", code="rate_limit_exceeded",
+                           headers={"retry-after": "1"})
+        body = await _json_object(request)
+        unknown = sorted(set(body) - CREATE_BATCH_FIELDS)
+        if unknown:
+            raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0][:64]}",
+                           param=unknown[0][:64], code="unknown_parameter")
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if body.get(name) is None:
+                raise ApiError(400, f"Missing required parameter: '{name}'.", param=name,
+                               code="missing_required_parameter")
+            if not isinstance(body[name], str):
+                raise ApiError(400, f"Invalid '{name}': expected a string.", param=name,
+                               code="invalid_type")
+        endpoint = body["endpoint"]
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise ApiError(400, f"Invalid 'endpoint': expected one of "
+                                f"{', '.join(SUPPORTED_ENDPOINTS)}.",
+                           param="endpoint", code="invalid_value")
+        if body["completion_window"] != "24h":
+            raise ApiError(400, "Invalid 'completion_window': only '24h' is supported.",
+                           param="completion_window", code="invalid_value")
+        metadata = _validate_metadata(body.get("metadata"))
+        output_expires = _expires_after_seconds(body.get("output_expires_after"),
+                                                "output_expires_after")
+        input_file_id = body["input_file_id"]
+        input_file = self._store.get_file(input_file_id)
+        if input_file is None:
+            raise ApiError(404, f"No such File object: {input_file_id[:64]}",
+                           param="input_file_id")
+        if input_file["purpose"] != "batch":
+            raise ApiError(400, f"The input file must have purpose 'batch', not "
+                                f"'{input_file['purpose']}'.",
+                           param="input_file_id", code="invalid_file_purpose")
+        now = time.time()
+        window = self.settings.completion_window_seconds
+        record: dict[str, Any] = {
+            "id": self._store.new_batch_id(),
+            "object": "batch",
+            "endpoint": endpoint,
+            "model": None,
+            "errors": None,
+            "input_file_id": input_file_id,
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(now),
+            "in_progress_at": None,
+            "expires_at": int(now + window),
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "usage": None,
+            "metadata": metadata,
+            "_deadline": now + window,
+            "_output_expires_after_seconds": output_expires,
+        }
+        record = await run_in_threadpool(self._store.add_batch, record)
+        log.info("batch %s created (%s, input %s)", record["id"], endpoint, input_file_id)
+        self._engine.submit(record["id"])
+        return JSONResponse(public(record))
+
+    async def list_batches(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 20, 1, 100)
+        after = _cursor_param(request, "after", BATCH_ID_RE)
+        page, has_more = self._store.list_batches(after=after, limit=limit)
+        return JSONResponse(_list_body([public(r) for r in page], has_more))
+
+    def _batch(self, request: Request) -> dict[str, Any]:
+        batch_id = request.path_params["batch_id"]
+        record = self._store.get_batch(batch_id)
+        if record is None:
+            raise ApiError(404, "No such Batch object.", param="batch_id")
+        return record
+
+    async def retrieve_batch(self, request: Request) -> Response:
+        return JSONResponse(public(self._batch(request)))
+
+    async def cancel_batch(self, request: Request) -> Response:
+        record = self._batch(request)
+        updated = await run_in_threadpool(
+            lambda: self._store.update_batch(
+                record["id"], expect={"validating", "in_progress"}, status="cancelling",
+                cancelling_at=int(time.time()),
+            )
+        )
+        if updated is not None:
+            log.info("batch %s -> cancelling", record["id"])
+            self._engine.cancel(record["id"])
+            return JSONResponse(public(updated))
+        record = self._batch(request)
+        if record["status"] in ("cancelling", "cancelled"):
+            return JSONResponse(public(record))
+        raise ApiError(409, f"Cannot cancel a batch with status '{record['status']}'.",
+                       headers={"x-should-retry": "false"})
+
+    # ------------------------------------------------------------------ wiring
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/files", self.create_file, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.retrieve_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
+            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
+            Route("/v1/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", self.retrieve_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
+        ]
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} not allowed on {request.url.path}."
+    else:
+        message = str(exc.detail)
+    return _error_response(ApiError(exc.status_code, message, headers=exc.headers))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("The server had an error while processing your request.",
+                   type="server_error", code="server_error"),
+        status_code=500,
+    )
+
+
+def create_app(settings: LocalApiSettings) -> Starlette:
+    """The ASGI app of the local Batch API; its lifespan opens the store and the engine."""
+    service = LocalBatchService(settings)
+    api_key = settings.resolved_api_key()  # fail early if a named variable is unset
+    if settings.responder == "proxy":
+        settings.resolved_upstream_api_key()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(service.open)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.close)
+
+    middleware = [Middleware(BearerAuth, api_key=api_key)] if api_key else []
+    app = Starlette(
+        routes=service.routes(),
+        middleware=middleware,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,423 @@
+"""What answers each request of a batch: the offline `echo` responder or the `proxy` one.
+
+Both return `(status_code, body)`: the HTTP status and JSON body the live endpoint would
+have answered. Fault triggers (faults.py) are handled by the worker before a responder is
+asked, so they behave the same with either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import random
+import secrets
+import time
+from functools import lru_cache
+from typing import Any
+
+import httpx2
+import numpy as np
+import orjson
+
+from batch_pipeline.core.tokens import count_tokens as _count_tokens
+from batch_pipeline.core.tokens import encoding_for_model
+from batch_pipeline.local_api.errors import error_body, error_type_for_status
+from batch_pipeline.local_api.faults import content_text
+
+log = logging.getLogger(__name__)
+
+Answer = tuple[int, dict[str, Any]]
+
+DEFAULT_EMBEDDING_DIMENSIONS = 256
+MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)
+
+
+# Batches repeat the same system prompt on every line: count each distinct text once.
+count_tokens = lru_cache(maxsize=8192)(_count_tokens)
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream server gave no HTTP answer, even after the retries."""
+
+
+def _bad_request(message: str, param: str | None = None, code: str | None = None) -> Answer:
+    return 400, error_body(message, param=param, code=code)
+
+
+def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _echo(text: str, tokens: int, limit: int | None, model: str) -> tuple[str, int, bool]:
+    """The echoed text cut to `limit` tokens: (text, its token count, whether it was cut)."""
+    if limit is None or tokens <= limit:
+        return text, tokens, False
+    encoding = encoding_for_model(model)
+    return encoding.decode(encoding.encode_ordinary(text)[:limit]), limit, True
+
+
+def unit_vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector seeded from a hash of `text`."""
+    seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    vector = np.random.default_rng(seed).standard_normal(dimensions)
+    vector /= np.linalg.norm(vector)
+    return vector.tolist()
+
+
+class EchoResponder:
+    """Answers with the last user text, shaped like the real endpoint's response.
+
+    Token counts come from the model's real tokenizer (core.tokens); `max_tokens`,
+    `max_completion_tokens` and `max_output_tokens` cut the echoed text.
+    """
+
+    is_async = False
+
+    def respond(self, endpoint: str, body: dict[str, Any], key: str | None = None) -> Answer:
+        """Answer one request body (`key`, a unique hex string, makes the response ids)."""
+        key = key or secrets.token_hex(12)
+        handler = self._handlers.get(endpoint)
+        if handler is None:
+            return _bad_request(
+                f"The echo responder of the local Batch API does not implement {endpoint}.",
+                code="unsupported_endpoint",
+            )
+        return handler(self, body, key)
+
+    async def respond_async(self, endpoint: str, body: dict[str, Any]) -> Answer:
+        """Same as respond (for callers that await)."""
+        return self.respond(endpoint, body)
+
+    async def start(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _chat(self, body: dict[str, Any], key: str) -> Answer:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _bad_request("'messages' must be a non-empty array.", "messages",
+                                "missing_required_parameter")
+        model = str(body.get("model") or "echo")
+        prompt_tokens = 0
+        echoed, echoed_tokens = "", 0
+        for message in messages:
+            if not isinstance(message, dict):
+                return _bad_request("Each message must be an object.", "messages")
+            text = content_text(message.get("content"))
+            tokens = count_tokens(text, model) if text else 0
+            prompt_tokens += tokens
+            if message.get("role") == "user":
+                echoed, echoed_tokens = text, tokens
+        limit = _max_tokens(body, "max_completion_tokens", "max_tokens")
+        text, completion_tokens, cut = _echo(echoed, echoed_tokens, limit, model)
+        return 200, {
+            "id": f"chatcmpl-{key}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None,
+                            "annotations": []},
+                "logprobs": None,
+                "finish_reason": "length" if cut else "stop",
+            }],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0, "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": None,
+        }
+
+    def _responses(self, body: dict[str, Any], key: str) -> Answer:
+        value = body.get("input")
+        model = str(body.get("model") or "echo")
+        texts: list[tuple[str, str]] = []
+        if isinstance(value, str):
+            texts.append(("user", value))
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict) and "content" in item:
+                    texts.append((str(item.get("role", "user")), content_text(item["content"])))
+        else:
+            return _bad_request("'input' must be a string or an array.", "input",
+                                "missing_required_parameter")
+        instructions = body.get("instructions")
+        input_tokens = count_tokens(instructions, model) if isinstance(instructions, str) else 0
+        echoed, echoed_tokens = "", 0
+        for role, text in texts:
+            tokens = count_tokens(text, model) if text else 0
+            input_tokens += tokens
+            if role == "user":
+                echoed, echoed_tokens = text, tokens
+        limit = _max_tokens(body, "max_output_tokens")
+        text, output_tokens, cut = _echo(echoed, echoed_tokens, limit, model)
+        now = int(time.time())
+        return 200, {
+            "id": f"resp_{key}",
+            "object": "response",
+            "created_at": now,
+            "status": "incomplete" if cut else "completed",
+            "completed_at": now,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+            "instructions": instructions if isinstance(instructions, str) else None,
+            "max_output_tokens": limit,
+            "model": model,
+            "output": [{
+                "type": "message",
+                "id": f"msg_{key}",
+                "status": "incomplete" if cut else "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": [],
+                             "logprobs": []}],
+            }],
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,
+            "temperature": body.get("temperature", 1.0),
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": body.get("top_p", 1.0),
+            "truncation": "disabled",
+            "usage": {
+                "input_tokens": input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": input_tokens + output_tokens,
+            },
+            "user": None,
+            "metadata": body.get("metadata") or {},
+        }
+
+    def _completions(self, body: dict[str, Any], key: str) -> Answer:
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+            return _bad_request("'prompt' must be a string or an array of strings.", "prompt",
+                                "missing_required_parameter")
+        model = str(body.get("model") or "echo")
+        limit = _max_tokens(body, "max_tokens")
+        choices = []
+        prompt_tokens = completion_tokens = 0
+        for index, text in enumerate(prompts):
+            tokens = count_tokens(text, model) if text else 0
+            prompt_tokens += tokens
+            echoed, echoed_tokens, cut = _echo(text, tokens, limit, model)
+            completion_tokens += echoed_tokens
+            choices.append({"text": echoed, "index": index, "logprobs": None,
+                            "finish_reason": "length" if cut else "stop"})
+        return 200, {
+            "id": f"cmpl-{key}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+            "system_fingerprint": None,
+        }
+
+    def _embeddings(self, body: dict[str, Any], key: str) -> Answer:
+        value = body.get("input")
+        model = str(body.get("model") or "echo")
+        inputs: list[Any]
+        if isinstance(value, str) or (isinstance(value, list) and value
+                                      and all(isinstance(v, int) for v in value)):
+            inputs = [value]
+        elif isinstance(value, list) and value:
+            inputs = value
+        else:
+            return _bad_request("'input' must be a string or a non-empty array.", "input",
+                                "missing_required_parameter")
+        dimensions = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) \
+                or not 1 <= dimensions <= 8192:
+            return _bad_request("'dimensions' must be an integer from 1 to 8192.", "dimensions")
+        encoding_format = body.get("encoding_format", "float")
+        if encoding_format not in ("float", "base64"):
+            return _bad_request("'encoding_format' must be 'float' or 'base64'.",
+                                "encoding_format")
+        data = []
+        prompt_tokens = 0
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                text = item
+                prompt_tokens += count_tokens(text, model) if text else 0
+            elif isinstance(item, list) and all(isinstance(t, int) for t in item):
+                text = " ".join(map(str, item))
+                prompt_tokens += len(item)
+            else:
+                return _bad_request("Each input must be a string or an array of tokens.",
+                                    "input")
+            vector = unit_vector(text, dimensions)
+            embedding: Any = vector
+            if encoding_format == "base64":
+                embedding = base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        return 200, {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+
+    def _moderations(self, body: dict[str, Any], key: str) -> Answer:
+        value = body.get("input")
+        inputs = value if isinstance(value, list) else [value]
+        if value is None or not inputs:
+            return _bad_request("'input' is required.", "input", "missing_required_parameter")
+        result = {
+            "flagged": False,
+            "categories": dict.fromkeys(MODERATION_CATEGORIES, False),
+            "category_scores": dict.fromkeys(MODERATION_CATEGORIES, 0.0),
+            "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
+        }
+        return 200, {
+            "id": f"modr-{key}",
+            "model": str(body.get("model") or "omni-moderation-latest"),
+            "results": [dict(result) for _ in inputs],
+        }
+
+    _handlers = {
+        "/v1/chat/completions": _chat,
+        "/v1/responses": _responses,
+        "/v1/completions": _completions,
+        "/v1/embeddings": _embeddings,
+        "/v1/moderations": _moderations,
+    }
+
+
+class ProxyResponder:
+    """Forwards each request body to `upstream_url` + the endpoint path.
+
+    At most `concurrency` requests are in flight (service-wide). Connect errors, timeouts,
+    429 and 5xx answers are retried with exponential backoff (honouring Retry-After up to
+    60 s); the final HTTP answer, whatever its status, is returned. When no answer ever
+    came, UpstreamUnavailable is raised. The API key is sent, never logged.
+    """
+
+    is_async = True
+
+    def __init__(
+        self,
+        upstream_url: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
+        self.base = upstream_url.rstrip("/")
+        self._api_key = api_key
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self._client: httpx2.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    def __repr__(self) -> str:
+        return f"ProxyResponder({self.base!r}, concurrency={self.concurrency})"
+
+    def url_for(self, endpoint: str) -> str:
+        """The upstream URL of an endpoint (a base ending in /v1 is not doubled)."""
+        if self.base.endswith("/v1") and endpoint.startswith("/v1/"):
+            return self.base + endpoint[3:]
+        return self.base + endpoint
+
+    async def start(self) -> None:
+        """Open the HTTP client (on the event loop that will use it)."""
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        self._client = httpx2.AsyncClient(
+            headers=headers,
+            timeout=httpx2.Timeout(self.timeout, connect=min(10.0, self.timeout)),
+            limits=httpx2.Limits(max_connections=self.concurrency,
+                                 max_keepalive_connections=self.concurrency),
+            trust_env=False,
+        )
+        self._slots = asyncio.Semaphore(self.concurrency)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def respond_async(self, endpoint: str, body: dict[str, Any]) -> Answer:
+        """Forward one request, with retries; the upstream's final (status, body)."""
+        assert self._client is not None and self._slots is not None, "call start() first"
+        url = self.url_for(endpoint)
+        payload = orjson.dumps(body)
+        attempt = 0
+        while True:
+            delay = self.backoff * (2 ** attempt) * (0.75 + random.random() / 2)
+            try:
+                async with self._slots:
+                    response = await self._client.post(url, content=payload)
+            except httpx2.TransportError as exc:
+                if attempt >= self.max_retries:
+                    raise UpstreamUnavailable(
+                        f"{type(exc).__name__} from {url} after {attempt + 1} attempts"
+                    ) from None
+                log.debug("upstream %s: %s; retrying", url, type(exc).__name__)
+            else:
+                status = response.status_code
+                if (status == 429 or status >= 500) and attempt < self.max_retries:
+                    delay = _retry_after(response.headers.get("retry-after"), delay)
+                    log.debug("upstream %s answered %s; retrying", url, status)
+                else:
+                    return _json_answer(status, response.content)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    try:
+        seconds = float(value) if value is not None else default
+    except ValueError:
+        return default
+    return min(max(seconds, 0.0), 60.0)
+
+
+def _json_answer(status: int, content: bytes) -> Answer:
+    """The upstream's answer; a body that is not a JSON object becomes an error (502 if 2xx)."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        return status, body
+    return (status if status >= 400 else 502), error_body(
+        f"The upstream answered HTTP {status} with a body that is not a JSON object: "
+        f"{content[:200].decode('utf-8', 'replace')!r}",
+        type=error_type_for_status(max(status, 500) if status < 400 else status),
+        code="invalid_upstream_response",
+    )

@@ -1,0 +1,159 @@
+"""The options of the local Batch API service, defined once for the CLI and the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MB = 1024 * 1024
+
+RESPONDERS = ("echo", "proxy")
+
+
+def _opt(default: Any, help: str, *, cli: bool = True, repr: bool = True, **extra: Any) -> Any:
+    """A dataclass field whose metadata also describes its command-line flag."""
+    return field(default=default, repr=repr, metadata={"help": help, "cli": cli, **extra})
+
+
+@dataclass(frozen=True)
+class LocalApiSettings:
+    """Every option of the local OpenAI-compatible Files + Batches service.
+
+    The CLI flags of `batch-pipeline serve` are generated from these fields
+    (`completion_window_seconds` -> `--completion-window-seconds`).
+    """
+
+    state_dir: Path = _opt(  # noqa: RUF009 - _opt returns a dataclass field
+        Path(".batch_api_state"), "Directory holding every file, batch and partial result."
+    )
+    host: str = _opt("127.0.0.1", "Interface to bind (127.0.0.1 unless you mean otherwise).")
+    port: int = _opt(8780, "TCP port to listen on (0: any free port).")
+    responder: str = _opt(
+        "echo", "How requests are answered: echo (offline) or proxy.", choices=RESPONDERS
+    )
+    upstream_url: str | None = _opt(
+        None, "proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000 "
+        "(the request's endpoint path such as /v1/chat/completions is appended)."
+    )
+    upstream_api_key_env: str | None = _opt(
+        None, "proxy: name of the environment variable holding the upstream API key."
+    )
+    upstream_timeout_seconds: float = _opt(600.0, "proxy: timeout of one upstream request.")
+    upstream_max_retries: int = _opt(
+        4, "proxy: retries of a transient upstream failure (connect error, 429, 5xx)."
+    )
+    upstream_backoff_seconds: float = _opt(
+        0.5, "proxy: first retry delay; doubles on each further retry."
+    )
+    concurrency: int = _opt(16, "proxy: upstream requests in flight at once, service-wide.")
+    completion_window_seconds: float = _opt(
+        86400.0, "Real length of the '24h' completion window; batches expire after it."
+    )
+    api_key_env: str | None = _opt(
+        None, "Name of the environment variable holding the API key clients must send "
+        "(Authorization: Bearer ...). Without it, no authentication."
+    )
+    api_key: str | None = _opt(
+        None, "The API key itself (Python API only; the CLI reads --api-key-env).",
+        cli=False, repr=False,
+    )
+    fault_create_429_every: int = _opt(
+        0, "Fault: answer every Nth POST /v1/batches with 429 rate_limit_exceeded (0: never)."
+    )
+    fault_download_500_every: int = _opt(
+        0, "Fault: answer every Nth GET /v1/files/{id}/content with 500 (0: never)."
+    )
+    max_upload_bytes: int = _opt(200 * MB, "Largest accepted upload, in bytes (413 above).")
+    max_requests_per_batch: int = _opt(50_000, "Most request lines in one batch input file.")
+    max_batch_file_bytes: int = _opt(200 * MB, "Largest batch input file, in bytes.")
+    chunk_size: int = _opt(2000, "Request lines processed per unit of work.")
+    worker_threads: int = _opt(2, "Threads doing the CPU work of validation and responding.")
+    progress_interval_seconds: float = _opt(
+        1.0, "How often the request counts of a running batch are written to disk."
+    )
+    log_level: str = _opt("info", "Logging level (debug, info, warning, error).")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+        if self.responder not in RESPONDERS:
+            raise ValueError(f"responder must be one of {RESPONDERS}, not {self.responder!r}")
+        if self.responder == "proxy" and not self.upstream_url:
+            raise ValueError("the proxy responder needs upstream_url")
+        positive = (
+            "concurrency", "completion_window_seconds", "max_upload_bytes",
+            "max_requests_per_batch", "max_batch_file_bytes", "chunk_size", "worker_threads",
+            "progress_interval_seconds", "upstream_timeout_seconds",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("fault_create_429_every", "fault_download_500_every",
+                     "upstream_max_retries", "upstream_backoff_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+
+    def resolved_api_key(self) -> str | None:
+        """The key clients must present, or None when authentication is off."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env, "")
+            if not value:
+                raise ValueError(f"environment variable {self.api_key_env} is not set or empty")
+            return value
+        return None
+
+    def resolved_upstream_api_key(self) -> str | None:
+        """The key sent upstream by the proxy responder, if one is configured."""
+        if not self.upstream_api_key_env:
+            return None
+        value = os.environ.get(self.upstream_api_key_env, "")
+        if not value:
+            raise ValueError(
+                f"environment variable {self.upstream_api_key_env} is not set or empty"
+            )
+        return value
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one `--flag` per CLI-visible field to `parser`."""
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("cli", False):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            kind = _flag_type(f)
+            kwargs: dict[str, Any] = {"dest": f.name, "default": None, "type": kind}
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            default = f.default
+            kwargs["help"] = f.metadata["help"] + (
+                f" (default: {default})" if default is not None else ""
+            )
+            parser.add_argument(flag, **kwargs)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> LocalApiSettings:
+        """Settings from parsed CLI flags; flags not given keep the field defaults."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f.name, None)
+            if f.metadata.get("cli", False) and value is not None:
+                values[f.name] = value
+        return cls(**values)
+
+
+def _flag_type(f: dataclasses.Field[Any]) -> Any:
+    annotation = str(f.type)
+    if annotation.startswith("Path"):
+        return Path
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str

@@ -1,0 +1,86 @@
+"""Fixtures shared by every test folder: a local Batch API, a PostgreSQL database, specs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "BATCH_PIPELINE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+SHORT_WINDOW_SECONDS = 3.0
+
+
+@pytest.fixture(scope="session")
+def batch_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The local Batch API, in-process on a free port, with a short completion window."""
+    from batch_pipeline.local_api.server import run_local_batch_api
+
+    state_dir = tmp_path_factory.mktemp("batch_api_state")
+    with run_local_batch_api(
+        state_dir, port=0, completion_window_seconds=SHORT_WINDOW_SECONDS
+    ) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    name = f"bp_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is needed for this test: {exc}")
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.dispose()
+
+
+def write_tickets(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """A source table of support tickets as Parquet."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def ticket_spec(
+    tmp_path: Path, base_url: str, *, endpoint: str = "/v1/chat/completions", **overrides: Any
+) -> dict[str, Any]:
+    """A spec mapping over `tickets.parquet` in tmp_path, pointed at the local Batch API."""
+    spec: dict[str, Any] = {
+        "name": "tickets",
+        "source": {"path": "tickets.parquet", "key": "ticket_id", "partition_column": "created_at"},
+        "request": {
+            "endpoint": endpoint,
+            "model": "text-embedding-3-small" if endpoint == "/v1/embeddings" else "gpt-4o-mini",
+            "prompt": "Subject: {subject}\n\n{body}",
+        },
+        "backend": {"provider": "local", "base_url": base_url},
+        "retry": {"max_attempts": 3},
+        "output": {"dir": "out"},
+    }
+    if endpoint != "/v1/embeddings":
+        spec["request"]["system"] = "You label support tickets."
+        spec["request"]["params"] = {"max_tokens": 200, "temperature": 0}
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(spec.get(section), dict):
+            spec[section] = {**spec[section], **values}
+        else:
+            spec[section] = values
+    return spec
