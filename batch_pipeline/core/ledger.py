@@ -26,6 +26,7 @@ from batch_pipeline.core.types import BatchInfo, BatchStatus, ShardInfo, ShardSt
 
 SCHEMA_VERSION = 1
 DEFAULT_LEASE_SECONDS = 300.0
+SCHEMA_LOCK_KEY = 0x62705F6C6564  # "bp_led": one advisory lock for schema changes
 
 metadata = sa.MetaData()
 
@@ -45,6 +46,8 @@ partitions_table = sa.Table(
     sa.Column("source_rows", sa.Integer, nullable=False, default=0),
     sa.Column("requests", sa.Integer, nullable=False, default=0),
     sa.Column("rejected", sa.Integer, nullable=False, default=0),
+    sa.Column("build_owner", sa.String(120)),
+    sa.Column("build_lease_expires_at", sa.Float),
     sa.Column("built_at", sa.Float),
     sa.Column("settled_at", sa.Float),
     sa.Column("results_requested", sa.Integer, nullable=False, default=0),
@@ -124,6 +127,8 @@ class PartitionRecord:
     source_rows: int
     requests: int
     rejected: int
+    build_owner: str | None
+    build_lease_expires_at: float | None
     built_at: float | None
     settled_at: float | None
     results_requested: int
@@ -209,6 +214,11 @@ class Ledger:
 
     def _ensure_schema(self) -> None:
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two processes creating the tables at once would collide in the catalogue.
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                )
             metadata.create_all(conn, checkfirst=True)
             version = conn.execute(sa.select(schema_table.c.version)).scalar()
             if version is None:
@@ -233,10 +243,7 @@ class Ledger:
     def get_partition(self, pipeline: str, partition: str) -> PartitionRecord | None:
         with self._tx() as conn:
             row = conn.execute(
-                sa.select(partitions_table).where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                )
+                sa.select(partitions_table).where(*_partition_is(pipeline, partition))
             ).first()
         return _partition_from_row(row) if row else None
 
@@ -254,10 +261,7 @@ class Ledger:
         now = self._clock()
         with self._tx() as conn:
             current = conn.execute(
-                sa.select(partitions_table.c.generation).where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                )
+                sa.select(partitions_table.c.generation).where(*_partition_is(pipeline, partition))
             ).scalar()
             if current is None:
                 try:
@@ -278,24 +282,21 @@ class Ledger:
                 except IntegrityError:
                     current = conn.execute(
                         sa.select(partitions_table.c.generation).where(
-                            partitions_table.c.pipeline == pipeline,
-                            partitions_table.c.partition == partition,
+                            *_partition_is(pipeline, partition)
                         )
                     ).scalar()
             if not rebuild:
                 return int(current)
             conn.execute(
                 partitions_table.update()
-                .where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                    partitions_table.c.generation == current,
-                )
+                .where(*_partition_is(pipeline, partition, current))
                 .values(
                     generation=current + 1,
                     source_rows=0,
                     requests=0,
                     rejected=0,
+                    build_owner=None,
+                    build_lease_expires_at=None,
                     built_at=None,
                     settled_at=None,
                     results_requested=0,
@@ -308,6 +309,41 @@ class Ledger:
                 )
             )
             return int(current) + 1
+
+    def claim_build(
+        self,
+        pipeline: str,
+        partition: str,
+        generation: int,
+        owner: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        dead_owner: str | None = None,
+    ) -> bool:
+        """Take the right to build a generation's shards; False while another live process
+        builds it (or once it is built)."""
+        now = self._clock()
+        table = partitions_table
+        holders = [
+            table.c.build_owner.is_(None),
+            table.c.build_owner == owner,
+            table.c.build_lease_expires_at < now,
+        ]
+        if dead_owner is not None:
+            holders.append(table.c.build_owner == dead_owner)
+        with self._tx() as conn:
+            result = conn.execute(
+                table.update()
+                .where(
+                    table.c.pipeline == pipeline,
+                    table.c.partition == partition,
+                    table.c.generation == generation,
+                    table.c.built_at.is_(None),
+                    sa.or_(*holders),
+                )
+                .values(build_owner=owner, build_lease_expires_at=now + lease_seconds)
+            )
+        return result.rowcount == 1
 
     def record_build(
         self,
@@ -326,15 +362,13 @@ class Ledger:
             self._insert_shards(conn, shards, now)
             conn.execute(
                 partitions_table.update()
-                .where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                    partitions_table.c.generation == generation,
-                )
+                .where(*_partition_is(pipeline, partition, generation))
                 .values(
                     source_rows=source_rows,
                     requests=requests,
                     rejected=rejected,
+                    build_owner=None,
+                    build_lease_expires_at=None,
                     built_at=now,
                     updated_at=now,
                 )
@@ -384,12 +418,8 @@ class Ledger:
         with self._tx() as conn:
             result = conn.execute(
                 partitions_table.update()
-                .where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                    partitions_table.c.generation == generation,
-                    partitions_table.c.settled_at.is_(None),
-                )
+                .where(*_partition_is(pipeline, partition, generation))
+                .where(partitions_table.c.settled_at.is_(None))
                 .values(settled_at=now, updated_at=now)
             )
         return result.rowcount == 1
@@ -400,11 +430,7 @@ class Ledger:
         with self._tx() as conn:
             conn.execute(
                 partitions_table.update()
-                .where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                    partitions_table.c.generation == generation,
-                )
+                .where(*_partition_is(pipeline, partition, generation))
                 .values(
                     results_requested=partitions_table.c.results_requested + 1,
                     results_requested_at=now,
@@ -414,8 +440,7 @@ class Ledger:
             return int(
                 conn.execute(
                     sa.select(partitions_table.c.results_requested).where(
-                        partitions_table.c.pipeline == pipeline,
-                        partitions_table.c.partition == partition,
+                        *_partition_is(pipeline, partition)
                     )
                 ).scalar()
                 or 0
@@ -427,11 +452,7 @@ class Ledger:
         with self._tx() as conn:
             conn.execute(
                 partitions_table.update()
-                .where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                    partitions_table.c.generation == generation,
-                )
+                .where(*_partition_is(pipeline, partition, generation))
                 .values(cancelled_at=now, updated_at=now)
             )
 
@@ -448,11 +469,7 @@ class Ledger:
         with self._tx() as conn:
             conn.execute(
                 partitions_table.update()
-                .where(
-                    partitions_table.c.pipeline == pipeline,
-                    partitions_table.c.partition == partition,
-                    partitions_table.c.generation == generation,
-                )
+                .where(*_partition_is(pipeline, partition, generation))
                 .values(
                     collected_at=now,
                     results_path=results_path,
@@ -676,6 +693,14 @@ class Ledger:
                 dict(row._mapping)
                 for row in conn.execute(query.order_by(batches_table.c.created_at)).all()
             ]
+
+
+def _partition_is(pipeline: str, partition: str, generation: int | None = None) -> list[Any]:
+    """The WHERE clauses naming one partition (and, if given, its generation)."""
+    clauses = [partitions_table.c.pipeline == pipeline, partitions_table.c.partition == partition]
+    if generation is not None:
+        clauses.append(partitions_table.c.generation == generation)
+    return clauses
 
 
 def _partition_from_row(row: sa.Row) -> PartitionRecord:

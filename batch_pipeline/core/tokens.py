@@ -1,12 +1,55 @@
-"""Token counts with the encodings that ship inside `bpe-openai` (works offline)."""
+"""Token counts with the encodings that ship inside `bpe-openai` (works offline).
+
+Exact tokenization of every row costs more than building the whole request file, so there
+are three tiers, each used where it is good enough:
+
+- `upper_bound_tokens`: the UTF-8 byte count (every BPE token is at least one byte) plus the
+  request's framing overhead. Free; it decides the context-window check for nearly every row.
+- `estimate_tokens`: ceil(bytes / 4) plus the overhead, OpenAI's rule of thumb for English
+  (close for code and European languages, low for CJK text). Free; used for the manifest's
+  token and cost estimates and for sizing shards against the enqueued-token budget.
+- `exact_tokens`: the real count, only for rows whose upper bound does not fit the context
+  window (a row near the limit), where the answer decides whether the row is rejected.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from typing import TypeVar
 
 import bpe_openai
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batch_pipeline.core.types import Endpoint
 
 DEFAULT_ENCODING = "o200k_base"
+BYTES_PER_TOKEN = 4
+DEFAULT_CONTEXT_WINDOW = 128_000
+
+# Chat formatting: each message costs its role plus ~3 framing tokens, and the reply is primed
+# with 3 more (OpenAI's cookbook figures); generous enough to be used in the upper bound too.
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_REPLY = 3
+
+CONTEXT_WINDOWS: dict[str, int] = {
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.1-mini": 1_047_576,
+    "gpt-4.1-nano": 1_047_576,
+    "gpt-5": 400_000,
+    "gpt-5-mini": 400_000,
+    "gpt-5-nano": 400_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+    "text-embedding-3-small": 8_191,
+    "text-embedding-3-large": 8_191,
+}
+
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=64)
@@ -21,3 +64,79 @@ def encoding_for_model(model: str) -> bpe_openai.Encoding:
 def count_tokens(text: str, model: str) -> int:
     """The exact number of tokens `text` makes for `model`."""
     return len(encoding_for_model(model).encode_ordinary(text))
+
+
+def exact_tokens(text: str, model: str) -> int:
+    """The exact token count of one text (the name the request builder uses for `count_tokens`)."""
+    return count_tokens(text, model)
+
+
+def exact_tokens_batch(texts: Sequence[str], model: str) -> np.ndarray:
+    """Exact token counts of many texts, tokenized on the package's worker threads."""
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    encoded = encoding_for_model(model).encode_ordinary_batch(list(texts), num_threads=4)
+    return np.fromiter((len(tokens) for tokens in encoded), dtype=np.int64, count=len(texts))
+
+
+def match_model(model: str, names: Iterable[str]) -> str | None:
+    """The longest of `names` that is `model` itself or a prefix of it ending at a `-`,
+    so a dated snapshot (`gpt-4o-mini-2024-07-18`) finds its family (`gpt-4o-mini`)."""
+    candidates = [name for name in names if model == name or model.startswith(f"{name}-")]
+    return max(candidates, key=len, default=None)
+
+
+def lookup_model(table: Mapping[str, T], model: str) -> T | None:
+    """`table`'s entry for `model` by `match_model`, or None."""
+    name = match_model(model, table)
+    return None if name is None else table[name]
+
+
+def context_window(model: str, override: int | None = None) -> int:
+    """The model's context window in tokens: `override` (spec.request.context_window) if given,
+    else the built-in table, else 128k."""
+    if override is not None:
+        return override
+    window = lookup_model(CONTEXT_WINDOWS, model)
+    return DEFAULT_CONTEXT_WINDOW if window is None else window
+
+
+def request_overhead_tokens(endpoint: Endpoint | str, messages: int) -> int:
+    """Tokens a request costs beyond its texts: chat framing, or nothing for embeddings."""
+    if Endpoint(endpoint) is Endpoint.EMBEDDINGS:
+        return 0
+    return TOKENS_PER_MESSAGE * messages + TOKENS_PER_REPLY
+
+
+def byte_lengths(texts: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
+    """UTF-8 byte length of each text (0 for nulls)."""
+    if not isinstance(texts, pa.Array | pa.ChunkedArray):
+        texts = pa.array(texts, pa.large_string())
+    lengths = pc.fill_null(pc.binary_length(texts), 0)
+    return lengths.to_numpy().astype(np.int64, copy=False)
+
+
+def upper_bound_tokens(
+    texts: pa.Array | pa.ChunkedArray | Sequence[str], *, overhead: int = 0
+) -> np.ndarray:
+    """A count no text can exceed: its byte length plus `overhead`."""
+    return byte_lengths(texts) + overhead
+
+
+def estimate_from_byte_lengths(lengths: np.ndarray, *, overhead: int = 0) -> np.ndarray:
+    """ceil(bytes / 4) + overhead, for each length."""
+    return (np.asarray(lengths, dtype=np.int64) + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN + overhead
+
+
+def estimate_tokens(
+    texts: pa.Array | pa.ChunkedArray | Sequence[str],
+    model: str | None = None,
+    *,
+    overhead: int = 0,
+) -> np.ndarray:
+    """Estimated tokens of each text, from its UTF-8 length alone.
+
+    `model` is accepted for symmetry with `exact_tokens`; one ratio serves OpenAI's current
+    encodings (o200k, cl100k), so it does not change the estimate.
+    """
+    return estimate_from_byte_lengths(byte_lengths(texts), overhead=overhead)

@@ -1,0 +1,152 @@
+"""The provider-neutral interface to a Files + Batches API, and the errors it raises.
+
+Every provider (OpenAI, Azure OpenAI, the local service, later Anthropic Message Batches)
+implements `BatchBackend`, parses payloads once into `BatchInfo`/`FileInfo`, and turns its
+SDK's exceptions into the ones below, so callers decide "retry later" or "give up" without
+knowing any SDK.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo
+
+COMPLETION_WINDOW = "24h"
+
+# Codes in a failed batch's `errors.data[]` that say "not now" rather than "never":
+# the same input file can be submitted again later.
+TRANSIENT_BATCH_ERROR_CODES = frozenset(
+    {
+        "token_limit_exceeded",
+        "rate_limit_exceeded",
+        "requests_limit_exceeded",
+        "server_error",
+        "internal_error",
+        "service_unavailable",
+        "timeout",
+    }
+)
+
+
+class BackendError(Exception):
+    """A provider call that failed; the message never contains a secret.
+
+    `status_code` is the HTTP status when there was an answer, `code` the provider's error
+    code when it gave one.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+
+
+class TransientBackendError(BackendError):
+    """Worth retrying later: connection errors, timeouts, HTTP 5xx, 429 rate limits."""
+
+
+class NotFound(BackendError):
+    """The file or batch does not exist (HTTP 404)."""
+
+
+@runtime_checkable
+class BatchBackend(Protocol):
+    """A provider's Files + Batches API, in the terms the pipeline needs."""
+
+    def upload_file(self, path: Path, filename: str) -> FileInfo:
+        """Upload a JSONL request file with purpose `batch`, streamed from disk."""
+        ...
+
+    def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:
+        """The newest `batch` file named `filename` created at or after `created_after`.
+
+        Finds an upload that a crashed process already made, so it is not uploaded twice.
+        """
+        ...
+
+    def create_batch(
+        self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]
+    ) -> BatchInfo:
+        """Create a batch with a 24 h completion window.
+
+        Never retried inside the backend: after a `TransientBackendError` the caller must
+        look with `find_batch` first, or it may pay for a second batch.
+        """
+        ...
+
+    def retrieve_batch(self, batch_id: str) -> BatchInfo:
+        """The batch as it stands now."""
+        ...
+
+    def iter_batches(
+        self, *, created_after: int | None = None, page_size: int = 100
+    ) -> Iterator[BatchInfo]:
+        """All batches, newest first, stopping at the first created before `created_after`.
+
+        One request per page, so a poller updates many in-flight batches cheaply.
+        """
+        ...
+
+    def find_batch(
+        self, *, metadata_key: str, metadata_value: str, created_after: int
+    ) -> BatchInfo | None:
+        """The newest batch created since `created_after` whose metadata carries the pair.
+
+        Finds a batch a crashed process already created for a shard (idempotent submission).
+        """
+        ...
+
+    def cancel_batch(self, batch_id: str) -> BatchInfo:
+        """Ask the provider to cancel; the batch passes through `cancelling`."""
+        ...
+
+    def download_file(self, file_id: str, dest: BinaryIO) -> int:
+        """Stream a file's content into `dest` in chunks; returns the bytes written.
+
+        On error `dest` may hold part of the content: write to a temporary file.
+        """
+        ...
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete a file (inputs once their batch is terminal, outputs once parsed)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def is_transient_batch_failure(batch: BatchInfo) -> bool:
+    """True if a `failed` batch failed for a reason that passes (token or rate limits).
+
+    Such a batch never ran: its shard can be submitted again once the enqueued tokens drain.
+    A batch that failed validation (bad lines, wrong model) is not transient.
+    """
+    if batch.status is not BatchStatus.FAILED or not batch.errors:
+        return False
+    return all(error.code in TRANSIENT_BATCH_ERROR_CODES for error in batch.errors)
+
+
+def find_in_pages(batches: Iterable[BatchInfo], key: str, value: str) -> BatchInfo | None:
+    """The first batch whose metadata maps `key` to `value`."""
+    return next((batch for batch in batches if batch.metadata.get(key) == value), None)
+
+
+_KEY_LIKE = re.compile(r"\b(?:sk|rk|pk|sess)-[A-Za-z0-9_\-*.]{3,}|\bBearer\s+\S+", re.IGNORECASE)
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with the given secrets and anything shaped like an API key replaced by `***`.
+
+    Providers echo (parts of) a refused key in their error messages.
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _KEY_LIKE.sub("***", text)

@@ -1,0 +1,271 @@
+"""OpenAI, Azure OpenAI and the local service, through the official `openai` SDK.
+
+All three speak the same Files + Batches API; `make_backend` builds the right SDK client
+from a `BackendSpec`, reading the key from the environment variable the spec names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import httpx2
+import openai
+from openai.types import Batch, FileObject
+
+from batch_pipeline.core.backends.base import (
+    COMPLETION_WINDOW,
+    BackendError,
+    BatchBackend,
+    NotFound,
+    TransientBackendError,
+    find_in_pages,
+    redact,
+)
+from batch_pipeline.core.spec import BackendSpec
+from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, FileInfo, RequestCounts
+
+LOCAL_BASE_URL = "http://127.0.0.1:8780/v1"
+LOCAL_PLACEHOLDER_KEY = "local-no-key"
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+FILE_PAGE_SIZE = 100
+_MAX_MESSAGE_CHARS = 500
+
+_T = TypeVar("_T")
+
+
+def batch_info_from_openai(batch: Batch) -> BatchInfo:
+    """Parse an SDK `Batch` payload into the core's `BatchInfo`."""
+    try:
+        status = BatchStatus(batch.status)
+    except ValueError:
+        raise BackendError(f"batch {batch.id} has an unknown status {batch.status!r}") from None
+    counts = batch.request_counts
+    errors = batch.errors.data if batch.errors and batch.errors.data else []
+    return BatchInfo(
+        id=batch.id,
+        status=status,
+        endpoint=batch.endpoint,
+        input_file_id=batch.input_file_id,
+        created_at=batch.created_at,
+        output_file_id=batch.output_file_id or None,
+        error_file_id=batch.error_file_id or None,
+        request_counts=RequestCounts(
+            total=counts.total, completed=counts.completed, failed=counts.failed
+        )
+        if counts
+        else RequestCounts(),
+        errors=tuple(
+            BatchError(code=e.code, message=e.message or "", line=e.line, param=e.param)
+            for e in errors
+        ),
+        metadata={str(k): str(v) for k, v in (batch.metadata or {}).items()},
+        input_tokens=batch.usage.input_tokens if batch.usage else None,
+        output_tokens=batch.usage.output_tokens if batch.usage else None,
+    )
+
+
+def file_info_from_openai(file: FileObject) -> FileInfo:
+    """Parse an SDK `FileObject` payload into the core's `FileInfo`."""
+    return FileInfo(
+        id=file.id,
+        filename=file.filename,
+        bytes=file.bytes or 0,
+        purpose=file.purpose,
+        created_at=file.created_at,
+    )
+
+
+class OpenAIBackend(BatchBackend):
+    """`BatchBackend` over an `openai.OpenAI` (or `AzureOpenAI`) client.
+
+    SDK errors become `BackendError`s whose text is redacted of the client's key and raised
+    without the SDK exception attached (it holds the request, and so the key).
+    """
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self._client = client
+        # The API has no idempotency key for creates: a retry after a lost answer would
+        # create (and bill) a second batch, so creates are never retried by the SDK.
+        self._client_no_retry = client.with_options(max_retries=0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={str(self._client.base_url)!r})"
+
+    @property
+    def client(self) -> openai.OpenAI:
+        """The SDK client, for calls this interface does not cover."""
+        return self._client
+
+    def upload_file(self, path: Path, filename: str) -> FileInfo:
+        def upload() -> FileObject:
+            # A file handle is streamed by the HTTP layer in chunks (and rewound on retry).
+            with Path(path).open("rb") as handle:
+                return self._client.files.create(
+                    file=(filename, handle, "application/jsonl"), purpose="batch"
+                )
+
+        return file_info_from_openai(self._call(f"upload {filename}", upload))
+
+    def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:
+        for file in self._iter_files(created_after=created_after):
+            if file.filename == filename:
+                return file
+        return None
+
+    def create_batch(
+        self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]
+    ) -> BatchInfo:
+        batch = self._call(
+            f"create a batch from {input_file_id}",
+            self._client_no_retry.batches.create,
+            input_file_id=input_file_id,
+            endpoint=endpoint,  # type: ignore[arg-type]  # compatible services take more
+            completion_window=COMPLETION_WINDOW,
+            metadata=metadata,
+        )
+        return batch_info_from_openai(batch)
+
+    def retrieve_batch(self, batch_id: str) -> BatchInfo:
+        batch = self._call(f"retrieve batch {batch_id}", self._client.batches.retrieve, batch_id)
+        return batch_info_from_openai(batch)
+
+    def iter_batches(
+        self, *, created_after: int | None = None, page_size: int = 100
+    ) -> Iterator[BatchInfo]:
+        pages = self._pages("list batches", self._client.batches.list, limit=page_size)
+        for batch in pages:
+            info = batch_info_from_openai(batch)
+            if created_after is not None and info.created_at < created_after:
+                return
+            yield info
+
+    def find_batch(
+        self, *, metadata_key: str, metadata_value: str, created_after: int
+    ) -> BatchInfo | None:
+        return find_in_pages(
+            self.iter_batches(created_after=created_after), metadata_key, metadata_value
+        )
+
+    def cancel_batch(self, batch_id: str) -> BatchInfo:
+        batch = self._call(f"cancel batch {batch_id}", self._client.batches.cancel, batch_id)
+        return batch_info_from_openai(batch)
+
+    def download_file(self, file_id: str, dest: BinaryIO) -> int:
+        def stream() -> int:
+            written = 0
+            with self._client.files.with_streaming_response.content(file_id) as response:
+                for chunk in response.iter_bytes(DOWNLOAD_CHUNK_BYTES):
+                    dest.write(chunk)
+                    written += len(chunk)
+            return written
+
+        return self._call(f"download file {file_id}", stream)
+
+    def delete_file(self, file_id: str) -> None:
+        self._call(f"delete file {file_id}", self._client.files.delete, file_id)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _iter_files(self, *, created_after: int) -> Iterator[FileInfo]:
+        pages = self._pages(
+            "list files",
+            self._client.files.list,
+            purpose="batch",
+            order="desc",
+            limit=FILE_PAGE_SIZE,
+        )
+        for file in pages:
+            info = file_info_from_openai(file)
+            if info.created_at < created_after:
+                return
+            yield info
+
+    def _pages(self, action: str, list_page: Callable[..., Any], **params: Any) -> Iterator[Any]:
+        """The items of a cursor-paged list, one request per page, fetched as consumed."""
+        after: str | None = None
+        while True:
+            cursor = {"after": after} if after else {}
+            page = self._call(action, list_page, **params, **cursor)
+            yield from page.data
+            if not page.data or not page.has_more:
+                return
+            after = page.data[-1].id
+
+    def _call(self, action: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run one SDK call, turning its exceptions into the backend's own."""
+        try:
+            return fn(*args, **kwargs)
+        except (openai.OpenAIError, httpx2.TransportError) as exc:
+            error = self._translate(action, exc)
+        # Raised outside the `except` so the SDK exception is not chained as the context.
+        raise error
+
+    def _translate(self, action: str, exc: Exception) -> BackendError:
+        secrets = [self._client.api_key]
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            body = exc.body if isinstance(exc.body, Mapping) else {}
+            code = body.get("code") or body.get("type")
+            text = f"{action} failed: HTTP {status}"
+            if code:
+                text += f" ({code})"
+            if body.get("message"):
+                text += f": {str(body['message'])[:_MAX_MESSAGE_CHARS]}"
+            text = redact(text, secrets)
+            code = str(code) if code else None
+            if status == 404:
+                return NotFound(text, status_code=status, code=code)
+            if status in (408, 429) or status >= 500:
+                return TransientBackendError(text, status_code=status, code=code)
+            return BackendError(text, status_code=status, code=code)
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            return TransientBackendError(f"{action} failed: timed out")
+        if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+            return TransientBackendError(
+                f"{action} failed: connection error ({type(exc).__name__})"
+            )
+        return BackendError(redact(f"{action} failed: {exc}"[:_MAX_MESSAGE_CHARS], secrets))
+
+
+def make_backend(spec: BackendSpec, *, env: Mapping[str, str] = os.environ) -> BatchBackend:
+    """Build the backend a spec describes; the key comes from the variable named by the spec.
+
+    `openai` and `azure` refuse to start without a key, naming the variable. `local` sends
+    a placeholder unless the spec names a variable itself and it is set: the default
+    OPENAI_API_KEY, a real key, is never sent to a local service by accident.
+    """
+    if spec.provider == "local" and "api_key_env" not in spec.model_fields_set:
+        key = None
+    else:
+        key = env.get(spec.api_key_env) or None
+    if key is None and spec.provider != "local":
+        raise BackendError(
+            f"the environment variable {spec.api_key_env} is not set; "
+            f"provider {spec.provider} needs an API key in it"
+        )
+    common: dict[str, Any] = {
+        "organization": spec.organization,
+        "project": spec.project,
+        "max_retries": spec.max_retries,
+        "timeout": spec.request_timeout_seconds,
+    }
+    if spec.provider == "azure":
+        client: openai.OpenAI = openai.AzureOpenAI(
+            azure_endpoint=spec.azure_endpoint,
+            api_version=spec.api_version,
+            api_key=key,
+            **common,
+        )
+    elif spec.provider == "local":
+        client = openai.OpenAI(
+            api_key=key or LOCAL_PLACEHOLDER_KEY,
+            base_url=spec.base_url or LOCAL_BASE_URL,
+            **common,
+        )
+    else:
+        client = openai.OpenAI(api_key=key, base_url=spec.base_url, **common)
+    return OpenAIBackend(client)

@@ -1,0 +1,641 @@
+"""The engine's front door: one pipeline, run partition by partition.
+
+`Pipeline` ties the parts together (request building, the ledger, a backend, polling, results);
+notebooks, the CLI and the Dagster layer all drive a pipeline through it, so every decision
+is taken in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batch_pipeline.core.backends.base import BackendError, BatchBackend, TransientBackendError
+from batch_pipeline.core.custom_id import custom_ids_for
+from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord, default_owner
+from batch_pipeline.core.poller import Poller
+from batch_pipeline.core.prices import cost_usd
+from batch_pipeline.core.results import assemble_results
+from batch_pipeline.core.results import read_results as read_results_dir
+from batch_pipeline.core.sharding import build_partition_requests, load_manifest
+from batch_pipeline.core.sources import iter_partition_batches
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.storage import StorageRoot, storage_for
+from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
+from batch_pipeline.core.types import RowStatus, ShardState
+from batch_pipeline.core.worker import PipelineWorker
+
+log = logging.getLogger(__name__)
+
+BUILD_WAIT_SECONDS = 0.5
+WorkerT = TypeVar("WorkerT", bound=PipelineWorker)
+OPEN_STATES = (ShardState.QUEUED, ShardState.SUBMITTING, ShardState.SUBMITTED)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot do what was asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RequestsSummary:
+    """What building one partition's requests produced."""
+
+    pipeline: str
+    partition: str
+    generation: int
+    source_rows: int
+    requests: int
+    rejected: int
+    shards: int
+    bytes: int
+    estimated_input_tokens: int
+    estimated_cost_live_usd: float | None
+    estimated_cost_batch_usd: float | None
+    manifest_path: str
+    already_built: bool
+
+
+@dataclass(frozen=True)
+class SubmitSummary:
+    pipeline: str
+    partition: str | None
+    submitted_batch_ids: list[str]
+    in_flight_batch_ids: list[str]
+    waiting_shards: int
+    waiting_reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PollReport:
+    changed: list[tuple[str, str]]
+    collected_shards: int
+    retry_shards: int
+    submitted_batch_ids: list[str]
+    settled_partitions: list[str]
+    in_flight: int
+    queued: int
+    timed_out: bool
+    errors: list[str]
+
+
+@dataclass(frozen=True)
+class ResultsSummary:
+    pipeline: str
+    partition: str
+    generation: int
+    path: str
+    rows: int
+    counts: dict[str, int]
+    input_tokens: int
+    output_tokens: int
+    cost_batch_usd: float | None
+    cost_live_usd: float | None
+    saved_usd: float | None
+    columns: list[tuple[str, str]]
+    preview: list[dict[str, Any]]
+    already_collected: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "already_collected"}
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    pipeline: str
+    partition: str
+    generation: int
+    state: str
+    source_rows: int
+    requests: int
+    rejected: int
+    shards: dict[str, int]
+    batches: list[dict[str, Any]]
+    waiting: list[str]
+    results_path: str | None
+
+
+class Pipeline:
+    """One pipeline spec bound to its ledger, storage and backend."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        dataframe: pd.DataFrame | None = None,
+        backend: BatchBackend | None = None,
+        ledger: Ledger | None = None,
+        storage: StorageRoot | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.dataframe = dataframe
+        self.ledger = ledger or Ledger(spec.ledger_url, clock=clock)
+        self.storage = storage or storage_for(spec.pipeline_dir)
+        self.owner = default_owner()
+        self._backend = backend
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.spec.name!r})"
+
+    @property
+    def backend(self) -> BatchBackend:
+        if self._backend is None:
+            from batch_pipeline.core.backends.openai import make_backend
+
+            self._backend = make_backend(self.spec.backend)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+        self.ledger.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def build_requests(
+        self, partition: str, *, rebuild: bool | Literal["if_settled"] = False
+    ) -> RequestsSummary:
+        """Validate the partition's rows and write its JSONL shards; nothing is paid for here.
+
+        The current generation is reused when it is already built; `rebuild=True` starts a new
+        one (the old generation's batches are left to finish but no longer count), and
+        `"if_settled"` starts a new one only once the current one has settled, so re-running
+        a day that is still in flight never pays for it twice.
+        """
+        if rebuild == "if_settled":
+            record = self.get_partition(partition)
+            rebuild = record is not None and record.settled_at is not None
+        generation = self.ledger.start_generation(self.spec.name, partition, rebuild=rebuild)
+        built = self._wait_for_build_or_claim(partition, generation)
+        if built:
+            manifest = load_manifest(self.storage, partition, generation, 1)
+            return self._requests_summary(manifest, already_built=True)
+        manifest = build_partition_requests(
+            self.spec, partition, self.storage, generation=generation, dataframe=self.dataframe
+        )
+        self.ledger.record_build(
+            self.spec.name,
+            partition,
+            generation,
+            source_rows=manifest.source_rows,
+            requests=manifest.requests,
+            rejected=manifest.rejected,
+            shards=manifest.shards,
+        )
+        self._settle_if_done(partition)
+        return self._requests_summary(manifest, already_built=False)
+
+    def _wait_for_build_or_claim(self, partition: str, generation: int) -> bool:
+        """True once the generation is built (by anyone); False when this process claimed the
+        right to build it. Another process building it is waited for, not raced."""
+        while True:
+            record = self._require_partition(partition)
+            if record.built_at is not None:
+                return True
+            dead = record.build_owner if lease_holder_is_dead(record.build_owner) else None
+            if self.ledger.claim_build(
+                self.spec.name, partition, generation, self.owner, dead_owner=dead
+            ):
+                return False
+            time.sleep(BUILD_WAIT_SECONDS)
+
+    def _requests_summary(self, manifest: Any, *, already_built: bool) -> RequestsSummary:
+        return RequestsSummary(
+            pipeline=self.spec.name,
+            partition=manifest.partition,
+            generation=manifest.generation,
+            source_rows=manifest.source_rows,
+            requests=manifest.requests,
+            rejected=manifest.rejected,
+            shards=len(manifest.shards),
+            bytes=sum(s.bytes for s in manifest.shards),
+            estimated_input_tokens=sum(s.estimated_input_tokens for s in manifest.shards),
+            estimated_cost_live_usd=manifest.estimated_cost_live_usd,
+            estimated_cost_batch_usd=manifest.estimated_cost_batch_usd,
+            manifest_path=self.storage.uri(manifest.path),
+            already_built=already_built,
+        )
+
+    # -- submission and polling -------------------------------------------------------------
+
+    def _worker(self, kind: type[WorkerT]) -> WorkerT:
+        return kind(
+            self.spec, self.ledger, self.backend, self.storage, self.owner, clock=self._clock
+        )
+
+    def submit(
+        self, partition: str | None = None, *, deadline: float | None = None
+    ) -> SubmitSummary:
+        """Submit the queued shards (of one partition, or all) that the token budget allows.
+
+        Safe to call again and from several processes at once: each shard is submitted once.
+        """
+        submitter = self._worker(Submitter)
+        submitted: list[str] = []
+        waiting: list[str] = []
+        for shard in self._submittable(partition):
+            if deadline is not None and self._clock() > deadline:
+                waiting.append(f"{shard.shard_id}: poll time budget used up")
+                continue
+            outcome = submitter.submit(shard)
+            if outcome.batch is not None:
+                submitted.append(outcome.batch.id)
+            elif outcome.waiting:
+                waiting.append(f"{shard.shard_id}: {outcome.waiting}")
+        in_flight = [
+            shard.batch_id
+            for shard in self.ledger.shards(
+                self.spec.name, partition=partition, states=[ShardState.SUBMITTED]
+            )
+            if shard.batch_id and not (shard.batch_status and shard.batch_status.is_terminal)
+        ]
+        return SubmitSummary(
+            pipeline=self.spec.name,
+            partition=partition,
+            submitted_batch_ids=submitted,
+            in_flight_batch_ids=in_flight,
+            waiting_shards=len(waiting),
+            waiting_reasons=waiting,
+        )
+
+    def _submittable(self, partition: str | None) -> list[ShardRecord]:
+        """Queued and orphaned shards of current, uncancelled generations, oldest first."""
+        current = {
+            record.partition: record
+            for record in self.ledger.list_partitions(self.spec.name)
+            if partition is None or record.partition == partition
+        }
+        now = self._clock()
+        shards = []
+        for shard in self.ledger.shards(
+            self.spec.name,
+            partition=partition,
+            states=[ShardState.QUEUED, ShardState.SUBMITTING],
+        ):
+            record = current.get(shard.partition)
+            if record is None or record.generation != shard.generation or record.cancelled_at:
+                continue
+            if shard.not_before and shard.not_before > now:
+                continue
+            if (
+                shard.state is ShardState.SUBMITTING
+                and shard.lease_owner
+                and (shard.lease_owner != self.owner)
+            ):
+                expired = (shard.lease_expires_at or 0) < now
+                if not (expired or lease_holder_is_dead(shard.lease_owner)):
+                    continue
+            shards.append(shard)
+        return sorted(shards, key=lambda s: (s.partition, s.attempt, s.shard_index))
+
+    def poll(self, *, time_budget_seconds: float = 40.0) -> PollReport:
+        """One bounded pass: refresh in-flight batches, collect finished ones (making retry
+        shards), submit what is queued, and mark partitions whose every row is settled."""
+        deadline = self._clock() + time_budget_seconds
+        poller = self._worker(Poller)
+        errors: list[str] = []
+        changed = []
+        try:
+            changed = poller.refresh(poller.in_flight())
+        except BackendError as exc:
+            errors.append(f"refreshing batches: {exc}")
+        collected = retries = 0
+        timed_out = False
+        cancelled = {
+            record.partition
+            for record in self.ledger.list_partitions(self.spec.name)
+            if record.cancelled_at
+        }
+        for shard in poller.finished():
+            if self._clock() > deadline:
+                timed_out = True
+                break
+            try:
+                outcome = poller.collect(shard, allow_retries=shard.partition not in cancelled)
+            except (BackendError, OSError) as exc:
+                errors.append(f"collecting {shard.batch_id} ({shard.shard_id}): {exc}")
+                log.warning("collecting batch %s failed: %s", shard.batch_id, exc)
+                continue
+            if outcome is not None:
+                collected += 1
+                retries += len(outcome.retry_shard_ids)
+        submitted: list[str] = []
+        try:
+            summary = self.submit(deadline=deadline)
+            submitted = summary.submitted_batch_ids
+            timed_out = timed_out or any("time budget" in w for w in summary.waiting_reasons)
+        except BackendError as exc:
+            errors.append(f"submitting: {exc}")
+        settled = [p for p in self._partitions_with_work() if self._settle_if_done(p)]
+        open_shards = self.ledger.shards(self.spec.name, states=list(OPEN_STATES))
+        return PollReport(
+            changed=[(batch.id, batch.status.value) for batch in changed],
+            collected_shards=collected,
+            retry_shards=retries,
+            submitted_batch_ids=submitted,
+            settled_partitions=settled,
+            in_flight=sum(1 for s in open_shards if s.state is ShardState.SUBMITTED),
+            queued=sum(1 for s in open_shards if s.state is not ShardState.SUBMITTED),
+            timed_out=timed_out,
+            errors=errors,
+        )
+
+    def _partitions_with_work(self) -> list[str]:
+        return [
+            record.partition
+            for record in self.ledger.list_partitions(self.spec.name)
+            if record.built_at is not None and record.settled_at is None
+        ]
+
+    def _settle_if_done(self, partition: str) -> bool:
+        """Mark the partition settled when every shard of its generation is collected."""
+        record = self.ledger.get_partition(self.spec.name, partition)
+        if record is None or record.built_at is None or record.settled_at is not None:
+            return False
+        shards = self.ledger.shards(
+            self.spec.name, partition=partition, generation=record.generation
+        )
+        if any(shard.state is not ShardState.COLLECTED for shard in shards):
+            return False
+        return self.ledger.mark_settled(self.spec.name, partition, record.generation)
+
+    def partitions_awaiting_results(self) -> list[PartitionRecord]:
+        """Settled partitions of the current generation whose results are not written yet."""
+        return [
+            record
+            for record in self.ledger.list_partitions(self.spec.name)
+            if record.settled_at is not None and record.collected_at is None
+        ]
+
+    def mark_results_requested(self, partition: str) -> int:
+        record = self._require_partition(partition)
+        return self.ledger.mark_results_requested(self.spec.name, partition, record.generation)
+
+    def cancel(self, partition: str) -> list[str]:
+        """Cancel the partition's batches; queued shards are not submitted. Returns batch ids."""
+        record = self._require_partition(partition)
+        self.ledger.mark_cancelled(self.spec.name, partition, record.generation)
+        cancelled = []
+        poller = self._worker(Poller)
+        for shard in self.ledger.shards(
+            self.spec.name, partition=partition, generation=record.generation
+        ):
+            if (
+                shard.state is ShardState.SUBMITTED
+                and shard.batch_id
+                and not (shard.batch_status and shard.batch_status.is_terminal)
+            ):
+                try:
+                    batch = self.backend.cancel_batch(shard.batch_id)
+                except TransientBackendError as exc:
+                    raise PipelineError(f"cancelling batch {shard.batch_id}: {exc}") from exc
+                self.ledger.update_batch(batch)
+                cancelled.append(shard.batch_id)
+            elif shard.state in (ShardState.QUEUED, ShardState.SUBMITTING):
+                poller.cancel_unsubmitted(shard)
+        self._settle_if_done(partition)
+        return cancelled
+
+    # -- results ----------------------------------------------------------------------------
+
+    def collect_results(self, partition: str) -> ResultsSummary:
+        """Join every source row of a settled partition with its outcome and write Parquet."""
+        record = self._require_partition(partition)
+        if record.settled_at is None:
+            raise PipelineError(
+                f"partition {partition} of {self.spec.name} is not settled yet: "
+                "poll until every batch has finished"
+            )
+        shards = self.ledger.shards(
+            self.spec.name, partition=partition, generation=record.generation
+        )
+        outcomes = _final_outcomes(self.storage, shards)
+        rejected_path = f"requests/partition={partition}/gen={record.generation}/rejected.parquet"
+        rejected = pq.read_table(self.storage.local_path(rejected_path))
+        dest = f"results/partition={partition}/part-0.parquet"
+        summary = assemble_results(
+            source_batches=iter_partition_batches(self.spec, partition, dataframe=self.dataframe),
+            key_column=self.spec.source.key,
+            partition=partition,
+            custom_id_of=lambda keys: custom_ids_for(partition, keys),
+            outcomes=outcomes,
+            rejected=rejected,
+            dest_path=self.storage.local_path(dest),
+            endpoint=self.spec.request.endpoint.value,
+        )
+        result = self._results_summary(partition, record.generation, summary)
+        self.ledger.mark_collected(
+            self.spec.name,
+            partition,
+            record.generation,
+            results_path=result.path,
+            summary=result.to_dict(),
+        )
+        return result
+
+    def _results_summary(self, partition: str, generation: int, summary: Any) -> ResultsSummary:
+        model = self.spec.request.model
+        prices = self.spec.prices
+        batch_cost = cost_usd(
+            model, summary.input_tokens, summary.output_tokens, batch=True, overrides=prices
+        )
+        live_cost = cost_usd(
+            model, summary.input_tokens, summary.output_tokens, batch=False, overrides=prices
+        )
+        counts = {status.value: int(summary.counts.get(status.value, 0)) for status in RowStatus}
+        return ResultsSummary(
+            pipeline=self.spec.name,
+            partition=partition,
+            generation=generation,
+            path=str(summary.path),
+            rows=summary.rows,
+            counts=counts,
+            input_tokens=summary.input_tokens,
+            output_tokens=summary.output_tokens,
+            cost_batch_usd=batch_cost,
+            cost_live_usd=live_cost,
+            saved_usd=None if batch_cost is None or live_cost is None else live_cost - batch_cost,
+            columns=list(summary.columns),
+            preview=list(summary.preview),
+        )
+
+    def read_results(self, partition: str | None = None) -> pd.DataFrame:
+        """All written results (or one partition's) as a DataFrame."""
+        return read_results_dir(self.spec.pipeline_dir / "results", partition)
+
+    # -- end to end -------------------------------------------------------------------------
+
+    def run(
+        self,
+        partition: str,
+        *,
+        wait: bool = True,
+        poll_interval: float = 10.0,
+        rebuild: bool = False,
+        timeout: float | None = None,
+        on_progress: Callable[[PartitionStatus, PollReport | None], None] | None = None,
+    ) -> ResultsSummary | PartitionStatus:
+        """Run a partition end to end: build, submit, poll until settled, write results.
+
+        A partition whose results are already written is left alone (its summary is returned)
+        unless `rebuild` asks for a new generation. With `wait=False` it returns after
+        submitting, with the partition's status.
+        """
+        record = self.ledger.get_partition(self.spec.name, partition)
+        if record is not None and record.collected_at is not None and not rebuild:
+            return ResultsSummary(**record.summary, already_collected=True)
+        self.build_requests(partition, rebuild=rebuild)
+        self.submit(partition)
+        started = self._clock()
+        report: PollReport | None = None
+        while True:
+            status = self.status(partition)[0]
+            if on_progress is not None:
+                on_progress(status, report)
+            if status.state in ("settled", "collected") or not wait:
+                break
+            if timeout is not None and self._clock() - started > timeout:
+                raise PipelineError(
+                    f"partition {partition} did not settle within {timeout:.0f} s; its batches "
+                    "go on: run again (or `batch-pipeline status`) later to collect them"
+                )
+            time.sleep(poll_interval)
+            report = self.poll()
+        if not wait:
+            return status
+        return self.collect_results(partition)
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self, partition: str | None = None) -> list[PartitionStatus]:
+        records = self.ledger.list_partitions(self.spec.name)
+        if partition is not None:
+            records = [r for r in records if r.partition == partition]
+            if not records:
+                raise PipelineError(
+                    f"partition {partition} of {self.spec.name} has not been built yet"
+                )
+        return [self._partition_status(record) for record in records]
+
+    def _partition_status(self, record: PartitionRecord) -> PartitionStatus:
+        shards = self.ledger.shards(
+            self.spec.name, partition=record.partition, generation=record.generation
+        )
+        by_state: dict[str, int] = {}
+        for shard in shards:
+            by_state[shard.state.value] = by_state.get(shard.state.value, 0) + 1
+        current_batches = {s.batch_id for s in shards if s.batch_id}
+        batches = [
+            {
+                "batch_id": b["batch_id"],
+                "status": b["status"],
+                "completed": b["request_completed"] or 0,
+                "failed": b["request_failed"] or 0,
+                "total": b["request_total"] or 0,
+            }
+            for b in self.ledger.batches(self.spec.name, partition=record.partition)
+            if b["batch_id"] in current_batches
+        ]
+        waiting = [
+            f"{s.shard_id}: {s.last_error}"
+            for s in shards
+            if s.last_error and (s.state is not ShardState.COLLECTED)
+        ]
+        if record.collected_at is not None:
+            state = "collected"
+        elif record.settled_at is not None:
+            state = "settled"
+        elif record.built_at is None:
+            state = "building"
+        elif any(s.state is ShardState.SUBMITTED for s in shards):
+            state = "in_flight"
+        else:
+            state = "queued"
+        return PartitionStatus(
+            pipeline=self.spec.name,
+            partition=record.partition,
+            generation=record.generation,
+            state=state,
+            source_rows=record.source_rows,
+            requests=record.requests,
+            rejected=record.rejected,
+            shards=by_state,
+            batches=batches,
+            waiting=waiting,
+            results_path=record.results_path,
+        )
+
+    def get_partition(self, partition: str) -> PartitionRecord | None:
+        """The ledger's record of the partition's current generation, if it was ever built."""
+        return self.ledger.get_partition(self.spec.name, partition)
+
+    def partitions(self) -> list[PartitionRecord]:
+        """Every partition the ledger knows for this pipeline, by day."""
+        return self.ledger.list_partitions(self.spec.name)
+
+    def _require_partition(self, partition: str) -> PartitionRecord:
+        record = self.ledger.get_partition(self.spec.name, partition)
+        if record is None:
+            raise PipelineError(f"partition {partition} of {self.spec.name} has not been built")
+        return record
+
+
+def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table:
+    """Every request's last outcome, with the number of attempts it took."""
+    tables = [
+        pq.read_table(storage.local_path(shard.outcomes_path))
+        for shard in shards
+        if shard.outcomes_path
+    ]
+    if not tables:
+        return pa.table({"custom_id": pa.array([], pa.string())})
+    combined = pa.concat_tables(tables, promote_options="permissive")
+    combined = combined.sort_by([("custom_id", "ascending"), ("attempt", "descending")])
+    ids = combined["custom_id"].combine_chunks()
+    changes = pc.not_equal(ids.slice(1), ids.slice(0, max(len(ids) - 1, 0)))
+    mask = pa.concat_arrays([pa.array([True] * min(len(ids), 1)), changes])
+    latest = combined.filter(mask)
+    return latest.rename_columns(
+        ["attempts" if name == "attempt" else name for name in latest.column_names]
+    )
+
+
+def load_pipeline(
+    spec: str | Path | PipelineSpec | dict[str, Any],
+    *,
+    dataframe: pd.DataFrame | None = None,
+    backend: BatchBackend | None = None,
+) -> Pipeline:
+    """A `Pipeline` from a spec file, a mapping or a spec object."""
+    return Pipeline(_as_spec(spec), dataframe=dataframe, backend=backend)
+
+
+def read_results(
+    spec: str | Path | PipelineSpec | dict[str, Any], partition: str | None = None
+) -> pd.DataFrame:
+    """The pipeline's results as one DataFrame: all partitions, or one."""
+    return read_results_dir(_as_spec(spec).pipeline_dir / "results", partition)
+
+
+def _as_spec(spec: str | Path | PipelineSpec | dict[str, Any]) -> PipelineSpec:
+    if isinstance(spec, PipelineSpec):
+        return spec
+    if isinstance(spec, dict):
+        return PipelineSpec.from_dict(spec)
+    return PipelineSpec.from_yaml(spec)

@@ -1,0 +1,270 @@
+"""One poll pass: refresh every in-flight batch of a pipeline and collect the finished ones.
+
+Few batches are retrieved one by one; many are refreshed by listing pages of batches, so HTTP
+calls grow with pages, not batches. Collecting a finished batch downloads its output and error
+files, turns them into one outcome row per request (a request with no line in either file gets
+a retryable `missing_result` outcome, so nothing is lost), and writes a retry shard for the
+retryable rows while attempts remain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batch_pipeline.core.backends.base import NotFound, is_transient_batch_failure
+from batch_pipeline.core.ledger import ShardRecord
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes
+from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
+from batch_pipeline.core.submission import CLOCK_SKEW_SECONDS, SUBMISSION_METADATA_KEY
+from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
+from batch_pipeline.core.worker import PipelineWorker
+
+log = logging.getLogger(__name__)
+
+RETRIEVE_ONE_BY_ONE_UP_TO = 5
+LIST_PAGE_SIZE = 100
+REQUEUE_BACKOFF_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CollectOutcome:
+    shard_id: str
+    succeeded: int
+    failed: int
+    retried: int
+    retry_shard_ids: list[str]
+    requeued: bool = False
+
+
+def batch_dir(shard: ShardRecord) -> str:
+    """Where a shard's downloaded output/error files and its outcomes live in storage."""
+    return (
+        f"batches/partition={shard.partition}/gen={shard.generation}/"
+        f"attempt={shard.attempt}/shard-{shard.shard_index:05d}"
+    )
+
+
+class Poller(PipelineWorker):
+    """Refreshes and collects the batches of one pipeline."""
+
+    # -- refresh ----------------------------------------------------------------------------
+
+    def in_flight(self) -> list[ShardRecord]:
+        return [
+            shard
+            for shard in self.ledger.shards(self.spec.name, states=[ShardState.SUBMITTED])
+            if shard.batch_status is None or not shard.batch_status.is_terminal
+        ]
+
+    def refresh(self, shards: list[ShardRecord]) -> list[BatchInfo]:
+        """Fetch the current state of these shards' batches; returns those whose status moved."""
+        wanted = {shard.batch_id: shard for shard in shards if shard.batch_id}
+        if not wanted:
+            return []
+        fresh: dict[str, BatchInfo] = {}
+        if len(wanted) > RETRIEVE_ONE_BY_ONE_UP_TO:
+            oldest = min(shard.submitted_at or shard.created_at for shard in wanted.values())
+            for batch in self.backend.iter_batches(
+                created_after=int(oldest) - CLOCK_SKEW_SECONDS, page_size=LIST_PAGE_SIZE
+            ):
+                if batch.id in wanted:
+                    fresh[batch.id] = batch
+                    if len(fresh) == len(wanted):
+                        break
+        for batch_id in wanted.keys() - fresh.keys():
+            fresh[batch_id] = self.backend.retrieve_batch(batch_id)
+        changed = []
+        for batch in fresh.values():
+            if self.ledger.update_batch(batch):
+                changed.append(batch)
+        return changed
+
+    def finished(self) -> list[ShardRecord]:
+        """Shards whose batch has ended and whose outcomes are not collected yet."""
+        return [
+            shard
+            for shard in self.ledger.shards(self.spec.name, states=[ShardState.SUBMITTED])
+            if shard.batch_status is not None and shard.batch_status.is_terminal
+        ]
+
+    # -- collect ----------------------------------------------------------------------------
+
+    def collect(self, shard: ShardRecord, *, allow_retries: bool = True) -> CollectOutcome | None:
+        """Download and settle one finished shard; None if another process holds it."""
+        claimed = self.ledger.claim(
+            shard.shard_id,
+            self.owner,
+            from_states=[ShardState.SUBMITTED],
+            to_state=ShardState.SUBMITTED,
+        )
+        if claimed is None:
+            return None
+        try:
+            batch = self.backend.retrieve_batch(claimed.batch_id)
+            self.ledger.update_batch(batch)
+            if batch.status is BatchStatus.FAILED and is_transient_batch_failure(batch):
+                return self._requeue(claimed, batch)
+            outcomes = self._outcomes(claimed, batch)
+            return self._settle(claimed, outcomes, allow_retries=allow_retries)
+        finally:
+            self.ledger.release(claimed.shard_id, self.owner)
+
+    def cancel_unsubmitted(self, shard: ShardRecord) -> bool:
+        """Settle a shard that never became a batch as `cancelled`; a batch that a crashed
+        process did create is found through its metadata and cancelled instead."""
+        claimed = self.ledger.claim(
+            shard.shard_id,
+            self.owner,
+            from_states=[ShardState.QUEUED, ShardState.SUBMITTING],
+            to_state=ShardState.SUBMITTING,
+        )
+        if claimed is None:
+            return False
+        try:
+            if shard.state is ShardState.SUBMITTING and claimed.submissions:
+                found = self.backend.find_batch(
+                    metadata_key=SUBMISSION_METADATA_KEY,
+                    metadata_value=claimed.submission_key,
+                    created_after=int(claimed.created_at) - CLOCK_SKEW_SECONDS,
+                )
+                if found is not None:
+                    self.ledger.record_batch(claimed, found, self.owner)
+                    self.ledger.update_batch(self.backend.cancel_batch(found.id))
+                    return True
+            outcomes = _synthetic_outcomes(
+                self._expected_ids(claimed),
+                status=RowStatus.CANCELLED,
+                retryable=False,
+                code="batch_cancelled",
+                message="cancelled before it was submitted",
+            )
+            self._settle(claimed, outcomes, allow_retries=False)
+            return True
+        finally:
+            self.ledger.release(claimed.shard_id, self.owner)
+
+    def _expected_ids(self, shard: ShardRecord) -> pa.Array:
+        ids = [
+            custom_id for custom_id, _, _ in iter_request_lines(self.storage, [shard.path], None)
+        ]
+        return pa.array(sorted(ids), pa.string())
+
+    def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
+        reason = "; ".join(f"{e.code}: {e.message}" for e in batch.errors) or "transient failure"
+        self.ledger.update_shard(
+            shard.shard_id,
+            self.owner,
+            state=ShardState.QUEUED,
+            not_before=self._clock() + REQUEUE_BACKOFF_SECONDS,
+            last_error=f"batch {batch.id} failed ({reason}); queued again",
+        )
+        log.warning(
+            "shard %s: batch %s failed (%s); queued again", shard.shard_id, batch.id, reason
+        )
+        return CollectOutcome(shard.shard_id, 0, 0, 0, [], requeued=True)
+
+    def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> pa.Table:
+        folder = batch_dir(shard)
+        expected = self._expected_ids(shard)
+        if batch.status is BatchStatus.FAILED:
+            first = batch.errors[0] if batch.errors else None
+            message = "; ".join(
+                f"line {e.line}: {e.message}" if e.line else e.message for e in batch.errors
+            )
+            return _synthetic_outcomes(
+                expected,
+                status=RowStatus.FAILED,
+                retryable=False,
+                code=(first.code if first and first.code else "batch_failed"),
+                message=f"batch {batch.id} failed validation: {message or 'no reason given'}",
+            )
+        paths = {}
+        for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
+            if not file_id:
+                continue
+            relative = f"{folder}/{name}.jsonl"
+            try:
+                with self.storage.atomic_write(relative) as handle:
+                    self.backend.download_file(file_id, handle)
+            except NotFound:
+                log.warning("batch %s: %s file %s is gone", batch.id, name, file_id)
+                continue
+            paths[name] = self.storage.local_path(relative)
+        parsed = parse_outcomes(paths.get("output"), paths.get("errors"), endpoint=shard.endpoint)
+        parsed = parsed.filter(pc.is_in(parsed["custom_id"], value_set=expected))
+        missing = pc.filter(expected, pc.invert(pc.is_in(expected, value_set=parsed["custom_id"])))
+        if len(missing):
+            cancelled = batch.status is BatchStatus.CANCELLED
+            filler = _synthetic_outcomes(
+                missing,
+                status=RowStatus.CANCELLED if cancelled else RowStatus.FAILED,
+                retryable=not cancelled,
+                code="batch_cancelled" if cancelled else "missing_result",
+                message=f"batch {batch.id} ({batch.status.value}) gave no line for this request",
+            )
+            parsed = pa.concat_tables([parsed, filler])
+        return parsed
+
+    def _settle(
+        self, shard: ShardRecord, outcomes: pa.Table, *, allow_retries: bool
+    ) -> CollectOutcome:
+        outcomes = outcomes.append_column(
+            "batch_id", pa.array([shard.batch_id] * len(outcomes), pa.string())
+        ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
+        relative = f"{batch_dir(shard)}/outcomes.parquet"
+        with self.storage.atomic_write(relative) as handle:
+            pq.write_table(outcomes, handle)
+        retry_ids = set()
+        if allow_retries and shard.attempt < self.spec.retry.max_attempts:
+            retry_ids = set(pc.filter(outcomes["custom_id"], outcomes["retryable"]).to_pylist())
+        retry_shard_ids: list[str] = []
+        if retry_ids:
+            manifest = write_retry_shards(
+                self.spec,
+                self.storage,
+                shard.partition,
+                shard.generation,
+                shard.attempt + 1,
+                iter_request_lines(self.storage, [shard.path], retry_ids),
+                first_index=shard.shard_index,
+            )
+            self.ledger.add_shards(manifest.shards)
+            retry_shard_ids = [s.shard_id for s in manifest.shards]
+        succeeded = int(
+            pc.sum(pc.equal(outcomes["status"], RowStatus.SUCCEEDED.value)).as_py() or 0
+        )
+        failed = len(outcomes) - succeeded - len(retry_ids)
+        self.ledger.update_shard(
+            shard.shard_id,
+            self.owner,
+            state=ShardState.COLLECTED,
+            outcomes_path=relative,
+            succeeded=succeeded,
+            failed=failed,
+            retried=len(retry_ids),
+            collected_at=self._clock(),
+        )
+        return CollectOutcome(shard.shard_id, succeeded, failed, len(retry_ids), retry_shard_ids)
+
+
+def _synthetic_outcomes(
+    custom_ids: pa.Array, *, status: RowStatus, retryable: bool, code: str, message: str
+) -> pa.Table:
+    """Outcome rows, in the parsed outcomes' schema, for requests with no line of their own."""
+    count = len(custom_ids)
+    given = {
+        "custom_id": custom_ids,
+        "status": pa.array([status.value] * count, pa.string()),
+        "retryable": pa.array([retryable] * count, pa.bool_()),
+        "error_code": pa.array([code] * count, pa.string()),
+        "error_message": pa.array([message] * count, pa.string()),
+    }
+    return pa.table(
+        [given.get(f.name, pa.nulls(count, f.type)).cast(f.type) for f in OUTCOME_SCHEMA],
+        schema=OUTCOME_SCHEMA,
+    )

@@ -1,0 +1,754 @@
+"""Source rows -> validated Batch API request lines, a record batch at a time.
+
+Every row either becomes one JSONL request line or is rejected with a reason that names the
+column at fault; nothing is dropped. The work is columnar: checks run as Arrow kernels, each
+line is assembled by one Arrow join of precomputed byte pieces (written by orjson from the
+spec) and the row's values, which are JSON-escaped in bulk with numpy. Token counts are
+estimated from byte lengths; only rows whose byte count does not fit the context window are
+tokenized exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batch_pipeline.core.custom_id import custom_ids_for, key_texts
+from batch_pipeline.core.sources import parse_partition
+from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.core.tokens import (
+    byte_lengths,
+    context_window,
+    estimate_from_byte_lengths,
+    estimate_tokens,
+    exact_tokens_batch,
+    request_overhead_tokens,
+)
+from batch_pipeline.core.types import Endpoint
+
+LINE_SLICE_ROWS = 16_384
+MAX_OUTPUT_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# row_number: the row's 0-based position in the partition's source stream (keys may repeat).
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("row_number", pa.int64()),
+        ("key", pa.string()),
+        ("custom_id", pa.string()),
+        ("code", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+class RejectCode:
+    """Machine-readable rejection codes, beside the human reason."""
+
+    NULL_KEY = "null_key"
+    DUPLICATE_KEY = "duplicate_key"
+    INVALID_TEXT = "invalid_text"
+    NULL_VALUE = "null_value"
+    EMPTY_VALUE = "empty_value"
+    CONTEXT_WINDOW_EXCEEDED = "context_window_exceeded"
+    REQUEST_TOO_LARGE = "request_too_large"
+
+
+_EMPTY = pa.scalar(b"", pa.large_binary())
+
+
+def max_output_tokens(params: Mapping[str, Any]) -> int | None:
+    """The output cap a request's params set (`max_tokens` and its newer names), if any."""
+    for name in MAX_OUTPUT_PARAMS:
+        value = params.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class BuiltRequests:
+    """One record batch's outcome: the accepted requests (columnar) and the rejected rows."""
+
+    custom_ids: pa.Array
+    keys: pa.Array
+    lines: pa.ChunkedArray  # large_binary; each a JSON object followed by "\n"
+    estimated_input_tokens: np.ndarray
+    rejected: pa.Table  # REJECTED_SCHEMA
+    source_rows: int
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __iter__(self) -> Iterator[tuple[str, bytes, int]]:
+        """(custom_id, line bytes, estimated input tokens) of each accepted request."""
+        yield from zip(
+            self.custom_ids.to_pylist(),
+            self.lines.to_pylist(),
+            self.estimated_input_tokens.tolist(),
+            strict=True,
+        )
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A per-row part of a line: the custom_id, or a column's value."""
+
+    column: str | None  # None: the custom_id
+
+
+_CUSTOM_ID = _Slot(None)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A spec text split into literal parts and column placeholders."""
+
+    name: str  # the spec key, for messages
+    pieces: tuple[str | _Slot, ...]
+
+    @classmethod
+    def parse(cls, name: str, text: str) -> _Template:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SpecError(f"{name}: the text cannot be encoded as UTF-8 ({exc.reason})") from None
+        pieces: list[str | _Slot] = []
+        for literal, field, format_spec, conversion in string.Formatter().parse(text):
+            if literal:
+                pieces.append(literal)
+            if field is None:
+                continue
+            if format_spec or conversion:
+                raise SpecError(
+                    f"{name}: placeholder {{{field}}} has a format spec or conversion; "
+                    "write just {column}"
+                )
+            pieces.append(_Slot(field))
+        return cls(name, tuple(pieces))
+
+    @property
+    def columns(self) -> list[str]:
+        return [
+            piece.column
+            for piece in self.pieces
+            if isinstance(piece, _Slot) and piece.column is not None
+        ]
+
+    @property
+    def literal_bytes(self) -> int:
+        return sum(len(piece.encode("utf-8")) for piece in self.pieces if isinstance(piece, str))
+
+    def json_pieces(self) -> list[bytes | _Slot]:
+        """The pieces with literals JSON-escaped (escaping commutes with concatenation)."""
+        return [
+            orjson.dumps(piece)[1:-1] if isinstance(piece, str) else piece for piece in self.pieces
+        ]
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        return "".join(
+            piece if isinstance(piece, str) else values[piece.column or ""] for piece in self.pieces
+        )
+
+
+class _Verdicts:
+    """Each row's first rejection (code and reason), or none yet."""
+
+    def __init__(self, rows: int) -> None:
+        self.codes = np.full(rows, None, dtype=object)
+        self.reasons = np.full(rows, None, dtype=object)
+        self.pending = np.ones(rows, dtype=bool)
+
+    def reject(self, mask: np.ndarray | pa.Array, code: str, reason: str) -> None:
+        if isinstance(mask, pa.Array | pa.ChunkedArray):
+            mask = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+        self.reject_rows(np.flatnonzero(mask & self.pending), code, reason)
+
+    def reject_rows(self, rows: np.ndarray, code: str, reasons: str | Sequence[str]) -> None:
+        self.codes[rows] = code
+        self.reasons[rows] = reasons
+        self.pending[rows] = False
+
+    def table(self, first_row: int, key_text: pa.Array, custom_ids: pa.Array) -> pa.Table:
+        """The rejected rows, numbered from `first_row` (the batch's place in the stream)."""
+        rows = np.flatnonzero(~self.pending)
+        taken = pa.array(rows, pa.int64())
+        return pa.table(
+            [
+                pa.array(rows + first_row, pa.int64()),
+                key_text.take(taken),
+                custom_ids.take(taken),
+                pa.array(self.codes[rows].tolist(), pa.string()),
+                pa.array(self.reasons[rows].tolist(), pa.string()),
+            ],
+            schema=REJECTED_SCHEMA,
+        )
+
+
+class _SeenKeys:
+    """The keys of a partition seen so far, kept as 96-bit keyed hashes (12 bytes a key,
+    where a Python set of strings takes ~90), so memory stays flat as partitions grow.
+    Two different keys share both hashes with a chance of about n^2 / 2^97: never, in
+    practice. Hashes live in runs sorted by the first hash, merged as they grow, so a lookup
+    is a binary search in a few runs."""
+
+    _HASH_KEY = "batch-pipeline-1"  # pandas' siphash key: 16 characters
+    _MAX_RUN = 1 << 21
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (uint64 sorted, uint32)
+
+    def repeated(self, key_text: pa.Array) -> np.ndarray:
+        """Mark the rows whose key occurred before (earlier in this batch or in an earlier
+        batch), and remember the rest. Null keys are neither marked nor remembered."""
+        repeated = np.zeros(len(key_text), dtype=bool)
+        rows = np.flatnonzero(pc.is_valid(key_text).to_numpy(zero_copy_only=False))
+        if rows.size == 0:
+            return repeated
+        values = key_text.take(pa.array(rows, pa.int64())).to_numpy(zero_copy_only=False)
+        # Python's own (per-process keyed) string hash, and an independent keyed one.
+        first = np.fromiter(map(hash, values), dtype=np.int64, count=values.size).view(np.uint64)
+        second = pd.util.hash_array(values, hash_key=self._HASH_KEY, categorize=False)
+        second = second.astype(np.uint32)
+        # In hash order (earliest row first among equal keys); sorted lookups are also far
+        # faster than random ones in large runs.
+        order = np.lexsort((rows, second, first))
+        first, second = first[order], second[order]
+        again = np.zeros(rows.size, dtype=bool)
+        again[1:] = (first[1:] == first[:-1]) & (second[1:] == second[:-1])
+        for run in self._runs:
+            again |= _in_run(run, first, second)
+        repeated[rows[order[again]]] = True
+        self._runs.append((first[~again], second[~again]))
+        self._merge()
+        return repeated
+
+    def _merge(self) -> None:
+        """Merge the newest run into the one before while it is at least half its size, up to
+        `_MAX_RUN` entries, so that no merge needs memory in proportion to the partition."""
+        while (
+            len(self._runs) > 1
+            and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0])
+            and len(self._runs[-1][0]) + len(self._runs[-2][0]) <= self._MAX_RUN
+        ):
+            newer_first, newer_second = self._runs.pop()
+            older_first, older_second = self._runs.pop()
+            at = np.searchsorted(older_first, newer_first)
+            first = np.insert(older_first, at, newer_first)
+            del older_first, newer_first  # keep the merge's peak memory low
+            self._runs.append((first, np.insert(older_second, at, newer_second)))
+
+
+def _in_run(
+    run: tuple[np.ndarray, np.ndarray], first: np.ndarray, second: np.ndarray
+) -> np.ndarray:
+    """Which (first, second) hash pairs, sorted by `first`, are in the run."""
+    run_first, run_second = run
+    low = np.searchsorted(run_first, first, side="left")
+    at = np.minimum(low, len(run_first) - 1)
+    same_first = (low < len(run_first)) & (run_first[at] == first)
+    found = same_first & (run_second[at] == second)
+    # A first hash shared by different keys (about n^2 / 2^65): look at all its entries.
+    after = np.minimum(at + 1, len(run_first) - 1)
+    shared = np.flatnonzero(same_first & ~found & (after > at) & (run_first[after] == first))
+    for index in shared:
+        high = np.searchsorted(run_first, first[index], side="right")
+        found[index] = bool(np.any(run_second[low[index] : high] == second[index]))
+    return found
+
+
+class RequestBuilder:
+    """Turns a partition's record batches into request lines; remembers the partition's keys
+    so that a key seen in an earlier batch is rejected as a duplicate."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        request = spec.request
+        self.spec = spec
+        self.key = spec.source.key
+        self.endpoint = Endpoint(request.endpoint)
+        self.model = request.model
+        if self.endpoint is Endpoint.EMBEDDINGS and request.system is not None:
+            raise SpecError("request.system: /v1/embeddings takes no system text; remove it")
+        self.prompt = _Template.parse("request.prompt", request.prompt)
+        self.system = _Template.parse("request.system", request.system) if request.system else None
+        self.max_output_tokens = max_output_tokens(request.params)
+        self.context_window = context_window(request.model, request.context_window)
+        self.overhead = request_overhead_tokens(self.endpoint, 1 if self.system is None else 2)
+        self.max_line_bytes = spec.limits.max_bytes_per_file
+        self._line_pieces = self._line_template()
+        self._partition: str | None = None
+        self._seen_keys = _SeenKeys()
+        self._rows_read = 0
+
+    @property
+    def templates(self) -> list[_Template]:
+        return [self.prompt] if self.system is None else [self.system, self.prompt]
+
+    @property
+    def placeholders(self) -> list[str]:
+        """The columns the texts refer to, in order, without repeats."""
+        return list(dict.fromkeys(name for t in self.templates for name in t.columns))
+
+    @property
+    def columns(self) -> list[str]:
+        """The source columns a build reads: the key and the placeholders."""
+        return list(dict.fromkeys([self.key, *self.placeholders]))
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        """SpecError, before any row is read, if the key or a placeholder names no column.
+
+        An empty schema (a source holding no data at all) has nothing to check.
+        """
+        names = schema.names
+        if not names:
+            return
+        listing = ", ".join(repr(name) for name in names)
+        if self.key not in names:
+            raise SpecError(
+                f"source.key: column {self.key!r} is not in the source; its columns: {listing}"
+            )
+        for template in self.templates:
+            for column in template.columns:
+                if column not in names:
+                    raise SpecError(
+                        f"{template.name}: placeholder {{{column}}} names no column; "
+                        f"the source's columns: {listing}"
+                    )
+
+    @property
+    def _named_columns(self) -> str:
+        return ", ".join(repr(column) for column in self.placeholders) or "none"
+
+    def reset(self) -> None:
+        """Forget the keys seen so far (a new partition starts)."""
+        self._seen_keys = _SeenKeys()
+        self._rows_read = 0
+
+    def build(self, batch: pa.RecordBatch, partition: str) -> BuiltRequests:
+        """Check every row of `batch` and build the lines of those that pass."""
+        if partition != self._partition:
+            parse_partition(partition)
+            self.reset()
+            self._partition = partition
+        self.check_schema(batch.schema)
+        verdicts = _Verdicts(batch.num_rows)
+        keys = batch.column(self.key)
+        key_text = key_texts(keys)
+        custom_ids = custom_ids_for(partition, key_text)
+        verdicts.reject(pc.is_null(keys), RejectCode.NULL_KEY, f"key column {self.key!r} is null")
+        verdicts.reject(
+            self._seen_keys.repeated(key_text),
+            RejectCode.DUPLICATE_KEY,
+            f"duplicate key: key column {self.key!r} repeats the key of an earlier row of "
+            f"partition {partition}",
+        )
+        texts = {column: self._column_text(batch, column, verdicts) for column in self.placeholders}
+        input_bytes = self._input_bytes(texts, batch.num_rows)
+        exact = self._check_context(texts, input_bytes, verdicts)
+
+        accepted = np.flatnonzero(verdicts.pending)
+        lines = self._lines(accepted, custom_ids, texts)
+        lines, accepted = self._check_line_size(lines, accepted, verdicts)
+        estimated = self._estimate(accepted, input_bytes, exact)
+
+        rejected = verdicts.table(self._rows_read, key_text, custom_ids)
+        self._rows_read += batch.num_rows
+        return BuiltRequests(
+            custom_ids=_rows_of(custom_ids, accepted),
+            keys=_rows_of(key_text, accepted),
+            lines=lines,
+            estimated_input_tokens=estimated,
+            rejected=rejected,
+            source_rows=batch.num_rows,
+        )
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _column_text(self, batch: pa.RecordBatch, column: str, verdicts: _Verdicts) -> pa.Array:
+        """The column as text, after rejecting rows whose value is not usable text."""
+        text, undecodable = _as_text(batch.column(column))
+        verdicts.reject(
+            undecodable,
+            RejectCode.INVALID_TEXT,
+            f"column {column!r} is not valid UTF-8 text (it cannot be encoded)",
+        )
+        verdicts.reject(pc.is_null(text), RejectCode.NULL_VALUE, f"column {column!r} is null")
+        blank = pc.or_(pc.equal(pc.binary_length(text), 0), pc.utf8_is_space(text))
+        verdicts.reject(blank, RejectCode.EMPTY_VALUE, f"column {column!r} is empty")
+        return text
+
+    def _input_bytes(self, texts: Mapping[str, pa.Array], rows: int) -> np.ndarray:
+        """UTF-8 bytes of the filled system and prompt texts, without building them."""
+        lengths = {column: byte_lengths(text) for column, text in texts.items()}
+        total = np.zeros(rows, dtype=np.int64)
+        for template in self.templates:
+            total += template.literal_bytes
+            for column in template.columns:
+                total += lengths[column]
+        return total
+
+    def _check_context(
+        self, texts: Mapping[str, pa.Array], input_bytes: np.ndarray, verdicts: _Verdicts
+    ) -> dict[int, int]:
+        """Reject rows too long for the model; returns the exact counts it had to make.
+
+        Bytes bound tokens from above, so only rows whose byte count does not fit are counted.
+        """
+        limit = self.context_window - (self.max_output_tokens or 0)
+        near = np.flatnonzero(verdicts.pending & (input_bytes + self.overhead > limit))
+        if near.size == 0:
+            return {}
+        tokens = self._exact_tokens(near, texts)
+        too_long = tokens > limit
+        reserved = (
+            f" less {self.max_output_tokens} reserved for output" if self.max_output_tokens else ""
+        )
+        verdicts.reject_rows(
+            near[too_long],
+            RejectCode.CONTEXT_WINDOW_EXCEEDED,
+            [
+                f"input of {count} tokens (from columns {self._named_columns}) does not fit "
+                f"the context window of {self.model}: {self.context_window} tokens{reserved}"
+                for count in tokens[too_long].tolist()
+            ],
+        )
+        return dict(zip(near.tolist(), tokens.tolist(), strict=True))
+
+    def _check_line_size(
+        self, lines: pa.ChunkedArray, accepted: np.ndarray, verdicts: _Verdicts
+    ) -> tuple[pa.ChunkedArray, np.ndarray]:
+        sizes = byte_lengths(lines)
+        too_big = sizes > self.max_line_bytes
+        if not too_big.any():
+            return lines, accepted
+        verdicts.reject_rows(
+            accepted[too_big],
+            RejectCode.REQUEST_TOO_LARGE,
+            [
+                f"request line of {size} bytes (from columns {self._named_columns}) is larger than "
+                f"limits.max_bytes_per_file ({self.max_line_bytes})"
+                for size in sizes[too_big].tolist()
+            ],
+        )
+        return lines.filter(pa.array(~too_big)), accepted[~too_big]
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def _filled(self, rows: np.ndarray, texts: Mapping[str, pa.Array]) -> list[list[str]]:
+        """The filled texts (system, prompt) of a few rows, built in Python."""
+        taken = pa.array(rows, pa.int64())
+        values = {column: text.take(taken).to_pylist() for column, text in texts.items()}
+        return [
+            [template.fill({c: values[c][i] for c in template.columns}) for i in range(len(rows))]
+            for template in self.templates
+        ]
+
+    def _exact_tokens(self, rows: np.ndarray, texts: Mapping[str, pa.Array]) -> np.ndarray:
+        counts = [exact_tokens_batch(filled, self.model) for filled in self._filled(rows, texts)]
+        return np.sum(counts, axis=0) + self.overhead
+
+    def _estimate(
+        self, accepted: np.ndarray, input_bytes: np.ndarray, exact: Mapping[int, int]
+    ) -> np.ndarray:
+        """The cheap estimate of each accepted row, or its exact count where one was made."""
+        estimated = estimate_from_byte_lengths(input_bytes[accepted], overhead=self.overhead)
+        if exact:
+            for position, row in enumerate(accepted.tolist()):
+                if row in exact:
+                    estimated[position] = exact[row]
+        return estimated
+
+    # -- lines --------------------------------------------------------------------------------
+
+    def _line_template(self) -> list[bytes | _Slot]:
+        """The request line as static bytes (from orjson) around per-row slots."""
+        sentinels = {
+            "custom_id": "\x00bp:custom_id\x00",
+            "prompt": "\x00bp:prompt\x00",
+            "system": "\x00bp:system\x00",
+        }
+        params = self.spec.request.params
+        if self.endpoint is Endpoint.CHAT_COMPLETIONS:
+            messages = [{"role": "user", "content": sentinels["prompt"]}]
+            if self.system is not None:
+                messages.insert(0, {"role": "system", "content": sentinels["system"]})
+            body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
+        elif self.endpoint is Endpoint.RESPONSES:
+            body = {"model": self.model, "input": sentinels["prompt"]}
+            if self.system is not None:
+                body["instructions"] = sentinels["system"]
+            body.update(params)
+        else:
+            body = {"model": self.model, "input": sentinels["prompt"], **params}
+        line = {
+            "custom_id": sentinels["custom_id"],
+            "method": "POST",
+            "url": self.endpoint.value,
+            "body": body,
+        }
+        try:
+            encoded = orjson.dumps(line) + b"\n"
+        except orjson.JSONEncodeError as exc:
+            raise SpecError(f"request: cannot be written as JSON: {exc}") from None
+        slots: dict[bytes, list[bytes | _Slot]] = {
+            orjson.dumps(sentinels["custom_id"]): [b'"', _CUSTOM_ID, b'"'],
+            orjson.dumps(sentinels["prompt"]): [b'"', *self.prompt.json_pieces(), b'"'],
+        }
+        if self.system is not None:
+            slots[orjson.dumps(sentinels["system"])] = [b'"', *self.system.json_pieces(), b'"']
+        pieces: list[bytes | _Slot] = [encoded]
+        for marker, replacement in slots.items():
+            if encoded.count(marker) != 1:
+                raise SpecError("request.params: must not contain the builder's markers")
+            pieces = [
+                part
+                for piece in pieces
+                for part in (
+                    _split_on(piece, marker, replacement) if isinstance(piece, bytes) else [piece]
+                )
+            ]
+        return _merge_bytes(pieces)
+
+    def _lines(
+        self, accepted: np.ndarray, custom_ids: pa.Array, texts: Mapping[str, pa.Array]
+    ) -> pa.ChunkedArray:
+        """The accepted rows' lines, built in slices on the worker threads (the numpy and
+        Arrow work releases the GIL)."""
+        # custom_ids need no escaping: a valid partition and a readable key or hash are made
+        # of letters, digits and "_.-:" only.
+        columns: dict[str | None, pa.Array] = {
+            None: pc.cast(_rows_of(custom_ids, accepted), pa.large_binary()),
+            **{column: _rows_of(text, accepted) for column, text in texts.items()},
+        }
+        starts = range(0, len(accepted), LINE_SLICE_ROWS)
+        slices = _line_workers().map(
+            lambda start: self._slice_lines(
+                {name: array.slice(start, LINE_SLICE_ROWS) for name, array in columns.items()}
+            ),
+            starts,
+        )
+        return pa.chunked_array(list(slices), pa.large_binary())
+
+    def _slice_lines(self, columns: Mapping[str | None, pa.Array]) -> pa.Array:
+        escaped = {
+            name: array if name is None else json_escape(array) for name, array in columns.items()
+        }
+        parts = [
+            escaped[piece.column]
+            if isinstance(piece, _Slot)
+            else pa.scalar(piece, pa.large_binary())
+            for piece in self._line_pieces
+        ]
+        return pc.binary_join_element_wise(*parts, _EMPTY)
+
+
+@lru_cache(maxsize=1)
+def _line_workers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="lines")
+
+
+def _rows_of(array: pa.Array, rows: np.ndarray) -> pa.Array:
+    """`array` at the (ascending) `rows`; no copy when they are all of its rows."""
+    if len(rows) == len(array):
+        return array
+    return array.take(pa.array(rows, pa.int64()))
+
+
+def _split_on(piece: bytes, marker: bytes, replacement: list[bytes | _Slot]) -> list[bytes | _Slot]:
+    before, found, after = piece.partition(marker)
+    return [before, *replacement, after] if found else [piece]
+
+
+def _merge_bytes(pieces: list[bytes | _Slot]) -> list[bytes | _Slot]:
+    merged: list[bytes | _Slot] = []
+    for piece in pieces:
+        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += piece
+        elif not (isinstance(piece, bytes) and not piece):
+            merged.append(piece)
+    return merged
+
+
+# -- text conversion ----------------------------------------------------------------------------
+
+# Types whose Arrow cast to text equals Python's str() (dates: isoformat).
+_CAST_TO_TEXT = (pa.types.is_integer, pa.types.is_date32, pa.types.is_null)
+_TEXT_OR_BYTES = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+)
+
+
+def _as_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(large_string text of each value, rows whose bytes are not valid UTF-8).
+
+    Strings are checked, bytes decoded, other values rendered like `str()` (dates and times
+    in ISO form); undecodable rows come back null.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    kind = column.type
+    no_errors = np.zeros(len(column), dtype=bool)
+    if any(check(kind) for check in _TEXT_OR_BYTES):
+        try:
+            text = pc.cast(column, pa.large_string())  # bytes are checked by the cast,
+            text.validate(full=True)  # strings (which Arrow may hold unchecked) here
+        except pa.ArrowInvalid:
+            return _decode(pc.cast(column, pa.large_binary()))
+        return text, no_errors
+    if any(check(kind) for check in _CAST_TO_TEXT):
+        return pc.cast(column, pa.large_string()), no_errors
+    rendered = [None if value is None else _render(value) for value in column.to_pylist()]
+    return pa.array(rendered, pa.large_string()), no_errors
+
+
+def _decode(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Row by row, for the rare column holding some bytes that are not UTF-8."""
+    values = column.to_pylist()
+    undecodable = np.zeros(len(values), dtype=bool)
+    decoded: list[str | None] = []
+    for row, value in enumerate(values):
+        try:
+            decoded.append(None if value is None else value.decode("utf-8"))
+        except UnicodeDecodeError:
+            undecodable[row] = True
+            decoded.append(None)
+    return pa.array(decoded, pa.large_string()), undecodable
+
+
+def _render(value: object) -> str:
+    if isinstance(value, date | datetime | time):
+        return value.isoformat()
+    return str(value)
+
+
+# -- JSON string escaping, columnar -------------------------------------------------------------
+
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_SHORT_ESCAPES = {
+    ord("\b"): "b",
+    ord("\t"): "t",
+    ord("\n"): "n",
+    ord("\f"): "f",
+    ord("\r"): "r",
+    _QUOTE: '"',
+    _BACKSLASH: "\\",
+}
+# For each byte that JSON requires escaping: what to insert before it, and what it becomes.
+# A short escape inserts "\" (1 byte); any other control byte becomes "\u00XX" (5 inserted).
+_INSERT_COUNT = np.zeros(256, dtype=np.int64)
+_INSERTED = np.zeros((256, 5), dtype=np.uint8)
+_REPLACED = np.arange(256, dtype=np.uint8)
+for _byte in [*range(0x20), _QUOTE, _BACKSLASH]:
+    if _byte in _SHORT_ESCAPES:
+        _INSERT_COUNT[_byte] = 1
+        _INSERTED[_byte, :1] = np.frombuffer(b"\\", dtype=np.uint8)
+        _REPLACED[_byte] = ord(_SHORT_ESCAPES[_byte])
+    else:
+        _hex = f"{_byte:02x}".encode()
+        _INSERT_COUNT[_byte] = 5
+        _INSERTED[_byte] = np.frombuffer(b"\\u00" + _hex[:1], dtype=np.uint8)
+        _REPLACED[_byte] = _hex[1]
+
+
+def json_escape(strings: pa.Array) -> pa.Array:
+    """The JSON string-literal content of each value (without the quotes), as large_binary.
+
+    Equal to `orjson.dumps(value)[1:-1]`: only `"`, `\\` and control bytes are escaped, and
+    UTF-8 bytes of other characters pass through (they are never below 0x80). Nulls give "".
+    """
+    binary = pc.cast(pc.fill_null(strings, ""), pa.large_binary())
+    count = len(binary)
+    if count == 0:
+        return binary
+    offsets = np.frombuffer(binary.buffers()[1], dtype=np.int64)[
+        binary.offset : binary.offset + count + 1
+    ]
+    start, stop = int(offsets[0]), int(offsets[-1])
+    data = (
+        np.frombuffer(binary.buffers()[2], dtype=np.uint8)[start:stop]
+        if stop > start
+        else np.zeros(0, dtype=np.uint8)
+    )
+    special = np.flatnonzero(_needs_escape(data))
+    if special.size == 0:
+        return binary
+    codes = data[special]
+    inserts = _INSERT_COUNT[codes]
+    inserted_through = np.cumsum(inserts)
+    inserted_before = inserted_through - inserts
+    escape_start = special + inserted_before  # where each escape sequence begins in the output
+    escaped = np.empty(data.size + int(inserted_through[-1]), dtype=np.uint8)
+    if int(inserted_through[-1]) == special.size:  # only one-byte insertions: "\"
+        insert_at, inserted = escape_start, _INSERTED[_BACKSLASH, 0]
+    else:
+        within = np.arange(int(inserted_through[-1])) - np.repeat(inserted_before, inserts)
+        insert_at = np.repeat(escape_start, inserts) + within
+        inserted = _INSERTED[codes][np.arange(5) < inserts[:, None]]
+    original = np.ones(escaped.size, dtype=bool)
+    original[insert_at] = False
+    escaped[original] = data
+    escaped[insert_at] = inserted
+    escaped[escape_start + inserts] = _REPLACED[codes]
+    relative = offsets - start
+    shift = np.concatenate(([0], inserted_through))[np.searchsorted(special, relative)]
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), count, [None, pa.py_buffer(relative + shift), pa.py_buffer(escaped)]
+    )
+
+
+def _needs_escape(data: np.ndarray) -> np.ndarray:
+    mask = data < 0x20
+    mask |= data == _QUOTE
+    mask |= data == _BACKSLASH
+    return mask
+
+
+# -- estimates for existing lines (retries) ---------------------------------------------------
+
+
+def body_input_texts(body: Mapping[str, Any]) -> list[str]:
+    """The texts of a request body that count as input tokens."""
+    texts: list[str] = []
+    for message in body.get("messages") or ():
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+    for name in ("instructions", "input"):
+        value = body.get(name)
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, list):
+            texts.extend(item for item in value if isinstance(item, str))
+    return texts
+
+
+def estimate_request_tokens(requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Estimated input tokens of parsed request lines of one file (one model), as the builder
+    estimates them: for retry shards made from existing lines."""
+    if not requests:
+        return np.zeros(0, dtype=np.int64)
+    texts = [body_input_texts(request["body"]) for request in requests]
+    overheads = np.array(
+        [
+            request_overhead_tokens(request["url"], len(parts))
+            for request, parts in zip(requests, texts, strict=True)
+        ],
+        dtype=np.int64,
+    )
+    model = requests[0]["body"]["model"]
+    return estimate_tokens(["".join(parts) for parts in texts], model) + overheads

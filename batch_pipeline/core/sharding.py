@@ -1,0 +1,719 @@
+"""JSONL request shards within the Batch API's limits, their manifest, and retry shards.
+
+Layout under the storage root (the pipeline's folder):
+
+    requests/partition={P}/gen={G}/rejected.parquet               rows refused before submission
+    requests/partition={P}/gen={G}/attempt={A}/shard-00000.jsonl  request lines
+    requests/partition={P}/gen={G}/attempt={A}/manifest.json      written last
+
+Attempt 1 holds a generation's build from the source; later attempts hold retry shards made
+from the original lines (retries of one earlier shard keep its index and get their own
+`manifest-s{index}.json`). Every file is written atomically; a manifest exists only once all
+the shards it lists do, so a missing manifest means "not built".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch_pipeline.core.prices import cost_usd, price_for
+from batch_pipeline.core.requests import (
+    MAX_OUTPUT_PARAMS,
+    REJECTED_SCHEMA,
+    RequestBuilder,
+    estimate_request_tokens,
+    max_output_tokens,
+)
+from batch_pipeline.core.sources import (
+    DEFAULT_BATCH_SIZE,
+    iter_partition_batches,
+    parse_partition,
+    source_schema,
+)
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.storage import StorageRoot
+from batch_pipeline.core.types import ShardInfo
+
+FIRST_ATTEMPT = 1
+RETRY_CHUNK = 4_096
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+
+RequestLine = tuple[str, bytes, int]  # (custom_id, line bytes ending in "\n", est. tokens)
+
+
+# -- layout -----------------------------------------------------------------------------------
+
+
+def generation_dir(partition: str, generation: int) -> str:
+    return f"requests/partition={partition}/gen={generation}"
+
+
+def attempt_dir(partition: str, generation: int, attempt: int) -> str:
+    return f"{generation_dir(partition, generation)}/attempt={attempt}"
+
+
+def shard_path(partition: str, generation: int, attempt: int, index: int) -> str:
+    return f"{attempt_dir(partition, generation, attempt)}/shard-{index:05d}.jsonl"
+
+
+def manifest_path(
+    partition: str, generation: int, attempt: int, first_index: int | None = None
+) -> str:
+    """`manifest.json` of an attempt; retry shards made from one earlier shard get their own
+    `manifest-s{first_index}.json`, so collectors of different shards never write one file."""
+    name = "manifest.json" if first_index is None else f"manifest-s{first_index:05d}.json"
+    return f"{attempt_dir(partition, generation, attempt)}/{name}"
+
+
+def rejected_path(partition: str, generation: int) -> str:
+    return f"{generation_dir(partition, generation)}/rejected.parquet"
+
+
+def shard_id(pipeline: str, partition: str, generation: int, attempt: int, index: int) -> str:
+    """A shard's identity, also carried in its provider batch's metadata."""
+    return f"{pipeline}:{partition}:g{generation}:a{attempt}:s{index:05d}"
+
+
+# -- manifest ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardEstimate:
+    """What a shard is estimated to cost; None where the model's price is unknown."""
+
+    shard_id: str
+    estimated_output_tokens: int
+    estimated_cost_live_usd: float | None
+    estimated_cost_batch_usd: float | None
+
+
+# The ShardInfo fields a manifest lists per shard; the rest are the manifest's own.
+_SHARD_FIELDS = ("shard_id", "index", "path", "rows", "bytes", "sha256", "estimated_input_tokens")
+_COMMON_FIELDS = ("pipeline", "partition", "generation", "attempt", "model", "endpoint")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one attempt of a partition's generation holds: its shards, counts and estimates."""
+
+    pipeline: str
+    partition: str
+    generation: int
+    attempt: int
+    model: str
+    endpoint: str
+    source_rows: int
+    requests: int
+    rejected: int
+    shards: tuple[ShardInfo, ...]
+    estimates: tuple[ShardEstimate, ...]
+    path: str  # where this manifest is stored, relative to the storage root
+    notes: tuple[str, ...] = ()
+
+    @property
+    def bytes(self) -> int:
+        return sum(shard.bytes for shard in self.shards)
+
+    @property
+    def estimated_input_tokens(self) -> int:
+        return sum(shard.estimated_input_tokens for shard in self.shards)
+
+    @property
+    def estimated_output_tokens(self) -> int:
+        return sum(estimate.estimated_output_tokens for estimate in self.estimates)
+
+    @property
+    def estimated_cost_live_usd(self) -> float | None:
+        return _total([estimate.estimated_cost_live_usd for estimate in self.estimates])
+
+    @property
+    def estimated_cost_batch_usd(self) -> float | None:
+        return _total([estimate.estimated_cost_batch_usd for estimate in self.estimates])
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        return {
+            "shards": len(self.shards),
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "estimated_input_tokens": self.estimated_input_tokens,
+            "estimated_output_tokens": self.estimated_output_tokens,
+            "estimated_cost_live_usd": self.estimated_cost_live_usd,
+            "estimated_cost_batch_usd": self.estimated_cost_batch_usd,
+        }
+
+    def to_json(self) -> bytes:
+        shards = [
+            {
+                **{name: getattr(shard, name) for name in _SHARD_FIELDS},
+                **{k: v for k, v in dataclasses.asdict(estimate).items() if k != "shard_id"},
+            }
+            for shard, estimate in zip(self.shards, self.estimates, strict=True)
+        ]
+        document = {
+            **{
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name not in ("shards", "estimates", "notes")
+            },
+            "shards": shards,
+            "totals": self.totals,
+            "notes": list(self.notes),
+        }
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Manifest:
+        document = orjson.loads(data)
+        common = {name: document[name] for name in _COMMON_FIELDS}
+        shards = tuple(
+            ShardInfo(**common, **{name: shard[name] for name in _SHARD_FIELDS})
+            for shard in document["shards"]
+        )
+        estimates = tuple(
+            ShardEstimate(
+                shard_id=shard["shard_id"],
+                **{
+                    f.name: shard[f.name]
+                    for f in dataclasses.fields(ShardEstimate)
+                    if f.name != "shard_id"
+                },
+            )
+            for shard in document["shards"]
+        )
+        return cls(
+            **common,
+            source_rows=document["source_rows"],
+            requests=document["requests"],
+            rejected=document["rejected"],
+            shards=shards,
+            estimates=estimates,
+            path=document["path"],
+            notes=tuple(document.get("notes", ())),
+        )
+
+
+def _total(costs: list[float | None]) -> float | None:
+    """The sum of the costs, or None if any is unknown."""
+    return None if None in costs else round(sum(costs), 6)  # type: ignore[arg-type]
+
+
+def load_manifest(
+    storage: StorageRoot,
+    partition: str,
+    generation: int,
+    attempt: int,
+    first_index: int | None = None,
+) -> Manifest:
+    """A stored manifest (FileNotFoundError if that build never completed)."""
+    path = manifest_path(partition, generation, attempt, first_index)
+    return Manifest.from_json(storage.read_bytes(path))
+
+
+def _write_manifest(
+    spec: PipelineSpec,
+    storage: StorageRoot,
+    path: str,
+    shards: Sequence[ShardInfo],
+    *,
+    partition: str,
+    generation: int,
+    attempt: int,
+    source_rows: int,
+    rejected: int,
+) -> Manifest:
+    """Estimate the shards' costs and write their manifest (atomically, after the shards)."""
+    request = spec.request
+    output_per_request = max_output_tokens(request.params)
+    notes = []
+    if output_per_request is None:
+        notes.append(
+            f"request.params sets none of {', '.join(MAX_OUTPUT_PARAMS)}: estimated output "
+            "tokens are 0, so the estimated costs cover input tokens only"
+        )
+    if price_for(request.model, spec.prices) is None:
+        notes.append(f"no price is known for model {request.model!r}: costs are unknown")
+
+    def estimate(shard: ShardInfo) -> ShardEstimate:
+        output_tokens = shard.rows * (output_per_request or 0)
+        live, batch = (
+            cost_usd(
+                request.model,
+                shard.estimated_input_tokens,
+                output_tokens,
+                batch=batch,
+                overrides=spec.prices,
+            )
+            for batch in (False, True)
+        )
+        return ShardEstimate(
+            shard.shard_id,
+            output_tokens,
+            None if live is None else round(live, 6),
+            None if batch is None else round(batch, 6),
+        )
+
+    manifest = Manifest(
+        pipeline=spec.name,
+        partition=partition,
+        generation=generation,
+        attempt=attempt,
+        model=request.model,
+        endpoint=request.endpoint.value,
+        source_rows=source_rows,
+        requests=sum(shard.rows for shard in shards),
+        rejected=rejected,
+        shards=tuple(shards),
+        estimates=tuple(estimate(shard) for shard in shards),
+        path=path,
+        notes=tuple(notes),
+    )
+    storage.write_bytes(path, manifest.to_json())
+    return manifest
+
+
+# -- shard writer -----------------------------------------------------------------------------
+
+
+class _FileWorker:
+    """Writes shard files on one background thread, in submission order, so that disk writes,
+    hashing and fsync overlap with building the next lines. At most `MAX_IN_FLIGHT_BYTES` of
+    lines wait for it. After a failure it does nothing more (a later finish must not rename
+    a file that missed a write into place); the failure surfaces on the caller's next wait.
+    """
+
+    def __init__(self, storage: StorageRoot) -> None:
+        self._storage = storage
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._queued: deque[tuple[Future[Any], int]] = deque()
+        self._queued_bytes = 0
+        self._shut = False
+        # Used only on the worker thread:
+        self._open: contextlib.ExitStack | None = None
+        self._file: BinaryIO | None = None
+        self._hash = hashlib.sha256()
+        self._failed: BaseException | None = None
+
+    def start(self, path: str) -> None:
+        self._submit(0, self._start, path)
+
+    def write(self, chunk: memoryview, owner: object) -> None:
+        """Queue `chunk`; `owner` (the Arrow array it views) is kept alive until written."""
+        self._submit(len(chunk), self._write, chunk, owner)
+
+    def finish(self) -> Future[str]:
+        """Close and rename the open file; the future gives its sha256."""
+        return self._submit(0, self._finish)
+
+    def close(self) -> None:
+        """Wait for every queued write; on a failure, remove the open file and re-raise."""
+        if self._shut:
+            return
+        try:
+            self._wait_until(-1)
+        except BaseException as exc:
+            self.abort(type(exc), exc, exc.__traceback__)
+            raise
+        self._shutdown()
+
+    def abort(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Drop what is queued and remove the open file's temporary."""
+        if self._shut:
+            return
+        for future, _ in self._queued:
+            future.cancel()
+        self._queued.clear()
+        self._executor.submit(self._abort, exc_type, exc, traceback).result()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._executor.shutdown()
+        self._shut = True
+
+    def _submit(self, size: int, task: Callable[..., Any], *args: Any) -> Future[Any]:
+        self._wait_until(MAX_IN_FLIGHT_BYTES - size)
+        future = self._executor.submit(self._guarded, task, *args)
+        self._queued.append((future, size))
+        self._queued_bytes += size
+        return future
+
+    def _wait_until(self, limit: int) -> None:
+        """Wait for the oldest tasks until at most `limit` bytes are queued (-1: all tasks)."""
+        while self._queued and (limit < 0 or self._queued_bytes > limit):
+            future, size = self._queued.popleft()
+            self._queued_bytes -= size
+            future.result()
+
+    def _guarded(self, task: Callable[..., Any], *args: Any) -> Any:
+        if self._failed is not None:
+            raise RuntimeError("an earlier write of this shard writer failed") from self._failed
+        try:
+            return task(*args)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _start(self, path: str) -> None:
+        self._open = contextlib.ExitStack()
+        self._file = self._open.enter_context(self._storage.atomic_write(path))
+        self._hash = hashlib.sha256()
+
+    def _write(self, chunk: memoryview, owner: object) -> None:
+        assert self._file is not None
+        self._file.write(chunk)
+        self._hash.update(chunk)
+
+    def _finish(self) -> str:
+        assert self._open is not None
+        self._open.close()
+        self._open = self._file = None
+        return self._hash.hexdigest()
+
+    def _abort(self, *exc_info: Any) -> None:
+        if self._open is not None:
+            self._open.__exit__(*exc_info)
+            self._open = self._file = None
+
+
+@dataclass(frozen=True)
+class _Closed:
+    """A shard handed to the worker to finish: its figures, and its sha256 to come."""
+
+    index: int
+    rows: int
+    bytes: int
+    tokens: int
+    sha256: Future[str]
+
+
+class ShardWriter:
+    """Cuts a stream of request lines into shards within the spec's limits.
+
+    A shard closes before it would pass `limits.max_requests_per_file`,
+    `limits.max_bytes_per_file`, or the estimated-token budget `limits.enqueued_tokens`
+    (a shard above the budget could never be enqueued; a single request above it goes alone).
+    Lines go straight from Arrow's buffers to the files, hashed as they are written, on a
+    background thread. Use as a context manager: `shards` is complete once the block ends;
+    on an error the open shard's temporary file is removed.
+    """
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        storage: StorageRoot,
+        partition: str,
+        generation: int,
+        attempt: int,
+        *,
+        first_index: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.storage = storage
+        self.partition = partition
+        self.generation = generation
+        self.attempt = attempt
+        self.first_index = first_index
+        self.max_rows = spec.limits.max_requests_per_file
+        self.max_bytes = spec.limits.max_bytes_per_file
+        self.max_tokens = spec.limits.enqueued_tokens
+        self.shards: list[ShardInfo] = []
+        self._worker = _FileWorker(storage)
+        self._closed: list[_Closed] = []
+        self._is_open = False
+        self._rows = self._bytes = self._tokens = 0
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._worker.abort(exc_type, exc, traceback)
+
+    def add(
+        self,
+        custom_ids: pa.Array,
+        lines: pa.Array | pa.ChunkedArray,
+        estimated_tokens: np.ndarray,
+    ) -> None:
+        """Append requests (lines ending in "\\n", binary) to the shards."""
+        if isinstance(lines, pa.ChunkedArray):
+            start = 0
+            for chunk in lines.chunks:
+                end = start + len(chunk)
+                self.add(custom_ids[start:end], chunk, estimated_tokens[start:end])
+                start = end
+            return
+        count = len(lines)
+        if count == 0:
+            return
+        lines = lines.cast(pa.large_binary())
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[
+            lines.offset : lines.offset + count + 1
+        ]
+        data = memoryview(lines.buffers()[2])
+        sizes = np.diff(offsets)
+        too_big = np.flatnonzero(sizes > self.max_bytes)
+        if too_big.size:
+            raise ValueError(
+                f"request {custom_ids[int(too_big[0])].as_py()} is {int(sizes[too_big[0]])} "
+                f"bytes, more than limits.max_bytes_per_file ({self.max_bytes})"
+            )
+        tokens = np.asarray(estimated_tokens, dtype=np.int64)
+        end_bytes, end_tokens = np.cumsum(sizes), np.cumsum(tokens)
+        position = 0
+        while position < count:
+            if not self._is_open:
+                self._start()
+            taken = self._fitting(position, end_bytes, end_tokens)
+            if taken == 0:
+                self._finish()
+                continue
+            chunk = data[offsets[position] : offsets[position + taken]]
+            self._worker.write(chunk, lines)
+            self._rows += taken
+            self._bytes += len(chunk)
+            self._tokens += int(tokens[position : position + taken].sum())
+            position += taken
+            if position < count:  # stopped by a limit: this shard is full
+                self._finish()
+
+    def close(self) -> list[ShardInfo]:
+        """Finish the open shard and wait for the files; the shards written, in order."""
+        if self._is_open:
+            self._finish()
+        self._worker.close()
+        self.shards = [self._info(closed) for closed in self._closed]
+        return self.shards
+
+    def _fitting(self, position: int, end_bytes: np.ndarray, end_tokens: np.ndarray) -> int:
+        """How many lines from `position` the open shard can still take."""
+        count = len(end_bytes)
+        room = min(count - position, self.max_rows - self._rows)
+        before_bytes = int(end_bytes[position - 1]) if position else 0
+        fits_bytes = np.searchsorted(
+            end_bytes, before_bytes + self.max_bytes - self._bytes, side="right"
+        )
+        room = min(room, int(fits_bytes) - position)
+        if self.max_tokens is not None:
+            before_tokens = int(end_tokens[position - 1]) if position else 0
+            fits_tokens = np.searchsorted(
+                end_tokens, before_tokens + self.max_tokens - self._tokens, side="right"
+            )
+            room = min(room, int(fits_tokens) - position)
+            if room <= 0 and self._rows == 0:
+                return 1  # one request above the token budget: alone in its shard
+        return max(room, 0)
+
+    @property
+    def _next_index(self) -> int:
+        return self.first_index + len(self._closed)
+
+    def _start(self) -> None:
+        self._worker.start(
+            shard_path(self.partition, self.generation, self.attempt, self._next_index)
+        )
+        self._is_open = True
+        self._rows = self._bytes = self._tokens = 0
+
+    def _finish(self) -> None:
+        closed = _Closed(
+            self._next_index, self._rows, self._bytes, self._tokens, self._worker.finish()
+        )
+        self._closed.append(closed)
+        self._is_open = False
+
+    def _info(self, closed: _Closed) -> ShardInfo:
+        request = self.spec.request
+        return ShardInfo(
+            shard_id=shard_id(
+                self.spec.name, self.partition, self.generation, self.attempt, closed.index
+            ),
+            pipeline=self.spec.name,
+            partition=self.partition,
+            generation=self.generation,
+            attempt=self.attempt,
+            index=closed.index,
+            path=shard_path(self.partition, self.generation, self.attempt, closed.index),
+            rows=closed.rows,
+            bytes=closed.bytes,
+            sha256=closed.sha256.result(),
+            estimated_input_tokens=closed.tokens,
+            model=request.model,
+            endpoint=request.endpoint.value,
+        )
+
+
+class _RejectedWriter:
+    """Streams rejected rows into one Parquet file, written atomically (empty if none)."""
+
+    def __init__(self, storage: StorageRoot, path: str) -> None:
+        self._stack = contextlib.ExitStack()
+        target = self._stack.enter_context(storage.atomic_write(path))
+        self._writer = self._stack.enter_context(pq.ParquetWriter(target, REJECTED_SCHEMA))
+        self.rows = 0
+
+    def __enter__(self) -> _RejectedWriter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.__exit__(*exc_info)
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+
+
+# -- the requests stage -----------------------------------------------------------------------
+
+
+def build_partition_requests(
+    spec: PipelineSpec,
+    partition: str,
+    storage: StorageRoot,
+    *,
+    generation: int,
+    dataframe: pd.DataFrame | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Manifest:
+    """Read a partition's source rows, build and check their requests, and write the shards,
+    the rejected rows and (last) the manifest of attempt 1 of `generation`.
+
+    A rebuild of the same generation replaces that attempt's files.
+    """
+    parse_partition(partition)
+    builder = RequestBuilder(spec)
+    builder.check_schema(source_schema(spec, dataframe))
+    storage.delete_tree(attempt_dir(partition, generation, FIRST_ATTEMPT))
+    source_rows = 0
+    with (
+        ShardWriter(spec, storage, partition, generation, FIRST_ATTEMPT) as shards,
+        _RejectedWriter(storage, rejected_path(partition, generation)) as rejected,
+    ):
+        for batch in iter_partition_batches(
+            spec, partition, dataframe=dataframe, batch_size=batch_size, columns=builder.columns
+        ):
+            built = builder.build(batch, partition)
+            shards.add(built.custom_ids, built.lines, built.estimated_input_tokens)
+            rejected.write(built.rejected)
+            source_rows += built.source_rows
+    return _write_manifest(
+        spec,
+        storage,
+        manifest_path(partition, generation, FIRST_ATTEMPT),
+        shards.shards,
+        partition=partition,
+        generation=generation,
+        attempt=FIRST_ATTEMPT,
+        source_rows=source_rows,
+        rejected=rejected.rows,
+    )
+
+
+def write_retry_shards(
+    spec: PipelineSpec,
+    storage: StorageRoot,
+    partition: str,
+    generation: int,
+    attempt: int,
+    lines: Iterable[RequestLine],
+    *,
+    first_index: int | None = None,
+) -> Manifest:
+    """Write retry shards (attempt 2 onwards) from request lines, within the same limits as
+    the first build, then their manifest.
+
+    Without `first_index` the lines are the whole attempt: shards count from 0 and the manifest
+    is the attempt's `manifest.json`. With it, the lines come from one earlier shard (index
+    `first_index`): its retry shards count from there and get their own manifest, so retries
+    of different shards of one attempt never collide. A custom_id given twice is a ValueError.
+    """
+    if attempt <= FIRST_ATTEMPT:
+        raise ValueError(f"retry attempts start at {FIRST_ATTEMPT + 1}, not {attempt}")
+    parse_partition(partition)
+    seen: set[str] = set()
+    iterator = iter(lines)
+    writer = ShardWriter(
+        spec, storage, partition, generation, attempt, first_index=first_index or 0
+    )
+    with writer:
+        while chunk := list(islice(iterator, RETRY_CHUNK)):
+            custom_ids, data, tokens = zip(*chunk, strict=True)
+            for custom_id in custom_ids:
+                if custom_id in seen:
+                    raise ValueError(f"request {custom_id} is given twice for one retry attempt")
+                seen.add(custom_id)
+            writer.add(
+                pa.array(custom_ids, pa.string()),
+                pa.array(
+                    [line if line.endswith(b"\n") else line + b"\n" for line in data],
+                    pa.large_binary(),
+                ),
+                np.asarray(tokens, dtype=np.int64),
+            )
+    return _write_manifest(
+        spec,
+        storage,
+        manifest_path(partition, generation, attempt, first_index),
+        writer.shards,
+        partition=partition,
+        generation=generation,
+        attempt=attempt,
+        source_rows=len(seen),
+        rejected=0,
+    )
+
+
+def iter_request_lines(
+    storage: StorageRoot,
+    shard_paths: Iterable[str],
+    custom_ids: set[str] | frozenset[str] | None = None,
+) -> Iterator[RequestLine]:
+    """The lines of `custom_ids` (None: every line), re-read from the given shard files, with
+    their estimated input tokens: the input of `write_retry_shards`."""
+    for path in shard_paths:
+        with storage.open_read(path) as shard:
+            kept: list[tuple[str, bytes, dict[str, Any]]] = []
+            for line in shard:
+                request = orjson.loads(line)
+                if custom_ids is None or request["custom_id"] in custom_ids:
+                    kept.append((request["custom_id"], line, request))
+                if len(kept) == RETRY_CHUNK:
+                    yield from _with_estimates(kept)
+                    kept = []
+            yield from _with_estimates(kept)
+
+
+def _with_estimates(kept: list[tuple[str, bytes, dict[str, Any]]]) -> Iterator[RequestLine]:
+    if not kept:
+        return
+    estimates = estimate_request_tokens([request for _, _, request in kept])
+    for (custom_id, line, _), tokens in zip(kept, estimates.tolist(), strict=True):
+        yield custom_id, line, tokens

@@ -1,0 +1,362 @@
+"""Read one partition (a day) of a pipeline's source rows as a stream of Arrow record batches.
+
+Sources: a file or folder of .parquet, .csv or .jsonl files (through `pyarrow.dataset`, with the
+day filter pushed down to the scan), a SQL query (through SQLAlchemy, filtered in the database,
+streamed), or a pandas DataFrame handed over from Python (filtered in memory).
+
+The partition column may be a date, a timestamp (naive, or tz-aware: the day is taken in the
+column's own timezone) or an ISO text (its first 10 characters are the day).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import sqlalchemy as sa
+
+from batch_pipeline.core.spec import PipelineSpec, SpecError
+
+DEFAULT_BATCH_SIZE = 65_536
+READAHEAD_BATCHES = 2
+FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json"}
+_PARTITION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SQL_ALIAS = "batch_pipeline_source"
+
+
+def parse_partition(partition: str) -> date:
+    """The day a partition key names; anything but a real `YYYY-MM-DD` is a ValueError."""
+    if not isinstance(partition, str) or not _PARTITION_PATTERN.fullmatch(partition):
+        raise ValueError(f"partition {partition!r} is not a day in the form YYYY-MM-DD")
+    try:
+        return date.fromisoformat(partition)
+    except ValueError as exc:
+        raise ValueError(f"partition {partition!r} is not a valid date: {exc}") from None
+
+
+def source_schema(spec: PipelineSpec, dataframe: pd.DataFrame | None = None) -> pa.Schema:
+    """The source's columns, read without reading its rows.
+
+    A source that exists but holds no data (an empty folder, zero-byte files) has an empty
+    schema. SQL sources report column names with the null type: SQL text carries no types
+    that hold for every database, so types are known only once rows are read.
+    """
+    if dataframe is not None:
+        return _dataframe_table(dataframe.iloc[:0]).schema
+    if spec.source.sql is not None:
+        return pa.schema([pa.field(name, pa.null()) for name in _sql_columns(spec)])
+    dataset = _file_dataset(spec)
+    return pa.schema([]) if dataset is None else dataset.schema
+
+
+def iter_partition_batches(
+    spec: PipelineSpec,
+    partition: str,
+    *,
+    dataframe: pd.DataFrame | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    columns: Sequence[str] | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The source rows of `partition`, in record batches of at most `batch_size` rows.
+
+    `dataframe` replaces the spec's source (notebooks). `columns` reads only those columns
+    (default: all). Empty batches are never yielded, so an empty partition yields nothing.
+    """
+    day = parse_partition(partition)
+    wanted = list(columns) if columns is not None else None
+    if dataframe is None and spec.source.sql is not None:
+        yield from _sql_batches(spec, day, batch_size, wanted)
+        return
+    dataset = (
+        ds.dataset(_dataframe_table(dataframe)) if dataframe is not None else _file_dataset(spec)
+    )
+    if dataset is None:
+        return
+    check_columns(spec, dataset.schema.names, wanted or (), where=_where(spec, dataframe))
+    partition_field = dataset.schema.field(spec.source.partition_column)
+    expression = partition_filter(partition_field.name, partition_field.type, day)
+    for batch in _scan(dataset, wanted, expression, batch_size):
+        if batch.num_rows:
+            yield batch
+
+
+def _scan(
+    dataset: ds.Dataset, columns: list[str] | None, expression: ds.Expression, batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    """The filtered rows of a dataset, in source order.
+
+    Parquet is read one row group at a time (row groups the filter rules out by their
+    statistics are skipped), the next decoded on a worker thread while the caller uses the
+    current one: memory holds about two row groups however large the source (Arrow's own
+    scanner reads ahead without bound when its consumer is slower than the disk).
+    """
+    if not isinstance(dataset, ds.FileSystemDataset) or not isinstance(
+        dataset.format, ds.ParquetFileFormat
+    ):
+        yield from dataset.to_batches(
+            columns=columns,
+            filter=expression,
+            batch_size=batch_size,
+            batch_readahead=READAHEAD_BATCHES,
+            fragment_readahead=1,
+        )
+        return
+    row_groups = [
+        row_group
+        for fragment in dataset.get_fragments(filter=expression)
+        for row_group in fragment.split_by_row_group(filter=expression, schema=dataset.schema)
+    ]
+    if not row_groups:
+        return
+
+    def decode(row_group: ds.ParquetFileFragment) -> pa.Table:
+        return row_group.to_table(schema=dataset.schema, columns=columns, filter=expression)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-reader") as reader:
+        upcoming = reader.submit(decode, row_groups[0])
+        for following in row_groups[1:]:
+            table = upcoming.result()
+            upcoming = reader.submit(decode, following)
+            yield from table.to_batches(max_chunksize=batch_size)
+        yield from upcoming.result().to_batches(max_chunksize=batch_size)
+
+
+def check_columns(
+    spec: PipelineSpec, names: Sequence[str], extra: Sequence[str] = (), *, where: str = ""
+) -> None:
+    """SpecError unless the key, the partition column and `extra` columns are all present."""
+    required = [
+        ("source.key", spec.source.key),
+        ("source.partition_column", spec.source.partition_column),
+        *(("column", name) for name in extra),
+    ]
+    for role, column in required:
+        if column not in names:
+            listing = ", ".join(repr(name) for name in names) or "none"
+            raise SpecError(
+                f"{role}: column {column!r} is not in the source{where}; its columns: {listing}"
+            )
+
+
+def partition_filter(column: str, column_type: pa.DataType, day: date) -> ds.Expression:
+    """A dataset filter keeping the rows of `column` that fall on `day` (pushed down to scans)."""
+    field = ds.field(column)
+    if pa.types.is_dictionary(column_type):
+        field, column_type = field.cast(column_type.value_type), column_type.value_type
+    if pa.types.is_date(column_type):
+        return field == pa.scalar(day, column_type)
+    if pa.types.is_timestamp(column_type):
+        start, end = _day_bounds(day, column_type.tz)
+        return (field >= pa.scalar(start, column_type)) & (field < pa.scalar(end, column_type))
+    if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
+        # The same as "first 10 characters equal the day", but as a range the scan can push down:
+        # the upper end is the day with its last character bumped, the next 10-char string.
+        text = day.isoformat()
+        return (field >= text) & (field < text[:-1] + chr(ord(text[-1]) + 1))
+    raise SpecError(
+        f"source.partition_column: column {column!r} has type {column_type}; "
+        "it must be a date, a timestamp or an ISO date string"
+    )
+
+
+def _day_bounds(day: date, tz: str | None) -> tuple[datetime, datetime]:
+    """Midnight of `day` and of the next day, as wall time (naive) or in the zone `tz`."""
+    start = datetime.combine(day, datetime.min.time())
+    end = start + timedelta(days=1)
+    if tz is None:
+        return start, end
+
+    def localize(moment: datetime) -> datetime:
+        localized = pd.Timestamp(moment).tz_localize(
+            tz, ambiguous=True, nonexistent="shift_forward"
+        )
+        return localized.to_pydatetime()
+
+    return localize(start), localize(end)
+
+
+def _where(spec: PipelineSpec, dataframe: pd.DataFrame | None) -> str:
+    if dataframe is not None:
+        return " (the DataFrame)"
+    if spec.source.sql is not None:
+        return " (the SQL query)"
+    return f" ({spec.resolve(spec.source.path or '')})"
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def _file_dataset(spec: PipelineSpec) -> ds.Dataset | None:
+    """The dataset over the source path, or None when the path holds no data."""
+    path = spec.resolve(spec.source.path or "")
+    if not path.exists():
+        raise SpecError(f"source.path: {path} does not exist")
+    file_format, files = _data_files(path)
+    if not files:
+        return None
+    sources = [str(file) for file in files]
+    if path.is_file():
+        return ds.dataset(sources, format=file_format)
+    return ds.dataset(
+        sources, format=file_format, partitioning="hive", partition_base_dir=str(path)
+    )
+
+
+def _data_files(path: Path) -> tuple[str, list[Path]]:
+    """The format and the non-empty data files of a source file or folder."""
+    if path.is_file():
+        file_format = FILE_FORMATS.get(path.suffix.lower())
+        if file_format is None:
+            raise SpecError(f"source.path: {path} is not a .parquet, .csv or .jsonl file")
+        return file_format, [path] if path.stat().st_size else []
+    files = [
+        file
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and not _is_hidden(file.relative_to(path))
+    ]
+    suffixes = {file.suffix.lower() for file in files}
+    formats = {FILE_FORMATS[suffix] for suffix in suffixes if suffix in FILE_FORMATS}
+    if files and not formats:
+        raise SpecError(
+            f"source.path: folder {path} has no .parquet, .csv or .jsonl files "
+            f"(found {', '.join(sorted(suffixes))})"
+        )
+    if len(formats) > 1:
+        raise SpecError(
+            f"source.path: folder {path} mixes formats ({', '.join(sorted(formats))}); "
+            "keep one format per source"
+        )
+    if not formats:
+        return "parquet", []
+    (file_format,) = formats
+    data = [
+        file
+        for file in files
+        if FILE_FORMATS.get(file.suffix.lower()) == file_format and file.stat().st_size
+    ]
+    return file_format, data
+
+
+def _is_hidden(relative: Path) -> bool:
+    """Hidden and bookkeeping files (`.crc`, `_SUCCESS`, `_temporary/`) are not data."""
+    return any(part.startswith((".", "_")) for part in relative.parts)
+
+
+# -- DataFrame -------------------------------------------------------------------------------
+
+
+def _dataframe_table(dataframe: pd.DataFrame) -> pa.Table:
+    """The DataFrame as Arrow. Text Arrow cannot hold (lone surrogates) becomes a binary
+    column of its raw bytes, so the request builder can reject those rows one by one."""
+    try:
+        return pa.Table.from_pandas(dataframe, preserve_index=False)
+    except UnicodeEncodeError:
+        pass
+    arrays = []
+    for name in dataframe.columns:
+        series = dataframe[name]
+        try:
+            arrays.append(pa.array(series, from_pandas=True))
+        except UnicodeEncodeError:
+            arrays.append(
+                pa.array(
+                    [
+                        value.encode("utf-8", "surrogatepass") if isinstance(value, str) else None
+                        for value in series
+                    ],
+                    pa.binary(),
+                )
+            )
+    return pa.Table.from_arrays(arrays, names=[str(name) for name in dataframe.columns])
+
+
+# -- SQL -------------------------------------------------------------------------------------
+
+
+def _engine(spec: PipelineSpec) -> sa.Engine:
+    """An engine for the source URL; a relative SQLite file is relative to the spec's folder."""
+    assert spec.source.sql is not None
+    url = sa.make_url(spec.source.sql.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=str(spec.resolve(url.database)))
+    return sa.create_engine(url)
+
+
+def _subquery(spec: PipelineSpec) -> str:
+    assert spec.source.sql is not None
+    return f"({spec.source.sql.query.strip().rstrip(';')}) AS {_SQL_ALIAS}"
+
+
+def _sql_columns(spec: PipelineSpec) -> list[str]:
+    engine = _engine(spec)
+    try:
+        with engine.connect() as connection:
+            result = connection.execute(sa.text(f"SELECT * FROM {_subquery(spec)} WHERE 1 = 0"))
+            return list(result.keys())
+    finally:
+        engine.dispose()
+
+
+def _sql_batches(
+    spec: PipelineSpec, day: date, batch_size: int, columns: list[str] | None
+) -> Iterator[pa.RecordBatch]:
+    """The day's rows of the query, filtered by the database and streamed in batches.
+
+    The day's bounds are bound parameters in ISO form, which databases compare correctly
+    against date, timestamp and ISO text columns alike. Rows come ordered by the key: SQL
+    promises no order otherwise, and every read of a partition must number its rows alike.
+    """
+    check_columns(spec, _sql_columns(spec), columns or (), where=_where(spec, None))
+    engine = _engine(spec)
+    quote = engine.dialect.identifier_preparer.quote
+    selected = ", ".join(quote(name) for name in columns) if columns else "*"
+    partition_column = quote(spec.source.partition_column)
+    statement = sa.text(
+        f"SELECT {selected} FROM {_subquery(spec)} "
+        f"WHERE {partition_column} >= :day_start AND {partition_column} < :day_end "
+        f"ORDER BY {quote(spec.source.key)}"
+    )
+    bounds = {"day_start": day.isoformat(), "day_end": (day + timedelta(days=1)).isoformat()}
+    try:
+        with engine.connect() as connection:
+            result = connection.execution_options(
+                stream_results=True, yield_per=batch_size
+            ).execute(statement, bounds)
+            names = list(result.keys())
+            known: dict[str, pa.DataType] = {}
+            for rows in result.partitions(batch_size):
+                if rows:
+                    yield _rows_to_batch(names, rows, known)
+    finally:
+        engine.dispose()
+
+
+def _rows_to_batch(
+    names: list[str], rows: Sequence[Sequence[object]], known: dict[str, pa.DataType]
+) -> pa.RecordBatch:
+    """Rows as a record batch whose column types agree with the earlier batches' (`known`,
+    updated): a column that is all null here, or typed otherwise, takes the earlier type."""
+    arrays = []
+    for name, values in zip(names, zip(*rows, strict=True), strict=True):
+        array = _column_array(values, known.get(name))
+        if not pa.types.is_null(array.type):
+            known.setdefault(name, array.type)
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _column_array(values: Sequence[object], known: pa.DataType | None) -> pa.Array:
+    """The values in the `known` type if they fit it, else Arrow's inferred type; values that
+    disagree on a type (SQLite allows it) become text."""
+    for kind in (known, None):
+        try:
+            return pa.array(values, kind)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            continue
+    return pa.array([None if value is None else str(value) for value in values], pa.string())

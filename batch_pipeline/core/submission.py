@@ -1,0 +1,157 @@
+"""Idempotent submission: a shard becomes exactly one paid batch, whatever crashes on the way.
+
+The ledger records the intent (state `submitting`, with a submission number) before anything is
+uploaded, and the provider batch carries `shard_id#submission` in its metadata. A process that
+takes over a shard whose holder died first looks for that batch (and for the uploaded file)
+and adopts what it finds instead of paying for a second batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from batch_pipeline.core.backends.base import TransientBackendError
+from batch_pipeline.core.ledger import ShardRecord
+from batch_pipeline.core.types import BatchInfo, ShardState
+from batch_pipeline.core.worker import PipelineWorker
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_METADATA_KEY = "batch_pipeline_submission"
+CLOCK_SKEW_SECONDS = 900
+CREATE_BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """What one submission attempt of one shard did."""
+
+    shard_id: str
+    batch: BatchInfo | None
+    waiting: str | None = None  # why the shard is still queued, if it is
+    adopted: bool = False
+
+
+def lease_holder_is_dead(owner: str | None) -> bool:
+    """True when `owner` names a process of this host that no longer runs."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def upload_filename(shard: ShardRecord) -> str:
+    """A provider-side filename that identifies the shard, its content and its submission."""
+    safe = shard.shard_id.replace(":", "_")
+    return f"{safe}-{shard.sha256[:12]}-n{shard.submissions}.jsonl"
+
+
+class Submitter(PipelineWorker):
+    """Submits queued shards of one pipeline, respecting the enqueued-token budget."""
+
+    def submit(self, shard: ShardRecord) -> SubmitOutcome:
+        """Try to turn one queued (or orphaned `submitting`) shard into a batch."""
+        waiting = self._budget_wait(shard)
+        if waiting:
+            return SubmitOutcome(shard.shard_id, None, waiting=waiting)
+        claimed = self._claim(shard)
+        if claimed is None:
+            return SubmitOutcome(shard.shard_id, None, waiting="held by another process")
+        try:
+            return self._submit_claimed(claimed, takeover=shard.state is ShardState.SUBMITTING)
+        except TransientBackendError as exc:
+            retry_in = CREATE_BACKOFF_SECONDS[
+                min(claimed.submissions, len(CREATE_BACKOFF_SECONDS)) - 1
+            ]
+            self.ledger.update_shard(
+                claimed.shard_id,
+                self.owner,
+                not_before=self._clock() + retry_in,
+                last_error=f"submission deferred: {exc}",
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            log.warning("shard %s: %s; trying again in %.0f s", claimed.shard_id, exc, retry_in)
+            return SubmitOutcome(claimed.shard_id, None, waiting=f"provider busy: {exc}")
+        except BaseException:
+            self.ledger.release(claimed.shard_id, self.owner)
+            raise
+
+    def _budget_wait(self, shard: ShardRecord) -> str | None:
+        budget = self.spec.limits.enqueued_tokens
+        if budget is None or shard.state is ShardState.SUBMITTING:
+            return None
+        enqueued = self.ledger.enqueued_tokens(shard.model)
+        if enqueued and enqueued + shard.estimated_input_tokens > budget:
+            return (
+                f"token budget: {enqueued:,} of {budget:,} enqueued tokens in use for "
+                f"{shard.model}, this shard needs {shard.estimated_input_tokens:,}"
+            )
+        return None
+
+    def _claim(self, shard: ShardRecord) -> ShardRecord | None:
+        dead = shard.lease_owner if lease_holder_is_dead(shard.lease_owner) else None
+        if shard.state is ShardState.QUEUED:
+            return self.ledger.claim(
+                shard.shard_id,
+                self.owner,
+                from_states=[ShardState.QUEUED],
+                to_state=ShardState.SUBMITTING,
+                new_submission=True,
+                dead_owner=dead,
+            )
+        return self.ledger.claim(
+            shard.shard_id,
+            self.owner,
+            from_states=[ShardState.SUBMITTING],
+            to_state=ShardState.SUBMITTING,
+            dead_owner=dead,
+        )
+
+    def _submit_claimed(self, shard: ShardRecord, *, takeover: bool) -> SubmitOutcome:
+        key = shard.submission_key
+        since = int(shard.created_at) - CLOCK_SKEW_SECONDS
+        if takeover:
+            existing = self.backend.find_batch(
+                metadata_key=SUBMISSION_METADATA_KEY, metadata_value=key, created_after=since
+            )
+            if existing is not None:
+                self.ledger.record_batch(shard, existing, self.owner)
+                log.info("shard %s: adopted batch %s found on the provider", key, existing.id)
+                return SubmitOutcome(shard.shard_id, existing, adopted=True)
+        file_id = shard.file_id
+        filename = upload_filename(shard)
+        if file_id is None and takeover:
+            found = self.backend.find_file(filename, created_after=since)
+            file_id = found.id if found else None
+        if file_id is None:
+            uploaded = self.backend.upload_file(self.storage.local_path(shard.path), filename)
+            file_id = uploaded.id
+            self.ledger.update_shard(shard.shard_id, self.owner, file_id=file_id)
+        batch = self.backend.create_batch(
+            input_file_id=file_id,
+            endpoint=shard.endpoint,
+            metadata={
+                SUBMISSION_METADATA_KEY: key,
+                "batch_pipeline_pipeline": shard.pipeline,
+                "batch_pipeline_partition": shard.partition,
+            },
+        )
+        self.ledger.record_batch(shard, batch, self.owner)
+        log.info("shard %s: created batch %s", key, batch.id)
+        return SubmitOutcome(shard.shard_id, batch)

@@ -1,0 +1,370 @@
+"""Output and error files of a batch parsed into one outcome row per custom_id."""
+
+from __future__ import annotations
+
+import base64
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from batch_pipeline.core.outcomes import (
+    OUTCOME_SCHEMA,
+    OutcomeFileError,
+    classify,
+    parse_outcomes,
+    write_outcomes,
+)
+from batch_pipeline.core.types import RowStatus
+
+CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+
+
+def chat_body(text: str, prompt_tokens: int = 10, completion_tokens: int = 3) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
+
+
+def answer(custom_id: str, body: Any, status: int = 200) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{custom_id}",
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": "req_1", "body": body},
+        "error": None,
+    }
+
+
+def failure(custom_id: str, status: int, code: str | None, message: str = "no") -> dict:
+    error = {"message": message, "type": "invalid_request_error"}
+    if code:
+        error["code"] = code
+    return answer(custom_id, {"error": error}, status)
+
+
+def unanswered(custom_id: str, code: str, message: str = "not run") -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{custom_id}",
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+
+
+def jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
+def rows_by_id(table) -> dict[str, dict[str, Any]]:
+    return {row["custom_id"]: row for row in table.to_pylist()}
+
+
+@pytest.mark.parametrize(
+    ("http_status", "code", "expected"),
+    [
+        (200, None, (RowStatus.SUCCEEDED, False)),
+        (201, None, (RowStatus.SUCCEEDED, False)),
+        (429, "rate_limit_exceeded", (RowStatus.FAILED, True)),
+        (500, None, (RowStatus.FAILED, True)),
+        (503, "http_503", (RowStatus.FAILED, True)),
+        (400, "invalid_request", (RowStatus.FAILED, False)),
+        (404, "model_not_found", (RowStatus.FAILED, False)),
+        (None, "batch_expired", (RowStatus.EXPIRED, True)),
+        (None, "batch_cancelled", (RowStatus.CANCELLED, False)),
+        (None, "rate_limit_exceeded", (RowStatus.FAILED, True)),
+        (None, "server_error", (RowStatus.FAILED, True)),
+        (None, "invalid_request", (RowStatus.FAILED, False)),
+        (None, None, (RowStatus.FAILED, False)),
+    ],
+)
+def test_classify(http_status: int | None, code: str | None, expected: tuple) -> None:
+    assert classify(http_status, code) == expected
+
+
+def test_lines_in_any_order_from_both_files_become_one_row_per_custom_id(tmp_path: Path) -> None:
+    answers = [answer(f"ok-{i}", chat_body(f"label {i}", 10 + i, i)) for i in range(50)]
+    answers += [
+        failure("limited", 429, "rate_limit_exceeded", "slow down"),
+        failure("broken", 500, None, "server fell over"),
+        failure("invalid", 400, None, "bad max_tokens"),
+    ]
+    random.Random(7).shuffle(answers)
+    errors = [
+        unanswered("late", "batch_expired"),
+        unanswered("stopped", "batch_cancelled"),
+        unanswered("refused", "invalid_request", "model is not allowed"),
+    ]
+    table = parse_outcomes(
+        jsonl(tmp_path / "out.jsonl", answers), jsonl(tmp_path / "err.jsonl", errors), endpoint=CHAT
+    )
+
+    assert table.schema == OUTCOME_SCHEMA
+    rows = rows_by_id(table)
+    assert len(rows) == table.num_rows == 56
+    assert rows["ok-7"] | {"response_json": None} == {
+        "custom_id": "ok-7",
+        "status": "succeeded",
+        "retryable": False,
+        "http_status": 200,
+        "response_text": "label 7",
+        "response_json": None,
+        "embedding": None,
+        "error_code": None,
+        "error_message": None,
+        "input_tokens": 17,
+        "output_tokens": 7,
+        "batch_request_id": "batch_req_ok-7",
+    }
+    assert orjson.loads(rows["ok-7"]["response_json"]) == chat_body("label 7", 17, 7)
+    expected = {
+        "limited": ("failed", True, 429, "rate_limit_exceeded", "slow down"),
+        "broken": ("failed", True, 500, "http_500", "server fell over"),
+        "invalid": ("failed", False, 400, "http_400", "bad max_tokens"),
+        "late": ("expired", True, None, "batch_expired", "not run"),
+        "stopped": ("cancelled", False, None, "batch_cancelled", "not run"),
+        "refused": ("failed", False, None, "invalid_request", "model is not allowed"),
+    }
+    for custom_id, (status, retryable, http_status, code, message) in expected.items():
+        row = rows[custom_id]
+        assert (row["status"], row["retryable"], row["http_status"]) == (
+            status,
+            retryable,
+            http_status,
+        ), custom_id
+        assert (row["error_code"], row["error_message"]) == (code, message), custom_id
+        assert row["response_text"] is None and row["input_tokens"] is None
+
+
+def test_either_file_may_be_absent(tmp_path: Path) -> None:
+    out = jsonl(tmp_path / "out.jsonl", [answer("a", chat_body("A"))])
+    err = jsonl(tmp_path / "err.jsonl", [unanswered("b", "batch_expired")])
+
+    assert parse_outcomes(out, None, endpoint=CHAT)["custom_id"].to_pylist() == ["a"]
+    assert parse_outcomes(None, err, endpoint=CHAT)["custom_id"].to_pylist() == ["b"]
+    nothing = parse_outcomes(None, None, endpoint=CHAT)
+    assert nothing.num_rows == 0 and nothing.schema == OUTCOME_SCHEMA
+    empty = parse_outcomes(jsonl(tmp_path / "empty.jsonl", []), None, endpoint=CHAT)
+    assert empty.num_rows == 0
+
+
+def test_a_real_answer_wins_over_other_lines_of_the_same_custom_id(tmp_path: Path) -> None:
+    out = jsonl(
+        tmp_path / "out.jsonl",
+        [
+            failure("retried", 500, None),
+            answer("retried", chat_body("second try")),
+            answer("both", chat_body("answered")),
+            failure("twice-failed", 429, "rate_limit_exceeded", "first"),
+            failure("twice-failed", 429, "rate_limit_exceeded", "second"),
+        ],
+    )
+    err = jsonl(
+        tmp_path / "err.jsonl",
+        [unanswered("both", "batch_expired"), unanswered("failed-then-error", "batch_expired")],
+    )
+    out_more = jsonl(tmp_path / "out2.jsonl", [failure("failed-then-error", 400, None)])
+    rows = rows_by_id(parse_outcomes(out, err, endpoint=CHAT))
+    assert rows["retried"]["response_text"] == "second try"
+    assert rows["both"]["status"] == "succeeded"
+    assert rows["twice-failed"]["error_message"] == "first"
+    assert len(rows) == 4
+
+    mixed = rows_by_id(parse_outcomes(out_more, err, endpoint=CHAT))
+    assert mixed["failed-then-error"]["http_status"] == 400  # an HTTP answer beats no answer
+
+    counts = write_outcomes(out, err, CHAT, tmp_path / "outcomes.parquet")
+    assert counts.rows == 4 and counts.duplicates == 3
+    written = pq.read_table(tmp_path / "outcomes.parquet")
+    assert sorted(written["custom_id"].to_pylist()) == sorted(rows)
+    assert rows_by_id(written)["retried"]["response_text"] == "second try"
+
+
+def test_responses_api_text_is_the_output_text_parts_joined(tmp_path: Path) -> None:
+    body = {
+        "id": "resp_1",
+        "object": "response",
+        "output": [
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [
+                    {"type": "output_text", "text": "Hello, ", "annotations": []},
+                    {"type": "refusal", "refusal": "not this"},
+                    {"type": "output_text", "text": "world.", "annotations": []},
+                ],
+            },
+        ],
+        "usage": {"input_tokens": 21, "output_tokens": 4, "total_tokens": 25},
+    }
+    out = jsonl(tmp_path / "out.jsonl", [answer("r", body), answer("empty", {"output": []})])
+    rows = rows_by_id(parse_outcomes(out, None, endpoint=RESPONSES))
+    assert rows["r"]["response_text"] == "Hello, world."
+    assert (rows["r"]["input_tokens"], rows["r"]["output_tokens"]) == (21, 4)
+    assert rows["empty"]["response_text"] is None and rows["empty"]["status"] == "succeeded"
+
+
+def test_embeddings_keep_the_first_input_vector_as_float32(tmp_path: Path) -> None:
+    vector = [0.25, -1.5, 3.0]
+    packed = base64.b64encode(np.array([1.0, 2.0], dtype="<f4").tobytes()).decode()
+    out = jsonl(
+        tmp_path / "out.jsonl",
+        [
+            answer(
+                "two-inputs",
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": 1, "embedding": [9.0, 9.0, 9.0]},
+                        {"object": "embedding", "index": 0, "embedding": vector},
+                    ],
+                    "usage": {"prompt_tokens": 8, "total_tokens": 8},
+                },
+            ),
+            answer("base64", {"data": [{"index": 0, "embedding": packed}], "usage": {}}),
+        ],
+    )
+    table = parse_outcomes(out, None, endpoint=EMBEDDINGS)
+    rows = rows_by_id(table)
+    assert rows["two-inputs"]["embedding"] == vector
+    assert (rows["two-inputs"]["input_tokens"], rows["two-inputs"]["output_tokens"]) == (8, 0)
+    assert rows["two-inputs"]["response_text"] is None
+    assert rows["base64"]["embedding"] == [1.0, 2.0]
+    assert str(table.schema.field("embedding").type) == "list<item: float>"
+
+
+def test_completions_text(tmp_path: Path) -> None:
+    body = {"choices": [{"index": 0, "text": "done"}], "usage": {"prompt_tokens": 2}}
+    out = jsonl(tmp_path / "out.jsonl", [answer("c", body)])
+    row = parse_outcomes(out, None, endpoint="/v1/completions").to_pylist()[0]
+    assert (row["response_text"], row["input_tokens"], row["output_tokens"]) == ("done", 2, None)
+
+
+def test_an_answer_of_an_unexpected_shape_is_kept_whole(tmp_path: Path) -> None:
+    parts = {"choices": [{"message": {"content": [{"type": "text", "text": "hi"}]}}]}
+    out = jsonl(
+        tmp_path / "out.jsonl",
+        [answer("odd", {"choices": "not a list"}), answer("parts", parts)],
+    )
+    rows = rows_by_id(parse_outcomes(out, None, endpoint=CHAT))
+    for custom_id, body in (("odd", {"choices": "not a list"}), ("parts", parts)):
+        assert rows[custom_id]["status"] == "succeeded"
+        assert rows[custom_id]["response_text"] is None
+        assert orjson.loads(rows[custom_id]["response_json"]) == body
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        (b'{"custom_id": "x", "response": {"status_', "not JSON"),
+        (b'{"id": "batch_req_1", "response": null, "error": null}', "no custom_id"),
+        (b'{"custom_id": 5, "response": null, "error": {"code": "x"}}', "not a string"),
+        (b'{"custom_id": "x", "response": null, "error": null}', "neither"),
+        (b'{"custom_id": "x", "response": {"body": {}}}', "status_code"),
+    ],
+)
+def test_a_malformed_line_names_the_file_and_line(
+    tmp_path: Path, bad_line: bytes, reason: str
+) -> None:
+    good = orjson.dumps(answer("a", chat_body("A"))) + b"\n"
+    path = tmp_path / "output.jsonl"
+    path.write_bytes(good + b"\n" + bad_line + b"\n" + good)  # line 2 is blank: skipped
+    with pytest.raises(OutcomeFileError, match=rf"output\.jsonl, line 3: .*{reason}"):
+        parse_outcomes(path, None, endpoint=CHAT)
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path: Path) -> None:
+    dest = tmp_path / "outcomes.parquet"
+    write_outcomes(jsonl(tmp_path / "old.jsonl", [answer("a", chat_body("A"))]), None, CHAT, dest)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(orjson.dumps(answer("b", chat_body("B"))) + b"\n{oops\n")
+    with pytest.raises(OutcomeFileError):
+        write_outcomes(bad, None, CHAT, dest)
+    assert pq.read_table(dest)["custom_id"].to_pylist() == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "old.jsonl", dest.name]
+
+
+def write_large_files(tmp_path: Path, n: int, seed: int = 1) -> tuple[Path, Path, Counter]:
+    """n requests: answers (a few 429s) in random order in the output file, 5% in errors."""
+    rng = random.Random(seed)
+    ids = list(range(n))
+    rng.shuffle(ids)
+    expected: Counter = Counter()
+    out_lines, err_lines = [], []
+    for i in ids:
+        custom_id = f"tickets-2026-11-20-{i:08d}"
+        if i % 20 == 0:
+            err_lines.append(orjson.dumps(unanswered(custom_id, "batch_expired")))
+            expected["expired"] += 1
+        elif i % 97 == 0:
+            out_lines.append(orjson.dumps(failure(custom_id, 429, "rate_limit_exceeded")))
+            expected["failed"] += 1
+        else:
+            out_lines.append(orjson.dumps(answer(custom_id, chat_body(f"answer {i}", 100, 5))))
+            expected["succeeded"] += 1
+    out, err = tmp_path / "output.jsonl", tmp_path / "errors.jsonl"
+    out.write_bytes(b"\n".join(out_lines) + b"\n")
+    err.write_bytes(b"\n".join(err_lines) + b"\n")
+    return out, err, expected
+
+
+def test_a_large_pair_of_files_streams_to_parquet(tmp_path: Path) -> None:
+    n = 200_000
+    out, err, expected = write_large_files(tmp_path, n)
+    dest = tmp_path / "outcomes.parquet"
+
+    counts = write_outcomes(out, err, CHAT, dest, chunk_bytes=4 * 1024 * 1024)
+
+    assert counts.rows == n and counts.duplicates == 0
+    assert counts.by_status == dict(expected)
+    assert counts.retryable == expected["expired"] + expected["failed"]
+    assert counts.input_tokens == 100 * expected["succeeded"]
+    written = pq.ParquetFile(dest)
+    assert written.metadata.num_rows == n and written.metadata.num_row_groups > 1
+    statuses = Counter(pq.read_table(dest, columns=["status"])["status"].to_pylist())
+    assert statuses == expected
+
+
+PEAK_MEMORY_OF_WRITE = """
+import sys
+from pathlib import Path
+from batch_pipeline.core.outcomes import write_outcomes
+folder = Path(sys.argv[1])
+write_outcomes(folder / "output.jsonl", folder / "errors.jsonl", "/v1/chat/completions",
+               folder / "outcomes.parquet", chunk_bytes=1 << 18)
+with open("/proc/self/status") as status:  # VmHWM: this process's peak resident memory
+    print(next(line.split()[1] for line in status if line.startswith("VmHWM")))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_streaming_memory_does_not_grow_with_the_files(tmp_path: Path) -> None:
+    def peak_kib(n: int) -> tuple[int, int]:
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        out, err, _ = write_large_files(folder, n)
+        run = subprocess.run(
+            [sys.executable, "-c", PEAK_MEMORY_OF_WRITE, str(folder)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(run.stdout), (out.stat().st_size + err.stat().st_size) // 1024
+
+    small_peak, small_size = peak_kib(10_000)
+    large_peak, large_size = peak_kib(80_000)
+    # Eight times the lines: the peak grows by the custom_id column, far less than the files.
+    assert large_peak - small_peak < (large_size - small_size) / 2

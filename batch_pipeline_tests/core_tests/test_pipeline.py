@@ -1,0 +1,217 @@
+"""The engine end to end against the local Batch API: every row exactly once, with a status."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+import openai
+import pandas as pd
+import pytest
+
+from batch_pipeline import PipelineSpec, load_pipeline, read_results
+from batch_pipeline.core.pipeline import Pipeline, PipelineError
+from batch_pipeline_tests.conftest import ticket_spec, write_tickets
+
+DAY = "2026-11-20"
+OTHER_DAY = "2026-11-21"
+
+
+def mixed_rows() -> list[dict]:
+    """Good rows, a null and an empty placeholder, a duplicate key, an oversize row, and rows
+    that the local service fails (retryable 500, final 400) or never answers (hang)."""
+    at = datetime(2026, 11, 20, 9, 30)
+    rows = [
+        {"ticket_id": f"T{i}", "subject": f"Order {i}", "body": f"My parcel {i} is late."}
+        for i in range(8)
+    ]
+    rows += [
+        {"ticket_id": "NULL", "subject": "Empty", "body": None},
+        {"ticket_id": "EMPTY", "subject": "   ", "body": "blank subject"},
+        {"ticket_id": "T0", "subject": "Again", "body": "a duplicate key"},
+        {"ticket_id": "HUGE", "subject": "Long", "body": "word " * 3000},
+        {"ticket_id": "F500", "subject": "Flaky", "body": "<<fail:500>>"},
+        {"ticket_id": "F400", "subject": "Bad", "body": "<<fail:400>>"},
+        {"ticket_id": "HANG", "subject": "Stuck", "body": "<<hang>>"},
+    ]
+    rows = [{**row, "created_at": at} for row in rows]
+    rows.append(
+        {"ticket_id": "NEXT", "subject": "Tomorrow", "body": "not in this partition",
+         "created_at": datetime(2026, 11, 21, 8)}
+    )
+    return rows
+
+
+EXPECTED = {
+    **{f"T{i}": ("succeeded", 1) for i in range(8)},
+    "NULL": ("rejected", 0),
+    "EMPTY": ("rejected", 0),
+    "HUGE": ("rejected", 0),
+    "F500": ("failed", 3),
+    "F400": ("failed", 1),
+    "HANG": ("expired", 3),
+}
+
+
+def run_partition(spec: dict, tmp_path, partition: str = DAY) -> pd.DataFrame:
+    pipeline = load_pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+    with pipeline:
+        summary = pipeline.run(partition, poll_interval=0.3, timeout=90)
+    assert summary.rows == len(pd.read_parquet(summary.path))
+    return pd.read_parquet(summary.path)
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/responses", "/v1/embeddings"])
+def test_mixed_source_ends_with_every_row_once_and_the_right_status(tmp_path, batch_api, endpoint):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows())
+    spec = ticket_spec(tmp_path, batch_api, endpoint=endpoint, request={"context_window": 2000})
+    results = run_partition(spec, tmp_path)
+
+    assert len(results) == 15  # every source row of the day, the duplicate included
+    by_key = results.groupby("ticket_id")
+    for key, (status, attempts) in EXPECTED.items():
+        row = by_key.get_group(key).iloc[0]
+        assert (row["status"], row["attempts"]) == (status, attempts), key
+    duplicates = results[results["ticket_id"] == "T0"]
+    assert sorted(duplicates["status"]) == ["rejected", "succeeded"]
+    assert "duplicate" in duplicates[duplicates["status"] == "rejected"]["error_message"].iloc[0]
+    assert "NEXT" not in set(results["ticket_id"])
+    rejected = results[results["status"] == "rejected"].set_index("ticket_id")
+    assert "body" in rejected.loc["NULL", "error_message"]
+    assert "context" in rejected.loc["HUGE", "error_message"]
+    assert results.set_index("ticket_id").loc["F400", "http_status"] == 400
+    assert results.set_index("ticket_id").loc["HANG", "error_code"] == "batch_expired"
+    good = results[results["status"] == "succeeded"]
+    if endpoint == "/v1/embeddings":
+        assert all(len(vector) == 256 for vector in good["embedding"])
+    else:
+        assert all(text.startswith("Subject: Order") for text in good["response_text"])
+        assert (good["input_tokens"] > 0).all() and (good["output_tokens"] > 0).all()
+
+
+def test_small_limits_split_requests_into_several_batches(tmp_path, batch_api):
+    at = datetime(2026, 11, 20, 12)
+    rows = [
+        {"ticket_id": f"K{i:03d}", "subject": "s", "body": f"text {i}", "created_at": at}
+        for i in range(23)
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    spec = ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 5})
+    pipeline = Pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+    built = pipeline.build_requests(DAY)
+    assert (built.requests, built.shards) == (23, 5)
+    summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+    assert summary.counts["succeeded"] == 23
+    assert len({b["batch_id"] for b in pipeline.ledger.batches("tickets")}) == 5
+
+
+def test_token_budget_holds_shards_back_until_batches_finish(tmp_path, batch_api):
+    at = datetime(2026, 11, 20, 12)
+    rows = [
+        {"ticket_id": f"B{i}", "subject": "s", "body": "slow <<slow:1>>" if i == 0 else "fast",
+         "created_at": at}
+        for i in range(6)
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    spec = ticket_spec(
+        tmp_path, batch_api, limits={"max_requests_per_file": 2, "enqueued_tokens": 60}
+    )
+    pipeline = Pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+    pipeline.build_requests(DAY)
+    first = pipeline.submit(DAY)
+    assert len(first.submitted_batch_ids) == 1
+    assert first.waiting_shards == 2
+    assert any("token budget" in reason for reason in first.waiting_reasons)
+    summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+    assert summary.counts["succeeded"] == 6
+    assert len(pipeline.ledger.batches("tickets")) == 3
+
+
+def test_read_results_returns_every_partition_or_one(tmp_path, batch_api):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows())
+    spec = ticket_spec(tmp_path, batch_api)
+    run_partition(spec, tmp_path, DAY)
+    run_partition(spec, tmp_path, OTHER_DAY)
+    spec_object = PipelineSpec.from_dict(spec, base_dir=tmp_path)
+    everything = read_results(spec_object)
+    assert len(everything) == 16
+    assert Counter(everything["partition"].astype(str)) == {DAY: 15, OTHER_DAY: 1}
+    assert list(read_results(spec_object, OTHER_DAY)["ticket_id"]) == ["NEXT"]
+
+
+def test_settled_partition_is_not_run_twice_and_rebuild_runs_it_afresh(tmp_path, batch_api):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:3])
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    with Pipeline(spec) as pipeline:
+        first = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+        again = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+        assert again.already_collected and again.path == first.path
+        assert len(pipeline.ledger.batches("tickets")) == 1
+        rebuilt = pipeline.run(DAY, poll_interval=0.2, timeout=60, rebuild=True)
+        assert rebuilt.generation == first.generation + 1
+        assert len(pipeline.ledger.batches("tickets")) == 2
+
+
+def test_collecting_an_unsettled_partition_is_refused(tmp_path, batch_api):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:2])
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+        with pytest.raises(PipelineError, match="not settled"):
+            pipeline.collect_results(DAY)
+
+
+def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, batch_api):
+    at = datetime(2026, 11, 20, 12)
+    rows = [
+        {"ticket_id": f"C{i}", "subject": "s", "body": "<<hang>>" if i % 2 else "quick",
+         "created_at": at}
+        for i in range(6)
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    spec = PipelineSpec.from_dict(
+        ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 3,
+                                                "enqueued_tokens": 80}),
+        base_dir=tmp_path,
+    )
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+        submitted = pipeline.submit(DAY)
+        assert submitted.waiting_shards == 1
+        cancelled = pipeline.cancel(DAY)
+        assert cancelled == submitted.submitted_batch_ids
+        summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+    results = pd.read_parquet(summary.path).set_index("ticket_id")
+    assert len(results) == 6
+    assert set(results["status"]) <= {"succeeded", "cancelled"}
+    assert (results.loc[["C1", "C3", "C5"], "status"] == "cancelled").all()
+
+
+def test_key_from_the_environment_never_reaches_the_ledger_or_files(
+    tmp_path, batch_api, monkeypatch
+):
+    secret = "sk-test-NEVER-WRITE-ME-0123456789"
+    monkeypatch.setenv("TICKETS_KEY", secret)
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = ticket_spec(tmp_path, batch_api, backend={"api_key_env": "TICKETS_KEY"})
+    run_partition(spec, tmp_path)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
+
+
+def test_wrong_key_fails_with_a_message_that_hides_the_key(tmp_path, tmp_path_factory, monkeypatch):
+    from batch_pipeline.local_api.server import run_local_batch_api
+
+    secret = "sk-wrong-key-ABCDEF"
+    monkeypatch.setenv("TICKETS_KEY", secret)
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:2])
+    with run_local_batch_api(tmp_path_factory.mktemp("auth"), port=0, api_key="right") as url:
+        spec = ticket_spec(tmp_path, url, backend={"api_key_env": "TICKETS_KEY"})
+        pipeline = load_pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+        pipeline.build_requests(DAY)
+        with pytest.raises(Exception) as raised:
+            pipeline.submit(DAY)
+        assert secret not in str(raised.value)
+        assert not isinstance(raised.value, openai.OpenAIError)

@@ -1,0 +1,363 @@
+import random
+from datetime import date
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+
+from batch_pipeline.core.custom_id import custom_id_for
+from batch_pipeline.core.requests import (
+    REJECTED_SCHEMA,
+    RejectCode,
+    RequestBuilder,
+    _in_run,
+    _SeenKeys,
+    estimate_request_tokens,
+    json_escape,
+)
+from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.core.tokens import count_tokens
+
+PARTITION = "2024-05-01"
+
+
+def make_builder(tmp_path, limits=None, **request):
+    request = {"model": "gpt-4o-mini", "prompt": "Review: {text}", **request}
+    data = {
+        "name": "t",
+        "source": {"path": "src", "key": "id", "partition_column": "day"},
+        "request": request,
+    }
+    if limits:
+        data["limits"] = limits
+    return RequestBuilder(PipelineSpec.from_dict(data, base_dir=tmp_path))
+
+
+def parsed_lines(built):
+    lines = built.lines.to_pylist()
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    return [orjson.loads(line) for line in lines]
+
+
+def rejections(built):
+    return [(row["key"], row["code"], row["reason"]) for row in built.rejected.to_pylist()]
+
+
+def test_chat_body_with_system_and_params(tmp_path):
+    builder = make_builder(
+        tmp_path,
+        system="You label {lang} reviews.",
+        params={"temperature": 0, "max_tokens": 5},
+    )
+    built = builder.build(
+        pa.record_batch({"id": [7], "text": ["Great!"], "lang": ["en"]}), PARTITION
+    )
+    assert parsed_lines(built) == [
+        {
+            "custom_id": "2024-05-01:7",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {"role": "system", "content": "You label en reviews."},
+                    {"role": "user", "content": "Review: Great!"},
+                ],
+                "temperature": 0,
+                "max_tokens": 5,
+            },
+        }
+    ]
+    assert built.custom_ids.to_pylist() == ["2024-05-01:7"]
+    assert built.keys.to_pylist() == ["7"]
+
+
+def test_chat_body_without_system(tmp_path):
+    built = make_builder(tmp_path).build(pa.record_batch({"id": [1], "text": ["ok"]}), PARTITION)
+    assert parsed_lines(built)[0]["body"] == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Review: ok"}],
+    }
+
+
+def test_responses_body(tmp_path):
+    builder = make_builder(
+        tmp_path,
+        endpoint="/v1/responses",
+        model="gpt-5-mini",
+        system="Be brief.",
+        params={"max_output_tokens": 50},
+    )
+    (line,) = parsed_lines(builder.build(pa.record_batch({"id": ["a"], "text": ["x"]}), PARTITION))
+    assert line["url"] == "/v1/responses"
+    assert line["body"] == {
+        "model": "gpt-5-mini",
+        "input": "Review: x",
+        "instructions": "Be brief.",
+        "max_output_tokens": 50,
+    }
+
+
+def test_responses_body_without_instructions(tmp_path):
+    builder = make_builder(tmp_path, endpoint="/v1/responses")
+    (line,) = parsed_lines(builder.build(pa.record_batch({"id": ["a"], "text": ["x"]}), PARTITION))
+    assert line["body"] == {"model": "gpt-4o-mini", "input": "Review: x"}
+
+
+def test_embeddings_body(tmp_path):
+    builder = make_builder(
+        tmp_path,
+        endpoint="/v1/embeddings",
+        model="text-embedding-3-small",
+        prompt="{text}",
+        params={"dimensions": 256},
+    )
+    (line,) = parsed_lines(builder.build(pa.record_batch({"id": [1], "text": ["hi"]}), PARTITION))
+    assert line == {
+        "custom_id": "2024-05-01:1",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small", "input": "hi", "dimensions": 256},
+    }
+
+
+def test_embeddings_refuse_a_system_text(tmp_path):
+    with pytest.raises(SpecError, match=r"request\.system"):
+        make_builder(tmp_path, endpoint="/v1/embeddings", system="no")
+
+
+def test_template_renders_values_like_str_and_dates_in_iso(tmp_path):
+    builder = make_builder(tmp_path, prompt="{{literal}} {n}/{x}/{d}/{flag}/{n}")
+    batch = pa.record_batch(
+        {
+            "id": [1],
+            "n": [42],
+            "x": [2.5],
+            "d": pa.array([date(2024, 5, 1)], pa.date32()),
+            "flag": [True],
+        }
+    )
+    (line,) = parsed_lines(builder.build(batch, PARTITION))
+    assert line["body"]["messages"][0]["content"] == "{literal} 42/2.5/2024-05-01/True/42"
+
+
+def test_values_needing_json_escapes_round_trip(tmp_path):
+    texts = [
+        'say "hi"\\ then\nnew line\ttab\r\x00\x01\x1f\x7f',
+        "emoji 😀 and 日本語 and \u2028",
+        "{not a placeholder}",
+    ]
+    builder = make_builder(tmp_path, system='Rules: "quote" \\ back\nslash')
+    built = builder.build(pa.record_batch({"id": [1, 2, 3], "text": texts}), PARTITION)
+    lines = parsed_lines(built)
+    assert [line["body"]["messages"][1]["content"] for line in lines] == [
+        f"Review: {text}" for text in texts
+    ]
+    assert lines[0]["body"]["messages"][0]["content"] == 'Rules: "quote" \\ back\nslash'
+
+
+def test_long_and_odd_keys_get_hashed_custom_ids(tmp_path):
+    keys = ["plain", "with space", "x" * 100]
+    built = make_builder(tmp_path).build(
+        pa.record_batch({"id": keys, "text": ["t"] * 3}), PARTITION
+    )
+    expected = [custom_id_for(PARTITION, key) for key in keys]
+    assert [line["custom_id"] for line in parsed_lines(built)] == expected
+
+
+def test_null_key_is_rejected(tmp_path):
+    built = make_builder(tmp_path).build(
+        pa.record_batch({"id": [1, None], "text": ["a", "b"]}), PARTITION
+    )
+    assert len(built) == 1
+    assert built.rejected.to_pylist() == [
+        {
+            "row_number": 1,
+            "key": None,
+            "custom_id": None,
+            "code": RejectCode.NULL_KEY,
+            "reason": "key column 'id' is null",
+        }
+    ]
+
+
+def test_duplicate_keys_are_rejected_after_the_first_across_batches(tmp_path):
+    builder = make_builder(tmp_path)
+    first = builder.build(pa.record_batch({"id": [1, 2, 1], "text": ["a", "b", "c"]}), PARTITION)
+    second = builder.build(pa.record_batch({"id": [3, 2], "text": ["d", "e"]}), PARTITION)
+    assert [line["body"]["messages"][0]["content"] for line in parsed_lines(first)] == [
+        "Review: a",
+        "Review: b",
+    ]
+    assert [row["row_number"] for row in first.rejected.to_pylist()] == [2]
+    assert [row["row_number"] for row in second.rejected.to_pylist()] == [4]
+    for built, key in ((first, "1"), (second, "2")):
+        ((rejected_key, code, reason),) = rejections(built)
+        assert (rejected_key, code) == (key, RejectCode.DUPLICATE_KEY)
+        assert "key column 'id'" in reason
+    # A new partition starts afresh.
+    again = builder.build(pa.record_batch({"id": [1], "text": ["a"]}), "2024-05-02")
+    assert len(again) == 1
+    assert again.rejected.num_rows == 0
+
+
+@pytest.mark.parametrize("max_run", [None, 64])
+def test_duplicate_detection_matches_a_set_over_many_batches(tmp_path, monkeypatch, max_run):
+    if max_run:  # small runs: remembered keys spread over many of them
+        monkeypatch.setattr(_SeenKeys, "_MAX_RUN", max_run)
+    rng = random.Random(3)
+    builder = make_builder(tmp_path)
+    seen, expected, got = set(), [], []
+    for _ in range(40):  # enough batches for the remembered keys to be merged several times
+        keys = [
+            rng.choice([None, *(f"k{rng.randint(0, 400)}" for _ in range(9))]) for _ in range(25)
+        ]
+        for key in keys:
+            expected.append(key is not None and key in seen)
+            seen.add(key)
+        built = builder.build(pa.record_batch({"id": keys, "text": ["t"] * len(keys)}), PARTITION)
+        codes = {row["row_number"]: row["code"] for row in built.rejected.to_pylist()}
+        got += [
+            codes.get(row) == RejectCode.DUPLICATE_KEY for row in range(len(got), len(got) + 25)
+        ]
+    assert got == expected
+
+
+def test_remembered_keys_tell_apart_keys_sharing_their_first_hash():
+    run = (np.array([5, 7, 7, 9], np.uint64), np.array([1, 2, 3, 4], np.uint64))
+    first = np.array([7, 7, 7, 9, 6], np.uint64)
+    second = np.array([3, 2, 8, 4, 1], np.uint64)
+    assert _in_run(run, first, second).tolist() == [True, True, False, True, False]
+
+
+def test_null_empty_and_blank_placeholder_values_are_rejected_naming_the_column(tmp_path):
+    builder = make_builder(tmp_path, system="Language: {lang}")
+    batch = pa.record_batch(
+        {
+            "id": [1, 2, 3, 4, 5],
+            "text": ["ok", None, "", " \t\n", "ok"],
+            "lang": ["en", "en", "en", "en", None],
+        }
+    )
+    built = builder.build(batch, PARTITION)
+    assert built.keys.to_pylist() == ["1"]
+    assert rejections(built) == [
+        ("2", RejectCode.NULL_VALUE, "column 'text' is null"),
+        ("3", RejectCode.EMPTY_VALUE, "column 'text' is empty"),
+        ("4", RejectCode.EMPTY_VALUE, "column 'text' is empty"),
+        ("5", RejectCode.NULL_VALUE, "column 'lang' is null"),
+    ]
+    assert built.rejected.schema == REJECTED_SCHEMA
+
+
+def test_text_that_cannot_be_encoded_is_rejected(tmp_path):
+    texts = pa.array([b"fine", b"bad \xff byte", "lone \ud800".encode("utf-8", "surrogatepass")])
+    built = make_builder(tmp_path).build(
+        pa.record_batch({"id": [1, 2, 3], "text": texts}), PARTITION
+    )
+    assert built.keys.to_pylist() == ["1"]
+    assert [(key, code) for key, code, _ in rejections(built)] == [
+        ("2", RejectCode.INVALID_TEXT),
+        ("3", RejectCode.INVALID_TEXT),
+    ]
+    assert "column 'text' is not valid UTF-8" in rejections(built)[0][2]
+
+
+def test_invalid_utf8_inside_a_string_column_is_rejected(tmp_path):
+    raw = pa.array([b"ok", b"\xc3\x28"], pa.binary())
+    text = pa.Array.from_buffers(pa.string(), 2, raw.buffers())  # unchecked, as parquet may give
+    built = make_builder(tmp_path).build(pa.record_batch({"id": [1, 2], "text": text}), PARTITION)
+    assert built.keys.to_pylist() == ["1"]
+    assert rejections(built)[0][:2] == ("2", RejectCode.INVALID_TEXT)
+
+
+def test_rows_above_the_context_window_are_rejected_after_an_exact_count(tmp_path):
+    builder = make_builder(tmp_path, context_window=40, params={"max_tokens": 10})
+    short = "fine"
+    # 88 bytes cannot be shown to fit by the byte bound, but they make only 14 tokens.
+    repetitive = "a" * 80
+    long = " ".join(f"word{i}" for i in range(60))
+    built = builder.build(
+        pa.record_batch({"id": [1, 2, 3], "text": [short, repetitive, long]}), PARTITION
+    )
+    assert built.keys.to_pylist() == ["1", "2"]
+    ((key, code, reason),) = rejections(built)
+    assert (key, code) == ("3", RejectCode.CONTEXT_WINDOW_EXCEEDED)
+    assert "columns 'text'" in reason
+    assert "context window of gpt-4o-mini: 40 tokens less 10 reserved for output" in reason
+    # The row counted exactly carries its exact count as its estimate.
+    exact = count_tokens(f"Review: {repetitive}", "gpt-4o-mini") + builder.overhead
+    assert int(built.estimated_input_tokens[1]) == exact
+
+
+def test_a_request_line_above_the_file_byte_limit_is_rejected(tmp_path):
+    builder = make_builder(tmp_path, limits={"max_bytes_per_file": 1024})
+    built = builder.build(pa.record_batch({"id": [1, 2], "text": ["ok", "x" * 2000]}), PARTITION)
+    assert built.keys.to_pylist() == ["1"]
+    ((key, code, reason),) = rejections(built)
+    assert (key, code) == ("2", RejectCode.REQUEST_TOO_LARGE)
+    assert "limits.max_bytes_per_file (1024)" in reason
+
+
+def test_estimates_are_a_quarter_of_the_input_bytes_plus_framing(tmp_path):
+    builder = make_builder(tmp_path, system="Sys")
+    built = builder.build(pa.record_batch({"id": [1], "text": ["abcdefgh"]}), PARTITION)
+    input_bytes = len("Sys") + len("Review: abcdefgh")
+    assert built.estimated_input_tokens.tolist() == [-(-input_bytes // 4) + builder.overhead]
+
+
+def test_placeholder_naming_no_column_is_a_spec_error_listing_the_columns(tmp_path):
+    builder = make_builder(tmp_path, prompt="{txt}")
+    schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
+    with pytest.raises(SpecError, match=r"request.prompt: placeholder \{txt\} .*'id', 'text'"):
+        builder.check_schema(schema)
+    with pytest.raises(SpecError, match=r"placeholder \{txt\}"):
+        builder.build(pa.record_batch({"id": [1], "text": ["a"]}), PARTITION)
+
+
+def test_missing_key_column_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match=r"source.key: column 'id'"):
+        make_builder(tmp_path).check_schema(pa.schema([("text", pa.string())]))
+
+
+def test_format_specs_in_placeholders_are_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"\{text\} has a format spec"):
+        make_builder(tmp_path, prompt="{text!r}")
+
+
+def test_builder_reads_only_the_key_and_placeholder_columns(tmp_path):
+    builder = make_builder(tmp_path, system="{lang}", prompt="{text} {lang}")
+    assert builder.columns == ["id", "lang", "text"]
+
+
+def test_iterating_built_requests_gives_id_line_and_estimate(tmp_path):
+    built = make_builder(tmp_path).build(pa.record_batch({"id": [1], "text": ["a"]}), PARTITION)
+    ((custom_id, line, tokens),) = list(built)
+    assert custom_id == "2024-05-01:1"
+    assert orjson.loads(line)["custom_id"] == custom_id
+    assert tokens == int(built.estimated_input_tokens[0])
+
+
+def test_estimates_of_existing_lines_match_the_builder(tmp_path):
+    builder = make_builder(tmp_path, system="Sys {lang}")
+    built = builder.build(
+        pa.record_batch({"id": [1, 2], "text": ["abc", "longer text"], "lang": ["en", "fr"]}),
+        PARTITION,
+    )
+    requests = [orjson.loads(line) for line in built.lines.to_pylist()]
+    assert estimate_request_tokens(requests).tolist() == built.estimated_input_tokens.tolist()
+
+
+def test_json_escape_equals_orjson_on_random_text():
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in range(0x30)] + list('aé日\\"') + ["😀", "\u2028", "\x7f"]
+    for _ in range(200):
+        values = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+            for _ in range(rng.randint(1, 12))
+        ]
+        array = pa.array(values, rng.choice([pa.string(), pa.large_string()]))
+        if len(values) > 2:  # sliced arrays have offsets that do not start at 0
+            array, values = array.slice(1, len(values) - 2), values[1:-1]
+        assert json_escape(array).to_pylist() == [orjson.dumps(v)[1:-1] for v in values]

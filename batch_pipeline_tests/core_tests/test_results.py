@@ -1,0 +1,342 @@
+"""Source rows joined with outcomes and rejections into Hive-partitioned Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from batch_pipeline.core import results as results_module
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA
+from batch_pipeline.core.results import (
+    ResultsIncompleteError,
+    ResultsMismatchError,
+    assemble_results,
+    read_results,
+    results_path,
+)
+
+CHAT = "/v1/chat/completions"
+DAY = "2026-11-20"
+RESULT_COLUMNS = [
+    "custom_id",
+    "status",
+    "attempts",
+    "batch_id",
+    "http_status",
+    "response_text",
+    "response_json",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+]
+
+
+def custom_id_of(keys: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise(f"t-{DAY}-", pc.cast(keys, pa.string()), "")
+
+
+def cid(key: Any) -> str:
+    return f"t-{DAY}-{key}"
+
+
+def outcome(key: Any, status: str = "succeeded", **fields: Any) -> dict[str, Any]:
+    row = {"custom_id": cid(key), "status": status, "retryable": False}
+    if status == "succeeded":
+        row |= {"http_status": 200, "response_text": f"label {key}", "response_json": "{}"}
+        row |= {"input_tokens": 10, "output_tokens": 2}
+    return row | fields
+
+
+def outcomes(*rows: dict[str, Any]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=OUTCOME_SCHEMA)
+
+
+def rejections(*rows: tuple[int, Any, str]) -> pa.Table:
+    return pa.table(
+        {
+            "row_number": pa.array([r[0] for r in rows], pa.int64()),
+            "key": pa.array([str(r[1]) for r in rows], pa.string()),
+            "custom_id": pa.array([cid(r[1]) for r in rows], pa.string()),
+            "reason": pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
+
+
+def source(keys: list[Any], **columns: list[Any]) -> pa.Table:
+    return pa.table({"ticket_id": keys, "subject": [f"subject {k}" for k in keys], **columns})
+
+
+def assemble(tmp_path: Path, table: pa.Table, *, partition: str = DAY, **options: Any):
+    options.setdefault("outcomes", outcomes())
+    options.setdefault("rejected", rejections())
+    options.setdefault("endpoint", CHAT)
+    return assemble_results(
+        source_batches=table.to_batches(max_chunksize=3),
+        key_column="ticket_id",
+        partition=partition,
+        custom_id_of=custom_id_of,
+        dest_path=results_path(tmp_path / "results", partition),
+        **options,
+    )
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_every_source_row_appears_once_with_its_status(tmp_path: Path) -> None:
+    keys = ["a", "b", "c", "d", "e", "f", "g", "a"]
+    summary = assemble(
+        tmp_path,
+        source(keys),
+        outcomes=outcomes(
+            outcome("e", "cancelled", error_code="batch_cancelled", error_message="stopped"),
+            outcome("b", "failed", http_status=400, error_code="http_400", error_message="bad"),
+            outcome("a", input_tokens=7),
+            outcome("c", "expired", error_code="batch_expired", error_message="late"),
+            outcome("d"),
+        ),
+        attempts=pa.table({"custom_id": [cid("a"), cid("b")], "attempts": [2, 1]}),
+        batch_ids=pa.table({"custom_id": [cid("a"), cid("d")], "batch_id": ["batch_2", "b_1"]}),
+        rejected=rejections((5, "f", "the prompt is empty"), (6, "g", "too long"), (7, "a", "dup")),
+    )
+
+    written = pq.read_table(summary.path)
+    assert written.column_names == ["ticket_id", "subject", *RESULT_COLUMNS]
+    frame = written.to_pandas()
+    assert frame["ticket_id"].tolist() == keys
+    assert frame["custom_id"].tolist() == [cid(k) for k in keys]
+    assert frame["status"].tolist() == [
+        "succeeded",
+        "failed",
+        "expired",
+        "succeeded",
+        "cancelled",
+        "rejected",
+        "rejected",
+        "rejected",
+    ]
+    first, duplicate = frame.iloc[0], frame.iloc[7]
+    assert (first["response_text"], first["attempts"], first["batch_id"]) == (
+        "label a",
+        2,
+        "batch_2",
+    )
+    assert first["input_tokens"] == 7 and first["http_status"] == 200
+    assert (duplicate["error_code"], duplicate["error_message"], duplicate["attempts"]) == (
+        "rejected",
+        "dup",
+        0,
+    )
+    assert pd.isna(duplicate["response_text"]) and pd.isna(duplicate["http_status"])
+    assert frame.iloc[5]["error_message"] == "the prompt is empty"
+    assert frame.iloc[2][["error_code", "error_message"]].tolist() == ["batch_expired", "late"]
+
+    assert summary.rows == 8
+    assert summary.counts == {
+        "succeeded": 2,
+        "failed": 1,
+        "expired": 1,
+        "cancelled": 1,
+        "rejected": 3,
+    }
+    assert (summary.input_tokens, summary.output_tokens) == (17, 4)
+    assert summary.columns[0] == ("ticket_id", "string")
+    assert summary.preview[0]["ticket_id"] == "a" and len(summary.preview) == 5
+    assert files_under(tmp_path / "results") == [f"partition={DAY}/part-0.parquet"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # the results are as readable as any file written here
+    assert summary.path.stat().st_mode == plain.stat().st_mode
+
+
+def test_duplicate_keys_match_rejections_by_custom_id_without_row_numbers(
+    tmp_path: Path,
+) -> None:
+    rejected = rejections((1, "x", "duplicate key"), (3, "y", "no subject")).drop_columns(
+        "row_number"
+    )
+    summary = assemble(
+        tmp_path,
+        source(["x", "x", "z", "y"]),
+        outcomes=outcomes(outcome("x"), outcome("z")),
+        rejected=rejected,
+    )
+    frame = pq.read_table(summary.path).to_pandas()
+    assert frame["status"].tolist() == ["succeeded", "rejected", "succeeded", "rejected"]
+    assert frame["error_message"].tolist()[1::2] == ["duplicate key", "no subject"]
+
+
+def test_a_row_without_outcome_or_rejection_stops_the_write(tmp_path: Path) -> None:
+    with pytest.raises(ResultsIncompleteError, match=r"2 source rows .*'c' .*'d'"):
+        assemble(
+            tmp_path, source(["a", "b", "c", "d"]), outcomes=outcomes(outcome("a"), outcome("b"))
+        )
+    assert files_under(tmp_path / "results") == []
+
+
+def test_an_outcome_of_no_source_row_stops_the_write(tmp_path: Path) -> None:
+    with pytest.raises(ResultsMismatchError, match=r"1 outcomes match no .*t-2026-11-20-zz"):
+        assemble(tmp_path, source(["a"]), outcomes=outcomes(outcome("a"), outcome("zz")))
+    assert files_under(tmp_path / "results") == []
+
+
+def test_duplicate_keys_that_were_not_rejected_stop_the_write(tmp_path: Path) -> None:
+    with pytest.raises(ResultsMismatchError, match="claimed by several source rows"):
+        assemble(tmp_path, source(["a", "a"]), outcomes=outcomes(outcome("a")))
+
+
+def test_an_outcome_given_twice_stops_the_write(tmp_path: Path) -> None:
+    with pytest.raises(ResultsMismatchError, match="more than one outcome"):
+        assemble(tmp_path, source(["a"]), outcomes=outcomes(outcome("a"), outcome("a")))
+
+
+@pytest.mark.parametrize(
+    ("rejected", "message"),
+    [
+        (rejections((1, "b", "dup")), "do not match the source row"),
+        (rejections((9, "a", "gone")), "beyond the 2 source rows"),
+        (rejections((1, "b", "one"), (1, "b", "two")), "rejected more than once"),
+    ],
+)
+def test_rejections_must_name_real_rows(tmp_path: Path, rejected: pa.Table, message: str) -> None:
+    with pytest.raises(ResultsMismatchError, match=message):
+        assemble(tmp_path, source(["a", "c"]), outcomes=outcomes(outcome("a")), rejected=rejected)
+
+
+def test_a_failure_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    keys = [f"k{i:03d}" for i in range(40)]
+    everything = outcomes(*(outcome(k) for k in keys))
+    first = assemble(tmp_path, source(keys), outcomes=everything)
+    before = pq.read_table(first.path)
+
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 8)  # five chunks, five writes
+    original_write = results_module.AtomicParquetFile.write
+    writes = []
+
+    def failing_write(self, data) -> None:
+        writes.append(len(data))
+        if len(writes) == 3:
+            raise OSError("disk full")
+        original_write(self, data)
+
+    monkeypatch.setattr(results_module.AtomicParquetFile, "write", failing_write)
+    changed = pa.Table.from_pylist(
+        [outcome(k, response_text="new") for k in keys], schema=OUTCOME_SCHEMA
+    )
+    with pytest.raises(OSError, match="disk full"):
+        assemble(tmp_path, source(keys), outcomes=changed)
+
+    assert pq.read_table(first.path).equals(before)
+    assert files_under(tmp_path / "results") == [f"partition={DAY}/part-0.parquet"]
+
+
+def test_pandas_and_duckdb_read_all_partitions_whole(tmp_path: Path) -> None:
+    days = {"2026-11-20": ["a", "b"], "2026-11-21": ["c", "d", "e"]}
+    for day, keys in days.items():
+        # A source column named `partition` must not clash with the folder key.
+        table = source(keys, partition=[f"src-{k}" for k in keys])
+        summary = assemble_results(
+            source_batches=table.to_batches(),
+            key_column="ticket_id",
+            partition=day,
+            custom_id_of=custom_id_of,
+            outcomes=outcomes(*(outcome(k) for k in keys)),
+            rejected=None,
+            dest_path=results_path(tmp_path / "results", day),
+            endpoint=CHAT,
+        )
+        assert summary.renamed_columns == {"partition": "source_partition"}
+    # A crash mid-write leaves a hidden temporary file, which readers must skip.
+    (tmp_path / "results" / "partition=2026-11-21" / ".part-0.parquet.x1.tmp").write_bytes(b"PAR")
+
+    frame = pd.read_parquet(tmp_path / "results")
+    assert len(frame) == 5
+    assert sorted(frame["ticket_id"]) == ["a", "b", "c", "d", "e"]
+    assert sorted(map(str, frame["partition"].unique())) == sorted(days)
+    assert sorted(frame["source_partition"]) == [f"src-{k}" for k in "abcde"]
+
+    glob = str(tmp_path / "results" / "*" / "*.parquet")
+    counts = duckdb.sql(
+        f"SELECT CAST(partition AS VARCHAR) AS day, count(*) AS n, count(DISTINCT custom_id) "
+        f"FROM read_parquet('{glob}', hive_partitioning=true) GROUP BY day ORDER BY day"
+    ).fetchall()
+    assert counts == [("2026-11-20", 2, 2), ("2026-11-21", 3, 3)]
+
+    one_day = read_results(tmp_path / "results", "2026-11-21")
+    assert one_day["ticket_id"].tolist() == ["c", "d", "e"]
+    assert set(one_day["partition"]) == {"2026-11-21"}
+    assert one_day["http_status"].tolist() == [200, 200, 200]
+    assert len(read_results(tmp_path / "results")) == 5
+
+
+def test_embeddings_results_carry_the_vector(tmp_path: Path) -> None:
+    summary = assemble(
+        tmp_path,
+        source(["a"]),
+        outcomes=outcomes(outcome("a", response_text=None, embedding=[0.5, -0.25])),
+        endpoint="/v1/embeddings",
+    )
+    written = pq.read_table(summary.path)
+    assert written.column_names == [
+        "ticket_id",
+        "subject",
+        *RESULT_COLUMNS[:7],
+        "embedding",
+        *RESULT_COLUMNS[7:],
+    ]
+    assert written.schema.field("embedding").type == pa.list_(pa.float32())
+    assert written["embedding"].to_pylist() == [[0.5, -0.25]]
+
+
+def test_an_empty_partition_still_writes_the_source_columns(tmp_path: Path) -> None:
+    empty = source(["x"]).slice(0, 0)
+    summary = assemble_results(
+        source_batches=iter(()),
+        source_schema=empty.schema,
+        key_column="ticket_id",
+        partition=DAY,
+        custom_id_of=custom_id_of,
+        outcomes=outcomes(),
+        rejected=None,
+        dest_path=results_path(tmp_path, DAY),
+        endpoint=CHAT,
+    )
+    written = pq.read_table(summary.path)
+    assert written.num_rows == 0 and written.column_names[:2] == ["ticket_id", "subject"]
+
+
+def test_integer_keys_and_many_chunks(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 7)
+    keys = list(range(100))
+    summary = assemble(
+        tmp_path,
+        source(keys),
+        outcomes=outcomes(*(outcome(k) for k in keys if k != 42)),
+        rejected=rejections((42, 42, "empty")),
+    )
+    frame = pq.read_table(summary.path).to_pandas()
+    assert frame["ticket_id"].tolist() == keys
+    assert frame.loc[42, "status"] == "rejected"
+    assert summary.counts == {"succeeded": 99, "rejected": 1}
+
+
+def test_the_destination_must_be_the_partition_folder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="partition=2026-11-20"):
+        assemble_results(
+            source_batches=source(["a"]).to_batches(),
+            key_column="ticket_id",
+            partition=DAY,
+            custom_id_of=custom_id_of,
+            outcomes=outcomes(outcome("a")),
+            rejected=None,
+            dest_path=tmp_path / "results.parquet",
+            endpoint=CHAT,
+        )

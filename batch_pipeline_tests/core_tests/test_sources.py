@@ -1,0 +1,306 @@
+from datetime import UTC, date, datetime
+
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from batch_pipeline.core.sources import (
+    iter_partition_batches,
+    parse_partition,
+    source_schema,
+)
+from batch_pipeline.core.spec import PipelineSpec, SpecError
+
+PARTITION = "2024-05-01"
+
+
+def make_spec(tmp_path, partition_column="day", key="id", **source):
+    source = source or {"path": "src"}
+    return PipelineSpec.from_dict(
+        {
+            "name": "t",
+            "source": {"key": key, "partition_column": partition_column, **source},
+            "request": {"model": "gpt-4o-mini", "prompt": "{text}"},
+        },
+        base_dir=tmp_path,
+    )
+
+
+def read_ids(spec, partition=PARTITION, **kwargs):
+    batches = list(iter_partition_batches(spec, partition, **kwargs))
+    assert all(batch.num_rows for batch in batches)
+    return sorted(id_ for batch in batches for id_ in batch.column("id").to_pylist())
+
+
+def sample_table(day_values, day_type=None):
+    """Rows 1..n with the given partition-column values and a text column."""
+    return pa.table(
+        {
+            "id": list(range(1, len(day_values) + 1)),
+            "day": pa.array(day_values, day_type),
+            "text": [f"row {i}" for i in range(1, len(day_values) + 1)],
+        }
+    )
+
+
+def write_jsonl(path, table):
+    rows = table.to_pylist()
+    path.write_bytes(b"".join(orjson.dumps(row, default=str) + b"\n" for row in rows))
+
+
+NAIVE_TIMESTAMPS = [
+    datetime(2024, 4, 30, 23, 59, 59),
+    datetime(2024, 5, 1, 0, 0),
+    datetime(2024, 5, 1, 23, 59, 59),
+    datetime(2024, 5, 2, 0, 0),
+]
+
+
+def test_parquet_file_with_naive_timestamps_returns_only_the_days_rows(tmp_path):
+    pq.write_table(sample_table(NAIVE_TIMESTAMPS, pa.timestamp("us")), tmp_path / "src.parquet")
+    spec = make_spec(tmp_path, path="src.parquet")
+    assert read_ids(spec) == [2, 3]
+    assert read_ids(spec, "2024-05-02") == [4]
+
+
+def test_tz_aware_timestamps_are_split_by_days_of_their_own_timezone(tmp_path):
+    moments = pd.to_datetime(
+        ["2024-05-01 00:30", "2024-05-01 23:30", "2024-05-02 00:30", "2024-04-30 23:00"]
+    ).tz_localize("America/New_York")
+    table = sample_table(list(moments.to_pydatetime()), pa.timestamp("ns", "America/New_York"))
+    pq.write_table(table, tmp_path / "src.parquet")
+    spec = make_spec(tmp_path, path="src.parquet")
+    # 23:30 New York on May 1 is already May 2 in UTC; it still belongs to May 1.
+    assert read_ids(spec) == [1, 2]
+
+
+def test_utc_timestamps_split_by_utc_days(tmp_path):
+    moments = [
+        datetime(2024, 5, 1, 0, 0, tzinfo=UTC),
+        datetime(2024, 4, 30, 23, 59, tzinfo=UTC),
+    ]
+    pq.write_table(sample_table(moments, pa.timestamp("ms", "UTC")), tmp_path / "src.parquet")
+    assert read_ids(make_spec(tmp_path, path="src.parquet")) == [1]
+
+
+def test_date_column(tmp_path):
+    days = [date(2024, 5, 1), date(2024, 5, 2), date(2024, 5, 1), None]
+    pq.write_table(sample_table(days, pa.date32()), tmp_path / "src.parquet")
+    assert read_ids(make_spec(tmp_path, path="src.parquet")) == [1, 3]
+
+
+def test_iso_string_column_matches_on_its_first_ten_characters(tmp_path):
+    days = ["2024-05-01", "2024-05-01T10:00:00+02:00", "2024-05-02", "2024-05-01 23:59", "x", None]
+    pq.write_table(sample_table(days, pa.string()), tmp_path / "src.parquet")
+    assert read_ids(make_spec(tmp_path, path="src.parquet")) == [1, 2, 4]
+
+
+def test_csv_file_and_folder(tmp_path):
+    table = sample_table(NAIVE_TIMESTAMPS, pa.timestamp("s"))
+    pacsv.write_csv(table, tmp_path / "one.csv")
+    assert read_ids(make_spec(tmp_path, path="one.csv")) == [2, 3]
+
+    folder = tmp_path / "csvs"
+    folder.mkdir()
+    pacsv.write_csv(table.slice(0, 2), folder / "a.csv")
+    pacsv.write_csv(table.slice(2), folder / "b.CSV")
+    assert read_ids(make_spec(tmp_path, path="csvs")) == [2, 3]
+
+
+def test_jsonl_file_and_folder(tmp_path):
+    table = sample_table(["2024-05-01", "2024-05-02", "2024-05-01 10:00:00"], pa.string())
+    write_jsonl(tmp_path / "one.jsonl", table)
+    assert read_ids(make_spec(tmp_path, path="one.jsonl")) == [1, 3]
+
+    folder = tmp_path / "jsonls"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", table.slice(0, 1))
+    write_jsonl(folder / "b.jsonl", table.slice(1))
+    (folder / "empty.jsonl").write_bytes(b"")
+    assert read_ids(make_spec(tmp_path, path="jsonls")) == [1, 3]
+
+
+def test_parquet_folder_skips_hidden_and_bookkeeping_files(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    table = sample_table([date(2024, 5, 1)] * 4, pa.date32())
+    pq.write_table(table.slice(0, 2), folder / "part-0.parquet")
+    pq.write_table(table.slice(2), folder / "part-1.parquet")
+    (folder / "_SUCCESS").write_bytes(b"")
+    (folder / ".part-0.parquet.crc").write_bytes(b"junk")
+    assert read_ids(make_spec(tmp_path)) == [1, 2, 3, 4]
+
+
+def test_hive_partitioned_folder_exposes_its_partition_column(tmp_path):
+    for day, ids in (("2024-05-01", [1, 2]), ("2024-05-02", [3])):
+        folder = tmp_path / "src" / f"day={day}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"id": ids, "text": ["t"] * len(ids)}), folder / "part.parquet")
+    spec = make_spec(tmp_path)
+    assert "day" in source_schema(spec).names
+    assert read_ids(spec) == [1, 2]
+
+
+def test_parquet_row_groups_are_read_in_order_and_filtered(tmp_path):
+    days = [date(2024, 5, 1 + (i // 7) % 2) for i in range(40)]
+    pq.write_table(sample_table(days, pa.date32()), tmp_path / "src.parquet", row_group_size=5)
+    spec = make_spec(tmp_path, path="src.parquet")
+    batches = list(iter_partition_batches(spec, PARTITION, batch_size=4))
+    ids = [id_ for batch in batches for id_ in batch.column("id").to_pylist()]
+    assert ids == [i + 1 for i in range(40) if days[i] == date(2024, 5, 1)]
+    assert max(batch.num_rows for batch in batches) <= 4
+
+
+def test_batches_respect_batch_size_and_columns(tmp_path):
+    days = [date(2024, 5, 1)] * 10
+    pq.write_table(sample_table(days, pa.date32()), tmp_path / "src.parquet")
+    spec = make_spec(tmp_path, path="src.parquet")
+    batches = list(iter_partition_batches(spec, PARTITION, batch_size=3, columns=["id"]))
+    assert max(batch.num_rows for batch in batches) <= 3
+    assert sum(batch.num_rows for batch in batches) == 10
+    assert batches[0].schema.names == ["id"]
+
+
+def test_sqlite_query_is_filtered_in_the_database(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'src.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE items (id INTEGER, day TEXT, text TEXT)"))
+        connection.execute(
+            sa.text("INSERT INTO items VALUES (:id, :day, :text)"),
+            [
+                {"id": 2, "day": "2024-05-01", "text": "b"},
+                {"id": 1, "day": "2024-05-01 08:00:00", "text": "a"},
+                {"id": 3, "day": "2024-05-02 00:00:00", "text": "c"},
+                {"id": 4, "day": "2024-04-30 23:59:59", "text": None},
+                {"id": 5, "day": "2024-05-01T23:59:59", "text": "e"},
+            ],
+        )
+    engine.dispose()
+    spec = make_spec(
+        tmp_path, sql={"url": "sqlite:///src.db", "query": "SELECT * FROM items WHERE id < 5;"}
+    )
+    assert source_schema(spec).names == ["id", "day", "text"]
+    batches = list(iter_partition_batches(spec, PARTITION, batch_size=1))
+    assert [batch.num_rows for batch in batches] == [1, 1]
+    assert [row["id"] for b in batches for row in b.to_pylist()] == [1, 2]  # in key order
+    assert read_ids(spec, "2024-04-30") == [4]
+    assert read_ids(spec, "2024-06-01") == []
+
+
+def test_sql_batches_keep_one_type_per_column(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'src.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE items (id INTEGER, day TEXT, text, n)"))
+        connection.execute(
+            sa.text("INSERT INTO items VALUES (:id, '2024-05-01', :text, :n)"),
+            [
+                {"id": 1, "text": "a", "n": 1},
+                {"id": 2, "text": None, "n": "two"},  # SQLite lets a column mix types
+                {"id": 3, "text": None, "n": 3},
+            ],
+        )
+    engine.dispose()
+    spec = make_spec(tmp_path, sql={"url": "sqlite:///src.db", "query": "SELECT * FROM items"})
+    batches = list(iter_partition_batches(spec, PARTITION, batch_size=1))
+    assert [batch.schema.field("text").type for batch in batches] == [pa.string()] * 3
+    assert [batch.column("n").to_pylist() for batch in batches] == [[1], ["two"], [3]]
+
+
+def test_sql_missing_key_column_is_named(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'src.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE items (ident INTEGER, day TEXT)"))
+    engine.dispose()
+    spec = make_spec(tmp_path, sql={"url": "sqlite:///src.db", "query": "SELECT * FROM items"})
+    with pytest.raises(SpecError, match=r"source\.key: column 'id' .*'ident', 'day'"):
+        list(iter_partition_batches(spec, PARTITION))
+
+
+def test_dataframe_is_filtered_in_memory_and_replaces_the_spec_source(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "day": pd.to_datetime(["2024-05-01 09:00", "2024-05-02 09:00", "2024-05-01 18:00"]),
+            "text": ["x", "y", "z"],
+        }
+    )
+    spec = make_spec(tmp_path, path="does-not-exist")
+    assert read_ids(spec, dataframe=frame) == ["a", "c"]
+    assert source_schema(spec, frame).names == ["id", "day", "text"]
+
+
+def test_dataframe_text_that_arrow_cannot_hold_becomes_bytes(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "id": [1, 2],
+            "day": [date(2024, 5, 1)] * 2,
+            "text": pd.Series(["fine", "lone \ud800 surrogate"], dtype=object),
+        }
+    )
+    (batch,) = iter_partition_batches(make_spec(tmp_path), PARTITION, dataframe=frame)
+    assert batch.column("text").to_pylist() == [
+        b"fine",
+        "lone \ud800 surrogate".encode("utf-8", "surrogatepass"),
+    ]
+
+
+@pytest.mark.parametrize("missing", ["id", "day"])
+def test_missing_key_or_partition_column_is_named_with_the_existing_columns(tmp_path, missing):
+    table = sample_table([date(2024, 5, 1)], pa.date32()).drop_columns([missing])
+    pq.write_table(table, tmp_path / "src.parquet")
+    spec = make_spec(tmp_path, path="src.parquet")
+    with pytest.raises(SpecError, match=rf"column '{missing}' is not in the source") as info:
+        list(iter_partition_batches(spec, PARTITION))
+    for existing in table.schema.names:
+        assert repr(existing) in str(info.value)
+
+
+def test_missing_source_path_is_named(tmp_path):
+    spec = make_spec(tmp_path, path="nowhere/data.parquet")
+    with pytest.raises(SpecError, match=r"nowhere/data\.parquet does not exist"):
+        list(iter_partition_batches(spec, PARTITION))
+    with pytest.raises(SpecError, match="does not exist"):
+        source_schema(spec)
+
+
+@pytest.mark.parametrize("bad", ["2024-13-01", "20240501", "2024-5-1", "May 1", "2024-02-30"])
+def test_invalid_partition_is_a_value_error_naming_it(tmp_path, bad):
+    with pytest.raises(ValueError, match=bad):
+        parse_partition(bad)
+    with pytest.raises(ValueError, match=bad):
+        list(iter_partition_batches(make_spec(tmp_path), bad))
+
+
+def test_empty_sources_and_empty_partitions_yield_nothing(tmp_path):
+    pq.write_table(sample_table([], pa.date32()), tmp_path / "zero.parquet")
+    assert read_ids(make_spec(tmp_path, path="zero.parquet")) == []
+
+    pq.write_table(sample_table([date(2024, 5, 2)], pa.date32()), tmp_path / "other.parquet")
+    assert read_ids(make_spec(tmp_path, path="other.parquet")) == []
+
+    (tmp_path / "empty").mkdir()
+    spec = make_spec(tmp_path, path="empty")
+    assert read_ids(spec) == []
+    assert source_schema(spec).names == []
+
+
+def test_folder_without_data_files_or_with_mixed_formats_is_refused(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hi")
+    with pytest.raises(SpecError, match=r"no \.parquet, \.csv or \.jsonl files \(found \.txt\)"):
+        list(iter_partition_batches(make_spec(tmp_path), PARTITION))
+    pacsv.write_csv(sample_table([date(2024, 5, 1)], pa.date32()), folder / "a.csv")
+    write_jsonl(folder / "b.jsonl", sample_table([date(2024, 5, 1)], pa.date32()))
+    with pytest.raises(SpecError, match="mixes formats"):
+        list(iter_partition_batches(make_spec(tmp_path), PARTITION))
+
+
+def test_partition_column_of_another_type_is_refused(tmp_path):
+    pq.write_table(sample_table([20240501], pa.int64()), tmp_path / "src.parquet")
+    with pytest.raises(SpecError, match="column 'day' has type int64"):
+        list(iter_partition_batches(make_spec(tmp_path, path="src.parquet"), PARTITION))

@@ -1,0 +1,100 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_pipeline.core.storage import LocalStorage, StorageRoot, storage_for
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return LocalStorage(tmp_path / "root")
+
+
+def test_write_then_read_round_trips_and_creates_folders(storage):
+    storage.write_bytes("a/b/c.txt", b"hello")
+    assert storage.exists("a/b/c.txt")
+    assert storage.read_bytes("a/b/c.txt") == b"hello"
+    with storage.open_read("a/b/c.txt") as handle:
+        assert handle.read() == b"hello"
+    assert storage.uri("a/b/c.txt") == str(storage.root / "a" / "b" / "c.txt")
+
+
+def test_atomic_write_that_raises_leaves_no_file_under_the_final_name(storage):
+    with pytest.raises(RuntimeError), storage.atomic_write("out/new.jsonl") as handle:
+        handle.write(b"half a line")
+        raise RuntimeError("crash while writing")
+    assert not storage.exists("out/new.jsonl")
+    assert storage.list("out") == []
+    assert list((storage.root / "out").iterdir()) == []  # the temporary file is gone too
+
+
+def test_atomic_write_that_raises_keeps_the_old_content(storage):
+    storage.write_bytes("shard.jsonl", b"old\n")
+    with pytest.raises(RuntimeError), storage.atomic_write("shard.jsonl") as handle:
+        handle.write(b"new but unfinished")
+        raise RuntimeError("crash while writing")
+    assert storage.read_bytes("shard.jsonl") == b"old\n"
+
+
+def test_atomic_write_replaces_old_content_only_when_done(storage):
+    storage.write_bytes("shard.jsonl", b"old\n")
+    with storage.atomic_write("shard.jsonl") as handle:
+        handle.write(b"new\n")
+        assert storage.read_bytes("shard.jsonl") == b"old\n"
+    assert storage.read_bytes("shard.jsonl") == b"new\n"
+
+
+def test_list_is_sorted_relative_and_never_shows_temporary_files(storage):
+    storage.write_bytes("p/b.txt", b"")
+    storage.write_bytes("p/a/z.txt", b"")
+    storage.write_bytes("q.txt", b"")
+    with storage.atomic_write("p/c.txt") as handle:
+        handle.write(b"pending")
+        assert storage.list("p") == ["p/a/z.txt", "p/b.txt"]
+    assert storage.list("p") == ["p/a/z.txt", "p/b.txt", "p/c.txt"]
+    assert storage.list() == ["p/a/z.txt", "p/b.txt", "p/c.txt", "q.txt"]
+    assert storage.list("missing") == []
+
+
+def test_delete_and_delete_tree_tolerate_missing_paths(storage):
+    storage.write_bytes("t/x/1.txt", b"1")
+    storage.write_bytes("t/2.txt", b"2")
+    storage.delete("t/2.txt")
+    storage.delete("t/2.txt")
+    assert storage.list("t") == ["t/x/1.txt"]
+    storage.delete_tree("t")
+    storage.delete_tree("t")
+    assert storage.list() == []
+
+
+def test_paths_cannot_leave_the_root(storage):
+    for bad in ("../outside.txt", "a/../../outside.txt", "/etc/passwd"):
+        with pytest.raises(ValueError, match="inside the root"):
+            storage.write_bytes(bad, b"x")
+
+
+def test_local_path_serves_parquet_writers(storage):
+    path = storage.local_path("results/part-0.parquet")
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"a": [1]}), path)
+    assert storage.list("results") == ["results/part-0.parquet"]
+
+
+def test_parquet_can_be_written_through_atomic_write(storage):
+    with storage.atomic_write("t.parquet") as handle:
+        pq.write_table(pa.table({"a": [1, 2]}), handle)
+    assert pq.read_table(storage.local_path("t.parquet")).column("a").to_pylist() == [1, 2]
+
+
+def test_storage_for_picks_local_storage_for_paths_and_file_urls(tmp_path):
+    for root in (tmp_path, str(tmp_path), f"file://{tmp_path}"):
+        storage = storage_for(root)
+        assert isinstance(storage, LocalStorage)
+        assert isinstance(storage, StorageRoot)
+        assert storage.root == tmp_path.resolve()
+
+
+@pytest.mark.parametrize("root", ["s3://bucket/prefix", "gs://bucket/prefix"])
+def test_storage_for_object_stores_says_not_supported_yet(root):
+    with pytest.raises(ValueError, match="not supported yet"):
+        storage_for(root)
