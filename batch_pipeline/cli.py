@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--partition", required=True, help="The day to cancel, YYYY-MM-DD.")
 
     demo = commands.add_parser(
-        "demo", help="Run the demo pipeline end to end with Dagster, offline."
+        "demo",
+        help="Run the demo pipeline end to end with Dagster, offline "
+        "(`batch-pipeline demo -- --help` lists its options).",
     )
-    demo.add_argument("--dir", default="demo_output", help="Where the demo writes its files.")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from batch_pipeline.demo import main as demo_main
 
-        return demo_main(["--dir", args.dir])
+        return demo_main([a for a in args.demo_args if a != "--"])
     return _pipeline_command(args, sys.stdout)
 
 

@@ -1,0 +1,157 @@
+"""`build_batch_pipeline_assets`: the three daily-partitioned assets of one pipeline.
+
+- `requests` builds and validates the day's JSONL shards (nothing is paid for);
+- `batches` submits them and returns at once (the sensor watches the batches);
+- `results` writes the day's Parquet once every batch has settled (the sensor asks for it).
+
+Materializing `requests` again for a day:
+
+- while the day's current generation is being built, queued or in flight, it is reused, so a
+  retried or repeated run (a re-executed backfill, say) never pays twice for the same rows;
+  to redo a day whose batches are running, cancel it first (`batch-pipeline cancel`);
+- once the current generation has settled (or been collected), a new generation is built
+  from the source rows as they are now; its batches are submitted and its results collected
+  again (the sensor's run keys carry the generation).
+"""
+
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+
+from batch_pipeline.core.pipeline import Pipeline
+from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
+from batch_pipeline.dagster.resources import BatchBackendResource
+from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
+
+DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
+SUBMISSION_POOL = "batch_pipeline_submission"
+
+Step = Callable[[Pipeline, str, dg.AssetExecutionContext], dg.MaterializeResult]
+
+
+def build_partitions_def(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
+    """One partition per day from `partitions.start` to `partitions.end` (inclusive), in the
+    schedule's timezone; a day's partition exists once the day is over."""
+    if spec.partitions is None:
+        raise SpecError(
+            f"pipeline {spec.name}: the Dagster assets are partitioned by day; add "
+            "`partitions: {start: YYYY-MM-DD}` to the spec"
+        )
+    end = spec.partitions.end
+    return dg.DailyPartitionsDefinition(
+        start_date=spec.partitions.start.isoformat(),
+        end_date=(end + timedelta(days=1)).isoformat() if end else None,
+        timezone=spec.schedule.timezone,
+    )
+
+
+def build_asset_specs(
+    spec: PipelineSpec, translator: BatchPipelineTranslator | None = None
+) -> dict[str, dg.AssetSpec]:
+    """The asset spec of each role, from the translator (the base one by default)."""
+    translator = translator or BatchPipelineTranslator()
+    return {role: translator.get_asset_spec(spec, role) for role in ROLES}
+
+
+def build_batch_pipeline_assets(
+    *,
+    spec: PipelineSpec,
+    translator: BatchPipelineTranslator | None = None,
+    backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
+    op_tags: Mapping[str, Any] | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
+    submission_pool: str | None = SUBMISSION_POOL,
+) -> list[dg.AssetsDefinition]:
+    """The `requests`, `batches` and `results` assets of the pipeline `spec`.
+
+    They need a `BatchBackendResource` under `backend_resource_key`. The `batches` step runs
+    in the concurrency pool `submission_pool`, which bounds uploads across every run, however
+    launched (set its limit in dagster.yaml or with `dagster instance concurrency set`).
+    """
+    partitions_def = build_partitions_def(spec)
+    specs = build_asset_specs(spec, translator)
+    steps: dict[str, Step] = {
+        "requests": _build_requests,
+        "batches": _submit_batches,
+        "results": _collect_results,
+    }
+    return [
+        _pipeline_asset(
+            spec,
+            specs[role],
+            steps[role],
+            name=f"{spec.name}_{role}",
+            partitions_def=partitions_def,
+            backend_resource_key=backend_resource_key,
+            op_tags=op_tags,
+            retry_policy=retry_policy,
+            pool=submission_pool if role == "batches" else None,
+        )
+        for role in ROLES
+    ]
+
+
+def _pipeline_asset(
+    spec: PipelineSpec,
+    asset_spec: dg.AssetSpec,
+    step: Step,
+    *,
+    name: str,
+    partitions_def: dg.PartitionsDefinition,
+    backend_resource_key: str,
+    op_tags: Mapping[str, Any] | None,
+    retry_policy: dg.RetryPolicy | None,
+    pool: str | None,
+) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        specs=[asset_spec],
+        name=name,
+        partitions_def=partitions_def,
+        required_resource_keys={backend_resource_key},
+        op_tags=op_tags,
+        retry_policy=retry_policy,
+        pool=pool,
+    )
+    def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
+        with backend.open_pipeline(spec) as pipeline:
+            return step(pipeline, context.partition_key, context)
+
+    return _asset
+
+
+def _build_requests(
+    pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
+) -> dg.MaterializeResult:
+    summary = pipeline.build_requests(partition, rebuild="if_settled")
+    context.log.info(
+        f"{partition} generation {summary.generation}: {summary.requests} requests in "
+        f"{summary.shards} shards, {summary.rejected} rows rejected"
+        + (" (reused the build in progress)" if summary.already_built else "")
+    )
+    return dg.MaterializeResult(metadata=requests_metadata(summary))
+
+
+def _submit_batches(
+    pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
+) -> dg.MaterializeResult:
+    summary = pipeline.submit(partition)
+    context.log.info(
+        f"{partition}: {len(summary.submitted_batch_ids)} batches submitted, "
+        f"{len(summary.in_flight_batch_ids)} in flight, {summary.waiting_shards} shards waiting"
+    )
+    for reason in summary.waiting_reasons:
+        context.log.info(f"waiting: {reason}")
+    return dg.MaterializeResult(metadata=batches_metadata(summary))
+
+
+def _collect_results(
+    pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
+) -> dg.MaterializeResult:
+    summary = pipeline.collect_results(partition)
+    context.log.info(f"{partition}: {summary.rows} rows written to {summary.path}")
+    return dg.MaterializeResult(metadata=results_metadata(summary))
+

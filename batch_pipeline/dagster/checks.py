@@ -1,0 +1,116 @@
+"""Asset checks on `results`, read back from the Parquet file the results run wrote."""
+
+import warnings
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batch_pipeline.core.ledger import PartitionRecord
+from batch_pipeline.core.pipeline import load_pipeline
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.types import RowStatus
+from batch_pipeline.dagster.assets import build_asset_specs, build_partitions_def
+from batch_pipeline.dagster.translator import BatchPipelineTranslator
+
+ROWS_ONCE_CHECK = "every_source_row_once"
+FAILED_SHARE_CHECK = "failed_share_within_limit"
+SAMPLE_SIZE = 5
+
+
+def build_results_checks(
+    *, spec: PipelineSpec, translator: BatchPipelineTranslator | None = None
+) -> list[dg.AssetChecksDefinition]:
+    """Two checks on the day's results: every source row exactly once (blocking, error), and
+    the share of rows without an answer at most `checks.max_failed_share` (warning).
+
+    They are partitioned like the asset, so the UI shows each day's outcome. Dagster 1.13
+    calls partitioned checks a preview; that warning, repeated in every run's log, is muted.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return _partitioned_checks(
+            spec, build_asset_specs(spec, translator)["results"].key, build_partitions_def(spec)
+        )
+
+
+def _partitioned_checks(
+    spec: PipelineSpec, results_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition
+) -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(
+        asset=results_key,
+        name=ROWS_ONCE_CHECK,
+        blocking=True,
+        partitions_def=partitions_def,
+        description="The results hold every source row of the day exactly once: as many rows "
+        "as the source had, and every row sent to the Batch API under its own custom_id "
+        "(a rejected duplicate key shares the id of the row it repeats).",
+    )
+    def every_source_row_once(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        record, table = _written_results(spec, context.partition_key)
+        sent = table.filter(pc.not_equal(table.column("status"), RowStatus.REJECTED.value))
+        ids = sent.column("custom_id")
+        repeated = [key for key, n in _value_counts(ids).items() if n > 1 and key is not None]
+        passed = table.num_rows == record.source_rows and not repeated and not ids.null_count
+        return dg.AssetCheckResult(
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None
+            if passed
+            else f"{table.num_rows} result rows for {record.source_rows} source rows; "
+            f"{len(repeated)} custom_ids answered more than once, {ids.null_count} without id",
+            metadata={
+                "source_rows": record.source_rows,
+                "result_rows": table.num_rows,
+                "repeated_custom_ids": len(repeated),
+                "repeated_sample": dg.MetadataValue.json(repeated[:SAMPLE_SIZE]),
+                "rows_without_custom_id": ids.null_count,
+                "generation": record.generation,
+            },
+        )
+
+    @dg.asset_check(
+        asset=results_key,
+        name=FAILED_SHARE_CHECK,
+        partitions_def=partitions_def,
+        description="At most checks.max_failed_share of the day's rows end without an answer "
+        "(failed, expired, cancelled or rejected).",
+    )
+    def failed_share_within_limit(
+        context: dg.AssetCheckExecutionContext,
+    ) -> dg.AssetCheckResult:
+        _, table = _written_results(spec, context.partition_key)
+        counts = _value_counts(table.column("status"))
+        unanswered = table.num_rows - counts.get(RowStatus.SUCCEEDED.value, 0)
+        share = unanswered / table.num_rows if table.num_rows else 0.0
+        limit = spec.checks.max_failed_share
+        return dg.AssetCheckResult(
+            passed=share <= limit,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{unanswered} of {table.num_rows} rows without an answer "
+            f"({share:.1%}, limit {limit:.1%})",
+            metadata={
+                "failed_share": round(share, 6),
+                "max_failed_share": limit,
+                **{f"rows_{status.value}": counts.get(status.value, 0) for status in RowStatus},
+            },
+        )
+
+    return [every_source_row_once, failed_share_within_limit]
+
+
+def _written_results(spec: PipelineSpec, partition: str) -> tuple[PartitionRecord, pa.Table]:
+    """The day's ledger record and its results table (custom_id and status only)."""
+    with load_pipeline(spec) as pipeline:
+        record = pipeline.get_partition(partition)
+    if record is None or record.results_path is None:
+        raise dg.Failure(f"{spec.name} {partition}: no results have been written for this day")
+    return record, pq.read_table(record.results_path, columns=["custom_id", "status"])
+
+
+def _value_counts(column: pa.ChunkedArray) -> dict[object, int]:
+    counts = pc.value_counts(column)
+    return dict(
+        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    )

@@ -1,0 +1,54 @@
+"""`build_batch_pipeline_defs`: everything Dagster needs to run one pipeline."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.dagster.assets import DEFAULT_BACKEND_RESOURCE_KEY, build_batch_pipeline_assets
+from batch_pipeline.dagster.checks import build_results_checks
+from batch_pipeline.dagster.jobs import build_submit_job
+from batch_pipeline.dagster.resources import BatchBackendResource
+from batch_pipeline.dagster.schedule_builder import build_nightly_schedule
+from batch_pipeline.dagster.sensor_builder import build_batch_pipeline_sensor
+from batch_pipeline.dagster.translator import BatchPipelineTranslator
+
+
+def build_batch_pipeline_defs(
+    *,
+    spec: PipelineSpec,
+    backend: BatchBackendResource | None = None,
+    translator: BatchPipelineTranslator | None = None,
+    backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
+    sensor_default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    schedule_default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+) -> dg.Definitions:
+    """Assets, checks, the submission job, the sensor, the nightly schedule and the backend.
+
+    `backend` defaults to the spec's `backend:` section, its key read from the environment
+    variable the spec names.
+    """
+    backend = backend or BatchBackendResource.from_spec(spec.backend)
+    assets = build_batch_pipeline_assets(
+        spec=spec, translator=translator, backend_resource_key=backend_resource_key
+    )
+    submit_job = build_submit_job(spec=spec, translator=translator)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=build_results_checks(spec=spec, translator=translator),
+        jobs=[submit_job],
+        sensors=[
+            build_batch_pipeline_sensor(
+                spec=spec,
+                translator=translator,
+                backend_resource_key=backend_resource_key,
+                default_status=sensor_default_status,
+            )
+        ],
+        schedules=[
+            build_nightly_schedule(
+                spec=spec, job=submit_job, default_status=schedule_default_status
+            )
+        ],
+        resources={backend_resource_key: backend},
+    )

@@ -1,0 +1,212 @@
+"""`build_batch_pipeline_sensor`: watches a pipeline's batches and asks for its results runs.
+
+Each tick runs one bounded poll of the core (refresh in-flight batches, collect the finished
+ones, make retry shards, submit what the token budget allows), then requests a `results` run
+for every day whose current generation has settled. The ledger holds the truth; the cursor
+only keeps what the last tick saw, for the UI.
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_for_serdes
+
+from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.dagster.assets import (
+    DEFAULT_BACKEND_RESOURCE_KEY,
+    build_asset_specs,
+    build_partitions_def,
+)
+from batch_pipeline.dagster.resources import BatchBackendResource
+from batch_pipeline.dagster.translator import BatchPipelineTranslator
+
+# The sensor gRPC call times out after 60 s; the poll stops in time for the tick to finish.
+POLL_TIME_BUDGET_SECONDS = 40.0
+# A results run asked for this long ago whose day is still not collected (it failed, or was
+# never launched) is asked for again.
+RERUN_RESULTS_AFTER_SECONDS = 30 * 60.0
+MAX_PARTITIONS_IN_MESSAGE = 5
+
+
+@whitelist_for_serdes
+@dataclass(frozen=True)
+class BatchPipelineSensorCursor:
+    """What the last tick saw (for the UI); the next tick resumes from the ledger."""
+
+    version: int = 1
+    polled_at: float | None = None
+    in_flight: int = 0
+    queued: int = 0
+    timed_out: bool = False
+    results_requested: int = 0
+
+
+def build_batch_pipeline_sensor(
+    *,
+    spec: PipelineSpec,
+    translator: BatchPipelineTranslator | None = None,
+    backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    poll_time_budget_seconds: float = POLL_TIME_BUDGET_SECONDS,
+    rerun_results_after_seconds: float = RERUN_RESULTS_AFTER_SECONDS,
+) -> dg.SensorDefinition:
+    """The sensor `{name}_batch_sensor` of the pipeline `spec`.
+
+    It runs by default: without it, submitted batches are never collected. It needs the
+    `BatchBackendResource` under `backend_resource_key`.
+    """
+    results_key = build_asset_specs(spec, translator)["results"].key
+    partitions_def = build_partitions_def(spec)
+
+    @dg.sensor(
+        name=f"{spec.name}_batch_sensor",
+        description=f"Polls the Batch API for {spec.name}'s batches, submits queued and retry "
+        "shards, and requests the results run of each day that has settled.",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        asset_selection=[results_key],
+        required_resource_keys={backend_resource_key},
+    )
+    def _sensor(context: dg.SensorEvaluationContext, **_resources: object) -> dg.SensorResult:
+        # (a direct call, `sensor(context)`, also hands the resources over as keywords)
+        previous = _read_cursor(context)
+        if previous.polled_at is not None:
+            context.log.info(
+                f"previous poll {time.time() - previous.polled_at:.0f} s ago: "
+                f"{previous.in_flight} in flight, {previous.queued} queued"
+            )
+        backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
+        with backend.open_pipeline(spec) as pipeline:
+            report = pipeline.poll(time_budget_seconds=poll_time_budget_seconds)
+            _log_report(context, report)
+            run_requests = list(
+                _results_run_requests(
+                    context, pipeline, results_key, partitions_def, rerun_results_after_seconds
+                )
+            )
+            skip_reason = None if run_requests else _waiting_message(pipeline, report)
+        cursor = BatchPipelineSensorCursor(
+            polled_at=time.time(),
+            in_flight=report.in_flight,
+            queued=report.queued,
+            timed_out=report.timed_out,
+            results_requested=len(run_requests),
+        )
+        return dg.SensorResult(
+            run_requests=run_requests,
+            skip_reason=skip_reason,
+            cursor=serialize_value(cursor),
+        )
+
+    return _sensor
+
+
+def results_run_key(pipeline: str, partition: str, generation: int, request: int) -> str:
+    """Unique per day, generation and request: a rebuilt day is collected again, and a failed
+    results run can be asked for again."""
+    return f"{pipeline}:{partition}:g{generation}:results:{request}"
+
+
+def _results_run_requests(
+    context: dg.SensorEvaluationContext,
+    pipeline: Pipeline,
+    results_key: dg.AssetKey,
+    partitions_def: dg.PartitionsDefinition,
+    rerun_after_seconds: float,
+) -> Iterator[dg.RunRequest]:
+    now = time.time()
+    for record in pipeline.partitions_awaiting_results():
+        if not partitions_def.has_partition_key(record.partition):
+            context.log.warning(
+                f"{record.partition} has settled but is not a partition of the assets; "
+                "collect it with the batch-pipeline CLI"
+            )
+            continue
+        asked_at = record.results_requested_at
+        if record.results_requested and asked_at and now - asked_at < rerun_after_seconds:
+            continue
+        request = pipeline.mark_results_requested(record.partition)
+        context.log.info(
+            f"{record.partition} generation {record.generation} has settled: "
+            f"requesting its results run ({request})"
+        )
+        yield dg.RunRequest(
+            run_key=results_run_key(
+                pipeline.spec.name, record.partition, record.generation, request
+            ),
+            partition_key=record.partition,
+            asset_selection=[results_key],
+            tags={"batch_pipeline/pipeline": pipeline.spec.name},
+        )
+
+
+def _waiting_message(pipeline: Pipeline, report: PollReport) -> str:
+    """What the pipeline waits for, day by day, e.g. '3 batches in flight for 2026-11-20'."""
+    open_days = [
+        record.partition
+        for record in pipeline.partitions()
+        if record.settled_at is None
+    ]
+    awaiting = [record.partition for record in pipeline.partitions_awaiting_results()]
+    parts = [
+        _describe_day(pipeline.status(partition)[0])
+        for partition in open_days[:MAX_PARTITIONS_IN_MESSAGE]
+    ]
+    if len(open_days) > MAX_PARTITIONS_IN_MESSAGE:
+        parts.append(f"{len(open_days) - MAX_PARTITIONS_IN_MESSAGE} more days")
+    if awaiting:
+        days = ", ".join(awaiting[:MAX_PARTITIONS_IN_MESSAGE])
+        more = len(awaiting) - MAX_PARTITIONS_IN_MESSAGE
+        parts.append(
+            f"results runs requested for {days}" + (f" and {more} more days" if more > 0 else "")
+        )
+    if not parts:
+        return f"Nothing to wait for: no day of {pipeline.spec.name} has batches in flight."
+    message = "Waiting: " + "; ".join(parts) + "."
+    if report.timed_out:
+        message += " The poll stopped at its time budget; the next tick goes on."
+    return message
+
+
+def _describe_day(status: PartitionStatus) -> str:
+    in_flight = status.shards.get("submitted", 0)
+    queued = status.shards.get("queued", 0) + status.shards.get("submitting", 0)
+    parts = []
+    if in_flight:
+        parts.append(f"{_count(in_flight, 'batch', 'batches')} in flight")
+    if queued:
+        why = f" ({status.waiting[0]})" if status.waiting else ""
+        parts.append(f"{_count(queued, 'shard', 'shards')} queued{why}")
+    if not parts:
+        parts.append(status.state)
+    return f"{' and '.join(parts)} for {status.partition}"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _log_report(context: dg.SensorEvaluationContext, report: PollReport) -> None:
+    for batch_id, status in report.changed:
+        context.log.info(f"batch {batch_id} is now {status}")
+    for error in report.errors:
+        context.log.warning(f"poll: {error}")  # recorded in the ledger; the loop goes on
+    context.log.info(
+        f"poll: {report.collected_shards} shards collected, {report.retry_shards} retry shards, "
+        f"{len(report.submitted_batch_ids)} batches submitted, {report.in_flight} in flight, "
+        f"{report.queued} queued" + (" (time budget used up)" if report.timed_out else "")
+    )
+
+
+def _read_cursor(context: dg.SensorEvaluationContext) -> BatchPipelineSensorCursor:
+    if not context.cursor:
+        return BatchPipelineSensorCursor()
+    try:
+        return deserialize_value(context.cursor, BatchPipelineSensorCursor)
+    except Exception as exc:  # an old or foreign cursor: start afresh, the ledger has the truth
+        context.log.warning(f"ignoring an unreadable sensor cursor: {exc}")
+        return BatchPipelineSensorCursor()

@@ -1,0 +1,83 @@
+"""`BatchPipelineTranslator`: a pipeline spec and a role -> the Dagster `AssetSpec`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import dagster as dg
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from batch_pipeline.core.spec import PipelineSpec
+
+Role = Literal["requests", "batches", "results"]
+ROLES: tuple[Role, ...] = ("requests", "batches", "results")
+
+_UPSTREAM: dict[str, Role | None] = {"requests": None, "batches": "requests", "results": "batches"}
+
+_DESCRIPTIONS = {
+    "requests": "JSONL request shards built and validated from the source rows of the day, "
+    "within the Batch API's limits, with a manifest and a cost estimate.",
+    "batches": "The day's shards submitted to the Batch API; the run returns at once and the "
+    "sensor watches the batches.",
+    "results": "Every source row of the day with its status and answer, as Parquet, joined "
+    "on custom_id once all of the day's batches have settled.",
+}
+
+
+@dataclass(frozen=True)
+class BatchPipelineTranslator:
+    """Turns a pipeline spec into the spec of each of its three assets.
+
+    Subclass and override `get_asset_spec`, starting from
+    `super().get_asset_spec(spec, role).replace_attributes(...)`.
+    """
+
+    def get_asset_spec(self, spec: PipelineSpec, role: str) -> dg.AssetSpec:
+        """The asset spec of `role` (requests, batches or results) of the pipeline `spec`."""
+        if role not in _UPSTREAM:
+            raise ValueError(
+                f"unknown role {role!r} for pipeline {spec.name!r}; use one of {list(ROLES)}"
+            )
+        upstream = _UPSTREAM[role]
+        return dg.AssetSpec(
+            key=dg.AssetKey([spec.name, role]),
+            deps=[self.get_asset_spec(spec, upstream).key] if upstream else [],
+            description=_DESCRIPTIONS[role],
+            group_name=spec.name,
+            kinds={"openai"},
+            code_version=spec_version(spec),
+            metadata={
+                "batch_pipeline/pipeline": spec.name,
+                "batch_pipeline/role": role,
+                "batch_pipeline/model": spec.request.model,
+                "batch_pipeline/endpoint": spec.request.endpoint.value,
+                "batch_pipeline/spec": dg.MetadataValue.json(spec_as_json(spec)),
+            },
+        )
+
+
+def spec_as_json(spec: PipelineSpec) -> dict:
+    """The spec as plain JSON, database passwords masked (the API key is only named in it)."""
+    data = spec.model_dump(mode="json")
+    if data["source"].get("sql"):
+        data["source"]["sql"]["url"] = _without_password(data["source"]["sql"]["url"])
+    if data["ledger"].get("url"):
+        data["ledger"]["url"] = _without_password(data["ledger"]["url"])
+    return data
+
+
+def _without_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "***"  # not a URL SQLAlchemy understands: show nothing of it
+
+
+def spec_version(spec: PipelineSpec) -> str:
+    """A short hash of the spec: the assets' code version, so a changed spec shows as such."""
+    text = json.dumps(spec_as_json(spec), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,356 @@
+"""The demo: a generated support-ticket table, its spec, and a run with Dagster in the loop.
+
+`batch-pipeline demo` (`main`) runs offline: it starts the local Batch API in this process,
+materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
+the sensor until it asks for the results runs, runs them with their checks, and prints where
+the Parquet is with a summary per status. `batch_pipeline/definitions.py` serves the same
+pipeline to `dagster dev`, against `batch-pipeline serve` running beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import yaml
+
+from batch_pipeline.core.spec import PipelineSpec
+
+if TYPE_CHECKING:  # Dagster is imported only when the demo runs
+    from collections.abc import Callable
+
+    import dagster as dg
+
+DEMO_PIPELINE = "ticket_triage"
+DEMO_DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
+DEMO_ROWS_PER_DAY = 100
+DEMO_DIR_ENV = "BATCH_PIPELINE_DEMO_DIR"
+DEMO_API_URL_ENV = "BATCH_PIPELINE_DEMO_API_URL"
+SERVE_URL = "http://127.0.0.1:8780/v1"
+DEMO_COMPLETION_WINDOW_SECONDS = 4.0
+TICK_INTERVAL_SECONDS = 1.0
+DEMO_TIMEOUT_SECONDS = 180.0
+SOURCE_FILE = "tickets.parquet"
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+SPEC_FILE = "pipeline.yaml"
+
+_TOPICS = {
+    "shipping": ("Where is my parcel?", "Order {n} was due on Monday and has not arrived yet."),
+    "billing": ("Charged twice", "My card was charged twice for invoice {n}. Please refund one."),
+    "account": ("Cannot log in", "The password reset mail for account {n} never arrives."),
+    "bug": ("App crashes", "The app closes as soon as I open the orders tab (build {n})."),
+    "other": ("Thank you", "Just wanted to say the support on case {n} was great."),
+}
+# Rows the local Batch API fails on purpose, or that the pipeline rejects, so every status
+# shows: <<fail:500>> is retried and then fails, <<fail:400>> fails at once, <<hang>> is never
+# answered (it expires at the end of the completion window).
+_FAILED_DAY = DEMO_DAYS[2]
+_FAILED_DAY_400_ROWS = 8
+
+
+def demo_rows() -> list[dict[str, Any]]:
+    """The sample tickets: a hundred a day, the same every time, with a few bad rows."""
+    rng = random.Random(20261118)
+    rows: list[dict[str, Any]] = []
+    for day_index, day in enumerate(DEMO_DAYS):
+        start = datetime.combine(date.fromisoformat(day), datetime.min.time())
+        for i in range(DEMO_ROWS_PER_DAY):
+            topic = rng.choice(sorted(_TOPICS))
+            subject, body = _TOPICS[topic]
+            number = day_index * DEMO_ROWS_PER_DAY + i + 1
+            rows.append(
+                {
+                    "ticket_id": f"TCK-{number:05d}",
+                    "created_at": start + timedelta(minutes=rng.randrange(24 * 60)),
+                    "channel": rng.choice(["email", "chat", "phone"]),
+                    "subject": subject,
+                    "body": body.format(n=10_000 + number),
+                }
+            )
+    _add_bad_rows(rows)
+    return rows
+
+
+def _add_bad_rows(rows: list[dict[str, Any]]) -> None:
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_day.setdefault(row["created_at"].date().isoformat(), []).append(row)
+    first, second, third = (by_day[day] for day in DEMO_DAYS)
+    first[3]["body"] = None  # rejected: nothing to send
+    rows.append({**first[10], "subject": "Re: " + first[10]["subject"]})  # duplicate key
+    first[20]["body"] = "<<fail:500>> the service keeps failing on this one"
+    second[5]["body"] = "<<fail:400>> the service refuses this one"
+    second[30]["body"] = "<<hang>> the service never answers this one"
+    for row in third[:_FAILED_DAY_400_ROWS]:  # a bad day: above the failed-share limit
+        row["body"] = "<<fail:400>> " + row["body"]
+
+
+def demo_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
+    """The demo pipeline spec, as it is written to pipeline.yaml."""
+    return {
+        "name": DEMO_PIPELINE,
+        "source": {"path": SOURCE_FILE, "key": "ticket_id", "partition_column": "created_at"},
+        "request": {
+            "endpoint": "/v1/chat/completions",
+            "model": "gpt-4o-mini",
+            "system": "You triage customer support tickets. Answer with one label: "
+            "shipping, billing, account, bug or other.",
+            "prompt": "Channel: {channel}\nSubject: {subject}\n\n{body}",
+            "params": {"max_tokens": 20, "temperature": 0},
+        },
+        "backend": {"provider": "local", "base_url": base_url},
+        "retry": {"max_attempts": 3},
+        "output": {"dir": "out"},
+        "partitions": {"start": start},
+        "schedule": {"cron": "0 1 * * *", "timezone": "UTC"},
+        "checks": {"max_failed_share": 0.05},
+    }
+
+
+def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
+    """Write the sample table (if missing) and pipeline.yaml into `folder`; return the spec."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / SOURCE_FILE
+    if not source.exists():
+        temporary = source.with_name(f".tmp-{os.getpid()}-{SOURCE_FILE}")
+        pd.DataFrame(demo_rows()).to_parquet(temporary, index=False)
+        temporary.replace(source)
+    spec_path = folder / SPEC_FILE
+    text = yaml.safe_dump(demo_spec_data(base_url=base_url), sort_keys=False)
+    if not spec_path.exists() or spec_path.read_text(encoding="utf-8") != text:
+        temporary = spec_path.with_name(f".tmp-{os.getpid()}-{SPEC_FILE}")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(spec_path)
+    return PipelineSpec.from_yaml(spec_path)
+
+
+def ui_demo_folder() -> Path:
+    """Where `dagster dev` keeps the demo: $BATCH_PIPELINE_DEMO_DIR or ./demo_output/ui."""
+    return Path(os.environ.get(DEMO_DIR_ENV) or Path("demo_output") / "ui").resolve()
+
+
+def ui_demo_spec() -> PipelineSpec:
+    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780."""
+    return write_demo(ui_demo_folder(), base_url=os.environ.get(DEMO_API_URL_ENV) or SERVE_URL)
+
+
+# -- the demo run ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo produced: the results folder, a summary row per day, and whether every
+    results run succeeded with its blocking check passed."""
+
+    results_dir: Path
+    summary: pd.DataFrame
+    checks_passed: bool
+
+
+def run_demo(
+    folder: str | Path = Path("demo_output") / "cli",
+    *,
+    completion_window_seconds: float = DEMO_COMPLETION_WINDOW_SECONDS,
+    timeout_seconds: float = DEMO_TIMEOUT_SECONDS,
+    echo: bool = True,
+) -> DemoResult:
+    """Run the demo end to end, offline, with Dagster in the loop (see the module docstring).
+
+    The pipeline's earlier output in `folder` is removed first, so every run starts afresh.
+    """
+    import dagster as dg
+
+    from batch_pipeline.dagster import build_batch_pipeline_defs
+    from batch_pipeline.local_api.server import run_local_batch_api
+
+    say = print if echo else _silent
+    folder = Path(folder).resolve()
+    shutil.rmtree(folder / "out", ignore_errors=True)
+    shutil.rmtree(folder / "batch_api", ignore_errors=True)
+    with (
+        _quiet_dagster(),
+        run_local_batch_api(
+            folder / "batch_api", port=0, completion_window_seconds=completion_window_seconds
+        ) as base_url,
+    ):
+        spec = write_demo(folder, base_url=base_url)
+        say(f"Local Batch API at {base_url}; the pipeline spec is {folder / SPEC_FILE}")
+        defs = build_batch_pipeline_defs(spec=spec)
+        with (
+            tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as home,
+            dg.DagsterInstance.local_temp(home) as instance,
+        ):
+            for day in DEMO_DAYS:
+                submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
+                submit_job.execute_in_process(
+                    partition_key=day, instance=instance, run_config=QUIET_RUN_CONFIG
+                )
+                say(f"{day}: requests built and batches submitted")
+            results = []
+            for request in sensor_run_requests(
+                defs,
+                spec,
+                instance,
+                expected=len(DEMO_DAYS),
+                timeout_seconds=timeout_seconds,
+                on_skip=lambda reason: say(f"sensor: {reason}"),
+                log_level=logging.WARNING,
+            ):
+                say(f"sensor: results run requested for {request.partition_key}")
+                results.append(execute_run_request(defs, request, instance))
+            checks = [e for r in results for e in r.get_asset_check_evaluations()]
+    summary = _summary_table(spec, checks)
+    result = DemoResult(
+        results_dir=spec.pipeline_dir / "results",
+        summary=summary,
+        checks_passed=all(r.success for r in results)
+        and all(e.passed for e in checks if e.severity is dg.AssetCheckSeverity.ERROR),
+    )
+    say("")
+    say(summary.to_string())
+    say("")
+    say(f"Results (Parquet, one folder per day): {result.results_dir}")
+    say(f"Read them with: pandas.read_parquet({str(result.results_dir)!r})")
+    return result
+
+
+def sensor_run_requests(
+    defs: dg.Definitions,
+    spec: PipelineSpec,
+    instance: dg.DagsterInstance,
+    *,
+    expected: int,
+    timeout_seconds: float,
+    on_skip: Callable[[str], object] | None = None,
+    log_level: int = logging.INFO,
+) -> Iterator[dg.RunRequest]:
+    """Evaluate the pipeline's sensor, tick after tick, until it has asked for `expected`
+    results runs; yields each run request as it comes."""
+    import dagster as dg
+
+    from batch_pipeline.dagster import DEFAULT_BACKEND_RESOURCE_KEY
+
+    sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
+    resources = {DEFAULT_BACKEND_RESOURCE_KEY: defs.resources[DEFAULT_BACKEND_RESOURCE_KEY]}
+    cursor = None
+    requested = 0
+    deadline = time.monotonic() + timeout_seconds
+    last_skip = None
+    while requested < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the sensor asked for {requested} of {expected} results runs "
+                f"within {timeout_seconds:.0f} s"
+            )
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, definitions=defs, resources=resources
+        )
+        context.log.setLevel(log_level)
+        result = sensor(context)
+        cursor = result.cursor
+        for request in result.run_requests or []:
+            requested += 1
+            yield request
+        if result.skip_reason and result.skip_reason.skip_message != last_skip:
+            last_skip = result.skip_reason.skip_message
+            if on_skip:
+                on_skip(last_skip)
+        if requested < expected:
+            time.sleep(TICK_INTERVAL_SECONDS)
+
+
+def execute_run_request(
+    defs: dg.Definitions, request: dg.RunRequest, instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    """Run a sensor's asset run request in this process, as the daemon would launch it."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        asset_selection=list(request.asset_selection),
+        tags=dict(request.tags),
+        run_config=QUIET_RUN_CONFIG,
+        raise_on_error=False,
+    )
+
+
+def _summary_table(spec: PipelineSpec, checks: Sequence[dg.AssetCheckEvaluation]) -> pd.DataFrame:
+    """Rows per day and status, and each check's outcome per day."""
+    from batch_pipeline.core.pipeline import read_results
+    from batch_pipeline.core.types import RowStatus
+
+    results = read_results(spec)
+    table = pd.crosstab(results["partition"], results["status"]).reindex(
+        columns=[status.value for status in RowStatus], fill_value=0
+    )
+    table["rows"] = table.sum(axis=1)
+    for evaluation in checks:
+        outcome = "passed" if evaluation.passed else evaluation.severity.value
+        table.loc[evaluation.partition, evaluation.check_name] = outcome
+    table.index.name = "day"
+    table.columns.name = None
+    return table
+
+
+@contextmanager
+def _quiet_dagster() -> Iterator[None]:
+    """Keep the demo's output to what it prints: Dagster's own logs and warnings go quiet."""
+    logger = logging.getLogger("dagster")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def _silent(*_: object) -> None:
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`batch-pipeline demo`: run the demo; 0 when every row is accounted for."""
+    parser = argparse.ArgumentParser(
+        prog="batch-pipeline demo",
+        description="Run the demo pipeline end to end, offline, with Dagster in the loop.",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("demo_output") / "cli",
+        help="Folder for the sample table, the spec and the results (default demo_output/cli).",
+    )
+    parser.add_argument(
+        "--completion-window-seconds",
+        type=float,
+        default=DEMO_COMPLETION_WINDOW_SECONDS,
+        help="The local Batch API's '24h' window, shortened so the unanswered row expires.",
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = run_demo(args.dir, completion_window_seconds=args.completion_window_seconds)
+    except TimeoutError as exc:
+        print(f"demo did not finish: {exc}", file=sys.stderr)
+        return 1
+    return 0 if result.checks_passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

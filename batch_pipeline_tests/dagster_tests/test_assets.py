@@ -1,0 +1,59 @@
+"""The asset factory: daily partitions from the spec, the pool, and when `requests` rebuilds."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.dagster import (
+    SUBMISSION_POOL,
+    BatchBackendResource,
+    build_batch_pipeline_assets,
+    build_partitions_def,
+)
+from batch_pipeline.demo import DEMO_DAYS, demo_spec_data, write_demo
+
+URL = "http://127.0.0.1:9/v1"
+
+
+def spec_with(tmp_path, **sections) -> PipelineSpec:
+    return PipelineSpec.from_dict({**demo_spec_data(base_url=URL), **sections}, base_dir=tmp_path)
+
+
+def test_one_partition_per_day_end_included(tmp_path) -> None:
+    spec = spec_with(tmp_path, partitions={"start": "2026-01-30", "end": "2026-02-02"})
+    keys = build_partitions_def(spec).get_partition_keys()
+    assert keys == ["2026-01-30", "2026-01-31", "2026-02-01", "2026-02-02"]
+
+
+def test_without_partitions_the_error_says_what_to_add(tmp_path) -> None:
+    data = demo_spec_data(base_url=URL)
+    del data["partitions"]
+    spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    with pytest.raises(SpecError, match=r"ticket_triage.*partitions: \{start: YYYY-MM-DD\}"):
+        build_batch_pipeline_assets(spec=spec)
+
+
+def test_only_the_batches_step_is_in_the_submission_pool(tmp_path) -> None:
+    assets = build_batch_pipeline_assets(spec=spec_with(tmp_path))
+    pools = {a.key.path[-1]: a.node_def.pool for a in assets}
+    assert pools == {"requests": None, "batches": SUBMISSION_POOL, "results": None}
+    assert all(a.partitions_def == build_partitions_def(spec_with(tmp_path)) for a in assets)
+
+
+def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
+    spec = write_demo(tmp_path, base_url=URL)
+    requests = build_batch_pipeline_assets(spec=spec)[0]
+    resources = {"batch_backend": BatchBackendResource(base_url=URL)}
+    metadata = []
+    with dg.instance_for_test() as instance:
+        for _ in range(2):
+            result = dg.materialize(
+                [requests], partition_key=DEMO_DAYS[0], resources=resources, instance=instance
+            )
+            (event,) = result.get_asset_materialization_events()
+            metadata.append(event.materialization.metadata)
+    assert [m["batch_pipeline/generation"].value for m in metadata] == [1, 1]
+    assert [m["batch_pipeline/reused_existing_build"].value for m in metadata] == [False, True]
+    assert metadata[0]["batch_pipeline/rejected_rows"].value >= 2  # null body, duplicate key

@@ -1,0 +1,172 @@
+"""A backfill as Dagster runs it, on the PostgreSQL instance: requests + batches for three days,
+sensor ticks until the results runs are asked for, the results runs with their checks."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from batch_pipeline.core.pipeline import read_results
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.dagster import (
+    FAILED_SHARE_CHECK,
+    ROWS_ONCE_CHECK,
+    BatchBackendResource,
+    build_batch_pipeline_defs,
+    build_batch_pipeline_sensor,
+)
+from batch_pipeline.demo import (
+    DEMO_DAYS,
+    SOURCE_FILE,
+    execute_run_request,
+    sensor_run_requests,
+)
+from batch_pipeline_tests.dagster_tests.conftest import SECRET, SECRET_ENV
+
+TIMEOUT = 120.0
+REBUILT_DAY = DEMO_DAYS[0]
+FAILING_DAY = DEMO_DAYS[2]
+
+
+@dataclass
+class Backfill:
+    spec: PipelineSpec
+    defs: dg.Definitions
+    submissions: list[dg.ExecuteInProcessResult]
+    requests: list[dg.RunRequest]
+    skip_reasons: list[str]
+    results: dict[str, dg.ExecuteInProcessResult]
+
+
+def submit_day(backfill_defs: dg.Definitions, spec: PipelineSpec, day: str, instance) -> Any:
+    job = backfill_defs.resolve_job_def(f"{spec.name}_submit_job")
+    return job.execute_in_process(partition_key=day, instance=instance)
+
+
+@pytest.fixture(scope="module")
+def backfill(demo_spec: PipelineSpec, instance: dg.DagsterInstance) -> Backfill:
+    backend = BatchBackendResource(
+        provider="local", base_url=demo_spec.backend.base_url, api_key=dg.EnvVar(SECRET_ENV)
+    )
+    defs = build_batch_pipeline_defs(spec=demo_spec, backend=backend)
+    submissions = [submit_day(defs, demo_spec, day, instance) for day in DEMO_DAYS]
+    skip_reasons: list[str] = []
+    requests = list(
+        sensor_run_requests(
+            defs,
+            demo_spec,
+            instance,
+            expected=len(DEMO_DAYS),
+            timeout_seconds=TIMEOUT,
+            on_skip=skip_reasons.append,
+        )
+    )
+    results = {r.partition_key: execute_run_request(defs, r, instance) for r in requests}
+    return Backfill(demo_spec, defs, submissions, requests, skip_reasons, results)
+
+
+def source_rows(spec: PipelineSpec) -> pd.DataFrame:
+    frame = pd.read_parquet(spec.resolve(SOURCE_FILE))
+    frame["day"] = frame["created_at"].dt.strftime("%Y-%m-%d")
+    return frame
+
+
+def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_submission_runs_succeed_and_say_what_they_built(backfill: Backfill) -> None:
+    for day, run in zip(DEMO_DAYS, backfill.submissions, strict=True):
+        assert run.success
+        assert run.dagster_run.tags["batch_pipeline/submission"] == "true"
+        events = {e.asset_key.path[-1]: e for e in run.get_asset_materialization_events()}
+        requests, batches = events["requests"], events["batches"]
+        meta = requests.materialization.metadata
+        assert meta["batch_pipeline/generation"].value == 1
+        assert meta["batch_pipeline/shards"].value >= 1
+        assert meta["batch_pipeline/estimated_cost_batch_usd"].value < (
+            meta["batch_pipeline/estimated_cost_live_usd"].value
+        )
+        assert requests.partition == day
+        ids = batches.materialization.metadata["batch_pipeline/submitted_batch_ids"].value
+        assert ids and all(isinstance(i, str) for i in ids)
+
+
+def test_sensor_asks_once_per_day_for_the_results_run(backfill: Backfill) -> None:
+    name = backfill.spec.name
+    assert sorted(r.run_key for r in backfill.requests) == [
+        f"{name}:{day}:g1:results:1" for day in DEMO_DAYS
+    ]
+    for request in backfill.requests:
+        assert request.asset_selection == [dg.AssetKey([name, "results"])]
+    assert any(" in flight for 2026-11-" in reason for reason in backfill.skip_reasons), (
+        backfill.skip_reasons
+    )
+
+
+def test_every_source_row_is_in_the_parquet_once(backfill: Backfill) -> None:
+    source = source_rows(backfill.spec)
+    results = read_results(backfill.spec)
+    assert len(results) == len(source)
+    assert Counter(results["ticket_id"]) == Counter(source["ticket_id"])
+    assert set(results["status"]) >= {"succeeded", "failed", "rejected", "expired"}
+    for day, run in backfill.results.items():
+        assert run.success
+        (event,) = run.get_asset_materialization_events()
+        meta = event.materialization.metadata
+        day_rows = int((source["day"] == day).sum())
+        assert meta["dagster/row_count"].value == day_rows
+        assert pd.read_parquet(meta["dagster/uri"].value).shape[0] == day_rows
+        assert [c.name for c in meta["dagster/column_schema"].schema.columns][:1]
+        assert meta["batch_pipeline/preview"].value.startswith("| ")
+        counts = {k: v.value for k, v in meta.items() if k.startswith("batch_pipeline/rows_")}
+        assert sum(counts.values()) == day_rows
+
+
+def test_checks_pass_and_the_bad_day_warns(backfill: Backfill) -> None:
+    for day, run in backfill.results.items():
+        checks = checks_of(run)
+        assert checks[ROWS_ONCE_CHECK].passed, checks[ROWS_ONCE_CHECK].metadata
+        failed_share = checks[FAILED_SHARE_CHECK]
+        assert failed_share.passed is (day != FAILING_DAY), failed_share.description
+        assert failed_share.severity is dg.AssetCheckSeverity.WARN
+
+
+def test_the_key_never_reaches_the_event_log(backfill: Backfill, instance) -> None:
+    runs = [*backfill.submissions, *backfill.results.values()]
+    for run in runs:
+        records = instance.all_logs(run.run_id)
+        text = json.dumps([str(record) for record in records])
+        assert SECRET not in text
+    assert all(SECRET not in reason for reason in backfill.skip_reasons)
+
+
+def test_a_rebuilt_day_is_collected_again(backfill: Backfill, instance) -> None:
+    spec, defs = backfill.spec, backfill.defs
+    run = submit_day(defs, spec, REBUILT_DAY, instance)
+    (requests_event,) = [
+        e for e in run.get_asset_materialization_events() if e.asset_key.path[-1] == "requests"
+    ]
+    assert requests_event.materialization.metadata["batch_pipeline/generation"].value == 2
+
+    (first,) = sensor_run_requests(defs, spec, instance, expected=1, timeout_seconds=TIMEOUT)
+    assert first.run_key == f"{spec.name}:{REBUILT_DAY}:g2:results:1"
+
+    # The first results run never ran: a sensor that re-asks at once asks again.
+    eager = build_batch_pipeline_sensor(spec=spec, rerun_results_after_seconds=0)
+    resources = {"batch_backend": defs.resources["batch_backend"]}
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
+    (again,) = eager(context).run_requests
+    assert again.run_key == f"{spec.name}:{REBUILT_DAY}:g2:results:2"
+
+    result = execute_run_request(defs, again, instance)
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    assert event.materialization.metadata["batch_pipeline/generation"].value == 2
+    assert checks_of(result)[ROWS_ONCE_CHECK].passed

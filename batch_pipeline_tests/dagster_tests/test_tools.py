@@ -1,0 +1,145 @@
+"""Dagster's own tools on the repo: `dagster definitions validate`, `dg list components`, and
+the webserver (on the PostgreSQL instance) answering GraphQL about the demo pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batch_pipeline_tests.dagster_tests.conftest import FIXTURES, REPO_ROOT
+
+BIN = Path(sys.executable).parent
+WEBSERVER_START_SECONDS = 90.0
+QUERY = """
+{
+  repositoriesOrError {
+    ... on RepositoryConnection {
+      nodes {
+        assetNodes { assetKey { path } }
+        sensors { name }
+        schedules { name cronSchedule }
+      }
+    }
+  }
+}
+"""
+
+
+def run(command: list[str], env: dict[str, str], cwd: Path = REPO_ROOT) -> str:
+    done = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_dagster_definitions_validate_passes(subprocess_env: dict[str, str]) -> None:
+    output = run(
+        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"], subprocess_env
+    )
+    assert "Validation successful" in output or "success" in output.lower()
+
+
+def test_dg_lists_the_component(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    output = run([str(BIN / "dg"), "list", "components", "--json"], subprocess_env, cwd=tmp_path)
+    summaries = {item["key"]: item["summary"] for item in json.loads(output)["items"]}
+    assert summaries["batch_pipeline.dagster.BatchPipelineComponent"].startswith(
+        "Run one LLM pipeline through a provider's Batch API"
+    )
+
+
+def test_dg_check_yaml_points_at_a_bad_key(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(FIXTURES / "project", project)
+    defs_yaml = project / "src/bp_component_fixture/defs/ticket_triage/defs.yaml"
+    run([str(BIN / "dg"), "check", "yaml", str(defs_yaml.parent)], subprocess_env, cwd=project)
+
+    defs_yaml.write_text(defs_yaml.read_text().replace("max_failed_share:", "max_failed_sharee:"))
+    done = subprocess.run(
+        [str(BIN / "dg"), "check", "yaml", str(defs_yaml.parent)],
+        cwd=project,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1
+    assert "defs.yaml:21" in done.stdout and "max_failed_sharee" in done.stdout
+
+
+@pytest.fixture
+def webserver(subprocess_env: dict[str, str], dagster_home: Path) -> Iterator[str]:
+    """dagster-webserver on a free port, on the instance the repo's dagster.yaml describes."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            str(BIN / "dagster-webserver"),
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env={**subprocess_env, "DAGSTER_HOME": str(dagster_home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_answering(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_the_webserver_lists_the_assets_sensor_and_schedule(webserver: str) -> None:
+    request = urllib.request.Request(
+        f"{webserver}/graphql",
+        data=json.dumps({"query": QUERY}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        (repository,) = json.load(response)["data"]["repositoriesOrError"]["nodes"]
+    assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
+    assert assets == {"ticket_triage/requests", "ticket_triage/batches", "ticket_triage/results"}
+    assert [s["name"] for s in repository["sensors"]] == ["ticket_triage_batch_sensor"]
+    assert repository["schedules"] == [
+        {"name": "ticket_triage_nightly", "cronSchedule": "0 1 * * *"}
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + WEBSERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"dagster-webserver exited: {process.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    pytest.fail(f"dagster-webserver did not answer within {WEBSERVER_START_SECONDS:.0f} s")

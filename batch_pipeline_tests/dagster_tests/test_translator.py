@@ -1,0 +1,71 @@
+"""The translator: keys, group, kinds, deps and JSON metadata of the three assets."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.dagster import BatchPipelineTranslator, build_asset_specs
+from batch_pipeline.demo import demo_spec_data
+
+URL = "http://127.0.0.1:9/v1"
+
+
+@pytest.fixture
+def spec(tmp_path) -> PipelineSpec:
+    return PipelineSpec.from_dict(demo_spec_data(base_url=URL), base_dir=tmp_path)
+
+
+def test_three_roles_keyed_grouped_and_chained(spec: PipelineSpec) -> None:
+    specs = build_asset_specs(spec)
+    assert {role: s.key for role, s in specs.items()} == {
+        role: dg.AssetKey([spec.name, role]) for role in ("requests", "batches", "results")
+    }
+    assert all(s.group_name == spec.name and s.kinds == {"openai"} for s in specs.values())
+    assert [dep.asset_key for dep in specs["batches"].deps] == [specs["requests"].key]
+    assert [dep.asset_key for dep in specs["results"].deps] == [specs["batches"].key]
+    assert not specs["requests"].deps
+
+
+def test_metadata_is_json_and_namespaced(spec: PipelineSpec) -> None:
+    for asset_spec in build_asset_specs(spec).values():
+        assert all(key.startswith("batch_pipeline/") for key in asset_spec.metadata)
+        json.dumps(asset_spec.metadata["batch_pipeline/spec"].value)
+
+
+def test_database_passwords_are_masked(tmp_path) -> None:
+    data = demo_spec_data(base_url=URL)
+    data["ledger"] = {"url": "postgresql://bp:hunter2-secret@db.example/ledger"}
+    spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    text = json.dumps(build_asset_specs(spec)["results"].metadata["batch_pipeline/spec"].value)
+    assert "hunter2-secret" not in text
+    assert "db.example" in text
+
+
+def test_a_changed_spec_changes_the_code_version(tmp_path) -> None:
+    first = PipelineSpec.from_dict(demo_spec_data(base_url=URL), base_dir=tmp_path)
+    data = demo_spec_data(base_url=URL)
+    data["request"]["prompt"] = "Ticket: {body}"
+    second = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    assert build_asset_specs(first)["requests"].code_version != (
+        build_asset_specs(second)["requests"].code_version
+    )
+
+
+def test_an_unknown_role_names_itself_and_the_pipeline(spec: PipelineSpec) -> None:
+    with pytest.raises(ValueError, match=r"'embeddings'.*ticket_triage"):
+        BatchPipelineTranslator().get_asset_spec(spec, "embeddings")
+
+
+def test_a_subclass_renames_keys_and_the_deps_follow(spec: PipelineSpec) -> None:
+    class Prefixed(BatchPipelineTranslator):
+        def get_asset_spec(self, spec: PipelineSpec, role: str) -> dg.AssetSpec:
+            base = super().get_asset_spec(spec, role)
+            return base.replace_attributes(key=base.key.with_prefix("llm"))
+
+    specs = build_asset_specs(spec, Prefixed())
+    assert specs["results"].key == dg.AssetKey(["llm", spec.name, "results"])
+    assert [dep.asset_key for dep in specs["results"].deps] == [specs["batches"].key]
