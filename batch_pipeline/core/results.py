@@ -341,7 +341,7 @@ def _rebatched(
         elif batch.schema != schema:
             try:
                 batch = batch.cast(schema)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            except (pa.ArrowException, ValueError) as exc:
                 raise ValueError(f"a source batch does not match the schema {schema}") from exc
         pending.append(batch)
         pending_rows += batch.num_rows

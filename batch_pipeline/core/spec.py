@@ -153,7 +153,7 @@ class LedgerSpec(_Section):
 
 
 class ModelPrice(_Section):
-    """USD per million tokens at live prices; the Batch API charges `batch_discount` of it."""
+    """USD per million tokens at live prices; the Batch API charges half of it."""
 
     input: float = Field(ge=0)
     output: float = Field(default=0.0, ge=0)
