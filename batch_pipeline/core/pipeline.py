@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from batch_pipeline.core.backends.base import BackendError, BatchBackend, TransientBackendError
 from batch_pipeline.core.custom_id import custom_ids_for
 from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord, default_owner
+from batch_pipeline.core.outcomes import OutcomeFileError
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.results import assemble_results
@@ -317,18 +318,21 @@ class Pipeline:
             errors.append(f"refreshing batches: {exc}")
         collected = retries = 0
         timed_out = False
-        cancelled = {
-            record.partition
+        # Retries only serve a current generation that nobody cancelled.
+        retrying = {
+            (record.partition, record.generation)
             for record in self.ledger.list_partitions(self.spec.name)
-            if record.cancelled_at
+            if not record.cancelled_at
         }
         for shard in poller.finished():
             if self._clock() > deadline:
                 timed_out = True
                 break
             try:
-                outcome = poller.collect(shard, allow_retries=shard.partition not in cancelled)
-            except (BackendError, OSError) as exc:
+                outcome = poller.collect(
+                    shard, allow_retries=(shard.partition, shard.generation) in retrying
+                )
+            except (BackendError, OutcomeFileError, OSError) as exc:
                 errors.append(f"collecting {shard.batch_id} ({shard.shard_id}): {exc}")
                 log.warning("collecting batch %s failed: %s", shard.batch_id, exc)
                 continue
