@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batch_pipeline.core.storage import TEMP_PREFIX
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 # Error codes of requests that did not fail for good: the same request can succeed later.
@@ -170,7 +171,9 @@ class AtomicParquetFile:
         self.dest_path = Path(dest_path)
         self.dest_path.parent.mkdir(parents=True, exist_ok=True)
         # Not mkstemp: its 0600 mode would follow the file to `dest_path`.
-        self._tmp_path = self.dest_path.with_name(f".{self.dest_path.name}.{uuid.uuid4().hex}.tmp")
+        self._tmp_path = self.dest_path.with_name(
+            f"{TEMP_PREFIX}{self.dest_path.name}.{uuid.uuid4().hex}"
+        )
         self._committed = False
         try:
             self._writer: pq.ParquetWriter | None = pq.ParquetWriter(

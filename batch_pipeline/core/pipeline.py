@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from batch_pipeline.core.backends.base import BackendError, BatchBackend, TransientBackendError
 from batch_pipeline.core.custom_id import custom_ids_for
 from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord, default_owner
-from batch_pipeline.core.outcomes import OutcomeFileError
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.results import assemble_results
@@ -32,7 +32,7 @@ from batch_pipeline.core.sources import iter_partition_batches
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
-from batch_pipeline.core.types import RowStatus, ShardState
+from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
 log = logging.getLogger(__name__)
@@ -405,16 +405,27 @@ class Pipeline:
                 and shard.batch_id
                 and not (shard.batch_status and shard.batch_status.is_terminal)
             ):
-                try:
-                    batch = self.backend.cancel_batch(shard.batch_id)
-                except TransientBackendError as exc:
-                    raise PipelineError(f"cancelling batch {shard.batch_id}: {exc}") from exc
+                batch = self._cancel_batch(shard.batch_id)
                 self.ledger.update_batch(batch)
-                cancelled.append(shard.batch_id)
+                if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+                    cancelled.append(shard.batch_id)
             elif shard.state in (ShardState.QUEUED, ShardState.SUBMITTING):
                 poller.cancel_unsubmitted(shard)
         self._settle_if_done(partition)
         return cancelled
+
+    def _cancel_batch(self, batch_id: str) -> BatchInfo:
+        """Ask the provider to cancel; a batch that finished meanwhile is refused (409), and is
+        then simply read back, so its results are collected as they are."""
+        try:
+            return self.backend.cancel_batch(batch_id)
+        except TransientBackendError as exc:
+            raise PipelineError(f"cancelling batch {batch_id}: {exc}") from exc
+        except BackendError:
+            batch = self.backend.retrieve_batch(batch_id)
+            if not batch.status.is_terminal:
+                raise
+            return batch
 
     # -- results ----------------------------------------------------------------------------
 
@@ -608,7 +619,11 @@ def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table
         if shard.outcomes_path
     ]
     if not tables:
-        return pa.table({"custom_id": pa.array([], pa.string())})
+        return (
+            OUTCOME_SCHEMA.append(pa.field("batch_id", pa.string()))
+            .append(pa.field("attempts", pa.int32()))
+            .empty_table()
+        )
     combined = pa.concat_tables(tables, promote_options="permissive")
     combined = combined.sort_by([("custom_id", "ascending"), ("attempt", "descending")])
     ids = combined["custom_id"].combine_chunks()

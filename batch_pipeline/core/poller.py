@@ -20,7 +20,11 @@ from batch_pipeline.core.backends.base import NotFound, is_transient_batch_failu
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
-from batch_pipeline.core.submission import CLOCK_SKEW_SECONDS, SUBMISSION_METADATA_KEY
+from batch_pipeline.core.submission import (
+    CLOCK_SKEW_SECONDS,
+    SUBMISSION_METADATA_KEY,
+    dead_lease_owner,
+)
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -101,6 +105,7 @@ class Poller(PipelineWorker):
             self.owner,
             from_states=[ShardState.SUBMITTED],
             to_state=ShardState.SUBMITTED,
+            dead_owner=dead_lease_owner(shard),
         )
         if claimed is None:
             return None
@@ -122,6 +127,7 @@ class Poller(PipelineWorker):
             self.owner,
             from_states=[ShardState.QUEUED, ShardState.SUBMITTING],
             to_state=ShardState.SUBMITTING,
+            dead_owner=dead_lease_owner(shard),
         )
         if claimed is None:
             return False

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from batch_pipeline.core.outcomes import AtomicParquetFile
+from batch_pipeline.core.storage import TEMP_PREFIX
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 PARTITION_KEY = "partition"
@@ -156,7 +157,9 @@ def assemble_results(
         source_schema = source_schema or source_batches.schema
     outcome_table = _prepare_outcomes(outcomes, attempts, batch_ids, endpoint)
     dest_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest_path.parent, prefix=".spill-") as spill_dir:
+    with tempfile.TemporaryDirectory(
+        dir=dest_path.parent, prefix=f"{TEMP_PREFIX}spill-"
+    ) as spill_dir:
         spill = _spill_source(
             source_batches, source_schema, key_column, custom_id_of, Path(spill_dir) / "source"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import sqlalchemy as sa
 
@@ -201,10 +202,21 @@ def _file_dataset(spec: PipelineSpec) -> ds.Dataset | None:
     if not files:
         return None
     sources = [str(file) for file in files]
+    if file_format == "csv":
+        file_format = _csv_format(spec)
     if path.is_file():
         return ds.dataset(sources, format=file_format)
     return ds.dataset(
         sources, format=file_format, partitioning="hive", partition_base_dir=str(path)
+    )
+
+
+def _csv_format(spec: PipelineSpec) -> ds.CsvFileFormat:
+    """CSV with the key column read as text, so a key `007` stays `007` rather than 7 (which
+    would then collide with a real 7). Other columns keep inferred types, so a column with
+    bytes that are not UTF-8 reads as binary and only its bad rows are rejected."""
+    return ds.CsvFileFormat(
+        convert_options=pa_csv.ConvertOptions(column_types={spec.source.key: pa.string()})
     )
 
 

@@ -115,7 +115,8 @@ class LocalStorage:
         if not base.is_dir():
             return []
         found = []
-        for dirpath, _, filenames in os.walk(base):
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [name for name in dirnames if not name.startswith(TEMP_PREFIX)]
             for filename in filenames:
                 if filename.startswith(TEMP_PREFIX):
                     continue

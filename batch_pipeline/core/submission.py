@@ -55,6 +55,11 @@ def lease_holder_is_dead(owner: str | None) -> bool:
     return False
 
 
+def dead_lease_owner(shard: ShardRecord) -> str | None:
+    """The shard's lease holder when it is a process known to have died, else None."""
+    return shard.lease_owner if lease_holder_is_dead(shard.lease_owner) else None
+
+
 def upload_filename(shard: ShardRecord) -> str:
     """A provider-side filename that identifies the shard, its content and its submission."""
     safe = shard.shard_id.replace(":", "_")
@@ -105,7 +110,7 @@ class Submitter(PipelineWorker):
         return None
 
     def _claim(self, shard: ShardRecord) -> ShardRecord | None:
-        dead = shard.lease_owner if lease_holder_is_dead(shard.lease_owner) else None
+        dead = dead_lease_owner(shard)
         if shard.state is ShardState.QUEUED:
             return self.ledger.claim(
                 shard.shard_id,

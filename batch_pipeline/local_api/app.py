@@ -495,5 +495,7 @@ def create_app(settings: LocalApiSettings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # A trailing slash must not redirect: `DELETE /files/<id>%2F` would delete `<id>`.
+    app.router.redirect_slashes = False
     app.state.service = service
     return app
