@@ -1,0 +1,78 @@
+"""Benchmark 5: one partition end to end on the local Batch API, `batch-pipeline run` against
+a plain openai-SDK script doing upload, create, poll, download and join for the same rows
+(`plain_script.py`). Both are timed as whole commands, with the same poll interval, against
+the same server, alternating."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from batch_pipeline_tests.benchmarks import fixtures
+from batch_pipeline_tests.benchmarks.measure import Measurement, Sample, repeat, run_command
+from batch_pipeline_tests.benchmarks.report import Config, Row, runs_text, seconds_text
+
+NAME = "end_to_end"
+TARGET_RATIO = 1.5
+
+
+def cli_command() -> list[str]:
+    """The installed `batch-pipeline` console script (or the module, if it is not there)."""
+    script = Path(sys.executable).with_name("batch-pipeline")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "batch_pipeline.cli"]
+
+
+def run(config: Config) -> list[Row]:
+    root = fixtures.fresh_dir(config.workdir / NAME)
+    source = fixtures.source_path(config.workdir, config.e2e_rows)
+    interval = str(config.poll_interval)
+    product, plain = Measurement("batch-pipeline run"), Measurement("plain script")
+    env = fixtures.command_env()
+    with fixtures.local_service(root / "service") as service:
+
+        def one(measurement: Measurement, repetition: int) -> Sample:
+            out = fixtures.fresh_dir(root / f"{measurement is product}-{repetition}")
+            if measurement is product:
+                spec = fixtures.write_spec(
+                    out / "spec.yaml", fixtures.spec_dict(source, out / "out", base_url=service.url)
+                )
+                command = [
+                    *cli_command(),
+                    "run",
+                    str(spec),
+                    "--partition",
+                    fixtures.DAY,
+                    "--poll-interval",
+                    interval,
+                ]
+            else:
+                command = [
+                    sys.executable,
+                    "-m",
+                    "batch_pipeline_tests.benchmarks.plain_script",
+                    str(source),
+                    str(out),
+                    "--base-url",
+                    service.url,
+                    "--poll-interval",
+                    interval,
+                ]
+            sample = run_command(command, log_path=root / f"{out.name}.log", env=env)
+            shutil.rmtree(out, ignore_errors=True)
+            return sample
+
+        repeat([product, plain], one, config.repetitions, budget_seconds=config.budget(NAME))
+    ratio = product.seconds / plain.seconds
+    return [
+        Row(
+            f"end to end, {config.e2e_rows:,} rows, poll every {interval} s",
+            f"batch-pipeline run {seconds_text(product.seconds)}{runs_text(product, config)}",
+            f"plain SDK script {seconds_text(plain.seconds)}{runs_text(plain, config)}",
+            ratio,
+            f"≤ {TARGET_RATIO}x the script",
+            ratio <= TARGET_RATIO,
+            product.peak_rss,
+            product.seconds,
+        ),
+    ]

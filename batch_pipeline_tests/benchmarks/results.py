@@ -1,0 +1,369 @@
+"""Benchmark 2: output + error files of N requests parsed and joined to the source into Parquet,
+through the product's own results path (`Pipeline.poll` collecting every finished shard, then
+`Pipeline.collect_results`), against `json.loads` per line, a pandas DataFrame, `pandas.merge`
+and `to_parquet`.
+
+The provider is a stub over pre-generated files (echo-style chat answers, shuffled, 2% error
+lines): it hands each file over by hard link, so neither side pays for a download, which is
+not what this benchmark measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import pandas as pd
+
+from batch_pipeline.core import outcomes as core_outcomes
+from batch_pipeline.core.pipeline import load_pipeline
+from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo, RequestCounts
+from batch_pipeline_tests.benchmarks import fixtures
+from batch_pipeline_tests.benchmarks.measure import MB, Measurement, Sample, repeat, run_isolated
+from batch_pipeline_tests.benchmarks.report import Config, Row, runs_text, seconds_text
+
+NAME = "results"
+ERROR_SHARE = 0.02
+EXPIRED = "This request could not be executed before the completion window expired."
+CHUNK_BYTES: int = getattr(core_outcomes, "CHUNK_BYTES", 32 * MB)
+
+
+# -- a provider over local files ----------------------------------------------------------------
+
+
+class FileBackend:
+    """A `BatchBackend` whose batches are already completed, answered by files in `folder`:
+    `out-{i}.jsonl` and `err-{i}.jsonl` for the shard file `shard-{i}.jsonl`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _index(self, some_id: str) -> int:
+        return int(some_id.rsplit("-", 1)[-1])
+
+    def _batch(self, index: int, metadata: dict[str, str] | None = None) -> BatchInfo:
+        present = {
+            kind: (self.folder / f"{kind}-{index:05d}.jsonl").exists() for kind in ("out", "err")
+        }
+        return BatchInfo(
+            id=f"batch-{index:05d}",
+            status=BatchStatus.COMPLETED,
+            endpoint=fixtures.ENDPOINT,
+            input_file_id=f"in-{index:05d}",
+            created_at=int(time.time()),
+            output_file_id=f"out-{index:05d}" if present["out"] else None,
+            error_file_id=f"err-{index:05d}" if present["err"] else None,
+            request_counts=RequestCounts(),
+            metadata=metadata or {},
+        )
+
+    def upload_file(self, path: Path, filename: str) -> FileInfo:
+        index = int(Path(path).stem.rsplit("-", 1)[-1])
+        return FileInfo(
+            f"in-{index:05d}", filename, Path(path).stat().st_size, "batch", int(time.time())
+        )
+
+    def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:
+        return None
+
+    def create_batch(
+        self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]
+    ) -> BatchInfo:
+        return self._batch(self._index(input_file_id), metadata)
+
+    def retrieve_batch(self, batch_id: str) -> BatchInfo:
+        return self._batch(self._index(batch_id))
+
+    def iter_batches(
+        self, *, created_after: int | None = None, page_size: int = 100
+    ) -> Iterator[BatchInfo]:
+        for path in sorted(self.folder.glob("out-*.jsonl"), reverse=True):
+            yield self._batch(self._index(path.stem))
+
+    def find_batch(
+        self, *, metadata_key: str, metadata_value: str, created_after: int
+    ) -> BatchInfo | None:
+        return None
+
+    def cancel_batch(self, batch_id: str) -> BatchInfo:
+        return self.retrieve_batch(batch_id)
+
+    def download_file(self, file_id: str, dest: BinaryIO) -> int:
+        """Hand the file over by hard link in place of `dest`'s temporary file (copied if
+        `dest` has no path), so no download is timed."""
+        source = self.folder / f"{file_id}.jsonl"
+        name = getattr(dest, "name", None)
+        if isinstance(name, str) and os.path.exists(name):
+            linked = f"{name}.link"
+            os.link(source, linked)
+            os.replace(linked, name)
+        else:
+            with source.open("rb") as handle:
+                shutil.copyfileobj(handle, dest, MB)
+        return source.stat().st_size
+
+    def delete_file(self, file_id: str) -> None:
+        """Nothing to delete."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+# -- the files a provider would answer with ---------------------------------------------------
+
+
+def _chat_body(key: str, text: str) -> dict[str, Any]:
+    """A chat completion shaped like the local echo responder's (token counts estimated)."""
+    prompt_tokens, completion_tokens = (len(text) + len(fixtures.SYSTEM)) // 4 + 11, len(text) // 4
+    return {
+        "id": f"chatcmpl-{key}",
+        "object": "chat.completion",
+        "created": 1_768_435_200,
+        "model": fixtures.MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
+
+
+def answer_files(shard: Path, folder: Path, index: int) -> None:
+    """The output and error files a provider returns for one request shard, lines shuffled."""
+    rng = random.Random(index)
+    output: list[bytes] = []
+    errors: list[bytes] = []
+    with shard.open("rb") as lines:
+        for number, raw in enumerate(lines):
+            request = orjson.loads(raw)
+            key = f"{index:05d}{number:07d}"
+            line: dict[str, Any] = {"id": f"batch_req_{key}", "custom_id": request["custom_id"]}
+            if rng.random() < ERROR_SHARE:
+                errors.append(
+                    orjson.dumps(
+                        {
+                            **line,
+                            "response": None,
+                            "error": {"code": "batch_expired", "message": EXPIRED},
+                        }
+                    )
+                )
+                continue
+            text = request["body"]["messages"][-1]["content"]
+            output.append(
+                orjson.dumps(
+                    {
+                        **line,
+                        "response": {
+                            "status_code": 200,
+                            "request_id": f"req_{key}",
+                            "body": _chat_body(key, text),
+                        },
+                        "error": None,
+                    }
+                )
+            )
+    for kind, found in (("out", output), ("err", errors)):
+        rng.shuffle(found)
+        (folder / f"{kind}-{index:05d}.jsonl").write_bytes(b"\n".join(found) + b"\n")
+
+
+def setup_case(spec_path: Path, files: Path) -> dict[str, Any]:
+    """Build the partition's shards, write the provider's answers, submit (untimed setup)."""
+    fixtures.fresh_dir(files)
+    with load_pipeline(spec_path, backend=FileBackend(files)) as pipeline:
+        pipeline.build_requests(fixtures.DAY)
+        for shard in sorted(pipeline.storage.local_path("requests").rglob("shard-*.jsonl")):
+            answer_files(shard, files, int(shard.stem.rsplit("-", 1)[-1]))
+        pipeline.submit(fixtures.DAY)
+    return {}
+
+
+# -- the cases -----------------------------------------------------------------------------------
+
+
+def product_case(spec_path: Path, files: Path) -> dict[str, Any]:
+    """The product: one poll collects every shard's outcomes, then the results are written."""
+    with load_pipeline(spec_path, backend=FileBackend(files)) as pipeline:
+        started = time.perf_counter()
+        report = pipeline.poll(time_budget_seconds=3_600)
+        if report.errors:
+            raise RuntimeError(f"poll errors: {report.errors}")
+        polled = time.perf_counter()
+        summary = pipeline.collect_results(fixtures.DAY)
+        done = time.perf_counter()
+    return {
+        "seconds": done - started,
+        "collect_seconds": polled - started,
+        "join_seconds": done - polled,
+        "rows": summary.rows,
+    }
+
+
+def naive_case(source: Path, files: Path, dest: Path) -> dict[str, Any]:
+    """`json.loads` per line into a DataFrame, `pandas.merge` with the source, `to_parquet`."""
+    records = []
+    for path in sorted(files.glob("*.jsonl")):
+        with path.open("rb") as lines:
+            for raw in lines:
+                line = json.loads(raw)
+                response, error = line.get("response"), line.get("error")
+                if response:
+                    body = response["body"]
+                    records.append(
+                        {
+                            "custom_id": line["custom_id"],
+                            "status": "succeeded",
+                            "http_status": response["status_code"],
+                            "response_text": body["choices"][0]["message"]["content"],
+                            "input_tokens": body["usage"]["prompt_tokens"],
+                            "output_tokens": body["usage"]["completion_tokens"],
+                            "error_code": None,
+                            "error_message": None,
+                        }
+                    )
+                else:
+                    records.append(
+                        {
+                            "custom_id": line["custom_id"],
+                            "status": "failed",
+                            "http_status": None,
+                            "response_text": None,
+                            "input_tokens": None,
+                            "output_tokens": None,
+                            "error_code": error["code"],
+                            "error_message": error["message"],
+                        }
+                    )
+    found = pd.DataFrame.from_records(records)
+    rows = pd.read_parquet(source)
+    rows["custom_id"] = fixtures.DAY + ":" + rows[fixtures.KEY]
+    joined = rows.merge(found, on="custom_id", how="left")
+    joined.to_parquet(dest, index=False)
+    with dest.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    return {"rows": len(joined)}
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+def _link_tree(template: Path, target: Path) -> None:
+    """A copy of a pipeline folder: the ledger copied, the (read-only) data files hard-linked."""
+    shutil.rmtree(target, ignore_errors=True)
+
+    def copy(source: str, dest: str) -> None:
+        if source.endswith((".jsonl", ".parquet")):
+            os.link(source, dest)
+        else:
+            shutil.copy2(source, dest)
+
+    shutil.copytree(template, target, copy_function=copy)
+
+
+def run(config: Config) -> list[Row]:
+    """Product vs naive at N rows; the product's peak RSS at N/4 and N rows.
+
+    (Memory is compared at N/4 and N, not N and 4N: a product path that held every row would
+    need several GB a million rows, more than a shared machine should be asked for.)
+    """
+    root = config.workdir / NAME
+    small = max(config.rows // 4, 1)
+    specs, files = {}, {}
+    for rows in (small, config.rows):
+        base = root / str(rows)
+        source = fixtures.source_path(config.workdir, rows)
+        files[rows] = base / "files"
+        template = fixtures.write_spec(
+            base / "template.yaml", fixtures.spec_dict(source, base / "template", max_attempts=1)
+        )
+        run_isolated(setup_case, template, files[rows])
+        specs[rows] = fixtures.write_spec(
+            base / "run.yaml", fixtures.spec_dict(source, base / "run", max_attempts=1)
+        )
+    product, naive, quarter = (Measurement(n) for n in ("product", "naive", "product-small"))
+
+    def one(measurement: Measurement, _repetition: int) -> Sample:
+        rows = small if measurement is quarter else config.rows
+        base = root / str(rows)
+        if measurement is naive:
+            return run_isolated(
+                naive_case,
+                fixtures.source_path(config.workdir, rows),
+                files[rows],
+                base / "naive.parquet",
+            )
+        _link_tree(base / "template", base / "run")
+        return run_isolated(product_case, specs[rows], files[rows])
+
+    repeat([product, naive], one, config.repetitions, budget_seconds=config.budget(NAME))
+    quarter.add(one(quarter, 0))
+    shutil.rmtree(root, ignore_errors=True)
+
+    label = f"parse + join results, {config.rows:,} rows"
+    speedup = naive.seconds / product.seconds
+    flat = product.peak_rss / quarter.peak_rss
+    chunk_share = product.growth / CHUNK_BYTES
+    return [
+        Row(
+            f"{label} vs pandas",
+            f"{seconds_text(product.seconds)}{runs_text(product, config)} (collect "
+            f"{seconds_text(product.info('collect_seconds'))} + join "
+            f"{seconds_text(product.info('join_seconds'))})",
+            f"json.loads + merge {seconds_text(naive.seconds)}{runs_text(naive, config)}",
+            speedup,
+            "≥ 4x faster",
+            speedup >= 4,
+            product.peak_rss,
+            product.seconds,
+        ),
+        Row(
+            f"parse + join results, memory at {config.rows:,} rows",
+            f"+{product.growth / MB:,.0f} MB over the process's start",
+            f"one chunk = {CHUNK_BYTES / MB:,.0f} MB",
+            chunk_share,
+            "< 2 chunks",
+            chunk_share < 2,
+            product.peak_rss,
+            product.growth,
+        ),
+        Row(
+            f"parse + join results, peak RSS {config.rows:,} vs {small:,} rows",
+            f"{product.peak_rss / MB:,.0f} MB at {config.rows:,}",
+            f"{quarter.peak_rss / MB:,.0f} MB at {small:,} ({seconds_text(quarter.seconds)})",
+            flat,
+            "≤ 1.2x",
+            flat <= 1.2,
+            product.peak_rss,
+            product.peak_rss,
+        ),
+    ]
