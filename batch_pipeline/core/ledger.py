@@ -652,8 +652,19 @@ class Ledger:
         now = self._clock()
         with self._tx() as conn:
             before = conn.execute(
-                sa.select(batches_table.c.status).where(batches_table.c.batch_id == batch.id)
-            ).scalar()
+                sa.select(
+                    batches_table.c.status,
+                    batches_table.c.request_completed,
+                    batches_table.c.request_failed,
+                ).where(batches_table.c.batch_id == batch.id)
+            ).first()
+            counts = batch.request_counts
+            if before is not None and tuple(before) == (
+                batch.status.value,
+                counts.completed,
+                counts.failed,
+            ):
+                return False  # nothing moved: no write, so a tick over many batches stays cheap
             conn.execute(
                 batches_table.update()
                 .where(batches_table.c.batch_id == batch.id)
@@ -682,7 +693,7 @@ class Ledger:
                 .where(shards_table.c.batch_id == batch.id)
                 .values(batch_status=batch.status.value, updated_at=now)
             )
-        return before != batch.status.value
+        return before is None or before[0] != batch.status.value
 
     def batches(self, pipeline: str, *, partition: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(batches_table).where(batches_table.c.pipeline == pipeline)

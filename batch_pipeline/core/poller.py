@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from batch_pipeline.core.backends.base import NotFound, is_transient_batch_failure
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 RETRIEVE_ONE_BY_ONE_UP_TO = 5
 LIST_PAGE_SIZE = 100
+ID_SCAN_BLOCK_BYTES = 16 * 1024 * 1024
 REQUEUE_BACKOFF_SECONDS = 60.0
 
 
@@ -155,10 +157,21 @@ class Poller(PipelineWorker):
             self.ledger.release(claimed.shard_id, self.owner)
 
     def _expected_ids(self, shard: ShardRecord) -> pa.Array:
-        ids = [
-            custom_id for custom_id, _, _ in iter_request_lines(self.storage, [shard.path], None)
-        ]
-        return pa.array(sorted(ids), pa.string())
+        """The custom_ids of the shard's requests, read without parsing the bodies."""
+        path = self.storage.local_path(shard.path)
+        try:
+            table = pa_json.read_json(
+                path,
+                read_options=pa_json.ReadOptions(block_size=ID_SCAN_BLOCK_BYTES),
+                parse_options=pa_json.ParseOptions(
+                    explicit_schema=pa.schema([("custom_id", pa.string())]),
+                    unexpected_field_behavior="ignore",
+                ),
+            )
+            return table["custom_id"].combine_chunks()
+        except pa.ArrowInvalid:  # a line longer than a block: read it line by line
+            ids = [cid for cid, _, _ in iter_request_lines(self.storage, [shard.path], None)]
+            return pa.array(ids, pa.string())
 
     def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
         reason = "; ".join(f"{e.code}: {e.message}" for e in batch.errors) or "transient failure"
