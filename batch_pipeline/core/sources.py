@@ -81,6 +81,8 @@ def iter_partition_batches(
         return
     check_columns(spec, dataset.schema.names, wanted or (), where=_where(spec, dataframe))
     partition_field = dataset.schema.field(spec.source.partition_column)
+    if pa.types.is_binary(partition_field.type) or pa.types.is_large_binary(partition_field.type):
+        raise _not_text_error(spec, dataset)
     expression = partition_filter(partition_field.name, partition_field.type, day)
     for batch in _scan(dataset, wanted, expression, batch_size):
         if batch.num_rows:
@@ -143,6 +145,26 @@ def check_columns(
             raise SpecError(
                 f"{role}: column {column!r} is not in the source{where}; its columns: {listing}"
             )
+
+
+def _not_text_error(spec: PipelineSpec, dataset: ds.Dataset) -> SpecError:
+    """Name the first row whose partition value is not UTF-8 text (a reader types the whole
+    column as bytes then, so no day can be told apart)."""
+    column, key = spec.source.partition_column, spec.source.key
+    row = 0
+    for batch in dataset.to_batches(columns=[column, key]):
+        for offset, value in enumerate(batch.column(column).to_pylist()):
+            if value is not None:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return SpecError(
+                        f"source.partition_column: row {row + offset} (key "
+                        f"{batch.column(key)[offset].as_py()!r}) of column {column!r} is not "
+                        f"UTF-8 text: {value!r}; fix that row or re-encode the source"
+                    )
+        row += batch.num_rows
+    return SpecError(f"source.partition_column: column {column!r} holds bytes, not dates")
 
 
 def partition_filter(column: str, column_type: pa.DataType, day: date) -> ds.Expression:

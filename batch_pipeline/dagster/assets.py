@@ -154,4 +154,3 @@ def _collect_results(
     summary = pipeline.collect_results(partition)
     context.log.info(f"{partition}: {summary.rows} rows written to {summary.path}")
     return dg.MaterializeResult(metadata=results_metadata(summary))
-

@@ -146,11 +146,7 @@ def _results_run_requests(
 
 def _waiting_message(pipeline: Pipeline, report: PollReport) -> str:
     """What the pipeline waits for, day by day, e.g. '3 batches in flight for 2026-11-20'."""
-    open_days = [
-        record.partition
-        for record in pipeline.partitions()
-        if record.settled_at is None
-    ]
+    open_days = [record.partition for record in pipeline.partitions() if record.settled_at is None]
     awaiting = [record.partition for record in pipeline.partitions_awaiting_results()]
     parts = [
         _describe_day(pipeline.status(partition)[0])

@@ -88,9 +88,12 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         if not header:
-            error = ApiError(401, "You didn't provide an API key. You need to provide your API "
-                                  "key in an Authorization header using Bearer auth "
-                                  "(i.e. Authorization: Bearer YOUR_KEY).")
+            error = ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API "
+                "key in an Authorization header using Bearer auth "
+                "(i.e. Authorization: Bearer YOUR_KEY).",
+            )
         else:
             error = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         await _error_response(error)(scope, receive, send)
@@ -103,11 +106,16 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, f"Invalid '{name}': expected an integer.", param=name,
-                       code="invalid_value") from None
+        raise ApiError(
+            400, f"Invalid '{name}': expected an integer.", param=name, code="invalid_value"
+        ) from None
     if not low <= value <= high:
-        raise ApiError(400, f"Invalid '{name}': must be between {low} and {high}.",
-                       param=name, code="invalid_value")
+        raise ApiError(
+            400,
+            f"Invalid '{name}': must be between {low} and {high}.",
+            param=name,
+            code="invalid_value",
+        )
     return value
 
 
@@ -116,8 +124,9 @@ def _cursor_param(request: Request, name: str, pattern: Any) -> str | None:
     if raw is None or raw == "":
         return None
     if not pattern.match(raw):
-        raise ApiError(400, f"Invalid '{name}': not an id of this API.", param=name,
-                       code="invalid_value")
+        raise ApiError(
+            400, f"Invalid '{name}': not an id of this API.", param=name, code="invalid_value"
+        )
     return raw
 
 
@@ -142,8 +151,11 @@ async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:
-        raise ApiError(400, "We could not parse the JSON body of your request. The body "
-                            "must be a JSON object.", code="invalid_json") from None
+        raise ApiError(
+            400,
+            "We could not parse the JSON body of your request. The body must be a JSON object.",
+            code="invalid_json",
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
     return body
@@ -153,21 +165,38 @@ def _validate_metadata(metadata: Any) -> dict[str, str] | None:
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
-        raise ApiError(400, "Invalid 'metadata': expected an object of strings.",
-                       param="metadata", code="invalid_type")
+        raise ApiError(
+            400,
+            "Invalid 'metadata': expected an object of strings.",
+            param="metadata",
+            code="invalid_type",
+        )
     if len(metadata) > 16:
-        raise ApiError(400, "Invalid 'metadata': at most 16 keys.", param="metadata",
-                       code="invalid_value")
+        raise ApiError(
+            400, "Invalid 'metadata': at most 16 keys.", param="metadata", code="invalid_value"
+        )
     for key, value in metadata.items():
         if len(key) > 64:
-            raise ApiError(400, "Invalid 'metadata': keys are at most 64 characters.",
-                           param="metadata", code="invalid_value")
+            raise ApiError(
+                400,
+                "Invalid 'metadata': keys are at most 64 characters.",
+                param="metadata",
+                code="invalid_value",
+            )
         if not isinstance(value, str):
-            raise ApiError(400, "Invalid 'metadata': values must be strings.",
-                           param="metadata", code="invalid_type")
+            raise ApiError(
+                400,
+                "Invalid 'metadata': values must be strings.",
+                param="metadata",
+                code="invalid_type",
+            )
         if len(value) > 512:
-            raise ApiError(400, "Invalid 'metadata': values are at most 512 characters.",
-                           param="metadata", code="invalid_value")
+            raise ApiError(
+                400,
+                "Invalid 'metadata': values are at most 512 characters.",
+                param="metadata",
+                code="invalid_value",
+            )
     return metadata
 
 
@@ -178,10 +207,18 @@ def _expires_after_seconds(value: Any, param: str) -> int | None:
     anchor = value.get("anchor") if isinstance(value, dict) else None
     if isinstance(seconds, str) and seconds.isdigit():
         seconds = int(seconds)
-    if anchor != "created_at" or not isinstance(seconds, int) or isinstance(seconds, bool) \
-            or not 3600 <= seconds <= 2_592_000:
-        raise ApiError(400, f"Invalid '{param}': anchor must be 'created_at' and seconds "
-                            f"between 3600 and 2592000.", param=param, code="invalid_value")
+    if (
+        anchor != "created_at"
+        or not isinstance(seconds, int)
+        or isinstance(seconds, bool)
+        or not 3600 <= seconds <= 2_592_000
+    ):
+        raise ApiError(
+            400,
+            f"Invalid '{param}': anchor must be 'created_at' and seconds between 3600 and 2592000.",
+            param=param,
+            code="invalid_value",
+        )
     return seconds
 
 
@@ -229,45 +266,70 @@ class LocalBatchService:
     async def create_file(self, request: Request) -> Response:
         ctype, params = parse_options_header(request.headers.get("content-type"))
         if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-            raise ApiError(400, "Uploads must be multipart/form-data with a boundary.",
-                           code="invalid_content_type")
+            raise ApiError(
+                400,
+                "Uploads must be multipart/form-data with a boundary.",
+                code="invalid_content_type",
+            )
         limit = self.settings.max_upload_bytes
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit + MULTIPART_SLACK_BYTES:
-            raise ApiError(413, f"The file is larger than the limit of {limit} bytes.",
-                           param="file", code="file_too_large",
-                           headers={"connection": "close"})
+            raise ApiError(
+                413,
+                f"The file is larger than the limit of {limit} bytes.",
+                param="file",
+                code="file_too_large",
+                headers={"connection": "close"},
+            )
         try:
             upload = MultipartUpload(params[b"boundary"], self._store.new_tmp_path(), limit)
         except FormParserError:
-            raise ApiError(400, "Invalid multipart boundary.", code="invalid_content_type") \
-                from None
+            raise ApiError(
+                400, "Invalid multipart boundary.", code="invalid_content_type"
+            ) from None
         try:
             await upload.receive(request.stream())
         except UploadTooLarge:
-            raise ApiError(413, f"The file is larger than the limit of {limit} bytes.",
-                           param="file", code="file_too_large",
-                           headers={"connection": "close"}) from None
+            raise ApiError(
+                413,
+                f"The file is larger than the limit of {limit} bytes.",
+                param="file",
+                code="file_too_large",
+                headers={"connection": "close"},
+            ) from None
         except UploadInvalid as exc:
             raise ApiError(400, str(exc), code="invalid_multipart") from None
         try:
             purpose = upload.fields.get("purpose")
             if not upload.has_file:
-                raise ApiError(400, "Missing required parameter: 'file'.", param="file",
-                               code="missing_required_parameter")
+                raise ApiError(
+                    400,
+                    "Missing required parameter: 'file'.",
+                    param="file",
+                    code="missing_required_parameter",
+                )
             if not purpose:
-                raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
-                               code="missing_required_parameter")
+                raise ApiError(
+                    400,
+                    "Missing required parameter: 'purpose'.",
+                    param="purpose",
+                    code="missing_required_parameter",
+                )
             if purpose not in FILE_PURPOSES:
-                raise ApiError(400, f"Invalid 'purpose': expected one of "
-                                    f"{', '.join(sorted(FILE_PURPOSES))}.",
-                               param="purpose", code="invalid_value")
+                raise ApiError(
+                    400,
+                    f"Invalid 'purpose': expected one of {', '.join(sorted(FILE_PURPOSES))}.",
+                    param="purpose",
+                    code="invalid_value",
+                )
             expires_at = None
             fields = upload.fields
             if "expires_after[seconds]" in fields or "expires_after[anchor]" in fields:
                 seconds = _expires_after_seconds(
-                    {"anchor": upload.fields.get("expires_after[anchor]"),
-                     "seconds": upload.fields.get("expires_after[seconds]")},
+                    {
+                        "anchor": upload.fields.get("expires_after[anchor]"),
+                        "seconds": upload.fields.get("expires_after[seconds]"),
+                    },
                     "expires_after",
                 )
                 expires_at = int(time.time()) + (seconds or 0)
@@ -275,8 +337,11 @@ class LocalBatchService:
             upload.discard()
             raise
         record = await run_in_threadpool(
-            self._store.add_file, upload.file_path, filename=upload.filename or "upload",
-            purpose=purpose, expires_at=expires_at,
+            self._store.add_file,
+            upload.file_path,
+            filename=upload.filename or "upload",
+            purpose=purpose,
+            expires_at=expires_at,
         )
         log.info("file %s stored (%s bytes, purpose %s)", record["id"], record["bytes"], purpose)
         return JSONResponse(public(record))
@@ -285,28 +350,38 @@ class LocalBatchService:
         limit = _int_param(request, "limit", 10_000, 1, 10_000)
         order = request.query_params.get("order") or "desc"
         if order not in ("asc", "desc"):
-            raise ApiError(400, "Invalid 'order': expected 'asc' or 'desc'.", param="order",
-                           code="invalid_value")
+            raise ApiError(
+                400,
+                "Invalid 'order': expected 'asc' or 'desc'.",
+                param="order",
+                code="invalid_value",
+            )
         after = _cursor_param(request, "after", FILE_ID_RE)
         purpose = request.query_params.get("purpose") or None
-        page, has_more = self._store.list_files(purpose=purpose, order=order, after=after,
-                                                limit=limit)
+        page, has_more = self._store.list_files(
+            purpose=purpose, order=order, after=after, limit=limit
+        )
         return JSONResponse(_list_body([public(r) for r in page], has_more))
 
     async def retrieve_file(self, request: Request) -> Response:
         record = self._store.get_file(_file_id(request))
         if record is None:
-            raise ApiError(404, f"No such File object: {request.path_params['file_id']}",
-                           param="id")
+            raise ApiError(
+                404, f"No such File object: {request.path_params['file_id']}", param="id"
+            )
         return JSONResponse(public(record))
 
     async def file_content(self, request: Request) -> Response:
         self.download_calls += 1
         every = self.settings.fault_download_500_every
         if every and self.download_calls % every == 0:
-            raise ApiError(500, "The server had an error while processing your request "
-                                "(simulated by fault_download_500_every).",
-                           type="server_error", code="server_error")
+            raise ApiError(
+                500,
+                "The server had an error while processing your request "
+                "(simulated by fault_download_500_every).",
+                type="server_error",
+                code="server_error",
+            )
         file_id = _file_id(request)
         if self._store.get_file(file_id) is None:
             raise ApiError(404, f"No such File object: {file_id}", param="id")
@@ -325,42 +400,65 @@ class LocalBatchService:
         self.create_calls += 1
         every = self.settings.fault_create_429_every
         if every and self.create_calls % every == 0:
-            raise ApiError(429, "Rate limit reached for batch creation (simulated by "
-                                "fault_create_429_every). Please try again in 1s.",
-                           type="requests", code="rate_limit_exceeded",
-                           headers={"retry-after": "1"})
+            raise ApiError(
+                429,
+                "Rate limit reached for batch creation (simulated by "
+                "fault_create_429_every). Please try again in 1s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": "1"},
+            )
         body = await _json_object(request)
         unknown = sorted(set(body) - CREATE_BATCH_FIELDS)
         if unknown:
-            raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0][:64]}",
-                           param=unknown[0][:64], code="unknown_parameter")
+            raise ApiError(
+                400,
+                f"Unrecognized request argument supplied: {unknown[0][:64]}",
+                param=unknown[0][:64],
+                code="unknown_parameter",
+            )
         for name in ("input_file_id", "endpoint", "completion_window"):
             if body.get(name) is None:
-                raise ApiError(400, f"Missing required parameter: '{name}'.", param=name,
-                               code="missing_required_parameter")
+                raise ApiError(
+                    400,
+                    f"Missing required parameter: '{name}'.",
+                    param=name,
+                    code="missing_required_parameter",
+                )
             if not isinstance(body[name], str):
-                raise ApiError(400, f"Invalid '{name}': expected a string.", param=name,
-                               code="invalid_type")
+                raise ApiError(
+                    400, f"Invalid '{name}': expected a string.", param=name, code="invalid_type"
+                )
         endpoint = body["endpoint"]
         if endpoint not in SUPPORTED_ENDPOINTS:
-            raise ApiError(400, f"Invalid 'endpoint': expected one of "
-                                f"{', '.join(SUPPORTED_ENDPOINTS)}.",
-                           param="endpoint", code="invalid_value")
+            raise ApiError(
+                400,
+                f"Invalid 'endpoint': expected one of {', '.join(SUPPORTED_ENDPOINTS)}.",
+                param="endpoint",
+                code="invalid_value",
+            )
         if body["completion_window"] != "24h":
-            raise ApiError(400, "Invalid 'completion_window': only '24h' is supported.",
-                           param="completion_window", code="invalid_value")
+            raise ApiError(
+                400,
+                "Invalid 'completion_window': only '24h' is supported.",
+                param="completion_window",
+                code="invalid_value",
+            )
         metadata = _validate_metadata(body.get("metadata"))
-        output_expires = _expires_after_seconds(body.get("output_expires_after"),
-                                                "output_expires_after")
+        output_expires = _expires_after_seconds(
+            body.get("output_expires_after"), "output_expires_after"
+        )
         input_file_id = body["input_file_id"]
         input_file = self._store.get_file(input_file_id)
         if input_file is None:
-            raise ApiError(404, f"No such File object: {input_file_id[:64]}",
-                           param="input_file_id")
+            raise ApiError(404, f"No such File object: {input_file_id[:64]}", param="input_file_id")
         if input_file["purpose"] != "batch":
-            raise ApiError(400, f"The input file must have purpose 'batch', not "
-                                f"'{input_file['purpose']}'.",
-                           param="input_file_id", code="invalid_file_purpose")
+            raise ApiError(
+                400,
+                f"The input file must have purpose 'batch', not '{input_file['purpose']}'.",
+                param="input_file_id",
+                code="invalid_file_purpose",
+            )
         now = time.time()
         window = self.settings.completion_window_seconds
         record: dict[str, Any] = {
@@ -414,7 +512,9 @@ class LocalBatchService:
         record = self._batch(request)
         updated = await run_in_threadpool(
             lambda: self._store.update_batch(
-                record["id"], expect={"validating", "in_progress"}, status="cancelling",
+                record["id"],
+                expect={"validating", "in_progress"},
+                status="cancelling",
                 cancelling_at=int(time.time()),
             )
         )
@@ -425,8 +525,11 @@ class LocalBatchService:
         record = self._batch(request)
         if record["status"] in ("cancelling", "cancelled"):
             return JSONResponse(public(record))
-        raise ApiError(409, f"Cannot cancel a batch with status '{record['status']}'.",
-                       headers={"x-should-retry": "false"})
+        raise ApiError(
+            409,
+            f"Cannot cancel a batch with status '{record['status']}'.",
+            headers={"x-should-retry": "false"},
+        )
 
     # ------------------------------------------------------------------ wiring
 
@@ -463,8 +566,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        error_body("The server had an error while processing your request.",
-                   type="server_error", code="server_error"),
+        error_body(
+            "The server had an error while processing your request.",
+            type="server_error",
+            code="server_error",
+        ),
         status_code=500,
     )
 

@@ -32,9 +32,19 @@ Answer = tuple[int, dict[str, Any]]
 
 DEFAULT_EMBEDDING_DIMENSIONS = 256
 MODERATION_CATEGORIES = (
-    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
-    "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
-    "sexual/minors", "violence", "violence/graphic",
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
 )
 
 
@@ -109,8 +119,9 @@ class EchoResponder:
     def _chat(self, body: dict[str, Any], key: str) -> Answer:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            return _bad_request("'messages' must be a non-empty array.", "messages",
-                                "missing_required_parameter")
+            return _bad_request(
+                "'messages' must be a non-empty array.", "messages", "missing_required_parameter"
+            )
         model = str(body.get("model") or "echo")
         prompt_tokens = 0
         echoed, echoed_tokens = "", 0
@@ -129,21 +140,29 @@ class EchoResponder:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None,
-                            "annotations": []},
-                "logprobs": None,
-                "finish_reason": "length" if cut else "stop",
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": text,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "length" if cut else "stop",
+                }
+            ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                 "completion_tokens_details": {
-                    "reasoning_tokens": 0, "audio_tokens": 0,
-                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
                 },
             },
             "service_tier": "default",
@@ -161,8 +180,9 @@ class EchoResponder:
                 if isinstance(item, dict) and "content" in item:
                     texts.append((str(item.get("role", "user")), content_text(item["content"])))
         else:
-            return _bad_request("'input' must be a string or an array.", "input",
-                                "missing_required_parameter")
+            return _bad_request(
+                "'input' must be a string or an array.", "input", "missing_required_parameter"
+            )
         instructions = body.get("instructions")
         input_tokens = count_tokens(instructions, model) if isinstance(instructions, str) else 0
         echoed, echoed_tokens = "", 0
@@ -185,14 +205,17 @@ class EchoResponder:
             "instructions": instructions if isinstance(instructions, str) else None,
             "max_output_tokens": limit,
             "model": model,
-            "output": [{
-                "type": "message",
-                "id": f"msg_{key}",
-                "status": "incomplete" if cut else "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": [],
-                             "logprobs": []}],
-            }],
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{key}",
+                    "status": "incomplete" if cut else "completed",
+                    "role": "assistant",
+                    "content": [
+                        {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                    ],
+                }
+            ],
             "parallel_tool_calls": True,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
@@ -218,8 +241,11 @@ class EchoResponder:
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-            return _bad_request("'prompt' must be a string or an array of strings.", "prompt",
-                                "missing_required_parameter")
+            return _bad_request(
+                "'prompt' must be a string or an array of strings.",
+                "prompt",
+                "missing_required_parameter",
+            )
         model = str(body.get("model") or "echo")
         limit = _max_tokens(body, "max_tokens")
         choices = []
@@ -229,16 +255,25 @@ class EchoResponder:
             prompt_tokens += tokens
             echoed, echoed_tokens, cut = _echo(text, tokens, limit, model)
             completion_tokens += echoed_tokens
-            choices.append({"text": echoed, "index": index, "logprobs": None,
-                            "finish_reason": "length" if cut else "stop"})
+            choices.append(
+                {
+                    "text": echoed,
+                    "index": index,
+                    "logprobs": None,
+                    "finish_reason": "length" if cut else "stop",
+                }
+            )
         return 200, {
             "id": f"cmpl-{key}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": model,
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
             "system_fingerprint": None,
         }
 
@@ -246,22 +281,28 @@ class EchoResponder:
         value = body.get("input")
         model = str(body.get("model") or "echo")
         inputs: list[Any]
-        if isinstance(value, str) or (isinstance(value, list) and value
-                                      and all(isinstance(v, int) for v in value)):
+        if isinstance(value, str) or (
+            isinstance(value, list) and value and all(isinstance(v, int) for v in value)
+        ):
             inputs = [value]
         elif isinstance(value, list) and value:
             inputs = value
         else:
-            return _bad_request("'input' must be a string or a non-empty array.", "input",
-                                "missing_required_parameter")
+            return _bad_request(
+                "'input' must be a string or a non-empty array.",
+                "input",
+                "missing_required_parameter",
+            )
         dimensions = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
-        if not isinstance(dimensions, int) or isinstance(dimensions, bool) \
-                or not 1 <= dimensions <= 8192:
+        if (
+            not isinstance(dimensions, int)
+            or isinstance(dimensions, bool)
+            or not 1 <= dimensions <= 8192
+        ):
             return _bad_request("'dimensions' must be an integer from 1 to 8192.", "dimensions")
         encoding_format = body.get("encoding_format", "float")
         if encoding_format not in ("float", "base64"):
-            return _bad_request("'encoding_format' must be 'float' or 'base64'.",
-                                "encoding_format")
+            return _bad_request("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
         data = []
         prompt_tokens = 0
         for index, item in enumerate(inputs):
@@ -272,8 +313,7 @@ class EchoResponder:
                 text = " ".join(map(str, item))
                 prompt_tokens += len(item)
             else:
-                return _bad_request("Each input must be a string or an array of tokens.",
-                                    "input")
+                return _bad_request("Each input must be a string or an array of tokens.", "input")
             vector = unit_vector(text, dimensions)
             embedding: Any = vector
             if encoding_format == "base64":
@@ -359,8 +399,9 @@ class ProxyResponder:
         self._client = httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-            limits=httpx2.Limits(max_connections=self.concurrency,
-                                 max_keepalive_connections=self.concurrency),
+            limits=httpx2.Limits(
+                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            ),
             trust_env=False,
         )
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -378,7 +419,7 @@ class ProxyResponder:
         payload = orjson.dumps(body)
         attempt = 0
         while True:
-            delay = self.backoff * (2 ** attempt) * (0.75 + random.random() / 2)
+            delay = self.backoff * (2**attempt) * (0.75 + random.random() / 2)
             try:
                 async with self._slots:
                     response = await self._client.post(url, content=payload)

@@ -130,9 +130,13 @@ def run_local_batch_api(
     fault_create_429_every, max_upload_bytes, ...). `port=0` picks a free port.
     """
     settings = LocalApiSettings(
-        state_dir=Path(state_dir), responder=responder,
-        completion_window_seconds=completion_window_seconds, api_key=api_key, host=host,
-        port=port, **options,
+        state_dir=Path(state_dir),
+        responder=responder,
+        completion_window_seconds=completion_window_seconds,
+        api_key=api_key,
+        host=host,
+        port=port,
+        **options,
     )
     server = LocalBatchApi(settings)
     url = server.start()
@@ -163,8 +167,10 @@ def serve_from_args(args: argparse.Namespace) -> int:
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:
-        print(f"batch-pipeline serve: cannot listen on {settings.host}:{settings.port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"batch-pipeline serve: cannot listen on {settings.host}:{settings.port}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     port = sock.getsockname()[1]
     print(
@@ -174,8 +180,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         flush=True,
     )
     # uvicorn re-raises the signal that stopped it; make that a no-op, not a traceback.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in
-                (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     except SystemExit as exc:  # the app's startup failed

@@ -36,8 +36,9 @@ class LocalApiSettings:
         "echo", "How requests are answered: echo (offline) or proxy.", choices=RESPONDERS
     )
     upstream_url: str | None = _opt(
-        None, "proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000 "
-        "(the request's endpoint path such as /v1/chat/completions is appended)."
+        None,
+        "proxy: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000 "
+        "(the request's endpoint path such as /v1/chat/completions is appended).",
     )
     upstream_api_key_env: str | None = _opt(
         None, "proxy: name of the environment variable holding the upstream API key."
@@ -54,12 +55,15 @@ class LocalApiSettings:
         86400.0, "Real length of the '24h' completion window; batches expire after it."
     )
     api_key_env: str | None = _opt(
-        None, "Name of the environment variable holding the API key clients must send "
-        "(Authorization: Bearer ...). Without it, no authentication."
+        None,
+        "Name of the environment variable holding the API key clients must send "
+        "(Authorization: Bearer ...). Without it, no authentication.",
     )
     api_key: str | None = _opt(
-        None, "The API key itself (Python API only; the CLI reads --api-key-env).",
-        cli=False, repr=False,
+        None,
+        "The API key itself (Python API only; the CLI reads --api-key-env).",
+        cli=False,
+        repr=False,
     )
     fault_create_429_every: int = _opt(
         0, "Fault: answer every Nth POST /v1/batches with 429 rate_limit_exceeded (0: never)."
@@ -84,15 +88,25 @@ class LocalApiSettings:
         if self.responder == "proxy" and not self.upstream_url:
             raise ValueError("the proxy responder needs upstream_url")
         positive = (
-            "concurrency", "completion_window_seconds", "max_upload_bytes",
-            "max_requests_per_batch", "max_batch_file_bytes", "chunk_size", "worker_threads",
-            "progress_interval_seconds", "upstream_timeout_seconds",
+            "concurrency",
+            "completion_window_seconds",
+            "max_upload_bytes",
+            "max_requests_per_batch",
+            "max_batch_file_bytes",
+            "chunk_size",
+            "worker_threads",
+            "progress_interval_seconds",
+            "upstream_timeout_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("fault_create_429_every", "fault_download_500_every",
-                     "upstream_max_retries", "upstream_backoff_seconds"):
+        for name in (
+            "fault_create_429_every",
+            "fault_download_500_every",
+            "upstream_max_retries",
+            "upstream_backoff_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.port <= 65535:

@@ -337,7 +337,7 @@ class Store:
         with self._lock:
             ids = self._batches.ids
             end = bisect.bisect_left(ids, after) if after else len(ids)
-            chosen = ids[max(0, end - limit - 1):end][::-1]
+            chosen = ids[max(0, end - limit - 1) : end][::-1]
             has_more = len(chosen) > limit
             return [dict(self._batches.records[i]) for i in chosen[:limit]], has_more
 
@@ -345,7 +345,8 @@ class Store:
         """Ids of batches not yet in a terminal status, oldest first."""
         with self._lock:
             return [
-                i for i in self._batches.ids
+                i
+                for i in self._batches.ids
                 if self._batches.records[i]["status"] not in TERMINAL_STATUSES
             ]
 

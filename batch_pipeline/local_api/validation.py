@@ -103,10 +103,12 @@ def validate_input_file(
         result.errors.append(batch_error("file_not_found", "The input file no longer exists."))
         return result
     if size > max_bytes:
-        result.errors.append(batch_error(
-            "file_too_large",
-            f"The input file is {size} bytes; the limit is {max_bytes} bytes.",
-        ))
+        result.errors.append(
+            batch_error(
+                "file_too_large",
+                f"The input file is {size} bytes; the limit is {max_bytes} bytes.",
+            )
+        )
         return result
 
     errors = result.errors
@@ -117,21 +119,26 @@ def validate_input_file(
             if len(errors) >= MAX_REPORTED_ERRORS:
                 break
             if raw is None:
-                errors.append(batch_error(
-                    "line_too_long", f"Line {number} is larger than {MAX_LINE_BYTES} bytes.",
-                    line=number,
-                ))
+                errors.append(
+                    batch_error(
+                        "line_too_long",
+                        f"Line {number} is larger than {MAX_LINE_BYTES} bytes.",
+                        line=number,
+                    )
+                )
                 result.total += 1
                 continue
             if not raw.strip():
                 continue
             result.total += 1
             if result.total > max_requests:
-                errors.append(batch_error(
-                    "too_many_requests",
-                    f"The input file has more than {max_requests} requests, "
-                    f"the most a batch may hold.",
-                ))
+                errors.append(
+                    batch_error(
+                        "too_many_requests",
+                        f"The input file has more than {max_requests} requests, "
+                        f"the most a batch may hold.",
+                    )
+                )
                 break
             error = _check_line(raw, number, endpoint, seen_ids, result)
             if error is not None:
@@ -142,11 +149,13 @@ def validate_input_file(
     if not errors and result.total == 0:
         errors.append(batch_error("empty_file", "The input file holds no requests."))
     if not errors and embedding_inputs > MAX_EMBEDDING_INPUTS:
-        errors.append(batch_error(
-            "too_many_embedding_inputs",
-            f"The embeddings batch has {embedding_inputs} inputs; the limit is "
-            f"{MAX_EMBEDDING_INPUTS}.",
-        ))
+        errors.append(
+            batch_error(
+                "too_many_embedding_inputs",
+                f"The embeddings batch has {embedding_inputs} inputs; the limit is "
+                f"{MAX_EMBEDDING_INPUTS}.",
+            )
+        )
     return result
 
 
@@ -158,27 +167,29 @@ def _check_line(
     except orjson.JSONDecodeError:
         return batch_error("invalid_json_line", f"Line {number} is not valid JSON.", line=number)
     if not isinstance(request, dict):
-        return batch_error(
-            "invalid_json_line", f"Line {number} is not a JSON object.", line=number
-        )
+        return batch_error("invalid_json_line", f"Line {number} is not a JSON object.", line=number)
     for name in ("custom_id", "method", "url", "body"):
         if name not in request or request[name] is None:
             return batch_error(
                 "missing_required_parameter",
                 f"Line {number} is missing the required parameter '{name}'.",
-                line=number, param=name,
+                line=number,
+                param=name,
             )
     custom_id = request["custom_id"]
     if not isinstance(custom_id, str) or not custom_id:
         return batch_error(
-            "invalid_parameter", f"Line {number}: 'custom_id' must be a non-empty string.",
-            line=number, param="custom_id",
+            "invalid_parameter",
+            f"Line {number}: 'custom_id' must be a non-empty string.",
+            line=number,
+            param="custom_id",
         )
     if request["method"] != "POST":
         return batch_error(
             "invalid_method",
             f"Line {number}: method must be 'POST', not {request['method']!r}.",
-            line=number, param="method",
+            line=number,
+            param="method",
         )
     url = request["url"]
     if url != endpoint:
@@ -186,23 +197,29 @@ def _check_line(
             return batch_error(
                 "mismatched_url",
                 f"Line {number}: url {url!r} differs from the batch endpoint {endpoint!r}.",
-                line=number, param="url",
+                line=number,
+                param="url",
             )
         return batch_error(
-            "invalid_url", f"Line {number}: url {url!r} is not a supported endpoint.",
-            line=number, param="url",
+            "invalid_url",
+            f"Line {number}: url {url!r} is not a supported endpoint.",
+            line=number,
+            param="url",
         )
     body = request["body"]
     if not isinstance(body, dict):
         return batch_error(
-            "invalid_parameter", f"Line {number}: 'body' must be a JSON object.",
-            line=number, param="body",
+            "invalid_parameter",
+            f"Line {number}: 'body' must be a JSON object.",
+            line=number,
+            param="body",
         )
     if custom_id in seen_ids:
         return batch_error(
             "duplicate_custom_id",
             f"Line {number}: custom_id {custom_id!r} is already used on an earlier line.",
-            line=number, param="custom_id",
+            line=number,
+            param="custom_id",
         )
     seen_ids.add(custom_id)
     model = body.get("model")
@@ -212,12 +229,15 @@ def _check_line(
         return batch_error(
             "missing_required_parameter",
             f"Line {number} is missing the required parameter 'body.model'.",
-            line=number, param="body.model",
+            line=number,
+            param="body.model",
         )
     if not isinstance(model, str) or not model:
         return batch_error(
-            "invalid_parameter", f"Line {number}: 'body.model' must be a non-empty string.",
-            line=number, param="body.model",
+            "invalid_parameter",
+            f"Line {number}: 'body.model' must be a non-empty string.",
+            line=number,
+            param="body.model",
         )
     if result.model is None:
         result.model = model
@@ -226,7 +246,8 @@ def _check_line(
             "mismatched_model",
             f"Line {number}: model {model!r} differs from {result.model!r} used on earlier "
             f"lines; a batch holds one model.",
-            line=number, param="body.model",
+            line=number,
+            param="body.model",
         )
     return None
 

@@ -296,8 +296,7 @@ class BatchEngine:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the engine thread and resume every unfinished batch."""
-        self._thread = threading.Thread(target=self._thread_main, name="batch-engine",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, name="batch-engine", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("the batch engine did not start")
@@ -392,8 +391,12 @@ class BatchEngine:
         if record is not None:
             counts = record.get("request_counts") or {}
             log.info(
-                "batch %s -> %s (total=%s completed=%s failed=%s)", batch_id, status,
-                counts.get("total"), counts.get("completed"), counts.get("failed"),
+                "batch %s -> %s (total=%s completed=%s failed=%s)",
+                batch_id,
+                status,
+                counts.get("total"),
+                counts.get("completed"),
+                counts.get("failed"),
             )
         return record
 
@@ -429,11 +432,21 @@ class BatchEngine:
         except Exception as exc:
             log.exception("batch %s: internal error", run.batch_id)
             self._transition(
-                run.batch_id, {"validating", "in_progress", "finalizing", "cancelling"},
-                "failed", failed_at=int(time.time()),
-                errors={"object": "list", "data": [
-                    {"code": "server_error", "message": f"Internal error: {exc}",
-                     "param": None, "line": None}]},
+                run.batch_id,
+                {"validating", "in_progress", "finalizing", "cancelling"},
+                "failed",
+                failed_at=int(time.time()),
+                errors={
+                    "object": "list",
+                    "data": [
+                        {
+                            "code": "server_error",
+                            "message": f"Internal error: {exc}",
+                            "param": None,
+                            "line": None,
+                        }
+                    ],
+                },
             )
         finally:
             timer.cancel()
@@ -462,26 +475,36 @@ class BatchEngine:
         now = int(time.time())
         if not result.ok:
             self._transition(
-                run.batch_id, {"validating", "cancelling"}, "failed", failed_at=now,
+                run.batch_id,
+                {"validating", "cancelling"},
+                "failed",
+                failed_at=now,
                 errors={"object": "list", "data": result.errors},
             )
             return False
         counts = {"total": result.total, "completed": 0, "failed": 0}
         updated = self._transition(
-            run.batch_id, {"validating"}, "in_progress", in_progress_at=now,
-            model=result.model, request_counts=counts, _validated=True,
+            run.batch_id,
+            {"validating"},
+            "in_progress",
+            in_progress_at=now,
+            model=result.model,
+            request_counts=counts,
+            _validated=True,
         )
         if updated is None:  # cancelled meanwhile
-            self.store.update_batch(run.batch_id, model=result.model, request_counts=counts,
-                                    _validated=True)
+            self.store.update_batch(
+                run.batch_id, model=result.model, request_counts=counts, _validated=True
+            )
             run.request_stop("cancelled")
         return True
 
     # ------------------------------------------------------------------ processing
 
     def _open(self, run: _BatchRun, record: dict[str, Any]) -> None:
-        run.partial = PartialResults(self.store.work_dir(run.batch_id),
-                                     self.settings.progress_interval_seconds)
+        run.partial = PartialResults(
+            self.store.work_dir(run.batch_id), self.settings.progress_interval_seconds
+        )
         run.reader = _InputReader(self.store.blob_path(record["input_file_id"]))
 
     async def _process(self, run: _BatchRun, record: dict[str, Any]) -> None:
@@ -553,11 +576,18 @@ class BatchEngine:
             return self.responder.respond(endpoint, body, key)
         except Exception as exc:
             log.exception("the responder failed on a request")
-            return 500, error_body(f"The responder failed: {type(exc).__name__}",
-                                   type="server_error", code="server_error")
+            return 500, error_body(
+                f"The responder failed: {type(exc).__name__}",
+                type="server_error",
+                code="server_error",
+            )
 
     def _defer(
-        self, run: _BatchRun, endpoint: str, custom_id: str, body: dict[str, Any],
+        self,
+        run: _BatchRun,
+        endpoint: str,
+        custom_id: str,
+        body: dict[str, Any],
         fault: Fault | None,
     ) -> None:
         if fault is not None and fault.kind == "hang":
@@ -569,7 +599,11 @@ class BatchEngine:
         task.add_done_callback(run.tasks.discard)
 
     async def _respond_later(
-        self, run: _BatchRun, endpoint: str, custom_id: str, body: dict[str, Any],
+        self,
+        run: _BatchRun,
+        endpoint: str,
+        custom_id: str,
+        body: dict[str, Any],
         fault: Fault | None,
     ) -> None:
         if fault is not None and fault.kind == "slow":
@@ -584,9 +618,16 @@ class BatchEngine:
             result = error_result(custom_id, UPSTREAM_UNAVAILABLE_CODE, str(exc), key)
         except Exception as exc:
             log.exception("the responder failed on a request")
-            result = answer_result(custom_id, 500, error_body(
-                f"The responder failed: {type(exc).__name__}", type="server_error",
-                code="server_error"), key)
+            result = answer_result(
+                custom_id,
+                500,
+                error_body(
+                    f"The responder failed: {type(exc).__name__}",
+                    type="server_error",
+                    code="server_error",
+                ),
+                key,
+            )
         assert run.partial is not None
         run.partial.add([result])
 
@@ -614,8 +655,12 @@ class BatchEngine:
             final = "completed"
         elif reason == "expired":
             final = "expired"
-        elif self._transition(run.batch_id, {"in_progress"}, "finalizing",
-                              finalizing_at=int(time.time())) is None:
+        elif (
+            self._transition(
+                run.batch_id, {"in_progress"}, "finalizing", finalizing_at=int(time.time())
+            )
+            is None
+        ):
             final = "cancelled"  # a cancel slipped in
         else:
             final = "completed"
@@ -624,8 +669,14 @@ class BatchEngine:
             final, {"validating", "in_progress", "cancelling"}
         )
         done = self._transition(
-            run.batch_id, expect, final, output_file_id=output_id, error_file_id=error_id,
-            request_counts=counts, usage=usage, **{f"{final}_at": int(time.time())},
+            run.batch_id,
+            expect,
+            final,
+            output_file_id=output_id,
+            error_file_id=error_id,
+            request_counts=counts,
+            usage=usage,
+            **{f"{final}_at": int(time.time())},
         )
         if done is not None:
             self.store.remove_work_dir(run.batch_id)
@@ -639,12 +690,14 @@ class BatchEngine:
         # Recorded before the files exist, so a crash here re-uses these ids.
         self.store.update_batch(run.batch_id, _output_file_id=output_id, _error_file_id=error_id)
         if run.partial is None:
-            run.partial = PartialResults(self.store.work_dir(run.batch_id),
-                                         self.settings.progress_interval_seconds)
+            run.partial = PartialResults(
+                self.store.work_dir(run.batch_id), self.settings.progress_interval_seconds
+            )
         partial = run.partial
         if final in ("expired", "cancelled") and record.get("_validated"):
             code, message = (
-                (EXPIRED_CODE, EXPIRED_MESSAGE) if final == "expired"
+                (EXPIRED_CODE, EXPIRED_MESSAGE)
+                if final == "expired"
                 else (CANCELLED_CODE, CANCELLED_MESSAGE)
             )
             self._add_unfinished(record, partial, code, message)
@@ -652,14 +705,21 @@ class BatchEngine:
         expires_after = record.get("_output_expires_after_seconds")
         expires_at = int(time.time()) + expires_after if expires_after else None
         file_ids: list[str | None] = []
-        for path, file_id, kind in ((partial.output_path, output_id, "output"),
-                                    (partial.errors_path, error_id, "error")):
+        for path, file_id, kind in (
+            (partial.output_path, output_id, "output"),
+            (partial.errors_path, error_id, "error"),
+        ):
             if path.stat().st_size == 0:
                 file_ids.append(None)
                 continue
-            self.store.add_file(path, filename=f"{run.batch_id}_{kind}.jsonl",
-                                purpose="batch_output", file_id=file_id,
-                                expires_at=expires_at, keep_source=True)
+            self.store.add_file(
+                path,
+                filename=f"{run.batch_id}_{kind}.jsonl",
+                purpose="batch_output",
+                file_id=file_id,
+                expires_at=expires_at,
+                keep_source=True,
+            )
             file_ids.append(file_id)
         total = (record.get("request_counts") or {}).get("total", 0)
         counts = {"total": total, "completed": partial.completed, "failed": partial.failed}
@@ -687,8 +747,9 @@ class BatchEngine:
                 for index, raw in enumerate(reader.next_chunk(self.settings.chunk_size)):
                     custom_id = orjson.loads(raw)["custom_id"]
                     if custom_id not in partial.done:
-                        results.append(error_result(custom_id, code, message,
-                                                    f"{prefix}{index:06x}"))
+                        results.append(
+                            error_result(custom_id, code, message, f"{prefix}{index:06x}")
+                        )
                 partial.add(results)
         finally:
             reader.close()

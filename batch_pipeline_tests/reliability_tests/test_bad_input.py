@@ -255,9 +255,7 @@ MISTAKES = {
     "partition-column-not-utf8": Mistake(
         _partition_column_not_utf8,
         1,
-        ("created_at", "row"),
-        known_bug="bug: one non-UTF-8 byte in a CSV's partition column refuses the whole "
-        "source ('has type binary') without naming the row (core/sources.py partition_filter)",
+        ("created_at", "row 0", "not UTF-8"),
     ),
     "source-with-zero-rows": Mistake(_zero_rows, 0, ("rows:    0",)),
     "partition-with-no-rows": Mistake(_good, 0, ("rows:    0",), "2026-11-25"),
