@@ -76,6 +76,52 @@ def _echo(text: str, tokens: int, limit: int | None, model: str) -> tuple[str, i
     return encoding.decode(encoding.encode_ordinary(text)[:limit]), limit, True
 
 
+def chat_completion_body(
+    *,
+    completion_id: str,
+    model: str,
+    created: int,
+    content: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    finish_reason: str = "stop",
+) -> dict[str, Any]:
+    """A `/v1/chat/completions` response body with the real endpoint's fields."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": content,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
+
+
 def unit_vector(text: str, dimensions: int) -> list[float]:
     """A deterministic unit vector seeded from a hash of `text`."""
     seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
@@ -135,39 +181,15 @@ class EchoResponder:
                 echoed, echoed_tokens = text, tokens
         limit = _max_tokens(body, "max_completion_tokens", "max_tokens")
         text, completion_tokens, cut = _echo(echoed, echoed_tokens, limit, model)
-        return 200, {
-            "id": f"chatcmpl-{key}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": text,
-                        "refusal": None,
-                        "annotations": [],
-                    },
-                    "logprobs": None,
-                    "finish_reason": "length" if cut else "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                "completion_tokens_details": {
-                    "reasoning_tokens": 0,
-                    "audio_tokens": 0,
-                    "accepted_prediction_tokens": 0,
-                    "rejected_prediction_tokens": 0,
-                },
-            },
-            "service_tier": "default",
-            "system_fingerprint": None,
-        }
+        return 200, chat_completion_body(
+            completion_id=f"chatcmpl-{key}",
+            model=model,
+            created=int(time.time()),
+            content=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason="length" if cut else "stop",
+        )
 
     def _responses(self, body: dict[str, Any], key: str) -> Answer:
         value = body.get("input")

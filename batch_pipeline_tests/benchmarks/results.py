@@ -25,6 +25,7 @@ import pandas as pd
 from batch_pipeline.core import outcomes as core_outcomes
 from batch_pipeline.core.pipeline import load_pipeline
 from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo, RequestCounts
+from batch_pipeline.local_api.responders import chat_completion_body
 from batch_pipeline_tests.benchmarks import fixtures
 from batch_pipeline_tests.benchmarks.measure import MB, Measurement, Sample, repeat, run_isolated
 from batch_pipeline_tests.benchmarks.report import Config, Row, runs_text, seconds_text
@@ -121,40 +122,14 @@ class FileBackend:
 
 def _chat_body(key: str, text: str) -> dict[str, Any]:
     """A chat completion shaped like the local echo responder's (token counts estimated)."""
-    prompt_tokens, completion_tokens = (len(text) + len(fixtures.SYSTEM)) // 4 + 11, len(text) // 4
-    return {
-        "id": f"chatcmpl-{key}",
-        "object": "chat.completion",
-        "created": 1_768_435_200,
-        "model": fixtures.MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
-        "service_tier": "default",
-        "system_fingerprint": None,
-    }
+    return chat_completion_body(
+        completion_id=f"chatcmpl-{key}",
+        model=fixtures.MODEL,
+        created=1_768_435_200,
+        content=text,
+        prompt_tokens=(len(text) + len(fixtures.SYSTEM)) // 4 + 11,
+        completion_tokens=len(text) // 4,
+    )
 
 
 def answer_files(shard: Path, folder: Path, index: int) -> None:
