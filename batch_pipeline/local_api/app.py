@@ -373,8 +373,7 @@ class LocalBatchService:
 
     async def file_content(self, request: Request) -> Response:
         self.download_calls += 1
-        every = self.settings.fault_download_500_every
-        if every and self.download_calls % every == 0:
+        if _nth_call(self.download_calls, self.settings.fault_download_500_every):
             raise ApiError(
                 500,
                 "The server had an error while processing your request "
@@ -398,8 +397,7 @@ class LocalBatchService:
 
     async def create_batch(self, request: Request) -> Response:
         self.create_calls += 1
-        every = self.settings.fault_create_429_every
-        if every and self.create_calls % every == 0:
+        if _nth_call(self.create_calls, self.settings.fault_create_429_every):
             raise ApiError(
                 429,
                 "Rate limit reached for batch creation (simulated by "
@@ -605,3 +603,8 @@ def create_app(settings: LocalApiSettings) -> Starlette:
     app.router.redirect_slashes = False
     app.state.service = service
     return app
+
+
+def _nth_call(calls: int, every: int) -> bool:
+    """True on every `every`-th call of a service-wide fault (never when `every` is 0)."""
+    return bool(every) and calls % every == 0

@@ -227,3 +227,20 @@ def counting_client(
         http_client=httpx2.Client(transport=transport, timeout=timeout),
     )
     return client, transport
+
+
+def plain_request(partition: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One request line as a hand-written script builds it: the baselines' request."""
+    return {
+        "custom_id": f"{partition}:{row[KEY]}",
+        "method": "POST",
+        "url": ENDPOINT,
+        "body": {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": PROMPT.format(**row)},
+            ],
+            **PARAMS,
+        },
+    }

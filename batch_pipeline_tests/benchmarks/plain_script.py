@@ -36,21 +36,7 @@ def write_requests(rows: pd.DataFrame, folder: Path, partition: str) -> list[Pat
             handle = paths[-1].open("w", encoding="utf-8")
         values = row._asdict()
         handle.write(
-            json.dumps(
-                {  # type: ignore[union-attr]
-                    "custom_id": f"{partition}:{values[fixtures.KEY]}",
-                    "method": "POST",
-                    "url": fixtures.ENDPOINT,
-                    "body": {
-                        "model": fixtures.MODEL,
-                        "messages": [
-                            {"role": "system", "content": fixtures.SYSTEM},
-                            {"role": "user", "content": fixtures.PROMPT.format(**values)},
-                        ],
-                        **fixtures.PARAMS,
-                    },
-                }
-            )
+            json.dumps(fixtures.plain_request(partition, values))  # type: ignore[union-attr]
             + "\n"
         )
     if handle is not None:

@@ -43,19 +43,7 @@ def naive_case(source: Path, out_dir: Path, partition: str) -> dict[str, Any]:
         for row in batch.to_pylist():
             if lines % fixtures.MAX_REQUESTS_PER_FILE == 0:
                 handle = _next_file(handle, out_dir, lines // fixtures.MAX_REQUESTS_PER_FILE)
-            request = {
-                "custom_id": f"{partition}:{row[fixtures.KEY]}",
-                "method": "POST",
-                "url": fixtures.ENDPOINT,
-                "body": {
-                    "model": fixtures.MODEL,
-                    "messages": [
-                        {"role": "system", "content": fixtures.SYSTEM},
-                        {"role": "user", "content": fixtures.PROMPT.format(**row)},
-                    ],
-                    **fixtures.PARAMS,
-                },
-            }
+            request = fixtures.plain_request(partition, row)
             written += handle.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
             lines += 1
     _next_file(handle, out_dir, None)
