@@ -1,9 +1,13 @@
 """A batch's output and error files, parsed into one outcome row per custom_id.
 
 Lines come in any order and either file may be missing, so rows are keyed by custom_id,
-never by position. Files are read in chunks of lines, each chunk parsed with orjson into
-Arrow arrays and written at once, so memory does not grow with the size of the files:
-across chunks only a 64-bit hash per line is kept, to find custom_ids seen twice.
+never by position. Files are read in chunks of lines, each chunk parsed into Arrow arrays and
+written at once, so memory does not grow with the size of the files: across chunks only a
+64-bit hash per line is kept, to find custom_ids seen twice.
+
+A chunk is parsed column-wise by Arrow's JSON reader when its lines have the providers' usual
+layout (chat and text completions); any other chunk, and any chunk that reader refuses, goes
+through a line-by-line orjson parse, which also names the line of a malformed one.
 
 When a custom_id has several lines, the best answer wins: a 2xx response, then any HTTP
 response, then an error-file line; among equals, the output file before the error file and
@@ -29,6 +33,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from batch_pipeline.core.storage import TEMP_PREFIX
@@ -51,7 +56,7 @@ _STATUS_OF_ERROR_CODE = {
     "batch_cancelled": RowStatus.CANCELLED,
 }
 
-CHUNK_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 16 * 1024 * 1024
 PARQUET_COMPRESSION = "zstd"
 
 OUTCOME_SCHEMA = pa.schema(
@@ -318,10 +323,16 @@ def _iter_parsed(
         path = Path(path)
         first_line = 1
         with path.open("rb") as handle:
-            while lines := handle.readlines(chunk_bytes):
-                with _gc_paused():
-                    batch, hashes = _parse_chunk(lines, path, first_line, endpoint)
-                first_line += len(lines)
+            while chunk := handle.read(chunk_bytes):
+                chunk += handle.readline()  # up to the end of the line the read stopped in
+                line_count = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+                parsed = _parse_chunk_columnar(chunk, line_count, endpoint)
+                if parsed is None:
+                    lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
+                    with _gc_paused():
+                        parsed = _parse_chunk(lines, path, first_line, endpoint)
+                first_line += line_count
+                batch, hashes = parsed
                 if batch.num_rows:
                     yield batch, hashes
 
@@ -410,7 +421,7 @@ def _parse_chunk(
             )
         )
     if not rows:
-        return pa.RecordBatch.from_pylist([], schema=OUTCOME_SCHEMA), np.empty(0, np.int64)
+        return _empty_batch()
     *columns, hashes = zip(*rows, strict=True)
     try:
         arrays = [pa.array(c, type=f.type) for c, f in zip(columns, OUTCOME_SCHEMA, strict=True)]
@@ -420,6 +431,266 @@ def _parse_chunk(
             f"{path}, lines {first_line}-{last_line}: a value of the wrong type ({exc})"
         ) from None
     return pa.record_batch(arrays, schema=OUTCOME_SCHEMA), np.array(hashes, dtype=np.int64)
+
+
+def _empty_batch() -> tuple[pa.RecordBatch, np.ndarray]:
+    return pa.RecordBatch.from_pylist([], schema=OUTCOME_SCHEMA), np.empty(0, np.int64)
+
+
+# -- the columnar path --------------------------------------------------------------------------
+
+_ERROR_STRUCT = pa.struct([("code", pa.string()), ("message", pa.string())])
+_LINE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("custom_id", pa.string()),
+        ("response", pa.struct([("status_code", pa.int64()), ("body", pa.struct([]))])),
+        ("error", _ERROR_STRUCT),
+    ]
+)
+_BODY_SCHEMA = pa.schema(
+    [
+        (
+            "choices",
+            pa.list_(
+                pa.struct(
+                    [("message", pa.struct([("content", pa.string())])), ("text", pa.string())]
+                )
+            ),
+        ),
+        ("usage", pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())])),
+        ("error", _ERROR_STRUCT),
+        ("code", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+_TEXT_FIELD = {Endpoint.CHAT_COMPLETIONS.value: "message", "/v1/completions": "text"}
+_BODY_KEY = b'"body":'
+# What follows the body in the usual layout: the end of `response`, then `"error": null`.
+_TAIL_AFTER_BODY = r'\}\s*,\s*"error"\s*:\s*null\s*\}\s*$'
+_TAIL_WINDOW = 64
+_SPACES = np.frombuffer(b" \t\r", np.uint8)
+_MAX_SPACES = 8
+_BLOCK_BYTES = 8 << 20
+
+
+def _parse_chunk_columnar(
+    chunk: bytes, line_count: int, endpoint: str
+) -> tuple[pa.RecordBatch, np.ndarray] | None:
+    """The `line_count` lines of `chunk` as an outcome batch, parsed column-wise; None where
+    this path cannot be sure of the result.
+
+    A line's `response.body` is found without parsing: `"body":` cannot occur inside a JSON
+    string (its quotes would be escaped), so its first occurrence is a key; the body is what
+    follows it up to the end of `response` and a final `"error": null`. Arrow's JSON reader
+    then reads the bodies, which proves each is exactly one JSON object (else the chunk takes
+    the line-by-line path), and the whole lines for the rest. The body's bytes are kept
+    verbatim as `response_json`.
+    """
+    text_field = _TEXT_FIELD.get(endpoint)
+    if text_field is None or not chunk:
+        return None
+    if not chunk.endswith(b"\n"):
+        chunk += b"\n"
+    data = np.frombuffer(chunk, np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    starts = np.r_[0, ends[:-1] + 1]
+    # Every line must open an object: no blank lines (rows would shift against lines), and
+    # no bare `null` (Arrow's reader crashes on one).
+    if len(ends) != line_count or not (data[starts] == ord("{")).all():
+        return None
+    spans = _body_spans(chunk, starts, ends)
+    if spans is None:
+        return None
+    has_body = spans[:, 0] >= 0
+    braces = _braces(data, spans[has_body])
+    if braces is None:
+        return None
+    opens, closes = braces
+    bodies = [
+        chunk[begin : end + 1] for begin, end in zip(opens.tolist(), closes.tolist(), strict=True)
+    ]
+    parsed_bodies = _read_json(b"\n".join(bodies) + b"\n", len(bodies), _BODY_SCHEMA)
+    if parsed_bodies is None:
+        return None
+    envelope = _read_json(chunk, line_count, _LINE_SCHEMA)
+    if envelope is None:
+        return None
+    response = envelope.column("response")
+    custom_ids = envelope.column("custom_id")
+    http_status = pc.struct_field(response, "status_code").cast(pa.int32())
+    answered = response.is_valid()
+    if custom_ids.null_count or pc.sum(pc.and_(answered, http_status.is_null())).as_py():
+        return None  # the line-by-line path names the line
+    if not np.array_equal(
+        pc.struct_field(response, "body").is_valid().to_numpy(zero_copy_only=False), has_body
+    ):
+        return None  # a body this path did not find (`"body" :`, say)
+
+    def per_line(values: pa.RecordBatch | pa.Array) -> pa.RecordBatch | pa.Array:
+        """Values of the lines with a body, spread over all lines (null for the others)."""
+        if has_body.all():
+            return values
+        where = np.full(line_count, -1, np.int64)
+        where[has_body] = np.arange(len(bodies))
+        return values.take(pa.array(where, mask=where < 0))
+
+    body = per_line(parsed_bodies)
+    ok = pc.and_(pc.greater_equal(http_status, 200), pc.less(http_status, 300))
+    text = pc.struct_field(_first_items(body.column("choices")), text_field)
+    if text_field == "message":
+        text = pc.struct_field(text, "content")
+    usage = body.column("usage")
+    body_error = body.column("error")
+    line_error = envelope.column("error")
+    no_string = pa.scalar(None, pa.string())
+    http_code = pc.binary_join_element_wise("http_", http_status.cast(pa.string()), "")
+    code = pc.if_else(
+        answered,
+        pc.if_else(
+            ok,
+            no_string,
+            pc.coalesce(
+                pc.if_else(
+                    body_error.is_valid(), pc.struct_field(body_error, "code"), body.column("code")
+                ),
+                http_code,
+            ),
+        ),
+        pc.struct_field(line_error, "code"),
+    )
+    message = pc.if_else(
+        answered,
+        pc.if_else(
+            ok,
+            no_string,
+            pc.if_else(
+                body_error.is_valid(),
+                pc.struct_field(body_error, "message"),
+                body.column("message"),
+            ),
+        ),
+        pc.struct_field(line_error, "message"),
+    )
+    if pc.sum(pc.and_(pc.invert(answered), pc.and_(code.is_null(), message.is_null()))).as_py():
+        return None  # neither a response nor an error: the line-by-line path names the line
+    status, retryable = _classified(http_status, code)
+    succeeded = pc.fill_null(ok, False)
+
+    def when_succeeded(values: pa.Array) -> pa.Array:
+        return pc.if_else(succeeded, values, pa.scalar(None, values.type))
+
+    arrays = {
+        "custom_id": custom_ids,
+        "status": status,
+        "retryable": retryable,
+        "http_status": http_status,
+        "response_text": when_succeeded(text),
+        "response_json": per_line(pa.array(bodies, pa.binary()).cast(pa.string())),
+        "embedding": pa.nulls(line_count, pa.list_(pa.float32())),
+        "error_code": code,
+        "error_message": message,
+        "input_tokens": when_succeeded(pc.struct_field(usage, "prompt_tokens")),
+        "output_tokens": when_succeeded(pc.struct_field(usage, "completion_tokens")),
+        "batch_request_id": envelope.column("id"),
+    }
+    batch = pa.record_batch(
+        [_one_chunk(arrays[f.name]).cast(f.type) for f in OUTCOME_SCHEMA], schema=OUTCOME_SCHEMA
+    )
+    hashes = np.fromiter(map(hash, custom_ids.to_pylist()), dtype=np.int64, count=line_count)
+    return batch, hashes
+
+
+def _read_json(data: bytes, rows: int, schema: pa.Schema) -> pa.RecordBatch | None:
+    """JSON lines (one object each, `rows` of them) read with `schema`; None if any line does
+    not fit it."""
+    if not rows:
+        return pa.RecordBatch.from_pylist([], schema=schema)
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(data),
+            read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None  # including a line longer than a block
+    if table.num_rows != rows:  # a line holding two objects reads as two rows
+        return None
+    return pa.record_batch([_one_chunk(column) for column in table.columns], schema=schema)
+
+
+def _body_spans(chunk: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """Where each line's `response.body` lies in `chunk`: (begin, end) rows, (-1, -1) for a line
+    without `"body":`; None if a line with one does not end as the usual layout does."""
+    offsets = np.r_[starts, ends[-1] + 1].astype(np.int32)
+    lines = pa.Array.from_buffers(
+        pa.binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(chunk)]
+    )
+    key_at = pc.find_substring(lines, _BODY_KEY).to_numpy()
+    spans = np.full((len(starts), 2), -1, np.int64)
+    has_body = key_at >= 0
+    if not has_body.any():
+        return spans
+    tails = pc.binary_slice(lines.filter(pa.array(has_body)), -_TAIL_WINDOW)
+    tail_at = pc.find_substring_regex(tails, _TAIL_AFTER_BODY).to_numpy()
+    if (tail_at < 0).any():
+        return None
+    tail_length = pc.binary_length(tails).to_numpy()
+    spans[has_body, 0] = starts[has_body] + key_at[has_body] + len(_BODY_KEY)
+    spans[has_body, 1] = ends[has_body] + 1 - tail_length + tail_at
+    return spans
+
+
+def _braces(data: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The positions of the `{` opening and the `}` closing each span's object, past any
+    whitespace; None if a span does not hold an object."""
+    opens, closes = spans[:, 0].copy(), spans[:, 1] - 1
+    for _ in range(_MAX_SPACES):
+        opens += np.isin(data[opens], _SPACES)
+        closes -= np.isin(data[closes], _SPACES)
+    if (opens > closes).any() or not (
+        (data[opens] == ord("{")).all() and (data[closes] == ord("}")).all()
+    ):
+        return None
+    return opens, closes
+
+
+def _first_items(lists: pa.ChunkedArray | pa.Array) -> pa.StructArray:
+    """The first element of each list (null for a null or empty list)."""
+    lists = _one_chunk(lists)
+    present = pc.fill_null(pc.greater(pc.list_value_length(lists), 0), False)
+    kept = pc.if_else(present, lists, pa.scalar(None, lists.type))
+    return pc.list_element(_one_chunk(kept), 0)
+
+
+def _one_chunk(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _classified(http_status: pa.Array, code: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """`classify` applied to every (http_status, error_code) pair, calling it once per distinct
+    pair."""
+    # One text per pair, nulls included: "<status or ->|<n, or c + code>".
+    key = pc.binary_join_element_wise(
+        pc.fill_null(http_status.cast(pa.string()), "-"),
+        pc.fill_null(pc.binary_join_element_wise("c", code, ""), "n"),
+        "|",
+    )
+    indices = pc.dictionary_encode(key).indices.to_numpy()
+    _, first_rows = np.unique(indices, return_index=True)
+    verdicts = [
+        classify(status, error_code)
+        for status, error_code in zip(
+            http_status.take(first_rows).to_pylist(), code.take(first_rows).to_pylist(), strict=True
+        )
+    ]
+    where = pa.array(indices)
+    return (
+        pa.array([v[0].value for v in verdicts], pa.string()).take(where),
+        pa.array([v[1] for v in verdicts], pa.bool_()).take(where),
+    )
 
 
 def _malformed(path: Path, line: int, reason: str) -> OutcomeFileError:

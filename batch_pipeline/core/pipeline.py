@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -25,9 +26,9 @@ from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord, def
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
-from batch_pipeline.core.results import assemble_results
+from batch_pipeline.core.results import OutcomeGroup, assemble_results
 from batch_pipeline.core.results import read_results as read_results_dir
-from batch_pipeline.core.sharding import build_partition_requests, load_manifest
+from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests, load_manifest
 from batch_pipeline.core.sources import iter_partition_batches
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
@@ -440,7 +441,7 @@ class Pipeline:
         shards = self.ledger.shards(
             self.spec.name, partition=partition, generation=record.generation
         )
-        outcomes = _final_outcomes(self.storage, shards)
+        outcomes = _outcome_groups(self.storage, shards)
         rejected_path = f"requests/partition={partition}/gen={record.generation}/rejected.parquet"
         rejected = pq.read_table(self.storage.local_path(rejected_path))
         dest = f"results/partition={partition}/part-0.parquet"
@@ -611,8 +612,27 @@ class Pipeline:
         return record
 
 
+def _outcome_groups(storage: StorageRoot, shards: list[ShardRecord]) -> list[OutcomeGroup]:
+    """The outcomes of a generation as the results join takes them: per first-attempt shard
+    (shards hold the accepted rows in source order), with its retries, which keep its index."""
+    lineage: dict[int, list[ShardRecord]] = {}
+    for shard in shards:
+        lineage.setdefault(shard.shard_index, []).append(shard)
+    first = sorted(
+        (shard for shard in shards if shard.attempt == FIRST_ATTEMPT),
+        key=lambda shard: shard.shard_index,
+    )
+    orphans = sorted(set(lineage) - {shard.shard_index for shard in first})
+    if orphans:
+        raise PipelineError(f"retry shards {orphans} have no first-attempt shard of that index")
+    return [
+        OutcomeGroup(shard.rows, partial(_final_outcomes, storage, lineage[shard.shard_index]))
+        for shard in first
+    ]
+
+
 def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table:
-    """Every request's last outcome, with the number of attempts it took."""
+    """Every request's last outcome among these shards, with the number of attempts it took."""
     tables = [
         pq.read_table(storage.local_path(shard.outcomes_path))
         for shard in shards
@@ -624,12 +644,14 @@ def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table
             .append(pa.field("attempts", pa.int32()))
             .empty_table()
         )
-    combined = pa.concat_tables(tables, promote_options="permissive")
-    combined = combined.sort_by([("custom_id", "ascending"), ("attempt", "descending")])
-    ids = combined["custom_id"].combine_chunks()
-    changes = pc.not_equal(ids.slice(1), ids.slice(0, max(len(ids) - 1, 0)))
-    mask = pa.concat_arrays([pa.array([True] * min(len(ids), 1)), changes])
-    latest = combined.filter(mask)
+    latest = tables[0]
+    if len(tables) > 1:
+        combined = pa.concat_tables(tables, promote_options="permissive")
+        combined = combined.sort_by([("custom_id", "ascending"), ("attempt", "descending")])
+        ids = combined["custom_id"].combine_chunks()
+        changes = pc.not_equal(ids.slice(1), ids.slice(0, max(len(ids) - 1, 0)))
+        mask = pa.concat_arrays([pa.array([True] * min(len(ids), 1)), changes])
+        latest = combined.filter(mask)
     return latest.rename_columns(
         ["attempts" if name == "attempt" else name for name in latest.column_names]
     )

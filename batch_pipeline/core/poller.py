@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -159,6 +162,18 @@ class Poller(PipelineWorker):
     def _expected_ids(self, shard: ShardRecord) -> pa.Array:
         """The custom_ids of the shard's requests, read without parsing the bodies."""
         path = self.storage.local_path(shard.path)
+        ids = []
+        with path.open("rb") as handle:
+            while chunk := handle.read(ID_SCAN_BLOCK_BYTES):
+                chunk += handle.readline()  # up to the end of the line the read stopped in
+                found = _leading_custom_ids(chunk)
+                if found is None:
+                    return self._expected_ids_parsed(path)
+                ids.append(found)
+        return pa.chunked_array(ids, pa.string()).combine_chunks()
+
+    def _expected_ids_parsed(self, path: Path) -> pa.Array:
+        """`_expected_ids` for request lines of another layout: each line parsed as JSON."""
         try:
             table = pa_json.read_json(
                 path,
@@ -170,8 +185,8 @@ class Poller(PipelineWorker):
             )
             return table["custom_id"].combine_chunks()
         except pa.ArrowInvalid:  # a line longer than a block: read it line by line
-            ids = [cid for cid, _, _ in iter_request_lines(self.storage, [shard.path], None)]
-            return pa.array(ids, pa.string())
+            with path.open("rb") as lines:
+                return pa.array([orjson.loads(line)["custom_id"] for line in lines], pa.string())
 
     def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
         reason = "; ".join(f"{e.code}: {e.message}" for e in batch.errors) or "transient failure"
@@ -208,14 +223,18 @@ class Poller(PipelineWorker):
                 continue
             relative = f"{folder}/{name}.jsonl"
             try:
-                with self.storage.atomic_write(relative) as handle:
+                # Not flushed to disk: read at once, and fetched again if the outcomes, which
+                # are flushed, were never written.
+                with self.storage.atomic_write(relative, durable=False) as handle:
                     self.backend.download_file(file_id, handle)
             except NotFound:
                 log.warning("batch %s: %s file %s is gone", batch.id, name, file_id)
                 continue
             paths[name] = self.storage.local_path(relative)
         parsed = parse_outcomes(paths.get("output"), paths.get("errors"), endpoint=shard.endpoint)
-        parsed = parsed.filter(pc.is_in(parsed["custom_id"], value_set=expected))
+        asked = pc.is_in(parsed["custom_id"], value_set=expected)
+        if not pc.all(asked).as_py():  # lines for requests of other shards: not ours to keep
+            parsed = parsed.filter(asked)
         missing = pc.filter(expected, pc.invert(pc.is_in(expected, value_set=parsed["custom_id"])))
         if len(missing):
             cancelled = batch.status is BatchStatus.CANCELLED
@@ -269,6 +288,30 @@ class Poller(PipelineWorker):
             collected_at=self._clock(),
         )
         return CollectOutcome(shard.shard_id, succeeded, failed, len(retry_ids), retry_shard_ids)
+
+
+_LEADING_CUSTOM_ID = r'^\{"custom_id":"(?P<id>[^"\\]*)",'
+_LEADING_BYTES = 512
+
+
+def _leading_custom_ids(chunk: bytes) -> pa.Array | None:
+    """The custom_id of each line of `chunk`, where every line starts as the request builder
+    writes it (`{"custom_id":"<no escapes>",`); None otherwise."""
+    data = np.frombuffer(chunk, np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    if not len(ends) or ends[-1] != len(data) - 1:
+        return None
+    offsets = np.r_[0, ends + 1].astype(np.int32)
+    lines = pa.Array.from_buffers(
+        pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(chunk)]
+    )
+    found = pc.extract_regex(pc.binary_slice(lines, 0, _LEADING_BYTES), _LEADING_CUSTOM_ID)
+    if found.null_count:
+        return None
+    try:
+        return found.field("id").cast(pa.string())
+    except pa.ArrowInvalid:  # not UTF-8
+        return None
 
 
 def _synthetic_outcomes(

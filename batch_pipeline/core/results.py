@@ -4,11 +4,12 @@ Every source row of the partition appears exactly once, with a status. That is c
 here, before anything is written: a row without an outcome or a rejection, an outcome
 that no row claims, or an outcome claimed twice stops the write with an error naming them.
 
-The source is read once, in chunks: each chunk's custom_ids are computed and the chunk is
-spilled to a temporary Arrow file, so the join and the checks run over the custom_id
-column only (one hash lookup for the whole partition); the rows are then read back chunk
-by chunk, joined and written. Memory holds the outcome table and the id columns, not the
-source rows.
+The source is read once, in chunks, each joined and written at once. Its accepted rows (those
+without a rejection) follow the order the requests were built in, so the outcomes come as
+groups, one request shard and its retries each, that cover consecutive accepted rows: a group
+is read when the join reaches it and dropped when the join leaves it. Memory holds one chunk
+and one or two groups, however large the partition. A problem is counted over the whole
+partition before the error is raised, and the temporary file is dropped.
 
 Layout: `{results_dir}/partition={partition}/part-0.parquet` (Hive style), so
 `pandas.read_parquet(results_dir)` and DuckDB's `read_parquet(..., hive_partitioning=true)`
@@ -17,9 +18,8 @@ read all partitions whole.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from batch_pipeline.core.outcomes import AtomicParquetFile
-from batch_pipeline.core.storage import TEMP_PREFIX
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, AtomicParquetFile
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 PARTITION_KEY = "partition"
 SOURCE_PREFIX = "source_"
-CHUNK_ROWS = 65_536
+CHUNK_ROWS = 16_384
 REJECTED_CODE = "rejected"
 PREVIEW_ROWS = 5
 _PREVIEW_CHARS = 80
@@ -115,13 +114,23 @@ def results_schema(source_schema: pa.Schema, endpoint: str) -> tuple[pa.Schema, 
     return pa.schema([*source_fields, *result_fields]), renamed
 
 
+@dataclass(frozen=True)
+class OutcomeGroup:
+    """The outcomes of `rows` consecutive accepted source rows (one request shard with its
+    retries), read by `load` only when the join reaches them: a partition's outcomes are never
+    all in memory at once."""
+
+    rows: int
+    load: Callable[[], pa.Table]
+
+
 def assemble_results(
     *,
     source_batches: Iterable[pa.RecordBatch],
     key_column: str,
     partition: str,
     custom_id_of: Callable[[pa.Array], pa.Array],
-    outcomes: pa.Table,
+    outcomes: pa.Table | Sequence[OutcomeGroup],
     rejected: pa.Table | None,
     dest_path: Path,
     endpoint: str,
@@ -136,16 +145,18 @@ def assemble_results(
       yield none, so an empty partition still has the source's columns).
     - `custom_id_of`: a chunk of the key column -> its custom_ids (null where none).
     - `outcomes`: the final outcome per custom_id, in `OUTCOME_SCHEMA` columns (extra columns
-      are ignored; `attempts` and `batch_id` are used when the tables below are not given).
+      are ignored; `attempts` and `batch_id` are used when the tables below are not given):
+      one table, or `OutcomeGroup`s that follow the accepted source rows in order.
     - `rejected`: one row per rejected source row, duplicate keys included: `row_number`
       (int64, 0-based position in the source stream), `key`, `custom_id`, `reason`, and
-      optionally `code`. Without `row_number`, rejections are matched by custom_id: the
-      first row of a custom_id with an outcome takes the outcome, the others the rejections.
+      optionally `code`.
     - `attempts` (custom_id, attempts) and `batch_ids` (custom_id, batch_id): optional.
     - `dest_path`: `results_path(results_dir, partition)`.
 
-    Raises `ResultsIncompleteError` or `ResultsMismatchError` (naming up to 10 rows) before
-    anything is written when the rows, outcomes and rejections do not match one to one.
+    The source is read once, chunk by chunk, each chunk joined with the group of outcomes its
+    rows fall in. Raises `ResultsIncompleteError` or `ResultsMismatchError` (naming up to 10
+    rows) when the rows, outcomes and rejections do not match one to one; the file is then
+    left as it was.
     """
     dest_path = Path(dest_path)
     if dest_path.parent.name != f"{PARTITION_KEY}={partition}":
@@ -155,40 +166,53 @@ def assemble_results(
         )
     if isinstance(source_batches, pa.RecordBatchReader):
         source_schema = source_schema or source_batches.schema
-    outcome_table = _prepare_outcomes(outcomes, attempts, batch_ids, endpoint)
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(
-        dir=dest_path.parent, prefix=f"{TEMP_PREFIX}spill-"
-    ) as spill_dir:
-        spill = _spill_source(
-            source_batches, source_schema, key_column, custom_id_of, Path(spill_dir) / "source"
-        )
-        plan = _plan(spill, outcome_table, rejected)
-        schema, renamed = results_schema(spill.schema, endpoint)
-        counts: Counter[str] = Counter()
-        tokens = [0, 0]
-        preview: list[dict[str, Any]] = []
-        with (
-            AtomicParquetFile(dest_path, schema) as writer,
-            pa.OSFile(str(spill.path)) as spilled,
-            pa.ipc.open_file(spilled) as reader,
-        ):
-            offset = 0
-            for index in range(reader.num_record_batches):
-                batch = reader.get_batch(index)
-                out = _result_batch(batch, offset, spill, plan, outcome_table, schema)
-                offset += batch.num_rows
-                writer.write(out)
-                for item in pc.value_counts(out.column("status")).to_pylist():
-                    counts[item["values"]] += item["counts"]
-                tokens[0] += pc.sum(out.column("input_tokens")).as_py() or 0
-                tokens[1] += pc.sum(out.column("output_tokens")).as_py() or 0
-                if not preview:
-                    preview = _preview(out, renamed.get(key_column, key_column))
+    if isinstance(outcomes, pa.Table):
+        table = outcomes
+        groups: Sequence[OutcomeGroup] = [OutcomeGroup(table.num_rows, lambda: table)]
+    else:
+        groups = outcomes
+    joiner = _Joiner(
+        groups,
+        _prepare_rejected(rejected),
+        lambda table: _prepare_outcomes(table, attempts, batch_ids, endpoint),
+    )
+    writer: AtomicParquetFile | None = None
+    counts: Counter[str] = Counter()
+    tokens = [0, 0]
+    preview: list[dict[str, Any]] = []
+    schema, renamed = results_schema(source_schema or pa.schema([]), endpoint)
+    try:
+        for batch in _rebatched(source_batches, source_schema, CHUNK_ROWS):
+            if writer is None:
+                if key_column not in batch.schema.names:
+                    raise ValueError(f"the source has no key column {key_column!r}")
+                schema, renamed = results_schema(batch.schema, endpoint)
+                writer = AtomicParquetFile(dest_path, schema)
+            key = batch.column(key_column)
+            custom_ids = pa.array(custom_id_of(key), pa.string())
+            if len(custom_ids) != len(key):
+                raise ValueError("custom_id_of returned a different number of ids than keys")
+            out = joiner.join(batch, key, custom_ids, schema)
+            if out is None:
+                continue  # a problem was found: only checking from here on
+            writer.write(out)
+            for item in pc.value_counts(out.column("status")).to_pylist():
+                counts[item["values"]] += item["counts"]
+            tokens[0] += pc.sum(out.column("input_tokens")).as_py() or 0
+            tokens[1] += pc.sum(out.column("output_tokens")).as_py() or 0
+            if not preview:
+                preview = _preview(out, renamed.get(key_column, key_column))
+        joiner.finish()
+        if writer is None:  # no rows: the file still gets the source's columns
+            writer = AtomicParquetFile(dest_path, schema)
+        writer.commit()
+    finally:
+        if writer is not None:
+            writer.abort()
     return ResultsSummary(
         path=dest_path,
         partition=partition,
-        rows=spill.rows,
+        rows=joiner.rows,
         counts=dict(counts),
         input_tokens=tokens[0],
         output_tokens=tokens[1],
@@ -232,11 +256,8 @@ def _result_fields(endpoint: str) -> list[pa.Field]:
 def _prepare_outcomes(
     outcomes: pa.Table, attempts: pa.Table | None, batch_ids: pa.Table | None, endpoint: str
 ) -> pa.Table:
-    """The outcome columns the results take, with `attempts` and `batch_id` aligned to them.
-
-    Strings are held as large strings in one chunk, so taking rows per source chunk is
-    cheap and a partition's texts may pass 2 GB.
-    """
+    """The outcome columns the results take, with `attempts` and `batch_id` aligned to them,
+    in one chunk so that taking rows per source chunk is cheap."""
     wanted = [f for f in _result_fields(endpoint) if f.name not in ("attempts", "batch_id")]
     missing = [f.name for f in wanted if f.name not in outcomes.schema.names]
     if missing:
@@ -259,10 +280,7 @@ def _prepare_outcomes(
         else:
             values = pa.nulls(len(ids), type_)
         table = table.append_column(column, values.cast(type_))
-    large = pa.schema(
-        f.with_type(pa.large_string()) if f.type == pa.string() else f for f in table.schema
-    )
-    return table.cast(large).combine_chunks()
+    return table.combine_chunks()
 
 
 def _aligned(ids: pa.ChunkedArray, table: pa.Table, column: str) -> pa.Array:
@@ -279,63 +297,10 @@ def _duplicates(values: pa.ChunkedArray | pa.Array) -> list[Any]:
     return counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
 
 
-@dataclass
-class _Spill:
-    """The source rows spilled to an Arrow file, with their ids and keys kept in memory."""
-
-    path: Path
-    schema: pa.Schema
-    custom_ids: pa.ChunkedArray
-    keys: pa.ChunkedArray
-
-    @property
-    def rows(self) -> int:
-        return len(self.custom_ids)
-
-
-def _spill_source(
-    source_batches: Iterable[pa.RecordBatch],
-    schema: pa.Schema | None,
-    key_column: str,
-    custom_id_of: Callable[[pa.Array], pa.Array],
-    path: Path,
-) -> _Spill:
-    """Write the source to `path` in chunks of about `CHUNK_ROWS`, noting each row's custom_id."""
-    ids: list[pa.Array] = []
-    keys: list[pa.Array] = []
-    writer: pa.ipc.RecordBatchFileWriter | None = None
-    try:
-        for batch in _rebatched(source_batches, schema, CHUNK_ROWS):
-            if writer is None:
-                schema = batch.schema
-                if key_column not in schema.names:
-                    raise ValueError(f"the source has no key column {key_column!r}")
-                writer = pa.ipc.new_file(str(path), schema)
-            key = batch.column(key_column)
-            custom_id = pa.array(custom_id_of(key), pa.string())
-            if len(custom_id) != len(key):
-                raise ValueError("custom_id_of returned a different number of ids than keys")
-            ids.append(custom_id)
-            keys.append(key)
-            writer.write_batch(batch)
-        if writer is None:  # no rows: the file still gets the source's columns
-            schema = schema or pa.schema([(key_column, pa.string())])
-            writer = pa.ipc.new_file(str(path), schema)
-    finally:
-        if writer is not None:
-            writer.close()
-    return _Spill(
-        path=path,
-        schema=schema,
-        custom_ids=pa.chunked_array(ids, pa.string()),
-        keys=pa.chunked_array(keys, schema.field(key_column).type),
-    )
-
-
 def _rebatched(
     batches: Iterable[pa.RecordBatch], schema: pa.Schema | None, rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """The batches regrouped into batches of about `rows` rows, all with one schema."""
+    """The batches regrouped into batches of at most `rows` rows, all with one schema."""
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     for batch in batches:
@@ -349,188 +314,334 @@ def _rebatched(
         pending.append(batch)
         pending_rows += batch.num_rows
         if pending_rows >= rows:
-            yield from pa.Table.from_batches(pending, schema).combine_chunks().to_batches()
+            yield from _combined(pending, schema, rows)
             pending, pending_rows = [], 0
     if pending_rows:
-        yield from pa.Table.from_batches(pending, schema).combine_chunks().to_batches()
+        yield from _combined(pending, schema, rows)
 
 
-@dataclass
-class _Plan:
-    """For every source row: the outcome row it takes and the rejection it gets (-1: none)."""
-
-    outcome_index: np.ndarray
-    rejection_index: np.ndarray
-    rejections: pa.Table  # reason, code
-
-
-def _plan(spill: _Spill, outcomes: pa.Table, rejected: pa.Table | None) -> _Plan:
-    """Match every source row to one outcome or one rejection, or raise naming the culprits."""
-    n = spill.rows
-    outcome_ids = outcomes.column("custom_id").combine_chunks()
-    found = pc.index_in(spill.custom_ids, value_set=outcome_ids).combine_chunks()
-    outcome_index = found.fill_null(-1).to_numpy().astype(np.int64)
-
-    rejected = _prepare_rejected(rejected)
-    if "row_number" in rejected.schema.names:
-        row_numbers = rejected.column("row_number").to_numpy()
-        _check_row_numbers(spill, rejected, row_numbers)
-    else:
-        row_numbers = _rows_of_rejections(spill, rejected, outcome_index >= 0)
-    rejection_index = np.full(n, -1, dtype=np.int64)
-    rejection_index[row_numbers] = np.arange(len(row_numbers))
-    outcome_index[rejection_index >= 0] = -1
-
-    missing = np.flatnonzero((outcome_index < 0) & (rejection_index < 0))
-    if len(missing):
-        named = ", ".join(
-            f"{spill.keys[i].as_py()!r} ({spill.custom_ids[i].as_py()})"
-            for i in missing[:_MAX_NAMED].tolist()
-        )
-        raise ResultsIncompleteError(
-            f"{len(missing)} source rows have no outcome and no rejection, e.g. the keys "
-            f"{named}; refusing to write results that would lose them"
-        )
-    claims = np.bincount(outcome_index[outcome_index >= 0], minlength=len(outcome_ids))
-    for problem, culprits in (
-        ("are claimed by several source rows (duplicate keys not rejected)", claims > 1),
-        ("match no accepted source row of the partition", claims == 0),
-    ):
-        where = np.flatnonzero(culprits)
-        if len(where):
-            named_ids = outcome_ids.take(pa.array(where[:_MAX_NAMED])).to_pylist()
-            raise ResultsMismatchError(f"{len(where)} outcomes {problem}, e.g. {named_ids}")
-    return _Plan(outcome_index, rejection_index, rejected.select(["reason", "code"]))
+def _combined(
+    batches: list[pa.RecordBatch], schema: pa.Schema, rows: int
+) -> Iterator[pa.RecordBatch]:
+    combined = pa.Table.from_batches(batches, schema).combine_chunks()
+    yield from combined.to_batches(max_chunksize=rows)
 
 
 def _prepare_rejected(rejected: pa.Table | None) -> pa.Table:
-    """`rejected` with the expected types and a `code` column (default "rejected")."""
-    if rejected is None:
+    """`rejected` sorted by row number, with the expected types and a `code` column (default
+    "rejected"); rows rejected twice or before the first row are refused."""
+    if rejected is None or not rejected.num_rows:
         rejected = pa.table({"row_number": pa.array([], pa.int64())})
-    columns = {
-        name: rejected.column(name).cast(type_)
-        if name in rejected.schema.names
-        else pa.nulls(rejected.num_rows, type_)
-        for name, type_ in (("key", pa.string()), ("custom_id", pa.string()))
-    }
+    if "row_number" not in rejected.schema.names:
+        raise ValueError("the rejected table lacks the column 'row_number'")
     if "reason" not in rejected.schema.names and rejected.num_rows:
         raise ValueError("the rejected table lacks the column 'reason'")
-    columns["reason"] = (
-        rejected.column("reason").cast(pa.string())
-        if "reason" in rejected.schema.names
-        else pa.nulls(0, pa.string())
-    )
-    columns["code"] = (
-        rejected.column("code").cast(pa.string()).fill_null(REJECTED_CODE)
-        if "code" in rejected.schema.names
-        else pa.array([REJECTED_CODE] * rejected.num_rows, pa.string())
-    )
-    if "row_number" in rejected.schema.names:
-        columns["row_number"] = rejected.column("row_number").cast(pa.int64())
-    return pa.table(columns)
+    count = rejected.num_rows
 
+    def column(name: str, type_: pa.DataType, default: Any = None) -> pa.Array:
+        if name not in rejected.schema.names:
+            return pa.array([default] * count, type_)
+        values = rejected.column(name).cast(type_)
+        return values.fill_null(default) if default is not None else values
 
-def _check_row_numbers(spill: _Spill, rejected: pa.Table, row_numbers: np.ndarray) -> None:
-    """Rejections must name distinct rows of the source, holding the key they carry."""
-    outside = row_numbers[(row_numbers < 0) | (row_numbers >= spill.rows)]
-    if len(outside):
-        raise ResultsMismatchError(
-            f"{len(outside)} rejections name rows beyond the {spill.rows} source rows, "
-            f"e.g. {outside[:_MAX_NAMED].tolist()}"
-        )
-    repeated = _duplicates(rejected.column("row_number"))
+    table = pa.table(
+        {
+            "row_number": column("row_number", pa.int64()),
+            "key": column("key", pa.string()),
+            "custom_id": column("custom_id", pa.string()),
+            "reason": column("reason", pa.string()),
+            "code": column("code", pa.string(), REJECTED_CODE),
+        }
+    ).sort_by("row_number")
+    repeated = _duplicates(table.column("row_number"))
     if repeated:
         raise ResultsMismatchError(f"rows rejected more than once: {repeated[:_MAX_NAMED]}")
-    key_type = spill.keys.type
-    if not (pa.types.is_string(key_type) or pa.types.is_integer(key_type)) or not len(rejected):
-        return  # other key types print differently here and in the request builder
-    source_keys = spill.keys.take(pa.array(row_numbers)).cast(pa.string()).combine_chunks()
-    given_keys = rejected.column("key").combine_chunks()
-    same = pc.fill_null(pc.equal(source_keys, given_keys), pc.is_null(given_keys))
-    wrong = np.flatnonzero(~same.to_numpy(zero_copy_only=False))
-    if len(wrong):
-        examples = [
-            f"row {row_numbers[i]}: key {given_keys[i].as_py()!r} in the rejection, "
-            f"{source_keys[i].as_py()!r} in the source"
-            for i in wrong[:_MAX_NAMED].tolist()
-        ]
+    negative = pc.filter(table.column("row_number"), pc.less(table.column("row_number"), 0))
+    if len(negative):
         raise ResultsMismatchError(
-            f"{len(wrong)} rejections do not match the source row they name: {examples}"
+            f"{len(negative)} rejections name rows before the first source row, "
+            f"e.g. {negative.to_pylist()[:_MAX_NAMED]}"
+        )
+    return table.combine_chunks()
+
+
+class _Problems:
+    """What does not add up, counted over the whole partition, with the first examples."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, tuple[int, list[str]]] = {}
+
+    def add(self, kind: str, examples: Callable[[], list[str]], count: int) -> None:
+        if count:
+            seen, named = self.found.get(kind, (0, []))
+            if len(named) < _MAX_NAMED:
+                named = named + examples()[: _MAX_NAMED - len(named)]
+            self.found[kind] = (seen + count, named)
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+    def raise_first(self, source_rows: int) -> None:
+        for kind, (error, template) in _PROBLEMS.items():
+            if kind in self.found:
+                count, named = self.found[kind]
+                message = template.format(count=count, named=", ".join(named), rows=source_rows)
+                raise error(message)
+
+
+_PROBLEMS: dict[str, tuple[type[ResultsError], str]] = {
+    "rejection_beyond": (
+        ResultsMismatchError,
+        "{count} rejections name rows beyond the {rows} source rows, e.g. {named}",
+    ),
+    "rejection_key": (
+        ResultsMismatchError,
+        "{count} rejections do not match the source row they name: {named}",
+    ),
+    "claimed_twice": (
+        ResultsMismatchError,
+        "{count} outcomes are claimed by several source rows (duplicate keys not rejected), "
+        "e.g. {named}",
+    ),
+    "no_outcome": (
+        ResultsIncompleteError,
+        "{count} source rows have no outcome and no rejection, e.g. the keys {named}; "
+        "refusing to write results that would lose them",
+    ),
+    "unclaimed": (
+        ResultsMismatchError,
+        "{count} outcomes match no accepted source row of the partition, e.g. {named}",
+    ),
+}
+
+
+@dataclass
+class _Group:
+    """The outcome group being joined: its table and which of its rows are taken."""
+
+    first_row: int  # ordinal of its first accepted source row
+    rows: int
+    table: pa.Table
+    ids: pa.Array
+    claimed: np.ndarray
+
+
+class _Joiner:
+    """Joins source chunks, in order, with the rejections and the outcome groups."""
+
+    def __init__(
+        self,
+        groups: Sequence[OutcomeGroup],
+        rejected: pa.Table,
+        prepare: Callable[[pa.Table], pa.Table],
+    ) -> None:
+        self._groups = list(groups)
+        self._next_group = 0
+        self._prepare = prepare
+        self._group: _Group | None = None
+        self._previous_ids: pa.Array | None = None  # taken in the group before: for messages
+        self._rejected = rejected
+        self._rejected_rows = rejected.column("row_number").to_numpy()
+        self._accepted = 0  # accepted source rows so far
+        self.rows = 0  # source rows so far
+        self.problems = _Problems()
+
+    def join(
+        self, batch: pa.RecordBatch, key: pa.Array, custom_ids: pa.Array, schema: pa.Schema
+    ) -> pa.RecordBatch | None:
+        """The chunk with its results columns; None once a problem has been found."""
+        offset, count = self.rows, batch.num_rows
+        self.rows += count
+        low, high = np.searchsorted(self._rejected_rows, [offset, offset + count])
+        rejection_index = np.full(count, -1, dtype=np.int64)
+        rejection_index[self._rejected_rows[low:high] - offset] = np.arange(low, high)
+        self._check_rejected_keys(key, rejection_index)
+        accepted = np.flatnonzero(rejection_index < 0)
+        taken = self._take_outcomes(key, custom_ids, accepted)
+        if self.problems:
+            return None
+        if len(accepted) < count:  # rows for the rejected ones, null
+            expand = np.full(count, -1, dtype=np.int64)
+            expand[accepted] = np.arange(len(accepted))
+            taken = taken.take(pa.array(expand, mask=expand < 0))
+        taken = taken.combine_chunks()
+        is_rejected = pa.array(rejection_index >= 0)
+        rejection = self._rejected.take(pa.array(rejection_index, mask=rejection_index < 0))
+
+        def outcome_or(name: str, if_rejected: pa.Array | pa.Scalar) -> pa.Array:
+            return pc.if_else(is_rejected, if_rejected, taken.column(name).combine_chunks())
+
+        columns = {
+            "custom_id": custom_ids,
+            "status": outcome_or("status", pa.scalar(RowStatus.REJECTED.value)),
+            "attempts": outcome_or("attempts", pa.scalar(0, pa.int32())),
+            "error_code": outcome_or("error_code", rejection.column("code").combine_chunks()),
+            "error_message": outcome_or(
+                "error_message", rejection.column("reason").combine_chunks()
+            ),
+        }
+        arrays = list(batch.columns)
+        for f in list(schema)[batch.num_columns :]:
+            column = columns[f.name] if f.name in columns else taken.column(f.name)
+            arrays.append(_one_chunk(column).cast(f.type))
+        return pa.record_batch(arrays, schema=schema)
+
+    def finish(self) -> None:
+        """Raise for what did not add up: rejections past the end, outcomes no row took."""
+        beyond = self._rejected_rows[self._rejected_rows >= self.rows]
+        self.problems.add(
+            "rejection_beyond",
+            lambda: [f"row {row} of {self.rows}" for row in beyond.tolist()],
+            len(beyond),
+        )
+        while self._group is not None or self._next_group < len(self._groups):
+            if self._group is None:
+                self._open_next()
+                continue
+            self._close(self._group)
+            self._group = None
+        self.problems.raise_first(self.rows)
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _take_outcomes(self, key: pa.Array, custom_ids: pa.Array, accepted: np.ndarray) -> pa.Table:
+        """The outcome rows of the accepted rows, in their order."""
+        pieces = []
+        done = 0
+        while done < len(accepted):
+            group = self._current()
+            if group is None:  # past the last group
+                rows = accepted[done:]
+            else:
+                left_in_group = group.first_row + group.rows - self._accepted
+                rows = accepted[done : done + left_in_group]
+            done += len(rows)
+            self._accepted += len(rows)
+            ids = custom_ids.take(pa.array(rows))
+            if group is None:
+                self._no_outcome(key, ids, rows, np.ones(len(rows), dtype=bool))
+                continue
+            found = pc.index_in(ids, value_set=group.ids)
+            missing = found.is_null().to_numpy(zero_copy_only=False)
+            self._no_outcome(key, ids, rows, missing)
+            self._claim(group, found.drop_null().to_numpy().astype(np.int64))
+            pieces.append(group.table.take(found))
+        if not pieces:
+            return self._empty_outcomes()
+        return pa.concat_tables(pieces)
+
+    def _claim(self, group: _Group, positions: np.ndarray) -> None:
+        """Mark these outcome rows taken; note those taken before or twice here."""
+        order = np.sort(positions)
+        again = order[1:][order[1:] == order[:-1]]
+        twice = np.union1d(again, positions[group.claimed[positions]])
+        group.claimed[positions] = True
+        self.problems.add(
+            "claimed_twice",
+            lambda: group.ids.take(pa.array(twice[:_MAX_NAMED])).to_pylist(),
+            len(twice),
+        )
+
+    def _current(self) -> _Group | None:
+        """The group the next accepted row falls in (None: past the last one)."""
+        while self._group is None or self._accepted >= self._group.first_row + self._group.rows:
+            if self._group is not None:
+                self._close(self._group)
+                self._previous_ids, self._group = self._claimed_ids(self._group), None
+            if self._next_group >= len(self._groups):
+                return None
+            self._open_next()
+        return self._group
+
+    def _open_next(self) -> None:
+        group = self._groups[self._next_group]
+        self._next_group += 1
+        table = self._prepare(group.load())
+        first_row = (
+            self._accepted if self._group is None else self._group.first_row + self._group.rows
+        )
+        self._group = _Group(
+            first_row=first_row,
+            rows=group.rows,
+            table=table,
+            ids=table.column("custom_id").combine_chunks(),
+            claimed=np.zeros(table.num_rows, dtype=bool),
+        )
+        self._template = table.schema
+
+    def _close(self, group: _Group) -> None:
+        unclaimed = np.flatnonzero(~group.claimed)
+        self.problems.add(
+            "unclaimed",
+            lambda: group.ids.take(pa.array(unclaimed[:_MAX_NAMED])).to_pylist(),
+            len(unclaimed),
+        )
+
+    def _no_outcome(
+        self, key: pa.Array, ids: pa.Array, rows: np.ndarray, missing: np.ndarray
+    ) -> None:
+        """Note accepted rows without an outcome in their group: a key repeated without a
+        rejection when an outcome of the current or previous group has it, else lost rows."""
+        if not missing.any():
+            return
+        where = np.flatnonzero(missing)
+        missing_ids = ids.take(pa.array(where))
+        repeated = np.zeros(len(where), dtype=bool)
+        for known in (self._claimed_ids(self._group), self._previous_ids):
+            if known is not None:
+                repeated |= pc.is_in(missing_ids, value_set=known).to_numpy(zero_copy_only=False)
+        self.problems.add(
+            "claimed_twice",
+            lambda: missing_ids.filter(pa.array(repeated)).to_pylist(),
+            int(repeated.sum()),
+        )
+        lost = rows[where[~repeated]]
+        self.problems.add(
+            "no_outcome",
+            lambda: [
+                f"{key[i].as_py()!r} ({ids[j].as_py()})"
+                for i, j in zip(
+                    lost[:_MAX_NAMED].tolist(), where[~repeated][:_MAX_NAMED].tolist(), strict=True
+                )
+            ],
+            len(lost),
+        )
+
+    @staticmethod
+    def _claimed_ids(group: _Group | None) -> pa.Array | None:
+        return None if group is None else group.ids.filter(pa.array(group.claimed))
+
+    def _empty_outcomes(self) -> pa.Table:
+        template = getattr(self, "_template", None)
+        if template is None:
+            template = self._prepare(OUTCOME_SCHEMA.empty_table()).schema
+            self._template = template
+        return template.empty_table()
+
+    # -- rejections -------------------------------------------------------------------------
+
+    def _check_rejected_keys(self, key: pa.Array, rejection_index: np.ndarray) -> None:
+        """A rejection must carry the key of the row it names."""
+        rows = np.flatnonzero(rejection_index >= 0)
+        if not len(rows) or not (pa.types.is_string(key.type) or pa.types.is_integer(key.type)):
+            return  # other key types print differently here and in the request builder
+        source_keys = key.take(pa.array(rows)).cast(pa.string())
+        given = self._rejected.column("key").take(pa.array(rejection_index[rows])).combine_chunks()
+        same = pc.fill_null(pc.equal(source_keys, given), pc.is_null(given))
+        wrong = np.flatnonzero(~same.to_numpy(zero_copy_only=False))
+        self.problems.add(
+            "rejection_key",
+            lambda: [
+                f"row {self.rows - len(key) + rows[i]}: key {given[i].as_py()!r} in the "
+                f"rejection, {source_keys[i].as_py()!r} in the source"
+                for i in wrong[:_MAX_NAMED].tolist()
+            ],
+            len(wrong),
         )
 
 
-def _rows_of_rejections(spill: _Spill, rejected: pa.Table, has_outcome: np.ndarray) -> np.ndarray:
-    """Row numbers for rejections that carry none, matched by custom_id (or key) in order.
-
-    Within the rows sharing a custom_id, the first takes the outcome if there is one; the
-    rejections of that custom_id go to the remaining rows in source order.
-    """
-    source = pc.coalesce(spill.custom_ids, pc.cast(spill.keys, pa.string())).combine_chunks()
-    given = pc.coalesce(rejected.column("custom_id"), rejected.column("key")).combine_chunks()
-    both = pa.concat_arrays([source, given])
-    codes = pc.dictionary_encode(both, null_encoding="encode").indices.to_numpy()
-    source_codes, given_codes = codes[: len(source)], codes[len(source) :]
-    eligible_rank = _rank_within_groups(source_codes) - has_outcome
-    eligible = np.flatnonzero(eligible_rank >= 0)
-    width = len(source) + len(given) + 1
-    slots = source_codes[eligible] * width + eligible_rank[eligible]
-    order = np.argsort(slots, kind="stable")
-    sorted_slots = slots[order]
-    wanted = given_codes * width + _rank_within_groups(given_codes)
-    position = np.searchsorted(sorted_slots, wanted)
-    matched = position < len(sorted_slots)
-    matched[matched] = sorted_slots[position[matched]] == wanted[matched]
-    if not matched.all():
-        unmatched = rejected.column("key").take(pa.array(np.flatnonzero(~matched)))
-        raise ResultsMismatchError(
-            f"{len(unmatched)} rejections match no source row without an outcome, "
-            f"e.g. the keys {unmatched.to_pylist()[:_MAX_NAMED]}"
-        )
-    return eligible[order[position]]
-
-
-def _rank_within_groups(codes: np.ndarray) -> np.ndarray:
-    """For each element, how many equal codes come before it (0 for the first)."""
-    order = np.argsort(codes, kind="stable")
-    ordered = codes[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
-    ranks = np.empty(len(codes), dtype=np.int64)
-    ranks[order] = np.arange(len(codes)) - group_start
-    return ranks
-
-
-def _result_batch(
-    batch: pa.RecordBatch,
-    offset: int,
-    spill: _Spill,
-    plan: _Plan,
-    outcomes: pa.Table,
-    schema: pa.Schema,
-) -> pa.RecordBatch:
-    """One chunk of source rows, starting at row `offset`, with their results columns."""
-    rows = slice(offset, offset + batch.num_rows)
-    outcome_index = plan.outcome_index[rows]
-    rejection_index = plan.rejection_index[rows]
-    is_rejected = pa.array(rejection_index >= 0)
-    taken = outcomes.take(pa.array(outcome_index, mask=outcome_index < 0)).combine_chunks()
-    rejection = plan.rejections.take(pa.array(rejection_index, mask=rejection_index < 0))
-
-    def outcome_or(name: str, if_rejected: pa.Array | pa.Scalar) -> pa.Array:
-        return pc.if_else(is_rejected, if_rejected, taken.column(name).combine_chunks())
-
-    columns = {
-        "custom_id": spill.custom_ids.slice(offset, batch.num_rows).combine_chunks(),
-        "status": outcome_or("status", pa.scalar(RowStatus.REJECTED.value)),
-        "attempts": outcome_or("attempts", pa.scalar(0, pa.int32())),
-        "error_code": outcome_or("error_code", rejection.column("code").combine_chunks()),
-        "error_message": outcome_or("error_message", rejection.column("reason").combine_chunks()),
-    }
-    arrays = list(batch.columns)
-    for f in list(schema)[batch.num_columns :]:
-        column = columns[f.name] if f.name in columns else taken.column(f.name).combine_chunks()
-        arrays.append(column.cast(f.type))
-    return pa.record_batch(arrays, schema=schema)
+def _one_chunk(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _preview(batch: pa.RecordBatch, key_column: str) -> list[dict[str, Any]]:

@@ -30,8 +30,11 @@ class StorageRoot(Protocol):
 
     def open_read(self, rel: str) -> BinaryIO: ...
 
-    def atomic_write(self, rel: str) -> contextlib.AbstractContextManager[BinaryIO]:
-        """A binary file whose content appears under `rel` only if the block ends normally."""
+    def atomic_write(
+        self, rel: str, *, durable: bool = True
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A binary file whose content appears under `rel` only if the block ends normally;
+        `durable=False` skips flushing it to disk, for copies that can be fetched again."""
         ...
 
     def write_bytes(self, rel: str, data: bytes) -> None: ...
@@ -81,8 +84,9 @@ class LocalStorage:
         return self.local_path(rel).open("rb")
 
     @contextlib.contextmanager
-    def atomic_write(self, rel: str) -> Iterator[BinaryIO]:
-        """Write to a temporary file beside the target, fsync it, then rename it into place.
+    def atomic_write(self, rel: str, *, durable: bool = True) -> Iterator[BinaryIO]:
+        """Write to a temporary file beside the target, fsync it (if `durable`), then rename it
+        into place.
 
         On an exception the temporary file is removed and the target is left untouched.
         """
@@ -95,13 +99,15 @@ class LocalStorage:
             with handle:
                 yield handle  # type: ignore[misc]
                 handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    os.fsync(handle.fileno())
             os.replace(handle.name, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(handle.name)
             raise
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         with self.atomic_write(rel) as out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import random
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from batch_pipeline.core import outcomes as outcomes_module
 from batch_pipeline.core.outcomes import (
     OUTCOME_SCHEMA,
     OutcomeFileError,
@@ -368,3 +370,76 @@ def test_streaming_memory_does_not_grow_with_the_files(tmp_path: Path) -> None:
     large_peak, large_size = peak_kib(80_000)
     # Eight times the lines: the peak grows by the custom_id column, far less than the files.
     assert large_peak - small_peak < (large_size - small_size) / 2
+
+
+def spaced(line: dict[str, Any]) -> bytes:
+    """A line as OpenAI writes it: a space after every colon and comma."""
+    return json.dumps(line, ensure_ascii=False).encode()
+
+
+TRICKY_LINES: dict[str, bytes] = {
+    "compact": orjson.dumps(answer("a-1", chat_body("plain"))),
+    "spaced": spaced(answer("a-2", chat_body("spaced out, with: punctuation"))),
+    "crlf": orjson.dumps(answer("a-3", chat_body("windows"))) + b"\r",
+    "quoted key text": orjson.dumps(answer('a-"body": {}', chat_body('say "body": {"x": 1}'))),
+    "tool call": orjson.dumps(
+        answer("a-4", {**chat_body("x"), "choices": [{"message": {"content": None}}]})
+    ),
+    "no choices": orjson.dumps(answer("a-5", {"usage": {"prompt_tokens": 3}})),
+    "content parts": orjson.dumps(
+        answer("a-6", {**chat_body("x"), "choices": [{"message": {"content": [{"t": 1}]}}]})
+    ),
+    "key after body": orjson.dumps(answer("a-7", chat_body("late")))[: -len(b'},"error":null}')]
+    + b',"extra":{"body":1}},"error":null}',
+    "error body": orjson.dumps(failure("a-8", 400, "invalid_request", "bad model")),
+    "error without code": orjson.dumps(failure("a-9", 503, None, "overloaded")),
+    "error line": orjson.dumps(unanswered("a-10", "batch_expired")),
+    "unicode": orjson.dumps(answer("a-11", chat_body("Zürich 東京 \u2028 line"))),
+    "numeric code": orjson.dumps(
+        answer("a-12", {"error": {"code": 42, "message": "odd"}}, status=500)
+    ),
+}
+
+
+NOT_COLUMNAR = {"content parts", "key after body", "numeric code"}
+
+
+@pytest.mark.parametrize("shape", sorted(TRICKY_LINES))
+def test_both_parsing_paths_agree_on_every_line_shape(
+    tmp_path: Path, shape: str, monkeypatch
+) -> None:
+    """Arrow's column-wise path and the line-by-line path give the same rows, whichever path a
+    shape takes (a shape Arrow cannot be sure of falls back whole)."""
+    ordinary = [orjson.dumps(answer(f"n-{i}", chat_body(f"label {i}", 5, i))) for i in range(20)]
+    path = tmp_path / "output.jsonl"
+    path.write_bytes(b"\n".join([*ordinary[:10], TRICKY_LINES[shape], *ordinary[10:]]) + b"\n")
+
+    parse_columns = outcomes_module._parse_chunk_columnar
+    took_columns = []
+    monkeypatch.setattr(
+        outcomes_module,
+        "_parse_chunk_columnar",
+        lambda *args: took_columns.append(parse_columns(*args) is not None) or parse_columns(*args),
+    )
+    columnar = parse_outcomes(path, None, endpoint=CHAT)
+    assert took_columns == [shape not in NOT_COLUMNAR]
+    monkeypatch.setattr(outcomes_module, "_parse_chunk_columnar", lambda *args: None)
+    line_by_line = parse_outcomes(path, None, endpoint=CHAT)
+
+    assert columnar.num_rows == line_by_line.num_rows == 21
+    assert columnar.drop_columns("response_json").equals(line_by_line.drop_columns("response_json"))
+    for fast, slow in zip(
+        columnar["response_json"].to_pylist(),
+        line_by_line["response_json"].to_pylist(),
+        strict=True,
+    ):
+        assert (fast is None) == (slow is None)
+        if fast is not None:
+            assert orjson.loads(fast) == orjson.loads(slow)
+
+
+def test_a_bare_null_line_is_named_not_fed_to_arrow(tmp_path: Path) -> None:
+    path = tmp_path / "output.jsonl"
+    path.write_bytes(b"null\n" + orjson.dumps(answer("a", chat_body("x"))) + b"\n")
+    with pytest.raises(OutcomeFileError, match=r"output.jsonl, line 1: no custom_id"):
+        parse_outcomes(path, None, endpoint=CHAT)

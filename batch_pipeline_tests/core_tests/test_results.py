@@ -15,6 +15,7 @@ import pytest
 from batch_pipeline.core import results as results_module
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA
 from batch_pipeline.core.results import (
+    OutcomeGroup,
     ResultsIncompleteError,
     ResultsMismatchError,
     assemble_results,
@@ -157,21 +158,11 @@ def test_every_source_row_appears_once_with_its_status(tmp_path: Path) -> None:
     assert summary.path.stat().st_mode == plain.stat().st_mode
 
 
-def test_duplicate_keys_match_rejections_by_custom_id_without_row_numbers(
-    tmp_path: Path,
-) -> None:
-    rejected = rejections((1, "x", "duplicate key"), (3, "y", "no subject")).drop_columns(
-        "row_number"
-    )
-    summary = assemble(
-        tmp_path,
-        source(["x", "x", "z", "y"]),
-        outcomes=outcomes(outcome("x"), outcome("z")),
-        rejected=rejected,
-    )
-    frame = pq.read_table(summary.path).to_pandas()
-    assert frame["status"].tolist() == ["succeeded", "rejected", "succeeded", "rejected"]
-    assert frame["error_message"].tolist()[1::2] == ["duplicate key", "no subject"]
+def test_rejections_must_say_which_row_they_reject(tmp_path: Path) -> None:
+    rejected = rejections((1, "x", "duplicate key")).drop_columns("row_number")
+    with pytest.raises(ValueError, match="lacks the column 'row_number'"):
+        assemble(tmp_path, source(["x", "x"]), outcomes=outcomes(outcome("x")), rejected=rejected)
+    assert files_under(tmp_path) == []
 
 
 def test_a_row_without_outcome_or_rejection_stops_the_write(tmp_path: Path) -> None:
@@ -340,3 +331,43 @@ def test_the_destination_must_be_the_partition_folder(tmp_path: Path) -> None:
             dest_path=tmp_path / "results.parquet",
             endpoint=CHAT,
         )
+
+
+def test_outcome_groups_are_read_in_turn_as_the_join_reaches_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
+    keys = [f"k{i:02d}" for i in range(30)]
+    rejected_rows = {0: "empty", 9: "too long", 10: "duplicate key", 29: "empty"}
+    accepted = [key for row, key in enumerate(keys) if row not in rejected_rows]
+    loads: list[int] = []
+
+    def group(index: int, members: list[str]) -> OutcomeGroup:
+        table = outcomes(*(outcome(key) for key in reversed(members)))  # not in source order
+        return OutcomeGroup(len(members), lambda: loads.append(index) or table)
+
+    groups = [group(0, accepted[:7]), group(1, accepted[7:15]), group(2, accepted[15:])]
+    summary = assemble(
+        tmp_path,
+        source(keys),
+        outcomes=groups,
+        rejected=rejections(*((row, keys[row], reason) for row, reason in rejected_rows.items())),
+    )
+
+    assert loads == [0, 1, 2]
+    written = pq.read_table(summary.path)
+    assert written["ticket_id"].to_pylist() == keys
+    assert written["response_text"].to_pylist() == [
+        None if row in rejected_rows else f"label {key}" for row, key in enumerate(keys)
+    ]
+    rejected = written.filter(pc.equal(written["status"], "rejected"))
+    assert rejected["error_message"].to_pylist() == list(rejected_rows.values())
+
+
+def test_an_outcome_in_the_wrong_group_stops_the_write(tmp_path: Path) -> None:
+    first = outcomes(outcome("a"), outcome("c"))
+    second = outcomes(outcome("b"), outcome("d"))
+    groups = [OutcomeGroup(2, lambda: first), OutcomeGroup(2, lambda: second)]
+    with pytest.raises(ResultsIncompleteError, match=r"2 source rows .*'b' .*'c'"):
+        assemble(tmp_path, source(["a", "b", "c", "d"]), outcomes=groups)
+    assert files_under(tmp_path / "results") == []
