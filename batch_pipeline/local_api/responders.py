@@ -68,12 +68,56 @@ def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
     return None
 
 
-def _echo(text: str, tokens: int, limit: int | None, model: str) -> tuple[str, int, bool]:
-    """The echoed text cut to `limit` tokens: (text, its token count, whether it was cut)."""
-    if limit is None or tokens <= limit:
-        return text, tokens, False
+def _token_ids(encoding: Any, text: str) -> list[int]:
+    """`encoding.encode_ordinary(text)`, with a shortcut for plain ASCII text.
+
+    ASCII text needs none of the wrapper's care (no surrogates to replace), so the native
+    tokenizer is called directly; any other text, or one the wrapper would refuse (too long,
+    too many tokens), takes the public method, with its errors.
+    """
+    backend = getattr(encoding, "_backend", None)
+    runtime = getattr(encoding, "_runtime", None)
+    if backend is not None and runtime is not None and len(text) < 100_000 and text.isascii():
+        ids = backend.encode(text)
+        if isinstance(ids, list) and len(ids) <= (runtime.chunk_limit or 0):
+            return ids
+    return encoding.encode_ordinary(text)
+
+
+def _decode(encoding: Any, tokens: list[int]) -> str:
+    """The text of `tokens`, as `encoding.decode` gives it (invalid UTF-8 replaced).
+
+    The tokenizer's native decoder is tried first: it is strict, so when it succeeds its
+    text is the very one `decode` would build (byte by byte, in Python) from the same bytes.
+    """
+    backend = getattr(encoding, "_backend", None)
+    if backend is not None:
+        try:
+            text = backend.decode(tokens)
+        except Exception:  # invalid UTF-8 at the cut (or no such method): the slow path
+            pass
+        else:
+            if isinstance(text, str):
+                return text
+    return encoding.decode(tokens)
+
+
+def _echo(text: str, limit: int | None, model: str) -> tuple[str, int, int, bool]:
+    """The echoed text cut to `limit` tokens.
+
+    Returns (text, the exact token count of the whole text, that of the echo, whether it
+    was cut). A text that may be cut is tokenized once, for both counts and the cut.
+    """
+    if not text:
+        return text, 0, 0, False
+    if limit is None:
+        tokens = count_tokens(text, model)
+        return text, tokens, tokens, False
     encoding = encoding_for_model(model)
-    return encoding.decode(encoding.encode_ordinary(text)[:limit]), limit, True
+    ids = _token_ids(encoding, text)
+    if len(ids) <= limit:
+        return text, len(ids), len(ids), False
+    return _decode(encoding, ids[:limit]), len(ids), limit, True
 
 
 def chat_completion_body(
@@ -169,18 +213,22 @@ class EchoResponder:
                 "'messages' must be a non-empty array.", "messages", "missing_required_parameter"
             )
         model = str(body.get("model") or "echo")
-        prompt_tokens = 0
-        echoed, echoed_tokens = "", 0
-        for message in messages:
+        echo_index = -1
+        for index, message in enumerate(messages):
             if not isinstance(message, dict):
                 return _bad_request("Each message must be an object.", "messages")
-            text = content_text(message.get("content"))
-            tokens = count_tokens(text, model) if text else 0
-            prompt_tokens += tokens
             if message.get("role") == "user":
-                echoed, echoed_tokens = text, tokens
+                echo_index = index
         limit = _max_tokens(body, "max_completion_tokens", "max_tokens")
-        text, completion_tokens, cut = _echo(echoed, echoed_tokens, limit, model)
+        prompt_tokens = 0
+        text, completion_tokens, cut = "", 0, False
+        for index, message in enumerate(messages):
+            content = content_text(message.get("content"))
+            if index == echo_index:
+                text, tokens, completion_tokens, cut = _echo(content, limit, model)
+            else:
+                tokens = count_tokens(content, model) if content else 0
+            prompt_tokens += tokens
         return 200, chat_completion_body(
             completion_id=f"chatcmpl-{key}",
             model=model,
@@ -207,14 +255,15 @@ class EchoResponder:
             )
         instructions = body.get("instructions")
         input_tokens = count_tokens(instructions, model) if isinstance(instructions, str) else 0
-        echoed, echoed_tokens = "", 0
-        for role, text in texts:
-            tokens = count_tokens(text, model) if text else 0
-            input_tokens += tokens
-            if role == "user":
-                echoed, echoed_tokens = text, tokens
+        echo_index = max((i for i, (role, _) in enumerate(texts) if role == "user"), default=-1)
         limit = _max_tokens(body, "max_output_tokens")
-        text, output_tokens, cut = _echo(echoed, echoed_tokens, limit, model)
+        text, output_tokens, cut = "", 0, False
+        for index, (_role, content) in enumerate(texts):
+            if index == echo_index:
+                text, tokens, output_tokens, cut = _echo(content, limit, model)
+            else:
+                tokens = count_tokens(content, model) if content else 0
+            input_tokens += tokens
         now = int(time.time())
         return 200, {
             "id": f"resp_{key}",
@@ -273,9 +322,8 @@ class EchoResponder:
         choices = []
         prompt_tokens = completion_tokens = 0
         for index, text in enumerate(prompts):
-            tokens = count_tokens(text, model) if text else 0
+            echoed, tokens, echoed_tokens, cut = _echo(text, limit, model)
             prompt_tokens += tokens
-            echoed, echoed_tokens, cut = _echo(text, tokens, limit, model)
             completion_tokens += echoed_tokens
             choices.append(
                 {

@@ -9,7 +9,10 @@ Layout under the state dir::
     tmp/                    uploads being received
 
 Every record write is atomic (temporary file, fsync, os.replace), so a crash leaves the old
-record or the new one. Everything is also held in memory, so reads never touch the disk.
+record or the new one. Writes that only refresh the progress of a running batch skip the
+fsync (`durable=False`): they are still atomic if this process dies, and the partial results
+in work/ (not the record's counts) are what a resumed batch goes by. Everything is also held
+in memory, so reads never touch the disk.
 Ids are opaque random tokens whose leading hex digits encode the creation time, so sorting
 ids sorts by creation and a pagination cursor stays valid even if its object was deleted.
 """
@@ -48,19 +51,29 @@ def public(record: Record) -> Record:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new content."""
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `path` so that a crash leaves either the old or the new content.
+
+    `durable=False` skips the fsync: cheaper, atomic against a crash of the process, but the
+    new content may not survive a crash of the machine.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _fsync_path(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 class _IdFactory:
@@ -93,6 +106,7 @@ class _Table:
         self.ids: list[str] = []  # sorted ascending == creation order
         self.versions: dict[str, int] = {}
         self.written: dict[str, int] = {}
+        self.synced: dict[str, int] = {}  # the latest version written with fsync
         self.io_locks: dict[str, threading.Lock] = {}
 
     def load(self) -> Iterable[str]:
@@ -153,7 +167,7 @@ class Store:
             if blob.stem not in self._files.records:
                 blob.unlink(missing_ok=True)
 
-    def _persist(self, table: _Table, record_id: str) -> None:
+    def _persist(self, table: _Table, record_id: str, *, durable: bool = True) -> None:
         """Write the current version of a record, never overwriting a newer one."""
         with self._lock:
             record = table.records.get(record_id)
@@ -164,10 +178,17 @@ class Store:
             data = orjson.dumps(record)
             io_lock = table.io_locks.setdefault(record_id, threading.Lock())
         with io_lock:
-            if table.written.get(record_id, 0) >= version:
+            written = table.written.get(record_id, 0)
+            if written >= version:
+                # A newer version is on disk already; make it durable if this one had to be.
+                if durable and table.synced.get(record_id, 0) < version:
+                    _fsync_path(table.path(record_id))
+                    table.synced[record_id] = written
                 return
-            atomic_write_bytes(table.path(record_id), data)
+            atomic_write_bytes(table.path(record_id), data, durable=durable)
             table.written[record_id] = version
+            if durable:
+                table.synced[record_id] = version
 
     def new_tmp_path(self, suffix: str = ".part") -> Path:
         """A fresh path under the state dir's tmp folder (same file system as the blobs)."""
@@ -272,6 +293,7 @@ class Store:
         with io_lock:
             self._files.path(file_id).unlink(missing_ok=True)
             self._files.written.pop(file_id, None)
+            self._files.synced.pop(file_id, None)
         self.blob_path(file_id).unlink(missing_ok=True)
         return True
 
@@ -311,12 +333,14 @@ class Store:
         *,
         expect: Iterable[str] | None = None,
         persist: bool = True,
+        durable: bool = True,
         **fields: Any,
     ) -> Record | None:
         """Set fields of a batch; with `expect`, only if its status is one of those.
 
         Returns the updated record, or None when the batch is unknown or the status did not
-        match. Nested values are replaced, never mutated, so copies stay consistent.
+        match. Nested values are replaced, never mutated, so copies stay consistent. With
+        `persist`, the record is written to disk (without fsync unless `durable`).
         """
         with self._lock:
             record = self._batches.records.get(batch_id)
@@ -325,12 +349,12 @@ class Store:
             record.update(fields)
             result = dict(record)
         if persist:
-            self._persist(self._batches, batch_id)
+            self._persist(self._batches, batch_id, durable=durable)
         return result
 
-    def persist_batch(self, batch_id: str) -> None:
-        """Write a batch's in-memory record to disk."""
-        self._persist(self._batches, batch_id)
+    def persist_batch(self, batch_id: str, *, durable: bool = True) -> None:
+        """Write a batch's in-memory record to disk (without fsync unless `durable`)."""
+        self._persist(self._batches, batch_id, durable=durable)
 
     def list_batches(self, *, after: str | None, limit: int) -> tuple[list[Record], bool]:
         """A page of batches, newest first, and whether more follow."""

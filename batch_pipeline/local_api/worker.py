@@ -10,7 +10,8 @@ Results are appended, chunk by chunk, to two partial files in the batch's work d
 (`output.partial.jsonl`, `errors.partial.jsonl`). They are the truth about what is done:
 after a restart they are read back (a torn last line is cut off), the `custom_id`s in
 them are skipped, and the batch goes on. The request counts in the batch record are
-refreshed in memory after each chunk and written to disk every `progress_interval_seconds`.
+refreshed in memory after each chunk and written to disk every `progress_interval_seconds`
+(without fsync: the partial files, not these counts, are what a resumed batch goes by).
 
 Lifecycle: validating -> in_progress -> finalizing -> completed; validating -> failed;
 validating|in_progress -> cancelling -> cancelled; validating|in_progress -> expired when
@@ -121,6 +122,11 @@ def error_result(custom_id: str, code: str, message: str, key: str) -> Result:
         option=_DUMPS_OPTIONS,
     )
     return Result(custom_id, line, True, False)
+
+
+def _log_write_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("writing a batch record failed: %s", future.exception())
 
 
 # ---------------------------------------------------------------------------- partial results
@@ -262,6 +268,8 @@ class _BatchRun:
     total: int = 0
     chunks: int = 0
     last_persist: float = 0.0
+    published: Any = None  # the request counts last put in the record (in memory)
+    persisted: Any = None  # ... and last written to disk
     partial: PartialResults | None = None
     reader: _InputReader | None = None
 
@@ -285,6 +293,8 @@ class BatchEngine:
         self.settings = settings
         self.responder = responder
         self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="batch-work")
+        # Record writes (their fsyncs) and work dir removals, in order, off the event loop.
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="batch-io")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -312,6 +322,7 @@ class BatchEngine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._io.shutdown(wait=True)  # the last progress writes
 
     def submit(self, batch_id: str) -> None:
         """Have a newly created batch processed."""
@@ -371,6 +382,18 @@ class BatchEngine:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._pool, fn, *args)
 
+    async def _in_io(self, fn: Any, *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._io, fn, *args)
+
+    def _write_progress(self, batch_id: str) -> None:
+        """Write a batch's record without fsync on the I/O thread, not waiting for it."""
+        try:
+            future = self._io.submit(self.store.persist_batch, batch_id, durable=False)
+        except RuntimeError:  # stopping: the partial files hold the progress anyway
+            return
+        future.add_done_callback(_log_write_failure)
+
     def _ensure_run(self, batch_id: str) -> _BatchRun:
         run = self._runs.get(batch_id)
         if run is not None:
@@ -384,11 +407,18 @@ class BatchEngine:
     def _cancel(self, batch_id: str) -> None:
         self._ensure_run(batch_id).request_stop("cancelled")
 
-    def _transition(
+    async def _transition(
         self, batch_id: str, expect: set[str], status: str, **fields: Any
     ) -> dict[str, Any] | None:
-        record = self.store.update_batch(batch_id, expect=expect, status=status, **fields)
+        """Set the status (if it is one of `expect`); on disk, fsynced, when this returns.
+
+        The fsync runs on the I/O thread so that the loop goes on serving other batches.
+        """
+        record = self.store.update_batch(
+            batch_id, expect=expect, persist=False, status=status, **fields
+        )
         if record is not None:
+            await self._in_io(self.store.persist_batch, batch_id)
             counts = record.get("request_counts") or {}
             log.info(
                 "batch %s -> %s (total=%s completed=%s failed=%s)",
@@ -431,7 +461,7 @@ class BatchEngine:
             raise
         except Exception as exc:
             log.exception("batch %s: internal error", run.batch_id)
-            self._transition(
+            await self._transition(
                 run.batch_id,
                 {"validating", "in_progress", "finalizing", "cancelling"},
                 "failed",
@@ -474,7 +504,7 @@ class BatchEngine:
             return False
         now = int(time.time())
         if not result.ok:
-            self._transition(
+            await self._transition(
                 run.batch_id,
                 {"validating", "cancelling"},
                 "failed",
@@ -483,7 +513,7 @@ class BatchEngine:
             )
             return False
         counts = {"total": result.total, "completed": 0, "failed": 0}
-        updated = self._transition(
+        updated = await self._transition(
             run.batch_id,
             {"validating"},
             "in_progress",
@@ -509,6 +539,8 @@ class BatchEngine:
 
     async def _process(self, run: _BatchRun, record: dict[str, Any]) -> None:
         await self._in_pool(self._open, run, record)
+        run.published = run.persisted = record.get("request_counts")
+        run.last_persist = time.monotonic()
         self._publish(run, force=True)
         endpoint = record["endpoint"]
         backlog = max(self.settings.chunk_size, 4 * self.settings.concurrency)
@@ -529,7 +561,9 @@ class BatchEngine:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        self._publish(run, force=True)
+        # Finishing writes the whole record (durably) next: only a shutdown writes it here.
+        shutdown = run.stop_reason == "shutdown"
+        self._publish(run, force=shutdown, write=shutdown)
 
     async def _wait_any(self, run: _BatchRun) -> None:
         assert run.stop_waiter is not None
@@ -631,17 +665,31 @@ class BatchEngine:
         assert run.partial is not None
         run.partial.add([result])
 
-    def _publish(self, run: _BatchRun, force: bool = False) -> None:
-        """Refresh the request counts in the record; write it to disk now and then."""
+    def _publish(self, run: _BatchRun, force: bool = False, write: bool = True) -> None:
+        """Refresh the request counts in the record; write it to disk now and then.
+
+        Progress is written without fsync (`durable=False`), only when it changed, at most
+        every `progress_interval_seconds` unless `force`d, and never if not `write`.
+        """
         partial = run.partial
         if partial is None:
             return
         counts = {"total": run.total, "completed": partial.completed, "failed": partial.failed}
         now = time.monotonic()
-        persist = force or now - run.last_persist >= self.settings.progress_interval_seconds
+        persist = (
+            write
+            and counts != run.persisted
+            and (force or now - run.last_persist >= self.settings.progress_interval_seconds)
+        )
+        if not persist and counts == run.published:
+            return
         if persist:
             run.last_persist = now
-        self.store.update_batch(run.batch_id, persist=persist, request_counts=counts)
+            run.persisted = counts
+        run.published = counts
+        self.store.update_batch(run.batch_id, persist=False, request_counts=counts)
+        if persist:
+            self._write_progress(run.batch_id)
 
     # ------------------------------------------------------------------ finishing
 
@@ -656,8 +704,12 @@ class BatchEngine:
         elif reason == "expired":
             final = "expired"
         elif (
-            self._transition(
-                run.batch_id, {"in_progress"}, "finalizing", finalizing_at=int(time.time())
+            await self._transition(
+                run.batch_id,
+                {"in_progress"},
+                "finalizing",
+                finalizing_at=int(time.time()),
+                **self._result_file_ids(record),
             )
             is None
         ):
@@ -668,7 +720,7 @@ class BatchEngine:
         expect = {"completed": {"finalizing"}, "cancelled": {"cancelling"}}.get(
             final, {"validating", "in_progress", "cancelling"}
         )
-        done = self._transition(
+        done = await self._transition(
             run.batch_id,
             expect,
             final,
@@ -679,16 +731,25 @@ class BatchEngine:
             **{f"{final}_at": int(time.time())},
         )
         if done is not None:
-            self.store.remove_work_dir(run.batch_id)
+            await self._in_io(self.store.remove_work_dir, run.batch_id)
+
+    def _result_file_ids(self, record: dict[str, Any]) -> dict[str, str]:
+        """The ids the output and error files will get (recorded ones, else fresh ones)."""
+        return {
+            "_output_file_id": record.get("_output_file_id") or self.store.new_file_id(),
+            "_error_file_id": record.get("_error_file_id") or self.store.new_file_id(),
+        }
 
     def _write_results(self, run: _BatchRun, final: str) -> tuple[Any, ...]:
         """Turn the partial results into the output and error files (thread pool)."""
         record = self.store.get_batch(run.batch_id)
         assert record is not None
-        output_id = record.get("_output_file_id") or self.store.new_file_id()
-        error_id = record.get("_error_file_id") or self.store.new_file_id()
-        # Recorded before the files exist, so a crash here re-uses these ids.
-        self.store.update_batch(run.batch_id, _output_file_id=output_id, _error_file_id=error_id)
+        ids = self._result_file_ids(record)
+        output_id, error_id = ids["_output_file_id"], ids["_error_file_id"]
+        # Recorded (durably) before the files exist, so a crash here re-uses these ids; the
+        # move to finalizing has usually recorded them already.
+        if any(record.get(name) != value for name, value in ids.items()):
+            self.store.update_batch(run.batch_id, **ids)
         if run.partial is None:
             run.partial = PartialResults(
                 self.store.work_dir(run.batch_id), self.settings.progress_interval_seconds
