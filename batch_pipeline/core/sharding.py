@@ -291,23 +291,27 @@ def _write_manifest(
 
 
 class _FileWorker:
-    """Writes shard files on one background thread, in submission order, so that disk writes,
-    hashing and fsync overlap with building the next lines. At most `MAX_IN_FLIGHT_BYTES` of
-    lines wait for it. After a failure it does nothing more (a later finish must not rename
-    a file that missed a write into place); the failure surfaces on the caller's next wait.
+    """Writes (and hashes) shard files on one background thread, in submission order, and
+    closes them (fsync, rename) in order on another, so that disk writes, hashing and fsync
+    overlap with building the next lines and with each other. At most `MAX_IN_FLIGHT_BYTES` of
+    lines wait for it. After a failure it does nothing more (a later finish must not rename a
+    file that missed a write into place); the failure surfaces on the caller's next wait.
     """
 
     def __init__(self, storage: StorageRoot) -> None:
         self._storage = storage
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-closer")
         self._queued: deque[tuple[Future[Any], int]] = deque()
         self._queued_bytes = 0
         self._shut = False
-        # Used only on the worker thread:
+        # Used only on the worker thread (and, once it is idle, by close and abort):
         self._open: contextlib.ExitStack | None = None
         self._file: BinaryIO | None = None
         self._hash = hashlib.sha256()
+        self._closing: deque[Future[None]] = deque()
         self._failed: BaseException | None = None
+        self._close_failed: BaseException | None = None
 
     def start(self, path: str) -> None:
         self._submit(0, self._start, path)
@@ -317,15 +321,21 @@ class _FileWorker:
         self._submit(len(chunk), self._write, chunk, owner)
 
     def finish(self) -> Future[str]:
-        """Close and rename the open file; the future gives its sha256."""
-        return self._submit(0, self._finish)
+        """Close and rename the open file; the future gives its sha256 once it is in place."""
+        sha256: Future[str] = Future()
+        task = self._submit(0, self._finish, sha256)
+        task.add_done_callback(lambda task: _pass_on_failure(task, sha256))
+        return sha256
 
     def close(self) -> None:
-        """Wait for every queued write; on a failure, remove the open file and re-raise."""
+        """Wait for every queued write and close; on a failure, remove the open file and
+        re-raise."""
         if self._shut:
             return
         try:
             self._wait_until(-1)
+            while self._closing:
+                self._closing.popleft().result()
         except BaseException as exc:
             self.abort(type(exc), exc, exc.__traceback__)
             raise
@@ -344,10 +354,14 @@ class _FileWorker:
             future.cancel()
         self._queued.clear()
         self._executor.submit(self._abort, exc_type, exc, traceback).result()
+        for closing in self._closing:  # files already complete: closed (or removed on failure)
+            closing.exception()
+        self._closing.clear()
         self._shutdown()
 
     def _shutdown(self) -> None:
         self._executor.shutdown()
+        self._closer.shutdown()
         self._shut = True
 
     def _submit(self, size: int, task: Callable[..., Any], *args: Any) -> Future[Any]:
@@ -362,7 +376,12 @@ class _FileWorker:
         while self._queued and (limit < 0 or self._queued_bytes > limit):
             future, size = self._queued.popleft()
             self._queued_bytes -= size
-            future.result()
+            try:
+                future.result()
+            except BaseException:
+                if self._close_failed is not None:  # the first failure is the one to see
+                    raise self._close_failed from None
+                raise
 
     def _guarded(self, task: Callable[..., Any], *args: Any) -> Any:
         if self._failed is not None:
@@ -383,16 +402,38 @@ class _FileWorker:
         self._file.write(chunk)
         self._hash.update(chunk)
 
-    def _finish(self) -> str:
+    def _finish(self, sha256: Future[str]) -> None:
         assert self._open is not None
-        self._open.close()
-        self._open = self._file = None
-        return self._hash.hexdigest()
+        while len(self._closing) > 1:  # at most two complete files wait to be closed
+            self._closing.popleft().result()
+        stack, self._open, self._file = self._open, None, None
+        self._closing.append(
+            self._closer.submit(self._close, stack, self._hash.hexdigest(), sha256)
+        )
+
+    def _close(self, stack: contextlib.ExitStack, digest: str, sha256: Future[str]) -> None:
+        """On the closing thread: flush, fsync and rename a complete file into place."""
+        try:
+            stack.close()
+        except BaseException as exc:
+            self._close_failed = exc
+            self._failed = self._failed or exc
+            sha256.set_exception(exc)
+            raise
+        sha256.set_result(digest)
 
     def _abort(self, *exc_info: Any) -> None:
         if self._open is not None:
             self._open.__exit__(*exc_info)
             self._open = self._file = None
+
+
+def _pass_on_failure(task: Future[Any], sha256: Future[str]) -> None:
+    """Fail (or cancel) a file's sha256 future if the task that was to close the file did."""
+    if task.cancelled():
+        sha256.cancel()
+    elif task.exception() is not None and not sha256.done():
+        sha256.set_exception(task.exception())  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

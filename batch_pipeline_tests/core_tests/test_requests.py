@@ -12,6 +12,7 @@ from batch_pipeline.core.requests import (
     RejectCode,
     RequestBuilder,
     _in_run,
+    _key_hashes,
     _SeenKeys,
     estimate_request_tokens,
     json_escape,
@@ -222,6 +223,56 @@ def test_duplicate_detection_matches_a_set_over_many_batches(tmp_path, monkeypat
             codes.get(row) == RejectCode.DUPLICATE_KEY for row in range(len(got), len(got) + 25)
         ]
     assert got == expected
+
+
+def test_a_batch_of_repeated_keys_only_is_followed_by_a_normal_one(tmp_path):
+    builder = make_builder(tmp_path)
+    builder.build(pa.record_batch({"id": [1, 2], "text": ["a", "b"]}), PARTITION)
+    repeats = builder.build(pa.record_batch({"id": [2, 1], "text": ["c", "d"]}), PARTITION)
+    assert len(repeats) == 0 and repeats.rejected.num_rows == 2
+    after = builder.build(pa.record_batch({"id": [3, 1], "text": ["e", "f"]}), PARTITION)
+    assert [key for key, _, _ in rejections(after)] == ["1"]
+    assert after.keys.to_pylist() == ["3"]
+
+
+@pytest.mark.parametrize("filter_bits", [None, 6])
+def test_duplicate_detection_of_odd_keys_across_batches(monkeypatch, filter_bits):
+    """Nulls, empty and non-ASCII keys, keys alike but for one byte far in, or for a trailing
+    NUL, keys whose length is a multiple of the word: each batch against a set."""
+    if filter_bits:  # a bitmap full at once: every key is searched for in the runs
+        monkeypatch.setattr(_SeenKeys, "_FILTER_BITS", filter_bits)
+    long = "x" * 300
+    alike = [
+        "", "a", "a\0", "a\0\0", "\0", "abcdefgh", "abcdefgh\0", "abcdefghi", "é", "e\u0301",
+        "日本語", long, long + "y", long[:-1] + "y", "y" + long[1:], "😀", "k" * 64, "k" * 65,
+    ]  # fmt: skip
+    rng = random.Random(11)
+    seen, keys = _SeenKeys(), alike + [f"key-{i}" for i in range(200)]
+    remembered: set[str] = set()
+    for _ in range(30):
+        batch = [rng.choice([None, *keys]) for _ in range(rng.randint(1, 60))]
+        expected = []
+        for key in batch:
+            expected.append(key is not None and key in remembered)
+            if key is not None:
+                remembered.add(key)
+        array = pa.array(batch, rng.choice([pa.string(), pa.large_string()]))
+        assert seen.repeated(array).tolist() == expected
+
+
+def test_key_hashes_depend_only_on_the_bytes():
+    seeds = np.arange(1, 9, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    values = ["", "a", "a\0", "abcdefgh", "abcdefghi", "z" * 100, "z" * 99 + "y", "日本"]
+    whole = _key_hashes(pa.array(["pad", *values, "pad"], pa.string()), seeds)
+    sliced = _key_hashes(pa.array(["pad", *values, "pad"], pa.large_binary()).slice(1, 8), seeds)
+    alone = [_key_hashes(pa.array([value]), seeds) for value in values]
+    for hashes in whole:
+        assert len(set(hashes[1:-1].tolist())) == len(values)  # all distinct
+    for which in range(2):
+        assert whole[which][1:-1].tolist() == sliced[which].tolist()
+        assert [single[which][0] for single in alone] == sliced[which].tolist()
+    other = _key_hashes(pa.array(values), seeds[::-1].copy())  # other seeds, other hashes
+    assert not set(other[0].tolist()) & set(sliced[0].tolist())
 
 
 def test_remembered_keys_tell_apart_keys_sharing_their_first_hash():

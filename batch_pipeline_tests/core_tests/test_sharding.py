@@ -313,6 +313,35 @@ def test_a_failed_shard_write_leaves_no_shard_and_no_manifest(tmp_path):
     assert not list(spec.pipeline_dir.rglob(".tmp-*"))
 
 
+class CloseFailsStorage(LocalStorage):
+    """Local storage where closing one file fails (say its fsync), after all its writes."""
+
+    def __init__(self, root, failing):
+        super().__init__(root)
+        self.failing = failing
+
+    @contextlib.contextmanager
+    def atomic_write(self, rel, **options):
+        with super().atomic_write(rel, **options) as handle:
+            yield handle
+            if rel.endswith(self.failing):
+                raise OSError(5, "Input/output error")
+
+
+def test_a_failed_shard_close_leaves_no_manifest_and_no_temporary(tmp_path):
+    write_source(tmp_path, rows=40)
+    spec = make_spec(tmp_path, limits={"max_requests_per_file": 10})
+    storage = CloseFailsStorage(spec.pipeline_dir, failing="shard-00001.jsonl")
+    with pytest.raises(OSError, match="Input/output error"):
+        build_partition_requests(spec, PARTITION, storage, generation=1)
+    attempt = f"requests/partition={PARTITION}/gen=1/attempt=1"
+    assert all(path.endswith(".jsonl") for path in storage.list(attempt))  # no manifest
+    assert not any(path.endswith("shard-00001.jsonl") for path in storage.list(attempt))
+    for path in storage.list(attempt):  # any shard that exists is complete
+        assert len(storage.read_bytes(path).splitlines()) == 10
+    assert not list(spec.pipeline_dir.rglob(".tmp-*"))
+
+
 def test_shard_writer_refuses_a_line_larger_than_a_file(tmp_path):
     spec = make_spec(tmp_path, limits={"max_bytes_per_file": 1024})
     storage = LocalStorage(spec.pipeline_dir)
