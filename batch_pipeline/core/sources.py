@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -95,9 +94,10 @@ def _scan(
     """The filtered rows of a dataset, in source order.
 
     Parquet is read one row group at a time (row groups the filter rules out by their
-    statistics are skipped), the next decoded on a worker thread while the caller uses the
-    current one: memory holds about two row groups however large the source (Arrow's own
-    scanner reads ahead without bound when its consumer is slower than the disk).
+    statistics are skipped), each decoded batch by batch with a short read-ahead: memory holds
+    a row group's compressed pages and a few decoded batches however large the source (Arrow's
+    own scanner, over a whole dataset, reads ahead without bound when its consumer is slower
+    than the disk).
     """
     if not isinstance(dataset, ds.FileSystemDataset) or not isinstance(
         dataset.format, ds.ParquetFileFormat
@@ -110,24 +110,16 @@ def _scan(
             fragment_readahead=1,
         )
         return
-    row_groups = [
-        row_group
-        for fragment in dataset.get_fragments(filter=expression)
-        for row_group in fragment.split_by_row_group(filter=expression, schema=dataset.schema)
-    ]
-    if not row_groups:
-        return
-
-    def decode(row_group: ds.ParquetFileFragment) -> pa.Table:
-        return row_group.to_table(schema=dataset.schema, columns=columns, filter=expression)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-reader") as reader:
-        upcoming = reader.submit(decode, row_groups[0])
-        for following in row_groups[1:]:
-            table = upcoming.result()
-            upcoming = reader.submit(decode, following)
-            yield from table.to_batches(max_chunksize=batch_size)
-        yield from upcoming.result().to_batches(max_chunksize=batch_size)
+    for fragment in dataset.get_fragments(filter=expression):
+        for row_group in fragment.split_by_row_group(filter=expression, schema=dataset.schema):
+            yield from row_group.to_batches(
+                schema=dataset.schema,
+                columns=columns,
+                filter=expression,
+                batch_size=batch_size,
+                batch_readahead=READAHEAD_BATCHES,
+                fragment_readahead=1,
+            )
 
 
 def check_columns(
