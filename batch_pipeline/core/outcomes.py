@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.storage import TEMP_PREFIX
 from batch_pipeline.core.types import Endpoint, RowStatus
 
@@ -322,19 +323,17 @@ def _iter_parsed(
             continue
         path = Path(path)
         first_line = 1
-        with path.open("rb") as handle:
-            while chunk := handle.read(chunk_bytes):
-                chunk += handle.readline()  # up to the end of the line the read stopped in
-                line_count = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-                parsed = _parse_chunk_columnar(chunk, line_count, endpoint)
-                if parsed is None:
-                    lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
-                    with _gc_paused():
-                        parsed = _parse_chunk(lines, path, first_line, endpoint)
-                first_line += line_count
-                batch, hashes = parsed
-                if batch.num_rows:
-                    yield batch, hashes
+        for chunk in read_line_chunks(path, chunk_bytes):
+            line_count = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+            parsed = _parse_chunk_columnar(chunk, line_count, endpoint)
+            if parsed is None:
+                lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
+                with _gc_paused():
+                    parsed = _parse_chunk(lines, path, first_line, endpoint)
+            first_line += line_count
+            batch, hashes = parsed
+            if batch.num_rows:
+                yield batch, hashes
 
 
 @contextmanager
@@ -493,13 +492,13 @@ def _parse_chunk_columnar(
     if not chunk.endswith(b"\n"):
         chunk += b"\n"
     data = np.frombuffer(chunk, np.uint8)
-    ends = np.flatnonzero(data == ord("\n"))
+    ends = line_ends(chunk)
     starts = np.r_[0, ends[:-1] + 1]
     # Every line must open an object: no blank lines (rows would shift against lines), and
     # no bare `null` (Arrow's reader crashes on one).
     if len(ends) != line_count or not (data[starts] == ord("{")).all():
         return None
-    spans = _body_spans(chunk, starts, ends)
+    spans = _body_spans(line_array(chunk, ends), starts, ends)
     if spans is None:
         return None
     has_body = spans[:, 0] >= 0
@@ -595,7 +594,7 @@ def _parse_chunk_columnar(
         "batch_request_id": envelope.column("id"),
     }
     batch = pa.record_batch(
-        [_one_chunk(arrays[f.name]).cast(f.type) for f in OUTCOME_SCHEMA], schema=OUTCOME_SCHEMA
+        [one_chunk(arrays[f.name]).cast(f.type) for f in OUTCOME_SCHEMA], schema=OUTCOME_SCHEMA
     )
     hashes = np.fromiter(map(hash, custom_ids.to_pylist()), dtype=np.int64, count=line_count)
     return batch, hashes
@@ -614,20 +613,16 @@ def _read_json(data: bytes, rows: int, schema: pa.Schema) -> pa.RecordBatch | No
                 explicit_schema=schema, unexpected_field_behavior="ignore"
             ),
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None  # including a line longer than a block
     if table.num_rows != rows:  # a line holding two objects reads as two rows
         return None
-    return pa.record_batch([_one_chunk(column) for column in table.columns], schema=schema)
+    return pa.record_batch([one_chunk(column) for column in table.columns], schema=schema)
 
 
-def _body_spans(chunk: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
-    """Where each line's `response.body` lies in `chunk`: (begin, end) rows, (-1, -1) for a line
-    without `"body":`; None if a line with one does not end as the usual layout does."""
-    offsets = np.r_[starts, ends[-1] + 1].astype(np.int32)
-    lines = pa.Array.from_buffers(
-        pa.binary(), len(starts), [None, pa.py_buffer(offsets), pa.py_buffer(chunk)]
-    )
+def _body_spans(lines: pa.BinaryArray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """Where each line's `response.body` lies in the chunk: (begin, end) rows, (-1, -1) for a
+    line without `"body":`; None if a line with one does not end as the usual layout does."""
     key_at = pc.find_substring(lines, _BODY_KEY).to_numpy()
     spans = np.full((len(starts), 2), -1, np.int64)
     has_body = key_at >= 0
@@ -659,13 +654,14 @@ def _braces(data: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def _first_items(lists: pa.ChunkedArray | pa.Array) -> pa.StructArray:
     """The first element of each list (null for a null or empty list)."""
-    lists = _one_chunk(lists)
+    lists = one_chunk(lists)
     present = pc.fill_null(pc.greater(pc.list_value_length(lists), 0), False)
     kept = pc.if_else(present, lists, pa.scalar(None, lists.type))
-    return pc.list_element(_one_chunk(kept), 0)
+    return pc.list_element(one_chunk(kept), 0)
 
 
-def _one_chunk(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+def one_chunk(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The values as one array (a chunked array's chunks combined)."""
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 

@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +20,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from batch_pipeline.core.backends.base import NotFound, is_transient_batch_failure
+from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
@@ -163,13 +163,11 @@ class Poller(PipelineWorker):
         """The custom_ids of the shard's requests, read without parsing the bodies."""
         path = self.storage.local_path(shard.path)
         ids = []
-        with path.open("rb") as handle:
-            while chunk := handle.read(ID_SCAN_BLOCK_BYTES):
-                chunk += handle.readline()  # up to the end of the line the read stopped in
-                found = _leading_custom_ids(chunk)
-                if found is None:
-                    return self._expected_ids_parsed(path)
-                ids.append(found)
+        for chunk in read_line_chunks(path, ID_SCAN_BLOCK_BYTES):
+            found = _leading_custom_ids(chunk)
+            if found is None:
+                return self._expected_ids_parsed(path)
+            ids.append(found)
         return pa.chunked_array(ids, pa.string()).combine_chunks()
 
     def _expected_ids_parsed(self, path: Path) -> pa.Array:
@@ -297,14 +295,10 @@ _LEADING_BYTES = 512
 def _leading_custom_ids(chunk: bytes) -> pa.Array | None:
     """The custom_id of each line of `chunk`, where every line starts as the request builder
     writes it (`{"custom_id":"<no escapes>",`); None otherwise."""
-    data = np.frombuffer(chunk, np.uint8)
-    ends = np.flatnonzero(data == ord("\n"))
-    if not len(ends) or ends[-1] != len(data) - 1:
+    ends = line_ends(chunk)
+    if not len(ends) or ends[-1] != len(chunk) - 1:
         return None
-    offsets = np.r_[0, ends + 1].astype(np.int32)
-    lines = pa.Array.from_buffers(
-        pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(chunk)]
-    )
+    lines = line_array(chunk, ends)
     found = pc.extract_regex(pc.binary_slice(lines, 0, _LEADING_BYTES), _LEADING_CUSTOM_ID)
     if found.null_count:
         return None

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, AtomicParquetFile
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, AtomicParquetFile, one_chunk
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 PARTITION_KEY = "partition"
@@ -483,7 +483,7 @@ class _Joiner:
         arrays = list(batch.columns)
         for f in list(schema)[batch.num_columns :]:
             column = columns[f.name] if f.name in columns else taken.column(f.name)
-            arrays.append(_one_chunk(column).cast(f.type))
+            arrays.append(one_chunk(column).cast(f.type))
         return pa.record_batch(arrays, schema=schema)
 
     def finish(self) -> None:
@@ -567,7 +567,6 @@ class _Joiner:
             ids=table.column("custom_id").combine_chunks(),
             claimed=np.zeros(table.num_rows, dtype=bool),
         )
-        self._template = table.schema
 
     def _close(self, group: _Group) -> None:
         unclaimed = np.flatnonzero(~group.claimed)
@@ -612,11 +611,8 @@ class _Joiner:
         return None if group is None else group.ids.filter(pa.array(group.claimed))
 
     def _empty_outcomes(self) -> pa.Table:
-        template = getattr(self, "_template", None)
-        if template is None:
-            template = self._prepare(OUTCOME_SCHEMA.empty_table()).schema
-            self._template = template
-        return template.empty_table()
+        """No outcome rows, in the columns a prepared group has (for a chunk all rejected)."""
+        return self._prepare(OUTCOME_SCHEMA.empty_table())
 
     # -- rejections -------------------------------------------------------------------------
 
@@ -638,10 +634,6 @@ class _Joiner:
             ],
             len(wrong),
         )
-
-
-def _one_chunk(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _preview(batch: pa.RecordBatch, key_column: str) -> list[dict[str, Any]]:

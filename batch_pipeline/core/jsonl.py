@@ -1,0 +1,35 @@
+"""JSON-lines files read in chunks of whole lines, and a chunk's lines as one Arrow array.
+
+The column-wise readers (outcome files, request shards) work on chunks of about a given size
+that never split a line, and look at every line at once through an Arrow binary array over
+the chunk's own bytes (no copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+
+def read_line_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    """The file in chunks of about `chunk_bytes`, each ending at the end of a line."""
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            yield chunk + handle.readline()  # up to the end of the line the read stopped in
+
+
+def line_ends(chunk: bytes) -> np.ndarray:
+    """The positions of the chunk's newlines."""
+    return np.flatnonzero(np.frombuffer(chunk, np.uint8) == ord("\n"))
+
+
+def line_array(chunk: bytes, ends: np.ndarray) -> pa.BinaryArray:
+    """The chunk's lines, each with its newline, as a binary array over the chunk's bytes;
+    `ends` are the newline positions (`line_ends`), the last one the chunk's last byte."""
+    offsets = np.r_[0, ends + 1].astype(np.int32)
+    return pa.Array.from_buffers(
+        pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(chunk)]
+    )
