@@ -366,9 +366,10 @@ def test_streaming_memory_does_not_grow_with_the_files(tmp_path: Path) -> None:
         )
         return int(run.stdout), (out.stat().st_size + err.stat().st_size) // 1024
 
-    small_peak, small_size = peak_kib(10_000)
-    large_peak, large_size = peak_kib(80_000)
-    # Eight times the lines: the peak grows by the custom_id column, far less than the files.
+    # From a size past the warm-up of fixed-size caches (the regular expressions' automata)
+    small_peak, small_size = peak_kib(30_000)
+    large_peak, large_size = peak_kib(240_000)
+    # Eight times the lines: the peak grows by a hash per line, far less than the files.
     assert large_peak - small_peak < (large_size - small_size) / 2
 
 
@@ -398,6 +399,14 @@ TRICKY_LINES: dict[str, bytes] = {
     "numeric code": orjson.dumps(
         answer("a-12", {"error": {"code": 42, "message": "odd"}}, status=500)
     ),
+    "null id": orjson.dumps({**answer("a-13", chat_body("no id")), "id": None}),
+    "no request_id": orjson.dumps(
+        {**answer("a-14", chat_body("bare")), "response": {"status_code": 200, "body": {}}}
+    ),
+    "keys reordered": orjson.dumps(
+        {"custom_id": "a-15", "id": "batch_req_15", **answer("a-15", chat_body("moved"))}
+    ),
+    "escaped custom_id": orjson.dumps(answer("a-16\\x", chat_body("backslash"))),
 }
 
 
@@ -423,10 +432,14 @@ def test_both_parsing_paths_agree_on_every_line_shape(
     )
     columnar = parse_outcomes(path, None, endpoint=CHAT)
     assert took_columns == [shape not in NOT_COLUMNAR]
+    # The same chunk with every line read whole by Arrow, not through its usual head.
+    monkeypatch.setattr(outcomes_module, "_USUAL_HEAD", r"^a line never starts like this")
+    whole_lines = parse_outcomes(path, None, endpoint=CHAT)
     monkeypatch.setattr(outcomes_module, "_parse_chunk_columnar", lambda *args: None)
     line_by_line = parse_outcomes(path, None, endpoint=CHAT)
 
     assert columnar.num_rows == line_by_line.num_rows == 21
+    assert whole_lines.equals(columnar)
     assert columnar.drop_columns("response_json").equals(line_by_line.drop_columns("response_json"))
     for fast, slow in zip(
         columnar["response_json"].to_pylist(),
@@ -443,3 +456,48 @@ def test_a_bare_null_line_is_named_not_fed_to_arrow(tmp_path: Path) -> None:
     path.write_bytes(b"null\n" + orjson.dumps(answer("a", chat_body("x"))) + b"\n")
     with pytest.raises(OutcomeFileError, match=r"output.jsonl, line 1: no custom_id"):
         parse_outcomes(path, None, endpoint=CHAT)
+
+
+def test_a_custom_id_repeated_across_chunks_of_both_paths_keeps_its_best_line(
+    tmp_path: Path,
+) -> None:
+    """Chunks parsed column-wise and line by line hash custom_ids alike, so a repeat across
+    them is found."""
+    filler = [orjson.dumps(answer(f"n-{i}", chat_body("x" * 200))) for i in range(40)]
+    plain_chunk = [orjson.dumps(failure("twice", 500, None, "first try")), *filler[:20]]
+    # Content parts send this chunk down the line-by-line path.
+    parts = {**chat_body("x"), "choices": [{"message": {"content": [{"t": 1}]}}]}
+    odd_chunk = [
+        orjson.dumps(answer("parts", parts)),
+        orjson.dumps(answer("twice", chat_body("second try"))),
+        *filler[20:],
+    ]
+    path = tmp_path / "output.jsonl"
+    path.write_bytes(b"\n".join(plain_chunk) + b"\n" + b"\n".join(odd_chunk) + b"\n")
+    chunk_bytes = len(b"\n".join(plain_chunk)) - 10  # the first chunk ends with plain_chunk
+
+    paths = []
+    parse_columns = outcomes_module._parse_chunk_columnar
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            outcomes_module,
+            "_parse_chunk_columnar",
+            lambda *args: paths.append(parse_columns(*args) is not None) or parse_columns(*args),
+        )
+        rows = rows_by_id(parse_outcomes(path, None, endpoint=CHAT, chunk_bytes=chunk_bytes))
+
+    assert paths[:2] == [True, False]  # the repeat's lines lie in those two chunks
+    assert len(rows) == 42
+    assert rows["twice"]["status"] == "succeeded"
+    assert rows["twice"]["response_text"] == "second try"
+
+
+def test_string_hashes_are_equal_for_equal_strings_wherever_they_lie() -> None:
+    import pyarrow as pa
+
+    values = pa.array(["", "a", "ab", "ba", "a", "", "long " * 40, "ab"], pa.string())
+    hashes = outcomes_module._string_hashes(values)
+    sliced = outcomes_module._string_hashes(values.slice(2, 4))
+    assert hashes[1] == hashes[4] and hashes[0] == hashes[5] and hashes[2] == hashes[7]
+    assert len(set(hashes[[0, 1, 2, 3, 6]].tolist())) == 5
+    assert sliced.tolist() == hashes[2:6].tolist()
