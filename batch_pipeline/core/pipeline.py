@@ -634,7 +634,8 @@ def _outcome_groups(storage: StorageRoot, shards: list[ShardRecord]) -> list[Out
 def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table:
     """Every request's last outcome among these shards, with the number of attempts it took."""
     tables = [
-        pq.read_table(storage.local_path(shard.outcomes_path))
+        # Memory-mapped: the compressed pages are read from the page cache, not copied first.
+        pq.read_table(storage.local_path(shard.outcomes_path), memory_map=True)
         for shard in shards
         if shard.outcomes_path
     ]
@@ -645,13 +646,16 @@ def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table
             .empty_table()
         )
     latest = tables[0]
-    if len(tables) > 1:
+    if len(tables) > 1:  # the highest attempt per custom_id, ordered on the two keys alone
         combined = pa.concat_tables(tables, promote_options="permissive")
-        combined = combined.sort_by([("custom_id", "ascending"), ("attempt", "descending")])
-        ids = combined["custom_id"].combine_chunks()
+        order = pc.sort_indices(
+            combined.select(["custom_id", "attempt"]),
+            sort_keys=[("custom_id", "ascending"), ("attempt", "descending")],
+        )
+        ids = combined["custom_id"].take(order).combine_chunks()
         changes = pc.not_equal(ids.slice(1), ids.slice(0, max(len(ids) - 1, 0)))
         mask = pa.concat_arrays([pa.array([True] * min(len(ids), 1)), changes])
-        latest = combined.filter(mask)
+        latest = combined.take(order.filter(mask))  # one copy of the rows kept
     return latest.rename_columns(
         ["attempts" if name == "attempt" else name for name in latest.column_names]
     )

@@ -4,12 +4,13 @@ Every source row of the partition appears exactly once, with a status. That is c
 here, before anything is written: a row without an outcome or a rejection, an outcome
 that no row claims, or an outcome claimed twice stops the write with an error naming them.
 
-The source is read once, in chunks, each joined and written at once. Its accepted rows (those
-without a rejection) follow the order the requests were built in, so the outcomes come as
-groups, one request shard and its retries each, that cover consecutive accepted rows: a group
-is read when the join reaches it and dropped when the join leaves it. Memory holds one chunk
-and one or two groups, however large the partition. A problem is counted over the whole
-partition before the error is raised, and the temporary file is dropped.
+The source is read once, in chunks, each joined and then written on a background thread while
+the next one is joined. Its accepted rows (those without a rejection) follow the order the
+requests were built in, so the outcomes come as groups, one request shard and its retries
+each, that cover consecutive accepted rows: a group is read when the join reaches it and
+dropped before the next one is read. Memory holds two chunks (one joined, one written) and one
+group, however large the partition. A problem is counted over the whole partition before the
+error is raised, and the temporary file is dropped.
 
 Layout: `{results_dir}/partition={partition}/part-0.parquet` (Hive style), so
 `pandas.read_parquet(results_dir)` and DuckDB's `read_parquet(..., hive_partitioning=true)`
@@ -18,8 +19,9 @@ read all partitions whole.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ REJECTED_CODE = "rejected"
 PREVIEW_ROWS = 5
 _PREVIEW_CHARS = 80
 _MAX_NAMED = 10
+WRITER_THREAD = "results-writer"
+WRITES_AHEAD = 1  # chunks handed to the writer thread and not yet written
 
 _OUTCOME_FIELDS = [
     pa.field("http_status", pa.int32()),
@@ -176,7 +180,7 @@ def assemble_results(
         _prepare_rejected(rejected),
         lambda table: _prepare_outcomes(table, attempts, batch_ids, endpoint),
     )
-    writer: AtomicParquetFile | None = None
+    writer: _WriteBehind | None = None
     counts: Counter[str] = Counter()
     tokens = [0, 0]
     preview: list[dict[str, Any]] = []
@@ -187,7 +191,7 @@ def assemble_results(
                 if key_column not in batch.schema.names:
                     raise ValueError(f"the source has no key column {key_column!r}")
                 schema, renamed = results_schema(batch.schema, endpoint)
-                writer = AtomicParquetFile(dest_path, schema)
+                writer = _WriteBehind(AtomicParquetFile(dest_path, schema))
             key = batch.column(key_column)
             custom_ids = pa.array(custom_id_of(key), pa.string())
             if len(custom_ids) != len(key):
@@ -204,7 +208,7 @@ def assemble_results(
                 preview = _preview(out, renamed.get(key_column, key_column))
         joiner.finish()
         if writer is None:  # no rows: the file still gets the source's columns
-            writer = AtomicParquetFile(dest_path, schema)
+            writer = _WriteBehind(AtomicParquetFile(dest_path, schema))
         writer.commit()
     finally:
         if writer is not None:
@@ -220,6 +224,41 @@ def assemble_results(
         preview=preview,
         renamed_columns=renamed,
     )
+
+
+class _WriteBehind:
+    """An `AtomicParquetFile` written on one background thread, so that compressing a chunk
+    (the Parquet writer releases the GIL) overlaps with joining the next one.
+
+    At most `WRITES_AHEAD` chunks wait for the thread, which bounds the memory they hold. A
+    write's error is raised by the next `write` or by `commit`. `abort` must follow in every
+    case (as with `AtomicParquetFile`): it stops the thread and drops the temporary file.
+    """
+
+    def __init__(self, file: AtomicParquetFile) -> None:
+        self._file = file
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=WRITER_THREAD)
+        self._pending: deque[Future[None]] = deque()
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Hand the batch to the thread, once fewer than `WRITES_AHEAD` chunks wait for it."""
+        while len(self._pending) >= WRITES_AHEAD:
+            self._pending.popleft().result()
+        self._pending.append(self._thread.submit(self._file.write, batch))
+
+    def commit(self) -> None:
+        """Wait for every write, then close the file and move it into place."""
+        while self._pending:
+            self._pending.popleft().result()
+        self._thread.shutdown()
+        self._file.commit()
+
+    def abort(self) -> None:
+        """Drop the writes not started, wait for the thread, drop the temporary file (a no-op
+        after `commit`)."""
+        self._thread.shutdown(cancel_futures=True)
+        self._pending.clear()
+        self._file.abort()
 
 
 def read_results(results_dir: Path, partition: str | None = None) -> pd.DataFrame:
@@ -509,26 +548,37 @@ class _Joiner:
         pieces = []
         done = 0
         while done < len(accepted):
-            group = self._current()
-            if group is None:  # past the last group
-                rows = accepted[done:]
-            else:
-                left_in_group = group.first_row + group.rows - self._accepted
-                rows = accepted[done : done + left_in_group]
-            done += len(rows)
-            self._accepted += len(rows)
-            ids = custom_ids.take(pa.array(rows))
-            if group is None:
-                self._no_outcome(key, ids, rows, np.ones(len(rows), dtype=bool))
-                continue
-            found = pc.index_in(ids, value_set=group.ids)
-            missing = found.is_null().to_numpy(zero_copy_only=False)
-            self._no_outcome(key, ids, rows, missing)
-            self._claim(group, found.drop_null().to_numpy().astype(np.int64))
-            pieces.append(group.table.take(found))
+            rows, piece = self._take_from_group(key, custom_ids, accepted[done:])
+            done += rows
+            if piece is not None:
+                pieces.append(piece)
         if not pieces:
             return self._empty_outcomes()
         return pa.concat_tables(pieces)
+
+    def _take_from_group(
+        self, key: pa.Array, custom_ids: pa.Array, accepted: np.ndarray
+    ) -> tuple[int, pa.Table | None]:
+        """How many of the leading accepted rows fall in one group, and their outcome rows
+        (None past the last group).
+
+        A group is referenced from here only until this returns, so the join holds no group
+        but the current one when the next one is read.
+        """
+        group = self._current()
+        rows = (
+            accepted if group is None else accepted[: group.first_row + group.rows - self._accepted]
+        )
+        self._accepted += len(rows)
+        ids = custom_ids.take(pa.array(rows))
+        if group is None:
+            self._no_outcome(key, ids, rows, np.ones(len(rows), dtype=bool))
+            return len(rows), None
+        found = pc.index_in(ids, value_set=group.ids)
+        missing = found.is_null().to_numpy(zero_copy_only=False)
+        self._no_outcome(key, ids, rows, missing)
+        self._claim(group, found.drop_null().to_numpy().astype(np.int64))
+        return len(rows), group.table.take(found)
 
     def _claim(self, group: _Group, positions: np.ndarray) -> None:
         """Mark these outcome rows taken; note those taken before or twice here."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +95,10 @@ def assemble(tmp_path: Path, table: pa.Table, *, partition: str = DAY, **options
 
 def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(results_module.WRITER_THREAD)]
 
 
 def test_every_source_row_appears_once_with_its_status(tmp_path: Path) -> None:
@@ -202,7 +210,10 @@ def test_rejections_must_name_real_rows(tmp_path: Path, rejected: pa.Table, mess
         assemble(tmp_path, source(["a", "c"]), outcomes=outcomes(outcome("a")), rejected=rejected)
 
 
-def test_a_failure_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("failing", [1, 3, 5])  # the first, a middle and the last write
+def test_a_failure_mid_write_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch, failing: int
+) -> None:
     keys = [f"k{i:03d}" for i in range(40)]
     everything = outcomes(*(outcome(k) for k in keys))
     first = assemble(tmp_path, source(keys), outcomes=everything)
@@ -213,8 +224,8 @@ def test_a_failure_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch
     writes = []
 
     def failing_write(self, data) -> None:
-        writes.append(len(data))
-        if len(writes) == 3:
+        writes.append(threading.current_thread().name)
+        if len(writes) == failing:
             raise OSError("disk full")
         original_write(self, data)
 
@@ -225,8 +236,64 @@ def test_a_failure_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         assemble(tmp_path, source(keys), outcomes=changed)
 
+    assert all(name.startswith(results_module.WRITER_THREAD) for name in writes)
+    assert writer_threads() == []
     assert pq.read_table(first.path).equals(before)
     assert files_under(tmp_path / "results") == [f"partition={DAY}/part-0.parquet"]
+
+
+def test_a_join_error_stops_the_writer_thread_and_keeps_the_previous_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    keys = [f"k{i:02d}" for i in range(20)]
+    first = assemble(tmp_path, source(keys), outcomes=outcomes(*map(outcome, keys)))
+    before = first.path.read_bytes()
+
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)  # chunks of 4, 2, 4, 2, ... rows
+    original_write = results_module.AtomicParquetFile.write
+    writes: list[int] = []
+
+    def slow_write(self, data) -> None:  # still writing when the join fails
+        time.sleep(0.05)
+        original_write(self, data)
+        writes.append(len(data))
+
+    monkeypatch.setattr(results_module.AtomicParquetFile, "write", slow_write)
+    lost_in_second_chunk = outcomes(*(outcome("zz" if k == "k05" else k) for k in keys))
+    with pytest.raises(ResultsIncompleteError, match=r"1 source rows .*'k05'"):
+        assemble(tmp_path, source(keys), outcomes=lost_in_second_chunk)
+
+    assert writer_threads() == []
+    written = list(writes)
+    time.sleep(0.1)
+    assert writes == written and len(written) <= 1  # the first chunk at most, none after
+    assert first.path.read_bytes() == before
+    assert files_under(tmp_path / "results") == [f"partition={DAY}/part-0.parquet"]
+
+
+def test_the_background_writer_writes_the_file_the_sequential_one_does(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
+    keys = [f"k{i:02d}" for i in range(30)]
+    rejected_rows = {0: "empty", 9: "too long", 29: "empty"}
+    accepted = [key for row, key in enumerate(keys) if row not in rejected_rows]
+    groups = [
+        OutcomeGroup(len(members), lambda members=members: outcomes(*map(outcome, members)))
+        for members in (accepted[:11], accepted[11:])
+    ]
+    options: dict[str, Any] = {
+        "outcomes": groups,
+        "rejected": rejections(*((row, keys[row], why) for row, why in rejected_rows.items())),
+    }
+    background = assemble(tmp_path / "background", source(keys), **options)
+    assert writer_threads() == []
+    monkeypatch.setattr(results_module, "_WriteBehind", lambda file: file)  # write in turn
+    sequential = assemble(tmp_path / "sequential", source(keys), **options)
+
+    assert background.path.read_bytes() == sequential.path.read_bytes()
+    assert pq.ParquetFile(background.path).metadata.num_row_groups == 10  # one per chunk
+    assert replace(sequential, path=background.path) == background
 
 
 def test_pandas_and_duckdb_read_all_partitions_whole(tmp_path: Path) -> None:
@@ -371,3 +438,27 @@ def test_an_outcome_in_the_wrong_group_stops_the_write(tmp_path: Path) -> None:
     with pytest.raises(ResultsIncompleteError, match=r"2 source rows .*'b' .*'c'"):
         assemble(tmp_path, source(["a", "b", "c", "d"]), outcomes=groups)
     assert files_under(tmp_path / "results") == []
+
+
+def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)  # chunks that span two groups
+    opened: list[weakref.ref] = []
+
+    class TrackedGroup(results_module._Group):
+        def __init__(self, **fields: Any) -> None:
+            super().__init__(**fields)
+            opened.append(weakref.ref(self))
+
+    monkeypatch.setattr(results_module, "_Group", TrackedGroup)
+    keys = [f"k{i:02d}" for i in range(12)]
+    alive_at_load: list[int] = []
+
+    def group(members: list[str]) -> OutcomeGroup:
+        def load() -> pa.Table:
+            alive_at_load.append(sum(ref() is not None for ref in opened))
+            return outcomes(*map(outcome, members))
+
+        return OutcomeGroup(len(members), load)
+
+    assemble(tmp_path, source(keys), outcomes=[group(keys[i : i + 3]) for i in range(0, 12, 3)])
+    assert alive_at_load == [0, 0, 0, 0] and len(opened) == 4
