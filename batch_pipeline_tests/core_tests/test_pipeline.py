@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import fields
 from datetime import datetime
 
 import openai
@@ -10,7 +11,9 @@ import pandas as pd
 import pytest
 
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
-from batch_pipeline.core.pipeline import Pipeline, PipelineError
+from batch_pipeline.core.ledger import ShardRecord
+from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
+from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -215,3 +218,17 @@ def test_wrong_key_fails_with_a_message_that_hides_the_key(tmp_path, tmp_path_fa
             pipeline.submit(DAY)
         assert secret not in str(raised.value)
         assert not isinstance(raised.value, openai.OpenAIError)
+
+
+def test_a_retry_shard_without_its_first_attempt_is_refused_by_index(tmp_path) -> None:
+    """Retry shards keep their parent's index; one whose parent is unknown cannot be placed
+    among the source rows, so the results refuse it rather than guess."""
+
+    def shard(index: int, attempt: int) -> ShardRecord:
+        given = {"shard_id": f"s{index}-{attempt}", "shard_index": index, "attempt": attempt}
+        return ShardRecord(**{f.name: None for f in fields(ShardRecord)} | given | {"rows": 5})
+
+    storage = LocalStorage(tmp_path)
+    assert len(_outcome_groups(storage, [shard(0, 1), shard(0, 2), shard(1, 1)])) == 2
+    with pytest.raises(PipelineError, match=r"retry shards \[2, 3\] have no first-attempt"):
+        _outcome_groups(storage, [shard(0, 1), shard(3, 2), shard(2, 2), shard(0, 2)])
