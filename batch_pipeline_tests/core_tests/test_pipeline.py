@@ -39,8 +39,12 @@ def mixed_rows() -> list[dict]:
     ]
     rows = [{**row, "created_at": at} for row in rows]
     rows.append(
-        {"ticket_id": "NEXT", "subject": "Tomorrow", "body": "not in this partition",
-         "created_at": datetime(2026, 11, 21, 8)}
+        {
+            "ticket_id": "NEXT",
+            "subject": "Tomorrow",
+            "body": "not in this partition",
+            "created_at": datetime(2026, 11, 21, 8),
+        }
     )
     return rows
 
@@ -111,8 +115,12 @@ def test_small_limits_split_requests_into_several_batches(tmp_path, batch_api):
 def test_token_budget_holds_shards_back_until_batches_finish(tmp_path, batch_api):
     at = datetime(2026, 11, 20, 12)
     rows = [
-        {"ticket_id": f"B{i}", "subject": "s", "body": "slow <<slow:1>>" if i == 0 else "fast",
-         "created_at": at}
+        {
+            "ticket_id": f"B{i}",
+            "subject": "s",
+            "body": "slow <<slow:1>>" if i == 0 else "fast",
+            "created_at": at,
+        }
         for i in range(6)
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
@@ -167,14 +175,19 @@ def test_collecting_an_unsettled_partition_is_refused(tmp_path, batch_api):
 def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, batch_api):
     at = datetime(2026, 11, 20, 12)
     rows = [
-        {"ticket_id": f"C{i}", "subject": "s", "body": "<<hang>>" if i % 2 else "quick",
-         "created_at": at}
+        {
+            "ticket_id": f"C{i}",
+            "subject": "s",
+            "body": "<<hang>>" if i % 2 else "quick",
+            "created_at": at,
+        }
         for i in range(6)
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 3,
-                                                "enqueued_tokens": 80}),
+        ticket_spec(
+            tmp_path, batch_api, limits={"max_requests_per_file": 3, "enqueued_tokens": 80}
+        ),
         base_dir=tmp_path,
     )
     with Pipeline(spec) as pipeline:

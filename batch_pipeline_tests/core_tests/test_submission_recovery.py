@@ -94,7 +94,8 @@ def test_crash_after_a_step_then_rerun_leaves_one_batch_per_shard(tmp_path, batc
 
     client = openai.OpenAI(base_url=batch_api, api_key="local")
     mine = [
-        b for b in client.batches.list(limit=100)
+        b
+        for b in client.batches.list(limit=100)
         if (b.metadata or {}).get("batch_pipeline_pipeline") == spec.name
     ]
     identities = [b.metadata["batch_pipeline_submission"] for b in mine]
@@ -115,7 +116,8 @@ def test_crash_before_the_ledger_write_is_adopted_not_paid_again(tmp_path, batch
         recorded = pipeline.ledger.batches(spec.name)
     client = openai.OpenAI(base_url=batch_api, api_key="local")
     mine = [
-        b for b in client.batches.list(limit=100)
+        b
+        for b in client.batches.list(limit=100)
         if (b.metadata or {}).get("batch_pipeline_pipeline") == spec.name
     ]
     assert len(mine) == 3
@@ -124,9 +126,7 @@ def test_crash_before_the_ledger_write_is_adopted_not_paid_again(tmp_path, batch
 
 
 @pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
-def test_two_concurrent_runs_of_one_partition_pay_once(
-    tmp_path, batch_api, ledger, request
-):
+def test_two_concurrent_runs_of_one_partition_pay_once(tmp_path, batch_api, ledger, request):
     overrides = {"name": f"concurrent_{ledger}"}
     if ledger == "postgresql":
         overrides["ledger"] = {"url": request.getfixturevalue("postgres_database")}
@@ -146,12 +146,12 @@ def test_two_concurrent_runs_of_one_partition_pay_once(
         assert out.strip() == str(ROWS)
     client = openai.OpenAI(base_url=batch_api, api_key="local")
     mine = [
-        b for b in client.batches.list(limit=100)
+        b
+        for b in client.batches.list(limit=100)
         if (b.metadata or {}).get("batch_pipeline_pipeline") == overrides["name"]
     ]
     assert len(mine) == 3, [b.metadata for b in mine]
     files = [
-        f for f in client.files.list(purpose="batch")
-        if f.filename.startswith(overrides["name"])
+        f for f in client.files.list(purpose="batch") if f.filename.startswith(overrides["name"])
     ]
     assert len(files) == 3

@@ -21,31 +21,47 @@ from batch_pipeline.local_api import run_local_batch_api
 def _input_file(n: int, tag: str) -> bytes:
     lines = []
     for i in range(n):
-        lines.append(orjson.dumps({
-            "custom_id": f"{tag}-{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": "gpt-4o-mini",
-                "messages": [
-                    {"role": "system", "content": "Classify the sentiment as pos/neg/neutral."},
-                    {"role": "user", "content": f"Review {i}: the product arrived on time and "
-                                                f"works great, thanks! Order #{i * 7919}."},
-                ],
-                "max_tokens": 50,
-            },
-        }))
+        lines.append(
+            orjson.dumps(
+                {
+                    "custom_id": f"{tag}-{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": "gpt-4o-mini",
+                        "messages": [
+                            {
+                                "role": "system",
+                                "content": "Classify the sentiment as pos/neg/neutral.",
+                            },
+                            {
+                                "role": "user",
+                                "content": f"Review {i}: the product arrived on time and "
+                                f"works great, thanks! Order #{i * 7919}.",
+                            },
+                        ],
+                        "max_tokens": 50,
+                    },
+                }
+            )
+        )
     return b"\n".join(lines) + b"\n"
 
 
 def main(n: int = 50_000, batches: int = 1) -> None:
     with tempfile.TemporaryDirectory() as state, run_local_batch_api(state) as url:
         client = OpenAI(base_url=url, api_key="unused")
-        files = [client.files.create(file=(f"b{k}.jsonl", _input_file(n, f"b{k}")),
-                                     purpose="batch") for k in range(batches)]
+        files = [
+            client.files.create(file=(f"b{k}.jsonl", _input_file(n, f"b{k}")), purpose="batch")
+            for k in range(batches)
+        ]
         start = time.perf_counter()
-        ids = [client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                     completion_window="24h").id for f in files]
+        ids = [
+            client.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            ).id
+            for f in files
+        ]
         pending = set(ids)
         while pending:
             for batch_id in list(pending):
@@ -56,8 +72,10 @@ def main(n: int = 50_000, batches: int = 1) -> None:
             time.sleep(0.02)
         elapsed = time.perf_counter() - start
         total = n * batches
-        print(f"{total} requests in {batches} batch(es): {elapsed:.2f} s, "
-              f"{total / elapsed:,.0f} requests/s")
+        print(
+            f"{total} requests in {batches} batch(es): {elapsed:.2f} s, "
+            f"{total / elapsed:,.0f} requests/s"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def upload(client: OpenAI, lines: list[Any], name: str = "input.jsonl") -> str:
 def submit(client: OpenAI, lines: list[Any], endpoint: str = CHAT, **kwargs: Any) -> Batch:
     """Upload lines and create a batch on them."""
     return client.batches.create(
-        input_file_id=upload(client, lines), endpoint=endpoint,  # type: ignore[arg-type]
-        completion_window="24h", **kwargs,
+        input_file_id=upload(client, lines),
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+        **kwargs,
     )
 
 

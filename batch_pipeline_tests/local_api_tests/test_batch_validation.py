@@ -22,29 +22,54 @@ def _without(name: str) -> dict[str, Any]:
 CASES: list[tuple[str, list[Any], str, int | None, str | None]] = [
     ("not json", [GOOD, b'{"custom_id": "x", "method": '], "invalid_json_line", 2, None),
     ("not an object", [GOOD, b"[1, 2, 3]"], "invalid_json_line", 2, None),
-    ("no custom_id", [GOOD, _without("custom_id")], "missing_required_parameter", 2,
-     "custom_id"),
+    ("no custom_id", [GOOD, _without("custom_id")], "missing_required_parameter", 2, "custom_id"),
     ("no method", [_without("method")], "missing_required_parameter", 1, "method"),
-    ("no url", [GOOD, GOOD | {"custom_id": "g2"}, _without("url")],
-     "missing_required_parameter", 3, "url"),
+    (
+        "no url",
+        [GOOD, GOOD | {"custom_id": "g2"}, _without("url")],
+        "missing_required_parameter",
+        3,
+        "url",
+    ),
     ("no body", [_without("body")], "missing_required_parameter", 1, "body"),
-    ("no model", [GOOD, {**chat_line("m", "hi"), "body": {"messages": []}}],
-     "missing_required_parameter", 2, "body.model"),
+    (
+        "no model",
+        [GOOD, {**chat_line("m", "hi"), "body": {"messages": []}}],
+        "missing_required_parameter",
+        2,
+        "body.model",
+    ),
     ("GET", [GOOD, chat_line("x", "hi") | {"method": "GET"}], "invalid_method", 2, "method"),
-    ("other endpoint", [GOOD, chat_line("x", "hi") | {"url": "/v1/embeddings"}],
-     "mismatched_url", 2, "url"),
+    (
+        "other endpoint",
+        [GOOD, chat_line("x", "hi") | {"url": "/v1/embeddings"}],
+        "mismatched_url",
+        2,
+        "url",
+    ),
     ("unknown url", [chat_line("x", "hi") | {"url": "/v2/whatever"}], "invalid_url", 1, "url"),
-    ("duplicate id", [GOOD, chat_line("x", "a"), chat_line("good-1", "b")],
-     "duplicate_custom_id", 3, "custom_id"),
-    ("two models", [GOOD, chat_line("x", "hi", model="gpt-4o")], "mismatched_model", 2,
-     "body.model"),
+    (
+        "duplicate id",
+        [GOOD, chat_line("x", "a"), chat_line("good-1", "b")],
+        "duplicate_custom_id",
+        3,
+        "custom_id",
+    ),
+    (
+        "two models",
+        [GOOD, chat_line("x", "hi", model="gpt-4o")],
+        "mismatched_model",
+        2,
+        "body.model",
+    ),
     ("empty id", [chat_line("", "hi")], "invalid_parameter", 1, "custom_id"),
     ("empty file", [], "empty_file", None, None),
 ]
 
 
-@pytest.mark.parametrize(("lines", "code", "line", "param"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("lines", "code", "line", "param"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_invalid_input_fails_the_batch(
     shared_client: OpenAI, lines: list[Any], code: str, line: int | None, param: str | None
 ) -> None:
@@ -65,7 +90,9 @@ def test_every_bad_line_is_reported(client: OpenAI) -> None:
     batch = wait_for(client, submit(client, lines).id)
     errors = batch.errors.data if batch.errors else []
     assert [(e.code, e.line) for e in errors or []] == [
-        ("invalid_json_line", 2), ("invalid_method", 3), ("duplicate_custom_id", 4),
+        ("invalid_json_line", 2),
+        ("invalid_method", 3),
+        ("duplicate_custom_id", 4),
     ]
 
 

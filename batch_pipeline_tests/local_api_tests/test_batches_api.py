@@ -23,20 +23,46 @@ from batch_pipeline_tests.local_api_tests.helpers import (
 )
 
 BATCH_FIELDS = {
-    "id", "object", "endpoint", "model", "errors", "input_file_id", "completion_window",
-    "status", "output_file_id", "error_file_id", "created_at", "in_progress_at", "expires_at",
-    "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at",
-    "request_counts", "usage", "metadata",
+    "id",
+    "object",
+    "endpoint",
+    "model",
+    "errors",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "request_counts",
+    "usage",
+    "metadata",
 }
 
 
 def test_chat_batch_round_trip(client: OpenAI, api_url: str) -> None:
     texts = {f"row-{i}": f"Ticket {i}: my parcel {'never ' * (i % 3)}arrived." for i in range(40)}
     lines = [
-        {"custom_id": cid, "method": "POST", "url": CHAT, "body": {"model": MODEL, "messages": [
-            {"role": "system", "content": "Label the ticket."},
-            {"role": "user", "content": text},
-        ]}}
+        {
+            "custom_id": cid,
+            "method": "POST",
+            "url": CHAT,
+            "body": {
+                "model": MODEL,
+                "messages": [
+                    {"role": "system", "content": "Label the ticket."},
+                    {"role": "user", "content": text},
+                ],
+            },
+        }
         for cid, text in texts.items()
     ]
     created = submit(client, lines, metadata={"shard": "tickets/2024-01-01/0"})
@@ -55,8 +81,11 @@ def test_chat_batch_round_trip(client: OpenAI, api_url: str) -> None:
     assert batch.model == MODEL
     assert batch.metadata == {"shard": "tickets/2024-01-01/0"}
     assert batch.request_counts is not None
-    assert (batch.request_counts.total, batch.request_counts.completed,
-            batch.request_counts.failed) == (40, 40, 0)
+    assert (
+        batch.request_counts.total,
+        batch.request_counts.completed,
+        batch.request_counts.failed,
+    ) == (40, 40, 0)
     assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
     assert batch.created_at <= batch.in_progress_at <= batch.finalizing_at <= batch.completed_at
     assert batch.failed_at is batch.expired_at is batch.cancelled_at is None
@@ -79,8 +108,12 @@ def test_chat_batch_round_trip(client: OpenAI, api_url: str) -> None:
         assert body["object"] == "chat.completion" and body["model"] == MODEL
         assert body["id"].startswith("chatcmpl-") and isinstance(body["created"], int)
         choice = body["choices"][0]
-        assert choice["message"] == {"role": "assistant", "content": text, "refusal": None,
-                                     "annotations": []}
+        assert choice["message"] == {
+            "role": "assistant",
+            "content": text,
+            "refusal": None,
+            "annotations": [],
+        }
         assert choice["finish_reason"] == "stop"
         usage = body["usage"]
         assert usage["prompt_tokens"] == system_tokens + count_tokens(text, MODEL)
@@ -96,11 +129,17 @@ def test_chat_batch_round_trip(client: OpenAI, api_url: str) -> None:
 def test_chat_max_tokens_cuts_the_echo(shared_client: OpenAI) -> None:
     client = shared_client
     text = "one two three four five six seven eight nine ten eleven twelve"
-    batch = wait_for(client, submit(client, [
-        chat_line("short", text, max_tokens=4),
-        chat_line("newer", text, max_completion_tokens=2),
-        chat_line("roomy", text, max_tokens=1000),
-    ]).id)
+    batch = wait_for(
+        client,
+        submit(
+            client,
+            [
+                chat_line("short", text, max_tokens=4),
+                chat_line("newer", text, max_completion_tokens=2),
+                chat_line("roomy", text, max_tokens=1000),
+            ],
+        ).id,
+    )
     results = by_custom_id(read_lines(client, batch.output_file_id))
     encoding = encoding_for_model(MODEL)
     for cid, limit in (("short", 4), ("newer", 2)):
@@ -115,8 +154,12 @@ def test_chat_max_tokens_cuts_the_echo(shared_client: OpenAI) -> None:
 
 
 def _responses_line(cid: str, value: Any, **body: Any) -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": "/v1/responses",
-            "body": {"model": MODEL, "input": value, **body}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/responses",
+        "body": {"model": MODEL, "input": value, **body},
+    }
 
 
 def test_responses_batch_round_trip(shared_client: OpenAI) -> None:
@@ -127,11 +170,18 @@ def test_responses_batch_round_trip(shared_client: OpenAI) -> None:
         {"role": "assistant", "content": "an answer"},
         {"role": "user", "content": "the last question"},
     ]
-    batch = wait_for(client, submit(client, [
-        _responses_line("plain", "Summarise: the cat sat on the mat."),
-        _responses_line("items", items, instructions="Answer in French."),
-        _responses_line("cut", "alpha beta gamma delta epsilon", max_output_tokens=2),
-    ], endpoint="/v1/responses").id)
+    batch = wait_for(
+        client,
+        submit(
+            client,
+            [
+                _responses_line("plain", "Summarise: the cat sat on the mat."),
+                _responses_line("items", items, instructions="Answer in French."),
+                _responses_line("cut", "alpha beta gamma delta epsilon", max_output_tokens=2),
+            ],
+            endpoint="/v1/responses",
+        ).id,
+    )
     assert batch.status == "completed"
     results = by_custom_id(read_lines(client, batch.output_file_id))
 
@@ -163,14 +213,25 @@ def test_embeddings_batch_round_trip(shared_client: OpenAI) -> None:
     model = "text-embedding-3-small"
 
     def line(cid: str, value: Any, **body: Any) -> dict[str, Any]:
-        return {"custom_id": cid, "method": "POST", "url": "/v1/embeddings",
-                "body": {"model": model, "input": value, **body}}
+        return {
+            "custom_id": cid,
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": model, "input": value, **body},
+        }
 
-    batch = wait_for(client, submit(client, [
-        line("a", "the quick brown fox"),
-        line("same", "the quick brown fox"),
-        line("list", ["one", "two"], dimensions=8),
-    ], endpoint="/v1/embeddings").id)
+    batch = wait_for(
+        client,
+        submit(
+            client,
+            [
+                line("a", "the quick brown fox"),
+                line("same", "the quick brown fox"),
+                line("list", ["one", "two"], dimensions=8),
+            ],
+            endpoint="/v1/embeddings",
+        ).id,
+    )
     assert batch.status == "completed" and batch.model == model
     results = by_custom_id(read_lines(client, batch.output_file_id))
 
@@ -193,26 +254,50 @@ def test_embeddings_batch_round_trip(shared_client: OpenAI) -> None:
 
 def test_completions_and_moderations(shared_client: OpenAI) -> None:
     client = shared_client
-    completions = wait_for(client, submit(client, [
-        {"custom_id": "c", "method": "POST", "url": "/v1/completions",
-         "body": {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test"}},
-    ], endpoint="/v1/completions").id)
+    completions = wait_for(
+        client,
+        submit(
+            client,
+            [
+                {
+                    "custom_id": "c",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test"},
+                },
+            ],
+            endpoint="/v1/completions",
+        ).id,
+    )
     body = read_lines(client, completions.output_file_id)[0]["response"]["body"]
     assert body["object"] == "text_completion"
     assert body["choices"][0]["text"] == "Say this is a test"
 
-    moderations = wait_for(client, submit(client, [
-        {"custom_id": "m", "method": "POST", "url": "/v1/moderations",
-         "body": {"input": ["fine", "also fine"]}},
-    ], endpoint="/v1/moderations").id)
+    moderations = wait_for(
+        client,
+        submit(
+            client,
+            [
+                {
+                    "custom_id": "m",
+                    "method": "POST",
+                    "url": "/v1/moderations",
+                    "body": {"input": ["fine", "also fine"]},
+                },
+            ],
+            endpoint="/v1/moderations",
+        ).id,
+    )
     body = read_lines(client, moderations.output_file_id)[0]["response"]["body"]
     assert [r["flagged"] for r in body["results"]] == [False, False]
 
 
 def test_list_batches_newest_first_with_auto_paging(client: OpenAI, api_url: str) -> None:
     file_id = upload(client, [chat_line("x", "hi")])
-    ids = [client.batches.create(input_file_id=file_id, endpoint=CHAT,
-                                 completion_window="24h").id for _ in range(5)]
+    ids = [
+        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h").id
+        for _ in range(5)
+    ]
 
     assert [b.id for b in client.batches.list(limit=2)] == ids[::-1]
     page = httpx2.get(f"{api_url}/batches", params={"limit": 2}).json()
@@ -239,8 +324,12 @@ def test_list_batches_newest_first_with_auto_paging(client: OpenAI, api_url: str
 def test_create_rejects_bad_parameters(
     shared_client: OpenAI, shared_url: str, change: dict[str, Any], param: str
 ) -> None:
-    body = {"input_file_id": upload(shared_client, [chat_line("x", "hi")]), "endpoint": CHAT,
-            "completion_window": "24h", **change}
+    body = {
+        "input_file_id": upload(shared_client, [chat_line("x", "hi")]),
+        "endpoint": CHAT,
+        "completion_window": "24h",
+        **change,
+    }
     body = {k: v for k, v in body.items() if v is not None}
     response = httpx2.post(f"{shared_url}/batches", json=body)
     assert response.status_code == 400
@@ -259,8 +348,9 @@ def test_metadata_at_the_limits_is_kept(shared_client: OpenAI) -> None:
 def test_create_with_unknown_or_wrong_purpose_file(shared_client: OpenAI) -> None:
     client = shared_client
     with pytest.raises(openai.NotFoundError):
-        client.batches.create(input_file_id="file-" + "0" * 32, endpoint=CHAT,
-                              completion_window="24h")
+        client.batches.create(
+            input_file_id="file-" + "0" * 32, endpoint=CHAT, completion_window="24h"
+        )
     other = client.files.create(file=("x.jsonl", b"{}\n"), purpose="user_data")
     with pytest.raises(openai.BadRequestError) as info:
         client.batches.create(input_file_id=other.id, endpoint=CHAT, completion_window="24h")

@@ -15,19 +15,49 @@ from batch_pipeline_tests.local_api_tests.helpers import chat_line, submit, wait
 
 
 def test_flags_become_settings(tmp_path: Path) -> None:
-    args = build_parser().parse_args([
-        "serve", "--host", "0.0.0.0", "--port", "9999", "--state-dir", str(tmp_path),
-        "--responder", "proxy", "--upstream-url", "http://127.0.0.1:1", "--concurrency", "3",
-        "--upstream-api-key-env", "UP_KEY", "--completion-window-seconds", "2.5",
-        "--api-key-env", "MY_KEY", "--fault-create-429-every", "3",
-        "--fault-download-500-every", "4", "--max-upload-bytes", "1000",
-    ])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9999",
+            "--state-dir",
+            str(tmp_path),
+            "--responder",
+            "proxy",
+            "--upstream-url",
+            "http://127.0.0.1:1",
+            "--concurrency",
+            "3",
+            "--upstream-api-key-env",
+            "UP_KEY",
+            "--completion-window-seconds",
+            "2.5",
+            "--api-key-env",
+            "MY_KEY",
+            "--fault-create-429-every",
+            "3",
+            "--fault-download-500-every",
+            "4",
+            "--max-upload-bytes",
+            "1000",
+        ]
+    )
     settings = LocalApiSettings.from_namespace(args)
     assert settings == LocalApiSettings(
-        state_dir=tmp_path, host="0.0.0.0", port=9999, responder="proxy",
-        upstream_url="http://127.0.0.1:1", concurrency=3, upstream_api_key_env="UP_KEY",
-        completion_window_seconds=2.5, api_key_env="MY_KEY", fault_create_429_every=3,
-        fault_download_500_every=4, max_upload_bytes=1000,
+        state_dir=tmp_path,
+        host="0.0.0.0",
+        port=9999,
+        responder="proxy",
+        upstream_url="http://127.0.0.1:1",
+        concurrency=3,
+        upstream_api_key_env="UP_KEY",
+        completion_window_seconds=2.5,
+        api_key_env="MY_KEY",
+        fault_create_429_every=3,
+        fault_download_500_every=4,
+        max_upload_bytes=1000,
     )
     defaults = LocalApiSettings.from_namespace(build_parser().parse_args(["serve"]))
     assert defaults == LocalApiSettings()
@@ -37,9 +67,21 @@ def test_flags_become_settings(tmp_path: Path) -> None:
 
 def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", "0",
-         "--state-dir", str(tmp_path / "state"), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "batch_pipeline.cli",
+            "serve",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -59,9 +101,21 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
 
 def test_serve_refuses_a_missing_key_variable(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", "0",
-         "--state-dir", str(tmp_path), "--api-key-env", "SURELY_NOT_SET_BATCH_KEY"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "batch_pipeline.cli",
+            "serve",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path),
+            "--api-key-env",
+            "SURELY_NOT_SET_BATCH_KEY",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2

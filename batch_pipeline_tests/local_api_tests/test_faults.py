@@ -31,10 +31,16 @@ EXPECTED = {
 @pytest.mark.parametrize("status", [400, 429, 500])
 def test_fail_trigger_answers_with_that_status(shared_client: OpenAI, status: int) -> None:
     client = shared_client
-    batch = wait_for(client, submit(client, [
-        chat_line("ok", "hello"),
-        chat_line("bad", f"please <<fail:{status}>> now"),
-    ]).id)
+    batch = wait_for(
+        client,
+        submit(
+            client,
+            [
+                chat_line("ok", "hello"),
+                chat_line("bad", f"please <<fail:{status}>> now"),
+            ],
+        ).id,
+    )
 
     assert batch.status == "completed"
     assert batch.request_counts is not None
@@ -52,16 +58,45 @@ def test_fail_trigger_answers_with_that_status(shared_client: OpenAI, status: in
 
 def test_fail_trigger_in_responses_and_embeddings_input(shared_client: OpenAI) -> None:
     client = shared_client
-    responses = wait_for(client, submit(client, [
-        {"custom_id": "r", "method": "POST", "url": "/v1/responses",
-         "body": {"model": MODEL, "input": [{"role": "user", "content": [
-             {"type": "input_text", "text": "<<fail:503>>"}]}]}},
-    ], endpoint="/v1/responses").id)
+    responses = wait_for(
+        client,
+        submit(
+            client,
+            [
+                {
+                    "custom_id": "r",
+                    "method": "POST",
+                    "url": "/v1/responses",
+                    "body": {
+                        "model": MODEL,
+                        "input": [
+                            {
+                                "role": "user",
+                                "content": [{"type": "input_text", "text": "<<fail:503>>"}],
+                            }
+                        ],
+                    },
+                },
+            ],
+            endpoint="/v1/responses",
+        ).id,
+    )
     assert read_lines(client, responses.output_file_id)[0]["response"]["status_code"] == 503
-    embeddings = wait_for(client, submit(client, [
-        {"custom_id": "e", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": "text-embedding-3-small", "input": ["fine", "<<fail:400>>"]}},
-    ], endpoint="/v1/embeddings").id)
+    embeddings = wait_for(
+        client,
+        submit(
+            client,
+            [
+                {
+                    "custom_id": "e",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": "text-embedding-3-small", "input": ["fine", "<<fail:400>>"]},
+                },
+            ],
+            endpoint="/v1/embeddings",
+        ).id,
+    )
     assert read_lines(client, embeddings.output_file_id)[0]["response"]["status_code"] == 400
 
 
@@ -75,10 +110,10 @@ def test_system_text_is_not_a_trigger(shared_client: OpenAI) -> None:
 
 def test_hang_is_never_processed(shared_client: OpenAI) -> None:
     client = shared_client
-    batch = submit(client, [chat_line(f"r{i}", "hi") for i in range(4)]
-                   + [chat_line("stuck", "<<hang>>")])
-    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts)
-               and c.completed == 4)
+    batch = submit(
+        client, [chat_line(f"r{i}", "hi") for i in range(4)] + [chat_line("stuck", "<<hang>>")]
+    )
+    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 4)
     time.sleep(0.5)
     still = client.batches.retrieve(batch.id)
     assert still.status == "in_progress"
@@ -92,10 +127,17 @@ def test_hang_is_never_processed(shared_client: OpenAI) -> None:
 def test_slow_delays_only_that_request(shared_client: OpenAI) -> None:
     client = shared_client
     started = time.monotonic()
-    batch = submit(client, [chat_line("slow", "<<slow:1>>")]
-                   + [chat_line(f"r{i}", "hi") for i in range(5)])
-    meanwhile = wait_until(lambda: (b := client.batches.retrieve(batch.id)).request_counts
-                           and b.request_counts.completed == 5 and b, interval=0.02)
+    batch = submit(
+        client, [chat_line("slow", "<<slow:1>>")] + [chat_line(f"r{i}", "hi") for i in range(5)]
+    )
+    meanwhile = wait_until(
+        lambda: (
+            (b := client.batches.retrieve(batch.id)).request_counts
+            and b.request_counts.completed == 5
+            and b
+        ),
+        interval=0.02,
+    )
     assert meanwhile.status == "in_progress"  # the others did not wait for the slow one
     done = wait_for(client, batch.id)
     assert time.monotonic() - started >= 1.0
@@ -110,8 +152,9 @@ def test_create_429_every_nth(start_api: StartApi) -> None:
     file_id = upload(client, [chat_line("x", "hi")])
 
     def create() -> str:
-        return client.batches.create(input_file_id=file_id, endpoint=CHAT,
-                                     completion_window="24h").id
+        return client.batches.create(
+            input_file_id=file_id, endpoint=CHAT, completion_window="24h"
+        ).id
 
     first = create()
     with pytest.raises(openai.RateLimitError) as info:
@@ -123,8 +166,12 @@ def test_create_429_every_nth(start_api: StartApi) -> None:
     assert [b.id for b in client.batches.list()] == [third, first]
 
     retrying = OpenAI(base_url=url, api_key="k", max_retries=2)  # the SDK retries the 429
-    assert retrying.batches.create(input_file_id=file_id, endpoint=CHAT,
-                                   completion_window="24h").status == "validating"
+    assert (
+        retrying.batches.create(
+            input_file_id=file_id, endpoint=CHAT, completion_window="24h"
+        ).status
+        == "validating"
+    )
 
 
 def test_download_500_every_nth(start_api: StartApi) -> None:

@@ -45,7 +45,8 @@ def test_other_purposes_are_stored(client: OpenAI) -> None:
 
 def test_expires_after_sets_expires_at(client: OpenAI) -> None:
     created = client.files.create(
-        file=("x.jsonl", b"{}\n"), purpose="batch",
+        file=("x.jsonl", b"{}\n"),
+        purpose="batch",
         expires_after={"anchor": "created_at", "seconds": 3600},
     )
     assert created.expires_at is not None
@@ -53,8 +54,7 @@ def test_expires_after_sets_expires_at(client: OpenAI) -> None:
 
 
 def test_list_orders_and_auto_paginates(client: OpenAI, api_url: str) -> None:
-    ids = [client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id
-           for i in range(7)]
+    ids = [client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id for i in range(7)]
 
     newest_first = [f.id for f in client.files.list(limit=3)]  # SDK follows `after`
     assert newest_first == ids[::-1]
@@ -66,15 +66,13 @@ def test_list_orders_and_auto_paginates(client: OpenAI, api_url: str) -> None:
     assert [f["id"] for f in page["data"]] == ids[:-4:-1]
     assert page["has_more"] is True
     assert (page["first_id"], page["last_id"]) == (ids[-1], ids[-3])
-    last = httpx2.get(f"{api_url}/files",
-                      params={"limit": 10, "after": ids[1]}).json()
+    last = httpx2.get(f"{api_url}/files", params={"limit": 10, "after": ids[1]}).json()
     assert [f["id"] for f in last["data"]] == [ids[0]]
     assert last["has_more"] is False
 
 
 def test_cursor_of_a_deleted_file_still_pages(client: OpenAI) -> None:
-    ids = [client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id
-           for i in range(3)]
+    ids = [client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id for i in range(3)]
     client.files.delete(ids[1])
     after_deleted = client.files.list(after=ids[1])
     assert [f.id for f in after_deleted.data] == [ids[0]]
@@ -121,7 +119,8 @@ def test_upload_that_is_not_multipart_is_400(shared_url: str) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_content_type"
     broken = httpx2.post(
-        f"{shared_url}/files", content=b"--xyz\r\nnot a part",
+        f"{shared_url}/files",
+        content=b"--xyz\r\nnot a part",
         headers={"content-type": "multipart/form-data; boundary=xyz"},
     )
     assert broken.status_code == 400

@@ -24,8 +24,13 @@ def test_request_counts_move_while_running(client: OpenAI) -> None:
     lines += [chat_line(f"slow-{i}", "<<slow:1>> take your time") for i in range(3)]
     batch = submit(client, lines)
 
-    running = wait_until(lambda: (b := client.batches.retrieve(batch.id)).request_counts
-                         and b.request_counts.completed == 5 and b)
+    running = wait_until(
+        lambda: (
+            (b := client.batches.retrieve(batch.id)).request_counts
+            and b.request_counts.completed == 5
+            and b
+        )
+    )
     assert running.status == "in_progress" and running.in_progress_at is not None
     assert running.request_counts.total == 8
     assert running.usage is None and running.output_file_id is None
@@ -37,8 +42,9 @@ def test_request_counts_move_while_running(client: OpenAI) -> None:
 
 def test_batches_run_concurrently(client: OpenAI) -> None:
     started = time.monotonic()
-    ids = [submit(client, [chat_line("s", "<<slow:1>>"), chat_line("f", "hi")]).id
-           for _ in range(5)]
+    ids = [
+        submit(client, [chat_line("s", "<<slow:1>>"), chat_line("f", "hi")]).id for _ in range(5)
+    ]
     for batch_id in ids:
         assert wait_for(client, batch_id).status == "completed"
     assert time.monotonic() - started < 4.0  # five 1 s waits overlapped, not queued
@@ -48,8 +54,9 @@ def test_cancel_keeps_finished_requests(client: OpenAI) -> None:
     lines = [chat_line(f"done-{i}", f"answer {i}") for i in range(20)]
     lines += [chat_line(f"hang-{i}", "<<hang>>") for i in range(3)]
     batch = submit(client, lines)
-    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts)
-               and c.completed == 20)
+    wait_until(
+        lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 20
+    )
 
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
@@ -59,8 +66,11 @@ def test_cancel_keeps_finished_requests(client: OpenAI) -> None:
     assert cancelled.cancelled_at is not None and cancelled.cancelled_at >= cancelled.cancelling_at
     assert cancelled.completed_at is None and cancelled.expired_at is None
     assert cancelled.request_counts is not None
-    assert (cancelled.request_counts.total, cancelled.request_counts.completed,
-            cancelled.request_counts.failed) == (23, 20, 3)
+    assert (
+        cancelled.request_counts.total,
+        cancelled.request_counts.completed,
+        cancelled.request_counts.failed,
+    ) == (23, 20, 3)
     output = by_custom_id(read_lines(client, cancelled.output_file_id))
     assert set(output) == {f"done-{i}" for i in range(20)}
     assert output["done-7"]["response"]["body"]["choices"][0]["message"]["content"] == "answer 7"
@@ -81,8 +91,7 @@ def test_cancel_while_validating_or_right_after_create(client: OpenAI) -> None:
 
 
 def test_expiry_keeps_finished_requests(start_api: StartApi) -> None:
-    client = OpenAI(base_url=start_api(completion_window_seconds=1.5), api_key="k",
-                    max_retries=0)
+    client = OpenAI(base_url=start_api(completion_window_seconds=1.5), api_key="k", max_retries=0)
     lines = [chat_line(f"done-{i}", "hi") for i in range(10)]
     lines += [chat_line("hang-a", "<<hang>>"), chat_line("hang-b", "please <<hang>>")]
     created = submit(client, lines)
@@ -96,7 +105,8 @@ def test_expiry_keeps_finished_requests(start_api: StartApi) -> None:
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (10, 2)
     assert set(by_custom_id(read_lines(client, batch.output_file_id))) == {
-        f"done-{i}" for i in range(10)}
+        f"done-{i}" for i in range(10)
+    }
     errors = by_custom_id(read_lines(client, batch.error_file_id))
     assert set(errors) == {"hang-a", "hang-b"}
     for line in errors.values():
@@ -106,8 +116,7 @@ def test_expiry_keeps_finished_requests(start_api: StartApi) -> None:
 
 
 def test_expiry_with_nothing_finished_has_no_output_file(start_api: StartApi) -> None:
-    client = OpenAI(base_url=start_api(completion_window_seconds=1.0), api_key="k",
-                    max_retries=0)
+    client = OpenAI(base_url=start_api(completion_window_seconds=1.0), api_key="k", max_retries=0)
     batch = wait_for(client, submit(client, [chat_line("h", "<<hang>>")]).id, timeout=10)
     assert batch.status == "expired"
     assert batch.output_file_id is None

@@ -28,8 +28,9 @@ def test_restart_mid_batch_loses_nothing(start_api: StartApi, tmp_path: Path) ->
     lines = [chat_line(f"r{i}", f"row {i}") for i in range(30)]
     lines += [chat_line("slow-a", "<<slow:1>>"), chat_line("slow-b", "<<slow:1>> b")]
     running = submit(client, lines, metadata={"run": "nightly"})
-    wait_until(lambda: (c := client.batches.retrieve(running.id).request_counts)
-               and c.completed == 30)
+    wait_until(
+        lambda: (c := client.batches.retrieve(running.id).request_counts) and c.completed == 30
+    )
     before = client.batches.retrieve(running.id)
     assert before.status == "in_progress"
 
@@ -60,17 +61,22 @@ def test_restart_mid_batch_loses_nothing(start_api: StartApi, tmp_path: Path) ->
 
 def test_batch_expires_across_a_restart(start_api: StartApi, tmp_path: Path) -> None:
     state = tmp_path / "persisted"
-    client = OpenAI(base_url=start_api(state_dir=state, completion_window_seconds=1.5),
-                    api_key="k", max_retries=0)
+    client = OpenAI(
+        base_url=start_api(state_dir=state, completion_window_seconds=1.5),
+        api_key="k",
+        max_retries=0,
+    )
     batch = submit(client, [chat_line("done", "hi"), chat_line("stuck", "<<hang>>")])
-    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts)
-               and c.completed == 1)
+    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 1)
     client.close()
     start_api.stop_all()
     time.sleep(1.6)  # the window passes while nothing runs
 
-    client = OpenAI(base_url=start_api(state_dir=state, completion_window_seconds=1.5),
-                    api_key="k", max_retries=0)
+    client = OpenAI(
+        base_url=start_api(state_dir=state, completion_window_seconds=1.5),
+        api_key="k",
+        max_retries=0,
+    )
     expired = wait_for(client, batch.id, timeout=10)
     assert expired.status == "expired"
     assert [x["custom_id"] for x in read_lines(client, expired.output_file_id)] == ["done"]
@@ -81,8 +87,13 @@ def test_batch_expires_across_a_restart(start_api: StartApi, tmp_path: Path) -> 
 def test_partial_results_recover_and_cut_a_torn_line(tmp_path: Path) -> None:
     partial = PartialResults(tmp_path, sync_interval=1.0)
     chat = {"usage": {"prompt_tokens": 3, "completion_tokens": 2}}
-    partial.add([answer_result("a", 200, chat, "k1"), answer_result("b", 500, {}, "k2"),
-                 error_result("c", "batch_expired", "late", "k3")])
+    partial.add(
+        [
+            answer_result("a", 200, chat, "k1"),
+            answer_result("b", 500, {}, "k2"),
+            error_result("c", "batch_expired", "late", "k3"),
+        ]
+    )
     partial.close()
     with open(tmp_path / "output.partial.jsonl", "ab") as f:
         f.write(b'{"id": "batch_req_x", "custom_id": "torn", "respo')  # a crash mid-write
@@ -95,4 +106,3 @@ def test_partial_results_recover_and_cut_a_torn_line(tmp_path: Path) -> None:
     recovered.close()
     lines = (tmp_path / "output.partial.jsonl").read_bytes().splitlines()
     assert [orjson.loads(x)["custom_id"] for x in lines] == ["a", "b", "d"]
-

@@ -45,8 +45,17 @@ class Upstream:
 
     async def chat(self, request: Request) -> JSONResponse:
         if request.headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
-            return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error",
-                                           "param": None, "code": "invalid_api_key"}}, 401)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "bad key",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+                401,
+            )
         body = await request.json()
         text = body["messages"][-1]["content"]
         self.calls[text] += 1
@@ -57,25 +66,70 @@ class Upstream:
         finally:
             self.in_flight -= 1
         if "flaky" in text and self.calls[text] == 1:
-            return JSONResponse({"error": {"message": "overloaded", "type": "server_error",
-                                           "param": None, "code": None}}, 503)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "overloaded",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                503,
+            )
         if "busy" in text and self.calls[text] == 1:
-            return JSONResponse({"error": {"message": "slow down", "type": "requests",
-                                           "param": None, "code": "rate_limit_exceeded"}},
-                                429, headers={"retry-after": "0"})
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "slow down",
+                        "type": "requests",
+                        "param": None,
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                429,
+                headers={"retry-after": "0"},
+            )
         if "broken" in text:
-            return JSONResponse({"error": {"message": "always down", "type": "server_error",
-                                           "param": None, "code": None}}, 500)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "always down",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                500,
+            )
         if "invalid" in text:
-            return JSONResponse({"error": {"message": "no", "type": "invalid_request_error",
-                                           "param": "messages", "code": None}}, 400)
-        return JSONResponse({
-            "id": "chatcmpl-up", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": f"upstream: {text}"}}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-        })
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "no",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": None,
+                    }
+                },
+                400,
+            )
+        return JSONResponse(
+            {
+                "id": "chatcmpl-up",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": f"upstream: {text}"},
+                    }
+                ],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+            }
+        )
 
 
 @pytest.fixture
@@ -99,23 +153,34 @@ def upstream() -> Iterator[Upstream]:
 @pytest.fixture
 def proxy_options(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     monkeypatch.setenv("UPSTREAM_TEST_KEY", UPSTREAM_KEY)
-    return {"responder": "proxy", "upstream_url": upstream.url,
-            "upstream_api_key_env": "UPSTREAM_TEST_KEY", "upstream_backoff_seconds": 0.05,
-            "upstream_max_retries": 3, "concurrency": 4}
+    return {
+        "responder": "proxy",
+        "upstream_url": upstream.url,
+        "upstream_api_key_env": "UPSTREAM_TEST_KEY",
+        "upstream_backoff_seconds": 0.05,
+        "upstream_max_retries": 3,
+        "concurrency": 4,
+    }
 
 
 def test_proxy_forwards_and_retries_transient_failures(
     start_api: StartApi, upstream: Upstream, proxy_options: dict[str, object]
 ) -> None:
     client = OpenAI(base_url=start_api(**proxy_options), api_key="k", max_retries=0)
-    batch = wait_for(client, submit(client, [
-        chat_line("plain", "hello"),
-        chat_line("flaky", "flaky once"),
-        chat_line("busy", "busy once"),
-        chat_line("broken", "broken always"),
-        chat_line("invalid", "invalid request"),
-        chat_line("fault", "<<fail:429>>"),
-    ]).id)
+    batch = wait_for(
+        client,
+        submit(
+            client,
+            [
+                chat_line("plain", "hello"),
+                chat_line("flaky", "flaky once"),
+                chat_line("busy", "busy once"),
+                chat_line("broken", "broken always"),
+                chat_line("invalid", "invalid request"),
+                chat_line("fault", "<<fail:429>>"),
+            ],
+        ).id,
+    )
 
     assert batch.status == "completed"
     assert batch.request_counts is not None
@@ -152,8 +217,9 @@ def test_proxy_upstream_down_goes_to_error_file(start_api: StartApi) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens here
-    url = start_api(responder="proxy", upstream_url=dead, upstream_max_retries=1,
-                    upstream_backoff_seconds=0.01)
+    url = start_api(
+        responder="proxy", upstream_url=dead, upstream_max_retries=1, upstream_backoff_seconds=0.01
+    )
     client = OpenAI(base_url=url, api_key="k", max_retries=0)
     batch = wait_for(client, submit(client, [chat_line("a", "hi")]).id)
     assert batch.status == "completed" and batch.output_file_id is None
@@ -165,20 +231,24 @@ def test_proxy_restart_does_not_resend_finished_requests(
     start_api: StartApi, upstream: Upstream, proxy_options: dict[str, object], tmp_path: Path
 ) -> None:
     state = tmp_path / "proxy-state"
-    client = OpenAI(base_url=start_api(state_dir=state, **proxy_options), api_key="k",
-                    max_retries=0)
+    client = OpenAI(
+        base_url=start_api(state_dir=state, **proxy_options), api_key="k", max_retries=0
+    )
     lines = [chat_line(f"r{i}", f"q{i}") for i in range(10)] + [chat_line("s", "<<slow:1>> s")]
     batch = submit(client, lines)
-    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts)
-               and c.completed == 10)
+    wait_until(
+        lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 10
+    )
     client.close()
     start_api.stop_all()
 
-    client = OpenAI(base_url=start_api(state_dir=state, **proxy_options), api_key="k",
-                    max_retries=0)
+    client = OpenAI(
+        base_url=start_api(state_dir=state, **proxy_options), api_key="k", max_retries=0
+    )
     done = wait_for(client, batch.id)
     assert done.status == "completed"
     assert set(by_custom_id(read_lines(client, done.output_file_id))) == {
-        f"r{i}" for i in range(10)} | {"s"}
+        f"r{i}" for i in range(10)
+    } | {"s"}
     assert all(upstream.calls[f"q{i}"] == 1 for i in range(10))
     assert upstream.calls["<<slow:1>> s"] == 1

@@ -33,8 +33,9 @@ def test_auth_on_needs_the_bearer_key(
     assert missing.status_code == 401
     assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
     assert httpx2.get(f"{url}/nowhere").status_code == 401  # before routing
-    assert httpx2.get(f"{url}/files", headers={"authorization": f"Basic {SECRET}"}).status_code \
-        == 401
+    assert (
+        httpx2.get(f"{url}/files", headers={"authorization": f"Basic {SECRET}"}).status_code == 401
+    )
 
     client = OpenAI(base_url=url, api_key=SECRET, max_retries=0)
     batch = wait_for(client, submit(client, [chat_line("a", "hi")]).id)
@@ -50,8 +51,9 @@ def test_auth_key_from_environment(start_api: StartApi, monkeypatch: pytest.Monk
     assert OpenAI(base_url=url, api_key=SECRET).files.list().data == []
 
 
-def test_auth_env_var_unset_refuses_to_start(start_api: StartApi,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auth_env_var_unset_refuses_to_start(
+    start_api: StartApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LOCAL_BATCH_KEY_UNSET", raising=False)
     with pytest.raises(ValueError, match="LOCAL_BATCH_KEY_UNSET"):
         start_api(api_key_env="LOCAL_BATCH_KEY_UNSET")
@@ -97,9 +99,11 @@ def test_file_names_are_never_paths(client: OpenAI, tmp_path: Path) -> None:
 
 def _multipart(boundary: str, size: int, chunk: int = 1 << 20) -> Iterator[bytes]:
     """A multipart body streamed in chunks (sent chunked: no Content-Length)."""
-    yield (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-           f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"'
-           f"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"'
+        f"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     sent = 0
     while sent < size:
         n = min(chunk, size - sent)
@@ -116,7 +120,8 @@ def test_oversize_upload_is_413(start_api: StartApi, tmp_path: Path) -> None:
         client.files.create(file=("big.jsonl", b"x" * 5000), purpose="batch")
     assert info.value.status_code == 413
     streamed = httpx2.post(  # no Content-Length: refused while counting the bytes
-        f"{url}/files", content=_multipart("b0undary", 5000, chunk=100),
+        f"{url}/files",
+        content=_multipart("b0undary", 5000, chunk=100),
         headers={"content-type": "multipart/form-data; boundary=b0undary"},
     )
     assert streamed.status_code == 413
@@ -134,8 +139,10 @@ def test_large_upload_streams_to_disk(start_api: StartApi) -> None:
     tracemalloc.start()
     try:
         response = httpx2.post(
-            f"{url}/files", content=_multipart("strm", size),
-            headers={"content-type": "multipart/form-data; boundary=strm"}, timeout=60,
+            f"{url}/files",
+            content=_multipart("strm", size),
+            headers={"content-type": "multipart/form-data; boundary=strm"},
+            timeout=60,
         )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -149,8 +156,9 @@ def test_large_upload_streams_to_disk(start_api: StartApi) -> None:
     [b"not json", b"[1, 2, 3]", b'"a string"', b"\xff\xfe\x00", b"", b'{"input_file_id": '],
 )
 def test_garbage_json_bodies_are_400(shared_url: str, body: bytes) -> None:
-    response = httpx2.post(f"{shared_url}/batches", content=body,
-                           headers={"content-type": "application/json"})
+    response = httpx2.post(
+        f"{shared_url}/batches", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 
@@ -159,12 +167,19 @@ def test_wrongly_typed_fields_are_400(shared_client: OpenAI, shared_url: str) ->
     file_id = upload(shared_client, [chat_line("a", "hi")])
     for body in (
         {"input_file_id": 5, "endpoint": CHAT, "completion_window": "24h"},
-        {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h",
-         "metadata": ["not", "a", "map"]},
-        {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h",
-         "surprise": True},
-        {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h",
-         "output_expires_after": {"anchor": "created_at", "seconds": 5}},
+        {
+            "input_file_id": file_id,
+            "endpoint": CHAT,
+            "completion_window": "24h",
+            "metadata": ["not", "a", "map"],
+        },
+        {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h", "surprise": True},
+        {
+            "input_file_id": file_id,
+            "endpoint": CHAT,
+            "completion_window": "24h",
+            "output_expires_after": {"anchor": "created_at", "seconds": 5},
+        },
     ):
         assert httpx2.post(f"{shared_url}/batches", json=body).status_code == 400
 
