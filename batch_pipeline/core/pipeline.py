@@ -445,16 +445,21 @@ class Pipeline:
         rejected_path = f"requests/partition={partition}/gen={record.generation}/rejected.parquet"
         rejected = pq.read_table(self.storage.local_path(rejected_path))
         dest = f"results/partition={partition}/part-0.parquet"
-        summary = assemble_results(
-            source_batches=iter_partition_batches(self.spec, partition, dataframe=self.dataframe),
-            key_column=self.spec.source.key,
-            partition=partition,
-            custom_id_of=lambda keys: custom_ids_for(partition, keys),
-            outcomes=outcomes,
-            rejected=rejected,
-            dest_path=self.storage.local_path(dest),
-            endpoint=self.spec.request.endpoint.value,
-        )
+        try:
+            summary = assemble_results(
+                source_batches=iter_partition_batches(
+                    self.spec, partition, dataframe=self.dataframe
+                ),
+                key_column=self.spec.source.key,
+                partition=partition,
+                custom_id_of=lambda keys: custom_ids_for(partition, keys),
+                outcomes=outcomes,
+                rejected=rejected,
+                dest_path=self.storage.local_path(dest),
+                endpoint=self.spec.request.endpoint.value,
+            )
+        finally:
+            pa.default_memory_pool().release_unused()  # see Poller.collect
         result = self._results_summary(partition, record.generation, summary)
         self.ledger.mark_collected(
             self.spec.name,

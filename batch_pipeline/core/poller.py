@@ -123,6 +123,9 @@ class Poller(PipelineWorker):
             return self._settle(claimed, outcomes, allow_retries=allow_retries)
         finally:
             self.ledger.release(claimed.shard_id, self.owner)
+            # A shard's files pass through Arrow's allocator, which keeps freed pages for
+            # reuse: hand them back, so a long-lived sensor process does not keep the peak.
+            pa.default_memory_pool().release_unused()
 
     def cancel_unsubmitted(self, shard: ShardRecord) -> bool:
         """Settle a shard that never became a batch as `cancelled`; a batch that a crashed
