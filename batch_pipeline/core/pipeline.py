@@ -26,7 +26,7 @@ from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord, def
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
-from batch_pipeline.core.results import OutcomeGroup, assemble_results
+from batch_pipeline.core.results import CHUNK_ROWS, OutcomeGroup, assemble_results
 from batch_pipeline.core.results import read_results as read_results_dir
 from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests, load_manifest
 from batch_pipeline.core.sources import iter_partition_batches
@@ -447,8 +447,9 @@ class Pipeline:
         dest = f"results/partition={partition}/part-0.parquet"
         try:
             summary = assemble_results(
+                # Read in the join's own chunks: larger batches only wait, decoded, in memory.
                 source_batches=iter_partition_batches(
-                    self.spec, partition, dataframe=self.dataframe
+                    self.spec, partition, dataframe=self.dataframe, batch_size=CHUNK_ROWS
                 ),
                 key_column=self.spec.source.key,
                 partition=partition,
