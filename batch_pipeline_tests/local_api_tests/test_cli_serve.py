@@ -65,20 +65,15 @@ def test_flags_become_settings(tmp_path: Path) -> None:
     assert defaults.completion_window_seconds == 86400
 
 
+def serve_command(state_dir: Path, *options: str) -> list[str]:
+    """`batch-pipeline serve` on a free port, as a subprocess's command line."""
+    serve = [sys.executable, "-m", "batch_pipeline.cli", "serve", "--port", "0"]
+    return [*serve, "--state-dir", str(state_dir), *options]
+
+
 def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "batch_pipeline.cli",
-            "serve",
-            "--port",
-            "0",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-level",
-            "warning",
-        ],
+        serve_command(tmp_path / "state", "--log-level", "warning"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -101,18 +96,7 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
 
 def test_serve_refuses_a_missing_key_variable(tmp_path: Path) -> None:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "batch_pipeline.cli",
-            "serve",
-            "--port",
-            "0",
-            "--state-dir",
-            str(tmp_path),
-            "--api-key-env",
-            "SURELY_NOT_SET_BATCH_KEY",
-        ],
+        serve_command(tmp_path, "--api-key-env", "SURELY_NOT_SET_BATCH_KEY"),
         capture_output=True,
         text=True,
         timeout=60,
