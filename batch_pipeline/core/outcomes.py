@@ -59,6 +59,10 @@ _STATUS_OF_ERROR_CODE = {
 
 CHUNK_BYTES = 16 * 1024 * 1024
 PARQUET_COMPRESSION = "zstd"
+# Columns with a value of their own on every row: a dictionary page cannot shrink them, and
+# trying one costs a hash of every value on write and a dictionary decode on read (for a
+# shard's outcomes, reading them back took 3.5 times as long).
+PER_ROW_COLUMNS = frozenset({"custom_id", "response_text", "response_json", "batch_request_id"})
 
 OUTCOME_SCHEMA = pa.schema(
     [
@@ -183,7 +187,10 @@ class AtomicParquetFile:
         self._committed = False
         try:
             self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-                str(self._tmp_path), schema, compression=PARQUET_COMPRESSION
+                str(self._tmp_path),
+                schema,
+                compression=PARQUET_COMPRESSION,
+                use_dictionary=dictionary_columns(schema),
             )
         except BaseException:
             self._tmp_path.unlink(missing_ok=True)
@@ -235,6 +242,12 @@ class AtomicParquetFile:
             self.commit()
         else:
             self.abort()
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns of a Parquet file of ours worth dictionary-encoding: all but the per-row
+    ones (`PER_ROW_COLUMNS`)."""
+    return [name for name in schema.names if name not in PER_ROW_COLUMNS]
 
 
 def _fsync(path: Path) -> None:

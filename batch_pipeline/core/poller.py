@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from batch_pipeline.core.backends.base import NotFound, is_transient_batch_failure
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.ledger import ShardRecord
-from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, dictionary_columns, parse_outcomes
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
 from batch_pipeline.core.submission import (
     CLOCK_SKEW_SECONDS,
@@ -257,7 +257,7 @@ class Poller(PipelineWorker):
         ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
         relative = f"{batch_dir(shard)}/outcomes.parquet"
         with self.storage.atomic_write(relative) as handle:
-            pq.write_table(outcomes, handle)
+            pq.write_table(outcomes, handle, use_dictionary=dictionary_columns(outcomes.schema))
         retry_ids = set()
         if allow_retries and shard.attempt < self.spec.retry.max_attempts:
             retry_ids = set(pc.filter(outcomes["custom_id"], outcomes["retryable"]).to_pylist())

@@ -244,7 +244,13 @@ class _WriteBehind:
         """Hand the batch to the thread, once fewer than `WRITES_AHEAD` chunks wait for it."""
         while len(self._pending) >= WRITES_AHEAD:
             self._pending.popleft().result()
-        self._pending.append(self._thread.submit(self._file.write, batch))
+        self._pending.append(self._thread.submit(self._write, batch))
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        self._file.write(batch)
+        # The Parquet writer's buffers come from this thread's own heap in Arrow's allocator,
+        # which keeps freed pages until this thread hands them back.
+        pa.default_memory_pool().release_unused()
 
     def commit(self) -> None:
         """Wait for every write, then close the file and move it into place."""

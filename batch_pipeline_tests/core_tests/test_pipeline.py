@@ -8,10 +8,12 @@ from datetime import datetime
 
 import openai
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
 from batch_pipeline.core.ledger import ShardRecord
+from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
 from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
@@ -245,3 +247,28 @@ def test_a_retry_shard_without_its_first_attempt_is_refused_by_index(tmp_path) -
     assert len(_outcome_groups(storage, [shard(0, 1), shard(0, 2), shard(1, 1)])) == 2
     with pytest.raises(PipelineError, match=r"retry shards \[2, 3\] have no first-attempt"):
         _outcome_groups(storage, [shard(0, 1), shard(3, 2), shard(2, 2), shard(0, 2)])
+
+
+def _dictionary_encoded(path) -> dict[str, bool]:
+    """Each column of a Parquet file: whether its first row group holds dictionary pages."""
+    row_group = pq.ParquetFile(path).metadata.row_group(0)
+    return {
+        row_group.column(i).path_in_schema: any(
+            "DICTIONARY" in encoding for encoding in row_group.column(i).encodings
+        )
+        for i in range(row_group.num_columns)
+    }
+
+
+def test_per_row_text_columns_are_written_without_a_dictionary(tmp_path, batch_api):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows())
+    spec = ticket_spec(tmp_path, batch_api, request={"context_window": 2000})
+    results = run_partition(spec, tmp_path)
+
+    outcome_files = sorted(tmp_path.rglob("outcomes.parquet"))
+    assert outcome_files
+    for path in [*outcome_files, *tmp_path.rglob("results/**/*.parquet")]:
+        encoded = _dictionary_encoded(path)
+        assert not any(encoded[name] for name in PER_ROW_COLUMNS if name in encoded), path
+        assert encoded["status"], path  # a few distinct values: the dictionary stays
+    assert len(results) == 15
