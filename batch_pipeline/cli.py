@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # annotations only: the commands import the core lazily, when they run
+    from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, ResultsSummary
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -105,7 +108,7 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE
 
 
-def _run(pipeline, args: argparse.Namespace, out: TextIO) -> int:
+def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
     from batch_pipeline.core.pipeline import PartitionStatus, ResultsSummary
 
     progress = _ProgressLine(sys.stderr)
@@ -137,7 +140,7 @@ def _run(pipeline, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def format_results_summary(summary) -> str:
+def format_results_summary(summary: ResultsSummary) -> str:
     """A readable block: rows per status, tokens, cost at batch price and the saving."""
     lines = [f"results: {summary.path}", f"rows:    {summary.rows:,}"]
     for status, count in summary.counts.items():
@@ -154,7 +157,7 @@ def format_results_summary(summary) -> str:
     return "\n".join(lines)
 
 
-def _status(pipeline, partition: str | None, out: TextIO) -> int:
+def _status(pipeline: Pipeline, partition: str | None, out: TextIO) -> int:
     statuses = pipeline.status(partition)
     if not statuses:
         print(f"{pipeline.spec.name}: no partition built yet", file=out)
@@ -188,7 +191,7 @@ class _ProgressLine:
         self.tty = stream.isatty()
         self._last = ""
 
-    def show(self, status) -> None:
+    def show(self, status: PartitionStatus) -> None:
         total = sum(b["total"] for b in status.batches) or status.requests or 1
         done = sum(b["completed"] + b["failed"] for b in status.batches)
         if status.state in ("settled", "collected"):

@@ -189,8 +189,10 @@ def _count(n: int, one: str, many: str) -> str:
 def _log_report(context: dg.SensorEvaluationContext, report: PollReport) -> None:
     for batch_id, status in report.changed:
         context.log.info(f"batch {batch_id} is now {status}")
+    # Poll errors are only logged, on this tick: neither the ledger nor the cursor keeps them.
+    # The shards they hit stay as the ledger has them, so the next tick tries them again.
     for error in report.errors:
-        context.log.warning(f"poll: {error}")  # recorded in the ledger; the loop goes on
+        context.log.warning(f"poll: {error}")
     context.log.info(
         f"poll: {report.collected_shards} shards collected, {report.retry_shards} retry shards, "
         f"{len(report.submitted_batch_ids)} batches submitted, {report.in_flight} in flight, "

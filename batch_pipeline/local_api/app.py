@@ -131,11 +131,17 @@ def _cursor_param(request: Request, name: str, pattern: Any) -> str | None:
 
 
 def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A list page as the spec's ListFilesResponse / ListBatchesResponse has it.
+
+    `first_id` and `last_id` are strings, never null: ListFilesResponse requires both and
+    ListBatchesResponse types them as (optional, non-nullable) strings. An empty page has no
+    ids to give, so both are the empty string there (which an `after` cursor ignores).
+    """
     return {
         "object": "list",
         "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": data[0]["id"] if data else "",
+        "last_id": data[-1]["id"] if data else "",
         "has_more": has_more,
     }
 

@@ -309,6 +309,22 @@ def test_list_batches_newest_first_with_auto_paging(client: OpenAI, api_url: str
         assert httpx2.get(f"{api_url}/batches", params={"limit": bad}).status_code == 400
 
 
+def test_empty_list_of_batches_has_the_spec_shape(client: OpenAI, api_url: str) -> None:
+    # ListBatchesResponse types first_id and last_id as strings (optional, not nullable):
+    # an empty page gives them as empty strings, never null.
+    empty = {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
+    assert httpx2.get(f"{api_url}/batches").json() == empty
+
+    page = client.batches.list()
+    assert page.data == [] and page.has_more is False
+    assert page.to_dict() == empty
+    assert list(client.batches.list()) == []
+
+    file_id = upload(client, [chat_line("x", "hi")])
+    only = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+    assert httpx2.get(f"{api_url}/batches", params={"after": only.id}).json() == empty
+
+
 @pytest.mark.parametrize(
     ("change", "param"),
     [

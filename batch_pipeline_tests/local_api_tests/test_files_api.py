@@ -71,6 +71,24 @@ def test_list_orders_and_auto_paginates(client: OpenAI, api_url: str) -> None:
     assert last["has_more"] is False
 
 
+def test_empty_list_has_the_spec_shape(client: OpenAI, api_url: str) -> None:
+    # ListFilesResponse requires object, data, first_id, last_id and has_more, the ids as
+    # strings (not nullable): an empty page gives them as empty strings, never null.
+    empty = {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
+    assert httpx2.get(f"{api_url}/files").json() == empty
+
+    page = client.files.list()
+    assert page.data == [] and page.has_more is False
+    assert page.to_dict() == empty
+    assert list(client.files.list()) == []  # auto-paging stops on the empty page
+
+    only = client.files.create(file=("x.jsonl", b"{}\n"), purpose="batch").id
+    assert httpx2.get(f"{api_url}/files", params={"purpose": "user_data"}).json() == empty
+    past_the_end = httpx2.get(f"{api_url}/files", params={"after": only}).json()
+    assert past_the_end == empty
+    assert httpx2.get(f"{api_url}/files", params={"after": ""}).json()["first_id"] == only
+
+
 def test_cursor_of_a_deleted_file_still_pages(client: OpenAI) -> None:
     ids = [client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id for i in range(3)]
     client.files.delete(ids[1])
