@@ -608,10 +608,28 @@ class Ledger:
 
     # -- batches ----------------------------------------------------------------------------
 
-    def record_batch(self, shard: ShardRecord, batch: BatchInfo, owner: str) -> None:
-        """Attach a created (or found) batch to the shard and mark it submitted."""
+    def record_batch(self, shard: ShardRecord, batch: BatchInfo, owner: str) -> bool:
+        """Attach a created (or found) batch to the shard and mark it submitted, while `owner`
+        holds the shard's lease; False (nothing recorded) once it does not."""
         now = self._clock()
         with self._tx() as conn:
+            attached = conn.execute(
+                shards_table.update()
+                .where(shards_table.c.shard_id == shard.shard_id)
+                .where(shards_table.c.lease_owner == owner)
+                .values(
+                    state=ShardState.SUBMITTED.value,
+                    batch_id=batch.id,
+                    batch_status=batch.status.value,
+                    file_id=batch.input_file_id,
+                    submitted_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+            if attached.rowcount != 1:
+                return False
             exists = conn.execute(
                 sa.select(batches_table.c.batch_id).where(batches_table.c.batch_id == batch.id)
             ).first()
@@ -632,20 +650,7 @@ class Ledger:
                         updated_at=now,
                     )
                 )
-            conn.execute(
-                shards_table.update()
-                .where(shards_table.c.shard_id == shard.shard_id)
-                .values(
-                    state=ShardState.SUBMITTED.value,
-                    batch_id=batch.id,
-                    batch_status=batch.status.value,
-                    file_id=batch.input_file_id,
-                    submitted_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-            )
+        return True
 
     def update_batch(self, batch: BatchInfo) -> bool:
         """Store a polled batch's status; True when the status changed."""

@@ -74,6 +74,7 @@ class SubmitSummary:
     in_flight_batch_ids: list[str]
     waiting_shards: int
     waiting_reasons: list[str] = field(default_factory=list)
+    refused_reasons: list[str] = field(default_factory=list)  # shards settled as failed
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ class Pipeline:
         submitter = self._worker(Submitter)
         submitted: list[str] = []
         waiting: list[str] = []
+        refused: list[str] = []
         for shard in self._submittable(partition):
             if deadline is not None and self._clock() > deadline:
                 waiting.append(f"{shard.shard_id}: poll time budget used up")
@@ -258,6 +260,9 @@ class Pipeline:
             outcome = submitter.submit(shard)
             if outcome.batch is not None:
                 submitted.append(outcome.batch.id)
+            elif outcome.refused is not None:
+                self._settle_refused(shard, outcome.refused)
+                refused.append(f"{shard.shard_id}: {outcome.refused}")
             elif outcome.waiting:
                 waiting.append(f"{shard.shard_id}: {outcome.waiting}")
         in_flight = [
@@ -274,7 +279,19 @@ class Pipeline:
             in_flight_batch_ids=in_flight,
             waiting_shards=len(waiting),
             waiting_reasons=waiting,
+            refused_reasons=refused,
         )
+
+    def _settle_refused(self, shard: ShardRecord, refusal: BackendError) -> None:
+        """A shard the provider will not take as a batch (its request file refused): each of
+        its rows ends `failed` with the provider's reason, and the partition can settle."""
+        self._worker(Poller).settle_unsubmitted(
+            shard,
+            status=RowStatus.FAILED,
+            code=refusal.code or f"http_{refusal.status_code}",
+            message=f"the provider refused the batch: {refusal}",
+        )
+        self._settle_if_done(shard.partition)
 
     def _submittable(self, partition: str | None) -> list[ShardRecord]:
         """Queued and orphaned shards of current, uncancelled generations, oldest first."""

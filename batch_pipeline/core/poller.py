@@ -117,7 +117,9 @@ class Poller(PipelineWorker):
         try:
             batch = self.backend.retrieve_batch(claimed.batch_id)
             self.ledger.update_batch(batch)
-            if batch.status is BatchStatus.FAILED and is_transient_batch_failure(batch):
+            # A batch that never ran is submitted again, unless its day was cancelled or
+            # rebuilt meanwhile: no one would submit it, so it is settled as it stands.
+            if allow_retries and is_transient_batch_failure(batch):
                 return self._requeue(claimed, batch)
             outcomes = self._outcomes(claimed, batch)
             return self._settle(claimed, outcomes, allow_retries=allow_retries)
@@ -130,6 +132,19 @@ class Poller(PipelineWorker):
     def cancel_unsubmitted(self, shard: ShardRecord) -> bool:
         """Settle a shard that never became a batch as `cancelled`; a batch that a crashed
         process did create is found through its metadata and cancelled instead."""
+        return self.settle_unsubmitted(
+            shard,
+            status=RowStatus.CANCELLED,
+            code="batch_cancelled",
+            message="cancelled before it was submitted",
+        )
+
+    def settle_unsubmitted(
+        self, shard: ShardRecord, *, status: RowStatus, code: str, message: str
+    ) -> bool:
+        """Settle a shard that never became a batch: each of its requests gets an outcome of
+        this status, for good. A batch that a crashed process did create is found through its
+        metadata and cancelled instead. False if another process holds the shard."""
         claimed = self.ledger.claim(
             shard.shard_id,
             self.owner,
@@ -152,10 +167,10 @@ class Poller(PipelineWorker):
                     return True
             outcomes = _synthetic_outcomes(
                 self._expected_ids(claimed),
-                status=RowStatus.CANCELLED,
+                status=status,
                 retryable=False,
-                code="batch_cancelled",
-                message="cancelled before it was submitted",
+                code=code,
+                message=message,
             )
             self._settle(claimed, outcomes, allow_retries=False)
             return True

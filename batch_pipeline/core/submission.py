@@ -13,8 +13,8 @@ import os
 import socket
 from dataclasses import dataclass
 
-from batch_pipeline.core.backends.base import TransientBackendError
-from batch_pipeline.core.ledger import ShardRecord
+from batch_pipeline.core.backends.base import BackendError, NotFound, TransientBackendError
+from batch_pipeline.core.ledger import DEFAULT_LEASE_SECONDS, ShardRecord
 from batch_pipeline.core.types import BatchInfo, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 SUBMISSION_METADATA_KEY = "batch_pipeline_submission"
 CLOCK_SKEW_SECONDS = 900
 CREATE_BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)
+# Refusals that concern the whole pipeline (a wrong or unauthorised key), not one shard.
+CONFIGURATION_STATUS_CODES = frozenset({401, 403})
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class SubmitOutcome:
     batch: BatchInfo | None
     waiting: str | None = None  # why the shard is still queued, if it is
     adopted: bool = False
+    refused: BackendError | None = None  # the provider will not take this shard as a batch
 
 
 def lease_holder_is_dead(owner: str | None) -> bool:
@@ -80,22 +83,33 @@ class Submitter(PipelineWorker):
         try:
             return self._submit_claimed(claimed, takeover=shard.state is ShardState.SUBMITTING)
         except TransientBackendError as exc:
-            retry_in = CREATE_BACKOFF_SECONDS[
-                min(claimed.submissions, len(CREATE_BACKOFF_SECONDS)) - 1
-            ]
-            self.ledger.update_shard(
-                claimed.shard_id,
-                self.owner,
-                not_before=self._clock() + retry_in,
-                last_error=f"submission deferred: {exc}",
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-            log.warning("shard %s: %s; trying again in %.0f s", claimed.shard_id, exc, retry_in)
-            return SubmitOutcome(claimed.shard_id, None, waiting=f"provider busy: {exc}")
+            return self._defer(claimed, exc, f"provider busy: {exc}")
+        except BackendError as exc:
+            self.ledger.release(claimed.shard_id, self.owner)
+            if _concerns_every_shard(exc):
+                raise
+            log.error("shard %s: the provider refused the batch: %s", claimed.shard_id, exc)
+            return SubmitOutcome(claimed.shard_id, None, refused=exc)
         except BaseException:
             self.ledger.release(claimed.shard_id, self.owner)
             raise
+
+    def _defer(
+        self, shard: ShardRecord, exc: BackendError, waiting: str, **values: object
+    ) -> SubmitOutcome:
+        """Leave the shard for a later tick, backing off with each submission."""
+        retry_in = CREATE_BACKOFF_SECONDS[min(shard.submissions, len(CREATE_BACKOFF_SECONDS)) - 1]
+        self.ledger.update_shard(
+            shard.shard_id,
+            self.owner,
+            not_before=self._clock() + retry_in,
+            last_error=f"submission deferred: {exc}",
+            lease_owner=None,
+            lease_expires_at=None,
+            **values,
+        )
+        log.warning("shard %s: %s; trying again in %.0f s", shard.shard_id, exc, retry_in)
+        return SubmitOutcome(shard.shard_id, None, waiting=waiting)
 
     def _budget_wait(self, shard: ShardRecord) -> str | None:
         budget = self.spec.limits.enqueued_tokens
@@ -136,27 +150,66 @@ class Submitter(PipelineWorker):
                 metadata_key=SUBMISSION_METADATA_KEY, metadata_value=key, created_after=since
             )
             if existing is not None:
-                self.ledger.record_batch(shard, existing, self.owner)
-                log.info("shard %s: adopted batch %s found on the provider", key, existing.id)
-                return SubmitOutcome(shard.shard_id, existing, adopted=True)
+                return self._record(shard, existing, adopted=True)
         file_id = shard.file_id
         filename = upload_filename(shard)
         if file_id is None and takeover:
             found = self.backend.find_file(filename, created_after=since)
             file_id = found.id if found else None
         if file_id is None:
-            uploaded = self.backend.upload_file(self.storage.local_path(shard.path), filename)
-            file_id = uploaded.id
-            self.ledger.update_shard(shard.shard_id, self.owner, file_id=file_id)
-        batch = self.backend.create_batch(
-            input_file_id=file_id,
-            endpoint=shard.endpoint,
-            metadata={
-                SUBMISSION_METADATA_KEY: key,
-                "batch_pipeline_pipeline": shard.pipeline,
-                "batch_pipeline_partition": shard.partition,
-            },
-        )
-        self.ledger.record_batch(shard, batch, self.owner)
-        log.info("shard %s: created batch %s", key, batch.id)
-        return SubmitOutcome(shard.shard_id, batch)
+            file_id = self.backend.upload_file(self.storage.local_path(shard.path), filename).id
+        # An upload can outlast the lease. Renewing it here, in the statement that stores the
+        # file, proves no other process took the shard over meanwhile to create a batch too.
+        if not self.ledger.update_shard(
+            shard.shard_id,
+            self.owner,
+            file_id=file_id,
+            lease_expires_at=self._clock() + DEFAULT_LEASE_SECONDS,
+        ):
+            return _taken_over(shard)
+        try:
+            batch = self.backend.create_batch(
+                input_file_id=file_id,
+                endpoint=shard.endpoint,
+                metadata={
+                    SUBMISSION_METADATA_KEY: key,
+                    "batch_pipeline_pipeline": shard.pipeline,
+                    "batch_pipeline_partition": shard.partition,
+                },
+            )
+        except NotFound as exc:  # the uploaded file expired or was deleted: upload it again
+            return self._defer(shard, exc, f"input file gone: {exc}", file_id=None)
+        return self._record(shard, batch)
+
+    def _record(
+        self, shard: ShardRecord, batch: BatchInfo, *, adopted: bool = False
+    ) -> SubmitOutcome:
+        """Attach the batch to the shard; a batch created here after another process took the
+        shard over is cancelled, unless that process adopted it."""
+        if self.ledger.record_batch(shard, batch, self.owner):
+            verb = "adopted batch %s found on the provider" if adopted else "created batch %s"
+            log.info("shard %s: " + verb, shard.submission_key, batch.id)
+            return SubmitOutcome(shard.shard_id, batch, adopted=adopted)
+        current = self.ledger.get_shard(shard.shard_id)
+        if not adopted and (current is None or current.batch_id != batch.id):
+            log.warning(
+                "shard %s: another process took it over while batch %s was created; "
+                "cancelling that batch",
+                shard.shard_id,
+                batch.id,
+            )
+            self.backend.cancel_batch(batch.id)
+        return _taken_over(shard)
+
+
+def _concerns_every_shard(exc: BackendError) -> bool:
+    """A wrong URL or key, or a failure with no HTTP answer: not this shard's own refusal."""
+    return (
+        isinstance(exc, NotFound)
+        or exc.status_code is None
+        or exc.status_code in CONFIGURATION_STATUS_CODES
+    )
+
+
+def _taken_over(shard: ShardRecord) -> SubmitOutcome:
+    return SubmitOutcome(shard.shard_id, None, waiting="taken over by another process")

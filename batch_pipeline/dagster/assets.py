@@ -145,6 +145,8 @@ def _submit_batches(
     )
     for reason in summary.waiting_reasons:
         context.log.info(f"waiting: {reason}")
+    for reason in summary.refused_reasons:
+        context.log.warning(f"refused, its rows settled as failed: {reason}")
     return dg.MaterializeResult(metadata=batches_metadata(summary))
 
 

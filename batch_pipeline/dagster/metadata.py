@@ -49,6 +49,7 @@ def batches_metadata(summary: SubmitSummary) -> dict[str, Any]:
         PREFIX + "in_flight_batch_ids": dg.MetadataValue.json(list(summary.in_flight_batch_ids)),
         PREFIX + "submitted_batches": len(summary.submitted_batch_ids),
         PREFIX + "waiting_shards": summary.waiting_shards,
+        PREFIX + "refused_shards": len(summary.refused_reasons),
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime
 
 import openai
@@ -12,10 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
+from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
+from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.storage import LocalStorage
+from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, ShardState
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -272,3 +275,51 @@ def test_per_row_text_columns_are_written_without_a_dictionary(tmp_path, batch_a
         assert not any(encoded[name] for name in PER_ROW_COLUMNS if name in encoded), path
         assert encoded["status"], path  # a few distinct values: the dictionary stays
     assert len(results) == 15
+
+
+class FailingForTokens:
+    """The local backend, but every batch has failed on the enqueued-token limit, the
+    transient failure that sends a shard back to the queue."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def _failed(self, batch: BatchInfo) -> BatchInfo:
+        limit = BatchError(code="token_limit_exceeded", message="Enqueued token limit reached")
+        return replace(
+            batch,
+            status=BatchStatus.FAILED,
+            output_file_id=None,
+            error_file_id=None,
+            errors=(limit,),
+        )
+
+    def retrieve_batch(self, batch_id: str) -> BatchInfo:
+        return self._failed(self._inner.retrieve_batch(batch_id))
+
+    def iter_batches(self, **kwargs):
+        return (self._failed(batch) for batch in self._inner.iter_batches(**kwargs))
+
+
+def test_a_cancelled_day_whose_batch_failed_on_tokens_settles_instead_of_requeueing(
+    tmp_path, batch_api
+):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    backend = FailingForTokens(make_backend(spec.backend))
+    with Pipeline(spec, backend=backend) as pipeline:
+        pipeline.build_requests(DAY)
+        pipeline.submit(DAY)
+        poller = pipeline._worker(Poller)
+        poller.refresh(poller.in_flight())  # the ledger learns the batch failed
+        pipeline.cancel(DAY)  # a failed batch is not cancelled: it waits to be collected
+        pipeline.poll()
+        assert pipeline.get_partition(DAY).settled_at is not None
+        assert [s.state for s in pipeline.ledger.shards(spec.name)] == [ShardState.COLLECTED]
+        summary = pipeline.collect_results(DAY)
+    results = pd.read_parquet(summary.path)
+    assert sorted(results["ticket_id"]) == ["T0", "T1", "T2", "T3"]
+    assert set(results["error_code"]) == {"token_limit_exceeded"}

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pandas as pd
 import pytest
 
 from batch_pipeline import PipelineSpec
+from batch_pipeline.core import submission
+from batch_pipeline.core.backends.base import BackendError
+from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
@@ -66,7 +70,8 @@ def write_spec(tmp_path: Path, base_url: str, **overrides) -> Path:
         for i in range(ROWS)
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
-    spec = ticket_spec(tmp_path, base_url, limits={"max_requests_per_file": PER_FILE}, **overrides)
+    overrides.setdefault("limits", {"max_requests_per_file": PER_FILE})
+    spec = ticket_spec(tmp_path, base_url, **overrides)
     path = tmp_path / "pipeline.yaml"
     path.write_text(json.dumps(spec))
     return path
@@ -155,3 +160,130 @@ def test_two_concurrent_runs_of_one_partition_pay_once(tmp_path, batch_api, ledg
         f for f in client.files.list(purpose="batch") if f.filename.startswith(overrides["name"])
     ]
     assert len(files) == 3
+
+
+class Intercepted:
+    """A backend whose calls named in `hooks` first run the hook with the call's arguments
+    (a hook may raise, or let time pass)."""
+
+    def __init__(self, inner, **hooks) -> None:
+        self._inner = inner
+        self._hooks = hooks
+
+    def __getattr__(self, name: str):
+        method = getattr(self._inner, name)
+        hook = self._hooks.get(name)
+        if hook is None:
+            return method
+
+        def call(*args, **kwargs):
+            hook(*args, **kwargs)
+            return method(*args, **kwargs)
+
+        return call
+
+
+def provider_batches(base_url: str, pipeline: str) -> list:
+    client = openai.OpenAI(base_url=base_url, api_key="local")
+    return [
+        b
+        for b in client.batches.list(limit=100)
+        if (b.metadata or {}).get("batch_pipeline_pipeline") == pipeline
+    ]
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {status: count for status, count in counts.items() if count}
+
+
+LEASE_OUTLASTED = 400.0  # seconds: longer than a claim's lease
+
+
+@pytest.mark.parametrize("slow_call", ["upload_file", "create_batch"])
+def test_a_call_that_outlasts_the_lease_while_another_process_takes_over_pays_once(
+    tmp_path, batch_api, slow_call
+):
+    """Process A's upload (or batch creation) takes longer than its lease; a sensor tick (B)
+    takes the shard over meanwhile. Only one batch per shard stays alive and the ledger
+    follows it; the rows all come back once."""
+    spec = PipelineSpec.from_yaml(
+        write_spec(tmp_path, batch_api, name=f"lease_{slow_call}", limits={})
+    )
+    now = [time.time()]
+    taken_over: list[list[str]] = []
+    sensor = Pipeline(spec, backend=make_backend(spec.backend), clock=lambda: now[0])
+
+    def outlast_the_lease(*args, **kwargs) -> None:
+        now[0] += LEASE_OUTLASTED
+        taken_over.append(sensor.submit(DAY).submitted_batch_ids)
+
+    slow = Intercepted(make_backend(spec.backend), **{slow_call: outlast_the_lease})
+    with Pipeline(spec, backend=slow, clock=lambda: now[0]) as first:
+        first.build_requests(DAY)
+        assert first.submit(DAY).submitted_batch_ids == []  # it lost the shard
+        assert len(taken_over) == 1 and len(taken_over[0]) == 1
+        (shard,) = first.ledger.shards(spec.name)
+        assert shard.batch_id == taken_over[0][0]
+
+    batches = provider_batches(batch_api, spec.name)
+    live = [b for b in batches if b.status not in ("cancelling", "cancelled")]
+    assert [b.id for b in live] == taken_over[0]
+    assert len(batches) == (2 if slow_call == "create_batch" else 1)
+
+    with Pipeline(spec) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+    assert nonzero(summary.counts) == {"succeeded": ROWS}
+    assert sorted(pd.read_parquet(summary.path)["ticket_id"]) == sorted(
+        f"R{i}" for i in range(ROWS)
+    )
+
+
+def _refuse_first_shard(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
+    if metadata["batch_pipeline_submission"].split("#")[0].endswith("s00000"):
+        raise BackendError(
+            "create a batch failed: HTTP 400 (invalid_request): the file holds no requests",
+            status_code=400,
+            code="invalid_request",
+        )
+
+
+def test_a_shard_the_provider_refuses_fails_its_rows_and_the_others_still_run(tmp_path, batch_api):
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="refused"))
+    backend = Intercepted(make_backend(spec.backend), create_batch=_refuse_first_shard)
+    with Pipeline(spec, backend=backend) as pipeline:
+        pipeline.build_requests(DAY)
+        submitted = pipeline.submit(DAY)
+        assert len(submitted.submitted_batch_ids) == 2  # the shards after it went ahead
+        assert len(submitted.refused_reasons) == 1
+        assert "the file holds no requests" in submitted.refused_reasons[0]
+        summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+    results = pd.read_parquet(summary.path)
+    assert len(results) == ROWS and results["ticket_id"].is_unique
+    failed = results[results["status"] == "failed"]
+    assert sorted(failed["ticket_id"]) == [f"R{i}" for i in range(PER_FILE)]
+    assert set(failed["error_code"]) == {"invalid_request"}
+    assert failed["error_message"].str.contains("the provider refused the batch").all()
+    assert nonzero(summary.counts) == {"succeeded": ROWS - PER_FILE, "failed": PER_FILE}
+
+
+def test_an_input_file_that_is_gone_is_uploaded_again(tmp_path, batch_api, monkeypatch):
+    monkeypatch.setattr(submission, "CREATE_BACKOFF_SECONDS", (0.1,))
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="file_gone", limits={}))
+    inner = make_backend(spec.backend)
+    refused: list[str] = []
+
+    def delete_the_file_once(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
+        if not refused:
+            refused.append(input_file_id)
+            inner.delete_file(input_file_id)
+
+    backend = Intercepted(inner, create_batch=delete_the_file_once)
+    with Pipeline(spec, backend=backend) as pipeline:
+        pipeline.build_requests(DAY)
+        first = pipeline.submit(DAY)
+        assert first.submitted_batch_ids == []
+        assert "input file gone" in first.waiting_reasons[0]
+        summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+    assert nonzero(summary.counts) == {"succeeded": ROWS}
+    (batch,) = provider_batches(batch_api, spec.name)
+    assert batch.input_file_id != refused[0]
