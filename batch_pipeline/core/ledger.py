@@ -27,6 +27,7 @@ from batch_pipeline.core.types import BatchInfo, BatchStatus, ShardInfo, ShardSt
 SCHEMA_VERSION = 1
 DEFAULT_LEASE_SECONDS = 300.0
 SCHEMA_LOCK_KEY = 0x62705F6C6564  # "bp_led": one advisory lock for schema changes
+BUDGET_LOCK_SPACE = 0x62705F74  # "bp_t": advisory locks on a model's token budget
 
 metadata = sa.MetaData()
 
@@ -512,24 +513,7 @@ class Ledger:
         """Estimated input tokens of this model's shards that are being or have been submitted
         and whose batch has not finished: what counts against the provider's enqueued limit."""
         with self._tx() as conn:
-            total = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(shards_table.c.estimated_input_tokens), 0))
-                .where(shards_table.c.model == model)
-                .where(
-                    shards_table.c.state.in_(
-                        [ShardState.SUBMITTING.value, ShardState.SUBMITTED.value]
-                    )
-                )
-                .where(
-                    sa.or_(
-                        shards_table.c.batch_status.is_(None),
-                        shards_table.c.batch_status.notin_(
-                            [s.value for s in BatchStatus if s.is_terminal]
-                        ),
-                    )
-                )
-            ).scalar()
-        return int(total or 0)
+            return _enqueued_tokens(conn, model)
 
     def claim(
         self,
@@ -541,12 +525,16 @@ class Ledger:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         new_submission: bool = False,
         dead_owner: str | None = None,
+        token_budget: int | None = None,
     ) -> ShardRecord | None:
         """Take the shard for `owner` if it is in one of `from_states` and not leased by a live
         holder (an expired lease, or one held by `dead_owner`, a process known to have died, is
         taken over). `new_submission` counts a fresh submission in the same statement, so the
-        identity the provider batch carries changes atomically with the claim.
-        None if someone else has it.
+        identity the provider batch carries changes atomically with the claim. With
+        `token_budget`, the shard is taken only while its estimated input tokens fit in that
+        budget of its model's enqueued tokens (or none are enqueued), checked in the claim's
+        own transaction so that concurrent submitters cannot overshoot it together.
+        None if someone else has it, or the budget is used up.
         """
         now = self._clock()
         table = shards_table
@@ -567,6 +555,8 @@ class Ledger:
                 "batch_status": None,
             }
         with self._tx() as conn:
+            if token_budget is not None and not _fits_budget(conn, shard_id, token_budget):
+                return None
             result = conn.execute(
                 table.update()
                 .where(table.c.shard_id == shard_id)
@@ -724,6 +714,41 @@ def _partition_from_row(row: sa.Row) -> PartitionRecord:
     values.pop("updated_at", None)
     summary = values.pop("summary_json")
     return PartitionRecord(**values, summary=json.loads(summary) if summary else None)
+
+
+def _enqueued_tokens(conn: Connection, model: str) -> int:
+    total = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(shards_table.c.estimated_input_tokens), 0))
+        .where(shards_table.c.model == model)
+        .where(shards_table.c.state.in_([ShardState.SUBMITTING.value, ShardState.SUBMITTED.value]))
+        .where(
+            sa.or_(
+                shards_table.c.batch_status.is_(None),
+                shards_table.c.batch_status.notin_([s.value for s in BatchStatus if s.is_terminal]),
+            )
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def _fits_budget(conn: Connection, shard_id: str, budget: int) -> bool:
+    """Whether the shard's tokens fit in its model's enqueued-token budget. Holds the model's
+    budget until the transaction ends: SQLite's writers are serialised from BEGIN already;
+    PostgreSQL takes an advisory lock, so the next claim of the model sees this one."""
+    row = conn.execute(
+        sa.select(shards_table.c.model, shards_table.c.estimated_input_tokens).where(
+            shards_table.c.shard_id == shard_id
+        )
+    ).first()
+    if row is None:
+        return False
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:space, hashtext(:model))"),
+            {"space": BUDGET_LOCK_SPACE, "model": row.model},
+        )
+    enqueued = _enqueued_tokens(conn, row.model)
+    return not enqueued or enqueued + row.estimated_input_tokens <= budget
 
 
 def _create_engine(url: str) -> Engine:

@@ -26,7 +26,7 @@ from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord, def
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
-from batch_pipeline.core.results import CHUNK_ROWS, OutcomeGroup, assemble_results
+from batch_pipeline.core.results import CHUNK_ROWS, OutcomeGroup, ResultsError, assemble_results
 from batch_pipeline.core.results import read_results as read_results_dir
 from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests, load_manifest
 from batch_pipeline.core.sources import iter_partition_batches
@@ -476,6 +476,15 @@ class Pipeline:
                 dest_path=self.storage.local_path(dest),
                 endpoint=self.spec.request.endpoint.value,
             )
+        except ResultsError as exc:
+            built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.built_at or 0))
+            raise type(exc)(
+                f"partition {partition} of {self.spec.name}: {exc}. The source no longer holds "
+                f"the rows its requests were built from at {built}. If rows were added, "
+                "changed or removed since, rebuild the partition (`batch-pipeline run "
+                "--rebuild`, or materialize its requests asset again), which sends every row "
+                "again"
+            ) from None
         finally:
             pa.default_memory_pool().release_unused()  # see Poller.collect
         result = self._results_summary(partition, record.generation, summary)

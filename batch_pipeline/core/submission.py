@@ -78,8 +78,9 @@ class Submitter(PipelineWorker):
         if waiting:
             return SubmitOutcome(shard.shard_id, None, waiting=waiting)
         claimed = self._claim(shard)
-        if claimed is None:
-            return SubmitOutcome(shard.shard_id, None, waiting="held by another process")
+        if claimed is None:  # another submitter took the shard, or the budget, first
+            waiting = self._budget_wait(shard) or "held by another process"
+            return SubmitOutcome(shard.shard_id, None, waiting=waiting)
         try:
             return self._submit_claimed(claimed, takeover=shard.state is ShardState.SUBMITTING)
         except TransientBackendError as exc:
@@ -133,6 +134,7 @@ class Submitter(PipelineWorker):
                 to_state=ShardState.SUBMITTING,
                 new_submission=True,
                 dead_owner=dead,
+                token_budget=self.spec.limits.enqueued_tokens,
             )
         return self.ledger.claim(
             shard.shard_id,

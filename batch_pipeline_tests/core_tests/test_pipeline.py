@@ -17,6 +17,7 @@ from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
 from batch_pipeline.core.poller import Poller
+from batch_pipeline.core.results import ResultsIncompleteError
 from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, ShardState
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
@@ -323,3 +324,23 @@ def test_a_cancelled_day_whose_batch_failed_on_tokens_settles_instead_of_requeue
     results = pd.read_parquet(summary.path)
     assert sorted(results["ticket_id"]) == ["T0", "T1", "T2", "T3"]
     assert set(results["error_code"]) == {"token_limit_exceeded"}
+
+
+def test_a_row_added_after_the_build_is_named_with_the_way_out_and_a_rebuild_takes_it(
+    tmp_path, batch_api
+):
+    rows = mixed_rows()[:4]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    with Pipeline(spec) as pipeline:
+        pipeline.run(DAY, poll_interval=0.2, timeout=60)
+        late = {**rows[0], "ticket_id": "LATE", "body": "arrived after the build"}
+        write_tickets(tmp_path / "tickets.parquet", [*rows, late])
+        with pytest.raises(ResultsIncompleteError) as raised:
+            pipeline.collect_results(DAY)
+        message = str(raised.value)
+        assert "'LATE'" in message and "--rebuild" in message
+        summary = pipeline.run(DAY, poll_interval=0.2, timeout=60, rebuild=True)
+    results = pd.read_parquet(summary.path)
+    assert sorted(results["ticket_id"]) == ["LATE", "T0", "T1", "T2", "T3"]
+    assert set(results["status"]) == {"succeeded"}

@@ -287,3 +287,40 @@ def test_an_input_file_that_is_gone_is_uploaded_again(tmp_path, batch_api, monke
     assert nonzero(summary.counts) == {"succeeded": ROWS}
     (batch,) = provider_batches(batch_api, spec.name)
     assert batch.input_file_id != refused[0]
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
+def test_submitters_that_both_saw_room_in_the_token_budget_do_not_overshoot_it_together(
+    tmp_path, batch_api, ledger, request
+):
+    """Submitter A read the enqueued tokens before submitter B claimed a shard: A's claim,
+    checked in its own transaction, must not take a second shard past the budget."""
+    overrides = {"name": f"budget_race_{ledger}"}
+    if ledger == "postgresql":
+        overrides["ledger"] = {"url": request.getfixturevalue("postgres_database")}
+    unlimited = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, **overrides))
+    with Pipeline(unlimited) as builder:
+        builder.build_requests(DAY)
+        tokens = [s.estimated_input_tokens for s in builder.ledger.shards(unlimited.name)]
+    budget = max(tokens) + min(tokens) - 1  # room for any one shard, never for two
+    limits = unlimited.limits.model_copy(update={"enqueued_tokens": budget})
+    spec = unlimited.model_copy(update={"limits": limits})
+
+    with Pipeline(spec) as first, Pipeline(spec) as second:
+        read_before_the_other_claimed = first.ledger.enqueued_tokens(spec.request.model)
+        other_submitted: list[str] = []
+
+        def stale_read(model: str) -> int:
+            if not other_submitted:
+                other_submitted.extend(second.submit(DAY).submitted_batch_ids)
+            return read_before_the_other_claimed
+
+        first.ledger.enqueued_tokens = stale_read
+        submitted = first.submit(DAY)
+        assert len(other_submitted) == 1 and submitted.submitted_batch_ids == []
+        assert submitted.waiting_shards == len(tokens)  # one taken, two held back
+        assert len(provider_batches(batch_api, spec.name)) == 1
+
+        summary = second.run(DAY, poll_interval=0.2, timeout=60)
+    assert nonzero(summary.counts) == {"succeeded": ROWS}
+    assert len(provider_batches(batch_api, spec.name)) == len(tokens)
