@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from batch_pipeline.core.backends.base import NotFound, is_transient_batch_failure
+from batch_pipeline.core.backends.base import BackendError, NotFound, is_transient_batch_failure
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, dictionary_columns, parse_outcomes
@@ -120,9 +120,15 @@ class Poller(PipelineWorker):
             # A batch that never ran is submitted again, unless its day was cancelled or
             # rebuilt meanwhile: no one would submit it, so it is settled as it stands.
             if allow_retries and is_transient_batch_failure(batch):
-                return self._requeue(claimed, batch)
+                requeued = self._requeue(claimed, batch)
+                self._delete_provider_files(batch.input_file_id)  # submitted again: a new upload
+                return requeued
             outcomes = self._outcomes(claimed, batch)
-            return self._settle(claimed, outcomes, allow_retries=allow_retries)
+            settled = self._settle(claimed, outcomes, allow_retries=allow_retries)
+            self._delete_provider_files(
+                batch.input_file_id, batch.output_file_id, batch.error_file_id
+            )
+            return settled
         finally:
             self.ledger.release(claimed.shard_id, self.owner)
             # A shard's files pass through Arrow's allocator, which keeps freed pages for
@@ -173,9 +179,23 @@ class Poller(PipelineWorker):
                 message=message,
             )
             self._settle(claimed, outcomes, allow_retries=False)
+            self._delete_provider_files(claimed.file_id)  # uploaded, never made a batch
             return True
         finally:
             self.ledger.release(claimed.shard_id, self.owner)
+
+    def _delete_provider_files(self, *file_ids: str | None) -> None:
+        """Delete files the provider no longer needs to keep for us (unless the spec keeps
+        them). Only tidying: a file that will not go is logged and left."""
+        if self.spec.output.keep_provider_files:
+            return
+        for file_id in filter(None, file_ids):
+            try:
+                self.backend.delete_file(file_id)
+            except NotFound:
+                continue
+            except BackendError as exc:
+                log.warning("file %s was not deleted from the provider: %s", file_id, exc)
 
     def _expected_ids(self, shard: ShardRecord) -> pa.Array:
         """The custom_ids of the shard's requests, read without parsing the bodies."""

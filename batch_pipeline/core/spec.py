@@ -146,6 +146,11 @@ class RetrySpec(_Section):
 
 class OutputSpec(_Section):
     dir: str = "out"
+    keep_provider_files: bool = Field(
+        default=False,
+        description="Keep a batch's input, output and error files on the provider; by "
+        "default they are deleted once the batch's outcomes are stored locally.",
+    )
 
 
 class LedgerSpec(_Section):

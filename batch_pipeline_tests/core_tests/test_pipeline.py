@@ -344,3 +344,39 @@ def test_a_row_added_after_the_build_is_named_with_the_way_out_and_a_rebuild_tak
     results = pd.read_parquet(summary.path)
     assert sorted(results["ticket_id"]) == ["LATE", "T0", "T1", "T2", "T3"]
     assert set(results["status"]) == {"succeeded"}
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_provider_files_are_deleted_once_collected_unless_kept(tmp_path, batch_api, keep):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows())
+    spec = ticket_spec(
+        tmp_path,
+        batch_api,
+        name=f"files_kept_{keep}".lower(),
+        request={"context_window": 2000},
+        output={"keep_provider_files": keep},
+    )
+    results = run_partition(spec, tmp_path)
+    assert len(results) == 15
+
+    client = openai.OpenAI(base_url=batch_api, api_key="local")
+    batches = [
+        b
+        for b in client.batches.list(limit=100)
+        if (b.metadata or {}).get("batch_pipeline_pipeline") == spec["name"]
+    ]
+    assert len(batches) == 3  # the first attempt and two rounds of retries
+    file_ids = [
+        file_id
+        for b in batches
+        for file_id in (b.input_file_id, b.output_file_id, b.error_file_id)
+        if file_id
+    ]
+    present = set()
+    for file_id in file_ids:
+        try:
+            client.files.retrieve(file_id)
+            present.add(file_id)
+        except openai.NotFoundError:
+            pass
+    assert present == (set(file_ids) if keep else set())

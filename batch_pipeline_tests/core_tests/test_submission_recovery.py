@@ -132,7 +132,7 @@ def test_crash_before_the_ledger_write_is_adopted_not_paid_again(tmp_path, batch
 
 @pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
 def test_two_concurrent_runs_of_one_partition_pay_once(tmp_path, batch_api, ledger, request):
-    overrides = {"name": f"concurrent_{ledger}"}
+    overrides = {"name": f"concurrent_{ledger}", "output": {"keep_provider_files": True}}
     if ledger == "postgresql":
         overrides["ledger"] = {"url": request.getfixturevalue("postgres_database")}
     spec_path = write_spec(tmp_path, batch_api, **overrides)

@@ -210,9 +210,11 @@ def keys_of(rows: Iterable[dict[str, Any]], day: str = DAY) -> list[Any]:
 
 
 def spec_data(base_url: str, name: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    """The shared ticket spec, named, with its key read from the leak-check variable."""
+    """The shared ticket spec, named, with its key read from the leak-check variable. The
+    provider's files are kept: the checks count the uploads on the service."""
     backend = {"api_key_env": LEAK_ENV, **overrides.pop("backend", {})}
-    data = ticket_spec(tmp_path, base_url, backend=backend, **overrides)
+    output = {"keep_provider_files": True, **overrides.pop("output", {})}
+    data = ticket_spec(tmp_path, base_url, backend=backend, output=output, **overrides)
     data["name"] = name
     return data
 
