@@ -1,9 +1,9 @@
 """A batch's output and error files, parsed into one outcome row per custom_id.
 
 Lines come in any order and either file may be missing, so rows are keyed by custom_id,
-never by position. Files are read in chunks of lines, each chunk parsed into Arrow arrays and
-written at once, so memory does not grow with the size of the files: across chunks only a
-64-bit hash per line is kept, to find custom_ids seen twice.
+never by position. Files are read in chunks of lines, each chunk parsed into Arrow arrays: the
+parse holds the parsed rows of one batch (bounded by the request file limits) and, per line, a
+64-bit hash of its custom_id, to find custom_ids seen twice.
 
 A chunk is parsed column-wise by Arrow's JSON reader when its lines have the providers' usual
 layout (chat and text completions); any other chunk, and any chunk that reader refuses, goes
@@ -20,10 +20,9 @@ import base64
 import gc
 import os
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
@@ -102,18 +101,6 @@ def classify(http_status: int | None, error_code: str | None) -> tuple[RowStatus
     return status, error_code in RETRYABLE_ERROR_CODES
 
 
-@dataclass(frozen=True)
-class OutcomeCounts:
-    """What a pair of output/error files held, after dropping duplicate lines."""
-
-    rows: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
-    retryable: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    duplicates: int = 0
-
-
 def parse_outcomes(
     output_path: Path | None,
     error_path: Path | None,
@@ -129,44 +116,6 @@ def parse_outcomes(
     table = pa.Table.from_batches(batches, schema=OUTCOME_SCHEMA)
     keep = _best_lines(_concat(hashes), lambda rows: table.take(rows))
     return table if keep is None else table.filter(keep)
-
-
-def write_outcomes(
-    output_path: Path | None,
-    error_path: Path | None,
-    endpoint: str,
-    dest_path: Path,
-    *,
-    chunk_bytes: int = CHUNK_BYTES,
-) -> OutcomeCounts:
-    """Stream both files into a Parquet file at `dest_path` (atomically), one row per custom_id.
-
-    Memory stays bounded by the chunk size plus 8 bytes a line.
-    """
-    hashes: list[np.ndarray] = []
-    tally = _Tally()
-    first_pass = AtomicParquetFile(dest_path, OUTCOME_SCHEMA)
-    try:
-        for batch, batch_hashes in _iter_parsed(output_path, error_path, endpoint, chunk_bytes):
-            hashes.append(batch_hashes)
-            tally.add(batch)
-            first_pass.write(batch)
-        keep = _best_lines(_concat(hashes), lambda rows: _read_rows(first_pass.finish(), rows))
-        if keep is None:
-            first_pass.commit()
-            return tally.counts()
-        # Rare: duplicate lines. Copy the finished temporary file without the losing lines.
-        tally = _Tally(duplicates=int(len(keep) - keep.sum()))
-        offset = 0
-        with AtomicParquetFile(dest_path, OUTCOME_SCHEMA) as second_pass:
-            for batch in pq.ParquetFile(first_pass.finish()).iter_batches():
-                kept = batch.filter(pa.array(keep[offset : offset + batch.num_rows]))
-                offset += batch.num_rows
-                tally.add(kept)
-                second_pass.write(kept)
-        return tally.counts()
-    finally:
-        first_pass.abort()
 
 
 class AtomicParquetFile:
@@ -258,43 +207,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-class _Tally:
-    """Running counts over written outcome batches."""
-
-    def __init__(self, duplicates: int = 0) -> None:
-        self.rows = 0
-        self.by_status: Counter[str] = Counter()
-        self.retryable = 0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.duplicates = duplicates
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        self.rows += batch.num_rows
-        for item in pc.value_counts(batch.column("status")).to_pylist():
-            self.by_status[item["values"]] += item["counts"]
-        self.retryable += pc.sum(batch.column("retryable")).as_py() or 0
-        self.input_tokens += pc.sum(batch.column("input_tokens")).as_py() or 0
-        self.output_tokens += pc.sum(batch.column("output_tokens")).as_py() or 0
-
-    def counts(self) -> OutcomeCounts:
-        return OutcomeCounts(
-            rows=self.rows,
-            by_status=dict(self.by_status),
-            retryable=self.retryable,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            duplicates=self.duplicates,
-        )
-
-
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
-
-
-def _read_rows(path: Path, rows: np.ndarray) -> pa.Table:
-    columns = ["custom_id", "status", "http_status"]
-    return pq.read_table(path, columns=columns).take(pa.array(rows))
 
 
 def _best_lines(

@@ -5,24 +5,24 @@ from __future__ import annotations
 import base64
 import json
 import random
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline.core import outcomes as outcomes_module
 from batch_pipeline.core.outcomes import (
     OUTCOME_SCHEMA,
+    AtomicParquetFile,
     OutcomeFileError,
     classify,
     parse_outcomes,
-    write_outcomes,
 )
 from batch_pipeline.core.types import RowStatus
 
@@ -187,12 +187,6 @@ def test_a_real_answer_wins_over_other_lines_of_the_same_custom_id(tmp_path: Pat
     mixed = rows_by_id(parse_outcomes(out_more, err, endpoint=CHAT))
     assert mixed["failed-then-error"]["http_status"] == 400  # an HTTP answer beats no answer
 
-    counts = write_outcomes(out, err, CHAT, tmp_path / "outcomes.parquet")
-    assert counts.rows == 4 and counts.duplicates == 3
-    written = pq.read_table(tmp_path / "outcomes.parquet")
-    assert sorted(written["custom_id"].to_pylist()) == sorted(rows)
-    assert rows_by_id(written)["retried"]["response_text"] == "second try"
-
 
 def test_responses_api_text_is_the_output_text_parts_joined(tmp_path: Path) -> None:
     body = {
@@ -289,14 +283,21 @@ def test_a_malformed_line_names_the_file_and_line(
 
 
 def test_a_failed_write_leaves_the_previous_file(tmp_path: Path) -> None:
+    def parsed(name: str, key: str) -> pa.Table:
+        path = jsonl(tmp_path / name, [answer(key, chat_body(key.upper()))])
+        return parse_outcomes(path, None, endpoint=CHAT)
+
     dest = tmp_path / "outcomes.parquet"
-    write_outcomes(jsonl(tmp_path / "old.jsonl", [answer("a", chat_body("A"))]), None, CHAT, dest)
+    with AtomicParquetFile(dest, OUTCOME_SCHEMA) as first:
+        first.write(parsed("old.jsonl", "a"))
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(orjson.dumps(answer("b", chat_body("B"))) + b"\n{oops\n")
-    with pytest.raises(OutcomeFileError):
-        write_outcomes(bad, None, CHAT, dest)
+    with pytest.raises(OutcomeFileError), AtomicParquetFile(dest, OUTCOME_SCHEMA) as second:
+        second.write(parsed("fine.jsonl", "c"))
+        second.write(parse_outcomes(bad, None, endpoint=CHAT))
     assert pq.read_table(dest)["custom_id"].to_pylist() == ["a"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "old.jsonl", dest.name]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["bad.jsonl", "fine.jsonl", "old.jsonl", dest.name]
 
 
 def write_large_files(tmp_path: Path, n: int, seed: int = 1) -> tuple[Path, Path, Counter]:
@@ -323,54 +324,18 @@ def write_large_files(tmp_path: Path, n: int, seed: int = 1) -> tuple[Path, Path
     return out, err, expected
 
 
-def test_a_large_pair_of_files_streams_to_parquet(tmp_path: Path) -> None:
+def test_a_large_pair_of_files_parses_chunk_by_chunk_into_one_row_per_request(
+    tmp_path: Path,
+) -> None:
     n = 200_000
     out, err, expected = write_large_files(tmp_path, n)
-    dest = tmp_path / "outcomes.parquet"
 
-    counts = write_outcomes(out, err, CHAT, dest, chunk_bytes=4 * 1024 * 1024)
+    table = parse_outcomes(out, err, endpoint=CHAT, chunk_bytes=4 * 1024 * 1024)
 
-    assert counts.rows == n and counts.duplicates == 0
-    assert counts.by_status == dict(expected)
-    assert counts.retryable == expected["expired"] + expected["failed"]
-    assert counts.input_tokens == 100 * expected["succeeded"]
-    written = pq.ParquetFile(dest)
-    assert written.metadata.num_rows == n and written.metadata.num_row_groups > 1
-    statuses = Counter(pq.read_table(dest, columns=["status"])["status"].to_pylist())
-    assert statuses == expected
-
-
-PEAK_MEMORY_OF_WRITE = """
-import sys
-from pathlib import Path
-from batch_pipeline.core.outcomes import write_outcomes
-folder = Path(sys.argv[1])
-write_outcomes(folder / "output.jsonl", folder / "errors.jsonl", "/v1/chat/completions",
-               folder / "outcomes.parquet", chunk_bytes=1 << 18)
-with open("/proc/self/status") as status:  # VmHWM: this process's peak resident memory
-    print(next(line.split()[1] for line in status if line.startswith("VmHWM")))
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_streaming_memory_does_not_grow_with_the_files(tmp_path: Path) -> None:
-    def peak_kib(n: int) -> tuple[int, int]:
-        folder = tmp_path / str(n)
-        folder.mkdir()
-        out, err, _ = write_large_files(folder, n)
-        run = subprocess.run(
-            [sys.executable, "-c", PEAK_MEMORY_OF_WRITE, str(folder)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return int(run.stdout), (out.stat().st_size + err.stat().st_size) // 1024
-
-    # From a size past the warm-up of fixed-size caches (the regular expressions' automata)
-    small_peak, small_size = peak_kib(30_000)
-    large_peak, large_size = peak_kib(240_000)
-    # Eight times the lines: the peak grows by a hash per line, far less than the files.
-    assert large_peak - small_peak < (large_size - small_size) / 2
+    assert table.num_rows == n and len(table["custom_id"].combine_chunks().unique()) == n
+    assert Counter(table["status"].to_pylist()) == expected
+    assert pc.sum(table["retryable"]).as_py() == expected["expired"] + expected["failed"]
+    assert pc.sum(table["input_tokens"]).as_py() == 100 * expected["succeeded"]
 
 
 def spaced(line: dict[str, Any]) -> bytes:
