@@ -667,7 +667,8 @@ def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table
     """Every request's last outcome among these shards, with the number of attempts it took."""
     tables = [
         # Memory-mapped: the compressed pages are read from the page cache, not copied first.
-        pq.read_table(storage.local_path(shard.outcomes_path), memory_map=True)
+        # (ParquetFile, not read_table: the dataset layer costs a third more for one file.)
+        pq.ParquetFile(storage.local_path(shard.outcomes_path), memory_map=True).read()
         for shard in shards
         if shard.outcomes_path
     ]
