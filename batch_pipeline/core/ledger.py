@@ -585,6 +585,19 @@ class Ledger:
                 .values(lease_owner=None, lease_expires_at=None, updated_at=self._clock())
             )
 
+    def renew_lease(
+        self,
+        shard_id: str,
+        owner: str,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        **values: Any,
+    ) -> bool:
+        """Extend `owner`'s lease on the shard (setting `values` in the same statement) while
+        it still holds it; False once it does not (the lease ran out and another process took
+        the shard over), and nothing is changed."""
+        expires = self._clock() + lease_seconds
+        return self.update_shard(shard_id, owner, lease_expires_at=expires, **values)
+
     def update_shard(self, shard_id: str, owner: str | None = None, **values: Any) -> bool:
         """Change a shard's columns; with `owner`, only while that owner holds the lease."""
         now = self._clock()

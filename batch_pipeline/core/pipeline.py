@@ -354,7 +354,7 @@ class Pipeline:
                 errors.append(f"collecting {shard.batch_id} ({shard.shard_id}): {exc}")
                 log.warning("collecting batch %s failed: %s", shard.batch_id, exc)
                 continue
-            if outcome is not None:
+            if outcome is not None and not outcome.taken_over:
                 collected += 1
                 retries += len(outcome.retry_shard_ids)
         submitted: list[str] = []

@@ -48,6 +48,7 @@ class CollectOutcome:
     retried: int
     retry_shard_ids: list[str]
     requeued: bool = False
+    taken_over: bool = False  # the lease ran out first: another process settles the shard
 
 
 def batch_dir(shard: ShardRecord) -> str:
@@ -120,15 +121,15 @@ class Poller(PipelineWorker):
             # A batch that never ran is submitted again, unless its day was cancelled or
             # rebuilt meanwhile: no one would submit it, so it is settled as it stands.
             if allow_retries and is_transient_batch_failure(batch):
-                requeued = self._requeue(claimed, batch)
-                self._delete_provider_files(batch.input_file_id)  # submitted again: a new upload
-                return requeued
-            outcomes = self._outcomes(claimed, batch)
-            settled = self._settle(claimed, outcomes, allow_retries=allow_retries)
-            self._delete_provider_files(
-                batch.input_file_id, batch.output_file_id, batch.error_file_id
-            )
-            return settled
+                outcome = self._requeue(claimed, batch)
+                done_with = [batch.input_file_id]  # it is uploaded afresh
+            else:
+                outcomes = self._outcomes(claimed, batch)
+                outcome = self._settle(claimed, outcomes, allow_retries=allow_retries)
+                done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
+            if not outcome.taken_over:  # else the other process may still be reading them
+                self._delete_provider_files(*done_with)
+            return outcome
         finally:
             self.ledger.release(claimed.shard_id, self.owner)
             # A shard's files pass through Arrow's allocator, which keeps freed pages for
@@ -178,8 +179,8 @@ class Poller(PipelineWorker):
                 code=code,
                 message=message,
             )
-            self._settle(claimed, outcomes, allow_retries=False)
-            self._delete_provider_files(claimed.file_id)  # uploaded, never made a batch
+            if not self._settle(claimed, outcomes, allow_retries=False).taken_over:
+                self._delete_provider_files(claimed.file_id)  # uploaded, never made a batch
             return True
         finally:
             self.ledger.release(claimed.shard_id, self.owner)
@@ -226,7 +227,7 @@ class Poller(PipelineWorker):
 
     def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
         reason = "; ".join(f"{e.code}: {e.message}" for e in batch.errors) or "transient failure"
-        self.ledger.update_shard(
+        held = self.ledger.update_shard(
             shard.shard_id,
             self.owner,
             state=ShardState.QUEUED,
@@ -236,7 +237,7 @@ class Poller(PipelineWorker):
         log.warning(
             "shard %s: batch %s failed (%s); queued again", shard.shard_id, batch.id, reason
         )
-        return CollectOutcome(shard.shard_id, 0, 0, 0, [], requeued=True)
+        return CollectOutcome(shard.shard_id, 0, 0, 0, [], requeued=held, taken_over=not held)
 
     def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> pa.Table:
         folder = batch_dir(shard)
@@ -287,6 +288,10 @@ class Poller(PipelineWorker):
     def _settle(
         self, shard: ShardRecord, outcomes: pa.Table, *, allow_retries: bool
     ) -> CollectOutcome:
+        # Downloading and parsing can outlast the lease: write nothing (outcomes, retry
+        # shards) unless this process still holds the shard.
+        if not self.ledger.renew_lease(shard.shard_id, self.owner):
+            return _taken_over(shard)
         outcomes = outcomes.append_column(
             "batch_id", pa.array([shard.batch_id] * len(outcomes), pa.string())
         ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
@@ -313,7 +318,7 @@ class Poller(PipelineWorker):
             pc.sum(pc.equal(outcomes["status"], RowStatus.SUCCEEDED.value)).as_py() or 0
         )
         failed = len(outcomes) - succeeded - len(retry_ids)
-        self.ledger.update_shard(
+        held = self.ledger.update_shard(
             shard.shard_id,
             self.owner,
             state=ShardState.COLLECTED,
@@ -323,7 +328,14 @@ class Poller(PipelineWorker):
             retried=len(retry_ids),
             collected_at=self._clock(),
         )
+        if not held:
+            return _taken_over(shard)
         return CollectOutcome(shard.shard_id, succeeded, failed, len(retry_ids), retry_shard_ids)
+
+
+def _taken_over(shard: ShardRecord) -> CollectOutcome:
+    log.warning("shard %s: another process took it over while it was collected", shard.shard_id)
+    return CollectOutcome(shard.shard_id, 0, 0, 0, [], taken_over=True)
 
 
 _LEADING_CUSTOM_ID = r'^\{"custom_id":"(?P<id>[^"\\]*)",'

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 
 from batch_pipeline.core.backends.base import BackendError, NotFound, TransientBackendError
-from batch_pipeline.core.ledger import DEFAULT_LEASE_SECONDS, ShardRecord
+from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.types import BatchInfo, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -162,12 +162,7 @@ class Submitter(PipelineWorker):
             file_id = self.backend.upload_file(self.storage.local_path(shard.path), filename).id
         # An upload can outlast the lease. Renewing it here, in the statement that stores the
         # file, proves no other process took the shard over meanwhile to create a batch too.
-        if not self.ledger.update_shard(
-            shard.shard_id,
-            self.owner,
-            file_id=file_id,
-            lease_expires_at=self._clock() + DEFAULT_LEASE_SECONDS,
-        ):
+        if not self.ledger.renew_lease(shard.shard_id, self.owner, file_id=file_id):
             return _taken_over(shard)
         try:
             batch = self.backend.create_batch(

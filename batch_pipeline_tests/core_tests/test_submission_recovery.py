@@ -324,3 +324,37 @@ def test_submitters_that_both_saw_room_in_the_token_budget_do_not_overshoot_it_t
         summary = second.run(DAY, poll_interval=0.2, timeout=60)
     assert nonzero(summary.counts) == {"succeeded": ROWS}
     assert len(provider_batches(batch_api, spec.name)) == len(tokens)
+
+
+def test_a_collect_that_outlasts_the_lease_leaves_the_shard_to_the_process_that_took_it(
+    tmp_path, batch_api
+):
+    """A's download takes longer than its lease; B's poll takes the shard over, settles it and
+    deletes the provider's files. A then writes nothing: no outcomes over B's, no retries of
+    the answers it could no longer read (which would pay for them again)."""
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="collect_lease", limits={}))
+    now = [time.time()]
+    taker = Pipeline(spec, backend=make_backend(spec.backend), clock=lambda: now[0])
+    reports = []
+
+    def outlast_the_lease(*args, **kwargs) -> None:
+        if not reports:
+            now[0] += LEASE_OUTLASTED
+            reports.append(taker.poll())
+
+    slow = Intercepted(make_backend(spec.backend), download_file=outlast_the_lease)
+    with Pipeline(spec, backend=slow, clock=lambda: now[0]) as first:
+        first.build_requests(DAY)
+        (batch_id,) = first.submit(DAY).submitted_batch_ids
+        deadline = time.monotonic() + 30
+        while not slow.retrieve_batch(batch_id).status.is_terminal:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        report = first.poll()
+        assert report.collected_shards == 0 and report.retry_shards == 0  # B collected it
+        assert reports[0].collected_shards == 1
+        (shard,) = first.ledger.shards(spec.name)  # no retry shard was added
+        assert shard.state.value == "collected" and shard.succeeded == ROWS
+        summary = first.collect_results(DAY)
+    assert nonzero(summary.counts) == {"succeeded": ROWS}
+    assert len(provider_batches(batch_api, spec.name)) == 1
