@@ -357,10 +357,11 @@ class Ledger:
         rejected: int,
         shards: Sequence[ShardInfo],
     ) -> None:
-        """Register a built generation's shards (queued) and its counts; safe to repeat."""
+        """Register a built generation's shards (built: not submitted until asked for, see
+        `queue_built`) and its counts; safe to repeat."""
         now = self._clock()
         with self._tx() as conn:
-            self._insert_shards(conn, shards, now)
+            self._insert_shards(conn, shards, now, ShardState.BUILT)
             conn.execute(
                 partitions_table.update()
                 .where(*_partition_is(pipeline, partition, generation))
@@ -378,9 +379,27 @@ class Ledger:
     def add_shards(self, shards: Sequence[ShardInfo]) -> None:
         """Register retry shards (queued); a shard already known is left as it is."""
         with self._tx() as conn:
-            self._insert_shards(conn, shards, self._clock())
+            self._insert_shards(conn, shards, self._clock(), ShardState.QUEUED)
 
-    def _insert_shards(self, conn: Connection, shards: Sequence[ShardInfo], now: float) -> None:
+    def queue_built(self, pipeline: str, partition: str | None = None) -> int:
+        """Ask for the built shards of a partition (or of every partition) to be submitted:
+        they become queued. Returns how many did."""
+        query = (
+            shards_table.update()
+            .where(shards_table.c.pipeline == pipeline)
+            .where(shards_table.c.state == ShardState.BUILT.value)
+        )
+        if partition is not None:
+            query = query.where(shards_table.c.partition == partition)
+        with self._tx() as conn:
+            result = conn.execute(
+                query.values(state=ShardState.QUEUED.value, updated_at=self._clock())
+            )
+        return result.rowcount
+
+    def _insert_shards(
+        self, conn: Connection, shards: Sequence[ShardInfo], now: float, state: ShardState
+    ) -> None:
         for shard in shards:
             exists = conn.execute(
                 sa.select(shards_table.c.shard_id).where(shards_table.c.shard_id == shard.shard_id)
@@ -404,7 +423,7 @@ class Ledger:
                             estimated_input_tokens=shard.estimated_input_tokens,
                             model=shard.model,
                             endpoint=shard.endpoint,
-                            state=ShardState.QUEUED.value,
+                            state=state.value,
                             submissions=0,
                             created_at=now,
                             updated_at=now,

@@ -242,13 +242,19 @@ class Pipeline:
             self.spec, self.ledger, self.backend, self.storage, self.owner, clock=self._clock
         )
 
-    def submit(
-        self, partition: str | None = None, *, deadline: float | None = None
-    ) -> SubmitSummary:
-        """Submit the queued shards (of one partition, or all) that the token budget allows.
+    def submit(self, partition: str | None = None) -> SubmitSummary:
+        """Ask for the built shards of a partition (or of all) to be paid for, and submit the
+        queued ones that the token budget allows now; polls submit the rest as it frees up.
 
         Safe to call again and from several processes at once: each shard is submitted once.
         """
+        self.ledger.queue_built(self.spec.name, partition)
+        return self._submit_queued(partition)
+
+    def _submit_queued(
+        self, partition: str | None = None, *, deadline: float | None = None
+    ) -> SubmitSummary:
+        """Submit the queued shards the token budget allows (built ones wait for `submit`)."""
         submitter = self._worker(Submitter)
         submitted: list[str] = []
         waiting: list[str] = []
@@ -359,7 +365,7 @@ class Pipeline:
                 retries += len(outcome.retry_shard_ids)
         submitted: list[str] = []
         try:
-            summary = self.submit(deadline=deadline)
+            summary = self._submit_queued(deadline=deadline)
             submitted = summary.submitted_batch_ids
             timed_out = timed_out or any("time budget" in w for w in summary.waiting_reasons)
         except BackendError as exc:
@@ -427,7 +433,7 @@ class Pipeline:
                 self.ledger.update_batch(batch)
                 if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
                     cancelled.append(shard.batch_id)
-            elif shard.state in (ShardState.QUEUED, ShardState.SUBMITTING):
+            elif shard.state in (ShardState.BUILT, ShardState.QUEUED, ShardState.SUBMITTING):
                 poller.cancel_unsubmitted(shard)
         self._settle_if_done(partition)
         return cancelled
@@ -613,6 +619,8 @@ class Pipeline:
             state = "building"
         elif any(s.state is ShardState.SUBMITTED for s in shards):
             state = "in_flight"
+        elif shards and all(s.state is ShardState.BUILT for s in shards):
+            state = "built"  # nobody asked for its submission yet
         else:
             state = "queued"
         return PartitionStatus(

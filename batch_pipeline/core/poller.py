@@ -155,7 +155,7 @@ class Poller(PipelineWorker):
         claimed = self.ledger.claim(
             shard.shard_id,
             self.owner,
-            from_states=[ShardState.QUEUED, ShardState.SUBMITTING],
+            from_states=[ShardState.BUILT, ShardState.QUEUED, ShardState.SUBMITTING],
             to_state=ShardState.SUBMITTING,
             dead_owner=dead_lease_owner(shard),
         )

@@ -41,10 +41,12 @@ TERMINAL_BATCH_STATUSES = frozenset(
 class ShardState(StrEnum):
     """Where a shard stands in the ledger's state machine.
 
-    queued -> submitting (intent recorded, before upload) -> submitted (batch created)
-    -> collected (batch terminal, its outcomes downloaded and parsed).
+    built (written; nobody asked for it to be paid for yet) -> queued (submission asked
+    for; retry shards start here) -> submitting (intent recorded, before upload) ->
+    submitted (batch created) -> collected (batch terminal, its outcomes downloaded and parsed).
     """
 
+    BUILT = "built"
     QUEUED = "queued"
     SUBMITTING = "submitting"
     SUBMITTED = "submitted"

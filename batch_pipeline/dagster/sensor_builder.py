@@ -177,6 +177,8 @@ def _describe_day(status: PartitionStatus) -> str:
     if queued:
         why = f" ({status.waiting[0]})" if status.waiting else ""
         parts.append(f"{_count(queued, 'shard', 'shards')} queued{why}")
+    if built := status.shards.get("built", 0):
+        parts.append(f"{_count(built, 'shard', 'shards')} built, not asked to be submitted")
     if not parts:
         parts.append(status.state)
     return f"{' and '.join(parts)} for {status.partition}"

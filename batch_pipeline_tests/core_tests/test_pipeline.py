@@ -380,3 +380,15 @@ def test_provider_files_are_deleted_once_collected_unless_kept(tmp_path, batch_a
         except openai.NotFoundError:
             pass
     assert present == (set(file_ids) if keep else set())
+
+
+def test_built_shards_wait_for_submit_and_a_poll_does_not_pay_for_them(tmp_path, batch_api):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+        assert pipeline.poll().submitted_batch_ids == []
+        (status,) = pipeline.status(DAY)
+        assert (status.state, status.shards) == ("built", {"built": 1})
+        assert len(pipeline.submit(DAY).submitted_batch_ids) == 1
+        assert pipeline.status(DAY)[0].state == "in_flight"

@@ -1,8 +1,9 @@
-"""The sensor on its own: its cursor, and a Batch API that does not answer."""
+"""The sensor on its own: its cursor, a Batch API that does not answer, and what it submits."""
 
 from __future__ import annotations
 
 import dagster as dg
+import openai
 from dagster_shared.serdes import deserialize_value
 
 from batch_pipeline.dagster import (
@@ -50,3 +51,40 @@ def test_an_unreachable_api_is_logged_and_the_tick_goes_on(tmp_path, batch_api: 
     outcome = tick(build_batch_pipeline_sensor(spec=spec), down)
     assert not outcome.run_requests
     assert outcome.skip_reason.skip_message == f"Waiting: 1 batch in flight for {day}."
+
+
+def test_a_day_whose_requests_alone_were_materialized_is_not_submitted_by_the_sensor(
+    tmp_path, batch_api: str
+) -> None:
+    """Materializing `requests` shows the cost estimate and pays for nothing; only the
+    `batches` step asks for the shards to be submitted."""
+    spec = write_demo(tmp_path, base_url=batch_api)
+    day = DEMO_DAYS[0]
+    backend = BatchBackendResource(base_url=batch_api)
+    requests, batches = build_batch_pipeline_assets(spec=spec)[:2]
+    sensor = build_batch_pipeline_sensor(spec=spec)
+    client = openai.OpenAI(base_url=batch_api, api_key="local")
+
+    def submitted() -> list[str]:
+        return [
+            b.id
+            for b in client.batches.list(limit=100)
+            if (b.metadata or {}).get("batch_pipeline_partition") == day
+            and b.metadata.get("batch_pipeline_pipeline") == spec.name
+        ]
+
+    with dg.instance_for_test() as instance:
+        resources = {"batch_backend": backend}
+        only_requests = dg.materialize(
+            [requests], partition_key=day, resources=resources, instance=instance
+        )
+        assert only_requests.success
+        context = dg.build_sensor_context(instance=instance, resources=resources)
+        outcome = sensor(context)
+        assert submitted() == []
+        assert "not asked to be submitted" in outcome.skip_reason.skip_message
+
+        assert dg.materialize(
+            [requests, batches], partition_key=day, resources=resources, instance=instance
+        ).success
+        assert len(submitted()) >= 1
