@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from batch_pipeline.core.backends.base import BatchBackend
-from batch_pipeline.core.backends.openai import make_backend
+from batch_pipeline.core.backends.openai import key_variable, make_backend
 from batch_pipeline.core.pipeline import Pipeline, load_pipeline
 from batch_pipeline.core.spec import BackendSpec, PipelineSpec
 
@@ -56,15 +56,19 @@ class BatchBackendResource(dg.ConfigurableResource):
     @classmethod
     def from_spec(cls, backend: BackendSpec) -> BatchBackendResource:
         """The resource a spec's `backend:` section describes; the key from its variable
-        (which provider local only needs when the variable is set: a local service with auth).
+        (provider local only sends one from a variable its spec names and the environment
+        sets: a local service with auth; never the default OPENAI_API_KEY).
         """
-        needs_key = backend.provider != "local" or backend.api_key_env in os.environ
+        variable = key_variable(backend)
+        api_key = None
+        if variable is not None and (backend.provider != "local" or variable in os.environ):
+            api_key = dg.EnvVar(variable)
         return cls(
             provider=backend.provider,
             base_url=backend.base_url,
             azure_endpoint=backend.azure_endpoint,
             api_version=backend.api_version,
-            api_key=dg.EnvVar(backend.api_key_env) if needs_key else None,
+            api_key=api_key,
             organization=backend.organization,
             project=backend.project,
             request_timeout_seconds=backend.request_timeout_seconds,

@@ -54,3 +54,22 @@ def test_a_missing_key_is_named_without_a_value() -> None:
     resource = BatchBackendResource(provider="openai", api_key=dg.EnvVar("BP_NOT_SET_ANYWHERE"))
     with pytest.raises(ValueError, match="BP_NOT_SET_ANYWHERE"):
         resource.get_backend()
+
+
+def test_a_local_service_never_gets_the_default_openai_key(
+    batch_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like the core's backend: a real key in OPENAI_API_KEY stays home when the spec points
+    at a local service without naming a variable of its own."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    resource = BatchBackendResource.from_spec(BackendSpec(provider="local", base_url=batch_api))
+    assert resource.api_key is None
+    backend = resource.get_backend()
+    try:
+        assert backend.client.api_key != SECRET
+        assert list(backend.iter_batches(created_after=2**31)) == []
+    finally:
+        backend.close()
+    named = BackendSpec(provider="local", base_url=batch_api, api_key_env="LOCAL_KEY")
+    monkeypatch.setenv("LOCAL_KEY", "local-secret")
+    assert BatchBackendResource.from_spec(named).api_key.env_var_name == "LOCAL_KEY"

@@ -231,17 +231,23 @@ class OpenAIBackend(BatchBackend):
         return BackendError(redact(f"{action} failed: {exc}"[:_MAX_MESSAGE_CHARS], secrets))
 
 
+def key_variable(spec: BackendSpec) -> str | None:
+    """The environment variable the API key is read from. None for a local service whose
+    spec names no variable itself: the default OPENAI_API_KEY, a real key, is never sent to
+    a local service by accident."""
+    if spec.provider == "local" and "api_key_env" not in spec.model_fields_set:
+        return None
+    return spec.api_key_env
+
+
 def make_backend(spec: BackendSpec, *, env: Mapping[str, str] = os.environ) -> BatchBackend:
-    """Build the backend a spec describes; the key comes from the variable named by the spec.
+    """Build the backend a spec describes; the key comes from `key_variable(spec)`.
 
     `openai` and `azure` refuse to start without a key, naming the variable. `local` sends
-    a placeholder unless the spec names a variable itself and it is set: the default
-    OPENAI_API_KEY, a real key, is never sent to a local service by accident.
+    a placeholder unless its variable is named and set.
     """
-    if spec.provider == "local" and "api_key_env" not in spec.model_fields_set:
-        key = None
-    else:
-        key = env.get(spec.api_key_env) or None
+    variable = key_variable(spec)
+    key = (env.get(variable) or None) if variable else None
     if key is None and spec.provider != "local":
         raise BackendError(
             f"the environment variable {spec.api_key_env} is not set; "
