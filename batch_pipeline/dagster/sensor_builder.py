@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import dagster as dg
 from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_for_serdes
 
+from batch_pipeline.core.ledger import PartitionRecord
 from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster.assets import (
@@ -28,6 +29,17 @@ POLL_TIME_BUDGET_SECONDS = 40.0
 # A results run asked for this long ago whose day is still not collected (it failed, or was
 # never launched) is asked for again.
 RERUN_RESULTS_AFTER_SECONDS = 30 * 60.0
+# A day whose results runs failed this many times fails for a reason a new run will not
+# change (its source changed since the build, say): it waits for a person.
+MAX_RESULTS_REQUESTS = 3
+RUN_KEY_TAG = "dagster/run_key"  # the tag Dagster puts the run key of a sensor's run under
+_UNFINISHED_RUN_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 MAX_PARTITIONS_IN_MESSAGE = 5
 
 
@@ -126,9 +138,15 @@ def _results_run_requests(
                 "collect it with the batch-pipeline CLI"
             )
             continue
-        asked_at = record.results_requested_at
-        if record.results_requested and asked_at and now - asked_at < rerun_after_seconds:
-            continue
+        if record.results_requested:
+            asked_at = record.results_requested_at or 0.0
+            if now - asked_at < rerun_after_seconds or _gave_up(record):
+                continue
+            last_key = results_run_key(
+                pipeline.spec.name, record.partition, record.generation, record.results_requested
+            )
+            if _run_unfinished(context.instance, last_key):
+                continue  # still queued or running: asking again would only run it twice
         request = pipeline.mark_results_requested(record.partition)
         context.log.info(
             f"{record.partition} generation {record.generation} has settled: "
@@ -144,10 +162,24 @@ def _results_run_requests(
         )
 
 
+def _gave_up(record: PartitionRecord) -> bool:
+    return record.results_requested >= MAX_RESULTS_REQUESTS
+
+
+def _run_unfinished(instance: dg.DagsterInstance, run_key: str) -> bool:
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}, statuses=_UNFINISHED_RUN_STATUSES),
+        limit=1,
+    )
+    return bool(runs)
+
+
 def _waiting_message(pipeline: Pipeline, report: PollReport) -> str:
     """What the pipeline waits for, day by day, e.g. '3 batches in flight for 2026-11-20'."""
     open_days = [record.partition for record in pipeline.partitions() if record.settled_at is None]
-    awaiting = [record.partition for record in pipeline.partitions_awaiting_results()]
+    settled = pipeline.partitions_awaiting_results()
+    awaiting = [record.partition for record in settled if not _gave_up(record)]
+    stuck = [record.partition for record in settled if _gave_up(record)]
     parts = [
         _describe_day(pipeline.status(partition)[0])
         for partition in open_days[:MAX_PARTITIONS_IN_MESSAGE]
@@ -159,6 +191,12 @@ def _waiting_message(pipeline: Pipeline, report: PollReport) -> str:
         more = len(awaiting) - MAX_PARTITIONS_IN_MESSAGE
         parts.append(
             f"results runs requested for {days}" + (f" and {more} more days" if more > 0 else "")
+        )
+    if stuck:
+        parts.append(
+            f"a person to look at {', '.join(stuck[:MAX_PARTITIONS_IN_MESSAGE])}, whose "
+            f"results runs failed {MAX_RESULTS_REQUESTS} times (see the last one's error; "
+            "rebuild the day, or materialize its results by hand)"
         )
     if not parts:
         return f"Nothing to wait for: no day of {pipeline.spec.name} has batches in flight."

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 import openai
+import pandas as pd
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.utils import make_new_run_id
 from dagster_shared.serdes import deserialize_value
 
 from batch_pipeline.dagster import (
     BatchBackendResource,
     BatchPipelineSensorCursor,
     build_batch_pipeline_assets,
+    build_batch_pipeline_defs,
     build_batch_pipeline_sensor,
 )
+from batch_pipeline.dagster.sensor_builder import MAX_RESULTS_REQUESTS
 from batch_pipeline.demo import DEMO_DAYS, write_demo
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
@@ -65,13 +72,17 @@ def test_a_day_whose_requests_alone_were_materialized_is_not_submitted_by_the_se
     sensor = build_batch_pipeline_sensor(spec=spec)
     client = openai.OpenAI(base_url=batch_api, api_key="local")
 
-    def submitted() -> list[str]:
-        return [
+    def submitted() -> set[str]:
+        """The day's batches on the service that this test made (the service is shared)."""
+        return {
             b.id
             for b in client.batches.list(limit=100)
             if (b.metadata or {}).get("batch_pipeline_partition") == day
             and b.metadata.get("batch_pipeline_pipeline") == spec.name
-        ]
+        } - before
+
+    before: set[str] = set()
+    before = submitted()
 
     with dg.instance_for_test() as instance:
         resources = {"batch_backend": backend}
@@ -81,10 +92,77 @@ def test_a_day_whose_requests_alone_were_materialized_is_not_submitted_by_the_se
         assert only_requests.success
         context = dg.build_sensor_context(instance=instance, resources=resources)
         outcome = sensor(context)
-        assert submitted() == []
+        assert submitted() == set()
         assert "not asked to be submitted" in outcome.skip_reason.skip_message
 
         assert dg.materialize(
             [requests, batches], partition_key=day, resources=resources, instance=instance
         ).success
         assert len(submitted()) >= 1
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fails(
+    tmp_path, batch_api: str
+) -> None:
+    """A row added to a settled day makes every results run fail: the sensor asks again
+    only once the last run has finished, stops after MAX_RESULTS_REQUESTS and says why."""
+    spec = write_demo(tmp_path, base_url=batch_api)
+    day = DEMO_DAYS[0]
+    defs = build_batch_pipeline_defs(spec=spec)
+    backend = defs.resources["batch_backend"]
+    sensor = build_batch_pipeline_sensor(spec=spec, rerun_results_after_seconds=0)
+    everything = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        submit = defs.resolve_job_def(f"{spec.name}_submit_job")
+        assert submit.execute_in_process(
+            partition_key=day, instance=instance, run_config=QUIET
+        ).success
+        source = tmp_path / "tickets.parquet"
+        rows = pd.read_parquet(source)
+        late = rows.iloc[[0]].assign(ticket_id="TCK-LATE")
+        pd.concat([rows, late]).to_parquet(source, index=False)
+
+        def tick_until_asked() -> dg.SensorResult:
+            for _ in range(100):
+                context = dg.build_sensor_context(
+                    instance=instance, resources={"batch_backend": backend}
+                )
+                outcome = sensor(context)
+                if outcome.run_requests or "a person" in (outcome.skip_reason.skip_message or ""):
+                    return outcome
+                time.sleep(0.2)
+            raise AssertionError("the day never settled")
+
+        first = tick_until_asked().run_requests[0]
+        waiting = DagsterRun(
+            job_name=everything.name,
+            run_id=make_new_run_id(),
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/run_key": first.run_key},
+        )
+        instance.add_run(waiting)
+        context = dg.build_sensor_context(instance=instance, resources={"batch_backend": backend})
+        assert not sensor(context).run_requests  # its run is still going
+        instance.delete_run(waiting.run_id)
+
+        keys = [first.run_key]
+        for _ in range(MAX_RESULTS_REQUESTS):
+            run_key = keys[-1]
+            failed = everything.execute_in_process(
+                instance=instance,
+                partition_key=day,
+                asset_selection=[first.asset_selection[0]],
+                run_config=QUIET,
+                raise_on_error=False,
+                tags={"dagster/run_key": run_key},
+            )
+            assert not failed.success
+            outcome = tick_until_asked()
+            if outcome.run_requests:
+                keys.append(outcome.run_requests[0].run_key)
+        assert len(keys) == MAX_RESULTS_REQUESTS
+        assert len(set(keys)) == len(keys)
+        assert f"a person to look at {day}" in outcome.skip_reason.skip_message
