@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -171,19 +171,13 @@ class Pipeline:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def build_requests(
-        self, partition: str, *, rebuild: bool | Literal["if_settled"] = False
-    ) -> RequestsSummary:
+    def build_requests(self, partition: str, *, rebuild: bool = False) -> RequestsSummary:
         """Validate the partition's rows and write its JSONL shards; nothing is paid for here.
 
-        The current generation is reused when it is already built; `rebuild=True` starts a new
-        one (the old generation's batches are left to finish but no longer count), and
-        `"if_settled"` starts a new one only once the current one has settled, so re-running
-        a day that is still in flight never pays for it twice.
+        The current generation is reused when it is already built, whatever its state, so
+        building a day again never pays for it twice; `rebuild=True` starts a new one (the
+        old generation's batches are left to finish but no longer count).
         """
-        if rebuild == "if_settled":
-            record = self.get_partition(partition)
-            rebuild = record is not None and record.settled_at is not None
         generation = self.ledger.start_generation(self.spec.name, partition, rebuild=rebuild)
         built = self._wait_for_build_or_claim(partition, generation)
         if built:
@@ -488,8 +482,8 @@ class Pipeline:
                 f"partition {partition} of {self.spec.name}: {exc}. The source no longer holds "
                 f"the rows its requests were built from at {built}. If rows were added, "
                 "changed or removed since, rebuild the partition (`batch-pipeline run "
-                "--rebuild`, or materialize its requests asset again), which sends every row "
-                "again"
+                "--rebuild`, or a Dagster run tagged batch_pipeline/rebuild=true), which "
+                "sends every row again"
             ) from None
         finally:
             pa.default_memory_pool().release_unused()  # see Poller.collect

@@ -4,14 +4,12 @@
 - `batches` submits them and returns at once (the sensor watches the batches);
 - `results` writes the day's Parquet once every batch has settled (the sensor asks for it).
 
-Materializing `requests` again for a day:
-
-- while the day's current generation is being built, queued or in flight, it is reused, so a
-  retried or repeated run (a re-executed backfill, say) never pays twice for the same rows;
-  to redo a day whose batches are running, cancel it first (`batch-pipeline cancel`);
-- once the current generation has settled (or been collected), a new generation is built
-  from the source rows as they are now; its batches are submitted and its results collected
-  again (the sensor's run keys carry the generation).
+Materializing `requests` again for a day reuses its current build, whatever state it is in,
+so a retried or repeated run (a re-executed backfill, a manual run over the nightly one) never
+pays twice for the same rows. A run tagged `batch_pipeline/rebuild=true` builds a settled day
+afresh from its source rows as they are now, as a new generation whose batches are submitted
+and whose results are collected again (the sensor's run keys carry the generation); a day
+still in flight is refused then: cancel it first (`batch-pipeline cancel`).
 """
 
 from collections.abc import Callable, Mapping
@@ -20,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipeline.core.pipeline import Pipeline
+from batch_pipeline.core.pipeline import Pipeline, PipelineError
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.resources import BatchBackendResource
@@ -28,6 +26,7 @@ from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
 
 DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
 SUBMISSION_POOL = "batch_pipeline_submission"
+REBUILD_TAG = "batch_pipeline/rebuild"  # "true" on a run: build settled days afresh
 
 Step = Callable[[Pipeline, str, dg.AssetExecutionContext], dg.MaterializeResult]
 
@@ -126,7 +125,15 @@ def _pipeline_asset(
 def _build_requests(
     pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult:
-    summary = pipeline.build_requests(partition, rebuild="if_settled")
+    rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
+    record = pipeline.get_partition(partition)
+    if rebuild and record is not None and record.settled_at is None:
+        raise PipelineError(
+            f"{partition} of {pipeline.spec.name} is still in flight (generation "
+            f"{record.generation}): cancel it first (batch-pipeline cancel), or wait until it "
+            f"settles, before a run tagged {REBUILD_TAG}=true builds it afresh"
+        )
+    summary = pipeline.build_requests(partition, rebuild=rebuild and record is not None)
     context.log.info(
         f"{partition} generation {summary.generation}: {summary.requests} requests in "
         f"{summary.shards} shards, {summary.rejected} rows rejected"

@@ -196,7 +196,7 @@ def _waiting_message(pipeline: Pipeline, report: PollReport) -> str:
         parts.append(
             f"a person to look at {', '.join(stuck[:MAX_PARTITIONS_IN_MESSAGE])}, whose "
             f"results runs failed {MAX_RESULTS_REQUESTS} times (see the last one's error; "
-            "rebuild the day, or materialize its results by hand)"
+            "rebuild the day with a run tagged batch_pipeline/rebuild=true)"
         )
     if not parts:
         return f"Nothing to wait for: no day of {pipeline.spec.name} has batches in flight."

@@ -21,6 +21,7 @@ from batch_pipeline.dagster import (
     build_batch_pipeline_defs,
     build_batch_pipeline_sensor,
 )
+from batch_pipeline.dagster.assets import REBUILD_TAG
 from batch_pipeline.demo import (
     DEMO_DAYS,
     SOURCE_FILE,
@@ -44,9 +45,18 @@ class Backfill:
     results: dict[str, dg.ExecuteInProcessResult]
 
 
-def submit_day(backfill_defs: dg.Definitions, spec: PipelineSpec, day: str, instance) -> Any:
+def submit_day(
+    backfill_defs: dg.Definitions, spec: PipelineSpec, day: str, instance, **tags: str
+) -> Any:
     job = backfill_defs.resolve_job_def(f"{spec.name}_submit_job")
-    return job.execute_in_process(partition_key=day, instance=instance)
+    return job.execute_in_process(partition_key=day, instance=instance, tags=tags or None)
+
+
+def generation_built(run: Any) -> int:
+    (event,) = [
+        e for e in run.get_asset_materialization_events() if e.asset_key.path[-1] == "requests"
+    ]
+    return event.materialization.metadata["batch_pipeline/generation"].value
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +157,28 @@ def test_the_key_never_reaches_the_event_log(backfill: Backfill, instance) -> No
     assert all(SECRET not in reason for reason in backfill.skip_reasons)
 
 
+def test_a_settled_day_run_again_pays_nothing_unless_tagged_to_rebuild(
+    backfill: Backfill, instance
+) -> None:
+    spec, defs = backfill.spec, backfill.defs
+    with defs.resources["batch_backend"].open_pipeline(spec) as pipeline:
+        batches_before = len(pipeline.ledger.batches(spec.name))
+        again = submit_day(defs, spec, REBUILT_DAY, instance)  # a re-executed backfill
+        assert again.success and generation_built(again) == 1
+        assert len(pipeline.ledger.batches(spec.name)) == batches_before
+
+
 def test_a_rebuilt_day_is_collected_again(backfill: Backfill, instance) -> None:
     spec, defs = backfill.spec, backfill.defs
-    run = submit_day(defs, spec, REBUILT_DAY, instance)
-    (requests_event,) = [
-        e for e in run.get_asset_materialization_events() if e.asset_key.path[-1] == "requests"
-    ]
-    assert requests_event.materialization.metadata["batch_pipeline/generation"].value == 2
+    run = submit_day(defs, spec, REBUILT_DAY, instance, **{REBUILD_TAG: "true"})
+    assert generation_built(run) == 2
+    refused = defs.resolve_job_def(f"{spec.name}_submit_job").execute_in_process(
+        partition_key=REBUILT_DAY,
+        instance=instance,
+        tags={REBUILD_TAG: "true"},
+        raise_on_error=False,
+    )
+    assert not refused.success  # generation 2 is in flight: cancel it first
 
     (first,) = sensor_run_requests(defs, spec, instance, expected=1, timeout_seconds=TIMEOUT)
     assert first.run_key == f"{spec.name}:{REBUILT_DAY}:g2:results:1"
