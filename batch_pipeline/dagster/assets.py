@@ -12,7 +12,7 @@ and whose results are collected again (the sensor's run keys carry the generatio
 still in flight is refused then: cancel it first (`batch-pipeline cancel`).
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +28,8 @@ DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
 SUBMISSION_POOL = "batch_pipeline_submission"
 REBUILD_TAG = "batch_pipeline/rebuild"  # "true" on a run: build settled days afresh
 
-Step = Callable[[Pipeline, str, dg.AssetExecutionContext], dg.MaterializeResult]
+# A step's materialization, or None when it has nothing to materialize yet (results only).
+Step = Callable[[Pipeline, str, dg.AssetExecutionContext], dg.MaterializeResult | None]
 
 
 def build_partitions_def(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
@@ -77,6 +78,9 @@ def build_batch_pipeline_assets(
         "batches": _submit_batches,
         "results": _collect_results,
     }
+    # A run that selects results with the other steps (the UI's "Materialize all") reaches
+    # it before the day has settled: it is skipped then, and the sensor asks for it later.
+    specs["results"] = specs["results"].replace_attributes(skippable=True)
     return [
         _pipeline_asset(
             spec,
@@ -114,10 +118,12 @@ def _pipeline_asset(
         retry_policy=retry_policy,
         pool=pool,
     )
-    def _asset(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
         with backend.open_pipeline(spec) as pipeline:
-            return step(pipeline, context.partition_key, context)
+            result = step(pipeline, context.partition_key, context)
+        if result is not None:
+            yield result
 
     return _asset
 
@@ -159,7 +165,14 @@ def _submit_batches(
 
 def _collect_results(
     pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult | None:
+    record = pipeline.get_partition(partition)
+    if record is not None and record.built_at is not None and record.settled_at is None:
+        context.log.info(
+            f"{partition}: its batches have not all finished; results skipped for now (the "
+            "sensor asks for them once the day has settled)"
+        )
+        return None
     summary = pipeline.collect_results(partition)
     context.log.info(f"{partition}: {summary.rows} rows written to {summary.path}")
     return dg.MaterializeResult(metadata=results_metadata(summary))

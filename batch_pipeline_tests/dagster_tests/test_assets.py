@@ -1,4 +1,5 @@
-"""The asset factory: daily partitions from the spec, the pool, and when `requests` rebuilds."""
+"""The asset factory: daily partitions from the spec, the pool, when `requests` rebuilds, and
+when `results` waits."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from batch_pipeline.dagster import (
     SUBMISSION_POOL,
     BatchBackendResource,
     build_batch_pipeline_assets,
+    build_batch_pipeline_defs,
     build_partitions_def,
 )
 from batch_pipeline.demo import DEMO_DAYS, demo_spec_data, write_demo
@@ -57,3 +59,25 @@ def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
     assert [m["batch_pipeline/generation"].value for m in metadata] == [1, 1]
     assert [m["batch_pipeline/reused_existing_build"].value for m in metadata] == [False, True]
     assert metadata[0]["batch_pipeline/rejected_rows"].value >= 2  # null body, duplicate key
+
+
+def test_materializing_every_step_at_once_skips_results_until_the_day_settles(
+    tmp_path, batch_api: str
+) -> None:
+    """The UI's "Materialize all" (assets and checks) over a day: the run succeeds, the
+    batches are submitted, and results waits for the sensor instead of failing."""
+    spec = write_demo(tmp_path, base_url=batch_api)
+    defs = build_batch_pipeline_defs(spec=spec)
+    everything = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        run = everything.execute_in_process(
+            instance=instance,
+            partition_key=DEMO_DAYS[0],
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        )
+        assert run.success
+        materialized = {e.asset_key.path[-1] for e in run.get_asset_materialization_events()}
+        assert materialized == {"requests", "batches"}
+        assert not run.get_asset_check_evaluations()
+    with defs.resources["batch_backend"].open_pipeline(spec) as pipeline:
+        assert pipeline.status(DEMO_DAYS[0])[0].state == "in_flight"
