@@ -38,6 +38,9 @@ RETRIEVE_ONE_BY_ONE_UP_TO = 5
 LIST_PAGE_SIZE = 100
 ID_SCAN_BLOCK_BYTES = 16 * 1024 * 1024
 REQUEUE_BACKOFF_SECONDS = 60.0
+# A shard whose batches failed on a limit this many times will not fit (a shard larger than
+# the provider's enqueued-token limit, say): its rows are settled as failed instead.
+MAX_SUBMISSIONS = 5
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,13 @@ class Poller(PipelineWorker):
             batch = self.backend.retrieve_batch(claimed.batch_id)
             self.ledger.update_batch(batch)
             # A batch that never ran is submitted again, unless its day was cancelled or
-            # rebuilt meanwhile: no one would submit it, so it is settled as it stands.
-            if allow_retries and is_transient_batch_failure(batch):
+            # rebuilt meanwhile (no one would submit it) or it failed so too many times: it is
+            # settled as it stands then.
+            if (
+                allow_retries
+                and is_transient_batch_failure(batch)
+                and claimed.submissions < MAX_SUBMISSIONS
+            ):
                 outcome = self._requeue(claimed, batch)
                 done_with = [batch.input_file_id]  # it is uploaded afresh
             else:
@@ -247,12 +255,17 @@ class Poller(PipelineWorker):
             message = "; ".join(
                 f"line {e.line}: {e.message}" if e.line else e.message for e in batch.errors
             )
+            how = (
+                f"failed on a provider limit (submitted {shard.submissions} times)"
+                if is_transient_batch_failure(batch)
+                else "failed validation"
+            )
             return _synthetic_outcomes(
                 expected,
                 status=RowStatus.FAILED,
                 retryable=False,
                 code=(first.code if first and first.code else "batch_failed"),
-                message=f"batch {batch.id} failed validation: {message or 'no reason given'}",
+                message=f"batch {batch.id} {how}: {message or 'no reason given'}",
             )
         paths = {}
         for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
+from batch_pipeline.core import poller as poller_module
 from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
@@ -392,3 +393,18 @@ def test_built_shards_wait_for_submit_and_a_poll_does_not_pay_for_them(tmp_path,
         assert (status.state, status.shards) == ("built", {"built": 1})
         assert len(pipeline.submit(DAY).submitted_batch_ids) == 1
         assert pipeline.status(DAY)[0].state == "in_flight"
+
+
+def test_a_shard_that_keeps_failing_on_the_token_limit_settles_after_a_few_submissions(
+    tmp_path, batch_api, monkeypatch
+):
+    monkeypatch.setattr(poller_module, "REQUEUE_BACKOFF_SECONDS", 0.0)
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    with Pipeline(spec, backend=FailingForTokens(make_backend(spec.backend))) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
+        (shard,) = pipeline.ledger.shards(spec.name)
+    assert shard.submissions == poller_module.MAX_SUBMISSIONS
+    results = pd.read_parquet(summary.path)
+    assert set(results["status"]) == {"failed"} and len(results) == 4
+    assert results["error_message"].str.contains("provider limit").all()
