@@ -82,7 +82,9 @@ def iter_partition_batches(
     partition_field = dataset.schema.field(spec.source.partition_column)
     if pa.types.is_binary(partition_field.type) or pa.types.is_large_binary(partition_field.type):
         raise _not_text_error(spec, dataset)
-    expression = partition_filter(partition_field.name, partition_field.type, day)
+    expression = partition_filter(
+        partition_field.name, partition_field.type, day, timezone=spec.schedule.timezone
+    )
     for batch in _scan(dataset, wanted, expression, batch_size):
         if batch.num_rows:
             yield batch
@@ -159,15 +161,22 @@ def _not_text_error(spec: PipelineSpec, dataset: ds.Dataset) -> SpecError:
     return SpecError(f"source.partition_column: column {column!r} holds bytes, not dates")
 
 
-def partition_filter(column: str, column_type: pa.DataType, day: date) -> ds.Expression:
-    """A dataset filter keeping the rows of `column` that fall on `day` (pushed down to scans)."""
+def partition_filter(
+    column: str, column_type: pa.DataType, day: date, *, timezone: str = "UTC"
+) -> ds.Expression:
+    """A dataset filter keeping the rows of `column` that fall on `day` (pushed down to scans).
+
+    A timezone-aware timestamp falls on the day it is in `timezone` (the spec's
+    `schedule.timezone`, which the Dagster partitions and the nightly schedule count days
+    in too); naive timestamps, dates and ISO strings are taken as they read.
+    """
     field = ds.field(column)
     if pa.types.is_dictionary(column_type):
         field, column_type = field.cast(column_type.value_type), column_type.value_type
     if pa.types.is_date(column_type):
         return field == pa.scalar(day, column_type)
     if pa.types.is_timestamp(column_type):
-        start, end = _day_bounds(day, column_type.tz)
+        start, end = _day_bounds(day, timezone if column_type.tz else None)
         return (field >= pa.scalar(start, column_type)) & (field < pa.scalar(end, column_type))
     if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
         # The same as "first 10 characters equal the day", but as a range the scan can push down:

@@ -13,7 +13,7 @@ from batch_pipeline.core.sources import (
     parse_partition,
     source_schema,
 )
-from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.core.spec import PipelineSpec, ScheduleSpec, SpecError
 
 PARTITION = "2024-05-01"
 
@@ -67,15 +67,21 @@ def test_parquet_file_with_naive_timestamps_returns_only_the_days_rows(tmp_path)
     assert read_ids(spec, "2024-05-02") == [4]
 
 
-def test_tz_aware_timestamps_are_split_by_days_of_their_own_timezone(tmp_path):
+def test_tz_aware_timestamps_fall_on_days_of_the_schedules_timezone(tmp_path):
+    """The days the Dagster partitions and the nightly schedule count in, whatever zone the
+    column was written in: a nightly run then finds its whole day arrived."""
     moments = pd.to_datetime(
         ["2024-05-01 00:30", "2024-05-01 23:30", "2024-05-02 00:30", "2024-04-30 23:00"]
     ).tz_localize("America/New_York")
     table = sample_table(list(moments.to_pydatetime()), pa.timestamp("ns", "America/New_York"))
     pq.write_table(table, tmp_path / "src.parquet")
-    spec = make_spec(tmp_path, path="src.parquet")
-    # 23:30 New York on May 1 is already May 2 in UTC; it still belongs to May 1.
-    assert read_ids(spec) == [1, 2]
+    new_york = make_spec(tmp_path, path="src.parquet").model_copy(
+        update={"schedule": ScheduleSpec(timezone="America/New_York")}
+    )
+    # 23:30 New York on May 1 is already May 2 in UTC; in New York days it is May 1.
+    assert read_ids(new_york) == [1, 2]
+    # In UTC days (the default), 23:00 New York on April 30 is May 1, 03:00.
+    assert read_ids(make_spec(tmp_path, path="src.parquet")) == [1, 4]
 
 
 def test_utc_timestamps_split_by_utc_days(tmp_path):
