@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # annotations only: the commands import the core lazily, when they run
@@ -57,11 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="Run the demo pipeline end to end with Dagster, offline "
-        "(`batch-pipeline demo -- --help` lists its options).",
+        help="Run the demo pipeline end to end with Dagster, offline.",
+        description="Run the demo pipeline end to end, offline, with Dagster in the loop.",
     )
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    add_demo_arguments(demo)
     return parser
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (here, so that parsing them does not load the demo's libraries)."""
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("demo_output") / "cli",
+        help="Folder for the sample table, the spec and the results (default demo_output/cli).",
+    )
+    parser.add_argument(
+        "--completion-window-seconds",
+        type=float,
+        default=None,
+        help="The local Batch API's '24h' window, shortened so the unanswered row expires "
+        "(default: a few seconds).",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_from_args(args)
     if args.command == "demo":
-        from batch_pipeline.demo import main as demo_main
+        from batch_pipeline.demo import run_from_args
 
-        return demo_main([a for a in args.demo_args if a != "--"])
+        return run_from_args(args)
     return _pipeline_command(args, sys.stdout)
 
 

@@ -326,26 +326,22 @@ def _silent(*_: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`batch-pipeline demo`: run the demo; 0 when every row is accounted for."""
+    """`python -m batch_pipeline.demo`: the same as `batch-pipeline demo`."""
+    from batch_pipeline.cli import add_demo_arguments
+
     parser = argparse.ArgumentParser(
         prog="batch-pipeline demo",
         description="Run the demo pipeline end to end, offline, with Dagster in the loop.",
     )
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=Path("demo_output") / "cli",
-        help="Folder for the sample table, the spec and the results (default demo_output/cli).",
-    )
-    parser.add_argument(
-        "--completion-window-seconds",
-        type=float,
-        default=DEMO_COMPLETION_WINDOW_SECONDS,
-        help="The local Batch API's '24h' window, shortened so the unanswered row expires.",
-    )
-    args = parser.parse_args(argv)
+    add_demo_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the demo as the command line asked; 0 when every row is accounted for."""
+    window = args.completion_window_seconds or DEMO_COMPLETION_WINDOW_SECONDS
     try:
-        result = run_demo(args.dir, completion_window_seconds=args.completion_window_seconds)
+        result = run_demo(args.dir, completion_window_seconds=window)
     except TimeoutError as exc:
         print(f"demo did not finish: {exc}", file=sys.stderr)
         return 1

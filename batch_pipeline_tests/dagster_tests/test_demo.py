@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from batch_pipeline.demo import DEMO_DAYS, demo_rows, main
+from batch_pipeline.cli import main as cli_main
+from batch_pipeline.demo import DEMO_DAYS, demo_rows
 
 
 def test_the_sample_table_is_deterministic_and_has_bad_rows() -> None:
@@ -25,7 +26,8 @@ def test_the_sample_table_is_deterministic_and_has_bad_rows() -> None:
 def test_the_demo_prints_the_parquet_and_a_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--dir", str(tmp_path), "--completion-window-seconds", "2"]) == 0
+    command = ["demo", "--dir", str(tmp_path), "--completion-window-seconds", "2"]
+    assert cli_main(command) == 0  # `batch-pipeline demo --dir ...`
     output = capsys.readouterr().out
     results_dir = tmp_path / "out" / "ticket_triage" / "results"
     assert str(results_dir) in output
