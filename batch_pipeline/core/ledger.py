@@ -24,7 +24,8 @@ from sqlalchemy.exc import IntegrityError
 
 from batch_pipeline.core.types import BatchInfo, BatchStatus, ShardInfo, ShardState
 
-SCHEMA_VERSION = 1
+# 2: shards start `built` (a state version 1 does not know), otherwise the same tables.
+SCHEMA_VERSION = 2
 DEFAULT_LEASE_SECONDS = 300.0
 SCHEMA_LOCK_KEY = 0x62705F6C6564  # "bp_led": one advisory lock for schema changes
 BUDGET_LOCK_SPACE = 0x62705F74  # "bp_t": advisory locks on a model's token budget
@@ -233,6 +234,9 @@ class Ledger:
                     f"the ledger at {self!r} has schema version {version}, newer than this "
                     f"batch_pipeline understands ({SCHEMA_VERSION}); upgrade batch_pipeline"
                 )
+            if version is not None and version < SCHEMA_VERSION:
+                # Nothing to migrate: mark the ledger so that older versions refuse it.
+                conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -381,16 +385,16 @@ class Ledger:
         with self._tx() as conn:
             self._insert_shards(conn, shards, self._clock(), ShardState.QUEUED)
 
-    def queue_built(self, pipeline: str, partition: str | None = None) -> int:
-        """Ask for the built shards of a partition (or of every partition) to be submitted:
-        they become queued. Returns how many did."""
+    def queue_built(self, pipeline: str, partition: str, generation: int) -> int:
+        """Ask for the built shards of a partition's generation to be submitted: they become
+        queued. Returns how many did."""
         query = (
             shards_table.update()
             .where(shards_table.c.pipeline == pipeline)
+            .where(shards_table.c.partition == partition)
+            .where(shards_table.c.generation == generation)
             .where(shards_table.c.state == ShardState.BUILT.value)
         )
-        if partition is not None:
-            query = query.where(shards_table.c.partition == partition)
         with self._tx() as conn:
             result = conn.execute(
                 query.values(state=ShardState.QUEUED.value, updated_at=self._clock())

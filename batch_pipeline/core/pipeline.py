@@ -242,7 +242,9 @@ class Pipeline:
 
         Safe to call again and from several processes at once: each shard is submitted once.
         """
-        self.ledger.queue_built(self.spec.name, partition)
+        for record in self.ledger.list_partitions(self.spec.name):
+            if partition is None or record.partition == partition:
+                self.ledger.queue_built(self.spec.name, record.partition, record.generation)
         return self._submit_queued(partition)
 
     def _submit_queued(

@@ -4,8 +4,9 @@ Sources: a file or folder of .parquet, .csv or .jsonl files (through `pyarrow.da
 day filter pushed down to the scan), a SQL query (through SQLAlchemy, filtered in the database,
 streamed), or a pandas DataFrame handed over from Python (filtered in memory).
 
-The partition column may be a date, a timestamp (naive, or tz-aware: the day is taken in the
-column's own timezone) or an ISO text (its first 10 characters are the day).
+The partition column may be a date, a timestamp (naive: the day as it reads; tz-aware: the
+day in the spec's `schedule.timezone`, the zone the partitions count days in) or an ISO text
+(its first 10 characters are the day).
 """
 
 from __future__ import annotations

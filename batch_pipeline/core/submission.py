@@ -158,7 +158,8 @@ class Submitter(PipelineWorker):
         if file_id is None and takeover:
             found = self.backend.find_file(filename, created_after=since)
             file_id = found.id if found else None
-        if file_id is None:
+        uploaded_now = file_id is None
+        if uploaded_now:
             file_id = self.backend.upload_file(self.storage.local_path(shard.path), filename).id
         # An upload can outlast the lease. Renewing it here, in the statement that stores the
         # file, proves no other process took the shard over meanwhile to create a batch too.
@@ -174,7 +175,10 @@ class Submitter(PipelineWorker):
                     "batch_pipeline_partition": shard.partition,
                 },
             )
-        except NotFound as exc:  # the uploaded file expired or was deleted: upload it again
+        except NotFound as exc:
+            if uploaded_now or self.backend.find_file(filename, created_after=since):
+                raise  # the file is there: the 404 is the endpoint's own (a wrong URL, say)
+            # An upload of an earlier attempt expired or was deleted: upload it again.
             return self._defer(shard, exc, f"input file gone: {exc}", file_id=None)
         return self._record(shard, batch)
 

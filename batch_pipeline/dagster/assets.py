@@ -133,13 +133,16 @@ def _build_requests(
 ) -> dg.MaterializeResult:
     rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
     record = pipeline.get_partition(partition)
-    if rebuild and record is not None and record.settled_at is None:
+    # A generation whose build never finished (its run died) is built by this run, tag or not.
+    in_flight = record is not None and record.built_at is not None and record.settled_at is None
+    if rebuild and in_flight:
         raise PipelineError(
             f"{partition} of {pipeline.spec.name} is still in flight (generation "
             f"{record.generation}): cancel it first (batch-pipeline cancel), or wait until it "
             f"settles, before a run tagged {REBUILD_TAG}=true builds it afresh"
         )
-    summary = pipeline.build_requests(partition, rebuild=rebuild and record is not None)
+    settled = record is not None and record.settled_at is not None
+    summary = pipeline.build_requests(partition, rebuild=rebuild and settled)
     context.log.info(
         f"{partition} generation {summary.generation}: {summary.requests} requests in "
         f"{summary.shards} shards, {summary.rejected} rows rejected"

@@ -10,11 +10,12 @@ import openai
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy as sa
 
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
 from batch_pipeline.core import poller as poller_module
 from batch_pipeline.core.backends.openai import make_backend
-from batch_pipeline.core.ledger import ShardRecord
+from batch_pipeline.core.ledger import SCHEMA_VERSION, Ledger, ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
 from batch_pipeline.core.poller import Poller
@@ -399,6 +400,7 @@ def test_a_shard_that_keeps_failing_on_the_token_limit_settles_after_a_few_submi
     tmp_path, batch_api, monkeypatch
 ):
     monkeypatch.setattr(poller_module, "REQUEUE_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(poller_module, "MAX_SUBMISSIONS", 3)
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
     spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
     with Pipeline(spec, backend=FailingForTokens(make_backend(spec.backend))) as pipeline:
@@ -408,3 +410,36 @@ def test_a_shard_that_keeps_failing_on_the_token_limit_settles_after_a_few_submi
     results = pd.read_parquet(summary.path)
     assert set(results["status"]) == {"failed"} and len(results) == 4
     assert results["error_message"].str.contains("provider limit").all()
+
+
+def test_a_requeued_shard_waits_longer_each_time_up_to_an_hour():
+    waits = [poller_module.requeue_backoff_seconds(n) for n in (1, 2, 3, 6, 7, 30)]
+    assert waits == [60, 120, 240, 1920, 3600, 3600]
+    total = sum(map(poller_module.requeue_backoff_seconds, range(1, poller_module.MAX_SUBMISSIONS)))
+    assert total > 24 * 3600  # longer than any batch's window before its rows end failed
+
+
+def test_submitting_a_rebuilt_day_leaves_the_old_generations_shards_alone(tmp_path, batch_api):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+        pipeline.build_requests(DAY, rebuild=True)
+        assert len(pipeline.submit(DAY).submitted_batch_ids) == 1
+        states = {(s.generation, s.state) for s in pipeline.ledger.shards(spec.name)}
+    assert states == {(1, ShardState.BUILT), (2, ShardState.SUBMITTED)}
+
+
+def test_a_ledger_of_the_previous_schema_is_marked_and_a_newer_one_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE bp_schema SET version = 1"))
+    Ledger(url).close()
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT version FROM bp_schema")).scalar() == SCHEMA_VERSION
+        conn.execute(sa.text("UPDATE bp_schema SET version = :v"), {"v": SCHEMA_VERSION + 1})
+    engine.dispose()
+    with pytest.raises(RuntimeError, match="upgrade batch_pipeline"):
+        Ledger(url)

@@ -17,7 +17,7 @@ import pytest
 
 from batch_pipeline import PipelineSpec
 from batch_pipeline.core import submission
-from batch_pipeline.core.backends.base import BackendError
+from batch_pipeline.core.backends.base import BackendError, NotFound, TransientBackendError
 from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
@@ -266,27 +266,33 @@ def test_a_shard_the_provider_refuses_fails_its_rows_and_the_others_still_run(tm
     assert nonzero(summary.counts) == {"succeeded": ROWS - PER_FILE, "failed": PER_FILE}
 
 
-def test_an_input_file_that_is_gone_is_uploaded_again(tmp_path, batch_api, monkeypatch):
+def test_an_input_file_that_expired_before_a_later_create_is_uploaded_again(
+    tmp_path, batch_api, monkeypatch
+):
+    """The first create is deferred (the provider was busy); by the next attempt the uploaded
+    file has expired. The shard uploads it again rather than failing or looping."""
     monkeypatch.setattr(submission, "CREATE_BACKOFF_SECONDS", (0.1,))
     spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="file_gone", limits={}))
     inner = make_backend(spec.backend)
-    refused: list[str] = []
+    creates: list[str] = []
 
-    def delete_the_file_once(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
-        if not refused:
-            refused.append(input_file_id)
-            inner.delete_file(input_file_id)
+    def busy_then_expired(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
+        creates.append(input_file_id)
+        if len(creates) == 1:
+            raise TransientBackendError("create a batch failed: HTTP 503", status_code=503)
+        if len(creates) == 2:
+            inner.delete_file(input_file_id)  # it expired meanwhile
 
-    backend = Intercepted(inner, create_batch=delete_the_file_once)
+    backend = Intercepted(inner, create_batch=busy_then_expired)
     with Pipeline(spec, backend=backend) as pipeline:
         pipeline.build_requests(DAY)
-        first = pipeline.submit(DAY)
-        assert first.submitted_batch_ids == []
-        assert "input file gone" in first.waiting_reasons[0]
+        assert "provider busy" in pipeline.submit(DAY).waiting_reasons[0]
+        time.sleep(0.2)
+        assert "input file gone" in pipeline.submit(DAY).waiting_reasons[0]
         summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
     assert nonzero(summary.counts) == {"succeeded": ROWS}
     (batch,) = provider_batches(batch_api, spec.name)
-    assert batch.input_file_id != refused[0]
+    assert creates[0] == creates[1] != batch.input_file_id == creates[2]
 
 
 @pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
@@ -358,3 +364,24 @@ def test_a_collect_that_outlasts_the_lease_leaves_the_shard_to_the_process_that_
         summary = first.collect_results(DAY)
     assert nonzero(summary.counts) == {"succeeded": ROWS}
     assert len(provider_batches(batch_api, spec.name)) == 1
+
+
+def test_a_create_not_found_right_after_its_upload_stops_instead_of_looping(tmp_path, batch_api):
+    """No batches endpoint at that URL, say: uploading again would not help, so the error
+    reaches the caller (a poll's errors) instead of deferring the shard forever."""
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="no_batches", limits={}))
+    uploads: list[str] = []
+
+    def no_batches_here(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
+        uploads.append(input_file_id)
+        raise NotFound(
+            "create a batch failed: HTTP 404 (not_found): no such route", status_code=404
+        )
+
+    backend = Intercepted(make_backend(spec.backend), create_batch=no_batches_here)
+    with Pipeline(spec, backend=backend) as pipeline:
+        pipeline.build_requests(DAY)
+        with pytest.raises(NotFound):
+            pipeline.submit(DAY)
+        assert "no such route" in pipeline.poll().errors[0]
+    assert len(uploads) == 2 and len(set(uploads)) == 1  # two creates, one upload

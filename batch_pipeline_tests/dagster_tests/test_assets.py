@@ -14,6 +14,7 @@ from batch_pipeline.dagster import (
     build_batch_pipeline_defs,
     build_partitions_def,
 )
+from batch_pipeline.dagster.assets import REBUILD_TAG
 from batch_pipeline.demo import DEMO_DAYS, demo_spec_data, write_demo
 
 URL = "http://127.0.0.1:9/v1"
@@ -81,3 +82,30 @@ def test_materializing_every_step_at_once_skips_results_until_the_day_settles(
         assert not run.get_asset_check_evaluations()
     with defs.resources["batch_backend"].open_pipeline(spec) as pipeline:
         assert pipeline.status(DEMO_DAYS[0])[0].state == "in_flight"
+
+
+def test_a_rebuild_whose_build_died_is_finished_by_the_retried_run(tmp_path, batch_api) -> None:
+    """A run tagged to rebuild started generation 2 and died before building it; its retry
+    (which keeps the tag) builds generation 2 instead of calling it in flight."""
+    spec = write_demo(tmp_path, base_url=batch_api)
+    day = DEMO_DAYS[0]
+    requests = build_batch_pipeline_assets(spec=spec)[0]
+    backend = BatchBackendResource(base_url=batch_api)
+    with dg.instance_for_test() as instance:
+        resources = {"batch_backend": backend}
+        first = dg.materialize(
+            [requests], partition_key=day, resources=resources, instance=instance
+        )
+        assert first.success
+        with backend.open_pipeline(spec) as pipeline:
+            assert pipeline.ledger.start_generation(spec.name, day, rebuild=True) == 2
+        retried = dg.materialize(
+            [requests],
+            partition_key=day,
+            resources=resources,
+            instance=instance,
+            tags={REBUILD_TAG: "true"},
+        )
+        assert retried.success
+        (event,) = retried.get_asset_materialization_events()
+        assert event.materialization.metadata["batch_pipeline/generation"].value == 2
