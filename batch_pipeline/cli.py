@@ -61,25 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run the demo pipeline end to end with Dagster, offline.",
         description="Run the demo pipeline end to end, offline, with Dagster in the loop.",
     )
-    add_demo_arguments(demo)
-    return parser
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options (here, so that parsing them does not load the demo's libraries)."""
-    parser.add_argument(
+    # Defined here, not in the demo module, so that parsing them loads none of its libraries.
+    demo.add_argument(
         "--dir",
         type=Path,
         default=Path("demo_output") / "cli",
         help="Folder for the sample table, the spec and the results (default demo_output/cli).",
     )
-    parser.add_argument(
+    demo.add_argument(
         "--completion-window-seconds",
         type=float,
         default=None,
         help="The local Batch API's '24h' window, shortened so the unanswered row expires "
         "(default: a few seconds).",
     )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -327,14 +327,9 @@ def _silent(*_: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m batch_pipeline.demo`: the same as `batch-pipeline demo`."""
-    from batch_pipeline.cli import add_demo_arguments
+    from batch_pipeline.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(
-        prog="batch-pipeline demo",
-        description="Run the demo pipeline end to end, offline, with Dagster in the loop.",
-    )
-    add_demo_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 def run_from_args(args: argparse.Namespace) -> int:

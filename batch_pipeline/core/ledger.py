@@ -144,6 +144,11 @@ class PartitionRecord:
     def is_collected(self) -> bool:
         return self.collected_at is not None
 
+    @property
+    def is_in_flight(self) -> bool:
+        """Built, and not every batch of it has finished yet."""
+        return self.built_at is not None and self.settled_at is None
+
 
 @dataclass(frozen=True)
 class ShardRecord:

@@ -245,17 +245,18 @@ class Poller(PipelineWorker):
 
     def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
         reason = "; ".join(f"{e.code}: {e.message}" for e in batch.errors) or "transient failure"
-        held = self.ledger.update_shard(
+        if not self.ledger.update_shard(
             shard.shard_id,
             self.owner,
             state=ShardState.QUEUED,
             not_before=self._clock() + requeue_backoff_seconds(shard.submissions),
             last_error=f"batch {batch.id} failed ({reason}); queued again",
-        )
+        ):
+            return _taken_over(shard)
         log.warning(
             "shard %s: batch %s failed (%s); queued again", shard.shard_id, batch.id, reason
         )
-        return CollectOutcome(shard.shard_id, 0, 0, 0, [], requeued=held, taken_over=not held)
+        return CollectOutcome(shard.shard_id, 0, 0, 0, [], requeued=True)
 
     def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> pa.Table:
         folder = batch_dir(shard)

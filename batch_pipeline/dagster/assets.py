@@ -134,8 +134,7 @@ def _build_requests(
     rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
     record = pipeline.get_partition(partition)
     # A generation whose build never finished (its run died) is built by this run, tag or not.
-    in_flight = record is not None and record.built_at is not None and record.settled_at is None
-    if rebuild and in_flight:
+    if rebuild and record is not None and record.is_in_flight:
         raise PipelineError(
             f"{partition} of {pipeline.spec.name} is still in flight (generation "
             f"{record.generation}): cancel it first (batch-pipeline cancel), or wait until it "
@@ -170,7 +169,7 @@ def _collect_results(
     pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult | None:
     record = pipeline.get_partition(partition)
-    if record is not None and record.built_at is not None and record.settled_at is None:
+    if record is not None and record.is_in_flight:
         context.log.info(
             f"{partition}: its batches have not all finished; results skipped for now (the "
             "sensor asks for them once the day has settled)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx2
 import orjson
 from openai import OpenAI
 from openai.types import Batch
@@ -12,6 +13,8 @@ from openai.types import Batch
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 CHAT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
+# An empty list page: the spec types first_id and last_id as strings, so they are "", not null.
+EMPTY_PAGE = {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
 
 
 def chat_line(custom_id: str, text: str, *, model: str = MODEL, **body: Any) -> dict[str, Any]:
@@ -83,3 +86,12 @@ def by_custom_id(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     keyed = {line["custom_id"]: line for line in lines}
     assert len(keyed) == len(lines), "a custom_id appears more than once"
     return keyed
+
+
+def assert_empty_list(api_url: str, path: str, sdk_list: Any) -> None:
+    """`path` lists nothing: over HTTP, and through the SDK as one page and auto-paging."""
+    assert httpx2.get(f"{api_url}/{path}").json() == EMPTY_PAGE
+    page = sdk_list()
+    assert page.data == [] and page.has_more is False
+    assert page.to_dict() == EMPTY_PAGE
+    assert list(sdk_list()) == []  # auto-paging stops on the empty page

@@ -13,7 +13,9 @@ from openai import OpenAI
 from batch_pipeline.core.tokens import count_tokens, encoding_for_model
 from batch_pipeline_tests.local_api_tests.helpers import (
     CHAT,
+    EMPTY_PAGE,
     MODEL,
+    assert_empty_list,
     by_custom_id,
     chat_line,
     read_lines,
@@ -310,19 +312,12 @@ def test_list_batches_newest_first_with_auto_paging(client: OpenAI, api_url: str
 
 
 def test_empty_list_of_batches_has_the_spec_shape(client: OpenAI, api_url: str) -> None:
-    # ListBatchesResponse types first_id and last_id as strings (optional, not nullable):
-    # an empty page gives them as empty strings, never null.
-    empty = {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
-    assert httpx2.get(f"{api_url}/batches").json() == empty
-
-    page = client.batches.list()
-    assert page.data == [] and page.has_more is False
-    assert page.to_dict() == empty
-    assert list(client.batches.list()) == []
+    # ListBatchesResponse types first_id and last_id as strings (optional, not nullable).
+    assert_empty_list(api_url, "batches", client.batches.list)
 
     file_id = upload(client, [chat_line("x", "hi")])
     only = client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
-    assert httpx2.get(f"{api_url}/batches", params={"after": only.id}).json() == empty
+    assert httpx2.get(f"{api_url}/batches", params={"after": only.id}).json() == EMPTY_PAGE
 
 
 @pytest.mark.parametrize(

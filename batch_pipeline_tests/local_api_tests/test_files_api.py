@@ -7,7 +7,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from batch_pipeline_tests.local_api_tests.helpers import chat_line, jsonl
+from batch_pipeline_tests.local_api_tests.helpers import (
+    EMPTY_PAGE,
+    assert_empty_list,
+    chat_line,
+    jsonl,
+)
 
 
 def test_upload_retrieve_download_delete(client: OpenAI) -> None:
@@ -73,19 +78,13 @@ def test_list_orders_and_auto_paginates(client: OpenAI, api_url: str) -> None:
 
 def test_empty_list_has_the_spec_shape(client: OpenAI, api_url: str) -> None:
     # ListFilesResponse requires object, data, first_id, last_id and has_more, the ids as
-    # strings (not nullable): an empty page gives them as empty strings, never null.
-    empty = {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
-    assert httpx2.get(f"{api_url}/files").json() == empty
-
-    page = client.files.list()
-    assert page.data == [] and page.has_more is False
-    assert page.to_dict() == empty
-    assert list(client.files.list()) == []  # auto-paging stops on the empty page
+    # strings (not nullable).
+    assert_empty_list(api_url, "files", client.files.list)
 
     only = client.files.create(file=("x.jsonl", b"{}\n"), purpose="batch").id
-    assert httpx2.get(f"{api_url}/files", params={"purpose": "user_data"}).json() == empty
+    assert httpx2.get(f"{api_url}/files", params={"purpose": "user_data"}).json() == EMPTY_PAGE
     past_the_end = httpx2.get(f"{api_url}/files", params={"after": only}).json()
-    assert past_the_end == empty
+    assert past_the_end == EMPTY_PAGE
     assert httpx2.get(f"{api_url}/files", params={"after": ""}).json()["first_id"] == only
 
 
