@@ -7,6 +7,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -235,6 +236,17 @@ def _file_id(request: Request) -> str:
     return file_id
 
 
+class _DownloadResponse(FileResponse):
+    """A file sent from a download's private name (`Store.download_path`), removed once sent
+    or abandoned."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            Path(self.path).unlink(missing_ok=True)
+
+
 class LocalBatchService:
     """The service's state shared by the routes: store, engine, settings, fault counters."""
 
@@ -244,6 +256,7 @@ class LocalBatchService:
         self.engine: BatchEngine | None = None
         self.create_calls = 0
         self.download_calls = 0
+        self.startup_error: Exception | None = None  # why `open` failed, for the caller
 
     def open(self) -> None:
         """Load the state dir and start the batch engine."""
@@ -252,10 +265,14 @@ class LocalBatchService:
         self.engine.start()
 
     def close(self) -> None:
-        """Stop the batch engine (work in progress is resumed at the next open)."""
+        """Stop the batch engine (work in progress is resumed at the next open) and let go of
+        the state dir."""
         if self.engine is not None:
             self.engine.stop()
             self.engine = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     @property
     def _store(self) -> Store:
@@ -328,6 +345,13 @@ class LocalBatchService:
                     param="purpose",
                     code="invalid_value",
                 )
+            if purpose == "batch" and not (upload.filename or "").lower().endswith(".jsonl"):
+                raise ApiError(
+                    400,
+                    "Invalid file format for the Batch API: the file name must end in .jsonl.",
+                    param="file",
+                    code="invalid_file_format",
+                )
             expires_at = None
             fields = upload.fields
             if "expires_after[seconds]" in fields or "expires_after[anchor]" in fields:
@@ -388,9 +412,10 @@ class LocalBatchService:
                 code="server_error",
             )
         file_id = _file_id(request)
-        if self._store.get_file(file_id) is None:
+        path = await run_in_threadpool(self._store.download_path, file_id)
+        if path is None:
             raise ApiError(404, f"No such File object: {file_id}", param="id")
-        return FileResponse(self._store.blob_path(file_id), media_type="application/octet-stream")
+        return _DownloadResponse(path, media_type="application/octet-stream")
 
     async def delete_file(self, request: Request) -> Response:
         file_id = _file_id(request)
@@ -491,7 +516,10 @@ class LocalBatchService:
             "_deadline": now + window,
             "_output_expires_after_seconds": output_expires,
         }
-        record = await run_in_threadpool(self._store.add_batch, record)
+        added = await run_in_threadpool(self._store.add_batch, record)
+        if added is None:  # deleted since it was looked up
+            raise ApiError(404, f"No such File object: {input_file_id[:64]}", param="input_file_id")
+        record = added
         log.info("batch %s created (%s, input %s)", record["id"], endpoint, input_file_id)
         self._engine.submit(record["id"])
         return JSONResponse(public(record))
@@ -588,7 +616,11 @@ def create_app(settings: LocalApiSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await run_in_threadpool(service.open)
+        try:
+            await run_in_threadpool(service.open)
+        except Exception as exc:
+            service.startup_error = exc
+            raise
         try:
             yield
         finally:

@@ -56,6 +56,11 @@ def _uvicorn_config(settings: LocalApiSettings, *, log_level: str) -> uvicorn.Co
     )
 
 
+def _startup_error(config: uvicorn.Config) -> Exception | None:
+    """Why the app's startup failed (the state dir in use, say), if it did."""
+    return config.app.state.service.startup_error
+
+
 class LocalBatchApi:
     """The local Batch API running in this process, in a background thread.
 
@@ -89,9 +94,8 @@ class LocalBatchApi:
         thread.start()
         while not server.started:
             if not thread.is_alive():
-                raise RuntimeError("the local Batch API failed to start") from (
-                    failure[0] if failure else None
-                )
+                cause = _startup_error(config) or (failure[0] if failure else None)
+                raise RuntimeError(f"the local Batch API failed to start: {cause}") from cause
             thread.join(0.01)
             timeout -= 0.01
             if timeout <= 0:
@@ -190,6 +194,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
     try:
         server.run(sockets=[sock])
     except SystemExit as exc:  # the app's startup failed
+        if (cause := _startup_error(server.config)) is not None:
+            print(f"batch-pipeline serve: {cause}", file=sys.stderr)
         return int(exc.code or 1) if isinstance(exc.code, int) else 1
     finally:
         sock.close()

@@ -5,8 +5,10 @@ Layout under the state dir::
     files/<file_id>.data    the bytes of a file
     files/<file_id>.json    its metadata (the OpenAI File object, plus `_`-prefixed internals)
     batches/<batch_id>.json a batch record (the OpenAI Batch object, plus internals)
-    work/<batch_id>/        partial results of a running batch (see worker.py)
-    tmp/                    uploads being received
+    work/<batch_id>/        a running batch: its own link to its input's bytes, and its
+                            partial results (see worker.py)
+    tmp/                    uploads being received, downloads being sent
+    .lock                   held by the one service using the state dir
 
 Every record write is atomic (temporary file, fsync, os.replace), so a crash leaves the old
 record or the new one. Writes that only refresh the progress of a running batch skip the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -42,6 +45,8 @@ FILE_ID_RE = re.compile(r"\Afile-[0-9a-f]{32}\Z")
 BATCH_ID_RE = re.compile(r"\Abatch_[0-9a-f]{32}\Z")
 
 TERMINAL_STATUSES = frozenset(status.value for status in TERMINAL_BATCH_STATUSES)
+INPUT_LINK = "input.jsonl"
+LOCK_FILE = ".lock"
 
 Record = dict[str, Any]
 
@@ -69,6 +74,18 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """`dest` as a second name of `source`'s bytes (a copy where hard links fail)."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+class StateDirInUse(RuntimeError):
+    """Another service holds the state dir: two would answer the same batches twice."""
 
 
 def _fsync_path(path: Path) -> None:
@@ -138,6 +155,8 @@ class Store:
         self.batches_dir = self.root / "batches"
         self.work_root = self.root / "work"
         self.tmp_dir = self.root / "tmp"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_state_dir(self.root / LOCK_FILE)
         for d in (self.files_dir, self.batches_dir, self.work_root, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
@@ -151,6 +170,11 @@ class Store:
                 self._ids.observe(record_id)
         self._drop_files_without_blob()
         self._drop_blobs_without_record()
+
+    def close(self) -> None:
+        """Let another service open the state dir."""
+        if not self._lock_file.closed:
+            self._lock_file.close()
 
     # ------------------------------------------------------------------ helpers
 
@@ -219,10 +243,7 @@ class Store:
         blob = self.blob_path(file_id)
         if keep_source:
             tmp = self.new_tmp_path()
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
+            _link_or_copy(source, tmp)
             os.replace(tmp, blob)
         else:
             with open(source, "rb+") as f:
@@ -245,6 +266,19 @@ class Store:
             self._files.records[file_id] = record
         self._persist(self._files, file_id)
         return dict(record)
+
+    def download_path(self, file_id: str) -> Path | None:
+        """A private name for a live file's bytes, for one download to read from, so that a
+        delete while it is sent cannot cut it short; None if there is no such file. The
+        caller removes it when done (a restart empties tmp/ too)."""
+        if self.get_file(file_id) is None:
+            return None
+        path = self.new_tmp_path(".download")
+        with self._lock:  # a delete drops the record under this lock before the bytes
+            if file_id not in self._files.records:
+                return None
+            _link_or_copy(self.blob_path(file_id), path)
+        return path
 
     def get_file(self, file_id: str) -> Record | None:
         """The record of a live file, or None (malformed id, unknown, deleted or expired)."""
@@ -310,10 +344,22 @@ class Store:
         """A fresh batch id."""
         return self._ids.new("batch_")
 
-    def add_batch(self, record: Record) -> Record:
-        """Store a new batch record (its `id` from new_batch_id)."""
+    def add_batch(self, record: Record) -> Record | None:
+        """Store a new batch record (its `id` from new_batch_id), with the batch's own link to
+        its input's bytes; None if the input file is gone.
+
+        As with the providers, deleting the input file afterwards (or its expiry) does not
+        take the requests from the batch.
+        """
         batch_id = record["id"]
-        with self._lock:
+        input_file_id = record["input_file_id"]
+        link = self.work_dir(batch_id) / INPUT_LINK
+        with self._lock:  # a delete drops the record under this lock before the bytes
+            input_record = self._files.records.get(input_file_id)
+            if input_record is None or _expired(input_record):
+                self.remove_work_dir(batch_id)
+                return None
+            _link_or_copy(self.blob_path(input_file_id), link)
             self._batches.records[batch_id] = dict(record)
             bisect.insort(self._batches.ids, batch_id)
         self._persist(self._batches, batch_id)
@@ -374,6 +420,12 @@ class Store:
                 if self._batches.records[i]["status"] not in TERMINAL_STATUSES
             ]
 
+    def batch_input_path(self, record: Record) -> Path:
+        """Where a batch reads its requests: its own link (`add_batch`), or the input file's
+        bytes for a batch created without one."""
+        link = self.work_root / record["id"] / INPUT_LINK
+        return link if link.exists() else self.blob_path(record["input_file_id"])
+
     def work_dir(self, batch_id: str) -> Path:
         """The folder for a running batch's partial results (created on demand)."""
         path = self.work_root / batch_id
@@ -383,6 +435,21 @@ class Store:
     def remove_work_dir(self, batch_id: str) -> None:
         """Drop a finished batch's partial results."""
         shutil.rmtree(self.work_root / batch_id, ignore_errors=True)
+
+
+def _lock_state_dir(path: Path) -> Any:
+    """The open, exclusively locked lock file of a state dir (the lock goes with the process);
+    StateDirInUse if another service holds it."""
+    handle = open(path, "a+b")  # noqa: SIM115 - held open for the life of the store
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StateDirInUse(
+            f"another local Batch API service is using the state dir {path.parent}; "
+            "stop it or give this one another --state-dir"
+        ) from None
+    return handle
 
 
 def _expired(record: Record, now: float | None = None) -> bool:

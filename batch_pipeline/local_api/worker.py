@@ -494,7 +494,7 @@ class BatchEngine:
         """Validate the input; False when the batch is done with (failed) or shutting down."""
         result = await self._in_pool(
             lambda: validate_input_file(
-                self.store.blob_path(record["input_file_id"]),
+                self.store.batch_input_path(record),
                 endpoint=record["endpoint"],
                 max_requests=self.settings.max_requests_per_batch,
                 max_bytes=self.settings.max_batch_file_bytes,
@@ -504,13 +504,14 @@ class BatchEngine:
             return False
         now = int(time.time())
         if not result.ok:
-            await self._transition(
-                run.batch_id,
-                {"validating", "cancelling"},
-                "failed",
-                failed_at=now,
-                errors={"object": "list", "data": result.errors},
+            errors = {"object": "list", "data": result.errors}
+            failed = await self._transition(
+                run.batch_id, {"validating"}, "failed", failed_at=now, errors=errors
             )
+            if failed is None:  # a cancel came first: it ends cancelled, the errors kept
+                await self._transition(
+                    run.batch_id, {"cancelling"}, "cancelled", cancelled_at=now, errors=errors
+                )
             return False
         counts = {"total": result.total, "completed": 0, "failed": 0}
         updated = await self._transition(
@@ -535,7 +536,7 @@ class BatchEngine:
         run.partial = PartialResults(
             self.store.work_dir(run.batch_id), self.settings.progress_interval_seconds
         )
-        run.reader = _InputReader(self.store.blob_path(record["input_file_id"]))
+        run.reader = _InputReader(self.store.batch_input_path(record))
 
     async def _process(self, run: _BatchRun, record: dict[str, Any]) -> None:
         await self._in_pool(self._open, run, record)
@@ -728,7 +729,8 @@ class BatchEngine:
             error_file_id=error_id,
             request_counts=counts,
             usage=usage,
-            **{f"{final}_at": int(time.time())},
+            # A window that ran out while the service was stopped ended at its deadline.
+            **{f"{final}_at": int(time.time() if final != "expired" else record["_deadline"])},
         )
         if done is not None:
             await self._in_io(self.store.remove_work_dir, run.batch_id)
@@ -797,8 +799,9 @@ class BatchEngine:
         self, record: dict[str, Any], partial: PartialResults, code: str, message: str
     ) -> None:
         """Error lines for every request not done, read from the input file."""
-        path = self.store.blob_path(record["input_file_id"])
-        if not path.exists():
+        path = self.store.batch_input_path(record)
+        if not path.exists():  # a batch from before batches kept their input, deleted since
+            log.warning("batch %s: its input is gone; unfinished requests unlisted", record["id"])
             return
         reader = _InputReader(path)
         try:

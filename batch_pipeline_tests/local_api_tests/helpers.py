@@ -73,6 +73,13 @@ def wait_until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) ->
         time.sleep(interval)
 
 
+def wait_for_completed(client: OpenAI, batch_id: str, count: int) -> None:
+    """Poll a batch until `count` of its requests have completed."""
+    wait_until(
+        lambda: (c := client.batches.retrieve(batch_id).request_counts) and c.completed == count
+    )
+
+
 def read_lines(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     """The JSON lines of a file (none for a null id)."""
     if file_id is None:

@@ -18,6 +18,7 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     submit,
     upload,
     wait_for,
+    wait_for_completed,
     wait_until,
 )
 
@@ -113,7 +114,7 @@ def test_hang_is_never_processed(shared_client: OpenAI) -> None:
     batch = submit(
         client, [chat_line(f"r{i}", "hi") for i in range(4)] + [chat_line("stuck", "<<hang>>")]
     )
-    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 4)
+    wait_for_completed(client, batch.id, 4)
     time.sleep(0.5)
     still = client.batches.retrieve(batch.id)
     assert still.status == "in_progress"

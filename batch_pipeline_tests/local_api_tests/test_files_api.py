@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx2
 import openai
 import pytest
 from openai import OpenAI
 
+from batch_pipeline.local_api.store import Store
 from batch_pipeline_tests.local_api_tests.helpers import (
     EMPTY_PAGE,
     assert_empty_list,
     chat_line,
     jsonl,
+    wait_until,
 )
 
 
@@ -117,6 +121,7 @@ def test_bad_list_params_are_400(shared_url: str, params: dict[str, str], param:
         ({}, {"file": ("x.jsonl", b"{}\n")}, "purpose"),
         ({"purpose": "nonsense"}, {"file": ("x.jsonl", b"{}\n")}, "purpose"),
         ({"purpose": "batch"}, None, "file"),
+        ({"purpose": "batch"}, {"file": ("requests.txt", b"{}\n")}, "file"),
     ],
 )
 def test_bad_uploads_are_400(
@@ -141,3 +146,25 @@ def test_upload_that_is_not_multipart_is_400(shared_url: str) -> None:
         headers={"content-type": "multipart/form-data; boundary=xyz"},
     )
     assert broken.status_code == 400
+
+
+def test_a_download_reads_a_name_of_its_own_that_a_delete_leaves_whole(
+    tmp_path: Path, client: OpenAI, api_url: str
+) -> None:
+    store = Store(tmp_path / "store")
+    upload = tmp_path / "upload.part"
+    content = bytes(range(256)) * 4096
+    upload.write_bytes(content)
+    record = store.add_file(upload, filename="big.jsonl", purpose="batch")
+    sending = store.download_path(record["id"])
+    assert sending is not None
+
+    assert store.delete_file(record["id"])
+    assert sending.read_bytes() == content  # what a download under way still sends
+    assert store.download_path(record["id"]) is None  # a later one: 404
+    store.close()
+
+    file_id = client.files.create(file=("small.jsonl", b"{}\n"), purpose="batch").id
+    assert client.files.content(file_id).content == b"{}\n"
+    service_tmp = tmp_path / "state" / "tmp"  # the service's own state dir (`api_url`)
+    wait_until(lambda: not list(service_tmp.glob("*.download")))  # removed once sent

@@ -13,6 +13,7 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     read_lines,
     submit,
     wait_for,
+    wait_for_completed,
     wait_until,
 )
 
@@ -54,9 +55,7 @@ def test_cancel_keeps_finished_requests(client: OpenAI) -> None:
     lines = [chat_line(f"done-{i}", f"answer {i}") for i in range(20)]
     lines += [chat_line(f"hang-{i}", "<<hang>>") for i in range(3)]
     batch = submit(client, lines)
-    wait_until(
-        lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 20
-    )
+    wait_for_completed(client, batch.id, 20)
 
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
@@ -88,6 +87,37 @@ def test_cancel_while_validating_or_right_after_create(client: OpenAI) -> None:
     cancelled = wait_for(client, batch.id)
     assert cancelled.status == "cancelled" and cancelled.output_file_id is None
     assert len(read_lines(client, cancelled.error_file_id)) == 3
+
+
+def test_deleting_a_running_batchs_input_takes_none_of_its_requests(client: OpenAI) -> None:
+    lines = [chat_line(f"done-{i}", "hi") for i in range(5)]
+    lines += [chat_line(f"hang-{i}", "<<hang>>") for i in range(3)]
+    batch = submit(client, lines)
+    wait_for_completed(client, batch.id, 5)
+
+    assert client.files.delete(batch.input_file_id).deleted
+    client.batches.cancel(batch.id)
+    cancelled = wait_for(client, batch.id)
+
+    assert cancelled.status == "cancelled"
+    output = read_lines(client, cancelled.output_file_id)
+    errors = read_lines(client, cancelled.error_file_id)
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(
+        line["custom_id"] for line in lines
+    )
+    assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
+
+
+def test_a_cancel_during_validation_of_a_bad_input_ends_cancelled(client: OpenAI) -> None:
+    lines = [chat_line(f"r{i}", "hi") for i in range(49_999)]  # with the duplicate: the limit
+    batch = submit(client, [*lines, chat_line("r0", "again")])  # a duplicate on the last line
+    assert client.batches.cancel(batch.id).status == "cancelling"
+
+    ended = wait_for(client, batch.id, timeout=60)
+    assert ended.status == "cancelled"
+    assert ended.cancelled_at is not None and ended.failed_at is None
+    assert ended.errors is not None
+    assert [error.code for error in ended.errors.data] == ["duplicate_custom_id"]
 
 
 def test_expiry_keeps_finished_requests(start_api: StartApi) -> None:

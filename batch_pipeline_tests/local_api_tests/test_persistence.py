@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from openai import OpenAI
 
 from batch_pipeline.local_api.worker import PartialResults, answer_result, error_result
@@ -16,7 +17,7 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     read_lines,
     submit,
     wait_for,
-    wait_until,
+    wait_for_completed,
 )
 
 
@@ -28,9 +29,7 @@ def test_restart_mid_batch_loses_nothing(start_api: StartApi, tmp_path: Path) ->
     lines = [chat_line(f"r{i}", f"row {i}") for i in range(30)]
     lines += [chat_line("slow-a", "<<slow:1>>"), chat_line("slow-b", "<<slow:1>> b")]
     running = submit(client, lines, metadata={"run": "nightly"})
-    wait_until(
-        lambda: (c := client.batches.retrieve(running.id).request_counts) and c.completed == 30
-    )
+    wait_for_completed(client, running.id, 30)
     before = client.batches.retrieve(running.id)
     assert before.status == "in_progress"
 
@@ -67,7 +66,7 @@ def test_batch_expires_across_a_restart(start_api: StartApi, tmp_path: Path) -> 
         max_retries=0,
     )
     batch = submit(client, [chat_line("done", "hi"), chat_line("stuck", "<<hang>>")])
-    wait_until(lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 1)
+    wait_for_completed(client, batch.id, 1)
     client.close()
     start_api.stop_all()
     time.sleep(1.6)  # the window passes while nothing runs
@@ -79,9 +78,48 @@ def test_batch_expires_across_a_restart(start_api: StartApi, tmp_path: Path) -> 
     )
     expired = wait_for(client, batch.id, timeout=10)
     assert expired.status == "expired"
+    assert expired.expired_at == expired.expires_at  # when the window ended, not the restart
     assert [x["custom_id"] for x in read_lines(client, expired.output_file_id)] == ["done"]
     errors = read_lines(client, expired.error_file_id)
     assert [(x["custom_id"], x["error"]["code"]) for x in errors] == [("stuck", "batch_expired")]
+
+
+def test_a_batch_whose_input_was_deleted_resumes_after_a_restart(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    state = tmp_path / "persisted"
+    client = OpenAI(base_url=start_api(state_dir=state), api_key="k", max_retries=0)
+    lines = [chat_line(f"r{i}", f"row {i}") for i in range(10)]
+    lines += [chat_line(f"slow-{i}", "<<slow:1>>") for i in range(2)]
+    batch = submit(client, lines)
+    wait_for_completed(client, batch.id, 10)
+    assert client.files.delete(batch.input_file_id).deleted
+    client.close()
+    start_api.stop_all()
+
+    client = OpenAI(base_url=start_api(state_dir=state), api_key="k", max_retries=0)
+    done = wait_for(client, batch.id)
+    assert done.status == "completed"
+    output = by_custom_id(read_lines(client, done.output_file_id))
+    assert set(output) == {line["custom_id"] for line in lines}
+    assert not (state / "work" / batch.id).exists()  # its own copy of the input went with it
+
+
+def test_a_second_service_on_the_same_state_dir_is_refused(
+    start_api: StartApi, tmp_path: Path
+) -> None:
+    state = tmp_path / "persisted"
+    client = OpenAI(base_url=start_api(state_dir=state), api_key="k", max_retries=0)
+    running = submit(client, [chat_line("slow", "<<slow:1>>")])
+
+    with pytest.raises(RuntimeError, match="another local Batch API service is using the state"):
+        start_api(state_dir=state)
+    assert client.batches.retrieve(running.id).status in ("validating", "in_progress")
+
+    start_api.stop_all()
+    client = OpenAI(base_url=start_api(state_dir=state), api_key="k", max_retries=0)
+    done = wait_for(client, running.id)
+    assert [line["custom_id"] for line in read_lines(client, done.output_file_id)] == ["slow"]
 
 
 def test_partial_results_recover_and_cut_a_torn_line(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     read_lines,
     submit,
     wait_for,
-    wait_until,
+    wait_for_completed,
 )
 
 UPSTREAM_KEY = "sk-upstream-secret"
@@ -236,9 +236,7 @@ def test_proxy_restart_does_not_resend_finished_requests(
     )
     lines = [chat_line(f"r{i}", f"q{i}") for i in range(10)] + [chat_line("s", "<<slow:1>> s")]
     batch = submit(client, lines)
-    wait_until(
-        lambda: (c := client.batches.retrieve(batch.id).request_counts) and c.completed == 10
-    )
+    wait_for_completed(client, batch.id, 10)
     client.close()
     start_api.stop_all()
 
