@@ -10,6 +10,7 @@ import string
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -172,6 +173,17 @@ class PartitionsSpec(_Section):
 class ScheduleSpec(_Section):
     cron: str = "0 1 * * *"
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone (e.g. 'UTC', 'Europe/Paris')"
+            ) from None
+        return value
 
 
 class ChecksSpec(_Section):

@@ -84,6 +84,19 @@ def test_tz_aware_timestamps_fall_on_days_of_the_schedules_timezone(tmp_path):
     assert read_ids(make_spec(tmp_path, path="src.parquet")) == [1, 4]
 
 
+def test_a_misspelled_schedule_timezone_is_a_spec_error_naming_the_key(tmp_path):
+    with pytest.raises(SpecError, match=r"schedule\.timezone: 'Europe/Pariss' is not an IANA"):
+        PipelineSpec.from_dict(
+            {
+                "name": "t",
+                "source": {"path": "src", "key": "id", "partition_column": "day"},
+                "request": {"model": "gpt-4o-mini", "prompt": "{text}"},
+                "schedule": {"timezone": "Europe/Pariss"},
+            },
+            base_dir=tmp_path,
+        )
+
+
 def test_utc_timestamps_split_by_utc_days(tmp_path):
     moments = [
         datetime(2024, 5, 1, 0, 0, tzinfo=UTC),
