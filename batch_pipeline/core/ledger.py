@@ -355,6 +355,21 @@ class Ledger:
             )
         return result.rowcount == 1
 
+    def release_build(self, pipeline: str, partition: str, generation: int, owner: str) -> None:
+        """Give up the right to build a generation (a build that failed), so that the next
+        attempt, from any process, starts at once rather than after the lease."""
+        table = partitions_table
+        with self._tx() as conn:
+            conn.execute(
+                table.update()
+                .where(
+                    *_partition_is(pipeline, partition, generation),
+                    table.c.built_at.is_(None),
+                    table.c.build_owner == owner,
+                )
+                .values(build_owner=None, build_lease_expires_at=None)
+            )
+
     def record_build(
         self,
         pipeline: str,

@@ -22,14 +22,21 @@ import pyarrow.parquet as pq
 
 from batch_pipeline.core.backends.base import BackendError, BatchBackend, TransientBackendError
 from batch_pipeline.core.custom_id import custom_ids_for
-from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord, default_owner
+from batch_pipeline.core.ledger import (
+    DEFAULT_LEASE_SECONDS,
+    Ledger,
+    PartitionRecord,
+    ShardRecord,
+    default_owner,
+)
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
+from batch_pipeline.core.requests import RequestBuilder
 from batch_pipeline.core.results import CHUNK_ROWS, OutcomeGroup, ResultsError, assemble_results
 from batch_pipeline.core.results import read_results as read_results_dir
 from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests, load_manifest
-from batch_pipeline.core.sources import iter_partition_batches
+from batch_pipeline.core.sources import iter_partition_batches, source_schema
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
@@ -183,9 +190,18 @@ class Pipeline:
         if built:
             manifest = load_manifest(self.storage, partition, generation, 1)
             return self._requests_summary(manifest, already_built=True)
-        manifest = build_partition_requests(
-            self.spec, partition, self.storage, generation=generation, dataframe=self.dataframe
-        )
+        try:
+            manifest = build_partition_requests(
+                self.spec,
+                partition,
+                self.storage,
+                generation=generation,
+                dataframe=self.dataframe,
+                heartbeat=self._build_heartbeat(partition, generation),
+            )
+        except BaseException:
+            self.ledger.release_build(self.spec.name, partition, generation, self.owner)
+            raise
         self.ledger.record_build(
             self.spec.name,
             partition,
@@ -211,6 +227,23 @@ class Pipeline:
             ):
                 return False
             time.sleep(BUILD_WAIT_SECONDS)
+
+    def _build_heartbeat(self, partition: str, generation: int) -> Callable[[], None]:
+        """Renews this process's claim on a build once a third of its lease has passed; raises
+        PipelineError if another process took it over (the lease ran out meanwhile)."""
+        renewed = [self._clock()]
+
+        def heartbeat() -> None:
+            if self._clock() - renewed[0] < DEFAULT_LEASE_SECONDS / 3:
+                return
+            if not self.ledger.claim_build(self.spec.name, partition, generation, self.owner):
+                raise PipelineError(
+                    f"partition {partition}: another process took over building generation "
+                    f"{generation} while this one ran past its lease; its build stands"
+                )
+            renewed[0] = self._clock()
+
+        return heartbeat
 
     def _requests_summary(self, manifest: Any, *, already_built: bool) -> RequestsSummary:
         return RequestsSummary(
@@ -468,8 +501,13 @@ class Pipeline:
             summary = assemble_results(
                 # Read in the join's own chunks: larger batches only wait, decoded, in memory.
                 source_batches=iter_partition_batches(
-                    self.spec, partition, dataframe=self.dataframe, batch_size=CHUNK_ROWS
+                    self.spec,
+                    partition,
+                    dataframe=self.dataframe,
+                    batch_size=CHUNK_ROWS,
+                    ties=RequestBuilder(self.spec).columns,  # as the build read them
                 ),
+                source_schema=source_schema(self.spec, self.dataframe),  # for an empty day
                 key_column=self.spec.source.key,
                 partition=partition,
                 custom_id_of=lambda keys: custom_ids_for(partition, keys),

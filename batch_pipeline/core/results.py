@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, AtomicParquetFile, one_chunk
+from batch_pipeline.core.sources import nulls_as_text
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 PARTITION_KEY = "partition"
@@ -184,9 +185,9 @@ def assemble_results(
     counts: Counter[str] = Counter()
     tokens = [0, 0]
     preview: list[dict[str, Any]] = []
-    schema, renamed = results_schema(source_schema or pa.schema([]), endpoint)
+    schema, renamed = results_schema(nulls_as_text(source_schema or pa.schema([])), endpoint)
     try:
-        for batch in _rebatched(source_batches, source_schema, CHUNK_ROWS):
+        for batch in _rebatched(source_batches, CHUNK_ROWS):
             if writer is None:
                 if key_column not in batch.schema.names:
                     raise ValueError(f"the source has no key column {key_column!r}")
@@ -342,16 +343,16 @@ def _duplicates(values: pa.ChunkedArray | pa.Array) -> list[Any]:
     return counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
 
 
-def _rebatched(
-    batches: Iterable[pa.RecordBatch], schema: pa.Schema | None, rows: int
-) -> Iterator[pa.RecordBatch]:
-    """The batches regrouped into batches of at most `rows` rows, all with one schema."""
+def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches regrouped into batches of at most `rows` rows, all with the first one's
+    schema (`nulls_as_text`)."""
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
+    schema: pa.Schema | None = None
     for batch in batches:
         if schema is None:
-            schema = batch.schema
-        elif batch.schema != schema:
+            schema = nulls_as_text(batch.schema)
+        if batch.schema != schema:
             try:
                 batch = batch.cast(schema)
             except (pa.ArrowException, ValueError) as exc:

@@ -643,11 +643,13 @@ def build_partition_requests(
     generation: int,
     dataframe: pd.DataFrame | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    heartbeat: Callable[[], None] = lambda: None,
 ) -> Manifest:
     """Read a partition's source rows, build and check their requests, and write the shards,
     the rejected rows and (last) the manifest of attempt 1 of `generation`.
 
-    A rebuild of the same generation replaces that attempt's files.
+    A rebuild of the same generation replaces that attempt's files. `heartbeat` is called
+    after each source batch (to keep a claim on the build alive; it raises to stop it).
     """
     parse_partition(partition)
     builder = RequestBuilder(spec)
@@ -659,12 +661,18 @@ def build_partition_requests(
         _RejectedWriter(storage, rejected_path(partition, generation)) as rejected,
     ):
         for batch in iter_partition_batches(
-            spec, partition, dataframe=dataframe, batch_size=batch_size, columns=builder.columns
+            spec,
+            partition,
+            dataframe=dataframe,
+            batch_size=batch_size,
+            columns=builder.columns,
+            ties=builder.columns,
         ):
             built = builder.build(batch, partition)
             shards.add(built.custom_ids, built.lines, built.estimated_input_tokens)
             rejected.write(built.rejected)
             source_rows += built.source_rows
+            heartbeat()
     return _write_manifest(
         spec,
         storage,

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -63,16 +64,20 @@ def iter_partition_batches(
     dataframe: pd.DataFrame | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     columns: Sequence[str] | None = None,
+    ties: Sequence[str] = (),
 ) -> Iterator[pa.RecordBatch]:
     """The source rows of `partition`, in record batches of at most `batch_size` rows.
 
     `dataframe` replaces the spec's source (notebooks). `columns` reads only those columns
     (default: all). Empty batches are never yielded, so an empty partition yields nothing.
+    `ties`: for SQL sources, the columns that order rows sharing a key after the key itself;
+    every read of a partition must give the same, so that such rows come in one order (the
+    build's columns: a row's answer then goes to a row with the text it was asked for).
     """
     day = parse_partition(partition)
     wanted = list(columns) if columns is not None else None
     if dataframe is None and spec.source.sql is not None:
-        yield from _sql_batches(spec, day, batch_size, wanted)
+        yield from _sql_batches(spec, day, batch_size, wanted, ties)
         return
     dataset = (
         ds.dataset(_dataframe_table(dataframe)) if dataframe is not None else _file_dataset(spec)
@@ -228,10 +233,26 @@ def _file_dataset(spec: PipelineSpec) -> ds.Dataset | None:
     sources = [str(file) for file in files]
     if file_format == "csv":
         file_format = _csv_format(spec)
-    if path.is_file():
-        return ds.dataset(sources, format=file_format)
-    return ds.dataset(
-        sources, format=file_format, partitioning="hive", partition_base_dir=str(path)
+    options: dict[str, Any] = (
+        {} if path.is_file() else {"partitioning": "hive", "partition_base_dir": str(path)}
+    )
+    dataset = ds.dataset(sources, format=file_format, **options)
+    typed = nulls_as_text(dataset.schema)  # types come from the first file alone
+    if typed != dataset.schema:
+        dataset = ds.dataset(sources, format=file_format, schema=typed, **options)
+    return dataset
+
+
+def nulls_as_text(schema: pa.Schema) -> pa.Schema:
+    """The schema with its null-typed columns as text.
+
+    A column is null-typed where the rows its type was read from hold no value in it (a SQL
+    batch, the first file of a folder); a later value of any type then still fits (the
+    results file's columns are fixed by then).
+    """
+    return pa.schema(
+        [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema],
+        metadata=schema.metadata,
     )
 
 
@@ -340,23 +361,29 @@ def _sql_columns(spec: PipelineSpec) -> list[str]:
 
 
 def _sql_batches(
-    spec: PipelineSpec, day: date, batch_size: int, columns: list[str] | None
+    spec: PipelineSpec,
+    day: date,
+    batch_size: int,
+    columns: list[str] | None,
+    ties: Sequence[str] = (),
 ) -> Iterator[pa.RecordBatch]:
     """The day's rows of the query, filtered by the database and streamed in batches.
 
     The day's bounds are bound parameters in ISO form, which databases compare correctly
-    against date, timestamp and ISO text columns alike. Rows come ordered by the key: SQL
-    promises no order otherwise, and every read of a partition must number its rows alike.
+    against date, timestamp and ISO text columns alike. Rows come ordered by the key, then
+    by `ties`: SQL promises no order otherwise (two reads may take two plans), and every read
+    of a partition must number its rows alike.
     """
-    check_columns(spec, _sql_columns(spec), columns or (), where=_where(spec, None))
+    check_columns(spec, _sql_columns(spec), [*(columns or ()), *ties], where=_where(spec, None))
     engine = _engine(spec)
     quote = engine.dialect.identifier_preparer.quote
     selected = ", ".join(quote(name) for name in columns) if columns else "*"
     partition_column = quote(spec.source.partition_column)
+    order = ", ".join(quote(name) for name in dict.fromkeys([spec.source.key, *ties]))
     statement = sa.text(
         f"SELECT {selected} FROM {_subquery(spec)} "
         f"WHERE {partition_column} >= :day_start AND {partition_column} < :day_end "
-        f"ORDER BY {quote(spec.source.key)}"
+        f"ORDER BY {order}"
     )
     bounds = {"day_start": day.isoformat(), "day_end": (day + timedelta(days=1)).isoformat()}
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from dataclasses import fields, replace
 from datetime import datetime
@@ -14,12 +15,13 @@ import sqlalchemy as sa
 
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
 from batch_pipeline.core import poller as poller_module
+from batch_pipeline.core import sharding
 from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.ledger import SCHEMA_VERSION, Ledger, ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
 from batch_pipeline.core.poller import Poller
-from batch_pipeline.core.results import ResultsIncompleteError
+from batch_pipeline.core.results import CHUNK_ROWS, ResultsIncompleteError
 from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, ShardState
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
@@ -443,3 +445,112 @@ def test_a_ledger_of_the_previous_schema_is_marked_and_a_newer_one_refused(tmp_p
     engine.dispose()
     with pytest.raises(RuntimeError, match="upgrade batch_pipeline"):
         Ledger(url)
+
+
+def _sql_source(tmp_path, rows: list[tuple], *indexes: str) -> dict:
+    """A SQLite table `t` (id, subject, body, created_at, extra) as the spec's source."""
+    connection = sqlite3.connect(tmp_path / "source.db")
+    connection.execute("CREATE TABLE t (id TEXT, subject TEXT, body TEXT, created_at TEXT, extra)")
+    connection.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", rows)
+    for number, columns in enumerate(indexes):
+        connection.execute(f"CREATE INDEX ix{number} ON t ({columns})")
+    connection.execute("ANALYZE")
+    connection.commit()
+    connection.close()
+    query = {"url": "sqlite:///source.db", "query": "SELECT * FROM t"}
+    return {"path": None, "sql": query, "key": "id", "partition_column": "created_at"}
+
+
+def test_sql_rows_sharing_a_key_get_the_answer_to_their_own_text(tmp_path, batch_api):
+    at = f"{DAY} 10:00:00"
+    rows = [("K", "s", "zzz first", at, "row-1"), ("K", "s", "aaa second", at, "row-2")]
+    rows.append(("L", "s", "other", at, "row-3"))
+    # Two indexes: the build's query and the results' query may take different plans.
+    source = _sql_source(tmp_path, rows, "id, subject, body, created_at", "id, extra")
+    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+
+    by_extra = results.set_index("extra")
+    answered = by_extra.loc[by_extra["status"] == "succeeded"]
+    assert len(answered) == 2 and "row-3" in answered.index
+    for _, row in answered.iterrows():  # the echo responder answers with the row's own text
+        assert row["response_text"] == f"Subject: {row['subject']}\n\n{row['body']}"
+    assert (by_extra["status"] == "rejected").sum() == 1
+
+
+def test_a_sql_column_null_in_the_first_chunk_takes_later_text(tmp_path, batch_api):
+    at = f"{DAY} 10:00:00"
+    rows = [(f"R{i:05d}", "s", f"body {i}", at, None) for i in range(CHUNK_ROWS + 5)]
+    rows[-1] = (*rows[-1][:4], "call back")  # the column's only value, past the first chunk
+    results = run_partition(
+        ticket_spec(tmp_path, batch_api, source=_sql_source(tmp_path, rows)), tmp_path
+    )
+    assert len(results) == CHUNK_ROWS + 5 and set(results["status"]) == {"succeeded"}
+    assert results["extra"].dropna().tolist() == ["call back"]
+
+
+def test_a_csv_folder_whose_first_file_has_an_empty_column_reads_every_day(tmp_path, batch_api):
+    folder = tmp_path / "tickets"
+    folder.mkdir()
+    (folder / "a.csv").write_text(f"ticket_id,subject,body,created_at,notes\nA,s,b,{OTHER_DAY},\n")
+    (folder / "b.csv").write_text(f"ticket_id,subject,body,created_at,notes\nB,s,b,{DAY},call\n")
+    source = {"path": "tickets", "key": "ticket_id", "partition_column": "created_at"}
+    spec = ticket_spec(tmp_path, batch_api, source=source)
+    assert run_partition(spec, tmp_path)["notes"].tolist() == ["call"]
+    assert run_partition(spec, tmp_path, OTHER_DAY)["ticket_id"].tolist() == ["A"]
+
+
+def test_an_empty_day_keeps_the_source_columns(tmp_path, batch_api):
+    other_day = {
+        "ticket_id": "X",
+        "subject": "s",
+        "body": "b",
+        "created_at": datetime(2026, 11, 21),
+    }
+    write_tickets(tmp_path / "tickets.parquet", [other_day])
+    results = run_partition(ticket_spec(tmp_path, batch_api), tmp_path)
+    assert results.empty
+    assert {"ticket_id", "subject", "body", "created_at", "status"} <= set(results.columns)
+
+
+def test_a_failed_build_gives_up_its_claim_so_the_next_one_starts_at_once(
+    tmp_path, batch_api, monkeypatch
+):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows())
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch, Pipeline(spec) as failing:
+        patch.setattr(sharding.ShardWriter, "add", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            failing.build_requests(DAY)
+    with Pipeline(spec) as reader:
+        record = reader.get_partition(DAY)
+    assert record is not None and record.build_owner is None and record.built_at is None
+
+    with Pipeline(spec) as retry:  # another owner, in a live process: no wait for the lease
+        assert retry.build_requests(DAY).source_rows == len(mixed_rows()) - 1
+
+
+def test_a_long_build_renews_its_claim_and_stops_once_taken_over(tmp_path, batch_api):
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    now = [1_000_000.0]
+    with (
+        Pipeline(spec, clock=lambda: now[0]) as first,
+        Pipeline(spec, clock=lambda: now[0]) as other,
+    ):
+        generation = first.ledger.start_generation(spec.name, DAY, rebuild=False)
+        assert first.ledger.claim_build(spec.name, DAY, generation, first.owner)
+        heartbeat = first._build_heartbeat(DAY, generation)
+
+        now[0] += 200  # two thirds of the lease: renewed
+        heartbeat()
+        assert first.get_partition(DAY).build_lease_expires_at == now[0] + 300
+        now[0] += 250  # past the first lease, within the renewed one
+        assert not other.ledger.claim_build(spec.name, DAY, generation, other.owner)
+
+        now[0] += 400  # the build stalled past its lease: another process takes over
+        assert other.ledger.claim_build(spec.name, DAY, generation, other.owner)
+        with pytest.raises(PipelineError, match="another process took over building"):
+            heartbeat()
