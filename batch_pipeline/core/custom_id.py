@@ -57,10 +57,26 @@ def key_texts(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     if pa.types.is_dictionary(keys.type):
         keys = keys.dictionary_decode()
     if any(check(keys.type) for check in _CASTS_LIKE_STR):
-        return pc.cast(keys, pa.string())
+        texts = pc.cast(keys, pa.string())
+        try:
+            texts.validate(full=True)
+        except pa.ArrowInvalid:  # text written outside Arrow may hold bytes that are not UTF-8
+            return _decodable(texts)
+        return texts
     return pa.array(
         [None if value is None else key_text(value) for value in keys.to_pylist()], pa.string()
     )
+
+
+def _decodable(texts: pa.Array) -> pa.Array:
+    """The texts, with null where the bytes are not UTF-8 (a key no id can be made of)."""
+    values = []
+    for value in pc.cast(texts, pa.binary()).to_pylist():
+        try:
+            values.append(None if value is None else value.decode("utf-8"))
+        except UnicodeDecodeError:
+            values.append(None)
+    return pa.array(values, pa.string())
 
 
 def custom_ids_for(partition: str, keys: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -447,6 +447,11 @@ class RequestBuilder:
         custom_ids = custom_ids_for(partition, key_text)
         verdicts.reject(pc.is_null(keys), RejectCode.NULL_KEY, f"key column {self.key!r} is null")
         verdicts.reject(
+            pc.and_(pc.is_valid(keys), pc.is_null(key_text)),
+            RejectCode.INVALID_TEXT,
+            f"key column {self.key!r} is not valid UTF-8 text",
+        )
+        verdicts.reject(
             self._seen_keys.repeated(key_text),
             RejectCode.DUPLICATE_KEY,
             f"duplicate key: key column {self.key!r} repeats the key of an earlier row of "

@@ -187,7 +187,7 @@ def assemble_results(
     preview: list[dict[str, Any]] = []
     schema, renamed = results_schema(nulls_as_text(source_schema or pa.schema([])), endpoint)
     try:
-        for batch in _rebatched(source_batches, CHUNK_ROWS):
+        for batch in map(_readable_text, _rebatched(source_batches, CHUNK_ROWS)):
             if writer is None:
                 if key_column not in batch.schema.names:
                     raise ValueError(f"the source has no key column {key_column!r}")
@@ -341,6 +341,28 @@ def _duplicates(values: pa.ChunkedArray | pa.Array) -> list[Any]:
         return []
     counts = pc.value_counts(values)
     return counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+
+
+def _readable_text(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with any text that is not UTF-8 (Arrow reads Parquet text unchecked, and
+    writers outside Arrow may give such bytes) decoded with U+FFFD in place of the bad bytes,
+    so that every reader of the results can read them; such rows were rejected by the build."""
+    try:
+        batch.validate(full=True)
+        return batch
+    except pa.ArrowInvalid:
+        pass
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                raw = pc.cast(column, pa.large_binary()).to_pylist()
+                decoded = [None if v is None else v.decode("utf-8", "replace") for v in raw]
+                column = pa.array(decoded, column.type)
+        columns.append(column)
+    return pa.record_batch(columns, schema=batch.schema)
 
 
 def _rebatched(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
