@@ -310,10 +310,11 @@ def _is_hidden(relative: Path) -> bool:
 
 def _dataframe_table(dataframe: pd.DataFrame) -> pa.Table:
     """The DataFrame as Arrow. Text Arrow cannot hold (lone surrogates) becomes a binary
-    column of its raw bytes, so the request builder can reject those rows one by one."""
+    column of its raw bytes, so the request builder can reject those rows one by one; an
+    object column mixing Python types (`"A1"` and `2`) becomes text, as SQL sources do."""
     try:
         return pa.Table.from_pandas(dataframe, preserve_index=False)
-    except UnicodeEncodeError:
+    except (UnicodeEncodeError, pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     arrays = []
     for name in dataframe.columns:
@@ -330,7 +331,19 @@ def _dataframe_table(dataframe: pd.DataFrame) -> pa.Table:
                     pa.binary(),
                 )
             )
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays.append(
+                pa.array([None if _is_missing(value) else str(value) for value in series])
+            )
     return pa.Table.from_arrays(arrays, names=[str(name) for name in dataframe.columns])
+
+
+def _is_missing(value: object) -> bool:
+    """None, NaN or pandas' NA/NaT: a missing value, not a text."""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or an array: a value
+        return False
 
 
 # -- SQL -------------------------------------------------------------------------------------

@@ -252,6 +252,19 @@ def test_dataframe_is_filtered_in_memory_and_replaces_the_spec_source(tmp_path):
     assert source_schema(spec, frame).names == ["id", "day", "text"]
 
 
+def test_dataframe_columns_mixing_python_types_read_as_text(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "id": pd.Series(["A1", 2, None], dtype=object),
+            "day": [date(2024, 5, 1)] * 3,
+            "text": pd.Series(["words", 3.5, float("nan")], dtype=object),
+        }
+    )
+    (batch,) = iter_partition_batches(make_spec(tmp_path), PARTITION, dataframe=frame)
+    assert batch.column("id").to_pylist() == ["A1", "2", None]
+    assert batch.column("text").to_pylist() == ["words", "3.5", None]
+
+
 def test_dataframe_text_that_arrow_cannot_hold_becomes_bytes(tmp_path):
     frame = pd.DataFrame(
         {
