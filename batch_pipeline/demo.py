@@ -240,7 +240,8 @@ def sensor_run_requests(
     log_level: int = logging.INFO,
 ) -> Iterator[dg.RunRequest]:
     """Evaluate the pipeline's sensor, tick after tick, until it has asked for `expected`
-    results runs; yields each run request as it comes."""
+    results runs; yields each run request as it comes (a run key once only, as the daemon
+    launches it: the sensor asks again for a day until its run exists)."""
     import dagster as dg
 
     from batch_pipeline.dagster import DEFAULT_BACKEND_RESOURCE_KEY
@@ -249,6 +250,7 @@ def sensor_run_requests(
     resources = {DEFAULT_BACKEND_RESOURCE_KEY: defs.resources[DEFAULT_BACKEND_RESOURCE_KEY]}
     cursor = None
     requested = 0
+    seen: set[str | None] = set()
     deadline = time.monotonic() + timeout_seconds
     last_skip = None
     while requested < expected:
@@ -264,6 +266,9 @@ def sensor_run_requests(
         result = sensor(context)
         cursor = result.cursor
         for request in result.run_requests or []:
+            if request.run_key in seen:
+                continue
+            seen.add(request.run_key)
             requested += 1
             yield request
         if result.skip_reason and result.skip_reason.skip_message != last_skip:

@@ -468,28 +468,6 @@ class Ledger:
             )
         return result.rowcount == 1
 
-    def mark_results_requested(self, pipeline: str, partition: str, generation: int) -> int:
-        """Count a request for the results run; returns how many have been made."""
-        now = self._clock()
-        with self._tx() as conn:
-            conn.execute(
-                partitions_table.update()
-                .where(*_partition_is(pipeline, partition, generation))
-                .values(
-                    results_requested=partitions_table.c.results_requested + 1,
-                    results_requested_at=now,
-                    updated_at=now,
-                )
-            )
-            return int(
-                conn.execute(
-                    sa.select(partitions_table.c.results_requested).where(
-                        *_partition_is(pipeline, partition)
-                    )
-                ).scalar()
-                or 0
-            )
-
     def mark_cancelled(self, pipeline: str, partition: str, generation: int) -> None:
         """Record a user's cancel: no retries and no new submissions for this generation."""
         now = self._clock()

@@ -100,7 +100,9 @@ def build_batch_pipeline_sensor(
                     context, pipeline, results_key, partitions_def, rerun_results_after_seconds
                 )
             )
-            skip_reason = None if run_requests else _waiting_message(pipeline, report)
+            skip_reason = (
+                None if run_requests else _waiting_message(pipeline, report, context.instance)
+            )
         cursor = BatchPipelineSensorCursor(
             polled_at=time.time(),
             in_flight=report.in_flight,
@@ -130,6 +132,13 @@ def _results_run_requests(
     partitions_def: dg.PartitionsDefinition,
     rerun_after_seconds: float,
 ) -> Iterator[dg.RunRequest]:
+    """A results run for each settled day that has none going, none that finished less than
+    `rerun_after_seconds` ago, and fewer than `MAX_RESULTS_REQUESTS` so far.
+
+    What was asked for is read from the runs themselves (by run key), not recorded here: an
+    evaluation whose requests are never launched (the UI's "Test sensor", a tick that dies)
+    leaves nothing behind, and the next tick asks again under the same key.
+    """
     now = time.time()
     for record in pipeline.partitions_awaiting_results():
         if not partitions_def.has_partition_key(record.partition):
@@ -138,16 +147,14 @@ def _results_run_requests(
                 "collect it with the batch-pipeline CLI"
             )
             continue
-        if record.results_requested:
-            asked_at = record.results_requested_at or 0.0
-            if now - asked_at < rerun_after_seconds or _gave_up(record):
-                continue
-            last_key = results_run_key(
-                pipeline.spec.name, record.partition, record.generation, record.results_requested
-            )
-            if _run_unfinished(context.instance, last_key):
-                continue  # still queued or running: asking again would only run it twice
-        request = pipeline.mark_results_requested(record.partition)
+        runs = _results_runs(context.instance, pipeline.spec.name, record)
+        if len(runs) >= MAX_RESULTS_REQUESTS or any(
+            run.dagster_run.status in _UNFINISHED_RUN_STATUSES for run in runs
+        ):
+            continue  # given up, or one still queued or running: a second would only run twice
+        if runs and now - (runs[-1].end_time or now) < rerun_after_seconds:
+            continue
+        request = len(runs) + 1
         context.log.info(
             f"{record.partition} generation {record.generation} has settled: "
             f"requesting its results run ({request})"
@@ -162,24 +169,27 @@ def _results_run_requests(
         )
 
 
-def _gave_up(record: PartitionRecord) -> bool:
-    return record.results_requested >= MAX_RESULTS_REQUESTS
+def _results_runs(
+    instance: dg.DagsterInstance, pipeline: str, record: PartitionRecord
+) -> list[dg.RunRecord]:
+    """The results runs launched for the day's generation, in the order they were asked for."""
+    runs = []
+    for request in range(1, MAX_RESULTS_REQUESTS + 1):
+        key = results_run_key(pipeline, record.partition, record.generation, request)
+        found = instance.get_run_records(filters=dg.RunsFilter(tags={RUN_KEY_TAG: key}), limit=1)
+        if not found:
+            break
+        runs.append(found[0])
+    return runs
 
 
-def _run_unfinished(instance: dg.DagsterInstance, run_key: str) -> bool:
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}, statuses=_UNFINISHED_RUN_STATUSES),
-        limit=1,
-    )
-    return bool(runs)
-
-
-def _waiting_message(pipeline: Pipeline, report: PollReport) -> str:
+def _waiting_message(pipeline: Pipeline, report: PollReport, instance: dg.DagsterInstance) -> str:
     """What the pipeline waits for, day by day, e.g. '3 batches in flight for 2026-11-20'."""
     open_days = [record.partition for record in pipeline.partitions() if record.settled_at is None]
-    settled = pipeline.partitions_awaiting_results()
-    awaiting = [record.partition for record in settled if not _gave_up(record)]
-    stuck = [record.partition for record in settled if _gave_up(record)]
+    awaiting, stuck = [], []
+    for record in pipeline.partitions_awaiting_results():
+        runs = _results_runs(instance, pipeline.spec.name, record)
+        (stuck if len(runs) >= MAX_RESULTS_REQUESTS else awaiting).append(record.partition)
     parts = [
         _describe_day(pipeline.status(partition)[0])
         for partition in open_days[:MAX_PARTITIONS_IN_MESSAGE]

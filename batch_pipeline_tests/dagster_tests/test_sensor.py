@@ -137,6 +137,8 @@ def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fa
             raise AssertionError("the day never settled")
 
         first = tick_until_asked().run_requests[0]
+        # Not launched (the UI's "Test sensor"): the next tick asks again, under the same key.
+        assert tick_until_asked().run_requests[0].run_key == first.run_key
         waiting = DagsterRun(
             job_name=everything.name,
             run_id=make_new_run_id(),
