@@ -26,8 +26,9 @@ _PUBLIC = {
     "BatchPipelineComponent": "batch_pipeline.dagster",
 }
 
+# The core's names: `from batch_pipeline import *` in a notebook does not import Dagster
+# (`batch_pipeline.BatchPipelineComponent` still loads it when named).
 __all__ = [
-    "BatchPipelineComponent",
     "PartitionStatus",
     "Pipeline",
     "PipelineError",
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     )
     from batch_pipeline.core.spec import PipelineSpec, SpecError
     from batch_pipeline.core.types import RowStatus
-    from batch_pipeline.dagster import BatchPipelineComponent
+    from batch_pipeline.dagster import BatchPipelineComponent  # noqa: F401 - not in __all__
 
 
 def __getattr__(name: str) -> Any:

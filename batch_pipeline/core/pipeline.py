@@ -274,7 +274,13 @@ class Pipeline:
         queued ones that the token budget allows now; polls submit the rest as it frees up.
 
         Safe to call again and from several processes at once: each shard is submitted once.
+        A partition named here must have been built (PipelineError otherwise).
         """
+        if partition is not None and self._require_partition(partition).built_at is None:
+            raise PipelineError(
+                f"partition {partition} of {self.spec.name} has not been built (its build is "
+                "under way or failed): build its requests first"
+            )
         for record in self.ledger.list_partitions(self.spec.name):
             if partition is None or record.partition == partition:
                 self.ledger.queue_built(self.spec.name, record.partition, record.generation)
@@ -439,10 +445,6 @@ class Pipeline:
             for record in self.ledger.list_partitions(self.spec.name)
             if record.settled_at is not None and record.collected_at is None
         ]
-
-    def mark_results_requested(self, partition: str) -> int:
-        record = self._require_partition(partition)
-        return self.ledger.mark_results_requested(self.spec.name, partition, record.generation)
 
     def cancel(self, partition: str) -> list[str]:
         """Cancel the partition's batches; queued shards are not submitted. Returns batch ids."""
@@ -674,6 +676,17 @@ class Pipeline:
     def get_partition(self, partition: str) -> PartitionRecord | None:
         """The ledger's record of the partition's current generation, if it was ever built."""
         return self.ledger.get_partition(self.spec.name, partition)
+
+    def awaits_submission(self, partition: str) -> bool:
+        """Built, and none of its current generation's shards asked for yet: nothing of it is
+        paid for or in flight."""
+        record = self.get_partition(partition)
+        if record is None or record.built_at is None or record.settled_at is not None:
+            return False
+        shards = self.ledger.shards(
+            self.spec.name, partition=partition, generation=record.generation
+        )
+        return all(shard.state is ShardState.BUILT for shard in shards)
 
     def partitions(self) -> list[PartitionRecord]:
         """Every partition the ledger knows for this pipeline, by day."""

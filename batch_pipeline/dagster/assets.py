@@ -133,15 +133,16 @@ def _build_requests(
 ) -> dg.MaterializeResult:
     rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
     record = pipeline.get_partition(partition)
+    unsubmitted = pipeline.awaits_submission(partition)
     # A generation whose build never finished (its run died) is built by this run, tag or not.
-    if rebuild and record is not None and record.is_in_flight:
+    if rebuild and record is not None and record.is_in_flight and not unsubmitted:
         raise PipelineError(
             f"{partition} of {pipeline.spec.name} is still in flight (generation "
             f"{record.generation}): cancel it first (batch-pipeline cancel), or wait until it "
             f"settles, before a run tagged {REBUILD_TAG}=true builds it afresh"
         )
     settled = record is not None and record.settled_at is not None
-    summary = pipeline.build_requests(partition, rebuild=rebuild and settled)
+    summary = pipeline.build_requests(partition, rebuild=rebuild and (settled or unsubmitted))
     context.log.info(
         f"{partition} generation {summary.generation}: {summary.requests} requests in "
         f"{summary.shards} shards, {summary.rejected} rows rejected"
@@ -171,8 +172,11 @@ def _collect_results(
     record = pipeline.get_partition(partition)
     if record is not None and record.is_in_flight:
         context.log.info(
-            f"{partition}: its batches have not all finished; results skipped for now (the "
-            "sensor asks for them once the day has settled)"
+            f"{partition}: its batches have not been submitted (materialize its batches "
+            "first); results skipped for now"
+            if pipeline.awaits_submission(partition)
+            else f"{partition}: its batches have not all finished; results skipped for now "
+            "(the sensor asks for them once the day has settled)"
         )
         return None
     summary = pipeline.collect_results(partition)

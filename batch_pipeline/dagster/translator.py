@@ -70,11 +70,20 @@ def spec_as_json(spec: PipelineSpec) -> dict:
     return data
 
 
+# Query parameters of database URLs that carry secrets (libpq's and drivers' names).
+_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "sslpassword")
+
+
 def _without_password(url: str) -> str:
+    """The URL with its password masked, in `user:password@` and in query parameters."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "***"  # not a URL SQLAlchemy understands: show nothing of it
+    secret = [name for name in parsed.query if any(k in name.lower() for k in _SECRET_QUERY_KEYS)]
+    if secret:
+        parsed = parsed.update_query_dict(dict.fromkeys(secret, "***"))
+    return parsed.render_as_string(hide_password=True)
 
 
 def spec_version(spec: PipelineSpec) -> str:

@@ -109,3 +109,43 @@ def test_a_rebuild_whose_build_died_is_finished_by_the_retried_run(tmp_path, bat
         assert retried.success
         (event,) = retried.get_asset_materialization_events()
         assert event.materialization.metadata["batch_pipeline/generation"].value == 2
+
+
+def test_batches_of_a_day_never_built_fail_and_say_to_build_it_first(tmp_path) -> None:
+    spec = write_demo(tmp_path, base_url=URL)
+    batches = build_batch_pipeline_assets(spec=spec)[1]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [batches],
+            partition_key=DEMO_DAYS[0],
+            resources={"batch_backend": BatchBackendResource(base_url=URL)},
+            instance=instance,
+            raise_on_error=False,
+            selection=[batches.key],
+        )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error
+    assert error.cause.cls_name == "PipelineError"
+    assert "has not been built" in error.cause.message
+    assert not result.get_asset_materialization_events()
+
+
+def test_a_day_built_but_not_submitted_can_be_rebuilt(tmp_path) -> None:
+    """Nothing of it is paid for or in flight, so the rebuild tag is not refused."""
+    spec = write_demo(tmp_path, base_url=URL)
+    requests = build_batch_pipeline_assets(spec=spec)[0]
+    resources = {"batch_backend": BatchBackendResource(base_url=URL)}
+    generations = []
+    with dg.instance_for_test() as instance:
+        for tags in ({}, {REBUILD_TAG: "true"}):
+            result = dg.materialize(
+                [requests],
+                partition_key=DEMO_DAYS[0],
+                resources=resources,
+                instance=instance,
+                tags=tags,
+            )
+            (event,) = result.get_asset_materialization_events()
+            generations.append(event.materialization.metadata["batch_pipeline/generation"].value)
+    assert generations == [1, 2]

@@ -44,3 +44,8 @@ def test_the_core_never_imports_dagster() -> None:
 
 def test_the_dagster_layer_does_import_dagster() -> None:
     assert any(is_dagster(m) for m in imported_modules("import batch_pipeline.dagster"))
+
+
+def test_a_star_import_of_the_package_takes_the_core_alone() -> None:
+    modules = imported_modules("from batch_pipeline import *; assert callable(load_pipeline)")
+    assert not sorted(m for m in modules if is_dagster(m))

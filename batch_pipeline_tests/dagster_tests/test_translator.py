@@ -36,9 +36,17 @@ def test_metadata_is_json_and_namespaced(spec: PipelineSpec) -> None:
         json.dumps(asset_spec.metadata["batch_pipeline/spec"].value)
 
 
-def test_database_passwords_are_masked(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://bp:hunter2-secret@db.example/ledger",
+        "postgresql://bp@db.example/ledger?password=hunter2-secret",
+        "postgresql:///ledger?host=db.example&user=bp&password=hunter2-secret",
+    ],
+)
+def test_database_passwords_are_masked(tmp_path, url: str) -> None:
     data = demo_spec_data(base_url=URL)
-    data["ledger"] = {"url": "postgresql://bp:hunter2-secret@db.example/ledger"}
+    data["ledger"] = {"url": url}
     spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
     text = json.dumps(build_asset_specs(spec)["results"].metadata["batch_pipeline/spec"].value)
     assert "hunter2-secret" not in text

@@ -380,9 +380,11 @@ def multipart(size: int, purpose: str | None, filename: str, framing: str) -> by
     return body.encode()
 
 
-def upload_status(size: int, purpose: str | None, framing: str) -> int:
+def upload_status(size: int, purpose: str | None, framing: str, filename: str) -> int:
     if framing != "no-file" and size > UPLOAD_LIMIT:
         return 413  # refused while streaming, before anything else is looked at
+    if framing == "whole" and purpose == "batch" and not filename.lower().endswith(".jsonl"):
+        return 400  # the Batch API takes .jsonl files only
     if framing != "whole" or purpose not in (
         "batch",
         "fine-tune",
@@ -399,7 +401,9 @@ def upload_status(size: int, purpose: str | None, framing: str) -> int:
 @given(
     size=st.one_of(st.integers(0, 64), st.integers(UPLOAD_LIMIT - 8, UPLOAD_LIMIT + 8)),
     purpose=st.one_of(st.none(), st.sampled_from(["batch", "fine-tune", "", "nope", "BATCH"])),
-    filename=st.text(st.sampled_from('ab./\\-_~"'), min_size=1, max_size=20),
+    filename=st.text(st.sampled_from('ab./\\-_~"'), min_size=1, max_size=20).flatmap(
+        lambda name: st.sampled_from([name, f"{name}.jsonl"])
+    ),
     framing=st.sampled_from(FRAMINGS),
 )
 def test_uploads_are_stored_whole_or_refused_without_leftovers(
@@ -411,7 +415,7 @@ def test_uploads_are_stored_whole_or_refused_without_leftovers(
         multipart(size, purpose, filename, framing),
         {"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
     )
-    expected = upload_status(size, purpose, framing)
+    expected = upload_status(size, purpose, framing, filename)
     if expected == 200:
         assert answer.status == 200, answer.body[:300]
         stored = answer.json()
