@@ -45,18 +45,28 @@ def test_only_the_batches_step_is_in_the_submission_pool(tmp_path) -> None:
     assert all(a.partitions_def == build_partitions_def(spec_with(tmp_path)) for a in assets)
 
 
-def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
+def requests_metadata_of_runs(tmp_path, *run_tags: dict[str, str]) -> list[dict]:
+    """The `requests` materialization metadata of one run per tags given, on one day."""
     spec = write_demo(tmp_path, base_url=URL)
     requests = build_batch_pipeline_assets(spec=spec)[0]
     resources = {"batch_backend": BatchBackendResource(base_url=URL)}
     metadata = []
     with dg.instance_for_test() as instance:
-        for _ in range(2):
+        for tags in run_tags:
             result = dg.materialize(
-                [requests], partition_key=DEMO_DAYS[0], resources=resources, instance=instance
+                [requests],
+                partition_key=DEMO_DAYS[0],
+                resources=resources,
+                instance=instance,
+                tags=tags,
             )
             (event,) = result.get_asset_materialization_events()
             metadata.append(event.materialization.metadata)
+    return metadata
+
+
+def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
+    metadata = requests_metadata_of_runs(tmp_path, {}, {})
     assert [m["batch_pipeline/generation"].value for m in metadata] == [1, 1]
     assert [m["batch_pipeline/reused_existing_build"].value for m in metadata] == [False, True]
     assert metadata[0]["batch_pipeline/rejected_rows"].value >= 2  # null body, duplicate key
@@ -133,19 +143,6 @@ def test_batches_of_a_day_never_built_fail_and_say_to_build_it_first(tmp_path) -
 
 def test_a_day_built_but_not_submitted_can_be_rebuilt(tmp_path) -> None:
     """Nothing of it is paid for or in flight, so the rebuild tag is not refused."""
-    spec = write_demo(tmp_path, base_url=URL)
-    requests = build_batch_pipeline_assets(spec=spec)[0]
-    resources = {"batch_backend": BatchBackendResource(base_url=URL)}
-    generations = []
-    with dg.instance_for_test() as instance:
-        for tags in ({}, {REBUILD_TAG: "true"}):
-            result = dg.materialize(
-                [requests],
-                partition_key=DEMO_DAYS[0],
-                resources=resources,
-                instance=instance,
-                tags=tags,
-            )
-            (event,) = result.get_asset_materialization_events()
-            generations.append(event.materialization.metadata["batch_pipeline/generation"].value)
+    metadata = requests_metadata_of_runs(tmp_path, {}, {REBUILD_TAG: "true"})
+    generations = [m["batch_pipeline/generation"].value for m in metadata]
     assert generations == [1, 2]
