@@ -84,17 +84,26 @@ def test_tz_aware_timestamps_fall_on_days_of_the_schedules_timezone(tmp_path):
     assert read_ids(make_spec(tmp_path, path="src.parquet")) == [1, 4]
 
 
-def test_a_misspelled_schedule_timezone_is_a_spec_error_naming_the_key(tmp_path):
-    with pytest.raises(SpecError, match=r"schedule\.timezone: 'Europe/Pariss' is not an IANA"):
+@pytest.mark.parametrize(
+    ("schedule", "named"),
+    [
+        ({"timezone": "Europe/Pariss"}, "schedule.timezone: 'Europe/Pariss' is not an IANA"),
+        ({"cron": "0 25 * * *"}, "schedule.cron: '0 25 * * *' is not a cron expression: hour"),
+        ({"cron": "every night"}, "2 fields, not 5"),
+    ],
+)
+def test_a_bad_schedule_is_a_spec_error_naming_the_key(tmp_path, schedule, named):
+    with pytest.raises(SpecError) as error:
         PipelineSpec.from_dict(
             {
                 "name": "t",
                 "source": {"path": "src", "key": "id", "partition_column": "day"},
                 "request": {"model": "gpt-4o-mini", "prompt": "{text}"},
-                "schedule": {"timezone": "Europe/Pariss"},
+                "schedule": schedule,
             },
             base_dir=tmp_path,
         )
+    assert named in str(error.value)
 
 
 def test_utc_timestamps_split_by_utc_days(tmp_path):
