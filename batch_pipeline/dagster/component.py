@@ -28,8 +28,9 @@ from batch_pipeline.dagster.resources import BatchBackendResource
 
 def _section(section_type: Any) -> dg.Resolver:
     """A spec section as a YAML attribute: its schema is the spec's own (so `dg check yaml`
-    points at a bad key); `{{ ... }}` templates inside it are rendered, and it is kept as the
-    mapping the spec is then built from."""
+    points at a bad key); `{{ ... }}` templates in its text fields are rendered (a number or
+    date field takes a literal: the schema checks it before rendering), and it is kept as
+    the mapping the spec is then built from."""
     adapter = TypeAdapter(section_type)
 
     def resolve(context: dg.ResolutionContext, value: Any) -> dict[str, Any]:
