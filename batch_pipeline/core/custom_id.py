@@ -61,22 +61,23 @@ def key_texts(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
         try:
             texts.validate(full=True)
         except pa.ArrowInvalid:  # text written outside Arrow may hold bytes that are not UTF-8
-            return _decodable(texts)
+            return utf8_or_null(texts).cast(pa.string())
         return texts
     return pa.array(
         [None if value is None else key_text(value) for value in keys.to_pylist()], pa.string()
     )
 
 
-def _decodable(texts: pa.Array) -> pa.Array:
-    """The texts, with null where the bytes are not UTF-8 (a key no id can be made of)."""
-    values = []
-    for value in pc.cast(texts, pa.binary()).to_pylist():
+def utf8_or_null(values: pa.Array) -> pa.Array:
+    """Text or bytes values as `large_string`, null where the bytes are not UTF-8; row by row,
+    for the rare column holding such bytes (a key no id can be made of, a text no request)."""
+    decoded: list[str | None] = []
+    for value in pc.cast(values, pa.large_binary()).to_pylist():
         try:
-            values.append(None if value is None else value.decode("utf-8"))
+            decoded.append(None if value is None else value.decode("utf-8"))
         except UnicodeDecodeError:
-            values.append(None)
-    return pa.array(values, pa.string())
+            decoded.append(None)
+    return pa.array(decoded, pa.large_string())
 
 
 def custom_ids_for(partition: str, keys: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_pipeline.core.custom_id import custom_ids_for, key_texts
+from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
 from batch_pipeline.core.sources import parse_partition
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import (
@@ -713,7 +713,7 @@ def _as_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
             text = pc.cast(column, pa.large_string())  # bytes are checked by the cast,
             text.validate(full=True)  # strings (which Arrow may hold unchecked) here
         except pa.ArrowInvalid:
-            return _decode(pc.cast(column, pa.large_binary()))
+            return _decode(column)
         return text, no_errors
     if any(check(kind) for check in _CAST_TO_TEXT):
         return pc.cast(column, pa.large_string()), no_errors
@@ -722,17 +722,10 @@ def _as_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
 
 
 def _decode(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Row by row, for the rare column holding some bytes that are not UTF-8."""
-    values = column.to_pylist()
-    undecodable = np.zeros(len(values), dtype=bool)
-    decoded: list[str | None] = []
-    for row, value in enumerate(values):
-        try:
-            decoded.append(None if value is None else value.decode("utf-8"))
-        except UnicodeDecodeError:
-            undecodable[row] = True
-            decoded.append(None)
-    return pa.array(decoded, pa.large_string()), undecodable
+    """The column as text, and the rows whose bytes are not UTF-8 (null in the text)."""
+    text = utf8_or_null(column)
+    undecodable = pc.and_(column.is_valid(), text.is_null())
+    return text, undecodable.to_numpy(zero_copy_only=False)
 
 
 def _render(value: object) -> str:

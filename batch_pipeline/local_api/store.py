@@ -271,14 +271,19 @@ class Store:
         """A private name for a live file's bytes, for one download to read from, so that a
         delete while it is sent cannot cut it short; None if there is no such file. The
         caller removes it when done (a restart empties tmp/ too)."""
-        if self.get_file(file_id) is None:
-            return None
         path = self.new_tmp_path(".download")
-        with self._lock:  # a delete drops the record under this lock before the bytes
-            if file_id not in self._files.records:
-                return None
-            _link_or_copy(self.blob_path(file_id), path)
-        return path
+        return path if self._link_live_file(file_id, path) else None
+
+    def _link_live_file(self, file_id: str, dest: Path) -> bool:
+        """`dest` as a second name of a live file's bytes; False if the file is unknown,
+        deleted or expired. A delete drops the record under the lock before the bytes, so
+        a record seen under it still has them."""
+        with self._lock:
+            record = self._files.records.get(file_id)
+            if record is None or _expired(record):
+                return False
+            _link_or_copy(self.blob_path(file_id), dest)
+        return True
 
     def get_file(self, file_id: str) -> Record | None:
         """The record of a live file, or None (malformed id, unknown, deleted or expired)."""
@@ -352,14 +357,10 @@ class Store:
         take the requests from the batch.
         """
         batch_id = record["id"]
-        input_file_id = record["input_file_id"]
-        link = self.work_dir(batch_id) / INPUT_LINK
-        with self._lock:  # a delete drops the record under this lock before the bytes
-            input_record = self._files.records.get(input_file_id)
-            if input_record is None or _expired(input_record):
-                self.remove_work_dir(batch_id)
-                return None
-            _link_or_copy(self.blob_path(input_file_id), link)
+        if not self._link_live_file(record["input_file_id"], self.work_dir(batch_id) / INPUT_LINK):
+            self.remove_work_dir(batch_id)
+            return None
+        with self._lock:
             self._batches.records[batch_id] = dict(record)
             bisect.insort(self._batches.ids, batch_id)
         self._persist(self._batches, batch_id)
