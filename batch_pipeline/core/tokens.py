@@ -7,14 +7,16 @@ are three tiers, each used where it is good enough:
   request's framing overhead. Free; it decides the context-window check for nearly every row.
 - `estimate_tokens`: ceil(bytes / 4) plus the overhead, OpenAI's rule of thumb for English
   (close for code and European languages, low for CJK text). Free; used for the manifest's
-  token and cost estimates and for sizing shards against the enqueued-token budget.
-- `exact_tokens`: the real count, only for rows whose upper bound does not fit the context
-  window (a row near the limit), where the answer decides whether the row is rejected.
+  token and cost estimates when no enqueued-token budget is set.
+- `count_tokens`: the real count (about 20 µs for a 300-character row), for rows whose upper
+  bound does not fit the context window (a row near the limit), where the answer decides
+  whether the row is rejected, and for every row under an enqueued-token budget
+  (`limits.enqueued_tokens`), which the provider enforces on its own count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import TypeVar
 
@@ -62,21 +64,38 @@ def encoding_for_model(model: str) -> bpe_openai.Encoding:
 
 
 def count_tokens(text: str, model: str) -> int:
-    """The exact number of tokens `text` makes for `model`."""
-    return len(encoding_for_model(model).encode_ordinary(text))
-
-
-def exact_tokens(text: str, model: str) -> int:
-    """The exact token count of one text (the name the request builder uses for `count_tokens`)."""
-    return count_tokens(text, model)
+    """The exact number of tokens `text` makes for `model` (as `encode_ordinary` counts)."""
+    return _counter(model)(text)
 
 
 def exact_tokens_batch(texts: Sequence[str], model: str) -> np.ndarray:
-    """Exact token counts of many texts, tokenized on the package's worker threads."""
-    if not texts:
-        return np.zeros(0, dtype=np.int64)
-    encoded = encoding_for_model(model).encode_ordinary_batch(list(texts), num_threads=4)
-    return np.fromiter((len(tokens) for tokens in encoded), dtype=np.int64, count=len(texts))
+    """Exact token counts of many texts."""
+    count = _counter(model)
+    return np.fromiter((count(text) for text in texts), dtype=np.int64, count=len(texts))
+
+
+@lru_cache(maxsize=64)
+def _counter(model: str) -> Callable[[str], int]:
+    """The model's token counter: the native tokenizer's `count`, which builds no token list
+    (about 6 times faster here than `encode_ordinary`) and has no length limit, so a row of
+    millions of characters is counted, not refused. The Python wrapper serves only texts the
+    native one cannot take (lone surrogates, which it replaces)."""
+    encoding = encoding_for_model(model)
+    native = getattr(getattr(encoding, "_backend", None), "count", None)
+
+    def by_wrapper(text: str) -> int:
+        return len(encoding.encode_ordinary(text))
+
+    if native is None:
+        return by_wrapper
+
+    def count(text: str) -> int:
+        try:
+            return native(text)
+        except UnicodeEncodeError:
+            return by_wrapper(text)
+
+    return count
 
 
 def match_model(model: str, names: Iterable[str]) -> str | None:
@@ -136,7 +155,7 @@ def estimate_tokens(
 ) -> np.ndarray:
     """Estimated tokens of each text, from its UTF-8 length alone.
 
-    `model` is accepted for symmetry with `exact_tokens`; one ratio serves OpenAI's current
+    `model` is accepted for symmetry with `count_tokens`; one ratio serves OpenAI's current
     encodings (o200k, cl100k), so it does not change the estimate.
     """
     return estimate_from_byte_lengths(byte_lengths(texts), overhead=overhead)

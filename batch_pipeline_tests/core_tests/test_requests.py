@@ -342,6 +342,18 @@ def test_rows_above_the_context_window_are_rejected_after_an_exact_count(tmp_pat
     assert int(built.estimated_input_tokens[1]) == exact
 
 
+def test_a_row_of_hundreds_of_thousands_of_tokens_is_rejected_by_name_not_the_build(tmp_path):
+    """A row far beyond the window (300,000 tokens, over a million characters) is one
+    rejected row: counting it must not fail the batch it came in."""
+    builder = make_builder(tmp_path)
+    huge = "ab " * 400_000
+    built = builder.build(pa.record_batch({"id": [1, 2], "text": ["fine", huge]}), PARTITION)
+    assert built.keys.to_pylist() == ["1"]
+    ((key, code, reason),) = rejections(built)
+    assert (key, code) == ("2", RejectCode.CONTEXT_WINDOW_EXCEEDED)
+    assert f"input of {400_000 + 3 + builder.overhead} tokens" in reason
+
+
 def test_a_request_line_above_the_file_byte_limit_is_rejected(tmp_path):
     builder = make_builder(tmp_path, limits={"max_bytes_per_file": 1024})
     built = builder.build(pa.record_batch({"id": [1, 2], "text": ["ok", "x" * 2000]}), PARTITION)

@@ -7,7 +7,6 @@ from batch_pipeline.core.tokens import (
     count_tokens,
     encoding_for_model,
     estimate_tokens,
-    exact_tokens,
     exact_tokens_batch,
     match_model,
     request_overhead_tokens,
@@ -27,7 +26,17 @@ TEXTS = [
 def test_existing_functions_keep_their_behaviour():
     assert count_tokens("Hello, world!", "gpt-4o") == 4
     assert encoding_for_model("a-self-hosted-model").name == "o200k_base"
-    assert exact_tokens("Hello, world!", "gpt-4o") == count_tokens("Hello, world!", "gpt-4o")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4", "a-self-hosted-model"])
+def test_counts_equal_the_length_of_the_tokenizers_encoding(model):
+    """The native counter gives what `encode_ordinary` would, special-token text and lone
+    surrogates included (the latter through the wrapper, which replaces them)."""
+    encoding = encoding_for_model(model)
+    texts = [*TEXTS, "<|endoftext|> is plain text here", "a lone \ud800 surrogate"]
+    assert [count_tokens(text, model) for text in texts] == [
+        len(encoding.encode_ordinary(text)) for text in texts
+    ]
 
 
 def test_exact_batch_equals_one_by_one():
