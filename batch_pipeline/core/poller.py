@@ -333,7 +333,12 @@ class Poller(PipelineWorker):
                 shard.partition,
                 shard.generation,
                 shard.attempt + 1,
-                iter_request_lines(self.storage, [shard.path], retry_ids),
+                iter_request_lines(
+                    self.storage,
+                    [shard.path],
+                    retry_ids,
+                    exact_tokens=self.spec.limits.counts_tokens_exactly,
+                ),
                 first_index=shard.shard_index,
             )
             self.ledger.add_shards(manifest.shards)

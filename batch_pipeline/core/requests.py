@@ -4,8 +4,8 @@ Every row either becomes one JSONL request line or is rejected with a reason tha
 column at fault; nothing is dropped. The work is columnar: checks run as Arrow kernels, each
 line is assembled by one Arrow join of precomputed byte pieces (written by orjson from the
 spec) and the row's values, which are JSON-escaped in bulk with numpy. Token counts are
-estimated from byte lengths; only rows whose byte count does not fit the context window are
-tokenized exactly.
+estimated from byte lengths; only rows whose byte count does not fit the context window, and
+every row under an enqueued-token budget, are tokenized exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import (
     byte_lengths,
     context_window,
+    count_tokens,
     estimate_from_byte_lengths,
     estimate_tokens,
     exact_tokens_batch,
@@ -464,7 +465,7 @@ class RequestBuilder:
         accepted = np.flatnonzero(verdicts.pending)
         lines = self._lines(accepted, custom_ids, texts)
         lines, accepted = self._check_line_size(lines, accepted, verdicts)
-        estimated = self._estimate(accepted, input_bytes, exact)
+        estimated = self._estimate(accepted, texts, input_bytes, exact)
 
         rejected = verdicts.table(self._rows_read, key_text, custom_ids)
         self._rows_read += batch.num_rows
@@ -563,9 +564,16 @@ class RequestBuilder:
         return np.sum(counts, axis=0) + self.overhead
 
     def _estimate(
-        self, accepted: np.ndarray, input_bytes: np.ndarray, exact: Mapping[int, int]
+        self,
+        accepted: np.ndarray,
+        texts: Mapping[str, pa.Array],
+        input_bytes: np.ndarray,
+        exact: Mapping[int, int],
     ) -> np.ndarray:
-        """The cheap estimate of each accepted row, or its exact count where one was made."""
+        """Each accepted row's input tokens: counted exactly under a token budget, else the
+        cheap estimate, or the exact count where the context check made one."""
+        if self.spec.limits.counts_tokens_exactly:
+            return self._exact_tokens(accepted, texts)
         estimated = estimate_from_byte_lengths(input_bytes[accepted], overhead=self.overhead)
         if exact:
             for position, row in enumerate(accepted.tolist()):
@@ -849,9 +857,12 @@ def body_input_texts(body: Mapping[str, Any]) -> list[str]:
     return texts
 
 
-def estimate_request_tokens(requests: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Estimated input tokens of parsed request lines of one file (one model), as the builder
-    estimates them: for retry shards made from existing lines."""
+def estimate_request_tokens(
+    requests: Sequence[Mapping[str, Any]], *, exact: bool = False
+) -> np.ndarray:
+    """Input tokens of parsed request lines of one file (one model), as the builder figures
+    them (estimated, or with `exact` counted text by text): for retry shards made from
+    existing lines."""
     if not requests:
         return np.zeros(0, dtype=np.int64)
     texts = [body_input_texts(request["body"]) for request in requests]
@@ -863,4 +874,8 @@ def estimate_request_tokens(requests: Sequence[Mapping[str, Any]]) -> np.ndarray
         dtype=np.int64,
     )
     model = requests[0]["body"]["model"]
+    if exact:
+        return overheads + np.array(
+            [sum(count_tokens(text, model) for text in parts) for parts in texts], dtype=np.int64
+        )
     return estimate_tokens(["".join(parts) for parts in texts], model) + overheads

@@ -451,7 +451,7 @@ class ShardWriter:
     """Cuts a stream of request lines into shards within the spec's limits.
 
     A shard closes before it would pass `limits.max_requests_per_file`,
-    `limits.max_bytes_per_file`, or the estimated-token budget `limits.enqueued_tokens`
+    `limits.max_bytes_per_file`, or the enqueued-token budget `limits.enqueued_tokens`
     (a shard above the budget could never be enqueued; a single request above it goes alone).
     Lines go straight from Arrow's buffers to the files, hashed as they are written, on a
     background thread. Use as a context manager: `shards` is complete once the block ends;
@@ -744,9 +744,12 @@ def iter_request_lines(
     storage: StorageRoot,
     shard_paths: Iterable[str],
     custom_ids: set[str] | frozenset[str] | None = None,
+    *,
+    exact_tokens: bool = False,
 ) -> Iterator[RequestLine]:
     """The lines of `custom_ids` (None: every line), re-read from the given shard files, with
-    their estimated input tokens: the input of `write_retry_shards`."""
+    their input tokens (`exact_tokens`: counted, else estimated): the input of
+    `write_retry_shards`."""
     for path in shard_paths:
         with storage.open_read(path) as shard:
             kept: list[tuple[str, bytes, dict[str, Any]]] = []
@@ -755,14 +758,16 @@ def iter_request_lines(
                 if custom_ids is None or request["custom_id"] in custom_ids:
                     kept.append((request["custom_id"], line, request))
                 if len(kept) == RETRY_CHUNK:
-                    yield from _with_estimates(kept)
+                    yield from _with_tokens(kept, exact_tokens)
                     kept = []
-            yield from _with_estimates(kept)
+            yield from _with_tokens(kept, exact_tokens)
 
 
-def _with_estimates(kept: list[tuple[str, bytes, dict[str, Any]]]) -> Iterator[RequestLine]:
+def _with_tokens(
+    kept: list[tuple[str, bytes, dict[str, Any]]], exact: bool
+) -> Iterator[RequestLine]:
     if not kept:
         return
-    estimates = estimate_request_tokens([request for _, _, request in kept])
-    for (custom_id, line, _), tokens in zip(kept, estimates.tolist(), strict=True):
-        yield custom_id, line, tokens
+    tokens = estimate_request_tokens([request for _, _, request in kept], exact=exact)
+    for (custom_id, line, _), count in zip(kept, tokens.tolist(), strict=True):
+        yield custom_id, line, count

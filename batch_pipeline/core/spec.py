@@ -126,6 +126,13 @@ class LimitsSpec(_Section):
     max_bytes_per_file: int = Field(default=190_000_000, ge=1024)
     enqueued_tokens: int | None = Field(default=None, ge=1)
 
+    @property
+    def counts_tokens_exactly(self) -> bool:
+        """Whether each request's input tokens are counted exactly, not estimated: under an
+        enqueued-token budget, since the provider fails a batch past its limit, and an
+        estimate from bytes runs low for digits, ids and CJK text."""
+        return self.enqueued_tokens is not None
+
     @field_validator("max_requests_per_file")
     @classmethod
     def _within_provider_requests(cls, value: int) -> int:

@@ -74,6 +74,12 @@ class LocalApiSettings:
     max_upload_bytes: int = _opt(200 * MB, "Largest accepted upload, in bytes (413 above).")
     max_requests_per_batch: int = _opt(50_000, "Most request lines in one batch input file.")
     max_batch_file_bytes: int = _opt(200 * MB, "Largest batch input file, in bytes.")
+    enqueued_token_limit: int | None = _opt(
+        None,
+        "Most prompt tokens of one model in unfinished batches at once, counted exactly; a "
+        "batch past it fails with token_limit_exceeded, as the providers' limit does "
+        "(default: no limit).",
+    )
     chunk_size: int = _opt(2000, "Request lines processed per unit of work.")
     worker_threads: int = _opt(2, "Threads doing the CPU work of validation and responding.")
     progress_interval_seconds: float = _opt(
@@ -98,6 +104,8 @@ class LocalApiSettings:
             "progress_interval_seconds",
             "upstream_timeout_seconds",
         )
+        if self.enqueued_token_limit is not None:
+            positive += ("enqueued_token_limit",)
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

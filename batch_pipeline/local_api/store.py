@@ -421,6 +421,17 @@ class Store:
                 if self._batches.records[i]["status"] not in TERMINAL_STATUSES
             ]
 
+    def enqueued_prompt_tokens(self, model: str | None) -> int:
+        """Prompt tokens of the model's validated batches that are not finished yet."""
+        with self._lock:
+            return sum(
+                record.get("_prompt_tokens", 0)
+                for record in self._batches.records.values()
+                if record.get("_validated")
+                and record.get("model") == model
+                and record["status"] not in TERMINAL_STATUSES
+            )
+
     def batch_input_path(self, record: Record) -> Path:
         """Where a batch reads its requests: its own link (`add_batch`), or the input file's
         bytes for a batch created without one."""

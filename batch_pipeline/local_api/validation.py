@@ -21,6 +21,8 @@ too_many_requests              more request lines than the limit (50,000)       
 too_many_embedding_inputs      an embeddings batch with over 50,000 inputs          -
 file_too_large                 the file is larger than the limit (200 MB)           -
 file_not_found                 the input file was deleted before validation         -
+token_limit_exceeded           the model's enqueued prompt tokens would pass the    -
+                               service's limit (checked by the engine, not here)
 =============================  ==================================================  ===========
 """
 
@@ -31,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from batch_pipeline.core.tokens import count_tokens
+from batch_pipeline.local_api.faults import content_text
 
 SUPPORTED_ENDPOINTS = (
     "/v1/responses",
@@ -51,11 +56,13 @@ MAX_REPORTED_ERRORS = 100
 
 @dataclass
 class ValidationResult:
-    """What validation found: errors (empty when valid), request count and the model."""
+    """What validation found: errors (empty when valid), request count, the model and (when
+    asked for) the exact prompt tokens of all requests."""
 
     errors: list[dict[str, Any]] = field(default_factory=list)
     total: int = 0
     model: str | None = None
+    prompt_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -94,8 +101,10 @@ def validate_input_file(
     endpoint: str,
     max_requests: int,
     max_bytes: int,
+    count_prompt_tokens: bool = False,
 ) -> ValidationResult:
-    """Check every line of a batch input file as OpenAI does, streaming it."""
+    """Check every line of a batch input file as OpenAI does, streaming it; with
+    `count_prompt_tokens`, also count its prompt tokens with the model's tokenizer."""
     result = ValidationResult()
     try:
         size = path.stat().st_size
@@ -144,8 +153,15 @@ def validate_input_file(
             if error is not None:
                 errors.append(error)
                 continue
+            if endpoint == "/v1/embeddings" or count_prompt_tokens:
+                body = orjson.loads(raw)["body"]
             if endpoint == "/v1/embeddings":
-                embedding_inputs += _count_embedding_inputs(orjson.loads(raw)["body"])
+                embedding_inputs += _count_embedding_inputs(body)
+            if count_prompt_tokens:
+                model = str(body.get("model") or "")
+                result.prompt_tokens += sum(
+                    count_tokens(text, model) for text in prompt_texts(endpoint, body) if text
+                )
     if not errors and result.total == 0:
         errors.append(batch_error("empty_file", "The input file holds no requests."))
     if not errors and embedding_inputs > MAX_EMBEDDING_INPUTS:
@@ -257,3 +273,26 @@ def _count_embedding_inputs(body: dict[str, Any]) -> int:
     if isinstance(value, list) and value and not isinstance(value[0], int):
         return len(value)
     return 1
+
+
+def prompt_texts(endpoint: str, body: dict[str, Any]) -> list[str]:
+    """The texts of a request body that the endpoint counts as prompt (input) tokens: every
+    message of a chat, the instructions and input of a response, the inputs of the rest."""
+    if endpoint == "/v1/chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return []
+        return [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
+    texts: list[str] = []
+    if endpoint == "/v1/responses" and isinstance(body.get("instructions"), str):
+        texts.append(body["instructions"])
+    value = body.get("prompt" if endpoint == "/v1/completions" else "input")
+    if isinstance(value, str):
+        texts.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, dict):
+                texts.append(content_text(item.get("content")))
+    return texts

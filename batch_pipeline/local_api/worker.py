@@ -41,7 +41,12 @@ from batch_pipeline.local_api.faults import Fault, detect_fault
 from batch_pipeline.local_api.responders import UpstreamUnavailable
 from batch_pipeline.local_api.settings import LocalApiSettings
 from batch_pipeline.local_api.store import TERMINAL_STATUSES, Store
-from batch_pipeline.local_api.validation import read_lines, validate_input_file
+from batch_pipeline.local_api.validation import (
+    ValidationResult,
+    batch_error,
+    read_lines,
+    validate_input_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -492,43 +497,62 @@ class BatchEngine:
 
     async def _validate(self, run: _BatchRun, record: dict[str, Any]) -> bool:
         """Validate the input; False when the batch is done with (failed) or shutting down."""
+        limit = self.settings.enqueued_token_limit
         result = await self._in_pool(
             lambda: validate_input_file(
                 self.store.batch_input_path(record),
                 endpoint=record["endpoint"],
                 max_requests=self.settings.max_requests_per_batch,
                 max_bytes=self.settings.max_batch_file_bytes,
+                count_prompt_tokens=limit is not None,
             )
         )
         if run.stop_reason == "shutdown":
             return False
         now = int(time.time())
-        if not result.ok:
-            errors = {"object": "list", "data": result.errors}
+        errors = result.errors or self._over_token_limit(result)
+        if errors:
+            listed = {"object": "list", "data": errors}
             failed = await self._transition(
-                run.batch_id, {"validating"}, "failed", failed_at=now, errors=errors
+                run.batch_id, {"validating"}, "failed", failed_at=now, errors=listed
             )
             if failed is None:  # a cancel came first: it ends cancelled, the errors kept
                 await self._transition(
-                    run.batch_id, {"cancelling"}, "cancelled", cancelled_at=now, errors=errors
+                    run.batch_id, {"cancelling"}, "cancelled", cancelled_at=now, errors=listed
                 )
             return False
         counts = {"total": result.total, "completed": 0, "failed": 0}
+        # No await between the limit check above and this update: no other batch of the
+        # model can be let in between them.
+        validated = {
+            "model": result.model,
+            "request_counts": counts,
+            "_validated": True,
+            "_prompt_tokens": result.prompt_tokens,
+        }
         updated = await self._transition(
-            run.batch_id,
-            {"validating"},
-            "in_progress",
-            in_progress_at=now,
-            model=result.model,
-            request_counts=counts,
-            _validated=True,
+            run.batch_id, {"validating"}, "in_progress", in_progress_at=now, **validated
         )
         if updated is None:  # cancelled meanwhile
-            self.store.update_batch(
-                run.batch_id, model=result.model, request_counts=counts, _validated=True
-            )
+            self.store.update_batch(run.batch_id, **validated)
             run.request_stop("cancelled")
         return True
+
+    def _over_token_limit(self, result: ValidationResult) -> list[dict[str, Any]]:
+        """The `token_limit_exceeded` error when the batch's prompt tokens would take its
+        model's enqueued tokens past the service's limit (none without a limit)."""
+        limit = self.settings.enqueued_token_limit
+        if limit is None:
+            return []
+        enqueued = self.store.enqueued_prompt_tokens(result.model)
+        if enqueued + result.prompt_tokens <= limit:
+            return []
+        message = (
+            f"Enqueued token limit reached for {result.model}. Limit: {limit:,} enqueued "
+            f"tokens; {enqueued:,} are enqueued and this batch holds {result.prompt_tokens:,}. "
+            "Please try submitting your requests again after some batches have completed."
+        )
+        return [batch_error("token_limit_exceeded", message)]
 
     # ------------------------------------------------------------------ processing
 

@@ -8,6 +8,7 @@ from dataclasses import fields, replace
 from datetime import datetime
 
 import openai
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,7 +25,9 @@ from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_group
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.results import CHUNK_ROWS, ResultsIncompleteError
 from batch_pipeline.core.storage import LocalStorage
+from batch_pipeline.core.tokens import count_tokens
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, ShardState
+from batch_pipeline.local_api.server import run_local_batch_api
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -147,6 +150,51 @@ def test_token_budget_holds_shards_back_until_batches_finish(tmp_path, batch_api
     summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
     assert summary.counts["succeeded"] == 6
     assert len(pipeline.ledger.batches("tickets")) == 3
+
+
+def test_a_token_budget_is_kept_by_exact_counts_where_bytes_guess_low(tmp_path):
+    """Ids and digits make nearly twice the tokens a quarter of their bytes says. Under a
+    budget every request is counted exactly, retries too, so the shards fit it and a service
+    that holds the same limit on its own count never refuses one."""
+    at = datetime(2026, 11, 20, 12)
+    rows = [
+        {
+            "ticket_id": f"N{i}",
+            "subject": "ids",
+            "body": ("<<fail:500>> " if i == 0 else "")
+            + " ".join(f"{i * 7919 + j:08d}-{j * 31:05d}" for j in range(20)),
+            "created_at": at,
+        }
+        for i in range(10)
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    budget = 500
+    with run_local_batch_api(
+        tmp_path / "state", completion_window_seconds=30, enqueued_token_limit=budget
+    ) as base_url:
+        spec = PipelineSpec.from_dict(
+            ticket_spec(tmp_path, base_url, limits={"enqueued_tokens": budget}), base_dir=tmp_path
+        )
+        pipeline = Pipeline(spec)
+        summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+        shards = pipeline.ledger.shards("tickets", partition=DAY)
+        batches = pipeline.ledger.batches("tickets", partition=DAY)
+    assert (summary.counts["succeeded"], summary.counts["failed"]) == (9, 1)
+    assert all(batch["status"] == "completed" for batch in batches)
+    assert not [batch for batch in batches if "token_limit" in (batch["errors_json"] or "")]
+
+    def exact(row: dict) -> int:
+        texts = [spec.request.system, f"Subject: {row['subject']}\n\n{row['body']}"]
+        return sum(count_tokens(text, spec.request.model) for text in texts) + 2 * 4 + 3
+
+    rows_of = {row["ticket_id"]: row for row in rows}
+    key_of = pd.read_parquet(summary.path).set_index("custom_id")["ticket_id"]
+    for shard in shards:  # retry shards (of row N0) included: their lines are re-read
+        with pipeline.storage.open_read(shard.path) as lines:
+            keys = [key_of[orjson.loads(line)["custom_id"]] for line in lines]
+        assert shard.estimated_input_tokens == sum(exact(rows_of[key]) for key in keys)
+        assert shard.estimated_input_tokens <= budget
+    assert max(shard.attempt for shard in shards) == 3
 
 
 def test_read_results_returns_every_partition_or_one(tmp_path, batch_api):

@@ -377,3 +377,35 @@ def test_unknown_batch_is_404_and_finished_batch_cannot_be_cancelled(shared_clie
     done = wait_for(client, submit(client, [chat_line("x", "hi")]).id)
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(done.id)
+
+
+def test_a_batch_past_the_enqueued_token_limit_fails_until_tokens_are_freed(start_api) -> None:
+    """With a limit, each model's prompt tokens in unfinished batches are counted exactly, as
+    the provider counts them: a batch that would pass the limit fails `token_limit_exceeded`;
+    once a held batch ends, the same batch goes through; other models have their own count."""
+    held_text, other_text = "株式会社の請求書 <<hang>>", "請求書番号 4815162342 は未払いです"
+    held, other = count_tokens(held_text, MODEL), count_tokens(other_text, MODEL)
+    limit = held + other - 1
+    client = OpenAI(base_url=start_api(enqueued_token_limit=limit), api_key="k", max_retries=0)
+
+    first = submit(client, [chat_line("held", held_text)])
+    wait_for(client, first.id, ("in_progress",))
+    refused = wait_for(client, submit(client, [chat_line("other", other_text)]).id)
+    assert refused.status == "failed"
+    (error,) = refused.errors.data
+    assert error.code == "token_limit_exceeded"
+    assert f"Limit: {limit:,} enqueued tokens; {held:,} are enqueued" in error.message
+    assert f"this batch holds {other:,}" in error.message
+
+    other_model = submit(client, [chat_line("other", other_text, model="gpt-4o")])
+    assert wait_for(client, other_model.id).status == "completed"
+    small = "ok"
+    fitting = wait_for(client, submit(client, [chat_line("small", small)]).id)
+    assert fitting.status == "completed"
+    (answer,) = read_lines(client, fitting.output_file_id)
+    assert answer["response"]["body"]["usage"]["prompt_tokens"] == count_tokens(small, MODEL)
+
+    client.batches.cancel(first.id)
+    assert wait_for(client, first.id).status == "cancelled"
+    again = wait_for(client, submit(client, [chat_line("other", other_text)]).id)
+    assert again.status == "completed"
