@@ -11,6 +11,7 @@ day in the spec's `schedule.timezone`, the zone the partitions count days in) or
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
@@ -238,6 +239,8 @@ def _file_dataset(spec: PipelineSpec) -> ds.Dataset | None:
     )
     dataset = ds.dataset(sources, format=file_format, **options)
     typed = nulls_as_text(dataset.schema)  # types come from the first file alone
+    if isinstance(file_format, ds.CsvFileFormat):
+        typed = _csv_types_for_every_row(spec, sources, file_format, typed)
     if typed != dataset.schema:
         dataset = ds.dataset(sources, format=file_format, schema=typed, **options)
     return dataset
@@ -258,11 +261,65 @@ def nulls_as_text(schema: pa.Schema) -> pa.Schema:
 
 def _csv_format(spec: PipelineSpec) -> ds.CsvFileFormat:
     """CSV with the key column read as text, so a key `007` stays `007` rather than 7 (which
-    would then collide with a real 7). Other columns keep inferred types, so a column with
-    bytes that are not UTF-8 reads as binary and only its bad rows are rejected."""
+    would then collide with a real 7), and quoted values that run over several lines. Other
+    columns keep inferred types (`_csv_types_for_every_row`), so a column with bytes that are
+    not UTF-8 reads as binary and only its bad rows are rejected."""
     return ds.CsvFileFormat(
-        convert_options=pa_csv.ConvertOptions(column_types={spec.source.key: pa.string()})
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(column_types={spec.source.key: pa.string()}),
     )
+
+
+_CSV_CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): .*CSV conversion error")
+_CSV_SCHEMAS: dict[tuple[Any, ...], pa.Schema] = {}
+
+
+def _csv_types_for_every_row(
+    spec: PipelineSpec, sources: list[str], file_format: ds.CsvFileFormat, schema: pa.Schema
+) -> pa.Schema:
+    """`schema` with each CSV column typed so that every row of every file converts.
+
+    Arrow infers a column's type from the first block (1 MB) of the first file: a column of
+    numbers that turns to text further on would fail the read, at the build or, worse, at
+    the results of a day already paid for. One scan of the files (about 1 s a GB) finds such
+    columns; each is read as text instead, or as bytes where its text is not UTF-8 (the
+    build rejects those rows by name). Remembered per file version within a process.
+    """
+    files = tuple((path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in sources)
+    remembered = (files, spec.source.key, schema.to_string())
+    if remembered not in _CSV_SCHEMAS:
+        for path in sources:
+            schema = _widened_for_file(path, file_format, schema, spec.source.key)
+        if len(_CSV_SCHEMAS) >= 64:
+            _CSV_SCHEMAS.clear()
+        _CSV_SCHEMAS[remembered] = schema
+    return _CSV_SCHEMAS[remembered]
+
+
+def _widened_for_file(
+    path: str, file_format: ds.CsvFileFormat, schema: pa.Schema, key: str
+) -> pa.Schema:
+    """`schema` widened until every row of the CSV file at `path` converts to it."""
+    names = ds.dataset(path, format=file_format).schema.names  # the file's own column order
+    for _ in range(2 * len(names) + 1):  # each column widens at most twice
+        file_schema = pa.schema([schema.field(name) for name in names if name in schema.names])
+        try:
+            for _batch in ds.dataset(path, format=file_format, schema=file_schema).to_batches():
+                pass
+            return schema
+        except pa.ArrowInvalid as error:
+            found = _CSV_CONVERSION_ERROR.search(str(error))
+            if found is None:
+                raise
+            name = names[int(found[1])]
+            if name == key or name not in schema.names:
+                raise
+            field = schema.field(name)
+            wider = pa.binary() if pa.types.is_string(field.type) else pa.string()
+            if field.type == wider:
+                raise
+            schema = schema.set(schema.get_field_index(name), field.with_type(wider))
+    return schema
 
 
 def _data_files(path: Path) -> tuple[str, list[Path]]:

@@ -548,6 +548,56 @@ def test_a_csv_folder_whose_first_file_has_an_empty_column_reads_every_day(tmp_p
     assert run_partition(spec, tmp_path, OTHER_DAY)["ticket_id"].tolist() == ["A"]
 
 
+def _write_csv_rows(path, rows: list[tuple]) -> None:
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ticket_id", "subject", "body", "created_at", "notes"])
+        writer.writerows(rows)
+
+
+def test_a_csv_whose_column_turns_from_numbers_to_text_late_gets_its_results(tmp_path, batch_api):
+    """Arrow infers a CSV column's type from the first megabyte; a `notes` column of numbers
+    that holds text 3 MB in must not fail the results of a day already paid for. Bodies run
+    over several lines, as exported tickets do."""
+    rows = [
+        (f"C{i:05d}", "s", f"line one of {i}\nline two", f"{DAY} 10:00:00", i)
+        for i in range(60_000)
+    ]
+    rows[-1] = (*rows[-1][:4], "call back")
+    rows += [(f"D{i}", "s", "other day", f"{OTHER_DAY} 10:00:00", i) for i in range(3)]
+    _write_csv_rows(tmp_path / "tickets.csv", rows)
+    source = {"path": "tickets.csv", "key": "ticket_id", "partition_column": "created_at"}
+    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+    assert len(results) == 60_000 and set(results["status"]) == {"succeeded"}
+    by_key = results.set_index("ticket_id")
+    assert by_key.loc["C59999", "notes"] == "call back" and by_key.loc["C00007", "notes"] == "7"
+    assert by_key.loc["C00001", "response_text"].endswith("line one of 1\nline two")
+
+
+def test_a_csv_byte_that_is_not_utf8_past_the_first_block_rejects_only_its_row(tmp_path, batch_api):
+    rows = [(f"C{i:05d}", "subject", f"body {i}", f"{DAY} 10:00:00", "") for i in range(40_000)]
+    _write_csv_rows(tmp_path / "tickets.csv", rows)
+    with (tmp_path / "tickets.csv").open("ab") as handle:
+        handle.write(f"LATIN,caf\xe9,body,{DAY} 10:00:00,\n".encode("latin-1"))
+    source = {"path": "tickets.csv", "key": "ticket_id", "partition_column": "created_at"}
+    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+    assert len(results) == 40_001
+    assert Counter(results["status"]) == {"succeeded": 40_000, "rejected": 1}
+    rejected = results[results["status"] == "rejected"].iloc[0]
+    assert rejected["ticket_id"] == "LATIN"
+    assert "'subject' is not valid UTF-8" in rejected["error_message"]
+
+
+def test_a_csv_column_of_numbers_throughout_keeps_its_type(tmp_path, batch_api):
+    rows = [(f"C{i}", "s", "b", f"{DAY} 10:00:00", i) for i in range(5)]
+    _write_csv_rows(tmp_path / "tickets.csv", rows)
+    source = {"path": "tickets.csv", "key": "ticket_id", "partition_column": "created_at"}
+    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+    assert sorted(results["notes"].tolist()) == [0, 1, 2, 3, 4]
+
+
 def test_an_empty_day_keeps_the_source_columns(tmp_path, batch_api):
     other_day = {
         "ticket_id": "X",
