@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import dagster as dg
 
 from batch_pipeline.core.spec import PipelineSpec
-from batch_pipeline.dagster.assets import DEFAULT_BACKEND_RESOURCE_KEY, build_batch_pipeline_assets
+from batch_pipeline.dagster.assets import (
+    DEFAULT_BACKEND_RESOURCE_KEY,
+    SUBMISSION_POOL,
+    build_batch_pipeline_assets,
+)
 from batch_pipeline.dagster.checks import build_results_checks
 from batch_pipeline.dagster.jobs import build_submit_job
 from batch_pipeline.dagster.resources import BatchBackendResource
@@ -20,17 +27,26 @@ def build_batch_pipeline_defs(
     backend: BatchBackendResource | None = None,
     translator: BatchPipelineTranslator | None = None,
     backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
+    op_tags: Mapping[str, Any] | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
+    submission_pool: str | None = SUBMISSION_POOL,
     sensor_default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     schedule_default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.Definitions:
     """Assets, checks, the submission job, the sensor, the nightly schedule and the backend.
 
     `backend` defaults to the spec's `backend:` section, its key read from the environment
-    variable the spec names.
+    variable the spec names. `op_tags`, `retry_policy` and `submission_pool` go to the
+    three assets' steps as in `build_batch_pipeline_assets`.
     """
     backend = backend or BatchBackendResource.from_spec(spec.backend)
     assets = build_batch_pipeline_assets(
-        spec=spec, translator=translator, backend_resource_key=backend_resource_key
+        spec=spec,
+        translator=translator,
+        backend_resource_key=backend_resource_key,
+        op_tags=op_tags,
+        retry_policy=retry_policy,
+        submission_pool=submission_pool,
     )
     submit_job = build_submit_job(spec=spec, translator=translator)
     return dg.Definitions(

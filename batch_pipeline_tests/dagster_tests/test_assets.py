@@ -45,6 +45,23 @@ def test_only_the_batches_step_is_in_the_submission_pool(tmp_path) -> None:
     assert all(a.partitions_def == build_partitions_def(spec_with(tmp_path)) for a in assets)
 
 
+def test_the_definitions_pass_op_tags_retry_policy_and_pool_to_every_step(tmp_path) -> None:
+    retry = dg.RetryPolicy(max_retries=2, delay=5)
+    defs = build_batch_pipeline_defs(
+        spec=spec_with(tmp_path),
+        op_tags={"team": "support"},
+        retry_policy=retry,
+        submission_pool="openai_uploads",
+    )
+    graph = defs.resolve_asset_graph()
+    nodes = {key.path[-1]: graph.get(key).assets_def.node_def for key in graph.get_all_asset_keys()}
+    assert {role: node.tags.get("team") for role, node in nodes.items()} == dict.fromkeys(
+        ("requests", "batches", "results"), "support"
+    )
+    assert all(node.retry_policy == retry for node in nodes.values())
+    assert nodes["batches"].pool == "openai_uploads" and nodes["requests"].pool is None
+
+
 def requests_metadata_of_runs(tmp_path, *run_tags: dict[str, str]) -> list[dict]:
     """The `requests` materialization metadata of one run per tags given, on one day."""
     spec = write_demo(tmp_path, base_url=URL)
