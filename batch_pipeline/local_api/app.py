@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batch_pipeline.local_api.errors import ApiError, error_body
 from batch_pipeline.local_api.responders import EchoResponder, ProxyResponder
-from batch_pipeline.local_api.settings import LocalApiSettings
+from batch_pipeline.local_api.settings import LocalApiSettings, default_expiry
 from batch_pipeline.local_api.store import BATCH_ID_RE, FILE_ID_RE, Store, public
 from batch_pipeline.local_api.uploads import MultipartUpload, UploadInvalid, UploadTooLarge
 from batch_pipeline.local_api.validation import SUPPORTED_ENDPOINTS
@@ -363,6 +363,8 @@ class LocalBatchService:
                     "expires_after",
                 )
                 expires_at = int(time.time()) + (seconds or 0)
+            elif purpose == "batch":
+                expires_at = default_expiry(self.settings)
         except ApiError:
             upload.discard()
             raise

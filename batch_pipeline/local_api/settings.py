@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,11 @@ class LocalApiSettings:
     fault_download_500_every: int = _opt(
         0, "Fault: answer every Nth GET /v1/files/{id}/content with 500 (0: never)."
     )
+    batch_file_expiry_seconds: int = _opt(
+        30 * 86400,
+        "Life of purpose=batch uploads and of batch output and error files that set no "
+        "expiry of their own, as OpenAI's default of 30 days (0: kept until deleted).",
+    )
     max_upload_bytes: int = _opt(200 * MB, "Largest accepted upload, in bytes (413 above).")
     max_requests_per_batch: int = _opt(50_000, "Most request lines in one batch input file.")
     max_batch_file_bytes: int = _opt(200 * MB, "Largest batch input file, in bytes.")
@@ -112,6 +118,7 @@ class LocalApiSettings:
         for name in (
             "fault_create_429_every",
             "fault_download_500_every",
+            "batch_file_expiry_seconds",
             "upstream_max_retries",
             "upstream_backoff_seconds",
         ):
@@ -168,6 +175,12 @@ class LocalApiSettings:
             if f.metadata.get("cli", False) and value is not None:
                 values[f.name] = value
         return cls(**values)
+
+
+def default_expiry(settings: LocalApiSettings) -> int | None:
+    """When a batch file that sets no expiry of its own expires, from now (None: never)."""
+    seconds = settings.batch_file_expiry_seconds
+    return int(time.time()) + seconds if seconds else None
 
 
 def _flag_type(f: dataclasses.Field[Any]) -> Any:

@@ -39,7 +39,7 @@ import orjson
 from batch_pipeline.local_api.errors import error_body, fault_error_body
 from batch_pipeline.local_api.faults import Fault, detect_fault
 from batch_pipeline.local_api.responders import UpstreamUnavailable
-from batch_pipeline.local_api.settings import LocalApiSettings
+from batch_pipeline.local_api.settings import LocalApiSettings, default_expiry
 from batch_pipeline.local_api.store import TERMINAL_STATUSES, Store
 from batch_pipeline.local_api.validation import (
     ValidationResult,
@@ -790,7 +790,9 @@ class BatchEngine:
             self._add_unfinished(record, partial, code, message)
         partial.close()
         expires_after = record.get("_output_expires_after_seconds")
-        expires_at = int(time.time()) + expires_after if expires_after else None
+        expires_at = (
+            int(time.time()) + expires_after if expires_after else default_expiry(self.settings)
+        )
         file_ids: list[str | None] = []
         for path, file_id, kind in (
             (partial.output_path, output_id, "output"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx2
@@ -15,6 +16,8 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     assert_empty_list,
     chat_line,
     jsonl,
+    submit,
+    wait_for,
     wait_until,
 )
 
@@ -60,6 +63,33 @@ def test_expires_after_sets_expires_at(client: OpenAI) -> None:
     )
     assert created.expires_at is not None
     assert 3599 <= created.expires_at - created.created_at <= 3601
+
+
+def test_batch_files_expire_after_30_days_by_default_and_others_are_kept(
+    client: OpenAI,
+) -> None:
+    """As OpenAI's files: a purpose=batch upload, and a batch's output and error files,
+    expire after 30 days unless they say otherwise; other files are kept."""
+    month = 30 * 86400
+    upload = client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    assert upload.expires_at is not None and upload.expires_at - upload.created_at == month
+    kept = client.files.create(file=("notes.txt", b"kept"), purpose="user_data")
+    assert kept.expires_at is None
+    started = submit(client, [chat_line("a", "hi"), chat_line("b", "<<hang>>")])
+    wait_until(lambda: client.batches.retrieve(started.id).request_counts.completed == 1)
+    client.batches.cancel(started.id)
+    batch = wait_for(client, started.id)
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        made = client.files.retrieve(file_id)
+        assert made.expires_at is not None and made.expires_at - made.created_at == month
+
+
+def test_an_expired_batch_file_is_gone(start_api) -> None:
+    client = OpenAI(base_url=start_api(batch_file_expiry_seconds=1), api_key="k", max_retries=0)
+    upload = client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    time.sleep(1.5)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(upload.id)
 
 
 def test_list_orders_and_auto_paginates(client: OpenAI, api_url: str) -> None:
