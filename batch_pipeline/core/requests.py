@@ -62,6 +62,7 @@ class RejectCode:
     EMPTY_VALUE = "empty_value"
     CONTEXT_WINDOW_EXCEEDED = "context_window_exceeded"
     REQUEST_TOO_LARGE = "request_too_large"
+    TOKEN_BUDGET_EXCEEDED = "token_budget_exceeded"
 
 
 _EMPTY = pa.scalar(b"", pa.large_binary())
@@ -466,6 +467,7 @@ class RequestBuilder:
         lines = self._lines(accepted, custom_ids, texts)
         lines, accepted = self._check_line_size(lines, accepted, verdicts)
         estimated = self._estimate(accepted, texts, input_bytes, exact)
+        lines, accepted, estimated = self._check_budget(lines, accepted, estimated, verdicts)
 
         rejected = verdicts.table(self._rows_read, key_text, custom_ids)
         self._rows_read += batch.num_rows
@@ -547,6 +549,31 @@ class RequestBuilder:
             ],
         )
         return lines.filter(pa.array(~too_big)), accepted[~too_big]
+
+    def _check_budget(
+        self,
+        lines: pa.ChunkedArray,
+        accepted: np.ndarray,
+        tokens: np.ndarray,
+        verdicts: _Verdicts,
+    ) -> tuple[pa.ChunkedArray, np.ndarray, np.ndarray]:
+        """Reject requests that alone hold more input tokens (counted exactly) than the
+        enqueued-token budget: the provider would refuse every batch holding one, however
+        empty its queue, until the shard gave up a day later."""
+        budget = self.spec.limits.enqueued_tokens
+        over = np.zeros(len(tokens), dtype=bool) if budget is None else tokens > budget
+        if not over.any():
+            return lines, accepted, tokens
+        verdicts.reject_rows(
+            accepted[over],
+            RejectCode.TOKEN_BUDGET_EXCEEDED,
+            [
+                f"input of {count} tokens (from columns {self._named_columns}) is more than "
+                f"limits.enqueued_tokens ({budget}): no batch holding it could be enqueued"
+                for count in tokens[over].tolist()
+            ],
+        )
+        return lines.filter(pa.array(~over)), accepted[~over], tokens[~over]
 
     # -- tokens -------------------------------------------------------------------------------
 

@@ -363,6 +363,20 @@ def test_a_request_line_above_the_file_byte_limit_is_rejected(tmp_path):
     assert "limits.max_bytes_per_file (1024)" in reason
 
 
+def test_under_a_token_budget_counts_are_exact_and_a_request_above_it_is_rejected(tmp_path):
+    builder = make_builder(tmp_path, limits={"enqueued_tokens": 40})
+    ids = " ".join(f"{n:08d}" for n in range(10))  # 40 bytes: "10" tokens by bytes / 4
+    built = builder.build(pa.record_batch({"id": [1, 2], "text": ["fine", ids]}), PARTITION)
+    assert built.keys.to_pylist() == ["1"]
+    exact = count_tokens("Review: fine", "gpt-4o-mini") + builder.overhead
+    assert built.estimated_input_tokens.tolist() == [exact]
+    ((key, code, reason),) = rejections(built)
+    assert (key, code) == ("2", RejectCode.TOKEN_BUDGET_EXCEEDED)
+    count = count_tokens(f"Review: {ids}", "gpt-4o-mini") + builder.overhead
+    assert count > 40 and f"input of {count} tokens" in reason
+    assert "more than limits.enqueued_tokens (40)" in reason
+
+
 def test_estimates_are_a_quarter_of_the_input_bytes_plus_framing(tmp_path):
     builder = make_builder(tmp_path, system="Sys")
     built = builder.build(pa.record_batch({"id": [1], "text": ["abcdefgh"]}), PARTITION)
