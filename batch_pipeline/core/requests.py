@@ -147,8 +147,12 @@ class _Template:
         ]
 
     @property
+    def literal_text(self) -> str:
+        return "".join(piece for piece in self.pieces if isinstance(piece, str))
+
+    @property
     def literal_bytes(self) -> int:
-        return sum(len(piece.encode("utf-8")) for piece in self.pieces if isinstance(piece, str))
+        return len(self.literal_text.encode("utf-8"))
 
     def json_pieces(self) -> list[bytes | _Slot]:
         """The pieces with literals JSON-escaped (escaping commutes with concatenation)."""
@@ -156,10 +160,15 @@ class _Template:
             orjson.dumps(piece)[1:-1] if isinstance(piece, str) else piece for piece in self.pieces
         ]
 
-    def fill(self, values: Mapping[str, str]) -> str:
-        return "".join(
-            piece if isinstance(piece, str) else values[piece.column or ""] for piece in self.pieces
-        )
+    def fill(self, columns: Mapping[str, pa.Array]) -> pa.Array:
+        """The text of each row, with its values in the placeholders (built by Arrow)."""
+        parts = [
+            pa.scalar(piece, pa.large_string())
+            if isinstance(piece, str)
+            else columns[piece.column or ""].cast(pa.large_string())
+            for piece in self.pieces
+        ]
+        return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
 
 
 class _Verdicts:
@@ -577,18 +586,17 @@ class RequestBuilder:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def _filled(self, rows: np.ndarray, texts: Mapping[str, pa.Array]) -> list[list[str]]:
-        """The filled texts (system, prompt) of a few rows, built in Python."""
-        taken = pa.array(rows, pa.int64())
-        values = {column: text.take(taken).to_pylist() for column, text in texts.items()}
-        return [
-            [template.fill({c: values[c][i] for c in template.columns}) for i in range(len(rows))]
-            for template in self.templates
-        ]
-
     def _exact_tokens(self, rows: np.ndarray, texts: Mapping[str, pa.Array]) -> np.ndarray:
-        counts = [exact_tokens_batch(filled, self.model) for filled in self._filled(rows, texts)]
-        return np.sum(counts, axis=0) + self.overhead
+        """The exact input tokens of some rows; a text without placeholders is counted once."""
+        taken = pa.array(rows, pa.int64())
+        values = {column: text.take(taken) for column, text in texts.items()}
+        total = np.full(len(rows), self.overhead, dtype=np.int64)
+        for template in self.templates:
+            if template.columns:
+                total += exact_tokens_batch(template.fill(values).to_pylist(), self.model)
+            else:
+                total += count_tokens(template.literal_text, self.model)
+        return total
 
     def _estimate(
         self,

@@ -8,7 +8,7 @@ are three tiers, each used where it is good enough:
 - `estimate_tokens`: ceil(bytes / 4) plus the overhead, OpenAI's rule of thumb for English
   (close for code and European languages, low for CJK text). Free; used for the manifest's
   token and cost estimates when no enqueued-token budget is set.
-- `count_tokens`: the real count (about 20 µs for a 300-character row), for rows whose upper
+- `count_tokens`: the real count (about 10 µs for a 300-character row), for rows whose upper
   bound does not fit the context window (a row near the limit), where the answer decides
   whether the row is rejected, and for every row under an enqueued-token budget
   (`limits.enqueued_tokens`), which the provider enforces on its own count.

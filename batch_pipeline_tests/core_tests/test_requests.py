@@ -377,6 +377,36 @@ def test_under_a_token_budget_counts_are_exact_and_a_request_above_it_is_rejecte
     assert "more than limits.enqueued_tokens (40)" in reason
 
 
+@pytest.mark.parametrize("system", ["Label the review. 東京 café", "Label {lang} reviews."])
+def test_exact_counts_are_the_sum_of_each_filled_message_whatever_the_column_types(
+    tmp_path, system
+):
+    builder = make_builder(
+        tmp_path, limits={"enqueued_tokens": 10_000}, system=system, prompt="{title}: {text}"
+    )
+    rows = [("en", "Fine", "works 1234 5678"), ("de", "Gut", "läuft"), ("ja", "良い", "動きます")]
+    langs, titles, texts = (list(column) for column in zip(*rows, strict=True))
+    batch = pa.record_batch(
+        {
+            "id": pa.array([1, 2, 3]),
+            "lang": pa.array(langs, pa.large_string()),
+            "title": pa.array(titles, pa.string()),
+            "text": pa.array(texts, pa.large_string()),
+        }
+    )
+    built = builder.build(batch, PARTITION)
+    expected = [
+        count_tokens(system.format(lang=lang), "gpt-4o-mini")
+        + count_tokens(f"{title}: {text}", "gpt-4o-mini")
+        + builder.overhead
+        for lang, title, text in rows
+    ]
+    assert built.estimated_input_tokens.tolist() == expected
+    assert [line["body"]["messages"][0]["content"] for line in parsed_lines(built)] == [
+        system.format(lang=lang) for lang in langs
+    ]
+
+
 def test_estimates_are_a_quarter_of_the_input_bytes_plus_framing(tmp_path):
     builder = make_builder(tmp_path, system="Sys")
     built = builder.build(pa.record_batch({"id": [1], "text": ["abcdefgh"]}), PARTITION)
