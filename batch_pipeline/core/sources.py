@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -108,9 +109,7 @@ def _scan(
     own scanner, over a whole dataset, reads ahead without bound when its consumer is slower
     than the disk).
     """
-    if not isinstance(dataset, ds.FileSystemDataset) or not isinstance(
-        dataset.format, ds.ParquetFileFormat
-    ):
+    if not isinstance(dataset, ds.FileSystemDataset):
         yield from dataset.to_batches(
             columns=columns,
             filter=expression,
@@ -118,6 +117,19 @@ def _scan(
             batch_readahead=READAHEAD_BATCHES,
             fragment_readahead=1,
         )
+        return
+    if not isinstance(dataset.format, ds.ParquetFileFormat):
+        for fragment in dataset.get_fragments(filter=expression):
+            try:
+                yield from fragment.to_batches(
+                    schema=dataset.schema,
+                    columns=columns,
+                    filter=expression,
+                    batch_size=batch_size,
+                    batch_readahead=READAHEAD_BATCHES,
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+                raise SourceError(_unreadable(fragment.path, error)) from error
         return
     for fragment in dataset.get_fragments(filter=expression):
         for row_group in fragment.split_by_row_group(filter=expression, schema=dataset.schema):
@@ -129,6 +141,51 @@ def _scan(
                 batch_readahead=READAHEAD_BATCHES,
                 fragment_readahead=1,
             )
+
+
+class SourceError(ValueError):
+    """A source file whose rows cannot be read; the message names the file."""
+
+
+_JSON_TYPE_CHANGE = re.compile(r"Column\(/([^)/]+)\) changed from (\w+) to (\w+)")
+_JSON_KINDS = {str: "string", bool: "boolean", int: "number", float: "number"}
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    """The message for a file Arrow failed to read: its reason, and for a JSON field that
+    changes type, the line where it does (Arrow counts rows within a block)."""
+    reason = str(error).removeprefix("Invalid: ").strip()
+    changed = _JSON_TYPE_CHANGE.search(reason)
+    if changed is None:
+        return f"source file {path} cannot be read: {reason}"
+    field, before, after = changed.groups()
+    line = _first_line_of_kind(path, field, after)
+    where = f" at line {line}" if line else ""
+    return (
+        f"source file {path} cannot be read: field {field!r} holds a {before} in earlier lines "
+        f"and a {after}{where}; Arrow reads each JSON field as one type in every line, so "
+        "write a text field's values as JSON strings throughout (or convert the file to Parquet)"
+    )
+
+
+def _first_line_of_kind(path: str, field: str, kind: str) -> int | None:
+    """The 1-based number of the first line whose `field` is a JSON value of `kind`."""
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                value = orjson.loads(line).get(field)
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            found = (
+                "object"
+                if isinstance(value, dict)
+                else "array"
+                if isinstance(value, list)
+                else _JSON_KINDS.get(type(value))
+            )
+            if found == kind:
+                return number
+    return None
 
 
 def check_columns(
@@ -237,7 +294,10 @@ def _file_dataset(spec: PipelineSpec) -> ds.Dataset | None:
     options: dict[str, Any] = (
         {} if path.is_file() else {"partitioning": "hive", "partition_base_dir": str(path)}
     )
-    dataset = ds.dataset(sources, format=file_format, **options)
+    try:
+        dataset = ds.dataset(sources, format=file_format, **options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:  # the message names the file
+        raise SourceError(f"source {path} cannot be read: {error}") from error
     typed = nulls_as_text(dataset.schema)  # types come from the first file alone
     if isinstance(file_format, ds.CsvFileFormat):
         typed = _csv_types_for_every_row(spec, sources, file_format, typed)
@@ -310,7 +370,7 @@ def _widened_for_file(
         except pa.ArrowInvalid as error:
             found = _CSV_CONVERSION_ERROR.search(str(error))
             if found is None:
-                raise
+                raise SourceError(_unreadable(path, error)) from error
             name = names[int(found[1])]
             if name == key or name not in schema.names:
                 raise

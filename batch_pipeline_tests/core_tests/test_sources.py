@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from batch_pipeline.core.sources import (
+    SourceError,
     iter_partition_batches,
     parse_partition,
     source_schema,
@@ -171,6 +172,36 @@ def test_hive_partitioned_folder_exposes_its_partition_column(tmp_path):
     spec = make_spec(tmp_path)
     assert "day" in source_schema(spec).names
     assert read_ids(spec) == [1, 2]
+
+
+def test_hive_partitioned_csv_folder_exposes_its_partition_column(tmp_path):
+    for day, ids in (("2024-05-01", [1, 2]), ("2024-05-02", [3])):
+        folder = tmp_path / "src" / f"day={day}"
+        folder.mkdir(parents=True)
+        pacsv.write_csv(pa.table({"id": ids, "text": ["t"] * len(ids)}), folder / "part.csv")
+    assert read_ids(make_spec(tmp_path)) == ["1", "2"]
+
+
+def test_a_jsonl_field_that_turns_from_numbers_to_text_names_the_file_and_line(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", sample_table([PARTITION] * 3, pa.string()))
+    rows = [{"id": 10 + i, "day": PARTITION, "text": i} for i in range(20_000)]
+    rows.append({"id": 99, "day": PARTITION, "text": "a ticket"})
+    (folder / "b.jsonl").write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    with pytest.raises(SourceError) as raised:
+        read_ids(make_spec(tmp_path))
+    message = str(raised.value)
+    assert f"source file {folder / 'b.jsonl'} cannot be read" in message
+    assert "field 'text' holds a number in earlier lines and a string at line 20001" in message
+
+
+@pytest.mark.parametrize("good_lines", [1, 50_000])
+def test_a_csv_line_with_too_many_values_names_the_file(tmp_path, good_lines):
+    good = "".join(f"{i},2024-05-01,fine\n" for i in range(good_lines))
+    (tmp_path / "src.csv").write_text(f"id,day,text\n{good}x,2024-05-01,a,b\n")
+    with pytest.raises(SourceError, match=r"source .*src\.csv cannot be read: .*Expected 3 col"):
+        read_ids(make_spec(tmp_path, path="src.csv"))
 
 
 def test_parquet_row_groups_are_read_in_order_and_filtered(tmp_path):
