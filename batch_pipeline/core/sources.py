@@ -109,38 +109,28 @@ def _scan(
     own scanner, over a whole dataset, reads ahead without bound when its consumer is slower
     than the disk).
     """
+    options: dict[str, Any] = {
+        "columns": columns,
+        "filter": expression,
+        "batch_size": batch_size,
+        "batch_readahead": READAHEAD_BATCHES,
+        "fragment_readahead": 1,
+    }
     if not isinstance(dataset, ds.FileSystemDataset):
-        yield from dataset.to_batches(
-            columns=columns,
-            filter=expression,
-            batch_size=batch_size,
-            batch_readahead=READAHEAD_BATCHES,
-            fragment_readahead=1,
-        )
+        yield from dataset.to_batches(**options)
         return
-    if not isinstance(dataset.format, ds.ParquetFileFormat):
-        for fragment in dataset.get_fragments(filter=expression):
-            try:
-                yield from fragment.to_batches(
-                    schema=dataset.schema,
-                    columns=columns,
-                    filter=expression,
-                    batch_size=batch_size,
-                    batch_readahead=READAHEAD_BATCHES,
-                )
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-                raise SourceError(_unreadable(fragment.path, error)) from error
-        return
+    parquet = isinstance(dataset.format, ds.ParquetFileFormat)
     for fragment in dataset.get_fragments(filter=expression):
-        for row_group in fragment.split_by_row_group(filter=expression, schema=dataset.schema):
-            yield from row_group.to_batches(
-                schema=dataset.schema,
-                columns=columns,
-                filter=expression,
-                batch_size=batch_size,
-                batch_readahead=READAHEAD_BATCHES,
-                fragment_readahead=1,
-            )
+        pieces = (
+            fragment.split_by_row_group(filter=expression, schema=dataset.schema)
+            if parquet
+            else [fragment]
+        )
+        try:
+            for piece in pieces:
+                yield from piece.to_batches(schema=dataset.schema, **options)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise SourceError(_unreadable(fragment.path, error)) from error
 
 
 class SourceError(ValueError):
