@@ -182,9 +182,12 @@ class Pipeline:
         """Validate the partition's rows and write its JSONL shards; nothing is paid for here.
 
         The current generation is reused when it is already built, whatever its state, so
-        building a day again never pays for it twice; `rebuild=True` starts a new one (the
-        old generation's batches are left to finish but no longer count).
+        building a day again never pays for it twice; `rebuild=True` starts a new one, unless
+        the day is still in flight (PipelineError: its batches would be paid for again; cancel
+        it first, or wait until it settles).
         """
+        if rebuild:
+            self._check_rebuild(partition)
         generation = self.ledger.start_generation(self.spec.name, partition, rebuild=rebuild)
         built = self._wait_for_build_or_claim(partition, generation)
         if built:
@@ -213,6 +216,21 @@ class Pipeline:
         )
         self._settle_if_done(partition)
         return self._requests_summary(manifest, already_built=False)
+
+    def _check_rebuild(self, partition: str) -> None:
+        """Refuse a new generation of a day whose batches are paid for and not yet finished."""
+        record = self.get_partition(partition)
+        if (
+            record is not None
+            and record.is_in_flight
+            and record.cancelled_at is None
+            and not self.awaits_submission(partition)
+        ):
+            raise PipelineError(
+                f"{partition} of {self.spec.name} is still in flight (generation "
+                f"{record.generation}): cancel it first (batch-pipeline cancel), or wait until "
+                "it settles, before building it afresh"
+            )
 
     def _wait_for_build_or_claim(self, partition: str, generation: int) -> bool:
         """True once the generation is built (by anyone); False when this process claimed the

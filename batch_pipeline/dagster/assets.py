@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipeline.core.pipeline import Pipeline, PipelineError
+from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.resources import BatchBackendResource
@@ -133,16 +133,9 @@ def _build_requests(
 ) -> dg.MaterializeResult:
     rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
     record = pipeline.get_partition(partition)
-    unsubmitted = pipeline.awaits_submission(partition)
     # A generation whose build never finished (its run died) is built by this run, tag or not.
-    if rebuild and record is not None and record.is_in_flight and not unsubmitted:
-        raise PipelineError(
-            f"{partition} of {pipeline.spec.name} is still in flight (generation "
-            f"{record.generation}): cancel it first (batch-pipeline cancel), or wait until it "
-            f"settles, before a run tagged {REBUILD_TAG}=true builds it afresh"
-        )
-    settled = record is not None and record.settled_at is not None
-    summary = pipeline.build_requests(partition, rebuild=rebuild and (settled or unsubmitted))
+    built = record is not None and record.built_at is not None
+    summary = pipeline.build_requests(partition, rebuild=rebuild and built)
     context.log.info(
         f"{partition} generation {summary.generation}: {summary.requests} requests in "
         f"{summary.shards} shards, {summary.rejected} rows rejected"

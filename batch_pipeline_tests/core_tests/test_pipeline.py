@@ -481,6 +481,33 @@ def test_submitting_a_rebuilt_day_leaves_the_old_generations_shards_alone(tmp_pa
     assert states == {(1, ShardState.BUILT), (2, ShardState.SUBMITTED)}
 
 
+def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path, batch_api):
+    """`run --rebuild` repeated after a timeout must not pay for the day's batches again."""
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = PipelineSpec.from_dict(
+        ticket_spec(tmp_path, batch_api, name="rebuild_in_flight"), base_dir=tmp_path
+    )
+    client = openai.OpenAI(base_url=batch_api, api_key="local")
+
+    def batches_of_day() -> list[str]:
+        return [
+            b.id
+            for b in client.batches.list(limit=100)
+            if (b.metadata or {}).get("batch_pipeline_pipeline") == spec.name
+        ]
+
+    with Pipeline(spec) as pipeline:
+        pipeline.run(DAY, wait=False, rebuild=True)
+        with pytest.raises(PipelineError, match=r"still in flight .*cancel it first"):
+            pipeline.run(DAY, wait=False, rebuild=True)
+        assert len(batches_of_day()) == 1
+        assert pipeline.get_partition(DAY).generation == 1
+        pipeline.cancel(DAY)
+        summary = pipeline.run(DAY, rebuild=True, poll_interval=0.1, timeout=60)
+    assert summary.generation == 2 and len(batches_of_day()) == 2
+    assert summary.counts["succeeded"] == 4
+
+
 def test_a_ledger_of_the_previous_schema_is_marked_and_a_newer_one_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     Ledger(url).close()
