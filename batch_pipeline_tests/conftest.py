@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -29,9 +30,9 @@ def batch_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield base_url
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+@contextlib.contextmanager
+def _new_postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
     name = f"bp_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -47,6 +48,20 @@ def postgres_database() -> Iterator[str]:
         )
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database shared by this test session's tests."""
+    with _new_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of one test's own (for a test that alters the schema)."""
+    with _new_postgres_database() as url:
+        yield url
 
 
 def write_tickets(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -25,7 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from batch_pipeline.core.types import BatchInfo, BatchStatus, ShardInfo, ShardState
 
 # 2: shards start `built` (a state version 1 does not know), otherwise the same tables.
-SCHEMA_VERSION = 2
+# 3: shards count `deferrals`, the tries of one submission cut short by the provider.
+SCHEMA_VERSION = 3
 DEFAULT_LEASE_SECONDS = 300.0
 SCHEMA_LOCK_KEY = 0x62705F6C6564  # "bp_led": one advisory lock for schema changes
 BUDGET_LOCK_SPACE = 0x62705F74  # "bp_t": advisory locks on a model's token budget
@@ -79,6 +80,7 @@ shards_table = sa.Table(
     sa.Column("endpoint", sa.String(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("submissions", sa.Integer, nullable=False, default=0),
+    sa.Column("deferrals", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("lease_owner", sa.String(120)),
     sa.Column("lease_expires_at", sa.Float),
     sa.Column("not_before", sa.Float),
@@ -167,6 +169,7 @@ class ShardRecord:
     endpoint: str
     state: ShardState
     submissions: int
+    deferrals: int
     lease_owner: str | None
     lease_expires_at: float | None
     not_before: float | None
@@ -240,7 +243,7 @@ class Ledger:
                     f"batch_pipeline understands ({SCHEMA_VERSION}); upgrade batch_pipeline"
                 )
             if version is not None and version < SCHEMA_VERSION:
-                # Nothing to migrate: mark the ledger so that older versions refuse it.
+                _migrate(conn)
                 conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
 
     @contextmanager
@@ -449,6 +452,7 @@ class Ledger:
                             endpoint=shard.endpoint,
                             state=state.value,
                             submissions=0,
+                            deferrals=0,
                             created_at=now,
                             updated_at=now,
                         )
@@ -571,7 +575,7 @@ class Ledger:
         if new_submission:
             extra = {
                 "submissions": table.c.submissions + 1,
-                "file_id": None,
+                "deferrals": 0,
                 "batch_id": None,
                 "batch_status": None,
             }
@@ -763,6 +767,16 @@ def _enqueued_tokens(conn: Connection, model: str) -> int:
         )
     ).scalar()
     return int(total or 0)
+
+
+def _migrate(conn: Connection) -> None:
+    """Bring the tables of an older schema version up to this one (then marked, so that
+    older versions of batch_pipeline refuse the ledger)."""
+    shard_columns = {column["name"] for column in sa.inspect(conn).get_columns("bp_shards")}
+    if "deferrals" not in shard_columns:
+        conn.execute(
+            sa.text("ALTER TABLE bp_shards ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0")
+        )
 
 
 def _fits_budget(conn: Connection, shard_id: str, budget: int) -> bool:

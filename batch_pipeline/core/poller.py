@@ -26,8 +26,10 @@ from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, dictionary_columns, par
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
 from batch_pipeline.core.submission import (
     CLOCK_SKEW_SECONDS,
+    MAX_SUBMISSIONS,
     SUBMISSION_METADATA_KEY,
     dead_lease_owner,
+    requeue_backoff_seconds,
 )
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
@@ -37,14 +39,6 @@ log = logging.getLogger(__name__)
 RETRIEVE_ONE_BY_ONE_UP_TO = 5
 LIST_PAGE_SIZE = 100
 ID_SCAN_BLOCK_BYTES = 16 * 1024 * 1024
-# A batch that failed on a provider limit is submitted again after this, doubling with each
-# submission up to the maximum: enqueued tokens free up only as other batches finish.
-REQUEUE_BACKOFF_SECONDS = 60.0
-MAX_REQUEUE_BACKOFF_SECONDS = 3600.0
-# After this many submissions (about 27 hours of failing, longer than any batch's 24-hour
-# window) the shard will not fit (larger than the provider's limit, say): its rows are
-# settled as failed instead.
-MAX_SUBMISSIONS = 30
 
 
 @dataclass(frozen=True)
@@ -56,12 +50,6 @@ class CollectOutcome:
     retry_shard_ids: list[str]
     requeued: bool = False
     taken_over: bool = False  # the lease ran out first: another process settles the shard
-
-
-def requeue_backoff_seconds(submissions: int) -> float:
-    """How long a shard whose `submissions`-th batch failed on a provider limit waits."""
-    doubled = REQUEUE_BACKOFF_SECONDS * 2 ** min(max(submissions - 1, 0), 16)
-    return min(doubled, MAX_REQUEUE_BACKOFF_SECONDS)
 
 
 def batch_dir(shard: ShardRecord) -> str:
@@ -251,6 +239,7 @@ class Poller(PipelineWorker):
             state=ShardState.QUEUED,
             not_before=self._clock() + requeue_backoff_seconds(shard.submissions),
             last_error=f"batch {batch.id} failed ({reason}); queued again",
+            file_id=None,  # deleted once collected: the next submission uploads afresh
         ):
             return _taken_over(shard)
         log.warning(

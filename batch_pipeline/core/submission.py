@@ -22,7 +22,19 @@ log = logging.getLogger(__name__)
 
 SUBMISSION_METADATA_KEY = "batch_pipeline_submission"
 CLOCK_SKEW_SECONDS = 900
-CREATE_BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)
+# A try of a submission cut short (no answer, a 5xx: the batch may have been made) is taken
+# up again after these waits, then doubling up to MAX_REQUEUE_BACKOFF_SECONDS.
+DEFERRAL_BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)
+# A shard the provider turned away for now (a create refused with 429, a batch failed on a
+# limit) is submitted again after this, doubling with each submission up to the maximum:
+# enqueued tokens free up only as other batches finish.
+REQUEUE_BACKOFF_SECONDS = 60.0
+MAX_REQUEUE_BACKOFF_SECONDS = 3600.0
+# After this many submissions (about 27 hours of refusals, longer than any batch's 24-hour
+# window) the shard will not fit (larger than the provider's limit, say): its rows are
+# settled as failed instead.
+MAX_SUBMISSIONS = 30
+RATE_LIMITED = 429
 # Refusals that concern the whole pipeline (a wrong or unauthorised key), not one shard.
 CONFIGURATION_STATUS_CODES = frozenset({401, 403})
 
@@ -36,6 +48,21 @@ class SubmitOutcome:
     waiting: str | None = None  # why the shard is still queued, if it is
     adopted: bool = False
     refused: BackendError | None = None  # the provider will not take this shard as a batch
+
+
+def requeue_backoff_seconds(submissions: int) -> float:
+    """How long a shard whose `submissions`-th submission was turned away waits."""
+    doubled = REQUEUE_BACKOFF_SECONDS * 2 ** min(max(submissions - 1, 0), 16)
+    return min(doubled, MAX_REQUEUE_BACKOFF_SECONDS)
+
+
+def deferral_backoff_seconds(deferrals: int) -> float:
+    """How long a shard waits after the `deferrals`-th try of one submission was cut short."""
+    ladder = DEFERRAL_BACKOFF_SECONDS
+    if deferrals <= len(ladder):
+        return ladder[max(deferrals, 1) - 1]
+    doubled = ladder[-1] * 2 ** min(deferrals - len(ladder), 16)
+    return min(doubled, MAX_REQUEUE_BACKOFF_SECONDS)
 
 
 def lease_holder_is_dead(owner: str | None) -> bool:
@@ -84,6 +111,8 @@ class Submitter(PipelineWorker):
         try:
             return self._submit_claimed(claimed, takeover=shard.state is ShardState.SUBMITTING)
         except TransientBackendError as exc:
+            if exc.status_code == RATE_LIMITED:  # an answer: no batch was made
+                return self._requeue(claimed, exc)
             return self._defer(claimed, exc, f"provider busy: {exc}")
         except BackendError as exc:
             self.ledger.release(claimed.shard_id, self.owner)
@@ -98,11 +127,14 @@ class Submitter(PipelineWorker):
     def _defer(
         self, shard: ShardRecord, exc: BackendError, waiting: str, **values: object
     ) -> SubmitOutcome:
-        """Leave the shard for a later tick, backing off with each submission."""
-        retry_in = CREATE_BACKOFF_SECONDS[min(shard.submissions, len(CREATE_BACKOFF_SECONDS)) - 1]
+        """Leave the shard `submitting` for a later tick, which first looks for a batch this
+        try may have made; the wait grows with each try cut short."""
+        deferrals = shard.deferrals + 1
+        retry_in = deferral_backoff_seconds(deferrals)
         self.ledger.update_shard(
             shard.shard_id,
             self.owner,
+            deferrals=deferrals,
             not_before=self._clock() + retry_in,
             last_error=f"submission deferred: {exc}",
             lease_owner=None,
@@ -111,6 +143,28 @@ class Submitter(PipelineWorker):
         )
         log.warning("shard %s: %s; trying again in %.0f s", shard.shard_id, exc, retry_in)
         return SubmitOutcome(shard.shard_id, None, waiting=waiting)
+
+    def _requeue(self, shard: ShardRecord, exc: BackendError) -> SubmitOutcome:
+        """A shard the provider turned away for now (429): back in the queue for a new
+        submission of the file it uploaded, waiting longer each time; after MAX_SUBMISSIONS
+        its rows fail instead."""
+        if shard.submissions >= MAX_SUBMISSIONS:
+            self.ledger.release(shard.shard_id, self.owner)
+            log.error("shard %s: refused %d times: %s", shard.shard_id, shard.submissions, exc)
+            return SubmitOutcome(shard.shard_id, None, refused=exc)
+        retry_in = requeue_backoff_seconds(shard.submissions)
+        if not self.ledger.update_shard(
+            shard.shard_id,
+            self.owner,
+            state=ShardState.QUEUED,
+            not_before=self._clock() + retry_in,
+            last_error=f"submission {shard.submissions} refused: {exc}; queued again",
+            lease_owner=None,
+            lease_expires_at=None,
+        ):
+            return _taken_over(shard)
+        log.warning("shard %s: %s; queued again for %.0f s", shard.shard_id, exc, retry_in)
+        return SubmitOutcome(shard.shard_id, None, waiting=f"provider busy: {exc}")
 
     def _budget_wait(self, shard: ShardRecord) -> str | None:
         budget = self.spec.limits.enqueued_tokens

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
 from batch_pipeline.core import poller as poller_module
 from batch_pipeline.core import sharding
+from batch_pipeline.core import submission as submission_module
 from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.ledger import SCHEMA_VERSION, Ledger, ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
@@ -450,7 +451,7 @@ def test_built_shards_wait_for_submit_and_a_poll_does_not_pay_for_them(tmp_path,
 def test_a_shard_that_keeps_failing_on_the_token_limit_settles_after_a_few_submissions(
     tmp_path, batch_api, monkeypatch
 ):
-    monkeypatch.setattr(poller_module, "REQUEUE_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(submission_module, "REQUEUE_BACKOFF_SECONDS", 0.0)
     monkeypatch.setattr(poller_module, "MAX_SUBMISSIONS", 3)
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
     spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
@@ -464,9 +465,10 @@ def test_a_shard_that_keeps_failing_on_the_token_limit_settles_after_a_few_submi
 
 
 def test_a_requeued_shard_waits_longer_each_time_up_to_an_hour():
-    waits = [poller_module.requeue_backoff_seconds(n) for n in (1, 2, 3, 6, 7, 30)]
+    backoff = submission_module.requeue_backoff_seconds
+    waits = [backoff(n) for n in (1, 2, 3, 6, 7, 30)]
     assert waits == [60, 120, 240, 1920, 3600, 3600]
-    total = sum(map(poller_module.requeue_backoff_seconds, range(1, poller_module.MAX_SUBMISSIONS)))
+    total = sum(map(backoff, range(1, submission_module.MAX_SUBMISSIONS)))
     assert total > 24 * 3600  # longer than any batch's window before its rows end failed
 
 
@@ -508,13 +510,31 @@ def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path,
     assert summary.counts["succeeded"] == 4
 
 
-def test_a_ledger_of_the_previous_schema_is_marked_and_a_newer_one_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    Ledger(url).close()
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
+    tmp_path, batch_api, database, request
+):
+    """A version 2 ledger (no `deferrals` column) with a shard in it opens, gains the column
+    with its shards kept, and is marked; a ledger newer than this package is refused."""
+    url = (
+        request.getfixturevalue("own_postgres_database")
+        if database == "postgresql"
+        else f"sqlite:///{tmp_path / 'ledger.db'}"
+    )
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = PipelineSpec.from_dict(
+        ticket_spec(tmp_path, batch_api, ledger={"url": url}), base_dir=tmp_path
+    )
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE bp_schema SET version = 1"))
-    Ledger(url).close()
+        conn.execute(sa.text("ALTER TABLE bp_shards DROP COLUMN deferrals"))
+        conn.execute(sa.text("UPDATE bp_schema SET version = 2"))
+    with Pipeline(spec) as pipeline:
+        (shard,) = pipeline.ledger.shards(spec.name)
+        assert (shard.state, shard.deferrals) == (ShardState.BUILT, 0)
+        assert len(pipeline.submit(DAY).submitted_batch_ids) == 1
     with engine.begin() as conn:
         assert conn.execute(sa.text("SELECT version FROM bp_schema")).scalar() == SCHEMA_VERSION
         conn.execute(sa.text("UPDATE bp_schema SET version = :v"), {"v": SCHEMA_VERSION + 1})

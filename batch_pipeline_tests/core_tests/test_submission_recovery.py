@@ -271,7 +271,7 @@ def test_an_input_file_that_expired_before_a_later_create_is_uploaded_again(
 ):
     """The first create is deferred (the provider was busy); by the next attempt the uploaded
     file has expired. The shard uploads it again rather than failing or looping."""
-    monkeypatch.setattr(submission, "CREATE_BACKOFF_SECONDS", (0.1,))
+    monkeypatch.setattr(submission, "DEFERRAL_BACKOFF_SECONDS", (0.1,))
     spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="file_gone", limits={}))
     inner = make_backend(spec.backend)
     creates: list[str] = []
@@ -385,3 +385,73 @@ def test_a_create_not_found_right_after_its_upload_stops_instead_of_looping(tmp_
             pipeline.submit(DAY)
         assert "no such route" in pipeline.poll().errors[0]
     assert len(uploads) == 2 and len(set(uploads)) == 1  # two creates, one upload
+
+
+def test_a_create_refused_with_429_is_queued_again_and_its_rows_fail_after_the_last_try(
+    tmp_path, batch_api, monkeypatch
+):
+    """A 429 answer means no batch was made: the shard goes back to the queue, as a new
+    submission of the file already uploaded, waiting longer each time, and after the last
+    submission its rows end failed with the provider's reason instead of being retried
+    forever."""
+    monkeypatch.setattr(submission, "REQUEUE_BACKOFF_SECONDS", 0.05)
+    monkeypatch.setattr(submission, "MAX_SUBMISSIONS", 3)
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="busy", limits={}))
+    inner = make_backend(spec.backend)
+    uploads: list[str] = []
+    creates: list[str] = []
+
+    def count_upload(path, filename) -> None:
+        uploads.append(filename)
+
+    def rate_limited(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
+        creates.append(input_file_id)
+        raise TransientBackendError(
+            "create a batch failed: HTTP 429 (rate_limit_exceeded): slow down", status_code=429
+        )
+
+    backend = Intercepted(inner, upload_file=count_upload, create_batch=rate_limited)
+    with Pipeline(spec, backend=backend) as pipeline:
+        pipeline.build_requests(DAY)
+        started = time.time()
+        assert "HTTP 429" in pipeline.submit(DAY).waiting_reasons[0]
+        (shard,) = pipeline.ledger.shards(spec.name)
+        assert (shard.state.value, shard.submissions) == ("queued", 1)
+        assert 0 < shard.not_before - started < 5
+        assert "submission 1 refused" in shard.last_error
+        summary = pipeline.run(DAY, poll_interval=0.05, timeout=60)
+        (shard,) = pipeline.ledger.shards(spec.name)
+    assert shard.submissions == 3 and len(creates) == 3
+    assert len(uploads) == 1 and len(set(creates)) == 1  # one upload for every try
+    results = pd.read_parquet(summary.path)
+    assert len(results) == ROWS and set(results["status"]) == {"failed"}
+    assert results["error_message"].str.contains("HTTP 429").all()
+    assert provider_batches(batch_api, spec.name) == []
+    with pytest.raises(openai.NotFoundError):  # the unused upload was tidied away
+        openai.OpenAI(base_url=batch_api, api_key="local").files.retrieve(creates[0])
+
+
+def test_a_try_cut_short_waits_longer_each_time_until_a_new_submission():
+    waits = [submission.deferral_backoff_seconds(n) for n in range(1, 10)]
+    assert waits == [5, 15, 60, 300, 600, 1200, 2400, 3600, 3600]
+
+
+def test_each_try_cut_short_is_counted_and_waits_longer(tmp_path, batch_api, monkeypatch):
+    """No answer, or a 5xx, may hide a batch that was made: the shard stays `submitting`
+    (the next try looks for that batch first) and the wait grows with each such try."""
+    monkeypatch.setattr(submission, "DEFERRAL_BACKOFF_SECONDS", (0.05, 30.0))
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="flaky", limits={}))
+
+    def unavailable(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
+        raise TransientBackendError("create a batch failed: HTTP 503", status_code=503)
+
+    backend = Intercepted(make_backend(spec.backend), create_batch=unavailable)
+    with Pipeline(spec, backend=backend) as pipeline:
+        pipeline.build_requests(DAY)
+        pipeline.submit(DAY)
+        time.sleep(0.1)
+        before = time.time()
+        assert "provider busy" in pipeline.submit(DAY).waiting_reasons[0]
+        (shard,) = pipeline.ledger.shards(spec.name)
+    assert (shard.state.value, shard.submissions, shard.deferrals) == ("submitting", 1, 2)
+    assert 29 < shard.not_before - before < 31

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from batch_pipeline.core import submission
 from batch_pipeline.core.ledger import Ledger
 from batch_pipeline.core.pipeline import Pipeline, PollReport
 from batch_pipeline.core.spec import PipelineSpec
@@ -208,13 +209,15 @@ def http_answers(caplog: pytest.LogCaptureFixture, path_end: str, status: int) -
     return [r.getMessage() for r in caplog.records if pattern.search(r.getMessage())]
 
 
-def test_429_on_create_defers_the_shard_and_submits_it_once(
+def test_429_on_create_queues_the_shard_again_and_submits_it_once(
     tmp_path: Path,
     services: Services,
     name: str,
     tally: Tally,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(submission, "REQUEUE_BACKOFF_SECONDS", 0.2)
     service = services.start(fault_create_429_every=3)
     rows = ticket_rows(10)
     spec_path = write_pipeline(
@@ -225,8 +228,10 @@ def test_429_on_create_defers_the_shard_and_submits_it_once(
     assert (results["status"] == "succeeded").all() and (results["attempts"] == 1).all()
     assert len(http_answers(caplog, "/batches", 429)) == 1
     with Pipeline(spec) as pipeline:
-        deferred = [s.last_error for s in pipeline.ledger.shards(name) if s.last_error]
+        shards = pipeline.ledger.shards(name)
+    deferred = [s.last_error for s in shards if s.last_error]
     assert len(deferred) == 1 and "HTTP 429" in deferred[0], deferred
+    assert sorted(s.submissions for s in shards) == [1, 1, 2]  # the refused one went again
 
 
 @pytest.mark.parametrize(
