@@ -322,6 +322,9 @@ class Pipeline:
             elif outcome.refused is not None:
                 self._settle_refused(shard, outcome.refused)
                 refused.append(f"{shard.shard_id}: {outcome.refused}")
+            elif outcome.cancelled:
+                self._worker(Poller).cancel_unsubmitted(shard)
+                self._settle_if_done(shard.partition)
             elif outcome.waiting:
                 waiting.append(f"{shard.shard_id}: {outcome.waiting}")
         in_flight = [

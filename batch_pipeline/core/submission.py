@@ -48,6 +48,7 @@ class SubmitOutcome:
     waiting: str | None = None  # why the shard is still queued, if it is
     adopted: bool = False
     refused: BackendError | None = None  # the provider will not take this shard as a batch
+    cancelled: bool = False  # its day was cancelled while it was uploaded: settle it as such
 
 
 def requeue_backoff_seconds(submissions: int) -> float:
@@ -166,6 +167,23 @@ class Submitter(PipelineWorker):
         log.warning("shard %s: %s; queued again for %.0f s", shard.shard_id, exc, retry_in)
         return SubmitOutcome(shard.shard_id, None, waiting=f"provider busy: {exc}")
 
+    def _cancel_batch_of_cancelled_day(self, shard: ShardRecord, batch: BatchInfo) -> None:
+        log.warning(
+            "shard %s: its day was cancelled; cancelling batch %s", shard.shard_id, batch.id
+        )
+        try:
+            self.backend.cancel_batch(batch.id)
+        except BackendError as exc:  # the batch is recorded: a later cancel can still reach it
+            log.warning("shard %s: batch %s was not cancelled: %s", shard.shard_id, batch.id, exc)
+
+    def _day_cancelled(self, shard: ShardRecord) -> bool:
+        record = self.ledger.get_partition(shard.pipeline, shard.partition)
+        return (
+            record is not None
+            and record.generation == shard.generation
+            and record.cancelled_at is not None
+        )
+
     def _budget_wait(self, shard: ShardRecord) -> str | None:
         budget = self.spec.limits.enqueued_tokens
         if budget is None or shard.state is ShardState.SUBMITTING:
@@ -219,6 +237,11 @@ class Submitter(PipelineWorker):
         # file, proves no other process took the shard over meanwhile to create a batch too.
         if not self.ledger.renew_lease(shard.shard_id, self.owner, file_id=file_id):
             return _taken_over(shard)
+        # A cancel cannot take a shard leased for its upload; the holder heeds it instead.
+        if self._day_cancelled(shard):
+            self.ledger.release(shard.shard_id, self.owner)
+            log.info("shard %s: its day was cancelled during the upload", shard.shard_id)
+            return SubmitOutcome(shard.shard_id, None, cancelled=True)
         try:
             batch = self.backend.create_batch(
                 input_file_id=file_id,
@@ -244,6 +267,8 @@ class Submitter(PipelineWorker):
         if self.ledger.record_batch(shard, batch, self.owner):
             verb = "adopted batch %s found on the provider" if adopted else "created batch %s"
             log.info("shard %s: " + verb, shard.submission_key, batch.id)
+            if self._day_cancelled(shard):  # cancelled while the batch was being created
+                self._cancel_batch_of_cancelled_day(shard, batch)
             return SubmitOutcome(shard.shard_id, batch, adopted=adopted)
         current = self.ledger.get_shard(shard.shard_id)
         if not adopted and (current is None or current.batch_id != batch.id):

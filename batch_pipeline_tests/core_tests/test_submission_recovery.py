@@ -455,3 +455,41 @@ def test_each_try_cut_short_is_counted_and_waits_longer(tmp_path, batch_api, mon
         (shard,) = pipeline.ledger.shards(spec.name)
     assert (shard.state.value, shard.submissions, shard.deferrals) == ("submitting", 1, 2)
     assert 29 < shard.not_before - before < 31
+
+
+@pytest.mark.parametrize("during", ["upload_file", "create_batch"])
+def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(
+    tmp_path, batch_api, during
+):
+    """`cancel` cannot take a shard another process holds for its upload. The holder sees the
+    cancel before it creates the batch (or, cancelled during the create, cancels the batch it
+    made), and the shard's rows end `cancelled`."""
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name=f"cancel_{during}"))
+    inner = make_backend(spec.backend)
+    cancelled: list[list[str]] = []
+
+    def cancel_meanwhile(*args, **kwargs) -> None:
+        if not cancelled:
+            with Pipeline(spec) as other:
+                cancelled.append(other.cancel(DAY))
+
+    backend = Intercepted(inner, **{during: cancel_meanwhile})
+    with Pipeline(spec, backend=backend) as pipeline:
+        pipeline.build_requests(DAY)
+        submitted = pipeline.submit(DAY)
+        summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
+    assert cancelled == [[]]  # the other process found nothing it could cancel itself
+    batches = provider_batches(batch_api, spec.name)
+    if during == "upload_file":
+        assert submitted.submitted_batch_ids == [] and batches == []
+    else:
+        assert len(submitted.submitted_batch_ids) == 1
+        assert [b.status for b in batches] == ["cancelled"]
+    results = pd.read_parquet(summary.path).set_index("ticket_id")["status"]
+    assert len(results) == ROWS and set(results.iloc[PER_FILE:]) == {"cancelled"}
+    # The first shard's requests answered before the cancel keep their answers, as they
+    # would on the provider; with no batch, all of them are cancelled.
+    first = set(results.iloc[:PER_FILE])
+    assert (
+        first == {"cancelled"} if during == "upload_file" else first <= {"cancelled", "succeeded"}
+    )
