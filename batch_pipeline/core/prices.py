@@ -1,8 +1,9 @@
 """What a batch will cost: OpenAI list prices in USD per 1M tokens, and the Batch API discount.
 
 The table holds live (synchronous) prices; the Batch API charges `BATCH_DISCOUNT` of them.
-A spec's `prices` override or extend the table per model. A model found in neither has no
-price: costs are then None ("unknown"), never a guess.
+A spec's `prices` override or extend the table per model. A model found in neither (a
+variant such as `o3-pro` is not `o3`) has no price: costs are then None ("unknown"), never
+a guess.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ LIVE_PRICES: dict[str, ModelPrice] = {
     "gpt-5": ModelPrice(input=1.25, output=10.00),
     "gpt-5-mini": ModelPrice(input=0.25, output=2.00),
     "gpt-5-nano": ModelPrice(input=0.05, output=0.40),
+    "o1": ModelPrice(input=15.00, output=60.00),
+    "o1-mini": ModelPrice(input=1.10, output=4.40),
     "o3": ModelPrice(input=2.00, output=8.00),
+    "o3-mini": ModelPrice(input=1.10, output=4.40),
     "o4-mini": ModelPrice(input=1.10, output=4.40),
     "text-embedding-3-small": ModelPrice(input=0.02),
     "text-embedding-3-large": ModelPrice(input=0.13),
@@ -32,8 +36,8 @@ LIVE_PRICES: dict[str, ModelPrice] = {
 
 
 def price_for(model: str, overrides: Mapping[str, ModelPrice] | None = None) -> ModelPrice | None:
-    """The live price of `model` (dated snapshots match their family by longest prefix);
-    an override for the same or a longer prefix wins over the built-in table."""
+    """The live price of `model` (a dated snapshot finds its model's); an override for the
+    model wins over the built-in table."""
     return lookup_model({**LIVE_PRICES, **(overrides or {})}, model)
 
 

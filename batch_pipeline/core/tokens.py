@@ -16,6 +16,7 @@ are three tiers, each used where it is good enough:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import TypeVar
@@ -45,13 +46,17 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-5": 400_000,
     "gpt-5-mini": 400_000,
     "gpt-5-nano": 400_000,
+    "o1": 200_000,
+    "o1-mini": 128_000,
     "o3": 200_000,
+    "o3-mini": 200_000,
     "o4-mini": 200_000,
     "text-embedding-3-small": 8_191,
     "text-embedding-3-large": 8_191,
 }
 
 T = TypeVar("T")
+_SNAPSHOT = re.compile(r"\d{4}-\d{2}-\d{2}|\d{4}")
 
 
 @lru_cache(maxsize=64)
@@ -99,10 +104,15 @@ def _counter(model: str) -> Callable[[str], int]:
 
 
 def match_model(model: str, names: Iterable[str]) -> str | None:
-    """The longest of `names` that is `model` itself or a prefix of it ending at a `-`,
-    so a dated snapshot (`gpt-4o-mini-2024-07-18`) finds its family (`gpt-4o-mini`)."""
-    candidates = [name for name in names if model == name or model.startswith(f"{name}-")]
-    return max(candidates, key=len, default=None)
+    """The one of `names` that is `model` itself, or whose snapshot it is: a dated one
+    (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`) or a numbered one (`gpt-4-0613`). Another
+    suffix names another model with prices and limits of its own (`o3-mini`, `o3-pro`)."""
+    for name in names:
+        if model == name or (
+            model.startswith(f"{name}-") and _SNAPSHOT.fullmatch(model[len(name) + 1 :])
+        ):
+            return name
+    return None
 
 
 def lookup_model(table: Mapping[str, T], model: str) -> T | None:

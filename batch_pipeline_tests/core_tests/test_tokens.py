@@ -85,12 +85,15 @@ def test_context_window_override_wins():
     assert context_window("gpt-4o", 50) == 50
 
 
-def test_match_model_needs_a_dash_after_the_family_name():
-    names = ["gpt-4o", "gpt-4o-mini", "o3"]
+def test_a_snapshot_finds_its_model_but_a_variant_does_not():
+    names = ["gpt-4o", "gpt-4o-mini", "o3", "gpt-4"]
     assert match_model("gpt-4o-mini-2024-07-18", names) == "gpt-4o-mini"
     assert match_model("gpt-4o-2024-08-06", names) == "gpt-4o"
+    assert match_model("gpt-4-0613", names) == "gpt-4"
     assert match_model("gpt-4oxyz", names) is None
-    assert match_model("o3-pro", names) == "o3"
+    assert match_model("o3-pro", names) is None
+    assert match_model("o3-mini", names) is None
+    assert match_model("gpt-4o-mini-2024-07-18-ft", names) is None
 
 
 def test_request_overhead_by_endpoint():
