@@ -157,7 +157,9 @@ def test_unknown_price_and_missing_output_cap_are_said_not_invented(tmp_path):
     assert any("no price is known for model 'my-local-llama'" in note for note in manifest.notes)
 
     priced = make_spec(
-        tmp_path, request={"model": "my-local-llama"}, prices={"my-local": ModelPrice(input=1.0)}
+        tmp_path,
+        request={"model": "my-local-llama"},
+        prices={"my-local-llama": ModelPrice(input=1.0)},
     )
     _, manifest = build(tmp_path, priced, generation=2)
     assert manifest.estimated_cost_live_usd == pytest.approx(
