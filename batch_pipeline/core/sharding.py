@@ -453,9 +453,11 @@ class ShardWriter:
     A shard closes before it would pass `limits.max_requests_per_file`,
     `limits.max_bytes_per_file`, or the enqueued-token budget `limits.enqueued_tokens`
     (a shard above the budget could never be enqueued; a single request above it goes alone).
-    Lines go straight from Arrow's buffers to the files, hashed as they are written, on a
-    background thread. Use as a context manager: `shards` is complete once the block ends;
-    on an error the open shard's temporary file is removed.
+    With `one_shard` every line goes into one shard whatever the limits: the retry rows of
+    one shard met the limits it was built under, and a second shard would take the index of
+    the next shard's retries. Lines go straight from Arrow's buffers to the files, hashed as
+    they are written, on a background thread. Use as a context manager: `shards` is complete
+    once the block ends; on an error the open shard's temporary file is removed.
     """
 
     def __init__(
@@ -467,6 +469,7 @@ class ShardWriter:
         attempt: int,
         *,
         first_index: int = 0,
+        one_shard: bool = False,
     ) -> None:
         self.spec = spec
         self.storage = storage
@@ -474,6 +477,7 @@ class ShardWriter:
         self.generation = generation
         self.attempt = attempt
         self.first_index = first_index
+        self.one_shard = one_shard
         self.max_rows = spec.limits.max_requests_per_file
         self.max_bytes = spec.limits.max_bytes_per_file
         self.max_tokens = spec.limits.enqueued_tokens
@@ -521,7 +525,7 @@ class ShardWriter:
         data = memoryview(lines.buffers()[2])
         sizes = np.diff(offsets)
         too_big = np.flatnonzero(sizes > self.max_bytes)
-        if too_big.size:
+        if too_big.size and not self.one_shard:
             raise ValueError(
                 f"request {custom_ids[int(too_big[0])].as_py()} is {int(sizes[too_big[0]])} "
                 f"bytes, more than limits.max_bytes_per_file ({self.max_bytes})"
@@ -556,6 +560,8 @@ class ShardWriter:
     def _fitting(self, position: int, end_bytes: np.ndarray, end_tokens: np.ndarray) -> int:
         """How many lines from `position` the open shard can still take."""
         count = len(end_bytes)
+        if self.one_shard:
+            return count - position
         room = min(count - position, self.max_rows - self._rows)
         before_bytes = int(end_bytes[position - 1]) if position else 0
         fits_bytes = np.searchsorted(
@@ -701,8 +707,9 @@ def write_retry_shards(
 
     Without `first_index` the lines are the whole attempt: shards count from 0 and the manifest
     is the attempt's `manifest.json`. With it, the lines come from one earlier shard (index
-    `first_index`): its retry shards count from there and get their own manifest, so retries
-    of different shards of one attempt never collide. A custom_id given twice is a ValueError.
+    `first_index`) and make one retry shard of that index, with its own manifest, so retries
+    of different shards of one attempt never collide (even after the limits were lowered).
+    A custom_id given twice is a ValueError.
     """
     if attempt <= FIRST_ATTEMPT:
         raise ValueError(f"retry attempts start at {FIRST_ATTEMPT + 1}, not {attempt}")
@@ -710,7 +717,13 @@ def write_retry_shards(
     seen: set[str] = set()
     iterator = iter(lines)
     writer = ShardWriter(
-        spec, storage, partition, generation, attempt, first_index=first_index or 0
+        spec,
+        storage,
+        partition,
+        generation,
+        attempt,
+        first_index=first_index or 0,
+        one_shard=first_index is not None,
     )
     with writer:
         while chunk := list(islice(iterator, RETRY_CHUNK)):

@@ -258,6 +258,31 @@ def test_retries_of_one_shard_get_their_own_index_and_manifest(tmp_path):
     assert storage.read_bytes(retry.shards[0].path) == storage.read_bytes(source.path)
 
 
+def test_retries_of_neighbouring_shards_stay_apart_after_the_limits_were_lowered(tmp_path):
+    """Shards 0 and 1 were built 5 requests a file; the limit is 2 when their rows are
+    retried. Each one's retries stay one shard of its own index: splitting shard 0's would
+    have written over shard 1's retry file, and its shard id, with other rows."""
+    write_source(tmp_path, rows=10)
+    storage, first = build(tmp_path, make_spec(tmp_path, limits={"max_requests_per_file": 5}))
+    lowered = make_spec(tmp_path, limits={"max_requests_per_file": 2})
+    retries = [
+        write_retry_shards(
+            lowered,
+            storage,
+            PARTITION,
+            1,
+            2,
+            iter_request_lines(storage, [source.path], None),
+            first_index=source.index,
+        )
+        for source in first.shards[:2]
+    ]
+    assert [[shard.index for shard in retry.shards] for retry in retries] == [[0], [1]]
+    for source, retry in zip(first.shards[:2], retries, strict=True):
+        assert storage.read_bytes(retry.shards[0].path) == storage.read_bytes(source.path)
+        assert_manifest_matches_files(storage, retry)
+
+
 def test_retry_refuses_a_repeated_custom_id_and_attempt_one(tmp_path):
     spec = make_spec(tmp_path)
     storage = LocalStorage(spec.pipeline_dir)
