@@ -71,6 +71,8 @@ class RequestsSummary:
     estimated_cost_batch_usd: float | None
     manifest_path: str
     already_built: bool
+    rows_without_day: int = 0  # source rows that fall on no day, so in no partition
+    notes: tuple[str, ...] = ()  # the manifest's warnings (unknown price, rows of no day)
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,8 @@ class Pipeline:
             shards=manifest.shards,
         )
         self._settle_if_done(partition)
+        for note in manifest.notes:
+            log.warning("%s %s: %s", self.spec.name, partition, note)
         return self._requests_summary(manifest, already_built=False)
 
     def _check_rebuild(self, partition: str) -> None:
@@ -278,6 +282,8 @@ class Pipeline:
             estimated_cost_batch_usd=manifest.estimated_cost_batch_usd,
             manifest_path=self.storage.uri(manifest.path),
             already_built=already_built,
+            rows_without_day=manifest.rows_without_day,
+            notes=manifest.notes,
         )
 
     # -- submission and polling -------------------------------------------------------------

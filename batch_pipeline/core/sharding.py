@@ -41,6 +41,7 @@ from batch_pipeline.core.requests import (
 )
 from batch_pipeline.core.sources import (
     DEFAULT_BATCH_SIZE,
+    count_rows_without_day,
     iter_partition_batches,
     parse_partition,
     source_schema,
@@ -124,6 +125,7 @@ class Manifest:
     estimates: tuple[ShardEstimate, ...]
     path: str  # where this manifest is stored, relative to the storage root
     notes: tuple[str, ...] = ()
+    rows_without_day: int = 0  # source rows of no partition at all (counted by first builds)
 
     @property
     def bytes(self) -> int:
@@ -205,6 +207,7 @@ class Manifest:
             estimates=estimates,
             path=document["path"],
             notes=tuple(document.get("notes", ())),
+            rows_without_day=document.get("rows_without_day", 0),
         )
 
 
@@ -236,11 +239,18 @@ def _write_manifest(
     attempt: int,
     source_rows: int,
     rejected: int,
+    rows_without_day: int = 0,
 ) -> Manifest:
     """Estimate the shards' costs and write their manifest (atomically, after the shards)."""
     request = spec.request
     output_per_request = max_output_tokens(request.params)
     notes = []
+    if rows_without_day:
+        notes.append(
+            f"{rows_without_day} source rows fall on no day (column "
+            f"{spec.source.partition_column!r} is null, or text not starting with a date): "
+            "no partition's requests or results hold them"
+        )
     if output_per_request is None:
         notes.append(
             f"request.params sets none of {', '.join(MAX_OUTPUT_PARAMS)}: estimated output "
@@ -282,6 +292,7 @@ def _write_manifest(
         estimates=tuple(estimate(shard) for shard in shards),
         path=path,
         notes=tuple(notes),
+        rows_without_day=rows_without_day,
     )
     storage.write_bytes(path, manifest.to_json())
     return manifest
@@ -689,6 +700,7 @@ def build_partition_requests(
         attempt=FIRST_ATTEMPT,
         source_rows=source_rows,
         rejected=rejected.rows,
+        rows_without_day=count_rows_without_day(spec, dataframe),
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import sqlalchemy as sa
@@ -31,6 +32,7 @@ DEFAULT_BATCH_SIZE = 65_536
 READAHEAD_BATCHES = 2
 FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json"}
 _PARTITION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAY_PREFIX = r"^\d{4}-\d{2}-\d{2}"
 _SQL_ALIAS = "batch_pipeline_source"
 
 
@@ -96,6 +98,38 @@ def iter_partition_batches(
     for batch in _scan(dataset, wanted, expression, batch_size):
         if batch.num_rows:
             yield batch
+
+
+def count_rows_without_day(spec: PipelineSpec, dataframe: pd.DataFrame | None = None) -> int:
+    """How many source rows fall on no day at all: their partition column is null, or a text
+    that does not start with a YYYY-MM-DD date. No partition's build reads them, so they are
+    counted for the build to report. Parquet answers from its statistics where it can;
+    text files and SQL sources take one extra scan of that column."""
+    column = spec.source.partition_column
+    if dataframe is None and spec.source.sql is not None:
+        engine = _engine(spec)
+        try:
+            with engine.connect() as connection:
+                quoted = engine.dialect.identifier_preparer.quote(column)
+                query = f"SELECT COUNT(*) FROM {_subquery(spec)} WHERE {quoted} IS NULL"
+                return int(connection.execute(sa.text(query)).scalar() or 0)
+        finally:
+            engine.dispose()
+    dataset = (
+        ds.dataset(_dataframe_table(dataframe)) if dataframe is not None else _file_dataset(spec)
+    )
+    if dataset is None or column not in dataset.schema.names:
+        return 0
+    field, column_type = ds.field(column), dataset.schema.field(column).type
+    if pa.types.is_dictionary(column_type):
+        field, column_type = field.cast(column_type.value_type), column_type.value_type
+    no_day = field.is_null()
+    if pa.types.is_string(column_type) or pa.types.is_large_string(column_type):
+        no_day = no_day | ~pc.match_substring_regex(field, _DAY_PREFIX)
+    try:
+        return dataset.count_rows(filter=no_day)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise SourceError(f"source {spec.source.path} cannot be read: {error}") from error
 
 
 def _scan(

@@ -141,6 +141,8 @@ def _build_requests(
         f"{summary.shards} shards, {summary.rejected} rows rejected"
         + (" (reused the build in progress)" if summary.already_built else "")
     )
+    for note in summary.notes:
+        context.log.warning(note)
     return dg.MaterializeResult(metadata=requests_metadata(summary))
 
 

@@ -31,6 +31,7 @@ def requests_metadata(summary: RequestsSummary) -> dict[str, Any]:
             PREFIX + "source_rows": summary.source_rows,
             PREFIX + "requests": summary.requests,
             PREFIX + "rejected_rows": summary.rejected,
+            PREFIX + "rows_without_day": summary.rows_without_day,
             PREFIX + "shards": summary.shards,
             PREFIX + "bytes": summary.bytes,
             PREFIX + "estimated_input_tokens": summary.estimated_input_tokens,

@@ -167,6 +167,21 @@ def test_unknown_price_and_missing_output_cap_are_said_not_invented(tmp_path):
     )
 
 
+def test_the_manifest_counts_and_notes_source_rows_that_fall_on_no_day(tmp_path):
+    table = pa.table(
+        {
+            "id": [1, 2, 3],
+            "day": pa.array([date(2024, 5, 1), None, None], pa.date32()),
+            "text": ["a", "b", "c"],
+        }
+    )
+    pq.write_table(table, tmp_path / "src.parquet")
+    storage, manifest = build(tmp_path, make_spec(tmp_path))
+    assert (manifest.requests, manifest.rows_without_day) == (1, 2)
+    assert any(note.startswith("2 source rows fall on no day") for note in manifest.notes)
+    assert load_manifest(storage, PARTITION, 1, 1) == manifest
+
+
 def test_rejected_rows_are_written_with_their_reasons(tmp_path):
     frame = pd.DataFrame(
         {

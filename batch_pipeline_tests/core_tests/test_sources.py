@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from batch_pipeline.core.sources import (
     SourceError,
+    count_rows_without_day,
     iter_partition_batches,
     parse_partition,
     source_schema,
@@ -222,6 +223,43 @@ def test_batches_respect_batch_size_and_columns(tmp_path):
     assert max(batch.num_rows for batch in batches) <= 3
     assert sum(batch.num_rows for batch in batches) == 10
     assert batches[0].schema.names == ["id"]
+
+
+NO_DAY = [None, "yesterday", "2024-05-01 08:00", None, "  2024-05-01"]
+
+
+@pytest.mark.parametrize("form", ["parquet", "csv", "jsonl", "dataframe", "sqlite"])
+def test_rows_that_fall_on_no_day_are_counted(tmp_path, form):
+    """Null days (and, for text, values that do not start with a date) are in no partition:
+    the count lets the build say so instead of dropping them unseen."""
+    table = sample_table(NO_DAY, pa.string())
+    dataframe = None
+    if form == "parquet":
+        pq.write_table(table, tmp_path / "src.parquet")
+        spec = make_spec(tmp_path, path="src.parquet")
+    elif form == "csv":
+        pacsv.write_csv(table, tmp_path / "src.csv")
+        spec = make_spec(tmp_path, path="src.csv")
+    elif form == "jsonl":
+        write_jsonl(tmp_path / "src.jsonl", table)
+        spec = make_spec(tmp_path, path="src.jsonl")
+    elif form == "dataframe":
+        spec, dataframe = make_spec(tmp_path), table.to_pandas()
+    else:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'src.db'}")
+        table.to_pandas().to_sql("items", engine, index=False)
+        engine.dispose()
+        spec = make_spec(tmp_path, sql={"url": "sqlite:///src.db", "query": "SELECT * FROM items"})
+    # SQL compares in the database, which has no portable "starts with a date": nulls only.
+    expected = 2 if form == "sqlite" else 4
+    assert count_rows_without_day(spec, dataframe) == expected
+    assert read_ids(spec, dataframe=dataframe) in ([3], ["3"])
+
+
+def test_a_timestamp_column_counts_its_nulls_as_rows_of_no_day(tmp_path):
+    days = [datetime(2024, 5, 1, 9), None, datetime(2024, 5, 2, 9)]
+    pq.write_table(sample_table(days, pa.timestamp("us")), tmp_path / "src.parquet")
+    assert count_rows_without_day(make_spec(tmp_path, path="src.parquet")) == 1
 
 
 def test_sqlite_query_is_filtered_in_the_database(tmp_path):

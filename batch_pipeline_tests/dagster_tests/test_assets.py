@@ -87,6 +87,7 @@ def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
     assert [m["batch_pipeline/generation"].value for m in metadata] == [1, 1]
     assert [m["batch_pipeline/reused_existing_build"].value for m in metadata] == [False, True]
     assert metadata[0]["batch_pipeline/rejected_rows"].value >= 2  # null body, duplicate key
+    assert metadata[0]["batch_pipeline/rows_without_day"].value == 0
 
 
 def test_materializing_every_step_at_once_skips_results_until_the_day_settles(
