@@ -36,7 +36,7 @@ from batch_pipeline.core.requests import RequestBuilder
 from batch_pipeline.core.results import CHUNK_ROWS, OutcomeGroup, ResultsError, assemble_results
 from batch_pipeline.core.results import read_results as read_results_dir
 from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests, load_manifest
-from batch_pipeline.core.sources import iter_partition_batches, source_schema
+from batch_pipeline.core.sources import iter_partition_batches, parse_partition, source_schema
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
@@ -188,6 +188,7 @@ class Pipeline:
         the day is still in flight (PipelineError: its batches would be paid for again; cancel
         it first, or wait until it settles).
         """
+        parse_partition(partition)  # before the ledger records anything of it
         if rebuild:
             self._check_rebuild(partition)
         generation = self.ledger.start_generation(self.spec.name, partition, rebuild=rebuild)
@@ -643,6 +644,7 @@ class Pipeline:
     def status(self, partition: str | None = None) -> list[PartitionStatus]:
         records = self.ledger.list_partitions(self.spec.name)
         if partition is not None:
+            parse_partition(partition)
             records = [r for r in records if r.partition == partition]
             if not records:
                 raise PipelineError(
@@ -720,6 +722,7 @@ class Pipeline:
         return self.ledger.list_partitions(self.spec.name)
 
     def _require_partition(self, partition: str) -> PartitionRecord:
+        parse_partition(partition)
         record = self.ledger.get_partition(self.spec.name, partition)
         if record is None:
             raise PipelineError(f"partition {partition} of {self.spec.name} has not been built")

@@ -483,6 +483,19 @@ def test_submitting_a_rebuilt_day_leaves_the_old_generations_shards_alone(tmp_pa
     assert states == {(1, ShardState.BUILT), (2, ShardState.SUBMITTED)}
 
 
+@pytest.mark.parametrize("day", ["2026-1-1", "2026-02-30", "yesterday"])
+def test_a_partition_that_is_not_a_day_is_refused_before_the_ledger_records_it(
+    tmp_path, batch_api, day
+):
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    with Pipeline(spec) as pipeline:
+        for step in (pipeline.run, pipeline.build_requests, pipeline.cancel, pipeline.status):
+            with pytest.raises(ValueError, match=f"partition '{day}' is not a"):
+                step(day)
+        assert pipeline.partitions() == []
+
+
 def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path, batch_api):
     """`run --rebuild` repeated after a timeout must not pay for the day's batches again."""
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
