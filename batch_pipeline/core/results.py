@@ -101,20 +101,21 @@ def results_path(results_dir: Path, partition: str, part: int = 0) -> Path:
 def results_schema(source_schema: pa.Schema, endpoint: str) -> tuple[pa.Schema, dict[str, str]]:
     """The results file's columns, and the source columns renamed to avoid a clash.
 
-    A source column named like a results column or the `partition` folder key is kept as
-    `source_<name>`, so Hive readers never see two columns of one name.
+    A source column named like a results column or the `partition` folder key, in any case
+    (`Status`: DuckDB and most SQL engines fold case), is kept as `source_<name>`, so
+    readers never see two columns of one name.
     """
     result_fields = _result_fields(endpoint)
-    taken = {f.name for f in result_fields} | {PARTITION_KEY}
+    taken = {f.name.casefold() for f in result_fields} | {PARTITION_KEY}
     renamed: dict[str, str] = {}
     source_fields = []
     for f in source_schema:
         name = f.name
-        while name in taken:
+        while name.casefold() in taken:
             name = SOURCE_PREFIX + name
         if name != f.name:
             renamed[f.name] = name
-        taken.add(name)
+        taken.add(name.casefold())
         source_fields.append(f.with_name(name))
     return pa.schema([*source_fields, *result_fields]), renamed
 

@@ -296,6 +296,31 @@ def test_the_background_writer_writes_the_file_the_sequential_one_does(
     assert replace(sequential, path=background.path) == background
 
 
+def test_a_source_column_named_like_a_results_column_in_another_case_is_renamed(
+    tmp_path: Path,
+) -> None:
+    """DuckDB folds case: a source `Status` next to `status` would be read as `Status` and
+    `status_1`, and `GROUP BY status` would group by the source's column."""
+    table = source(["a", "b"], Status=["open", "open"], PARTITION=["x", "y"])
+    summary = assemble_results(
+        source_batches=table.to_batches(),
+        key_column="ticket_id",
+        partition=DAY,
+        custom_id_of=custom_id_of,
+        outcomes=outcomes(outcome("a"), outcome("b")),
+        rejected=None,
+        dest_path=results_path(tmp_path / "results", DAY),
+        endpoint=CHAT,
+    )
+    assert summary.renamed_columns == {"Status": "source_Status", "PARTITION": "source_PARTITION"}
+    glob = str(tmp_path / "results" / "*" / "*.parquet")
+    counts = duckdb.sql(
+        f"SELECT status, count(*) FROM read_parquet('{glob}', hive_partitioning=true) "
+        "GROUP BY status"
+    ).fetchall()
+    assert counts == [("succeeded", 2)]
+
+
 def test_pandas_and_duckdb_read_all_partitions_whole(tmp_path: Path) -> None:
     days = {"2026-11-20": ["a", "b"], "2026-11-21": ["c", "d", "e"]}
     for day, keys in days.items():
