@@ -186,7 +186,7 @@ def assemble_results(
     counts: Counter[str] = Counter()
     tokens = [0, 0]
     preview: list[dict[str, Any]] = []
-    schema, renamed = results_schema(nulls_as_text(source_schema or pa.schema([])), endpoint)
+    schema, renamed = results_schema(source_schema or pa.schema([]), endpoint)
     try:
         for batch in map(_readable_text, _rebatched(source_batches, CHUNK_ROWS)):
             if writer is None:
@@ -274,6 +274,10 @@ def read_results(results_dir: Path, partition: str | None = None) -> pd.DataFram
 
     Integer columns come back as pandas' nullable integers (200, not 200.0).
     """
+    if not Path(results_dir).is_dir():
+        raise FileNotFoundError(
+            f"no results at {results_dir}: no partition of this pipeline has been collected yet"
+        )
     partitioning = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
     dataset = ds.dataset(Path(results_dir), format="parquet", partitioning=partitioning)
     schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]

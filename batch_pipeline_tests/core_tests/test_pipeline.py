@@ -729,3 +729,21 @@ def test_a_key_that_is_not_utf8_rejects_its_row_by_name_and_the_rest_go_ahead(tm
     assert results["error_code"][1] == "invalid_text"
     assert "key column 'ticket_id' is not valid UTF-8" in results["error_message"][1]
     assert results["ticket_id"][1] == "caf\ufffd"  # readable, the bad byte marked
+
+
+def test_a_day_with_no_rows_does_not_stop_read_results_over_all_days(tmp_path, batch_api):
+    """An empty SQL day knows no column types; its results file must still read together
+    with the days that had rows, which keep theirs."""
+    rows = [("A", "s", "hello", f"{DAY} 10:00:00", 7), ("B", "s", "hi", f"{DAY} 11:00:00", 8)]
+    spec = PipelineSpec.from_dict(
+        ticket_spec(tmp_path, batch_api, source=_sql_source(tmp_path, rows)), base_dir=tmp_path
+    )
+    with pytest.raises(FileNotFoundError, match="no partition of this pipeline has been"):
+        read_results(spec)
+    with Pipeline(spec) as pipeline:
+        for day in (DAY, "2026-11-21"):
+            pipeline.run(day, poll_interval=0.1, timeout=60)
+    frame = read_results(spec)
+    assert sorted(frame["id"]) == ["A", "B"] and frame["extra"].tolist() == [7, 8]
+    assert set(frame["partition"]) == {DAY}
+    assert read_results(spec, "2026-11-21").empty
