@@ -98,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from batch_pipeline.core.backends.base import BackendError
     from batch_pipeline.core.pipeline import PipelineError, load_pipeline
     from batch_pipeline.core.spec import SpecError
@@ -118,6 +120,10 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
                 return EXIT_OK
     except (SpecError, PipelineError, BackendError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except SQLAlchemyError as exc:  # the ledger's or a SQL source's database
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"error: database: {reason}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_USAGE
 

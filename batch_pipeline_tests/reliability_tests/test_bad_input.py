@@ -5,6 +5,7 @@ message, no traceback, a non-zero exit, and nothing submitted."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -229,6 +230,14 @@ def _zero_rows(folder: Path, base_url: str, name: str) -> Path:
     return path
 
 
+def _ledger_database_down(folder: Path, base_url: str, name: str) -> Path:
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://batch:ledger-pw@127.0.0.1:{port}/ledger"
+    return _edit(folder, base_url, name, lambda d: d.update(ledger={"url": url}))
+
+
 def _partition_column_not_utf8(folder: Path, base_url: str, name: str) -> Path:
     return write_csv_pipeline(
         folder,
@@ -256,6 +265,9 @@ MISTAKES = {
         _partition_column_not_utf8,
         1,
         ("created_at", "row 0", "not UTF-8"),
+    ),
+    "ledger-database-down": Mistake(
+        _ledger_database_down, 1, ("error: database: connection to server", "refused")
     ),
     "source-with-zero-rows": Mistake(_zero_rows, 0, ("rows:    0",)),
     "partition-with-no-rows": Mistake(_good, 0, ("rows:    0",), "2026-11-25"),
@@ -314,3 +326,4 @@ def test_a_users_mistake_gets_a_readable_message_and_no_traceback(
         assert service_batches(keyed_api, name) == []  # nothing paid for
     for fragment in mistake.says:
         assert fragment in output, f"{fragment!r} not in:\n{output[-2000:]}"
+    assert "ledger-pw" not in output
