@@ -70,19 +70,35 @@ def spec_as_json(spec: PipelineSpec) -> dict:
     return data
 
 
-# Query parameters of database URLs that carry secrets (libpq's and drivers' names).
-_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "sslpassword")
+# Query parameters of database URLs shown as they are; every other one is masked, since
+# drivers take credentials under many names (odbc_connect, credentials_base64, ...).
+_SHOWN_QUERY_KEYS = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "database",
+        "sslmode",
+        "application_name",
+        "connect_timeout",
+        "target_session_attrs",
+        "charset",
+        "driver",
+    }
+)
 
 
 def _without_password(url: str) -> str:
-    """The URL with its password masked, in `user:password@` and in query parameters."""
+    """The URL with its password masked, and every query parameter but a few harmless ones
+    (host, port, database, TLS mode...)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         return "***"  # not a URL SQLAlchemy understands: show nothing of it
-    secret = [name for name in parsed.query if any(k in name.lower() for k in _SECRET_QUERY_KEYS)]
-    if secret:
-        parsed = parsed.update_query_dict(dict.fromkeys(secret, "***"))
+    hidden = [name for name in parsed.query if name.lower() not in _SHOWN_QUERY_KEYS]
+    if hidden:
+        parsed = parsed.update_query_dict(dict.fromkeys(hidden, "***"))
     return parsed.render_as_string(hide_password=True)
 
 

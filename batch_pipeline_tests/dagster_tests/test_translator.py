@@ -42,6 +42,8 @@ def test_metadata_is_json_and_namespaced(spec: PipelineSpec) -> None:
         "postgresql://bp:hunter2-secret@db.example/ledger",
         "postgresql://bp@db.example/ledger?password=hunter2-secret",
         "postgresql:///ledger?host=db.example&user=bp&password=hunter2-secret",
+        "mssql+pyodbc://@db.example/?odbc_connect=DSN%3Dx%3BUID%3Dbp%3BPWD%3Dhunter2-secret",
+        "bigquery://db.example/dataset?credentials_base64=aHVudGVyMi1zZWNyZXQ=hunter2-secret",
     ],
 )
 def test_database_passwords_are_masked(tmp_path, url: str) -> None:
