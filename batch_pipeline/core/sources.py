@@ -493,7 +493,7 @@ def _is_missing(value: object) -> bool:
 def _engine(spec: PipelineSpec) -> sa.Engine:
     """An engine for the source URL; a relative SQLite file is relative to the spec's folder."""
     assert spec.source.sql is not None
-    url = sa.make_url(spec.source.sql.url)
+    url = sa.make_url(spec.source.sql.resolved_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         url = url.set(database=str(spec.resolve(url.database)))
     return sa.create_engine(url)

@@ -5,6 +5,7 @@ Unknown keys and wrong types are refused with a `SpecError` that names the key.
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from datetime import date
@@ -30,9 +31,44 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str | None) -> str | None:
+    if value is not None and not ENV_NAME.fullmatch(value):
+        raise ValueError("must be the name of an environment variable, not its value")
+    return value
+
+
+def _url_from_env(name: str, key: str) -> str:
+    """The value of environment variable `name`, which `key` of the spec names."""
+    value = os.environ.get(name)
+    if not value:
+        raise SpecError(f"{key}: the environment variable {name} is not set")
+    return value
+
+
 class SqlSource(_Section):
-    url: str = Field(description="SQLAlchemy URL of the database to read from.")
+    url: str | None = Field(default=None, description="SQLAlchemy URL of the database.")
+    url_env: str | None = Field(
+        default=None,
+        description="The NAME of an environment variable holding the URL, so that a "
+        "password stays out of the spec.",
+    )
     query: str = Field(description="A SELECT returning the source rows.")
+
+    _check_env = field_validator("url_env")(_env_name)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> SqlSource:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url and url_env")
+        return self
+
+    @property
+    def resolved_url(self) -> str:
+        """The URL, read from `url_env` when the spec names a variable."""
+        return self.url or _url_from_env(self.url_env or "", "source.sql.url_env")
 
 
 class SourceSpec(_Section):
@@ -110,7 +146,7 @@ class BackendSpec(_Section):
     @field_validator("api_key_env")
     @classmethod
     def _looks_like_a_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        if not ENV_NAME.fullmatch(value):
             raise ValueError("must be the name of an environment variable, not a key")
         return value
 
@@ -163,6 +199,18 @@ class OutputSpec(_Section):
 
 class LedgerSpec(_Section):
     url: str | None = None
+    url_env: str | None = Field(
+        default=None,
+        description="The NAME of an environment variable holding the ledger's URL.",
+    )
+
+    _check_env = field_validator("url_env")(_env_name)
+
+    @model_validator(mode="after")
+    def _at_most_one_url(self) -> LedgerSpec:
+        if self.url is not None and self.url_env is not None:
+            raise ValueError("give at most one of url and url_env")
+        return self
 
 
 class ModelPrice(_Section):
@@ -281,8 +329,12 @@ class PipelineSpec(_Section):
 
     @property
     def ledger_url(self) -> str:
+        """`ledger.url`, or the variable `ledger.url_env` names, else SQLite in the
+        pipeline's folder."""
         if self.ledger.url:
             return self.ledger.url
+        if self.ledger.url_env:
+            return _url_from_env(self.ledger.url_env, "ledger.url_env")
         return f"sqlite:///{self.pipeline_dir / 'ledger.sqlite'}"
 
     @classmethod

@@ -63,7 +63,7 @@ class BatchPipelineTranslator:
 def spec_as_json(spec: PipelineSpec) -> dict:
     """The spec as plain JSON, database passwords masked (the API key is only named in it)."""
     data = spec.model_dump(mode="json")
-    if data["source"].get("sql"):
+    if (data["source"].get("sql") or {}).get("url"):
         data["source"]["sql"]["url"] = _without_password(data["source"]["sql"]["url"])
     if data["ledger"].get("url"):
         data["ledger"]["url"] = _without_password(data["ledger"]["url"])

@@ -25,6 +25,7 @@ from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.results import CHUNK_ROWS, ResultsIncompleteError
+from batch_pipeline.core.spec import SpecError
 from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline.core.tokens import count_tokens
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, ShardState
@@ -747,3 +748,20 @@ def test_a_day_with_no_rows_does_not_stop_read_results_over_all_days(tmp_path, b
     assert sorted(frame["id"]) == ["A", "B"] and frame["extra"].tolist() == [7, 8]
     assert set(frame["partition"]) == {DAY}
     assert read_results(spec, "2026-11-21").empty
+
+
+def test_database_urls_can_come_from_environment_variables(tmp_path, batch_api, monkeypatch):
+    """`url_env` names the variable, so a database password need not be in the spec."""
+    rows = [("A", "s", "hello", f"{DAY} 10:00:00", 7)]
+    source = _sql_source(tmp_path, rows)
+    monkeypatch.setenv("TICKETS_DB_URL", f"sqlite:///{tmp_path / 'source.db'}")
+    source["sql"] = {"url_env": "TICKETS_DB_URL", "query": source["sql"]["query"]}
+    data = ticket_spec(tmp_path, batch_api, source=source, ledger={"url_env": "LEDGER_DB_URL"})
+    spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    with pytest.raises(SpecError, match=r"ledger\.url_env: the environment variable LEDGER_DB_URL"):
+        Pipeline(spec)
+    monkeypatch.setenv("LEDGER_DB_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    with Pipeline(spec) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
+    assert summary.counts["succeeded"] == 1
+    assert (tmp_path / "elsewhere.db").exists()
