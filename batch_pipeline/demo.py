@@ -244,10 +244,11 @@ def sensor_run_requests(
     launches it: the sensor asks again for a day until its run exists)."""
     import dagster as dg
 
-    from batch_pipeline.dagster import DEFAULT_BACKEND_RESOURCE_KEY
+    from batch_pipeline.dagster import backend_resource_key_for
 
     sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
-    resources = {DEFAULT_BACKEND_RESOURCE_KEY: defs.resources[DEFAULT_BACKEND_RESOURCE_KEY]}
+    key = backend_resource_key_for(spec)
+    resources = {key: defs.resources[key]}
     cursor = None
     requested = 0
     seen: set[str | None] = set()

@@ -8,6 +8,7 @@ from batch_pipeline.dagster.assets import (
     DEFAULT_BACKEND_RESOURCE_KEY as DEFAULT_BACKEND_RESOURCE_KEY,
 )
 from batch_pipeline.dagster.assets import SUBMISSION_POOL as SUBMISSION_POOL
+from batch_pipeline.dagster.assets import backend_resource_key_for as backend_resource_key_for
 from batch_pipeline.dagster.assets import build_asset_specs as build_asset_specs
 from batch_pipeline.dagster.assets import (
     build_batch_pipeline_assets as build_batch_pipeline_assets,
@@ -44,6 +45,7 @@ __all__ = [
     "BatchPipelineComponent",
     "BatchPipelineSensorCursor",
     "BatchPipelineTranslator",
+    "backend_resource_key_for",
     "build_asset_specs",
     "build_batch_pipeline_assets",
     "build_batch_pipeline_defs",

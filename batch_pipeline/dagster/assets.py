@@ -25,6 +25,14 @@ from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
 
 DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
+
+
+def backend_resource_key_for(spec: PipelineSpec) -> str:
+    """The backend's resource key in a pipeline's own Definitions: named after the pipeline,
+    so that the Definitions of pipelines on different providers merge into one location."""
+    return f"{spec.name}_{DEFAULT_BACKEND_RESOURCE_KEY}"
+
+
 SUBMISSION_POOL = "batch_pipeline_submission"
 REBUILD_TAG = "batch_pipeline/rebuild"  # "true" on a run: build settled days afresh
 

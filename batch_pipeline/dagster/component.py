@@ -83,7 +83,5 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         spec = self.to_spec(context.path)
         return build_batch_pipeline_defs(
-            spec=spec,
-            backend=BatchBackendResource.from_spec(spec.backend),
-            backend_resource_key=f"{spec.name}_batch_backend",
+            spec=spec, backend=BatchBackendResource.from_spec(spec.backend)
         )

@@ -9,8 +9,8 @@ import dagster as dg
 
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster.assets import (
-    DEFAULT_BACKEND_RESOURCE_KEY,
     SUBMISSION_POOL,
+    backend_resource_key_for,
     build_batch_pipeline_assets,
 )
 from batch_pipeline.dagster.checks import build_results_checks
@@ -26,7 +26,7 @@ def build_batch_pipeline_defs(
     spec: PipelineSpec,
     backend: BatchBackendResource | None = None,
     translator: BatchPipelineTranslator | None = None,
-    backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
+    backend_resource_key: str | None = None,
     op_tags: Mapping[str, Any] | None = None,
     retry_policy: dg.RetryPolicy | None = None,
     submission_pool: str | None = SUBMISSION_POOL,
@@ -37,9 +37,11 @@ def build_batch_pipeline_defs(
 
     `backend` defaults to the spec's `backend:` section, its key read from the environment
     variable the spec names. `op_tags`, `retry_policy` and `submission_pool` go to the
-    three assets' steps as in `build_batch_pipeline_assets`.
+    three assets' steps as in `build_batch_pipeline_assets`. The backend's resource key is
+    `backend_resource_key`, by default `{spec.name}_batch_backend`.
     """
     backend = backend or BatchBackendResource.from_spec(spec.backend)
+    backend_resource_key = backend_resource_key or backend_resource_key_for(spec)
     assets = build_batch_pipeline_assets(
         spec=spec,
         translator=translator,

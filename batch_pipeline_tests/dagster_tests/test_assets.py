@@ -14,7 +14,7 @@ from batch_pipeline.dagster import (
     build_batch_pipeline_defs,
     build_partitions_def,
 )
-from batch_pipeline.dagster.assets import REBUILD_TAG
+from batch_pipeline.dagster.assets import REBUILD_TAG, backend_resource_key_for
 from batch_pipeline.demo import DEMO_DAYS, demo_spec_data, write_demo
 
 URL = "http://127.0.0.1:9/v1"
@@ -60,6 +60,23 @@ def test_the_definitions_pass_op_tags_retry_policy_and_pool_to_every_step(tmp_pa
     )
     assert all(node.retry_policy == retry for node in nodes.values())
     assert nodes["batches"].pool == "openai_uploads" and nodes["requests"].pool is None
+
+
+def test_two_pipelines_on_different_providers_merge_into_one_code_location(tmp_path) -> None:
+    local = spec_with(tmp_path)
+    data = demo_spec_data(base_url=URL)
+    data["name"] = "ticket_sentiment"
+    data["backend"] = {"provider": "openai", "base_url": "http://127.0.0.1:9/v2"}
+    remote = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    merged = dg.Definitions.merge(
+        build_batch_pipeline_defs(spec=local), build_batch_pipeline_defs(spec=remote)
+    )
+    assert set(merged.resources) == {
+        "ticket_triage_batch_backend",
+        "ticket_sentiment_batch_backend",
+    }
+    assert merged.resources[backend_resource_key_for(remote)].base_url.endswith("/v2")
+    merged.resolve_all_job_defs()  # every asset finds its own pipeline's backend
 
 
 def requests_metadata_of_runs(tmp_path, *run_tags: dict[str, str]) -> list[dict]:
@@ -108,7 +125,7 @@ def test_materializing_every_step_at_once_skips_results_until_the_day_settles(
         materialized = {e.asset_key.path[-1] for e in run.get_asset_materialization_events()}
         assert materialized == {"requests", "batches"}
         assert not run.get_asset_check_evaluations()
-    with defs.resources["batch_backend"].open_pipeline(spec) as pipeline:
+    with defs.resources[backend_resource_key_for(spec)].open_pipeline(spec) as pipeline:
         assert pipeline.status(DEMO_DAYS[0])[0].state == "in_flight"
 
 

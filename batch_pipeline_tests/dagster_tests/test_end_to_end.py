@@ -21,7 +21,7 @@ from batch_pipeline.dagster import (
     build_batch_pipeline_defs,
     build_batch_pipeline_sensor,
 )
-from batch_pipeline.dagster.assets import REBUILD_TAG
+from batch_pipeline.dagster.assets import REBUILD_TAG, backend_resource_key_for
 from batch_pipeline.demo import (
     DEMO_DAYS,
     SOURCE_FILE,
@@ -161,7 +161,7 @@ def test_a_settled_day_run_again_pays_nothing_unless_tagged_to_rebuild(
     backfill: Backfill, instance
 ) -> None:
     spec, defs = backfill.spec, backfill.defs
-    with defs.resources["batch_backend"].open_pipeline(spec) as pipeline:
+    with defs.resources[backend_resource_key_for(spec)].open_pipeline(spec) as pipeline:
         batches_before = len(pipeline.ledger.batches(spec.name))
         again = submit_day(defs, spec, REBUILT_DAY, instance)  # a re-executed backfill
         assert again.success and generation_built(again) == 1
@@ -185,7 +185,7 @@ def test_a_rebuilt_day_is_collected_again(backfill: Backfill, instance) -> None:
 
     # That request was never launched: the sensor asks again, under the same run key.
     eager = build_batch_pipeline_sensor(spec=spec, rerun_results_after_seconds=0)
-    resources = {"batch_backend": defs.resources["batch_backend"]}
+    resources = {"batch_backend": defs.resources[backend_resource_key_for(spec)]}
     context = dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
     (again,) = eager(context).run_requests
     assert again.run_key == first.run_key

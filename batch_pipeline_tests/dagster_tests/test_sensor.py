@@ -18,6 +18,7 @@ from batch_pipeline.dagster import (
     build_batch_pipeline_defs,
     build_batch_pipeline_sensor,
 )
+from batch_pipeline.dagster.assets import backend_resource_key_for
 from batch_pipeline.dagster.sensor_builder import MAX_RESULTS_REQUESTS
 from batch_pipeline.demo import DEMO_DAYS, write_demo
 
@@ -112,7 +113,7 @@ def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fa
     spec = write_demo(tmp_path, base_url=batch_api)
     day = DEMO_DAYS[0]
     defs = build_batch_pipeline_defs(spec=spec)
-    backend = defs.resources["batch_backend"]
+    backend = defs.resources[backend_resource_key_for(spec)]
     sensor = build_batch_pipeline_sensor(spec=spec, rerun_results_after_seconds=0)
     everything = defs.resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
