@@ -473,7 +473,8 @@ def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(
             with Pipeline(spec) as other:
                 cancelled.append(other.cancel(DAY))
 
-    backend = Intercepted(inner, **{during: cancel_meanwhile})
+    cancels: list[str] = []
+    backend = Intercepted(inner, **{during: cancel_meanwhile}, cancel_batch=cancels.append)
     with Pipeline(spec, backend=backend) as pipeline:
         pipeline.build_requests(DAY)
         submitted = pipeline.submit(DAY)
@@ -484,7 +485,9 @@ def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(
         assert submitted.submitted_batch_ids == [] and batches == []
     else:
         assert len(submitted.submitted_batch_ids) == 1
-        assert [b.status for b in batches] == ["cancelled"]
+        assert cancels == submitted.submitted_batch_ids  # the creator cancelled its batch
+        # The local service may finish a batch of 4 before the cancel reaches it.
+        assert [b.status for b in batches] in (["cancelled"], ["completed"])
     results = pd.read_parquet(summary.path).set_index("ticket_id")["status"]
     assert len(results) == ROWS and set(results.iloc[PER_FILE:]) == {"cancelled"}
     # The first shard's requests answered before the cancel keep their answers, as they

@@ -517,7 +517,7 @@ def dagster_backfill(
     import dagster as dg
 
     from batch_pipeline.core.ledger import Ledger
-    from batch_pipeline.dagster import DEFAULT_BACKEND_RESOURCE_KEY, build_batch_pipeline_defs
+    from batch_pipeline.dagster import backend_resource_key_for, build_batch_pipeline_defs
     from batch_pipeline.demo import execute_run_request
 
     defs = build_batch_pipeline_defs(spec=spec)
@@ -527,7 +527,8 @@ def dagster_backfill(
         for day in days
     ]
     sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
-    resources = {DEFAULT_BACKEND_RESOURCE_KEY: defs.resources[DEFAULT_BACKEND_RESOURCE_KEY]}
+    key = backend_resource_key_for(spec)
+    resources = {key: defs.resources[key]}
     ledger = Ledger(spec.ledger_url)
     deadline = time.monotonic() + timeout
     try:
