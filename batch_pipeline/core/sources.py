@@ -32,7 +32,7 @@ DEFAULT_BATCH_SIZE = 65_536
 READAHEAD_BATCHES = 2
 FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json"}
 _PARTITION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
-_DAY_PREFIX = r"^\d{4}-\d{2}-\d{2}"
+_DAY_PREFIX = "^" + _PARTITION_PATTERN.pattern
 _SQL_ALIAS = "batch_pipeline_source"
 
 
@@ -172,7 +172,14 @@ class SourceError(ValueError):
 
 
 _JSON_TYPE_CHANGE = re.compile(r"Column\(/([^)/]+)\) changed from (\w+) to (\w+)")
-_JSON_KINDS = {str: "string", bool: "boolean", int: "number", float: "number"}
+_JSON_KINDS = {
+    str: "string",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    dict: "object",
+    list: "array",
+}
 
 
 def _unreadable(path: str, error: Exception) -> str:
@@ -200,14 +207,7 @@ def _first_line_of_kind(path: str, field: str, kind: str) -> int | None:
                 value = orjson.loads(line).get(field)
             except (orjson.JSONDecodeError, AttributeError):
                 continue
-            found = (
-                "object"
-                if isinstance(value, dict)
-                else "array"
-                if isinstance(value, list)
-                else _JSON_KINDS.get(type(value))
-            )
-            if found == kind:
+            if _JSON_KINDS.get(type(value)) == kind:
                 return number
     return None
 
