@@ -20,7 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch_pipeline.core.backends.base import BackendError, BatchBackend, TransientBackendError
+from batch_pipeline.core.backends.base import (
+    BackendError,
+    BatchBackend,
+    TransientBackendError,
+    cancel_or_read,
+)
 from batch_pipeline.core.custom_id import custom_ids_for
 from batch_pipeline.core.ledger import (
     DEFAULT_LEASE_SECONDS,
@@ -498,17 +503,10 @@ class Pipeline:
         return cancelled
 
     def _cancel_batch(self, batch_id: str) -> BatchInfo:
-        """Ask the provider to cancel; a batch that finished meanwhile is refused (409), and is
-        then simply read back, so its results are collected as they are."""
         try:
-            return self.backend.cancel_batch(batch_id)
+            return cancel_or_read(self.backend, batch_id)
         except TransientBackendError as exc:
             raise PipelineError(f"cancelling batch {batch_id}: {exc}") from exc
-        except BackendError:
-            batch = self.backend.retrieve_batch(batch_id)
-            if not batch.status.is_terminal:
-                raise
-            return batch
 
     # -- results ----------------------------------------------------------------------------
 

@@ -19,7 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from batch_pipeline.core.backends.base import BackendError, NotFound, is_transient_batch_failure
+from batch_pipeline.core.backends.base import (
+    BackendError,
+    NotFound,
+    cancel_or_read,
+    is_transient_batch_failure,
+)
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, dictionary_columns, parse_outcomes
@@ -176,7 +181,7 @@ class Poller(PipelineWorker):
                 )
                 if found is not None:
                     self.ledger.record_batch(claimed, found, self.owner)
-                    self.ledger.update_batch(self.backend.cancel_batch(found.id))
+                    self.ledger.update_batch(cancel_or_read(self.backend, found.id))
                     return True
             outcomes = _synthetic_outcomes(
                 self._expected_ids(claimed),

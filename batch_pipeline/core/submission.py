@@ -13,7 +13,12 @@ import os
 import socket
 from dataclasses import dataclass
 
-from batch_pipeline.core.backends.base import BackendError, NotFound, TransientBackendError
+from batch_pipeline.core.backends.base import (
+    BackendError,
+    NotFound,
+    TransientBackendError,
+    cancel_or_read,
+)
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.types import BatchInfo, ShardState
 from batch_pipeline.core.worker import PipelineWorker
@@ -172,7 +177,7 @@ class Submitter(PipelineWorker):
             "shard %s: its day was cancelled; cancelling batch %s", shard.shard_id, batch.id
         )
         try:
-            self.backend.cancel_batch(batch.id)
+            cancel_or_read(self.backend, batch.id)
         except BackendError as exc:  # the batch is recorded: a later cancel can still reach it
             log.warning("shard %s: batch %s was not cancelled: %s", shard.shard_id, batch.id, exc)
 
@@ -278,7 +283,7 @@ class Submitter(PipelineWorker):
                 shard.shard_id,
                 batch.id,
             )
-            self.backend.cancel_batch(batch.id)
+            cancel_or_read(self.backend, batch.id)
         return _taken_over(shard)
 
 

@@ -55,6 +55,11 @@ class LocalApiSettings:
     completion_window_seconds: float = _opt(
         86400.0, "Real length of the '24h' completion window; batches expire after it."
     )
+    finalizing_seconds: float = _opt(
+        0.0,
+        "How long a batch stays in finalizing once its requests are done, as a provider's "
+        "batches do while their result files are prepared; it cannot be cancelled then.",
+    )
     api_key_env: str | None = _opt(
         None,
         "Name of the environment variable holding the API key clients must send "
@@ -121,6 +126,7 @@ class LocalApiSettings:
             "batch_file_expiry_seconds",
             "upstream_max_retries",
             "upstream_backoff_seconds",
+            "finalizing_seconds",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -741,6 +741,7 @@ class BatchEngine:
             final = "cancelled"  # a cancel slipped in
         else:
             final = "completed"
+            await asyncio.sleep(self.settings.finalizing_seconds)
         output_id, error_id, counts, usage = await self._in_pool(self._write_results, run, final)
         expect = {"completed": {"finalizing"}, "cancelled": {"cancelling"}}.get(
             final, {"validating", "in_progress", "cancelling"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import fields, replace
 from datetime import datetime
@@ -262,6 +263,30 @@ def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, batch_api):
     assert len(results) == 6
     assert set(results["status"]) <= {"succeeded", "cancelled"}
     assert (results.loc[["C1", "C3", "C5"], "status"] == "cancelled").all()
+
+
+def test_a_cancel_that_reaches_a_finalizing_batch_keeps_its_results(tmp_path):
+    """A provider refuses (409) to cancel a batch that is finalizing; the cancel must not
+    fail, and the batch's answers, already paid for, end in the results."""
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    with run_local_batch_api(tmp_path / "state", finalizing_seconds=2.0) as base_url:
+        spec = PipelineSpec.from_dict(ticket_spec(tmp_path, base_url), base_dir=tmp_path)
+        client = openai.OpenAI(base_url=base_url, api_key="local")
+        with Pipeline(spec) as pipeline:
+            pipeline.run(DAY, wait=False)
+            (batch_id,) = [shard.batch_id for shard in pipeline.ledger.shards(spec.name)]
+            while client.batches.retrieve(batch_id).status != "finalizing":
+                time.sleep(0.05)
+            assert pipeline.cancel(DAY) == []
+            assert pipeline.ledger.batches(spec.name)[0]["status"] == "finalizing"
+            while pipeline.get_partition(DAY).settled_at is None:
+                pipeline.poll()
+                time.sleep(0.1)
+            summary = pipeline.collect_results(DAY)
+        assert client.batches.retrieve(batch_id).status == "completed"
+    results = pd.read_parquet(summary.path)
+    assert sorted(results["ticket_id"]) == ["T0", "T1", "T2", "T3"]
+    assert set(results["status"]) == {"succeeded"}
 
 
 def test_key_from_the_environment_never_reaches_the_ledger_or_files(

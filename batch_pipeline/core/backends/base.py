@@ -133,6 +133,24 @@ def is_transient_batch_failure(batch: BatchInfo) -> bool:
     return all(error.code in TRANSIENT_BATCH_ERROR_CODES for error in batch.errors)
 
 
+def cancel_or_read(backend: BatchBackend, batch_id: str) -> BatchInfo:
+    """Ask the provider to cancel, and return the batch as it then stands.
+
+    A batch already finalizing or finished cannot be cancelled (HTTP 409): it is read back
+    instead, and its results are collected as they come. Transient errors, and refusals of a
+    batch that could still be cancelled, are raised.
+    """
+    try:
+        return backend.cancel_batch(batch_id)
+    except TransientBackendError:
+        raise
+    except BackendError:
+        batch = backend.retrieve_batch(batch_id)
+        if batch.status is not BatchStatus.FINALIZING and not batch.status.is_terminal:
+            raise
+        return batch
+
+
 def find_in_pages(batches: Iterable[BatchInfo], key: str, value: str) -> BatchInfo | None:
     """The first batch whose metadata maps `key` to `value`."""
     return next((batch for batch in batches if batch.metadata.get(key) == value), None)
