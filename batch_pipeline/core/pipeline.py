@@ -410,11 +410,10 @@ class Pipeline:
             errors.append(f"refreshing batches: {exc}")
         collected = retries = 0
         timed_out = False
+        records = self.ledger.list_partitions(self.spec.name)
         # Retries only serve a current generation that nobody cancelled.
         retrying = {
-            (record.partition, record.generation)
-            for record in self.ledger.list_partitions(self.spec.name)
-            if not record.cancelled_at
+            (record.partition, record.generation) for record in records if not record.cancelled_at
         }
         for shard in poller.finished():
             if self._clock() > deadline:
@@ -438,6 +437,9 @@ class Pipeline:
             timed_out = timed_out or any("time budget" in w for w in summary.waiting_reasons)
         except BackendError as exc:
             errors.append(f"submitting: {exc}")
+        for record in records:
+            if record.cancelled_at and record.built_at and not record.settled_at:
+                errors += self._cancel_left_over_shards(record)
         settled = [p for p in self._partitions_with_work() if self._settle_if_done(p)]
         open_shards = self.ledger.shards(self.spec.name, states=list(OPEN_STATES))
         return PollReport(
@@ -451,6 +453,24 @@ class Pipeline:
             timed_out=timed_out,
             errors=errors,
         )
+
+    def _cancel_left_over_shards(self, record: PartitionRecord) -> list[str]:
+        """Settle as cancelled the unsubmitted shards of a cancelled day that another process
+        held when the cancel came (an upload under way), once it lets go or its lease runs
+        out: no one submits them any more, so the day would never settle. Returns errors."""
+        poller = self._worker(Poller)
+        errors = []
+        for shard in self.ledger.shards(
+            self.spec.name,
+            partition=record.partition,
+            generation=record.generation,
+            states=[ShardState.BUILT, ShardState.QUEUED, ShardState.SUBMITTING],
+        ):
+            try:
+                poller.cancel_unsubmitted(shard)
+            except BackendError as exc:
+                errors.append(f"cancelling {shard.shard_id}: {exc}")
+        return errors
 
     def _partitions_with_work(self) -> list[str]:
         return [

@@ -20,6 +20,7 @@ from batch_pipeline.core import submission
 from batch_pipeline.core.backends.base import BackendError, NotFound, TransientBackendError
 from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.pipeline import Pipeline
+from batch_pipeline.core.types import ShardState
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -501,3 +502,34 @@ def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(
     assert (
         first == {"cancelled"} if during == "upload_file" else first <= {"cancelled", "succeeded"}
     )
+
+
+def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out(
+    tmp_path, batch_api
+):
+    """A process on another host took a shard for its upload and vanished. `cancel` cannot
+    take the shard while that lease runs; once it has run out, a poll settles the shard as
+    `cancelled`, so the day settles and every row has its result."""
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="cancel_vanished"))
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+        pipeline.ledger.queue_built(spec.name, DAY, pipeline.get_partition(DAY).generation)
+        held = pipeline.ledger.shards(spec.name, partition=DAY)[0]
+        assert pipeline.ledger.claim(
+            held.shard_id,
+            "another-host:4242:vanished",
+            from_states=[ShardState.QUEUED],
+            to_state=ShardState.SUBMITTING,
+            lease_seconds=1.5,
+            new_submission=True,
+        )
+        assert pipeline.cancel(DAY) == []
+        pipeline.poll()
+        assert pipeline.get_partition(DAY).settled_at is None  # the lease still runs
+        time.sleep(1.6)
+        pipeline.poll()
+        assert pipeline.get_partition(DAY).settled_at is not None
+        summary = pipeline.collect_results(DAY)
+    results = pd.read_parquet(summary.path)
+    assert len(results) == ROWS and set(results["status"]) == {"cancelled"}
+    assert provider_batches(batch_api, spec.name) == []
