@@ -563,6 +563,7 @@ class Pipeline:
                 rejected=rejected,
                 dest_path=self.storage.local_path(dest),
                 endpoint=self.spec.request.endpoint.value,
+                compression=self.spec.output.compression,
             )
         except ResultsError as exc:
             built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.built_at or 0))

@@ -32,7 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, AtomicParquetFile, one_chunk
+from batch_pipeline.core.outcomes import (
+    OUTCOME_SCHEMA,
+    PARQUET_COMPRESSION,
+    AtomicParquetFile,
+    one_chunk,
+)
 from batch_pipeline.core.sources import nulls_as_text
 from batch_pipeline.core.types import Endpoint, RowStatus
 
@@ -143,6 +148,7 @@ def assemble_results(
     attempts: pa.Table | None = None,
     batch_ids: pa.Table | None = None,
     source_schema: pa.Schema | None = None,
+    compression: str = PARQUET_COMPRESSION,
 ) -> ResultsSummary:
     """Join a partition's source rows with their outcomes and write `dest_path` atomically.
 
@@ -158,6 +164,7 @@ def assemble_results(
       optionally `code`.
     - `attempts` (custom_id, attempts) and `batch_ids` (custom_id, batch_id): optional.
     - `dest_path`: `results_path(results_dir, partition)`.
+    - `compression`: the Parquet codec (snappy, zstd, lz4, gzip or none).
 
     The source is read once, chunk by chunk, each chunk joined with the group of outcomes its
     rows fall in. Raises `ResultsIncompleteError` or `ResultsMismatchError` (naming up to 10
@@ -193,7 +200,7 @@ def assemble_results(
                 if key_column not in batch.schema.names:
                     raise ValueError(f"the source has no key column {key_column!r}")
                 schema, renamed = results_schema(batch.schema, endpoint)
-                writer = _WriteBehind(AtomicParquetFile(dest_path, schema))
+                writer = _WriteBehind(AtomicParquetFile(dest_path, schema, compression))
             key = batch.column(key_column)
             custom_ids = pa.array(custom_id_of(key), pa.string())
             if len(custom_ids) != len(key):
@@ -210,7 +217,7 @@ def assemble_results(
                 preview = _preview(out, renamed.get(key_column, key_column))
         joiner.finish()
         if writer is None:  # no rows: the file still gets the source's columns
-            writer = _WriteBehind(AtomicParquetFile(dest_path, schema))
+            writer = _WriteBehind(AtomicParquetFile(dest_path, schema, compression))
         writer.commit()
     finally:
         if writer is not None:

@@ -265,6 +265,34 @@ def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, batch_api):
     assert (results.loc[["C1", "C3", "C5"], "status"] == "cancelled").all()
 
 
+@pytest.mark.parametrize("codec", [None, "zstd"])
+def test_results_are_written_with_the_codec_the_spec_names(tmp_path, batch_api, codec):
+    """Snappy unless `output.compression` says otherwise; every column of every row group."""
+    write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
+    output = {"dir": "out"} if codec is None else {"dir": "out", "compression": codec}
+    spec = PipelineSpec.from_dict(
+        ticket_spec(tmp_path, batch_api, output=output), base_dir=tmp_path
+    )
+    with Pipeline(spec) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
+    metadata = pq.ParquetFile(summary.path).metadata
+    codecs = {
+        metadata.row_group(group).column(column).compression
+        for group in range(metadata.num_row_groups)
+        for column in range(metadata.num_columns)
+    }
+    assert codecs == {(codec or "snappy").upper()}
+    assert sorted(pd.read_parquet(summary.path)["ticket_id"]) == ["T0", "T1", "T2", "T3"]
+
+
+def test_an_unknown_codec_is_refused_by_the_spec(tmp_path, batch_api):
+    with pytest.raises(SpecError, match="compression"):
+        PipelineSpec.from_dict(
+            ticket_spec(tmp_path, batch_api, output={"dir": "out", "compression": "brotli9"}),
+            base_dir=tmp_path,
+        )
+
+
 def test_a_cancel_that_reaches_a_finalizing_batch_keeps_its_results(tmp_path):
     """A provider refuses (409) to cancel a batch that is finalizing; the cancel must not
     fail, and the batch's answers, already paid for, end in the results."""
