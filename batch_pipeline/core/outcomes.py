@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -64,6 +64,12 @@ PARQUET_COMPRESSION = "snappy"
 # trying one costs a hash of every value on write and a dictionary decode on read (for a
 # shard's outcomes, reading them back took 3.5 times as long).
 PER_ROW_COLUMNS = frozenset({"custom_id", "response_text", "response_json", "batch_request_id"})
+
+# A shard's outcome file holds its rows in the order of the shard's requests, which is the
+# order of their source rows, when its schema says so: the results join then streams it.
+ROW_ORDER_KEY = b"batch_pipeline.row_order"
+REQUEST_ORDER = b"requests"
+OUTCOME_ROW_GROUP_ROWS = 4_096
 
 OUTCOME_SCHEMA = pa.schema(
     [
@@ -195,6 +201,53 @@ class AtomicParquetFile:
             self.commit()
         else:
             self.abort()
+
+
+def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | None) -> None:
+    """Write a shard's outcomes as Parquet in the order of its requests, marked so.
+
+    `order`: the row of `outcomes` for each request, in request order (None: the rows are in
+    that order already). Rows are reordered a row group at a time, so the writing holds no
+    second copy of the outcomes.
+    """
+    if order is not None and (order.null_count or len(order) != len(outcomes)):
+        raise ValueError("order must name one row of the outcomes for each request")
+    schema = outcomes.schema.with_metadata(
+        {**(outcomes.schema.metadata or {}), ROW_ORDER_KEY: REQUEST_ORDER}
+    )
+    step = OUTCOME_ROW_GROUP_ROWS
+    positions = None if order is None else order.to_numpy(zero_copy_only=False)
+    with pq.ParquetWriter(dest, schema, use_dictionary=dictionary_columns(schema)) as writer:
+        for start in range(0, len(outcomes), step):
+            rows = (
+                outcomes.slice(start, step)
+                if positions is None
+                else _take_rows(outcomes, positions[start : start + step])
+            )
+            writer.write_table(rows.replace_schema_metadata(schema.metadata), row_group_size=step)
+
+
+def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """`table.take(rows)`, without the copy of every chunk of the table that Arrow's take on
+    chunked columns makes first: each chunk gives its own rows, then they are put in order."""
+    batches = table.to_batches()
+    starts = np.cumsum([0, *(batch.num_rows for batch in batches)])
+    chunk_of = np.searchsorted(starts, rows, side="right") - 1
+    by_chunk = np.argsort(chunk_of, kind="stable")
+    sorted_rows, sorted_chunks = rows[by_chunk], chunk_of[by_chunk]
+    bounds = np.searchsorted(sorted_chunks, np.arange(len(batches) + 1))
+    pieces = [
+        batch.take(pa.array(sorted_rows[bounds[i] : bounds[i + 1]] - starts[i]))
+        for i, batch in enumerate(batches)
+        if bounds[i + 1] > bounds[i]
+    ]
+    gathered = pa.Table.from_batches(pieces, schema=table.schema)
+    return gathered.take(pa.array(np.argsort(by_chunk)))
+
+
+def in_request_order(file: pq.ParquetFile) -> bool:
+    """Whether an outcome file holds its rows in its shard's request order."""
+    return (file.schema_arrow.metadata or {}).get(ROW_ORDER_KEY) == REQUEST_ORDER
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:

@@ -34,11 +34,17 @@ from batch_pipeline.core.ledger import (
     ShardRecord,
     default_owner,
 )
-from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError, in_request_order
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.requests import RequestBuilder
-from batch_pipeline.core.results import CHUNK_ROWS, OutcomeGroup, ResultsError, assemble_results
+from batch_pipeline.core.results import (
+    CHUNK_ROWS,
+    OrderedOutcomes,
+    OutcomeGroup,
+    ResultsError,
+    assemble_results,
+)
 from batch_pipeline.core.results import read_results as read_results_dir
 from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests, load_manifest
 from batch_pipeline.core.sources import iter_partition_batches, parse_partition, source_schema
@@ -762,9 +768,40 @@ def _outcome_groups(storage: StorageRoot, shards: list[ShardRecord]) -> list[Out
     if orphans:
         raise PipelineError(f"retry shards {orphans} have no first-attempt shard of that index")
     return [
-        OutcomeGroup(shard.rows, partial(_final_outcomes, storage, lineage[shard.shard_index]))
+        OutcomeGroup(
+            shard.rows,
+            partial(_final_outcomes, storage, lineage[shard.shard_index]),
+            # With retries, a request's last outcome may lie in any of them: loaded whole.
+            partial(_ordered_outcomes, storage, shard)
+            if len(lineage[shard.shard_index]) == 1
+            else None,
+        )
         for shard in first
     ]
+
+
+def _ordered_outcomes(storage: StorageRoot, shard: ShardRecord) -> OrderedOutcomes | None:
+    """A shard's outcomes read in its request order, a chunk at a time; None if its file does
+    not hold them in that order (collected by an earlier version)."""
+    if not shard.outcomes_path:
+        return None
+    file = pq.ParquetFile(storage.local_path(shard.outcomes_path), memory_map=True)
+    if not in_request_order(file):
+        return None
+    return OrderedOutcomes(
+        ids=file.read(columns=["custom_id"]).column("custom_id"),
+        tables=(
+            _with_attempts(pa.Table.from_batches([batch]))
+            for batch in file.iter_batches(batch_size=CHUNK_ROWS)
+        ),
+    )
+
+
+def _with_attempts(outcomes: pa.Table) -> pa.Table:
+    """An outcome file's rows with its `attempt` column named as the results name it."""
+    return outcomes.rename_columns(
+        ["attempts" if name == "attempt" else name for name in outcomes.column_names]
+    )
 
 
 def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table:
@@ -793,9 +830,7 @@ def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table
         changes = pc.not_equal(ids.slice(1), ids.slice(0, max(len(ids) - 1, 0)))
         mask = pa.concat_arrays([pa.array([True] * min(len(ids), 1)), changes])
         latest = combined.take(order.filter(mask))  # one copy of the rows kept
-    return latest.rename_columns(
-        ["attempts" if name == "attempt" else name for name in latest.column_names]
-    )
+    return _with_attempts(latest)
 
 
 def load_pipeline(

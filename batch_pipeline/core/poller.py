@@ -17,7 +17,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 
 from batch_pipeline.core.backends.base import (
     BackendError,
@@ -27,7 +26,7 @@ from batch_pipeline.core.backends.base import (
 )
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.ledger import ShardRecord
-from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, dictionary_columns, parse_outcomes
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
 from batch_pipeline.core.submission import (
     CLOCK_SKEW_SECONDS,
@@ -135,8 +134,8 @@ class Poller(PipelineWorker):
                 outcome = self._requeue(claimed, batch)
                 done_with = [batch.input_file_id]  # it is uploaded afresh
             else:
-                outcomes = self._outcomes(claimed, batch)
-                outcome = self._settle(claimed, outcomes, allow_retries=allow_retries)
+                outcomes, order = self._outcomes(claimed, batch)
+                outcome = self._settle(claimed, outcomes, allow_retries=allow_retries, order=order)
                 done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
             if not outcome.taken_over:  # else the other process may still be reading them
                 self._delete_provider_files(*done_with)
@@ -252,7 +251,9 @@ class Poller(PipelineWorker):
         )
         return CollectOutcome(shard.shard_id, 0, 0, 0, [], requeued=True)
 
-    def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> pa.Table:
+    def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> tuple[pa.Table, pa.Array | None]:
+        """One outcome per request of the shard, and the row of each request in request order
+        (None: the rows are in that order)."""
         folder = batch_dir(shard)
         expected = self._expected_ids(shard)
         if batch.status is BatchStatus.FAILED:
@@ -265,13 +266,14 @@ class Poller(PipelineWorker):
                 if is_transient_batch_failure(batch)
                 else "failed validation"
             )
-            return _synthetic_outcomes(
+            failed = _synthetic_outcomes(
                 expected,
                 status=RowStatus.FAILED,
                 retryable=False,
                 code=(first.code if first and first.code else "batch_failed"),
                 message=f"batch {batch.id} {how}: {message or 'no reason given'}",
             )
+            return failed, None
         paths = {}
         for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
             if not file_id:
@@ -301,10 +303,15 @@ class Poller(PipelineWorker):
                 message=f"batch {batch.id} ({batch.status.value}) gave no line for this request",
             )
             parsed = pa.concat_tables([parsed, filler])
-        return parsed
+        return parsed, pc.index_in(expected, value_set=parsed["custom_id"])
 
     def _settle(
-        self, shard: ShardRecord, outcomes: pa.Table, *, allow_retries: bool
+        self,
+        shard: ShardRecord,
+        outcomes: pa.Table,
+        *,
+        allow_retries: bool,
+        order: pa.Array | None = None,
     ) -> CollectOutcome:
         # Downloading and parsing can outlast the lease: write nothing (outcomes, retry
         # shards) unless this process still holds the shard.
@@ -315,7 +322,7 @@ class Poller(PipelineWorker):
         ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
         relative = f"{batch_dir(shard)}/outcomes.parquet"
         with self.storage.atomic_write(relative) as handle:
-            pq.write_table(outcomes, handle, use_dictionary=dictionary_columns(outcomes.schema))
+            write_outcome_file(outcomes, handle, order=order)
         retry_ids = set()
         if allow_retries and shard.attempt < self.spec.retry.max_attempts:
             retry_ids = set(pc.filter(outcomes["custom_id"], outcomes["retryable"]).to_pylist())

@@ -126,13 +126,29 @@ def results_schema(source_schema: pa.Schema, endpoint: str) -> tuple[pa.Schema, 
 
 
 @dataclass(frozen=True)
+class OrderedOutcomes:
+    """A group's outcomes in the order of its source rows: every custom_id at once, the rows
+    themselves as a stream of tables, read as the join reaches them."""
+
+    ids: pa.Array
+    tables: Iterator[pa.Table]
+
+
+@dataclass(frozen=True)
 class OutcomeGroup:
     """The outcomes of `rows` consecutive accepted source rows (one request shard with its
     retries), read by `load` only when the join reaches them: a partition's outcomes are never
-    all in memory at once."""
+    all in memory at once.
+
+    `open_ordered`, where given, reads them in the order of the source rows instead (None
+    if they are not stored so; `load` then gives the same rows in the same order). While the
+    source rows follow them one by one, the join holds no more of the group than its
+    custom_ids and a chunk of rows; it takes `load`'s whole table only if they stop doing so.
+    """
 
     rows: int
     load: Callable[[], pa.Table]
+    open_ordered: Callable[[], OrderedOutcomes | None] | None = None
 
 
 def assemble_results(
@@ -322,11 +338,6 @@ def _prepare_outcomes(
         raise ValueError(f"the outcomes table lacks the columns {missing}")
     table = outcomes.select([f.name for f in wanted]).cast(pa.schema(wanted))
     ids = table.column("custom_id")
-    repeated = _duplicates(ids)
-    if repeated:
-        raise ResultsMismatchError(
-            f"{len(repeated)} custom_ids have more than one outcome, e.g. {repeated[:_MAX_NAMED]}"
-        )
     for column, given, type_ in (
         ("attempts", attempts, pa.int32()),
         ("batch_id", batch_ids, pa.string()),
@@ -339,6 +350,14 @@ def _prepare_outcomes(
             values = pa.nulls(len(ids), type_)
         table = table.append_column(column, values.cast(type_))
     return table.combine_chunks()
+
+
+def _refuse_repeated_outcomes(ids: pa.ChunkedArray | pa.Array) -> None:
+    repeated = _duplicates(ids)
+    if repeated:
+        raise ResultsMismatchError(
+            f"{len(repeated)} custom_ids have more than one outcome, e.g. {repeated[:_MAX_NAMED]}"
+        )
 
 
 def _aligned(ids: pa.ChunkedArray, table: pa.Table, column: str) -> pa.Array:
@@ -495,13 +514,74 @@ _PROBLEMS: dict[str, tuple[type[ResultsError], str]] = {
 }
 
 
+class _GroupOutcomes:
+    """One group's outcome rows as the join takes them: read in order while the source rows
+    follow an ordered group one by one, else (or from the first row that does not) its whole
+    table, loaded once."""
+
+    def __init__(self, group: OutcomeGroup, prepare: Callable[[pa.Table], pa.Table]) -> None:
+        self._group, self._prepare = group, prepare
+        self._table: pa.Table | None = None
+        ordered = group.open_ordered() if group.open_ordered is not None else None
+        if ordered is None:
+            self.ids = self._load().column("custom_id").combine_chunks()
+        else:
+            self.ids = one_chunk(ordered.ids)
+            self._tables: Iterator[pa.Table] | None = ordered.tables
+            self._read = 0  # rows of the stream read so far
+            self._pending: pa.Table | None = None  # the part of the last table not yet taken
+        _refuse_repeated_outcomes(self.ids)
+
+    def _load(self) -> pa.Table:
+        self._table = self._prepare(self._group.load())
+        self._tables, self._pending = None, None
+        return self._table
+
+    def find(self, ids: pa.Array) -> pa.Array:
+        """The position of each id among the group's outcomes, null where it has none."""
+        if self._table is None:
+            following = self.ids.slice(self._read, len(ids))
+            if (
+                len(following) == len(ids)
+                and pc.all(pc.fill_null(pc.equal(ids, following), False)).as_py()
+            ):
+                return pa.array(np.arange(self._read, self._read + len(ids)), pa.int32())
+        return pc.index_in(ids, value_set=self.ids)
+
+    def take(self, found: pa.Array) -> pa.Table:
+        """The outcome rows at these positions (null rows where `found` is null)."""
+        if self._table is None:
+            if not found.null_count and np.array_equal(
+                found.to_numpy(), np.arange(self._read, self._read + len(found))
+            ):
+                return self._next_rows(len(found))
+            self._load()  # the rows stopped following the group: take from all of it
+        assert self._table is not None
+        return self._table.take(found)
+
+    def _next_rows(self, count: int) -> pa.Table:
+        pieces = [self._prepare(OUTCOME_SCHEMA.empty_table())] if not count else []
+        while count:
+            if self._pending is None or not self._pending.num_rows:
+                table = next(self._tables, None) if self._tables is not None else None
+                if table is None:
+                    raise ResultsMismatchError("an ordered outcome file ended before its ids")
+                self._pending = self._prepare(table)
+            piece = self._pending.slice(0, count)
+            self._pending = self._pending.slice(piece.num_rows)
+            pieces.append(piece)
+            count -= piece.num_rows
+            self._read += piece.num_rows
+        return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+
+
 @dataclass
 class _Group:
-    """The outcome group being joined: its table and which of its rows are taken."""
+    """The outcome group being joined: its outcomes and which of them are taken."""
 
     first_row: int  # ordinal of its first accepted source row
     rows: int
-    table: pa.Table
+    outcomes: _GroupOutcomes
     ids: pa.Array
     claimed: np.ndarray
 
@@ -615,11 +695,11 @@ class _Joiner:
         if group is None:
             self._no_outcome(key, ids, rows, np.ones(len(rows), dtype=bool))
             return len(rows), None
-        found = pc.index_in(ids, value_set=group.ids)
+        found = group.outcomes.find(ids)
         missing = found.is_null().to_numpy(zero_copy_only=False)
         self._no_outcome(key, ids, rows, missing)
         self._claim(group, found.drop_null().to_numpy().astype(np.int64))
-        return len(rows), group.table.take(found)
+        return len(rows), group.outcomes.take(found)
 
     def _claim(self, group: _Group, positions: np.ndarray) -> None:
         """Mark these outcome rows taken; note those taken before or twice here."""
@@ -647,16 +727,16 @@ class _Joiner:
     def _open_next(self) -> None:
         group = self._groups[self._next_group]
         self._next_group += 1
-        table = self._prepare(group.load())
+        outcomes = _GroupOutcomes(group, self._prepare)
         first_row = (
             self._accepted if self._group is None else self._group.first_row + self._group.rows
         )
         self._group = _Group(
             first_row=first_row,
             rows=group.rows,
-            table=table,
-            ids=table.column("custom_id").combine_chunks(),
-            claimed=np.zeros(table.num_rows, dtype=bool),
+            outcomes=outcomes,
+            ids=outcomes.ids,
+            claimed=np.zeros(len(outcomes.ids), dtype=bool),
         )
 
     def _close(self, group: _Group) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 import time
 from collections import Counter
@@ -384,6 +385,54 @@ def test_per_row_text_columns_are_written_without_a_dictionary(tmp_path, batch_a
         assert not any(encoded[name] for name in PER_ROW_COLUMNS if name in encoded), path
         assert encoded["status"], path  # a few distinct values: the dictionary stays
     assert len(results) == 15
+
+
+class ReversedOutputs:
+    """The local backend, but each downloaded file holds its lines last to first, as a
+    provider may return them in any order."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def download_file(self, file_id: str, dest) -> int:
+        buffer = io.BytesIO()
+        self._inner.download_file(file_id, buffer)
+        lines = buffer.getvalue().splitlines(keepends=True)
+        data = b"".join(reversed(lines))
+        dest.write(data)
+        return len(data)
+
+
+def test_outcome_files_keep_the_request_order_and_files_without_it_still_join(tmp_path, batch_api):
+    """The outcomes of a shard are stored in its request order, whatever the provider's order,
+    and marked so; a file without the mark (an earlier version's) is joined whole."""
+    rows = [
+        {"ticket_id": f"K{i:02d}", "subject": "s", "body": f"question {i}", "created_at": DAY}
+        for i in range(12)
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    spec = PipelineSpec.from_dict(
+        ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 5}), base_dir=tmp_path
+    )
+    with Pipeline(spec, backend=ReversedOutputs(make_backend(spec.backend))) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
+        shards = pipeline.ledger.shards(spec.name, partition=DAY)
+        for shard in shards:
+            with pipeline.storage.open_read(shard.path) as lines:
+                requested = [orjson.loads(line)["custom_id"] for line in lines]
+            path = pipeline.storage.local_path(shard.outcomes_path)
+            assert pq.read_table(path)["custom_id"].to_pylist() == requested
+            assert pq.ParquetFile(path).schema_arrow.metadata[b"batch_pipeline.row_order"]
+            unmarked = pq.read_table(path).replace_schema_metadata(None)
+            pq.write_table(unmarked.take(list(range(unmarked.num_rows))[::-1]), path)
+        before = pd.read_parquet(summary.path)
+        again = pipeline.collect_results(DAY)
+    after = pd.read_parquet(again.path)
+    assert len(shards) == 3 and after["ticket_id"].tolist() == [r["ticket_id"] for r in rows]
+    pd.testing.assert_frame_equal(before, after)
 
 
 class FailingForTokens:

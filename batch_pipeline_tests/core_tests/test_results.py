@@ -19,6 +19,7 @@ import pytest
 from batch_pipeline.core import results as results_module
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA
 from batch_pipeline.core.results import (
+    OrderedOutcomes,
     OutcomeGroup,
     ResultsIncompleteError,
     ResultsMismatchError,
@@ -425,13 +426,18 @@ def test_the_destination_must_be_the_partition_folder(tmp_path: Path) -> None:
         )
 
 
+def thirty_keys_four_rejected() -> tuple[list[str], dict[int, str], list[str]]:
+    """30 source keys; the rows rejected, with their reasons; the keys accepted."""
+    keys = [f"k{i:02d}" for i in range(30)]
+    rejected_rows = {0: "empty", 9: "too long", 10: "duplicate key", 29: "empty"}
+    return keys, rejected_rows, [key for row, key in enumerate(keys) if row not in rejected_rows]
+
+
 def test_outcome_groups_are_read_in_turn_as_the_join_reaches_them(
     tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
-    keys = [f"k{i:02d}" for i in range(30)]
-    rejected_rows = {0: "empty", 9: "too long", 10: "duplicate key", 29: "empty"}
-    accepted = [key for row, key in enumerate(keys) if row not in rejected_rows]
+    keys, rejected_rows, accepted = thirty_keys_four_rejected()
     loads: list[int] = []
 
     def group(index: int, members: list[str]) -> OutcomeGroup:
@@ -454,6 +460,79 @@ def test_outcome_groups_are_read_in_turn_as_the_join_reaches_them(
     ]
     rejected = written.filter(pc.equal(written["status"], "rejected"))
     assert rejected["error_message"].to_pylist() == list(rejected_rows.values())
+
+
+def ordered_group(members: list[str], loads: list[str], order: list[str] | None = None):
+    """A group whose outcomes are stored in the order `order` (default: `members`), read in
+    pieces of 3 rows; `load` notes its first member in `loads`."""
+    table = outcomes(*map(outcome, order or members))
+    pulled: list[int] = []
+
+    def pieces():
+        for start in range(0, table.num_rows, 3):
+            pulled.append(start)
+            yield table.slice(start, 3)
+
+    return OutcomeGroup(
+        len(members),
+        lambda: loads.append(members[0]) or table,
+        lambda: OrderedOutcomes(ids=table["custom_id"], tables=pieces()),
+    ), pulled
+
+
+def test_ordered_groups_are_streamed_in_pieces_and_never_loaded_whole(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
+    keys, rejected_rows, accepted = thirty_keys_four_rejected()
+    rejected = rejections(*((row, keys[row], reason) for row, reason in rejected_rows.items()))
+    loads: list[str] = []
+    streamed = [ordered_group(accepted[i : i + 9], loads) for i in range(0, len(accepted), 9)]
+    summary = assemble(
+        tmp_path / "streamed",
+        source(keys),
+        outcomes=[group for group, _ in streamed],
+        rejected=rejected,
+    )
+    whole = assemble(
+        tmp_path / "whole",
+        source(keys),
+        outcomes=[OutcomeGroup(g.rows, g.load) for g, _ in streamed],
+        rejected=rejected,
+    )
+    assert loads == [accepted[i] for i in range(0, len(accepted), 9)]  # the whole run only
+    assert [pulled for _, pulled in streamed] == [[0, 3, 6]] * 3
+    assert pq.read_table(summary.path).equals(pq.read_table(whole.path))
+    assert summary.counts == {"succeeded": 26, "rejected": 4}
+
+
+def test_rows_that_stop_following_an_ordered_group_are_joined_from_its_whole_table(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
+    keys = [f"k{i:02d}" for i in range(12)]
+    stored = [*keys[:5], keys[6], keys[5], *keys[7:]]  # two rows swapped in the file
+    loads: list[str] = []
+    group, _ = ordered_group(keys, loads, order=stored)
+    summary = assemble(tmp_path, source(keys), outcomes=[group])
+    assert loads == ["k00"]
+    written = pq.read_table(summary.path)
+    assert written["ticket_id"].to_pylist() == keys
+    assert written["response_text"].to_pylist() == [f"label {key}" for key in keys]
+
+
+def test_a_row_missing_from_an_ordered_group_stops_the_write(tmp_path: Path) -> None:
+    keys = ["a", "b", "c", "d"]
+    group, _ = ordered_group(keys, [], order=["a", "c", "d"])
+    with pytest.raises(ResultsIncompleteError, match=r"1 source rows .*'b'"):
+        assemble(tmp_path, source(keys), outcomes=[group])
+    assert files_under(tmp_path / "results") == []
+
+
+def test_an_ordered_group_with_an_outcome_twice_stops_the_write(tmp_path: Path) -> None:
+    group, _ = ordered_group(["a", "b"], [], order=["a", "b", "b"])
+    with pytest.raises(ResultsMismatchError, match="more than one outcome"):
+        assemble(tmp_path, source(["a", "b"]), outcomes=[group])
 
 
 def test_an_outcome_in_the_wrong_group_stops_the_write(tmp_path: Path) -> None:
