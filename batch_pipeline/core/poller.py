@@ -17,6 +17,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from batch_pipeline.core.backends.base import (
     BackendError,
@@ -27,7 +28,7 @@ from batch_pipeline.core.backends.base import (
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
-from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
+from batch_pipeline.core.sharding import iter_request_lines, shard_ids_path, write_retry_shards
 from batch_pipeline.core.submission import (
     CLOCK_SKEW_SECONDS,
     MAX_SUBMISSIONS,
@@ -209,7 +210,13 @@ class Poller(PipelineWorker):
                 log.warning("file %s was not deleted from the provider: %s", file_id, exc)
 
     def _expected_ids(self, shard: ShardRecord) -> pa.Array:
-        """The custom_ids of the shard's requests, read without parsing the bodies."""
+        """The custom_ids of the shard's requests, in line order: from the file of them the
+        build wrote beside the shard, else read from the shard without parsing the bodies."""
+        ids_path = self.storage.local_path(shard_ids_path(shard.path))
+        if ids_path.exists():
+            written = pq.read_table(ids_path)["custom_id"].combine_chunks()
+            if len(written) == shard.rows:
+                return written
         path = self.storage.local_path(shard.path)
         ids = []
         for chunk in read_line_chunks(path, ID_SCAN_BLOCK_BYTES):

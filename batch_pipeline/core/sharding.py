@@ -72,6 +72,12 @@ def shard_path(partition: str, generation: int, attempt: int, index: int) -> str
     return f"{attempt_dir(partition, generation, attempt)}/shard-{index:05d}.jsonl"
 
 
+def shard_ids_path(path: str) -> str:
+    """The file beside a shard holding its requests' custom_ids in line order (Parquet), so
+    that collecting its batch need not read the shard again to know what it asked for."""
+    return f"{path.removesuffix('.jsonl')}.ids.parquet"
+
+
 def manifest_path(
     partition: str, generation: int, attempt: int, first_index: int | None = None
 ) -> str:
@@ -497,6 +503,7 @@ class ShardWriter:
         self._closed: list[_Closed] = []
         self._is_open = False
         self._rows = self._bytes = self._tokens = 0
+        self._ids: list[pa.Array | pa.ChunkedArray] = []  # of the open shard
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -553,6 +560,7 @@ class ShardWriter:
                 continue
             chunk = data[offsets[position] : offsets[position + taken]]
             self._worker.write(chunk, lines)
+            self._ids.append(custom_ids.slice(position, taken))
             self._rows += taken
             self._bytes += len(chunk)
             self._tokens += int(tokens[position : position + taken].sum())
@@ -599,8 +607,13 @@ class ShardWriter:
         )
         self._is_open = True
         self._rows = self._bytes = self._tokens = 0
+        self._ids = []
 
     def _finish(self) -> None:
+        path = shard_path(self.partition, self.generation, self.attempt, self._next_index)
+        ids = pa.chunked_array(self._ids, pa.string())
+        with self.storage.atomic_write(shard_ids_path(path)) as handle:
+            pq.write_table(pa.table({"custom_id": ids}), handle)
         closed = _Closed(
             self._next_index, self._rows, self._bytes, self._tokens, self._worker.finish()
         )

@@ -387,6 +387,34 @@ def test_per_row_text_columns_are_written_without_a_dictionary(tmp_path, batch_a
     assert len(results) == 15
 
 
+def twelve_rows_in_three_shards(tmp_path, batch_api) -> tuple[list[dict], PipelineSpec]:
+    rows = [
+        {"ticket_id": f"K{i:02d}", "subject": "s", "body": f"question {i}", "created_at": DAY}
+        for i in range(12)
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    spec = PipelineSpec.from_dict(
+        ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 5}), base_dir=tmp_path
+    )
+    return rows, spec
+
+
+def test_a_shard_whose_ids_file_is_gone_or_wrong_is_collected_from_its_lines(tmp_path, batch_api):
+    """The custom_ids beside a shard save reading it again; without them, or with a file
+    that does not hold one id per line, the shard's own lines say what it asked for."""
+    rows, spec = twelve_rows_in_three_shards(tmp_path, batch_api)
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+        first, second, _ = pipeline.ledger.shards(spec.name, partition=DAY)
+        pipeline.storage.local_path(sharding.shard_ids_path(first.path)).unlink()
+        wrong = pa.table({"custom_id": ["not-asked"]})
+        pq.write_table(wrong, pipeline.storage.local_path(sharding.shard_ids_path(second.path)))
+        summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
+    results = pd.read_parquet(summary.path)
+    assert results["ticket_id"].tolist() == [row["ticket_id"] for row in rows]
+    assert set(results["status"]) == {"succeeded"}
+
+
 class ReversedOutputs:
     """The local backend, but each downloaded file holds its lines last to first, as a
     provider may return them in any order."""
@@ -409,14 +437,7 @@ class ReversedOutputs:
 def test_outcome_files_keep_the_request_order_and_files_without_it_still_join(tmp_path, batch_api):
     """The outcomes of a shard are stored in its request order, whatever the provider's order,
     and marked so; a file without the mark (an earlier version's) is joined whole."""
-    rows = [
-        {"ticket_id": f"K{i:02d}", "subject": "s", "body": f"question {i}", "created_at": DAY}
-        for i in range(12)
-    ]
-    write_tickets(tmp_path / "tickets.parquet", rows)
-    spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 5}), base_dir=tmp_path
-    )
+    rows, spec = twelve_rows_in_three_shards(tmp_path, batch_api)
     with Pipeline(spec, backend=ReversedOutputs(make_backend(spec.backend))) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
         shards = pipeline.ledger.shards(spec.name, partition=DAY)

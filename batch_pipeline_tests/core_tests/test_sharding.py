@@ -15,6 +15,7 @@ from batch_pipeline.core.sharding import (
     build_partition_requests,
     iter_request_lines,
     load_manifest,
+    shard_ids_path,
     write_retry_shards,
 )
 from batch_pipeline.core.spec import ModelPrice, PipelineSpec, SpecError
@@ -94,9 +95,14 @@ def test_shards_split_by_the_request_limit_with_matching_manifest(tmp_path):
     )
     assert storage.list(f"requests/partition={PARTITION}/gen=1") == [
         f"requests/partition={PARTITION}/gen=1/attempt=1/manifest.json",
-        *(shard.path for shard in manifest.shards),
+        *(path for shard in manifest.shards for path in (shard_ids_path(shard.path), shard.path)),
         f"requests/partition={PARTITION}/gen=1/rejected.parquet",
     ]
+    for shard in manifest.shards:  # each shard's custom_ids beside it, in line order
+        with storage.open_read(shard.path) as shard_file:
+            asked = [orjson.loads(line)["custom_id"] for line in shard_file]
+        ids = pq.read_table(storage.local_path(shard_ids_path(shard.path)))["custom_id"]
+        assert ids.to_pylist() == asked
 
 
 def test_shards_split_by_the_byte_limit(tmp_path):
@@ -348,11 +354,19 @@ def test_a_failed_shard_write_leaves_no_shard_and_no_manifest(tmp_path):
     storage = DiskFullStorage(spec.pipeline_dir, room=1500)
     with pytest.raises(OSError, match="No space left"):
         build_partition_requests(spec, PARTITION, storage, generation=1)
-    attempt = f"requests/partition={PARTITION}/gen=1/attempt=1"
-    assert all(path.endswith(".jsonl") for path in storage.list(attempt))  # no manifest
-    for path in storage.list(attempt):  # any shard that exists is complete
+    assert_only_complete_shards(storage, spec)
+
+
+def assert_only_complete_shards(storage, spec) -> list[str]:
+    """No manifest, no temporary file, and every shard there has its 10 lines; returns the
+    shards there."""
+    written = storage.list(f"requests/partition={PARTITION}/gen=1/attempt=1")
+    assert all(path.endswith((".jsonl", ".ids.parquet")) for path in written)
+    shards = [path for path in written if path.endswith(".jsonl")]
+    for path in shards:
         assert len(storage.read_bytes(path).splitlines()) == 10
     assert not list(spec.pipeline_dir.rglob(".tmp-*"))
+    return shards
 
 
 class CloseFailsStorage(LocalStorage):
@@ -376,12 +390,8 @@ def test_a_failed_shard_close_leaves_no_manifest_and_no_temporary(tmp_path):
     storage = CloseFailsStorage(spec.pipeline_dir, failing="shard-00001.jsonl")
     with pytest.raises(OSError, match="Input/output error"):
         build_partition_requests(spec, PARTITION, storage, generation=1)
-    attempt = f"requests/partition={PARTITION}/gen=1/attempt=1"
-    assert all(path.endswith(".jsonl") for path in storage.list(attempt))  # no manifest
-    assert not any(path.endswith("shard-00001.jsonl") for path in storage.list(attempt))
-    for path in storage.list(attempt):  # any shard that exists is complete
-        assert len(storage.read_bytes(path).splitlines()) == 10
-    assert not list(spec.pipeline_dir.rglob(".tmp-*"))
+    shards = assert_only_complete_shards(storage, spec)
+    assert not any(path.endswith("shard-00001.jsonl") for path in shards)
 
 
 def test_shard_writer_refuses_a_line_larger_than_a_file(tmp_path):
