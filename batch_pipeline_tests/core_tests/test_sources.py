@@ -215,6 +215,22 @@ def test_parquet_row_groups_are_read_in_order_and_filtered(tmp_path):
     assert max(batch.num_rows for batch in batches) <= 4
 
 
+def test_parquet_files_with_their_columns_in_another_order_or_type_read_as_the_first(tmp_path):
+    """Each file is read in the dataset's columns and types: one in another column order
+    (streamed as it is), one with another key type (read through the dataset scanner)."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    table = sample_table([date(2024, 5, 1)] * 6, pa.date32())
+    pq.write_table(table.slice(0, 2), folder / "a.parquet")
+    pq.write_table(table.slice(2, 2).select(["text", "day", "id"]), folder / "b.parquet")
+    narrow = table.slice(4).set_column(0, "id", table.slice(4)["id"].cast(pa.int32()))
+    pq.write_table(narrow, folder / "c.parquet")
+    batches = list(iter_partition_batches(make_spec(tmp_path), PARTITION))
+    assert [batch.schema.names for batch in batches] == [["id", "day", "text"]] * 3
+    assert {batch.schema.field("id").type for batch in batches} == {pa.int64()}
+    assert [i for batch in batches for i in batch.column("id").to_pylist()] == [1, 2, 3, 4, 5, 6]
+
+
 def test_batches_respect_batch_size_and_columns(tmp_path):
     days = [date(2024, 5, 1)] * 10
     pq.write_table(sample_table(days, pa.date32()), tmp_path / "src.parquet")
