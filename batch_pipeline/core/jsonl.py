@@ -17,8 +17,10 @@ import pyarrow as pa
 def read_line_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
     """The file in chunks of about `chunk_bytes`, each ending at the end of a line."""
     with Path(path).open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            yield chunk + handle.readline()  # up to the end of the line the read stopped in
+        while read := handle.read(chunk_bytes):
+            chunk = read + handle.readline()  # up to the end of the line the read stopped in
+            del read  # not held, a second copy, while the caller works on the chunk
+            yield chunk
 
 
 def line_ends(chunk: bytes) -> np.ndarray:
