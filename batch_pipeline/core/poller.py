@@ -212,11 +212,12 @@ class Poller(PipelineWorker):
     def _expected_ids(self, shard: ShardRecord) -> pa.Array:
         """The custom_ids of the shard's requests, in line order: from the file of them the
         build wrote beside the shard, else read from the shard without parsing the bodies."""
-        ids_path = self.storage.local_path(shard_ids_path(shard.path))
-        if ids_path.exists():
-            written = pq.read_table(ids_path)["custom_id"].combine_chunks()
-            if len(written) == shard.rows:
-                return written
+        try:
+            written = pq.read_table(self.storage.local_path(shard_ids_path(shard.path)))
+            if written.num_rows == shard.rows:
+                return written["custom_id"].combine_chunks()
+        except (OSError, pa.ArrowException):  # gone, or cut short by a crash: read the shard
+            pass
         path = self.storage.local_path(shard.path)
         ids = []
         for chunk in read_line_chunks(path, ID_SCAN_BLOCK_BYTES):

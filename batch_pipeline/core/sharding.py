@@ -611,9 +611,10 @@ class ShardWriter:
 
     def _finish(self) -> None:
         path = shard_path(self.partition, self.generation, self.attempt, self._next_index)
-        ids = pa.chunked_array(self._ids, pa.string())
-        with self.storage.atomic_write(shard_ids_path(path)) as handle:
-            pq.write_table(pa.table({"custom_id": ids}), handle)
+        ids = pa.table({"custom_id": pa.chunked_array(self._ids, pa.string())})
+        # Not flushed to disk: a file lost (or cut short) in a crash only means a rescan.
+        with self.storage.atomic_write(shard_ids_path(path), durable=False) as handle:
+            pq.write_table(ids, handle, use_dictionary=False, write_statistics=False)
         closed = _Closed(
             self._next_index, self._rows, self._bytes, self._tokens, self._worker.finish()
         )

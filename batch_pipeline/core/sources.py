@@ -206,12 +206,23 @@ def _stream_row_groups(
     row_groups = [row_group.id for piece in pieces for row_group in piece.row_groups]
     if not row_groups:
         return
+    # Row groups whose statistics put every row on the day are not filtered (a copy of
+    # every row): those that might hold another day's rows, or nulls, are.
+    outside = ~expression | ds.field(filter_column).is_null()
+    mixed = {
+        row_group.id
+        for piece in fragment.split_by_row_group(filter=outside, schema=schema)
+        for row_group in piece.row_groups
+    }
     wanted = columns if columns is not None else schema.names
     read = list(dict.fromkeys([*wanted, filter_column]))
     with fragment.filesystem.open_input_file(fragment.path) as handle:
         file = pq.ParquetFile(handle, pre_buffer=False, buffer_size=STREAM_BUFFER_BYTES)
-        for batch in file.iter_batches(batch_size, row_groups=row_groups, columns=read):
-            yield batch.filter(expression).select(wanted)  # in the dataset's column order
+        for row_group in row_groups:
+            for batch in file.iter_batches(batch_size, row_groups=[row_group], columns=read):
+                if row_group in mixed:
+                    batch = batch.filter(expression)
+                yield batch.select(wanted)  # in the dataset's column order
 
 
 class SourceError(ValueError):

@@ -401,14 +401,18 @@ def twelve_rows_in_three_shards(tmp_path, batch_api) -> tuple[list[dict], Pipeli
 
 def test_a_shard_whose_ids_file_is_gone_or_wrong_is_collected_from_its_lines(tmp_path, batch_api):
     """The custom_ids beside a shard save reading it again; without them, or with a file
-    that does not hold one id per line, the shard's own lines say what it asked for."""
+    that does not hold one id per line or cannot be read, the shard's own lines say what it
+    asked for."""
     rows, spec = twelve_rows_in_three_shards(tmp_path, batch_api)
     with Pipeline(spec) as pipeline:
         pipeline.build_requests(DAY)
-        first, second, _ = pipeline.ledger.shards(spec.name, partition=DAY)
-        pipeline.storage.local_path(sharding.shard_ids_path(first.path)).unlink()
-        wrong = pa.table({"custom_id": ["not-asked"]})
-        pq.write_table(wrong, pipeline.storage.local_path(sharding.shard_ids_path(second.path)))
+        gone, wrong, cut_short = (
+            pipeline.storage.local_path(sharding.shard_ids_path(shard.path))
+            for shard in pipeline.ledger.shards(spec.name, partition=DAY)
+        )
+        gone.unlink()
+        pq.write_table(pa.table({"custom_id": ["not-asked"]}), wrong)
+        cut_short.write_bytes(b"")  # renamed into place before its bytes reached the disk
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
     results = pd.read_parquet(summary.path)
     assert results["ticket_id"].tolist() == [row["ticket_id"] for row in rows]

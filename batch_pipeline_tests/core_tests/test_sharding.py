@@ -333,8 +333,8 @@ class DiskFullStorage(LocalStorage):
         self.room = room
 
     @contextlib.contextmanager
-    def atomic_write(self, rel):
-        with super().atomic_write(rel) as handle:
+    def atomic_write(self, rel, **options):
+        with super().atomic_write(rel, **options) as handle:
             if rel.endswith(".jsonl"):
                 write = handle.write
 

@@ -231,6 +231,25 @@ def test_parquet_files_with_their_columns_in_another_order_or_type_read_as_the_f
     assert [i for batch in batches for i in batch.column("id").to_pylist()] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize(
+    "day_type", [pa.date32(), pa.timestamp("s"), pa.timestamp("ms", tz="UTC"), pa.string()]
+)
+def test_row_groups_wholly_on_the_day_or_not_give_exactly_the_days_rows(tmp_path, day_type):
+    """A row group whose statistics put every row on the day is read unfiltered; one that
+    also holds nulls or another day's rows is filtered, row by row."""
+    groups = [
+        [date(2024, 5, 1)] * 3,  # all on the day
+        [date(2024, 5, 1), None, date(2024, 5, 1)],  # a null among them
+        [date(2024, 4, 30), date(2024, 5, 1), date(2024, 5, 2)],  # days around it
+        [date(2024, 5, 2)] * 3,  # ruled out by its statistics
+    ]
+    table = sample_table([day for group in groups for day in group], pa.date32())
+    table = table.set_column(1, "day", table["day"].cast(day_type))
+    pq.write_table(table, tmp_path / "src.parquet", row_group_size=3)
+    spec = make_spec(tmp_path, path="src.parquet")
+    assert read_ids(spec, batch_size=2) == [1, 2, 3, 4, 6, 8]
+
+
 def test_batches_respect_batch_size_and_columns(tmp_path):
     days = [date(2024, 5, 1)] * 10
     pq.write_table(sample_table(days, pa.date32()), tmp_path / "src.parquet")
