@@ -217,20 +217,21 @@ def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | 
     )
     step = OUTCOME_ROW_GROUP_ROWS
     positions = None if order is None else order.to_numpy(zero_copy_only=False)
+    batches = outcomes.to_batches()
     with pq.ParquetWriter(dest, schema, use_dictionary=dictionary_columns(schema)) as writer:
         for start in range(0, len(outcomes), step):
             rows = (
                 outcomes.slice(start, step)
                 if positions is None
-                else _take_rows(outcomes, positions[start : start + step])
+                else _take_rows(batches, outcomes.schema, positions[start : start + step])
             )
             writer.write_table(rows.replace_schema_metadata(schema.metadata), row_group_size=step)
 
 
-def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
-    """`table.take(rows)`, without the copy of every chunk of the table that Arrow's take on
-    chunked columns makes first: each chunk gives its own rows, then they are put in order."""
-    batches = table.to_batches()
+def _take_rows(batches: list[pa.RecordBatch], schema: pa.Schema, rows: np.ndarray) -> pa.Table:
+    """The rows at these positions of a table made of `batches`, without the copy of every
+    batch that Arrow's take on chunked columns makes first: each batch gives its own rows,
+    then they are put in order."""
     starts = np.cumsum([0, *(batch.num_rows for batch in batches)])
     chunk_of = np.searchsorted(starts, rows, side="right") - 1
     by_chunk = np.argsort(chunk_of, kind="stable")
@@ -241,7 +242,7 @@ def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
         for i, batch in enumerate(batches)
         if bounds[i + 1] > bounds[i]
     ]
-    gathered = pa.Table.from_batches(pieces, schema=table.schema)
+    gathered = pa.Table.from_batches(pieces, schema=schema)
     return gathered.take(pa.array(np.argsort(by_chunk)))
 
 

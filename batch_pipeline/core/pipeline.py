@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -474,8 +474,9 @@ class Pipeline:
         ):
             try:
                 poller.cancel_unsubmitted(shard)
-            except BackendError as exc:
+            except (BackendError, OutcomeFileError, OSError) as exc:
                 errors.append(f"cancelling {shard.shard_id}: {exc}")
+                log.warning("cancelling shard %s failed: %s", shard.shard_id, exc)
         return errors
 
     def _partitions_with_work(self) -> list[str]:
@@ -787,13 +788,16 @@ def _ordered_outcomes(storage: StorageRoot, shard: ShardRecord) -> OrderedOutcom
         return None
     file = pq.ParquetFile(storage.local_path(shard.outcomes_path), memory_map=True)
     if not in_request_order(file):
+        file.close()
         return None
+
+    def tables() -> Iterator[pa.Table]:
+        with file:  # closed once read through, or when the join lets go of it
+            for batch in file.iter_batches(batch_size=CHUNK_ROWS):
+                yield _with_attempts(pa.Table.from_batches([batch]))
+
     return OrderedOutcomes(
-        ids=file.read(columns=["custom_id"]).column("custom_id"),
-        tables=(
-            _with_attempts(pa.Table.from_batches([batch]))
-            for batch in file.iter_batches(batch_size=CHUNK_ROWS)
-        ),
+        ids=file.read(columns=["custom_id"]).column("custom_id"), tables=tables()
     )
 
 

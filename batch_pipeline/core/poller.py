@@ -216,7 +216,7 @@ class Poller(PipelineWorker):
             written = pq.read_table(self.storage.local_path(shard_ids_path(shard.path)))
             if written.num_rows == shard.rows:
                 return written["custom_id"].combine_chunks()
-        except (OSError, pa.ArrowException):  # gone, or cut short by a crash: read the shard
+        except (OSError, KeyError, pa.ArrowException):  # gone or cut short: read the shard
             pass
         path = self.storage.local_path(shard.path)
         ids = []

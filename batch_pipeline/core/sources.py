@@ -170,7 +170,7 @@ def _scan(
             else [fragment]
         )
         try:
-            if parquet and _streamable(fragment, dataset.schema, columns):
+            if parquet and _streamable(fragment, dataset.schema, columns, filter_column):
                 yield from _stream_row_groups(
                     fragment, pieces, dataset.schema, columns, expression, batch_size, filter_column
                 )
@@ -181,15 +181,17 @@ def _scan(
             raise SourceError(_unreadable(fragment.path, error)) from error
 
 
-def _streamable(fragment: ds.Fragment, schema: pa.Schema, columns: list[str] | None) -> bool:
+def _streamable(
+    fragment: ds.Fragment, schema: pa.Schema, columns: list[str] | None, filter_column: str
+) -> bool:
     """Whether a Parquet file can be read as it is: no partition columns from its path, and
-    every column read with the dataset's type."""
+    every column read (the filter's included) in the file with the dataset's type."""
     if not fragment.partition_expression.equals(ds.scalar(True)):
         return False
     physical = fragment.physical_schema
     return all(
         name in physical.names and physical.field(name).type == schema.field(name).type
-        for name in (columns if columns is not None else schema.names)
+        for name in {*(columns if columns is not None else schema.names), filter_column}
     )
 
 

@@ -250,6 +250,17 @@ def test_row_groups_wholly_on_the_day_or_not_give_exactly_the_days_rows(tmp_path
     assert read_ids(spec, batch_size=2) == [1, 2, 3, 4, 6, 8]
 
 
+@pytest.mark.parametrize("columns", [["id", "text"], None])
+def test_a_parquet_file_without_the_partition_column_has_no_rows_of_the_day(tmp_path, columns):
+    """Read for only some columns (as the build reads) or all (as the results do), a file
+    that lacks the partition column gives no rows, as with Arrow's scanner."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    pq.write_table(sample_table([PARTITION] * 2, pa.string()), folder / "a.parquet")
+    pq.write_table(pa.table({"id": [3, 4], "text": ["later", "rows"]}), folder / "b.parquet")
+    assert read_ids(make_spec(tmp_path), columns=columns) == [1, 2]
+
+
 def test_batches_respect_batch_size_and_columns(tmp_path):
     days = [date(2024, 5, 1)] * 10
     pq.write_table(sample_table(days, pa.date32()), tmp_path / "src.parquet")

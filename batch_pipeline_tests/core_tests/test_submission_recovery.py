@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from batch_pipeline import PipelineSpec
-from batch_pipeline.core import submission
+from batch_pipeline.core import sharding, submission
 from batch_pipeline.core.backends.base import BackendError, NotFound, TransientBackendError
 from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.pipeline import Pipeline
@@ -504,6 +504,24 @@ def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(
     )
 
 
+def build_with_a_shard_held_elsewhere(pipeline: Pipeline, *, lease_seconds: float):
+    """Build DAY and let a process of another host (so not known to be dead) take its first
+    shard for an upload, as if it then vanished; returns that shard."""
+    name = pipeline.spec.name
+    pipeline.build_requests(DAY)
+    pipeline.ledger.queue_built(name, DAY, pipeline.get_partition(DAY).generation)
+    held = pipeline.ledger.shards(name, partition=DAY)[0]
+    assert pipeline.ledger.claim(
+        held.shard_id,
+        "another-host:4242:vanished",
+        from_states=[ShardState.QUEUED],
+        to_state=ShardState.SUBMITTING,
+        lease_seconds=lease_seconds,
+        new_submission=True,
+    )
+    return held
+
+
 def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out(
     tmp_path, batch_api
 ):
@@ -512,17 +530,7 @@ def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out
     `cancelled`, so the day settles and every row has its result."""
     spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="cancel_vanished"))
     with Pipeline(spec) as pipeline:
-        pipeline.build_requests(DAY)
-        pipeline.ledger.queue_built(spec.name, DAY, pipeline.get_partition(DAY).generation)
-        held = pipeline.ledger.shards(spec.name, partition=DAY)[0]
-        assert pipeline.ledger.claim(
-            held.shard_id,
-            "another-host:4242:vanished",
-            from_states=[ShardState.QUEUED],
-            to_state=ShardState.SUBMITTING,
-            lease_seconds=1.5,
-            new_submission=True,
-        )
+        build_with_a_shard_held_elsewhere(pipeline, lease_seconds=1.5)
         assert pipeline.cancel(DAY) == []
         pipeline.poll()
         assert pipeline.get_partition(DAY).settled_at is None  # the lease still runs
@@ -533,3 +541,23 @@ def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out
     results = pd.read_parquet(summary.path)
     assert len(results) == ROWS and set(results["status"]) == {"cancelled"}
     assert provider_batches(batch_api, spec.name) == []
+
+
+def test_a_left_over_shard_that_cannot_be_settled_is_reported_and_the_poll_goes_on(
+    tmp_path, batch_api
+):
+    """A cancelled day's left-over shard whose request file has gone cannot be settled: the
+    poll reports it instead of raising, and the day waits, its other shards settled."""
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="cancel_unreadable"))
+    with Pipeline(spec) as pipeline:
+        held = build_with_a_shard_held_elsewhere(pipeline, lease_seconds=0.5)
+        pipeline.cancel(DAY)
+        for path in (held.path, sharding.shard_ids_path(held.path)):
+            pipeline.storage.local_path(path).unlink()
+        time.sleep(0.6)
+        report = pipeline.poll()
+        assert [e for e in report.errors if held.shard_id in e]
+        assert pipeline.get_partition(DAY).settled_at is None
+        states = {s.shard_id: s.state for s in pipeline.ledger.shards(spec.name, partition=DAY)}
+        assert states.pop(held.shard_id) is ShardState.SUBMITTING
+        assert set(states.values()) == {ShardState.COLLECTED}
