@@ -164,12 +164,12 @@ def _scan(
         return
     parquet = isinstance(dataset.format, ds.ParquetFileFormat)
     for fragment in dataset.get_fragments(filter=expression):
-        pieces = (
-            fragment.split_by_row_group(filter=expression, schema=dataset.schema)
-            if parquet
-            else [fragment]
-        )
         try:
+            pieces = (
+                fragment.split_by_row_group(filter=expression, schema=dataset.schema)
+                if parquet
+                else [fragment]
+            )
             if parquet and _streamable(fragment, dataset.schema, columns, filter_column):
                 yield from _stream_row_groups(
                     fragment, pieces, dataset.schema, columns, expression, batch_size, filter_column
@@ -177,8 +177,27 @@ def _scan(
                 continue
             for piece in pieces:
                 yield from piece.to_batches(schema=dataset.schema, **options)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise SourceError(_unreadable(fragment.path, error)) from error
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            message = _other_partition_type(fragment, dataset.schema, filter_column)
+            raise SourceError(message or _unreadable(fragment.path, error)) from error
+
+
+def _other_partition_type(
+    fragment: ds.Fragment, schema: pa.Schema, filter_column: str
+) -> str | None:
+    """The message for a file whose partition column has another type than the source's
+    (Arrow's own says only that no comparison of the two types exists); None otherwise."""
+    try:
+        physical = fragment.physical_schema
+    except (pa.ArrowException, OSError):
+        return None
+    expected = schema.field(filter_column).type
+    if filter_column not in physical.names or physical.field(filter_column).type == expected:
+        return None
+    return (
+        f"source file {fragment.path} cannot be read: its partition column {filter_column!r} "
+        f"is {physical.field(filter_column).type}, where the source's is {expected}"
+    )
 
 
 def _streamable(

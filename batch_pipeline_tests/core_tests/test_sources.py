@@ -261,6 +261,19 @@ def test_a_parquet_file_without_the_partition_column_has_no_rows_of_the_day(tmp_
     assert read_ids(make_spec(tmp_path), columns=columns) == [1, 2]
 
 
+def test_a_parquet_file_whose_partition_column_has_another_type_is_named(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    pq.write_table(sample_table([date(2024, 5, 1)] * 2, pa.date32()), folder / "a.parquet")
+    pq.write_table(sample_table([PARTITION, "2024-05-02"], pa.string()), folder / "b.parquet")
+    with pytest.raises(SourceError) as raised:
+        read_ids(make_spec(tmp_path))
+    assert str(raised.value) == (
+        f"source file {folder / 'b.parquet'} cannot be read: its partition column 'day' is "
+        "string, where the source's is date32[day]"
+    )
+
+
 def test_batches_respect_batch_size_and_columns(tmp_path):
     days = [date(2024, 5, 1)] * 10
     pq.write_table(sample_table(days, pa.date32()), tmp_path / "src.parquet")
