@@ -298,7 +298,7 @@ def test_a_cancel_that_reaches_a_finalizing_batch_keeps_its_results(tmp_path):
     """A provider refuses (409) to cancel a batch that is finalizing; the cancel must not
     fail, and the batch's answers, already paid for, end in the results."""
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    with run_local_batch_api(tmp_path / "state", finalizing_seconds=2.0) as base_url:
+    with run_local_batch_api(tmp_path / "state", finalizing_seconds=5.0) as base_url:
         spec = PipelineSpec.from_dict(ticket_spec(tmp_path, base_url), base_dir=tmp_path)
         client = openai.OpenAI(base_url=base_url, api_key="local")
         with Pipeline(spec) as pipeline:

@@ -504,7 +504,10 @@ def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(
     )
 
 
-def build_with_a_shard_held_elsewhere(pipeline: Pipeline, *, lease_seconds: float):
+VANISHED_HOLDER = "another-host:4242:vanished"
+
+
+def build_with_a_shard_held_elsewhere(pipeline: Pipeline):
     """Build DAY and let a process of another host (so not known to be dead) take its first
     shard for an upload, as if it then vanished; returns that shard."""
     name = pipeline.spec.name
@@ -513,13 +516,17 @@ def build_with_a_shard_held_elsewhere(pipeline: Pipeline, *, lease_seconds: floa
     held = pipeline.ledger.shards(name, partition=DAY)[0]
     assert pipeline.ledger.claim(
         held.shard_id,
-        "another-host:4242:vanished",
+        VANISHED_HOLDER,
         from_states=[ShardState.QUEUED],
         to_state=ShardState.SUBMITTING,
-        lease_seconds=lease_seconds,
+        lease_seconds=600,
         new_submission=True,
     )
     return held
+
+
+def let_the_lease_run_out(pipeline: Pipeline, shard_id: str) -> None:
+    assert pipeline.ledger.update_shard(shard_id, VANISHED_HOLDER, lease_expires_at=time.time() - 1)
 
 
 def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out(
@@ -530,11 +537,11 @@ def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out
     `cancelled`, so the day settles and every row has its result."""
     spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="cancel_vanished"))
     with Pipeline(spec) as pipeline:
-        build_with_a_shard_held_elsewhere(pipeline, lease_seconds=1.5)
+        held = build_with_a_shard_held_elsewhere(pipeline)
         assert pipeline.cancel(DAY) == []
         pipeline.poll()
         assert pipeline.get_partition(DAY).settled_at is None  # the lease still runs
-        time.sleep(1.6)
+        let_the_lease_run_out(pipeline, held.shard_id)
         pipeline.poll()
         assert pipeline.get_partition(DAY).settled_at is not None
         summary = pipeline.collect_results(DAY)
@@ -550,11 +557,11 @@ def test_a_left_over_shard_that_cannot_be_settled_is_reported_and_the_poll_goes_
     poll reports it instead of raising, and the day waits, its other shards settled."""
     spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="cancel_unreadable"))
     with Pipeline(spec) as pipeline:
-        held = build_with_a_shard_held_elsewhere(pipeline, lease_seconds=0.5)
+        held = build_with_a_shard_held_elsewhere(pipeline)
         pipeline.cancel(DAY)
         for path in (held.path, sharding.shard_ids_path(held.path)):
             pipeline.storage.local_path(path).unlink()
-        time.sleep(0.6)
+        let_the_lease_run_out(pipeline, held.shard_id)
         report = pipeline.poll()
         assert [e for e in report.errors if held.shard_id in e]
         assert pipeline.get_partition(DAY).settled_at is None
