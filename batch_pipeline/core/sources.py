@@ -177,7 +177,9 @@ def _scan(
                 continue
             for piece in pieces:
                 yield from piece.to_batches(schema=dataset.schema, **options)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+        except pa.ArrowException as error:  # bad values, types without a comparison, ...
+            if isinstance(error, MemoryError):
+                raise
             message = _other_partition_type(fragment, dataset.schema, filter_column)
             raise SourceError(message or _unreadable(fragment.path, error)) from error
 
