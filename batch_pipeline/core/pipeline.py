@@ -56,6 +56,9 @@ from batch_pipeline.core.worker import PipelineWorker
 
 log = logging.getLogger(__name__)
 
+# What collecting or settling one shard may raise without the others having to stop.
+_SHARD_ERRORS = (BackendError, OutcomeFileError, OSError)
+
 BUILD_WAIT_SECONDS = 0.5
 WorkerT = TypeVar("WorkerT", bound=PipelineWorker)
 OPEN_STATES = (ShardState.QUEUED, ShardState.SUBMITTING, ShardState.SUBMITTED)
@@ -429,7 +432,7 @@ class Pipeline:
                 outcome = poller.collect(
                     shard, allow_retries=(shard.partition, shard.generation) in retrying
                 )
-            except (BackendError, OutcomeFileError, OSError) as exc:
+            except _SHARD_ERRORS as exc:
                 errors.append(f"collecting {shard.batch_id} ({shard.shard_id}): {exc}")
                 log.warning("collecting batch %s failed: %s", shard.batch_id, exc)
                 continue
@@ -474,7 +477,7 @@ class Pipeline:
         ):
             try:
                 poller.cancel_unsubmitted(shard)
-            except (BackendError, OutcomeFileError, OSError) as exc:
+            except _SHARD_ERRORS as exc:
                 errors.append(f"cancelling {shard.shard_id}: {exc}")
                 log.warning("cancelling shard %s failed: %s", shard.shard_id, exc)
         return errors

@@ -530,6 +530,7 @@ class _GroupOutcomes:
             self._tables: Iterator[pa.Table] | None = ordered.tables
             self._read = 0  # rows of the stream read so far
             self._pending: pa.Table | None = None  # the part of the last table not yet taken
+            self._following: pa.Array | None = None  # what `find` gave for the next rows
         _refuse_repeated_outcomes(self.ids)
 
     def _load(self) -> pa.Table:
@@ -545,15 +546,14 @@ class _GroupOutcomes:
                 len(following) == len(ids)
                 and pc.all(pc.fill_null(pc.equal(ids, following), False)).as_py()
             ):
-                return pa.array(np.arange(self._read, self._read + len(ids)), pa.int32())
+                self._following = pa.array(np.arange(self._read, self._read + len(ids)), pa.int32())
+                return self._following
         return pc.index_in(ids, value_set=self.ids)
 
     def take(self, found: pa.Array) -> pa.Table:
         """The outcome rows at these positions (null rows where `found` is null)."""
         if self._table is None:
-            if not found.null_count and np.array_equal(
-                found.to_numpy(), np.arange(self._read, self._read + len(found))
-            ):
+            if found is self._following:
                 return self._next_rows(len(found))
             self._load()  # the rows stopped following the group: take from all of it
         assert self._table is not None
