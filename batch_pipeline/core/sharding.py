@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_pipeline.core.prices import cost_usd, price_for
+from batch_pipeline.core.read_ahead import ReadAhead
 from batch_pipeline.core.requests import (
     MAX_OUTPUT_PARAMS,
     REJECTED_SCHEMA,
@@ -690,15 +691,19 @@ def build_partition_requests(
     with (
         ShardWriter(spec, storage, partition, generation, FIRST_ATTEMPT) as shards,
         _RejectedWriter(storage, rejected_path(partition, generation)) as rejected,
+        ReadAhead(
+            iter_partition_batches(
+                spec,
+                partition,
+                dataframe=dataframe,
+                batch_size=batch_size,
+                columns=builder.columns,
+                ties=builder.columns,
+            ),
+            name="source-read-ahead",
+        ) as batches,
     ):
-        for batch in iter_partition_batches(
-            spec,
-            partition,
-            dataframe=dataframe,
-            batch_size=batch_size,
-            columns=builder.columns,
-            ties=builder.columns,
-        ):
+        for batch in batches:
             built = builder.build(batch, partition)
             shards.add(built.custom_ids, built.lines, built.estimated_input_tokens)
             rejected.write(built.rejected)
