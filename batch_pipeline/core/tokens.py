@@ -19,14 +19,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import bpe_openai
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_pipeline.core.types import Endpoint
+
+if TYPE_CHECKING:
+    import bpe_openai
 
 DEFAULT_ENCODING = "o200k_base"
 BYTES_PER_TOKEN = 4
@@ -61,11 +63,27 @@ _SNAPSHOT = re.compile(r"\d{4}-\d{2}-\d{2}|\d{4}")
 
 @lru_cache(maxsize=64)
 def encoding_for_model(model: str) -> bpe_openai.Encoding:
-    """The model's tokenizer; models the package does not know (newer or self-hosted) get o200k."""
+    """The model's tokenizer; models the package does not know (newer or self-hosted) get o200k.
+
+    `bpe_openai` is imported here, on first use, not with the module: its import alone takes
+    about a third of a second, which every CLI call and Dagster run would pay for nothing.
+    """
+    import bpe_openai
+
     try:
         return bpe_openai.encoding_for_model(model)
     except Exception:  # the package raises its own errors for unknown names
-        return bpe_openai.get_encoding(DEFAULT_ENCODING)
+        return default_encoding()
+
+
+@lru_cache(maxsize=1)
+def default_encoding() -> bpe_openai.Encoding:
+    """The encoding of models the package does not know, loaded once (and with it the
+    package): a service that counts every request's tokens calls this as it starts, so that
+    its first batch does not wait for it."""
+    import bpe_openai
+
+    return bpe_openai.get_encoding(DEFAULT_ENCODING)
 
 
 def count_tokens(text: str, model: str) -> int:

@@ -22,6 +22,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from batch_pipeline.core.tokens import default_encoding
 from batch_pipeline.local_api.errors import ApiError, error_body
 from batch_pipeline.local_api.responders import EchoResponder, ProxyResponder
 from batch_pipeline.local_api.settings import LocalApiSettings, default_expiry
@@ -259,7 +260,8 @@ class LocalBatchService:
         self.startup_error: Exception | None = None  # why `open` failed, for the caller
 
     def open(self) -> None:
-        """Load the state dir and start the batch engine."""
+        """Load the state dir and the tokenizer, and start the batch engine."""
+        default_encoding()
         self.store = Store(self.settings.state_dir)
         self.engine = BatchEngine(self.store, self.settings, make_responder(self.settings))
         self.engine.start()

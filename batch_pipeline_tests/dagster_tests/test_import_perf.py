@@ -49,3 +49,14 @@ def test_the_dagster_layer_does_import_dagster() -> None:
 def test_a_star_import_of_the_package_takes_the_core_alone() -> None:
     modules = imported_modules("from batch_pipeline import *; assert callable(load_pipeline)")
     assert not sorted(m for m in modules if is_dagster(m))
+
+
+def test_the_tokenizer_is_imported_only_when_tokens_are_counted() -> None:
+    """Its import alone takes about a third of a second: a CLI call or a Dagster run that
+    counts no token does not pay for it."""
+    assert "bpe_openai" not in imported_modules("; ".join(f"import {m}" for m in CORE_MODULES))
+    counted = imported_modules(
+        "from batch_pipeline.core.tokens import count_tokens; "
+        "assert count_tokens('hello world', 'gpt-4o-mini') == 2"
+    )
+    assert "bpe_openai" in counted
