@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batch_pipeline.core.tokens import default_encoding
 from batch_pipeline.local_api.errors import ApiError, error_body
+from batch_pipeline.local_api.file_form import expires_after_seconds, read_file_form
 from batch_pipeline.local_api.responders import EchoResponder, ProxyResponder
 from batch_pipeline.local_api.settings import LocalApiSettings, default_expiry
 from batch_pipeline.local_api.store import BATCH_ID_RE, FILE_ID_RE, Store, public
@@ -33,7 +34,6 @@ from batch_pipeline.local_api.worker import BatchEngine, Responder
 
 log = logging.getLogger(__name__)
 
-FILE_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data", "evals"})
 MULTIPART_SLACK_BYTES = 1024 * 1024  # room for the multipart framing around the file
 MAX_JSON_BODY_BYTES = 1024 * 1024
 CREATE_BATCH_FIELDS = frozenset(
@@ -208,28 +208,6 @@ def _validate_metadata(metadata: Any) -> dict[str, str] | None:
     return metadata
 
 
-def _expires_after_seconds(value: Any, param: str) -> int | None:
-    if value is None:
-        return None
-    seconds = value.get("seconds") if isinstance(value, dict) else None
-    anchor = value.get("anchor") if isinstance(value, dict) else None
-    if isinstance(seconds, str) and seconds.isdigit():
-        seconds = int(seconds)
-    if (
-        anchor != "created_at"
-        or not isinstance(seconds, int)
-        or isinstance(seconds, bool)
-        or not 3600 <= seconds <= 2_592_000
-    ):
-        raise ApiError(
-            400,
-            f"Invalid '{param}': anchor must be 'created_at' and seconds between 3600 and 2592000.",
-            param=param,
-            code="invalid_value",
-        )
-    return seconds
-
-
 def _file_id(request: Request) -> str:
     file_id = request.path_params["file_id"]
     if not FILE_ID_RE.match(file_id):
@@ -325,51 +303,17 @@ class LocalBatchService:
         except UploadInvalid as exc:
             raise ApiError(400, str(exc), code="invalid_multipart") from None
         try:
-            purpose = upload.fields.get("purpose")
-            if not upload.has_file:
-                raise ApiError(
-                    400,
-                    "Missing required parameter: 'file'.",
-                    param="file",
-                    code="missing_required_parameter",
-                )
-            if not purpose:
-                raise ApiError(
-                    400,
-                    "Missing required parameter: 'purpose'.",
-                    param="purpose",
-                    code="missing_required_parameter",
-                )
-            if purpose not in FILE_PURPOSES:
-                raise ApiError(
-                    400,
-                    f"Invalid 'purpose': expected one of {', '.join(sorted(FILE_PURPOSES))}.",
-                    param="purpose",
-                    code="invalid_value",
-                )
-            if purpose == "batch" and not (upload.filename or "").lower().endswith(".jsonl"):
-                raise ApiError(
-                    400,
-                    "Invalid file format for the Batch API: the file name must end in .jsonl.",
-                    param="file",
-                    code="invalid_file_format",
-                )
-            expires_at = None
-            fields = upload.fields
-            if "expires_after[seconds]" in fields or "expires_after[anchor]" in fields:
-                seconds = _expires_after_seconds(
-                    {
-                        "anchor": upload.fields.get("expires_after[anchor]"),
-                        "seconds": upload.fields.get("expires_after[seconds]"),
-                    },
-                    "expires_after",
-                )
-                expires_at = int(time.time()) + (seconds or 0)
-            elif purpose == "batch":
-                expires_at = default_expiry(self.settings)
+            form = read_file_form(upload)
         except ApiError:
             upload.discard()
             raise
+        purpose = form.purpose
+        if form.expires_after_seconds is not None:
+            expires_at: int | None = int(time.time()) + form.expires_after_seconds
+        elif purpose == "batch":
+            expires_at = default_expiry(self.settings)
+        else:
+            expires_at = None
         record = await run_in_threadpool(
             self._store.add_file,
             upload.file_path,
@@ -478,7 +422,7 @@ class LocalBatchService:
                 code="invalid_value",
             )
         metadata = _validate_metadata(body.get("metadata"))
-        output_expires = _expires_after_seconds(
+        output_expires = expires_after_seconds(
             body.get("output_expires_after"), "output_expires_after"
         )
         input_file_id = body["input_file_id"]
