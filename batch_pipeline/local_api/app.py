@@ -6,7 +6,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MULTIPART_SLACK_BYTES = 1024 * 1024  # room for the multipart framing around the file
 MAX_JSON_BODY_BYTES = 1024 * 1024
+Handler = Callable[[Request], Awaitable[Response]]
 CREATE_BATCH_FIELDS = frozenset(
     {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 )
@@ -514,17 +515,33 @@ class LocalBatchService:
     # ------------------------------------------------------------------ wiring
 
     def routes(self) -> list[Route]:
+        """One route per path, so that a 405's `Allow` lists every method the path takes."""
+        handlers: dict[str, dict[str, Handler]] = {
+            "/files": {"POST": self.create_file, "GET": self.list_files},
+            "/files/{file_id}": {"GET": self.retrieve_file, "DELETE": self.delete_file},
+            "/files/{file_id}/content": {"GET": self.file_content},
+            "/batches": {"POST": self.create_batch, "GET": self.list_batches},
+            "/batches/{batch_id}": {"GET": self.retrieve_batch},
+            "/batches/{batch_id}/cancel": {"POST": self.cancel_batch},
+        }
         return [
-            Route("/v1/files", self.create_file, methods=["POST"]),
-            Route("/v1/files", self.list_files, methods=["GET"]),
-            Route("/v1/files/{file_id}", self.retrieve_file, methods=["GET"]),
-            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
-            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
-            Route("/v1/batches", self.create_batch, methods=["POST"]),
-            Route("/v1/batches", self.list_batches, methods=["GET"]),
-            Route("/v1/batches/{batch_id}", self.retrieve_batch, methods=["GET"]),
-            Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
+            Route(f"/v1{path}", _by_method(methods), methods=list(methods))
+            for path, methods in handlers.items()
         ]
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    """An endpoint that hands a request to the handler of its method (HEAD to GET's).
+
+    Starlette answers a method the route does not list with 405 and `Allow` made from the
+    route's methods, so the one table above is all that `Allow` is computed from.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return endpoint
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
