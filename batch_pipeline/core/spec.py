@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import string
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -148,6 +148,14 @@ class BackendSpec(_Section):
     def _looks_like_a_name(cls, value: str) -> str:
         if not ENV_NAME.fullmatch(value):
             raise ValueError("must be the name of an environment variable, not a key")
+        return value
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_read_as_a_date(cls, value: Any) -> Any:
+        """YAML reads an unquoted `2024-10-21` as a date: it is meant as the version's text."""
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value.isoformat()
         return value
 
     @model_validator(mode="after")
