@@ -1,4 +1,5 @@
-"""The HTTP side: starlette routes for the Files and Batches APIs under /v1, OpenAI errors."""
+"""The HTTP side: starlette routes for the Files and Batches APIs, OpenAI errors: under /v1
+in OpenAI's dialect, under /openai in Azure OpenAI's (see `azure`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batch_pipeline.core.tokens import default_encoding
+from batch_pipeline.local_api.azure import (
+    AZURE_BAD_KEY_MESSAGE,
+    AZURE_KEY_HEADER,
+    AZURE_PREFIX,
+    is_azure_path,
+    require_api_version,
+    with_v1,
+)
 from batch_pipeline.local_api.errors import ApiError, error_body
 from batch_pipeline.local_api.file_form import expires_after_seconds, read_file_form
 from batch_pipeline.local_api.responders import EchoResponder, ProxyResponder
@@ -70,8 +79,9 @@ def make_responder(settings: LocalApiSettings) -> Responder:
     return EchoResponder()
 
 
-class BearerAuth:
-    """ASGI middleware: every HTTP request needs `Authorization: Bearer <key>`."""
+class ApiKeyAuth:
+    """ASGI middleware: every HTTP request needs the key, as `Authorization: Bearer <key>`
+    or, on the Azure paths, as Azure's `api-key: <key>` header."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
@@ -81,25 +91,31 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value
-                break
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key):
+        azure = is_azure_path(scope["path"])
+        headers = dict(scope["headers"])
+        scheme, _, bearer = headers.get(b"authorization", b"").partition(b" ")
+        offered = [bearer.strip()] if scheme.lower() == b"bearer" else []
+        if azure and AZURE_KEY_HEADER in headers:
+            offered.append(headers[AZURE_KEY_HEADER].strip())
+        if any(hmac.compare_digest(token, self._key) for token in offered):
             await self.app(scope, receive, send)
             return
-        if not header:
-            error = ApiError(
-                401,
-                "You didn't provide an API key. You need to provide your API "
-                "key in an Authorization header using Bearer auth "
-                "(i.e. Authorization: Bearer YOUR_KEY).",
-            )
-        else:
-            error = ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
-        await _error_response(error)(scope, receive, send)
+        sent = b"authorization" in headers or (azure and AZURE_KEY_HEADER in headers)
+        await _error_response(_auth_error(sent, azure))(scope, receive, send)
+
+
+def _auth_error(sent: bool, azure: bool) -> ApiError:
+    """The 401 for a missing or wrong key, in the words of the dialect asked."""
+    if azure:
+        return ApiError(401, AZURE_BAD_KEY_MESSAGE, code="401")
+    if not sent:
+        return ApiError(
+            401,
+            "You didn't provide an API key. You need to provide your API "
+            "key in an Authorization header using Bearer auth "
+            "(i.e. Authorization: Bearer YOUR_KEY).",
+        )
+    return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -207,6 +223,19 @@ def _validate_metadata(metadata: Any) -> dict[str, str] | None:
                 code="invalid_value",
             )
     return metadata
+
+
+def _batch_body(record: dict[str, Any]) -> dict[str, Any]:
+    """A batch's wire form, its endpoint written as it was sent."""
+    body = public(record)
+    body["endpoint"] = record.get("_endpoint_sent", record["endpoint"])
+    return body
+
+
+def _azure_batch_fields(endpoint_sent: str, max_requests: int) -> dict[str, Any]:
+    """What a batch created through the Azure paths keeps besides: the endpoint as sent,
+    Azure's request limit, and that its lines may name their url without `/v1`."""
+    return {"_endpoint_sent": endpoint_sent, "_max_requests": max_requests, "_dialect": "azure"}
 
 
 def _file_id(request: Request) -> str:
@@ -407,7 +436,8 @@ class LocalBatchService:
                 raise ApiError(
                     400, f"Invalid '{name}': expected a string.", param=name, code="invalid_type"
                 )
-        endpoint = body["endpoint"]
+        azure = is_azure_path(request.url.path)
+        endpoint = with_v1(body["endpoint"]) if azure else body["endpoint"]
         if endpoint not in SUPPORTED_ENDPOINTS:
             raise ApiError(
                 400,
@@ -465,19 +495,23 @@ class LocalBatchService:
             "_deadline": now + window,
             "_output_expires_after_seconds": output_expires,
         }
+        if azure:
+            record.update(
+                _azure_batch_fields(body["endpoint"], self.settings.azure_max_requests_per_batch)
+            )
         added = await run_in_threadpool(self._store.add_batch, record)
         if added is None:  # deleted since it was looked up
             raise ApiError(404, f"No such File object: {input_file_id[:64]}", param="input_file_id")
         record = added
         log.info("batch %s created (%s, input %s)", record["id"], endpoint, input_file_id)
         self._engine.submit(record["id"])
-        return JSONResponse(public(record))
+        return JSONResponse(_batch_body(record))
 
     async def list_batches(self, request: Request) -> Response:
         limit = _int_param(request, "limit", 20, 1, 100)
         after = _cursor_param(request, "after", BATCH_ID_RE)
         page, has_more = self._store.list_batches(after=after, limit=limit)
-        return JSONResponse(_list_body([public(r) for r in page], has_more))
+        return JSONResponse(_list_body([_batch_body(r) for r in page], has_more))
 
     def _batch(self, request: Request) -> dict[str, Any]:
         batch_id = request.path_params["batch_id"]
@@ -487,7 +521,7 @@ class LocalBatchService:
         return record
 
     async def retrieve_batch(self, request: Request) -> Response:
-        return JSONResponse(public(self._batch(request)))
+        return JSONResponse(_batch_body(self._batch(request)))
 
     async def cancel_batch(self, request: Request) -> Response:
         record = self._batch(request)
@@ -502,10 +536,10 @@ class LocalBatchService:
         if updated is not None:
             log.info("batch %s -> cancelling", record["id"])
             self._engine.cancel(record["id"])
-            return JSONResponse(public(updated))
+            return JSONResponse(_batch_body(updated))
         record = self._batch(request)
         if record["status"] in ("cancelling", "cancelled"):
-            return JSONResponse(public(record))
+            return JSONResponse(_batch_body(record))
         raise ApiError(
             409,
             f"Cannot cancel a batch with status '{record['status']}'.",
@@ -525,19 +559,23 @@ class LocalBatchService:
             "/batches/{batch_id}/cancel": {"POST": self.cancel_batch},
         }
         return [
-            Route(f"/v1{path}", _by_method(methods), methods=list(methods))
+            Route(prefix + path, _by_method(methods, azure=azure), methods=list(methods))
+            for prefix, azure in (("/v1", False), (AZURE_PREFIX, True))
             for path, methods in handlers.items()
         ]
 
 
-def _by_method(handlers: dict[str, Handler]) -> Handler:
-    """An endpoint that hands a request to the handler of its method (HEAD to GET's).
+def _by_method(handlers: dict[str, Handler], *, azure: bool) -> Handler:
+    """An endpoint that hands a request to the handler of its method (HEAD to GET's), after
+    the Azure dialect's `api-version` check on an Azure path.
 
     Starlette answers a method the route does not list with 405 and `Allow` made from the
     route's methods, so the one table above is all that `Allow` is computed from.
     """
 
     async def endpoint(request: Request) -> Response:
+        if azure:
+            require_api_version(request)
         method = "GET" if request.method == "HEAD" else request.method
         return await handlers[method](request)
 
@@ -591,7 +629,7 @@ def create_app(settings: LocalApiSettings) -> Starlette:
         finally:
             await run_in_threadpool(service.close)
 
-    middleware = [Middleware(BearerAuth, api_key=api_key)] if api_key else []
+    middleware = [Middleware(ApiKeyAuth, api_key=api_key)] if api_key else []
     app = Starlette(
         routes=service.routes(),
         middleware=middleware,

@@ -63,7 +63,8 @@ class LocalApiSettings:
     api_key_env: str | None = _opt(
         None,
         "Name of the environment variable holding the API key clients must send "
-        "(Authorization: Bearer ...). Without it, no authentication.",
+        "(Authorization: Bearer ..., or api-key: ... on the Azure paths). Without it, no "
+        "authentication.",
     )
     api_key: str | None = _opt(
         None,
@@ -84,6 +85,11 @@ class LocalApiSettings:
     )
     max_upload_bytes: int = _opt(200 * MB, "Largest accepted upload, in bytes (413 above).")
     max_requests_per_batch: int = _opt(50_000, "Most request lines in one batch input file.")
+    azure_max_requests_per_batch: int = _opt(
+        100_000,
+        "Most request lines in one batch input file of a batch created through the Azure "
+        "paths (/openai/...), as Azure's global batch allows.",
+    )
     max_batch_file_bytes: int = _opt(200 * MB, "Largest batch input file, in bytes.")
     enqueued_token_limit: int | None = _opt(
         None,
@@ -109,6 +115,7 @@ class LocalApiSettings:
             "completion_window_seconds",
             "max_upload_bytes",
             "max_requests_per_batch",
+            "azure_max_requests_per_batch",
             "max_batch_file_bytes",
             "chunk_size",
             "worker_threads",

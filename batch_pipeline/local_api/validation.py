@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from batch_pipeline.core.tokens import count_tokens
+from batch_pipeline.local_api.azure import with_v1
 from batch_pipeline.local_api.faults import content_text
 
 SUPPORTED_ENDPOINTS = (
@@ -102,9 +103,11 @@ def validate_input_file(
     max_requests: int,
     max_bytes: int,
     count_prompt_tokens: bool = False,
+    azure: bool = False,
 ) -> ValidationResult:
     """Check every line of a batch input file as OpenAI does, streaming it; with
-    `count_prompt_tokens`, also count its prompt tokens with the model's tokenizer."""
+    `count_prompt_tokens`, also count its prompt tokens with the model's tokenizer. With
+    `azure`, a line's url may leave out `/v1` (`/chat/completions`), as Azure's may."""
     result = ValidationResult()
     try:
         size = path.stat().st_size
@@ -149,7 +152,7 @@ def validate_input_file(
                     )
                 )
                 break
-            error = _check_line(raw, number, endpoint, seen_ids, result)
+            error = _check_line(raw, number, endpoint, seen_ids, result, azure=azure)
             if error is not None:
                 errors.append(error)
                 continue
@@ -176,7 +179,13 @@ def validate_input_file(
 
 
 def _check_line(
-    raw: bytes, number: int, endpoint: str, seen_ids: set[str], result: ValidationResult
+    raw: bytes,
+    number: int,
+    endpoint: str,
+    seen_ids: set[str],
+    result: ValidationResult,
+    *,
+    azure: bool = False,
 ) -> dict[str, Any] | None:
     try:
         request = orjson.loads(raw)
@@ -208,6 +217,8 @@ def _check_line(
             param="method",
         )
     url = request["url"]
+    if azure and isinstance(url, str):
+        url = with_v1(url)
     if url != endpoint:
         if url in SUPPORTED_ENDPOINTS:
             return batch_error(

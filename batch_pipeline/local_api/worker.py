@@ -502,9 +502,10 @@ class BatchEngine:
             lambda: validate_input_file(
                 self.store.batch_input_path(record),
                 endpoint=record["endpoint"],
-                max_requests=self.settings.max_requests_per_batch,
+                max_requests=record.get("_max_requests", self.settings.max_requests_per_batch),
                 max_bytes=self.settings.max_batch_file_bytes,
                 count_prompt_tokens=limit is not None,
+                azure=record.get("_dialect") == "azure",
             )
         )
         if run.stop_reason == "shutdown":

@@ -22,6 +22,7 @@ METHODS = {
     "/batches/batch_abc123/cancel": {"POST"},
 }
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+PREFIXES = ("/v1", "/openai")  # OpenAI's paths, and Azure OpenAI's
 
 
 def _allowed(methods: set[str]) -> set[str]:
@@ -29,12 +30,15 @@ def _allowed(methods: set[str]) -> set[str]:
     return methods | ({"HEAD"} if "GET" in methods else set())
 
 
+@pytest.mark.parametrize("prefix", PREFIXES)
 @pytest.mark.parametrize("path", sorted(METHODS))
 def test_a_method_a_path_does_not_take_is_405_allowing_all_it_takes(
-    shared_url: str, path: str
+    shared_url: str, prefix: str, path: str
 ) -> None:
+    root = shared_url.removesuffix("/v1")
     for method in sorted(set(ALL_METHODS) - METHODS[path]):
-        response = httpx2.request(method, f"{shared_url}{path}")
+        url = f"{root}{prefix}{path}"
+        response = httpx2.request(method, url, params={"api-version": "2024-10-21"})
         assert response.status_code == 405, (method, path)
         allow = {m.strip() for m in response.headers["allow"].split(",")}
         assert allow == _allowed(METHODS[path]), (method, path)
@@ -46,7 +50,10 @@ def test_the_table_above_covers_every_route(tmp_path: Path) -> None:
     app = create_app(LocalApiSettings(state_dir=tmp_path))
     routes = {route.path: route.methods for route in app.routes}  # type: ignore[attr-defined]
     expected = {
-        f"/v1{path}".replace("file-abc123", "{file_id}").replace("batch_abc123", "{batch_id}"): m
+        f"{prefix}{path}".replace("file-abc123", "{file_id}").replace(
+            "batch_abc123", "{batch_id}"
+        ): m
         for path, m in METHODS.items()
+        for prefix in PREFIXES
     }
     assert routes == {path: _allowed(methods) for path, methods in expected.items()}
