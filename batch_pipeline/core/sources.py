@@ -27,6 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from batch_pipeline.core.database_url import open_engine
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -574,10 +575,7 @@ def _is_missing(value: object) -> bool:
 def _engine(spec: PipelineSpec) -> sa.Engine:
     """An engine for the source URL; a relative SQLite file is relative to the spec's folder."""
     assert spec.source.sql is not None
-    url = sa.make_url(spec.source.sql.resolved_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        url = url.set(database=str(spec.resolve(url.database)))
-    return sa.create_engine(url)
+    return open_engine(spec.source.sql.resolved_url, base_dir=spec.base_dir)
 
 
 def _subquery(spec: PipelineSpec) -> str:
