@@ -649,10 +649,23 @@ def _rows_to_batch(
 
 def _column_array(values: Sequence[object], known: pa.DataType | None) -> pa.Array:
     """The values in the `known` type if they fit it, else Arrow's inferred type; values that
-    disagree on a type (SQLite allows it) become text."""
-    for kind in (known, None):
+    disagree on a type (SQLite allows it) become text. JSON objects (json/jsonb columns) stay
+    JSON text: as structs every row would take every other row's keys."""
+    if any(isinstance(value, dict) for value in values):
+        return pa.array([_sql_text(value) for value in values], pa.string())
+    # A column already text stays text: inferring another type would break the batches' schema.
+    for kind in (known,) if known == pa.string() else (known, None):
         try:
             return pa.array(values, kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             continue
-    return pa.array([None if value is None else str(value) for value in values], pa.string())
+    return pa.array([_sql_text(value) for value in values], pa.string())
+
+
+def _sql_text(value: object) -> str | None:
+    """A database value as text: JSON for objects and lists, so a reader can parse it back."""
+    if value is None:
+        return None
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -27,7 +29,8 @@ CREATE TABLE tickets (
 ROWS = [
     ("A", "Refund", "Please refund me.", "2026-11-20 00:00:00+00", "12.50", '{"vip": true}'),
     ("B", "Late", "Where is it?", "2026-11-20 13:45:10+00", "0.99", '{"tags": ["late"]}'),
-    ("C", "Thanks", "All good.", "2026-11-20 23:59:59+00", None, None),
+    ("C", "Thanks", "All good.", "2026-11-20 23:59:59+00", None, '["x", 1]'),
+    ("E", "Quiet", "No notes.", "2026-11-20 08:00:00+00", "1.00", None),
     ("D", "Tomorrow", "Not today.", "2026-11-21 00:00:00+00", "3.00", "{}"),
 ]
 
@@ -70,15 +73,19 @@ def test_a_postgresql_source_runs_a_partition_end_to_end(tmp_path, batch_api, ti
         summary = pipeline.run(DAY, poll_interval=0.2, timeout=90)
         results = pipeline.read_results(DAY).set_index("ticket_id").sort_index()
 
-    assert summary.counts["succeeded"] == 3 and summary.rows == 3
-    assert list(results.index) == ["A", "B", "C"]  # D falls on the next day
+    assert summary.counts["succeeded"] == 4 and summary.rows == 4
+    assert list(results.index) == ["A", "B", "C", "E"]  # D falls on the next day
     assert set(results["status"]) == {"succeeded"}
     assert results.loc["B", "response_text"] == "Late: Where is it?"
     assert [ts.to_pydatetime() for ts in results["created_at"]] == [
         datetime(2026, 11, 20, 0, 0, 0, tzinfo=UTC),
         datetime(2026, 11, 20, 13, 45, 10, tzinfo=UTC),
         datetime(2026, 11, 20, 23, 59, 59, tzinfo=UTC),
+        datetime(2026, 11, 20, 8, 0, 0, tzinfo=UTC),
     ]
     assert results.loc["A", "amount"] == Decimal("12.50")
     assert results.loc["B", "amount"] == Decimal("0.99")
     assert results.loc["C", "amount"] is None
+    # jsonb stays JSON text, each row with its own value (no keys borrowed from other rows).
+    meta = [None if pd.isna(text) else json.loads(text) for text in results["meta"]]
+    assert meta == [{"vip": True}, {"tags": ["late"]}, ["x", 1], None]
