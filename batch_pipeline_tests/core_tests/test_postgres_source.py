@@ -68,12 +68,19 @@ def test_a_postgresql_source_runs_a_partition_end_to_end(tmp_path, batch_api, ti
         "key": "ticket_id",
         "partition_column": "created_at",
     }
-    data = ticket_spec(tmp_path, batch_api, source=source, request={"prompt": "{subject}: {body}"})
+    data = ticket_spec(
+        tmp_path,
+        batch_api,
+        source=source,
+        request={"prompt": "{subject}: {body}"},
+        ledger={"url": tickets_url},  # the ledger's tables beside the source's, same URL form
+    )
     with load_pipeline(PipelineSpec.from_dict(data, base_dir=tmp_path)) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.2, timeout=90)
         results = pipeline.read_results(DAY).set_index("ticket_id").sort_index()
 
     assert summary.counts["succeeded"] == 4 and summary.rows == 4
+    assert pipeline.ledger.engine.dialect.name == "postgresql"
     assert list(results.index) == ["A", "B", "C", "E"]  # D falls on the next day
     assert set(results["status"]) == {"succeeded"}
     assert results.loc["B", "response_text"] == "Late: Where is it?"
