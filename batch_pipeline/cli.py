@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # annotations only: the commands import the core lazily, when they run
+    from batch_pipeline.core.backends.openai import OpenAIBackend
     from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, ResultsSummary
+    from batch_pipeline.core.spec import PipelineSpec
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -46,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--timeout", type=float, default=None, help="Give up waiting after this many seconds."
+    )
+    run.add_argument(
+        "--unreachable-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="Stop with an error once the Batch API has not answered for this long (default "
+        "600); a first call that cannot connect stops at once.",
     )
 
     status = commands.add_parser("status", help="Show partitions, shards and batches.")
@@ -102,12 +112,14 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
 
     from batch_pipeline.core.backends.base import BackendError
     from batch_pipeline.core.pipeline import PipelineError, load_pipeline
-    from batch_pipeline.core.spec import SpecError
+    from batch_pipeline.core.spec import PipelineSpec, SpecError
 
     try:
-        with load_pipeline(args.spec) as pipeline:
-            if args.command == "run":
-                return _run(pipeline, args, out)
+        spec = PipelineSpec.from_yaml(args.spec)
+        backend = _run_backend(spec, args) if args.command == "run" else None
+        with load_pipeline(spec, backend=backend) as pipeline:
+            if backend is not None:  # the run command's
+                return _run(pipeline, backend, args, out)
             if args.command == "status":
                 return _status(pipeline, args.partition, out)
             if args.command == "cancel":
@@ -128,26 +140,38 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE
 
 
-def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
+def _run_backend(spec: PipelineSpec, args: argparse.Namespace) -> OpenAIBackend:
+    """The run's backend, with the bound on how long it may go without an answer."""
+    from batch_pipeline.core.backends.openai import make_backend
+
+    if args.unreachable_after is None:
+        return make_backend(spec.backend)
+    return make_backend(spec.backend, unreachable_after=args.unreachable_after)
+
+
+def _run(pipeline: Pipeline, backend: OpenAIBackend, args: argparse.Namespace, out: TextIO) -> int:
     from batch_pipeline.core.pipeline import PartitionStatus, ResultsSummary
 
     progress = _ProgressLine(sys.stderr)
+    connection = backend.connection
+
+    def on_progress(status: PartitionStatus, _report: object) -> None:
+        progress.show(status)
+        if connection.unreachable is not None:  # polls retry; the command stops
+            progress.done()
+            raise connection.unreachable
+
     outcome = pipeline.run(
         args.partition,
         wait=not args.no_wait,
         poll_interval=args.poll_interval,
         rebuild=args.rebuild,
         timeout=args.timeout,
-        on_progress=lambda status, _report: progress.show(status),
+        on_progress=on_progress,
     )
     progress.done()
     if isinstance(outcome, PartitionStatus):
-        print(
-            f"{outcome.partition}: {outcome.requests} requests submitted in "
-            f"{len(outcome.batches)} batch(es), {outcome.rejected} rejected; run again "
-            "to collect the results",
-            file=out,
-        )
+        print(_submitted_line(pipeline, outcome), file=out)
         return EXIT_OK
     assert isinstance(outcome, ResultsSummary)
     if outcome.already_collected:
@@ -158,6 +182,31 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
         )
     print(format_results_summary(outcome), file=out)
     return EXIT_OK
+
+
+def _submitted_line(pipeline: Pipeline, status: PartitionStatus) -> str:
+    """What `run --no-wait` did: the requests actually in batches, and those still waiting."""
+    from batch_pipeline.core.pipeline import OPEN_STATES
+
+    waiting = [
+        shard
+        for shard in pipeline.ledger.shards(
+            pipeline.spec.name, partition=status.partition, generation=status.generation
+        )
+        if shard.batch_id is None and shard.state in OPEN_STATES
+    ]
+    unsent = sum(shard.rows for shard in waiting)
+    line = (
+        f"{status.partition}: {status.requests - unsent:,} of {status.requests:,} requests "
+        f"submitted in {len(status.batches)} batch(es), {status.rejected:,} rejected"
+    )
+    if waiting:
+        reason = next((s.last_error for s in waiting if s.last_error), "queued")
+        line += (
+            f"; {unsent:,} requests in {len(waiting)} shard(s) not submitted yet ({reason}): "
+            "a later run or poll submits them"
+        )
+    return line + "; run again to collect the results"
 
 
 def format_results_summary(summary: ResultsSummary) -> str:

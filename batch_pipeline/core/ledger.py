@@ -15,13 +15,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from batch_pipeline.core.database_url import database_url, open_engine, sqlite_file
 from batch_pipeline.core.types import BatchInfo, BatchStatus, ShardInfo, ShardState
 
 # 2: shards start `built` (a state version 1 does not know), otherwise the same tables.
@@ -800,11 +800,12 @@ def _fits_budget(conn: Connection, shard_id: str, budget: int) -> bool:
 
 
 def _create_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        database = sa.engine.make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = sqlite_file(parsed)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        engine = open_engine(parsed, connect_args={"timeout": 60})
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -820,12 +821,4 @@ def _create_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(_with_installed_driver(url), pool_pre_ping=True)
-
-
-def _with_installed_driver(url: str) -> str:
-    """Plain `postgresql://` URLs use psycopg2, the driver dagster-postgres also uses."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url.removeprefix(prefix)
-    return url
+    return open_engine(parsed, pool_pre_ping=True)

@@ -38,6 +38,7 @@ from batch_pipeline.core.outcomes import (
     AtomicParquetFile,
     one_chunk,
 )
+from batch_pipeline.core.schema_unify import SchemaConflict, conform, unified_schema
 from batch_pipeline.core.sources import nulls_as_text
 from batch_pipeline.core.types import Endpoint, RowStatus
 
@@ -295,7 +296,10 @@ class _WriteBehind:
 def read_results(results_dir: Path, partition: str | None = None) -> pd.DataFrame:
     """All partitions' results (or one's), with the `partition` column from the folder names.
 
-    Integer columns come back as pandas' nullable integers (200, not 200.0).
+    Days written from differently typed sources read together under `schema_unify`'s rule
+    (a common type where pyarrow promotes one, else text); a column with no text form beside
+    another type is a ResultsError naming it, its days and both types. Integer columns come
+    back as pandas' nullable integers (200, not 200.0).
     """
     if not Path(results_dir).is_dir():
         raise FileNotFoundError(
@@ -303,16 +307,29 @@ def read_results(results_dir: Path, partition: str | None = None) -> pd.DataFram
         )
     partitioning = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
     dataset = ds.dataset(Path(results_dir), format="parquet", partitioning=partitioning)
-    schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
-    if schemas:  # partitions written from different source schemas still read together
-        schema = pa.unify_schemas(
-            [*schemas, pa.schema([(PARTITION_KEY, pa.string())])], promote_options="permissive"
-        )
-        dataset = ds.dataset(
-            Path(results_dir), format="parquet", partitioning=partitioning, schema=schema
-        )
     where = None if partition is None else pc.field(PARTITION_KEY) == partition
-    return dataset.to_table(filter=where).to_pandas(types_mapper=_NULLABLE_PANDAS_TYPES.get)
+    files = [
+        (f"{PARTITION_KEY}={day} ({Path(fragment.path).name})", day, fragment)
+        for fragment in dataset.get_fragments(filter=where)
+        for day in [ds.get_partition_keys(fragment.partition_expression)[PARTITION_KEY]]
+    ]
+    try:
+        schema = unified_schema([(name, fragment.physical_schema) for name, _, fragment in files])
+        tables = [_read_day(fragment, schema, name, day) for name, day, fragment in files]
+    except SchemaConflict as exc:
+        raise ResultsError(f"the results at {results_dir} do not read together: {exc}") from None
+    table = (
+        pa.concat_tables(tables)
+        if tables
+        else pa.schema([(PARTITION_KEY, pa.string())]).empty_table()
+    )
+    return table.to_pandas(types_mapper=_NULLABLE_PANDAS_TYPES.get)
+
+
+def _read_day(fragment: ds.Fragment, schema: pa.Schema, name: str, day: str) -> pa.Table:
+    """One results file in the unified schema, with its day as the partition column."""
+    table = conform(fragment.to_table(), schema, name)
+    return table.append_column(PARTITION_KEY, pa.array([day] * len(table), pa.string()))
 
 
 _NULLABLE_PANDAS_TYPES = {

@@ -27,6 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from batch_pipeline.core.database_url import open_engine
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -574,10 +575,7 @@ def _is_missing(value: object) -> bool:
 def _engine(spec: PipelineSpec) -> sa.Engine:
     """An engine for the source URL; a relative SQLite file is relative to the spec's folder."""
     assert spec.source.sql is not None
-    url = sa.make_url(spec.source.sql.resolved_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        url = url.set(database=str(spec.resolve(url.database)))
-    return sa.create_engine(url)
+    return open_engine(spec.source.sql.resolved_url, base_dir=spec.base_dir)
 
 
 def _subquery(spec: PipelineSpec) -> str:
@@ -651,10 +649,23 @@ def _rows_to_batch(
 
 def _column_array(values: Sequence[object], known: pa.DataType | None) -> pa.Array:
     """The values in the `known` type if they fit it, else Arrow's inferred type; values that
-    disagree on a type (SQLite allows it) become text."""
-    for kind in (known, None):
+    disagree on a type (SQLite allows it) become text. JSON objects (json/jsonb columns) stay
+    JSON text: as structs every row would take every other row's keys."""
+    if any(isinstance(value, dict) for value in values):
+        return pa.array([_sql_text(value) for value in values], pa.string())
+    # A column already text stays text: inferring another type would break the batches' schema.
+    for kind in (known,) if known == pa.string() else (known, None):
         try:
             return pa.array(values, kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             continue
-    return pa.array([None if value is None else str(value) for value in values], pa.string())
+    return pa.array([_sql_text(value) for value in values], pa.string())
+
+
+def _sql_text(value: object) -> str | None:
+    """A database value as text: JSON for objects and lists, so a reader can parse it back."""
+    if value is None:
+        return None
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from batch_pipeline.core.backends.base import (
     BackendError,
     NotFound,
+    ServiceUnreachable,
     TransientBackendError,
     cancel_or_read,
 )
@@ -116,6 +117,11 @@ class Submitter(PipelineWorker):
             return SubmitOutcome(shard.shard_id, None, waiting=waiting)
         try:
             return self._submit_claimed(claimed, takeover=shard.state is ShardState.SUBMITTING)
+        except ServiceUnreachable:
+            # Not this shard's trouble: the command stops; the next one takes the shard over
+            # (looking for a batch this try may have made first).
+            self.ledger.release(claimed.shard_id, self.owner)
+            raise
         except TransientBackendError as exc:
             if exc.status_code == RATE_LIMITED:  # an answer: no batch was made
                 return self._requeue(claimed, exc)

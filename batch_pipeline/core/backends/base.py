@@ -9,13 +9,16 @@ knowing any SDK.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo
 
 COMPLETION_WINDOW = "24h"
+# A client that has had no answer from its service for this long gives up (see ConnectionWatch).
+UNREACHABLE_AFTER_SECONDS = 600.0
 
 # Codes in a failed batch's `errors.data[]` that say "not now" rather than "never":
 # the same input file can be submitted again later.
@@ -49,6 +52,56 @@ class BackendError(Exception):
 
 class TransientBackendError(BackendError):
     """Worth retrying later: connection errors, timeouts, HTTP 5xx, 429 rate limits."""
+
+
+class ServiceUnreachable(TransientBackendError):
+    """No answer from the service at all: at a client's first call, or for longer than its
+    bound. The message names the base URL and the cause. A poll may try again later; a
+    command stops with it."""
+
+
+class ConnectionWatch:
+    """Tells a passing connection failure from a service that is not there.
+
+    A failure to get any HTTP answer is `ServiceUnreachable` before the first answer, or once
+    `unreachable_after` seconds have passed since the last one; in between it is an ordinary
+    `TransientBackendError`, retried later (a service restarting in the middle of a long run).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        unreachable_after: float = UNREACHABLE_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.base_url = base_url
+        self.unreachable_after = unreachable_after
+        self._clock = clock
+        self._last_answer: float | None = None
+        self.unreachable: ServiceUnreachable | None = None  # until the next answer
+
+    def answered(self) -> None:
+        """The service answered (any HTTP status): it is there."""
+        self._last_answer = self._clock()
+        self.unreachable = None
+
+    def no_answer(self, action: str, cause: str) -> TransientBackendError:
+        """The error for a call that got no answer, `cause` saying why."""
+        if self._last_answer is None:
+            error = ServiceUnreachable(
+                f"cannot connect to the Batch API at {self.base_url}: connection error "
+                f"({cause}) on the first call ({action})"
+            )
+        elif (silent := self._clock() - self._last_answer) > self.unreachable_after:
+            error = ServiceUnreachable(
+                f"no answer from the Batch API at {self.base_url} for {silent:.0f} s "
+                f"(the limit is {self.unreachable_after:.0f} s): connection error ({cause})"
+            )
+        else:
+            return TransientBackendError(f"{action} failed: connection error ({cause})")
+        self.unreachable = error
+        return error
 
 
 class NotFound(BackendError):

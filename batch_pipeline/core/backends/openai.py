@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -17,8 +18,10 @@ from openai.types import Batch, FileObject
 
 from batch_pipeline.core.backends.base import (
     COMPLETION_WINDOW,
+    UNREACHABLE_AFTER_SECONDS,
     BackendError,
     BatchBackend,
+    ConnectionWatch,
     NotFound,
     TransientBackendError,
     find_in_pages,
@@ -82,11 +85,17 @@ class OpenAIBackend(BatchBackend):
     """`BatchBackend` over an `openai.OpenAI` (or `AzureOpenAI`) client.
 
     SDK errors become `BackendError`s whose text is redacted of the client's key and raised
-    without the SDK exception attached (it holds the request, and so the key).
+    without the SDK exception attached (it holds the request, and so the key). Calls that get
+    no answer are judged by `connection` (see `ConnectionWatch`).
     """
 
-    def __init__(self, client: openai.OpenAI) -> None:
+    def __init__(
+        self, client: openai.OpenAI, *, unreachable_after: float = UNREACHABLE_AFTER_SECONDS
+    ) -> None:
         self._client = client
+        self.connection = ConnectionWatch(
+            shown_url(str(client.base_url)), unreachable_after=unreachable_after
+        )
         # The API has no idempotency key for creates: a retry after a lost answer would
         # create (and bill) a second batch, so creates are never retried by the SDK.
         self._client_no_retry = client.with_options(max_retries=0)
@@ -198,15 +207,19 @@ class OpenAIBackend(BatchBackend):
     def _call(self, action: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run one SDK call, turning its exceptions into the backend's own."""
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except (openai.OpenAIError, httpx2.TransportError) as exc:
             error = self._translate(action, exc)
+        else:
+            self.connection.answered()
+            return result
         # Raised outside the `except` so the SDK exception is not chained as the context.
         raise error
 
     def _translate(self, action: str, exc: Exception) -> BackendError:
         secrets = [self._client.api_key]
         if isinstance(exc, openai.APIStatusError):
+            self.connection.answered()
             status = exc.status_code
             body = exc.body if isinstance(exc.body, Mapping) else {}
             code = body.get("code") or body.get("type")
@@ -222,13 +235,29 @@ class OpenAIBackend(BatchBackend):
             if status in (408, 429) or status >= 500:
                 return TransientBackendError(text, status_code=status, code=code)
             return BackendError(text, status_code=status, code=code)
-        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-            return TransientBackendError(f"{action} failed: timed out")
         if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-            return TransientBackendError(
-                f"{action} failed: connection error ({type(exc).__name__})"
-            )
+            return self.connection.no_answer(action, redact(_no_answer_cause(exc), secrets))
         return BackendError(redact(f"{action} failed: {exc}"[:_MAX_MESSAGE_CHARS], secrets))
+
+
+def _no_answer_cause(exc: Exception) -> str:
+    """Why a call got no answer, in the HTTP layer's words ("ConnectError: [Errno 111]
+    Connection refused"), not the SDK's bare "Connection error."."""
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+        return "timed out"
+    cause = (exc.__cause__ or exc) if isinstance(exc, openai.APIConnectionError) else exc
+    text = " ".join(str(cause).split())[:_MAX_MESSAGE_CHARS]
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def shown_url(url: str) -> str:
+    """A base URL as a message may show it: no user, password or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def key_variable(spec: BackendSpec) -> str | None:
@@ -240,11 +269,17 @@ def key_variable(spec: BackendSpec) -> str | None:
     return spec.api_key_env
 
 
-def make_backend(spec: BackendSpec, *, env: Mapping[str, str] = os.environ) -> BatchBackend:
+def make_backend(
+    spec: BackendSpec,
+    *,
+    env: Mapping[str, str] = os.environ,
+    unreachable_after: float = UNREACHABLE_AFTER_SECONDS,
+) -> OpenAIBackend:
     """Build the backend a spec describes; the key comes from `key_variable(spec)`.
 
     `openai` and `azure` refuse to start without a key, naming the variable. `local` sends
-    a placeholder unless its variable is named and set.
+    a placeholder unless its variable is named and set. `unreachable_after` bounds how long
+    the backend goes without an answer before its calls raise `ServiceUnreachable`.
     """
     variable = key_variable(spec)
     key = (env.get(variable) or None) if variable else None
@@ -274,4 +309,4 @@ def make_backend(spec: BackendSpec, *, env: Mapping[str, str] = os.environ) -> B
         )
     else:
         client = openai.OpenAI(api_key=key, base_url=spec.base_url, **common)
-    return OpenAIBackend(client)
+    return OpenAIBackend(client, unreachable_after=unreachable_after)
