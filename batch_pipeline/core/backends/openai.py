@@ -243,14 +243,15 @@ def key_variable(spec: BackendSpec) -> str | None:
 def make_backend(spec: BackendSpec, *, env: Mapping[str, str] = os.environ) -> BatchBackend:
     """Build the backend a spec describes; the key comes from `key_variable(spec)`.
 
-    `openai` and `azure` refuse to start without a key, naming the variable. `local` sends
-    a placeholder unless its variable is named and set.
+    Refuses to start without a key, naming the variable, when the spec's provider needs one:
+    `openai` and `azure` always, `local` when its spec names a variable (a service with
+    auth). A `local` spec naming none sends a placeholder.
     """
     variable = key_variable(spec)
     key = (env.get(variable) or None) if variable else None
-    if key is None and spec.provider != "local":
+    if key is None and variable is not None:
         raise BackendError(
-            f"the environment variable {spec.api_key_env} is not set; "
+            f"the environment variable {variable} is not set; "
             f"provider {spec.provider} needs an API key in it"
         )
     common: dict[str, Any] = {
