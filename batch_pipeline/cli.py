@@ -156,6 +156,8 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
             "(use --rebuild to run it afresh)",
             file=out,
         )
+    if outcome.spec_changed:
+        print(f"note: {outcome.spec_changed}", file=out)
     print(format_results_summary(outcome), file=out)
     return EXIT_OK
 

@@ -5,6 +5,8 @@ Unknown keys and wrong types are refused with a `SpecError` that names the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import string
@@ -88,6 +90,11 @@ class SourceSpec(_Section):
         return self
 
 
+# The request keys that change what a request body holds (context_window only decides
+# which rows are sent).
+REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params")
+
+
 class RequestSpec(_Section):
     endpoint: Endpoint = Endpoint.CHAT_COMPLETIONS
     model: str
@@ -117,6 +124,15 @@ class RequestSpec(_Section):
         if reserved:
             raise ValueError(f"{sorted(reserved)} are set by the pipeline, not by params")
         return params
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of what shapes the request bodies (endpoint, model, system, prompt,
+        params), so a build made with another request can be told apart. The section holds
+        no secret: keys live in `backend.api_key_env`'s variable."""
+        shaping = self.model_dump(mode="json", include=set(REQUEST_SHAPING_KEYS))
+        canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     @property
     def placeholders(self) -> list[str]:
