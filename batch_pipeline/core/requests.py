@@ -11,7 +11,6 @@ every row under an enqueued-token budget, are tokenized exactly.
 from __future__ import annotations
 
 import os
-import string
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
 from batch_pipeline.core.sources import parse_partition
-from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.core.spec import PipelineSpec, SpecError, parse_template
 from batch_pipeline.core.tokens import (
     byte_lengths,
     context_window,
@@ -124,18 +123,16 @@ class _Template:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise SpecError(f"{name}: the text cannot be encoded as UTF-8 ({exc.reason})") from None
+        try:
+            parsed = parse_template(text)
+        except ValueError as exc:
+            raise SpecError(f"{name}: {exc}") from None
         pieces: list[str | _Slot] = []
-        for literal, field, format_spec, conversion in string.Formatter().parse(text):
+        for literal, column in parsed:
             if literal:
                 pieces.append(literal)
-            if field is None:
-                continue
-            if format_spec or conversion:
-                raise SpecError(
-                    f"{name}: placeholder {{{field}}} has a format spec or conversion; "
-                    "write just {column}"
-                )
-            pieces.append(_Slot(field))
+            if column is not None:
+                pieces.append(_Slot(column))
         return cls(name, tuple(pieces))
 
     @property
