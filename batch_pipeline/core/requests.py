@@ -385,8 +385,8 @@ class RequestBuilder:
         self.key = spec.source.key
         self.endpoint = Endpoint(request.endpoint)
         self.model = request.model
-        if self.endpoint is Endpoint.EMBEDDINGS and request.system is not None:
-            raise SpecError("request.system: /v1/embeddings takes no system text; remove it")
+        if request.system is not None and not self.endpoint.takes_system:
+            raise SpecError(f"request.system: {self.endpoint} takes no system text; remove it")
         self.prompt = _Template.parse("request.prompt", request.prompt)
         self.system = _Template.parse("request.system", request.system) if request.system else None
         self.max_output_tokens = max_output_tokens(request.params)
@@ -633,7 +633,9 @@ class RequestBuilder:
             if self.system is not None:
                 body["instructions"] = sentinels["system"]
             body.update(params)
-        else:
+        elif self.endpoint is Endpoint.COMPLETIONS:
+            body = {"model": self.model, "prompt": sentinels["prompt"], **params}
+        else:  # embeddings and moderations: the text is the input
             body = {"model": self.model, "input": sentinels["prompt"], **params}
         line = {
             "custom_id": sentinels["custom_id"],
@@ -880,7 +882,7 @@ def body_input_texts(body: Mapping[str, Any]) -> list[str]:
         content = message.get("content")
         if isinstance(content, str):
             texts.append(content)
-    for name in ("instructions", "input"):
+    for name in ("instructions", "input", "prompt"):
         value = body.get(name)
         if isinstance(value, str):
             texts.append(value)

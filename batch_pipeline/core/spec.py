@@ -137,7 +137,8 @@ class RequestSpec(_Section):
     model: str
     system: str | None = None
     prompt: str = Field(
-        description="Text with {column} placeholders; for embeddings it is the input."
+        description="Text with {column} placeholders ({{ and }} are literal braces); for "
+        "embeddings and moderations it is the input, for completions the prompt."
     )
     params: dict[str, Any] = Field(default_factory=dict)
     context_window: int | None = Field(
