@@ -180,6 +180,8 @@ def _run(pipeline: Pipeline, backend: OpenAIBackend, args: argparse.Namespace, o
             "(use --rebuild to run it afresh)",
             file=out,
         )
+    if outcome.spec_changed:
+        print(f"note: {outcome.spec_changed}", file=out)
     print(format_results_summary(outcome), file=out)
     return EXIT_OK
 

@@ -26,7 +26,8 @@ from batch_pipeline.core.types import BatchInfo, BatchStatus, ShardInfo, ShardSt
 
 # 2: shards start `built` (a state version 1 does not know), otherwise the same tables.
 # 3: shards count `deferrals`, the tries of one submission cut short by the provider.
-SCHEMA_VERSION = 3
+# 4: partitions keep the `request_fingerprint` of the spec their generation was built with.
+SCHEMA_VERSION = 4
 DEFAULT_LEASE_SECONDS = 300.0
 SCHEMA_LOCK_KEY = 0x62705F6C6564  # "bp_led": one advisory lock for schema changes
 BUDGET_LOCK_SPACE = 0x62705F74  # "bp_t": advisory locks on a model's token budget
@@ -59,6 +60,7 @@ partitions_table = sa.Table(
     sa.Column("cancelled_at", sa.Float),
     sa.Column("results_path", sa.Text),
     sa.Column("summary_json", sa.Text),
+    sa.Column("request_fingerprint", sa.String(64)),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
@@ -141,6 +143,7 @@ class PartitionRecord:
     cancelled_at: float | None
     results_path: str | None
     summary: dict[str, Any] | None
+    request_fingerprint: str | None = None  # of the spec's request the build was made with
 
     @property
     def is_collected(self) -> bool:
@@ -318,6 +321,7 @@ class Ledger:
                     cancelled_at=None,
                     results_path=None,
                     summary_json=None,
+                    request_fingerprint=None,
                     updated_at=now,
                 )
             )
@@ -383,9 +387,11 @@ class Ledger:
         requests: int,
         rejected: int,
         shards: Sequence[ShardInfo],
+        request_fingerprint: str | None = None,
     ) -> None:
         """Register a built generation's shards (built: not submitted until asked for, see
-        `queue_built`) and its counts; safe to repeat."""
+        `queue_built`), its counts and the fingerprint of the request it was built with;
+        safe to repeat."""
         now = self._clock()
         with self._tx() as conn:
             self._insert_shards(conn, shards, now, ShardState.BUILT)
@@ -396,6 +402,7 @@ class Ledger:
                     source_rows=source_rows,
                     requests=requests,
                     rejected=rejected,
+                    request_fingerprint=request_fingerprint,
                     build_owner=None,
                     build_lease_expires_at=None,
                     built_at=now,
@@ -772,10 +779,16 @@ def _enqueued_tokens(conn: Connection, model: str) -> int:
 def _migrate(conn: Connection) -> None:
     """Bring the tables of an older schema version up to this one (then marked, so that
     older versions of batch_pipeline refuse the ledger)."""
-    shard_columns = {column["name"] for column in sa.inspect(conn).get_columns("bp_shards")}
+    inspector = sa.inspect(conn)
+    shard_columns = {column["name"] for column in inspector.get_columns("bp_shards")}
     if "deferrals" not in shard_columns:
         conn.execute(
             sa.text("ALTER TABLE bp_shards ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0")
+        )
+    partition_columns = {column["name"] for column in inspector.get_columns("bp_partitions")}
+    if "request_fingerprint" not in partition_columns:  # unknown for generations built before
+        conn.execute(
+            sa.text("ALTER TABLE bp_partitions ADD COLUMN request_fingerprint VARCHAR(64)")
         )
 
 

@@ -448,7 +448,7 @@ _BODY_SCHEMA = pa.schema(
         ("message", pa.string()),
     ]
 )
-_TEXT_FIELD = {Endpoint.CHAT_COMPLETIONS.value: "message", "/v1/completions": "text"}
+_TEXT_FIELD = {Endpoint.CHAT_COMPLETIONS.value: "message", Endpoint.COMPLETIONS.value: "text"}
 _BODY_KEY = b'"body":'
 # Where `"body":` is looked for, and where the usual layout's fields before it must lie.
 _HEAD_WINDOW = 512
@@ -889,6 +889,16 @@ def _extract_response(body: dict[str, Any]) -> _Extracted:
     return text, None, usage.get("input_tokens"), usage.get("output_tokens")
 
 
+def _extract_moderation(body: dict[str, Any]) -> _Extracted:
+    """The first input's verdict as text: `flagged: <categories>` or `not flagged` (the
+    scores are in response_json). Moderations report no token usage."""
+    result = body["results"][0]
+    flagged = [name for name, hit in (result.get("categories") or {}).items() if hit]
+    if not result.get("flagged"):
+        return "not flagged", None, None, None
+    return f"flagged: {', '.join(flagged)}" if flagged else "flagged", None, None, None
+
+
 def _extract_embedding(body: dict[str, Any]) -> _Extracted:
     """The first input's vector (lowest `index`); a request with several inputs keeps only it."""
     usage = body.get("usage") or {}
@@ -906,5 +916,6 @@ _EXTRACTORS: dict[str, Callable[[Any], _Extracted]] = {
     Endpoint.CHAT_COMPLETIONS.value: _extract_chat,
     Endpoint.RESPONSES.value: _extract_response,
     Endpoint.EMBEDDINGS.value: _extract_embedding,
-    "/v1/completions": _extract_completion,
+    Endpoint.COMPLETIONS.value: _extract_completion,
+    Endpoint.MODERATIONS.value: _extract_moderation,
 }

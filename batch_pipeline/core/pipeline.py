@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +62,7 @@ _SHARD_ERRORS = (BackendError, OutcomeFileError, OSError)
 BUILD_WAIT_SECONDS = 0.5
 WorkerT = TypeVar("WorkerT", bound=PipelineWorker)
 OPEN_STATES = (ShardState.QUEUED, ShardState.SUBMITTING, ShardState.SUBMITTED)
+REBUILD_HINT = "`batch-pipeline run --rebuild`, or a Dagster run tagged batch_pipeline/rebuild=true"
 
 
 class PipelineError(RuntimeError):
@@ -87,6 +88,7 @@ class RequestsSummary:
     already_built: bool
     rows_without_day: int = 0  # source rows that fall on no day, so in no partition
     notes: tuple[str, ...] = ()  # the manifest's warnings (unknown price, rows of no day)
+    spec_changed: str | None = None  # a reused build made with another request: says so
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,12 @@ class ResultsSummary:
     columns: list[tuple[str, str]]
     preview: list[dict[str, Any]]
     already_collected: bool = False
+    spec_changed: str | None = None  # results made with another request: says so
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "already_collected"}
+        """What the ledger keeps of it: the facts of the results, not this call's notes."""
+        notes = ("already_collected", "spec_changed")
+        return {k: v for k, v in self.__dict__.items() if k not in notes}
 
 
 @dataclass(frozen=True)
@@ -209,7 +214,8 @@ class Pipeline:
         built = self._wait_for_build_or_claim(partition, generation)
         if built:
             manifest = load_manifest(self.storage, partition, generation, 1)
-            return self._requests_summary(manifest, already_built=True)
+            summary = self._requests_summary(manifest, already_built=True)
+            return replace(summary, spec_changed=self.spec_change(partition))
         try:
             manifest = build_partition_requests(
                 self.spec,
@@ -230,11 +236,26 @@ class Pipeline:
             requests=manifest.requests,
             rejected=manifest.rejected,
             shards=manifest.shards,
+            request_fingerprint=self.spec.request.fingerprint,
         )
         self._settle_if_done(partition)
         for note in manifest.notes:
             log.warning("%s %s: %s", self.spec.name, partition, note)
         return self._requests_summary(manifest, already_built=False)
+
+    def spec_change(self, partition: str) -> str | None:
+        """One line saying that the partition's current generation was built with another
+        request than the spec makes now (and how to send the new one); None when it was not,
+        or when the ledger does not know (a build by a version that kept no fingerprint)."""
+        record = self.get_partition(partition)
+        if record is None or record.request_fingerprint in (None, self.spec.request.fingerprint):
+            return None
+        return (
+            f"{partition} generation {record.generation} of {self.spec.name} was built with "
+            "another request than the spec makes now (its endpoint, model, system, prompt or "
+            "params changed), so its results answer the old one; rebuild it to send the new "
+            f"one ({REBUILD_HINT})"
+        )
 
     def _check_rebuild(self, partition: str) -> None:
         """Refuse a new generation of a day whose batches are paid for and not yet finished."""
@@ -580,8 +601,7 @@ class Pipeline:
             raise type(exc)(
                 f"partition {partition} of {self.spec.name}: {exc}. The source no longer holds "
                 f"the rows its requests were built from at {built}. If rows were added, "
-                "changed or removed since, rebuild the partition (`batch-pipeline run "
-                "--rebuild`, or a Dagster run tagged batch_pipeline/rebuild=true), which "
+                f"changed or removed since, rebuild the partition ({REBUILD_HINT}), which "
                 "sends every row again"
             ) from None
         finally:
@@ -646,8 +666,10 @@ class Pipeline:
         """
         record = self.ledger.get_partition(self.spec.name, partition)
         if record is not None and record.collected_at is not None and not rebuild:
-            return ResultsSummary(**record.summary, already_collected=True)
-        self.build_requests(partition, rebuild=rebuild)
+            return ResultsSummary(
+                **record.summary, already_collected=True, spec_changed=self.spec_change(partition)
+            )
+        built = self.build_requests(partition, rebuild=rebuild)
         self.submit(partition)
         started = self._clock()
         report: PollReport | None = None
@@ -666,7 +688,7 @@ class Pipeline:
             report = self.poll()
         if not wait:
             return status
-        return self.collect_results(partition)
+        return replace(self.collect_results(partition), spec_changed=built.spec_changed)
 
     # -- status -----------------------------------------------------------------------------
 

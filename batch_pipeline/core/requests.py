@@ -11,7 +11,6 @@ every row under an enqueued-token budget, are tokenized exactly.
 from __future__ import annotations
 
 import os
-import string
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
 from batch_pipeline.core.sources import parse_partition
-from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.core.spec import PipelineSpec, SpecError, parse_template
 from batch_pipeline.core.tokens import (
     byte_lengths,
     context_window,
@@ -124,18 +123,16 @@ class _Template:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise SpecError(f"{name}: the text cannot be encoded as UTF-8 ({exc.reason})") from None
+        try:
+            parsed = parse_template(text)
+        except ValueError as exc:
+            raise SpecError(f"{name}: {exc}") from None
         pieces: list[str | _Slot] = []
-        for literal, field, format_spec, conversion in string.Formatter().parse(text):
+        for literal, column in parsed:
             if literal:
                 pieces.append(literal)
-            if field is None:
-                continue
-            if format_spec or conversion:
-                raise SpecError(
-                    f"{name}: placeholder {{{field}}} has a format spec or conversion; "
-                    "write just {column}"
-                )
-            pieces.append(_Slot(field))
+            if column is not None:
+                pieces.append(_Slot(column))
         return cls(name, tuple(pieces))
 
     @property
@@ -388,8 +385,8 @@ class RequestBuilder:
         self.key = spec.source.key
         self.endpoint = Endpoint(request.endpoint)
         self.model = request.model
-        if self.endpoint is Endpoint.EMBEDDINGS and request.system is not None:
-            raise SpecError("request.system: /v1/embeddings takes no system text; remove it")
+        if request.system is not None and not self.endpoint.takes_system:
+            raise SpecError(f"request.system: {self.endpoint} takes no system text; remove it")
         self.prompt = _Template.parse("request.prompt", request.prompt)
         self.system = _Template.parse("request.system", request.system) if request.system else None
         self.max_output_tokens = max_output_tokens(request.params)
@@ -636,7 +633,9 @@ class RequestBuilder:
             if self.system is not None:
                 body["instructions"] = sentinels["system"]
             body.update(params)
-        else:
+        elif self.endpoint is Endpoint.COMPLETIONS:
+            body = {"model": self.model, "prompt": sentinels["prompt"], **params}
+        else:  # embeddings and moderations: the text is the input
             body = {"model": self.model, "input": sentinels["prompt"], **params}
         line = {
             "custom_id": sentinels["custom_id"],
@@ -883,7 +882,7 @@ def body_input_texts(body: Mapping[str, Any]) -> list[str]:
         content = message.get("content")
         if isinstance(content, str):
             texts.append(content)
-    for name in ("instructions", "input"):
+    for name in ("instructions", "input", "prompt"):
         value = body.get(name)
         if isinstance(value, str):
             texts.append(value)

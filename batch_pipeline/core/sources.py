@@ -98,9 +98,13 @@ def iter_partition_batches(
     expression = partition_filter(
         partition_field.name, partition_field.type, day, timezone=spec.schedule.timezone
     )
+    empty = True
     for batch in _scan(dataset, wanted, expression, batch_size, filter_column=partition_field.name):
         if batch.num_rows:
+            empty = False
             yield batch
+    if empty:  # a day without rows, or a column of no day at all: told apart here
+        _check_some_day(spec, _sample_if_no_day(dataset, partition_field))
 
 
 def count_rows_without_day(spec: PipelineSpec, dataframe: pd.DataFrame | None = None) -> int:
@@ -133,6 +137,34 @@ def count_rows_without_day(spec: PipelineSpec, dataframe: pd.DataFrame | None = 
         return dataset.count_rows(filter=no_day)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise SourceError(f"source {spec.source.path} cannot be read: {error}") from error
+
+
+def _check_some_day(spec: PipelineSpec, sample: Any) -> None:
+    """SpecError naming the partition column and `sample`, one of its values, when no value
+    of it is a day (`sample` is None otherwise): no partition would hold any row, and every
+    day would quietly build empty."""
+    if sample is not None:
+        column = spec.source.partition_column
+        raise SpecError(
+            f"source.partition_column: no value of column {column!r} is a day (a date, a "
+            f"timestamp or text starting with YYYY-MM-DD); it holds e.g. {sample!r}, so every "
+            "partition would be empty: name the column that dates the rows"
+        )
+
+
+def _sample_if_no_day(dataset: ds.Dataset, field: pa.Field) -> Any:
+    """A text column's first value when none of its values starts with a day, else None;
+    dates and timestamps are days throughout."""
+    column, column_type = ds.field(field.name), field.type
+    if pa.types.is_dictionary(column_type):
+        column, column_type = column.cast(column_type.value_type), column_type.value_type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        return None
+    is_day = pc.match_substring_regex(column, _DAY_PREFIX)
+    if dataset.head(1, columns=[field.name], filter=is_day).num_rows:
+        return None
+    sample = dataset.head(1, columns=[field.name], filter=column.is_valid() & (column != ""))
+    return sample.column(0)[0].as_py() if sample.num_rows else None
 
 
 def _scan(
@@ -626,11 +658,30 @@ def _sql_batches(
             ).execute(statement, bounds)
             names = list(result.keys())
             known: dict[str, pa.DataType] = {}
+            empty = True
             for rows in result.partitions(batch_size):
                 if rows:
+                    empty = False
                     yield _rows_to_batch(names, rows, known)
+        if empty:  # a day without rows, or a column of no day at all: told apart here
+            _check_some_day(spec, _sql_sample_if_no_day(spec, engine))
     finally:
         engine.dispose()
+
+
+def _sql_sample_if_no_day(spec: PipelineSpec, engine: sa.Engine) -> Any:
+    """The query's first partition value when none of its values is a day, else None (read
+    in Python: SQL has no test for "a date" that every database shares)."""
+    column = engine.dialect.identifier_preparer.quote(spec.source.partition_column)
+    statement = sa.text(f"SELECT {column} FROM {_subquery(spec)} WHERE {column} IS NOT NULL")
+    first = None
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True).execute(statement)
+        for (value,) in result:
+            if isinstance(value, date) or (isinstance(value, str) and re.match(_DAY_PREFIX, value)):
+                return None
+            first = value if first is None and value != "" else first
+    return first
 
 
 def _rows_to_batch(

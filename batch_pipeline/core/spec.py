@@ -5,9 +5,10 @@ Unknown keys and wrong types are refused with a `SpecError` that names the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
-import string
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -88,12 +89,56 @@ class SourceSpec(_Section):
         return self
 
 
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_NOT_IN_A_COLUMN_NAME = re.compile(r"[\"'\n]|^\s*$")
+_BRACES_HINT = 'write {{ and }} for literal braces, as in {{"label": "..."}}'
+
+
+def parse_template(text: str) -> list[tuple[str, str | None]]:
+    """A prompt or system text as (literal text, column or None) pairs: `{column}` is a
+    placeholder, `{{` and `}}` are literal braces. ValueError naming the character where a
+    brace neither escapes nor opens a placeholder (a stray `{`, or JSON left unescaped)."""
+    pieces: list[tuple[str, str | None]] = []
+    literal, at = "", 0
+    for token in _TEMPLATE_TOKEN.finditer(text):
+        literal += text[at : token.start()]
+        at = token.end()
+        where = f"at character {token.start() + 1} ({text[token.start() : token.start() + 20]!r})"
+        column = token.group(1)
+        if token.group() in ("{{", "}}"):
+            literal += token.group()[0]
+        elif column is None:
+            raise ValueError(f"a single {token.group()!r} {where}; {_BRACES_HINT}")
+        elif _NOT_IN_A_COLUMN_NAME.search(column):
+            raise ValueError(
+                f"{{{column}}} {where} is not a {{column}} placeholder; {_BRACES_HINT}"
+            )
+        elif ":" in column or "!" in column:
+            raise ValueError(
+                f"placeholder {{{column}}} {where} has a format spec or conversion; write just "
+                f"{{column}}, and {_BRACES_HINT}"
+            )
+        else:
+            pieces.append((literal, column))
+            literal = ""
+    literal += text[at:]
+    if literal:
+        pieces.append((literal, None))
+    return pieces
+
+
+# The request keys that change what a request body holds (context_window only decides
+# which rows are sent).
+REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params")
+
+
 class RequestSpec(_Section):
     endpoint: Endpoint = Endpoint.CHAT_COMPLETIONS
     model: str
     system: str | None = None
     prompt: str = Field(
-        description="Text with {column} placeholders; for embeddings it is the input."
+        description="Text with {column} placeholders ({{ and }} are literal braces); for "
+        "embeddings and moderations it is the input, for completions the prompt."
     )
     params: dict[str, Any] = Field(default_factory=dict)
     context_window: int | None = Field(
@@ -101,14 +146,12 @@ class RequestSpec(_Section):
         description="The model's context in tokens; default from the built-in model table.",
     )
 
-    @field_validator("prompt")
+    @field_validator("prompt", "system")
     @classmethod
-    def _prompt_parses(cls, prompt: str) -> str:
-        try:
-            list(string.Formatter().parse(prompt))
-        except ValueError as exc:
-            raise ValueError(f"cannot parse the template: {exc}") from exc
-        return prompt
+    def _template_parses(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_template(text)
+        return text
 
     @field_validator("params")
     @classmethod
@@ -119,13 +162,22 @@ class RequestSpec(_Section):
         return params
 
     @property
+    def fingerprint(self) -> str:
+        """A stable hash of what shapes the request bodies (endpoint, model, system, prompt,
+        params), so a build made with another request can be told apart. The section holds
+        no secret: keys live in `backend.api_key_env`'s variable."""
+        shaping = self.model_dump(mode="json", include=set(REQUEST_SHAPING_KEYS))
+        canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    @property
     def placeholders(self) -> list[str]:
         """The column names the prompt and system texts refer to, in order, without repeats."""
         names: list[str] = []
         for text in (self.system or "", self.prompt):
-            for _, field_name, _, _ in string.Formatter().parse(text):
-                if field_name is not None and field_name not in names:
-                    names.append(field_name)
+            for _, column in parse_template(text):
+                if column is not None and column not in names:
+                    names.append(column)
         return names
 
 

@@ -149,8 +149,9 @@ def context_window(model: str, override: int | None = None) -> int:
 
 
 def request_overhead_tokens(endpoint: Endpoint | str, messages: int) -> int:
-    """Tokens a request costs beyond its texts: chat framing, or nothing for embeddings."""
-    if Endpoint(endpoint) is Endpoint.EMBEDDINGS:
+    """Tokens a request costs beyond its texts: the framing of messages, or nothing where
+    the text is sent bare (embeddings, completions, moderations)."""
+    if not Endpoint(endpoint).takes_system:
         return 0
     return TOKENS_PER_MESSAGE * messages + TOKENS_PER_REPLY
 

@@ -59,6 +59,13 @@ class Endpoint(StrEnum):
     CHAT_COMPLETIONS = "/v1/chat/completions"
     RESPONSES = "/v1/responses"
     EMBEDDINGS = "/v1/embeddings"
+    COMPLETIONS = "/v1/completions"  # the prompt is the body's `prompt`
+    MODERATIONS = "/v1/moderations"  # the prompt is the body's `input`
+
+    @property
+    def takes_system(self) -> bool:
+        """Whether a request can carry a system text (as a message or `instructions`)."""
+        return self in (Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES)
 
 
 @dataclass(frozen=True)

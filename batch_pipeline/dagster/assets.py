@@ -13,6 +13,7 @@ still in flight is refused then: cancel it first (`batch-pipeline cancel`).
 """
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -147,11 +148,25 @@ def _build_requests(
     context.log.info(
         f"{partition} generation {summary.generation}: {summary.requests} requests in "
         f"{summary.shards} shards, {summary.rejected} rows rejected"
-        + (" (reused the build in progress)" if summary.already_built else "")
+        + (_reuse_note(pipeline, partition) if summary.already_built else "")
     )
     for note in summary.notes:
         context.log.warning(note)
+    _warn_of_spec_change(summary.spec_changed, context)
     return dg.MaterializeResult(metadata=requests_metadata(summary))
+
+
+def _reuse_note(pipeline: Pipeline, partition: str) -> str:
+    """How a reused build stands: still in progress, or settled (a rebuild starts afresh)."""
+    record = pipeline.get_partition(partition)
+    if record is not None and record.settled_at is not None:
+        return f" (reused its settled build; a run tagged {REBUILD_TAG}=true builds it afresh)"
+    return " (reused the build in progress)"
+
+
+def _warn_of_spec_change(note: str | None, context: dg.AssetExecutionContext) -> None:
+    if note:
+        context.log.warning(note)
 
 
 def _submit_batches(
@@ -183,5 +198,7 @@ def _collect_results(
         )
         return None
     summary = pipeline.collect_results(partition)
+    summary = replace(summary, spec_changed=pipeline.spec_change(partition))
     context.log.info(f"{partition}: {summary.rows} rows written to {summary.path}")
+    _warn_of_spec_change(summary.spec_changed, context)
     return dg.MaterializeResult(metadata=results_metadata(summary))

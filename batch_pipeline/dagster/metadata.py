@@ -39,6 +39,7 @@ def requests_metadata(summary: RequestsSummary) -> dict[str, Any]:
             PREFIX + "estimated_cost_batch_usd": _usd(summary.estimated_cost_batch_usd),
             PREFIX + "manifest": dg.MetadataValue.path(summary.manifest_path),
             PREFIX + "reused_existing_build": summary.already_built,
+            PREFIX + "spec_changed": summary.spec_changed,
         }
     )
 
@@ -71,6 +72,7 @@ def results_metadata(summary: ResultsSummary) -> dict[str, Any]:
             PREFIX + "cost_live_usd": _usd(summary.cost_live_usd),
             PREFIX + "saved_usd": _usd(summary.saved_usd),
             PREFIX + "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
+            PREFIX + "spec_changed": summary.spec_changed,
         }
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -56,13 +55,11 @@ class BatchBackendResource(dg.ConfigurableResource):
     @classmethod
     def from_spec(cls, backend: BackendSpec) -> BatchBackendResource:
         """The resource a spec's `backend:` section describes; the key from its variable
-        (provider local only sends one from a variable its spec names and the environment
-        sets: a local service with auth; never the default OPENAI_API_KEY).
+        (provider local only sends one from a variable its spec names: a local service with
+        auth; never the default OPENAI_API_KEY).
         """
         variable = key_variable(backend)
-        api_key = None
-        if variable is not None and (backend.provider != "local" or variable in os.environ):
-            api_key = dg.EnvVar(variable)
+        api_key = dg.EnvVar(variable) if variable is not None else None
         return cls(
             provider=backend.provider,
             base_url=backend.base_url,
@@ -77,10 +74,12 @@ class BatchBackendResource(dg.ConfigurableResource):
 
     def to_backend_spec(self) -> BackendSpec:
         """The core's description of this backend (it names the key's variable, no key)."""
+        # A keyless local service: no variable named, so the core sends its placeholder.
+        keyless = self.provider == "local" and self.api_key is None
         return BackendSpec(
             provider=self.provider,
             base_url=self.base_url,
-            api_key_env=_KEY_VARIABLE,
+            **({} if keyless else {"api_key_env": _KEY_VARIABLE}),
             azure_endpoint=self.azure_endpoint,
             api_version=self.api_version,
             organization=self.organization,
@@ -92,7 +91,7 @@ class BatchBackendResource(dg.ConfigurableResource):
     def get_backend(self) -> BatchBackend:
         """A new core backend client; the caller closes it."""
         key = self._key()
-        if key is None and self.provider != "local":
+        if key is None and (self.provider != "local" or self.api_key is not None):
             raise ValueError(
                 f"BatchBackendResource: provider {self.provider} needs an API key; set "
                 f"api_key={self._key_hint()}"

@@ -655,8 +655,9 @@ def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path,
 def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
     tmp_path, batch_api, database, request
 ):
-    """A version 2 ledger (no `deferrals` column) with a shard in it opens, gains the column
-    with its shards kept, and is marked; a ledger newer than this package is refused."""
+    """A version 2 ledger (no `deferrals` nor `request_fingerprint` column) with a shard in
+    it opens, gains the columns with its shards kept, and is marked; a ledger newer than
+    this package is refused."""
     url = (
         request.getfixturevalue("own_postgres_database")
         if database == "postgresql"
@@ -671,6 +672,7 @@ def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE bp_shards DROP COLUMN deferrals"))
+        conn.execute(sa.text("ALTER TABLE bp_partitions DROP COLUMN request_fingerprint"))
         conn.execute(sa.text("UPDATE bp_schema SET version = 2"))
     with Pipeline(spec) as pipeline:
         (shard,) = pipeline.ledger.shards(spec.name)

@@ -429,8 +429,40 @@ def test_missing_key_column_is_a_spec_error(tmp_path):
 
 
 def test_format_specs_in_placeholders_are_refused(tmp_path):
-    with pytest.raises(SpecError, match=r"\{text\} has a format spec"):
+    with pytest.raises(SpecError, match=r"\{text!r\} at character 1 .*has a format spec"):
         make_builder(tmp_path, prompt="{text!r}")
+
+
+def test_json_in_a_prompt_is_written_with_doubled_braces(tmp_path):
+    builder = make_builder(tmp_path, prompt='Answer as {{"label": "..."}} for: {text}')
+    built = builder.build(pa.record_batch({"id": [1], "text": ["late parcel"]}), PARTITION)
+    (line,) = parsed_lines(built)
+    assert line["body"]["messages"][0]["content"] == 'Answer as {"label": "..."} for: late parcel'
+    assert builder.columns == ["id", "text"]
+
+
+@pytest.mark.parametrize(
+    ("request_texts", "message"),
+    [
+        (
+            {"prompt": 'Answer as {"label": "x"}: {text}'},
+            r'request.prompt: \{"label": "x"\} at character 11',
+        ),
+        ({"prompt": "Review { {text}"}, r"request.prompt: a single '\{' at character 8"),
+        ({"prompt": "{text} }"}, r"request.prompt: a single '\}' at character 8"),
+        ({"prompt": "{} {text}"}, r"request.prompt: \{\} at character 1"),
+        (
+            {"system": "Reply {", "prompt": "{text}"},
+            r"request.system: a single '\{' at character 7",
+        ),
+    ],
+)
+def test_a_brace_that_is_no_placeholder_is_a_spec_error_naming_text_and_place(
+    tmp_path, request_texts, message
+):
+    with pytest.raises(SpecError, match=message) as error:
+        make_builder(tmp_path, **request_texts)
+    assert "write {{ and }} for literal braces" in str(error.value)
 
 
 def test_builder_reads_only_the_key_and_placeholder_columns(tmp_path):

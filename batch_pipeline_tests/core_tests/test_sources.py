@@ -287,32 +287,52 @@ def test_batches_respect_batch_size_and_columns(tmp_path):
 NO_DAY = [None, "yesterday", "2024-05-01 08:00", None, "  2024-05-01"]
 
 
-@pytest.mark.parametrize("form", ["parquet", "csv", "jsonl", "dataframe", "sqlite"])
+SOURCE_FORMS = ["parquet", "csv", "jsonl", "dataframe", "sqlite"]
+
+
+def source_in_form(tmp_path, table, form):
+    """(spec, dataframe) reading `table` as a Parquet, CSV or JSONL file, a DataFrame or a
+    SQLite query."""
+    if form == "dataframe":
+        return make_spec(tmp_path), table.to_pandas()
+    if form == "sqlite":
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'src.db'}")
+        table.to_pandas().to_sql("items", engine, index=False)
+        engine.dispose()
+        query = {"url": "sqlite:///src.db", "query": "SELECT * FROM items"}
+        return make_spec(tmp_path, sql=query), None
+    path = tmp_path / f"src.{form}"
+    if form == "jsonl":
+        write_jsonl(path, table)
+    else:
+        {"parquet": pq.write_table, "csv": pacsv.write_csv}[form](table, path)
+    return make_spec(tmp_path, path=f"src.{form}"), None
+
+
+@pytest.mark.parametrize("form", SOURCE_FORMS)
 def test_rows_that_fall_on_no_day_are_counted(tmp_path, form):
     """Null days (and, for text, values that do not start with a date) are in no partition:
     the count lets the build say so instead of dropping them unseen."""
     table = sample_table(NO_DAY, pa.string())
-    dataframe = None
-    if form == "parquet":
-        pq.write_table(table, tmp_path / "src.parquet")
-        spec = make_spec(tmp_path, path="src.parquet")
-    elif form == "csv":
-        pacsv.write_csv(table, tmp_path / "src.csv")
-        spec = make_spec(tmp_path, path="src.csv")
-    elif form == "jsonl":
-        write_jsonl(tmp_path / "src.jsonl", table)
-        spec = make_spec(tmp_path, path="src.jsonl")
-    elif form == "dataframe":
-        spec, dataframe = make_spec(tmp_path), table.to_pandas()
-    else:
-        engine = sa.create_engine(f"sqlite:///{tmp_path / 'src.db'}")
-        table.to_pandas().to_sql("items", engine, index=False)
-        engine.dispose()
-        spec = make_spec(tmp_path, sql={"url": "sqlite:///src.db", "query": "SELECT * FROM items"})
+    spec, dataframe = source_in_form(tmp_path, table, form)
     # SQL compares in the database, which has no portable "starts with a date": nulls only.
     expected = 2 if form == "sqlite" else 4
     assert count_rows_without_day(spec, dataframe) == expected
     assert read_ids(spec, dataframe=dataframe) in ([3], ["3"])
+
+
+@pytest.mark.parametrize("form", SOURCE_FORMS)
+def test_a_partition_column_of_no_day_at_all_is_an_error_naming_it_and_a_value(tmp_path, form):
+    table = sample_table([None, "open", "closed"], pa.string())
+    spec, dataframe = source_in_form(tmp_path, table, form)
+    with pytest.raises(SpecError, match=r"source.partition_column: .*column 'day'.*'open'"):
+        read_ids(spec, dataframe=dataframe)
+
+
+@pytest.mark.parametrize("form", SOURCE_FORMS)
+def test_a_day_without_rows_in_a_column_of_days_is_just_empty(tmp_path, form):
+    spec, dataframe = source_in_form(tmp_path, sample_table(NO_DAY, pa.string()), form)
+    assert read_ids(spec, "2024-06-01", dataframe=dataframe) == []
 
 
 def test_a_timestamp_column_counts_its_nulls_as_rows_of_no_day(tmp_path):

@@ -56,6 +56,12 @@ def test_a_missing_key_is_named_without_a_value() -> None:
         resource.get_backend()
 
 
+def test_a_local_key_variable_the_spec_names_but_nobody_set_is_named() -> None:
+    named = BackendSpec(provider="local", api_key_env="BP_LOCAL_KEY_NOT_SET")
+    with pytest.raises(ValueError, match="BP_LOCAL_KEY_NOT_SET"):
+        BatchBackendResource.from_spec(named).get_backend()
+
+
 def test_a_local_service_never_gets_the_default_openai_key(
     batch_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,5 +77,4 @@ def test_a_local_service_never_gets_the_default_openai_key(
     finally:
         backend.close()
     named = BackendSpec(provider="local", base_url=batch_api, api_key_env="LOCAL_KEY")
-    monkeypatch.setenv("LOCAL_KEY", "local-secret")
     assert BatchBackendResource.from_spec(named).api_key.env_var_name == "LOCAL_KEY"

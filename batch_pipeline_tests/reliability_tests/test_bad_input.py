@@ -21,6 +21,8 @@ from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline_tests.reliability_tests.helpers import (
     DAY,
     KEY_COLUMN,
+    LEAK_ENV,
+    LEAK_KEY,
     Tally,
     assert_no_leak,
     at,
@@ -296,7 +298,8 @@ def mistakes_run(
             "--timeout",
             "60",
         )
-        started[case] = (start_child(command), name)
+        # The module's children start before the per-test key is set: they get it here.
+        started[case] = (start_child(command, **{LEAK_ENV: LEAK_KEY}), name)
     yield {case: (finish_child(child, tally), name) for case, (child, name) in started.items()}
     assert_no_leak(tally.scan_tree(root))
 

@@ -277,15 +277,17 @@ def make_backend(
 ) -> OpenAIBackend:
     """Build the backend a spec describes; the key comes from `key_variable(spec)`.
 
-    `openai` and `azure` refuse to start without a key, naming the variable. `local` sends
-    a placeholder unless its variable is named and set. `unreachable_after` bounds how long
-    the backend goes without an answer before its calls raise `ServiceUnreachable`.
+    Refuses to start without a key, naming the variable, when the spec's provider needs one:
+    `openai` and `azure` always, `local` when its spec names a variable (a service with
+    auth). A `local` spec naming none sends a placeholder.
+    `unreachable_after` bounds how long the backend goes without an answer before its
+    calls raise `ServiceUnreachable`.
     """
     variable = key_variable(spec)
     key = (env.get(variable) or None) if variable else None
-    if key is None and spec.provider != "local":
+    if key is None and variable is not None:
         raise BackendError(
-            f"the environment variable {spec.api_key_env} is not set; "
+            f"the environment variable {variable} is not set; "
             f"provider {spec.provider} needs an API key in it"
         )
     common: dict[str, Any] = {
