@@ -7,16 +7,19 @@ server nor other batches wait for it. Requests that must wait (`<<slow:S>>`, eve
 request of the proxy responder) are asyncio tasks; `<<hang>>` requests are only counted.
 
 Results are appended, chunk by chunk, to two partial files in the batch's work dir
-(`output.partial.jsonl`, `errors.partial.jsonl`). They are the truth about what is done:
-after a restart they are read back (a torn last line is cut off), the `custom_id`s in
-them are skipped, and the batch goes on. The request counts in the batch record are
+(`output.partial.jsonl`: 2xx answers; `errors.partial.jsonl`: other answers, with their
+bodies, and requests that got none, as OpenAI splits them). They are the truth about what
+is done: after a restart they are read back (a torn last line is cut off), the
+`custom_id`s in them are skipped, and the batch goes on. The request counts in the batch record are
 refreshed in memory after each chunk and written to disk every `progress_interval_seconds`
 (without fsync: the partial files, not these counts, are what a resumed batch goes by).
 
 Lifecycle: validating -> in_progress -> finalizing -> completed; validating -> failed;
 validating|in_progress -> cancelling -> cancelled; validating|in_progress -> expired when
-the completion window passes. On cancel or expiry, the requests not done go to the error
-file with code `batch_cancelled` / `batch_expired`, and are counted as `failed`.
+the completion window passes. A batch that stops (cancel, expiry, the service stopping)
+sends no more requests and waits up to `drain_seconds` for the answers of those already
+sent upstream. On cancel or expiry, the requests not done go to the error file with code
+`batch_cancelled` / `batch_expired`, and are counted as `failed`.
 """
 
 from __future__ import annotations
