@@ -26,7 +26,7 @@ from batch_pipeline.core.tokens import count_tokens as _count_tokens
 from batch_pipeline.core.tokens import encoding_for_model
 from batch_pipeline.local_api.errors import error_body, error_type_for_status
 from batch_pipeline.local_api.faults import content_text
-from batch_pipeline.local_api.upstream import Flight, UpstreamWatch, Withdrawn
+from batch_pipeline.local_api.upstream import Flight, UpstreamWatch, Withdrawn, shown_url
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ class ProxyResponder:
         self._watch: UpstreamWatch | None = None
 
     def __repr__(self) -> str:
-        return f"ProxyResponder({self.base!r}, concurrency={self.concurrency})"
+        return f"ProxyResponder({shown_url(self.base)!r}, concurrency={self.concurrency})"
 
     def url_for(self, endpoint: str) -> str:
         """The upstream URL of an endpoint (a base ending in /v1 is not doubled)."""
@@ -531,9 +531,9 @@ class ProxyResponder:
                     raise Withdrawn from None
                 if retries >= self.max_retries:
                     raise UpstreamUnavailable(
-                        f"{type(exc).__name__} from {url} after {retries + 1} attempts"
+                        f"{type(exc).__name__} from {shown_url(url)} after {retries + 1} attempts"
                     ) from None
-                log.debug("upstream %s: %s; retrying", url, type(exc).__name__)
+                log.debug("upstream %s: %s; retrying", shown_url(url), type(exc).__name__)
             else:
                 status = response.status_code
                 if (
@@ -544,7 +544,7 @@ class ProxyResponder:
                     answer = _json_answer(status, response.content)
                     return (*answer, response.headers.get("x-request-id"))
                 delay = _retry_after(response.headers.get("retry-after"), delay)
-                log.debug("upstream %s answered %s; retrying", url, status)
+                log.debug("upstream %s answered %s; retrying", shown_url(url), status)
             retries += 1
             await asyncio.sleep(delay)
 

@@ -15,10 +15,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
 MIN_PROBE_DELAY = 0.1  # seconds: no tight loop whatever the backoff settings say
+
+
+def shown_url(url: str) -> str:
+    """`url` as logs and error lines may show it: without user info or query, which may
+    hold a key."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class Withdrawn(Exception):
@@ -61,7 +73,7 @@ class UpstreamWatch:
         first_delay: float,
         max_delay: float,
     ) -> None:
-        self.url = url
+        self.url = shown_url(url)
         self._probe = probe
         self.first_delay = max(first_delay, MIN_PROBE_DELAY)
         self.max_delay = max(max_delay, self.first_delay)

@@ -143,7 +143,7 @@ def test_an_unreachable_upstream_holds_requests_until_the_window_ends(
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens here
     url = start_api(
         responder="proxy",
-        upstream_url=dead,
+        upstream_url=dead.replace("//", "//user:sk-in-url@") + "/v1?key=sk-in-query",
         upstream_max_retries=1,
         upstream_backoff_seconds=0.01,
         completion_window_seconds=1.5,
@@ -156,7 +156,8 @@ def test_an_unreachable_upstream_holds_requests_until_the_window_ends(
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}  # retryable, not failed
     assert len(errors) == 20
     warnings = batch_warnings(caplog)
-    assert len(warnings) == 1 and dead in warnings[0]  # once, with the URL
+    assert len(warnings) == 1 and f"{dead}/v1 " in warnings[0]  # once, with the URL
+    assert "sk-in-" not in caplog.text  # but not its secrets
 
 
 def test_a_request_that_keeps_timing_out_ends_upstream_unavailable(
