@@ -49,6 +49,7 @@ RETRYABLE_ERROR_CODES = frozenset(
         "service_unavailable",
         "timeout",
         "token_limit_exceeded",
+        "upstream_unavailable",  # the local service's proxy got no answer from its upstream
     }
 )
 _STATUS_OF_ERROR_CODE = {

@@ -1,8 +1,9 @@
 """What answers each request of a batch: the offline `echo` responder or the `proxy` one.
 
-Both return `(status_code, body)`: the HTTP status and JSON body the live endpoint would
-have answered. Fault triggers (faults.py) are handled by the worker before a responder is
-asked, so they behave the same with either.
+Both answer `(status_code, body)`: the HTTP status and JSON body the live endpoint would
+have answered (`respond_async` adds the upstream's request id). Fault triggers (faults.py),
+where the settings honour them, are handled by the worker before a responder is asked, so
+they behave the same with either.
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ from batch_pipeline.core.tokens import count_tokens as _count_tokens
 from batch_pipeline.core.tokens import encoding_for_model
 from batch_pipeline.local_api.errors import error_body, error_type_for_status
 from batch_pipeline.local_api.faults import content_text
+from batch_pipeline.local_api.upstream import Flight, UpstreamWatch, Withdrawn, shown_url
 
 log = logging.getLogger(__name__)
 
 Answer = tuple[int, dict[str, Any]]
+Reply = tuple[int, dict[str, Any], str | None]  # an Answer and the upstream's request id
+
+# Failures before the request reached the upstream: it was not sent, so not paid for.
+_NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout)
+PROBE_TIMEOUT = 10.0
 
 DEFAULT_EMBEDDING_DIMENSIONS = 256
 MODERATION_CATEGORIES = (
@@ -53,7 +60,7 @@ count_tokens = lru_cache(maxsize=8192)(_count_tokens)
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream server gave no HTTP answer, even after the retries."""
+    """The upstream server gave a request no HTTP answer, even after its retries."""
 
 
 def _bad_request(message: str, param: str | None = None, code: str | None = None) -> Answer:
@@ -194,9 +201,11 @@ class EchoResponder:
             )
         return handler(self, body, key)
 
-    async def respond_async(self, endpoint: str, body: dict[str, Any]) -> Answer:
-        """Same as respond (for callers that await)."""
-        return self.respond(endpoint, body)
+    async def respond_async(
+        self, endpoint: str, body: dict[str, Any], flight: Flight | None = None
+    ) -> Reply:
+        """Same as respond (for callers that await); no upstream, so no request id."""
+        return (*self.respond(endpoint, body), None)
 
     async def start(self) -> None:
         """Nothing to open."""
@@ -425,10 +434,13 @@ class EchoResponder:
 class ProxyResponder:
     """Forwards each request body to `upstream_url` + the endpoint path.
 
-    At most `concurrency` requests are in flight (service-wide). Connect errors, timeouts,
-    429 and 5xx answers are retried with exponential backoff (honouring Retry-After up to
-    60 s); the final HTTP answer, whatever its status, is returned. When no answer ever
-    came, UpstreamUnavailable is raised. The API key is sent, never logged.
+    At most `concurrency` requests are in flight (service-wide). While the upstream is
+    unreachable (connections refused), requests wait for it as a whole (UpstreamWatch)
+    rather than each spending its retries; their batch's completion window, cancel or the
+    service's stop ends the wait. 429 and 5xx answers, timeouts and connections lost
+    mid-request are retried up to `max_retries` times with exponential backoff (honouring
+    Retry-After up to 60 s); the final HTTP answer, whatever its status, is returned. The
+    API key is sent, never logged.
     """
 
     is_async = True
@@ -451,9 +463,10 @@ class ProxyResponder:
         self.backoff = backoff
         self._client: httpx2.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._watch: UpstreamWatch | None = None
 
     def __repr__(self) -> str:
-        return f"ProxyResponder({self.base!r}, concurrency={self.concurrency})"
+        return f"ProxyResponder({shown_url(self.base)!r}, concurrency={self.concurrency})"
 
     def url_for(self, endpoint: str) -> str:
         """The upstream URL of an endpoint (a base ending in /v1 is not doubled)."""
@@ -475,39 +488,80 @@ class ProxyResponder:
             trust_env=False,
         )
         self._slots = asyncio.Semaphore(self.concurrency)
+        self._watch = UpstreamWatch(
+            self.base,
+            self._probe,
+            first_delay=self.backoff,
+            max_delay=self.backoff * 2**self.max_retries,
+        )
 
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Stop watching the upstream; close the HTTP client."""
+        if self._watch is not None:
+            await self._watch.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    async def respond_async(self, endpoint: str, body: dict[str, Any]) -> Answer:
-        """Forward one request, with retries; the upstream's final (status, body)."""
-        assert self._client is not None and self._slots is not None, "call start() first"
+    async def _probe(self) -> None:
+        """Return once the upstream gives any HTTP answer (to GET /v1/models)."""
+        assert self._client is not None
+        await self._client.get(self.url_for("/v1/models"), timeout=PROBE_TIMEOUT)
+
+    async def respond_async(
+        self, endpoint: str, body: dict[str, Any], flight: Flight | None = None
+    ) -> Reply:
+        """Forward one request; the upstream's final (status, body, request id).
+
+        Raises UpstreamUnavailable when the retries of a request that timed out or lost its
+        connection ran out, Withdrawn when `flight` closed before it could be sent (again).
+        """
         url = self.url_for(endpoint)
         payload = orjson.dumps(body)
-        attempt = 0
+        flight = flight or Flight()
+        retries = 0
         while True:
-            delay = self.backoff * (2**attempt) * (0.75 + random.random() / 2)
+            delay = self.backoff * (2**retries) * (0.75 + random.random() / 2)
             try:
-                async with self._slots:
-                    response = await self._client.post(url, content=payload)
+                response = await self._send(url, payload, flight)
+            except _NOT_SENT:
+                continue  # the watch holds the request until the upstream is back
             except httpx2.TransportError as exc:
-                if attempt >= self.max_retries:
+                if not flight.open:
+                    raise Withdrawn from None
+                if retries >= self.max_retries:
                     raise UpstreamUnavailable(
-                        f"{type(exc).__name__} from {url} after {attempt + 1} attempts"
+                        f"{type(exc).__name__} from {shown_url(url)} after {retries + 1} attempts"
                     ) from None
-                log.debug("upstream %s: %s; retrying", url, type(exc).__name__)
+                log.debug("upstream %s: %s; retrying", shown_url(url), type(exc).__name__)
             else:
                 status = response.status_code
-                if (status == 429 or status >= 500) and attempt < self.max_retries:
-                    delay = _retry_after(response.headers.get("retry-after"), delay)
-                    log.debug("upstream %s answered %s; retrying", url, status)
-                else:
-                    return _json_answer(status, response.content)
-            attempt += 1
+                if (
+                    (status != 429 and status < 500)
+                    or retries >= self.max_retries
+                    or not flight.open
+                ):
+                    answer = _json_answer(status, response.content)
+                    return (*answer, response.headers.get("x-request-id"))
+                delay = _retry_after(response.headers.get("retry-after"), delay)
+                log.debug("upstream %s answered %s; retrying", shown_url(url), status)
+            retries += 1
             await asyncio.sleep(delay)
+
+    async def _send(self, url: str, payload: bytes, flight: Flight) -> httpx2.Response:
+        """One POST, once the upstream is reachable and a slot is free; a request that got
+        no answer has the watch check the upstream."""
+        assert self._client is not None and self._slots is not None and self._watch is not None
+        await self._watch.reachable()
+        async with self._slots:
+            task = flight.depart()
+            try:
+                return await self._client.post(url, content=payload)
+            except httpx2.TransportError:
+                self._watch.suspect()
+                raise
+            finally:
+                flight.arrive(task)
 
 
 def _retry_after(value: str | None, default: float) -> float:

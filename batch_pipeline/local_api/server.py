@@ -56,6 +56,17 @@ def _uvicorn_config(settings: LocalApiSettings, *, log_level: str) -> uvicorn.Co
     )
 
 
+def warn_if_open(settings: LocalApiSettings) -> None:
+    """Log a warning when the service was told to serve without authentication."""
+    if settings.insecure_no_auth and not (settings.api_key or settings.api_key_env):
+        log.warning(
+            "serving on %s without authentication (insecure_no_auth): anyone who can reach "
+            "the port can use the service%s",
+            settings.host,
+            ", and spend the upstream's API key" if settings.responder == "proxy" else "",
+        )
+
+
 def _startup_error(config: uvicorn.Config) -> Exception | None:
     """Why the app's startup failed (the state dir in use, say), if it did."""
     return config.app.state.service.startup_error
@@ -77,6 +88,7 @@ class LocalBatchApi:
     def start(self, timeout: float = 30.0) -> str:
         """Start serving; returns the base URL."""
         config = _uvicorn_config(self.settings, log_level="warning")
+        warn_if_open(self.settings)
         server = uvicorn.Server(config)
         sock = _bind(self.settings.host, self.settings.port)
         port = sock.getsockname()[1]
@@ -174,6 +186,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     # After uvicorn's own logging setup, which would reset the root logger's level.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("batch_pipeline").setLevel(settings.log_level.upper())
+    warn_if_open(settings)
     try:
         sock = _bind(settings.host, settings.port)
     except OSError as exc:

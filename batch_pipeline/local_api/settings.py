@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,14 +47,25 @@ class LocalApiSettings:
     )
     upstream_timeout_seconds: float = _opt(600.0, "proxy: timeout of one upstream request.")
     upstream_max_retries: int = _opt(
-        4, "proxy: retries of a transient upstream failure (connect error, 429, 5xx)."
+        4,
+        "proxy: retries of one request that the upstream answered with 429 or 5xx, or that "
+        "timed out or lost its connection (an unreachable upstream is waited for instead).",
     )
     upstream_backoff_seconds: float = _opt(
-        0.5, "proxy: first retry delay; doubles on each further retry."
+        0.5,
+        "proxy: first retry delay; doubles on each further retry. While the upstream is "
+        "unreachable, it is checked again after this delay, doubling up to the longest "
+        "retry delay (backoff x 2^max_retries).",
     )
     concurrency: int = _opt(16, "proxy: upstream requests in flight at once, service-wide.")
     completion_window_seconds: float = _opt(
         86400.0, "Real length of the '24h' completion window; batches expire after it."
+    )
+    drain_seconds: float = _opt(
+        15.0,
+        "How long a batch that stops (cancelled, expired, or the service stopping; then 15 s "
+        "at most) waits for the answers of requests already sent upstream, which are paid "
+        "for; answers later than that are dropped, and counted in a warning.",
     )
     finalizing_seconds: float = _opt(
         0.0,
@@ -71,6 +83,16 @@ class LocalApiSettings:
         "The API key itself (Python API only; the CLI reads --api-key-env).",
         cli=False,
         repr=False,
+    )
+    insecure_no_auth: bool = _opt(
+        False,
+        "Serve on a host other than loopback without an API key: anyone who reaches the "
+        "port can use the service (and, with proxy, spend the upstream's key).",
+    )
+    fault_triggers: bool | None = _opt(
+        None,
+        "Honour the <<fail:CODE>>, <<hang>> and <<slow:S>> triggers in request text, for "
+        "rehearsals (default: on with echo, off with proxy, where they are real text).",
     )
     fault_create_429_every: int = _opt(
         0, "Fault: answer every Nth POST /v1/batches with 429 rate_limit_exceeded (0: never)."
@@ -134,11 +156,26 @@ class LocalApiSettings:
             "upstream_max_retries",
             "upstream_backoff_seconds",
             "finalizing_seconds",
+            "drain_seconds",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
+        if not (
+            self.api_key or self.api_key_env or self.insecure_no_auth or is_loopback(self.host)
+        ):
+            raise ValueError(
+                f"host {self.host} is reachable from other machines: set an API key "
+                "(--api-key-env VAR) or, to serve it open to all, --insecure-no-auth"
+            )
+
+    @property
+    def triggers_faults(self) -> bool:
+        """Whether fault triggers in request text are honoured (by default with echo only)."""
+        if self.fault_triggers is None:
+            return self.responder == "echo"
+        return self.fault_triggers
 
     def resolved_api_key(self) -> str | None:
         """The key clients must present, or None when authentication is off."""
@@ -170,7 +207,13 @@ class LocalApiSettings:
                 continue
             flag = "--" + f.name.replace("_", "-")
             kind = _flag_type(f)
-            kwargs: dict[str, Any] = {"dest": f.name, "default": None, "type": kind}
+            kwargs: dict[str, Any] = {"dest": f.name, "default": None}
+            if kind is bool:
+                kwargs["action"] = "store_true"
+            elif kind == "bool | None":
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = kind
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             default = f.default
@@ -196,8 +239,23 @@ def default_expiry(settings: LocalApiSettings) -> int | None:
     return int(time.time()) + seconds if seconds else None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (a name other than localhost
+    counts as reachable from others)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _flag_type(f: dataclasses.Field[Any]) -> Any:
     annotation = str(f.type)
+    if annotation == "bool | None":
+        return annotation
+    if annotation == "bool":
+        return bool
     if annotation.startswith("Path"):
         return Path
     if annotation.startswith("int"):

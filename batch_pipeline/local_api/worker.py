@@ -7,16 +7,19 @@ server nor other batches wait for it. Requests that must wait (`<<slow:S>>`, eve
 request of the proxy responder) are asyncio tasks; `<<hang>>` requests are only counted.
 
 Results are appended, chunk by chunk, to two partial files in the batch's work dir
-(`output.partial.jsonl`, `errors.partial.jsonl`). They are the truth about what is done:
-after a restart they are read back (a torn last line is cut off), the `custom_id`s in
-them are skipped, and the batch goes on. The request counts in the batch record are
+(`output.partial.jsonl`: 2xx answers; `errors.partial.jsonl`: other answers, with their
+bodies, and requests that got none, as OpenAI splits them). They are the truth about what
+is done: after a restart they are read back (a torn last line is cut off), the
+`custom_id`s in them are skipped, and the batch goes on. The request counts in the batch record are
 refreshed in memory after each chunk and written to disk every `progress_interval_seconds`
 (without fsync: the partial files, not these counts, are what a resumed batch goes by).
 
 Lifecycle: validating -> in_progress -> finalizing -> completed; validating -> failed;
 validating|in_progress -> cancelling -> cancelled; validating|in_progress -> expired when
-the completion window passes. On cancel or expiry, the requests not done go to the error
-file with code `batch_cancelled` / `batch_expired`, and are counted as `failed`.
+the completion window passes. A batch that stops (cancel, expiry, the service stopping)
+sends no more requests and waits up to `drain_seconds` for the answers of those already
+sent upstream. On cancel or expiry, the requests not done go to the error file with code
+`batch_cancelled` / `batch_expired`, and are counted as `failed`.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ import orjson
 
 from batch_pipeline.local_api.errors import error_body, fault_error_body
 from batch_pipeline.local_api.faults import Fault, detect_fault
-from batch_pipeline.local_api.responders import UpstreamUnavailable
+from batch_pipeline.local_api.responders import Reply, UpstreamUnavailable
 from batch_pipeline.local_api.settings import LocalApiSettings, default_expiry
 from batch_pipeline.local_api.store import TERMINAL_STATUSES, Store
+from batch_pipeline.local_api.upstream import Flight, Withdrawn
 from batch_pipeline.local_api.validation import (
     ValidationResult,
     batch_error,
@@ -59,6 +63,10 @@ CANCELLED_MESSAGE = "This request was not executed because the batch was cancell
 UPSTREAM_UNAVAILABLE_CODE = "upstream_unavailable"
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
 CHUNK_MAX_BYTES = 4 * 1024 * 1024  # of input lines per chunk, bounding memory for big lines
+# Longest wait for answers already asked for when the service stops: the engine's stop
+# waits SHUTDOWN_WAIT_SECONDS for its batches, and the service's close a little longer.
+SHUTDOWN_DRAIN_SECONDS = 15.0
+SHUTDOWN_WAIT_SECONDS = SHUTDOWN_DRAIN_SECONDS + 5.0
 
 
 class Responder(Protocol):
@@ -68,7 +76,9 @@ class Responder(Protocol):
 
     def respond(self, endpoint: str, body: dict[str, Any], key: str | None = None) -> Any: ...
 
-    async def respond_async(self, endpoint: str, body: dict[str, Any]) -> Any: ...
+    async def respond_async(
+        self, endpoint: str, body: dict[str, Any], flight: Flight | None = None
+    ) -> Reply: ...
 
     async def start(self) -> None: ...
 
@@ -99,20 +109,27 @@ def _usage(body: Any) -> tuple[int, int]:
     return (inp if isinstance(inp, int) else 0), (out if isinstance(out, int) else 0)
 
 
-def answer_result(custom_id: str, status: int, body: dict[str, Any], key: str) -> Result:
-    """An output-file line: the request got an HTTP answer (any status)."""
+def answer_result(
+    custom_id: str, status: int, body: dict[str, Any], key: str, request_id: str | None = None
+) -> Result:
+    """The line of a request that got an HTTP answer: in the output file if 2xx, else (with
+    the error body) in the error file, as OpenAI does. `request_id`: the upstream's."""
     line = orjson.dumps(
         {
             "id": f"batch_req_{key}",
             "custom_id": custom_id,
-            "response": {"status_code": status, "request_id": f"req_{key}", "body": body},
+            "response": {
+                "status_code": status,
+                "request_id": request_id or f"req_{key}",
+                "body": body,
+            },
             "error": None,
         },
         option=_DUMPS_OPTIONS,
     )
     succeeded = 200 <= status < 300
     inp, out = _usage(body) if succeeded else (0, 0)
-    return Result(custom_id, line, False, succeeded, inp, out)
+    return Result(custom_id, line, not succeeded, succeeded, inp, out)
 
 
 def error_result(custom_id: str, code: str, message: str, key: str) -> Result:
@@ -277,6 +294,7 @@ class _BatchRun:
     persisted: Any = None  # ... and last written to disk
     partial: PartialResults | None = None
     reader: _InputReader | None = None
+    flight: Flight = field(default_factory=Flight)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -376,7 +394,7 @@ class BatchEngine:
             run.request_stop("shutdown")
         tasks = [run.task for run in runs if run.task is not None]
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=20.0)
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_SECONDS)
             for task in pending:
                 task.cancel()
             if pending:
@@ -583,13 +601,37 @@ class BatchEngine:
             await self._wait_any(run)
             self._publish(run)
         if run.tasks:
-            pending = list(run.tasks)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await self._drain(run)
         # Finishing writes the whole record (durably) next: only a shutdown writes it here.
         shutdown = run.stop_reason == "shutdown"
         self._publish(run, force=shutdown, write=shutdown)
+
+    async def _drain(self, run: _BatchRun) -> None:
+        """End a stopped batch's requests: those not sent are dropped at once; those out
+        upstream get `drain_seconds` for their answers (paid for, and not to be sent again
+        after a restart), and any still missing then are dropped and counted in a warning."""
+        run.flight.open = False
+        out = run.tasks & run.flight.out
+        for task in run.tasks - out:
+            task.cancel()
+        grace = self.settings.drain_seconds
+        if run.stop_reason == "shutdown":
+            grace = min(grace, SHUTDOWN_DRAIN_SECONDS)
+        pending: set[Any] = set()
+        if out:
+            _, pending = await asyncio.wait(out, timeout=grace)
+        if pending:
+            log.warning(
+                "batch %s (%s): %d request(s) sent upstream got no answer within %.0f s; "
+                "their answers are dropped",
+                run.batch_id,
+                run.stop_reason,
+                len(pending),
+                grace,
+            )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*list(run.tasks), return_exceptions=True)
 
     async def _wait_any(self, run: _BatchRun) -> None:
         assert run.stop_waiter is not None
@@ -602,6 +644,7 @@ class BatchEngine:
         done = run.partial.done
         responder = self.responder
         answer_now = not responder.is_async
+        triggers = self.settings.triggers_faults
         prefix = secrets.token_hex(10)
         results: list[Result] = []
         deferred: list[tuple[str, dict[str, Any], Fault | None]] = []
@@ -612,7 +655,7 @@ class BatchEngine:
                 continue
             body = request["body"]
             key = f"{prefix}{index:06x}"
-            fault = detect_fault(endpoint, body, raw)
+            fault = detect_fault(endpoint, body, raw) if triggers else None
             if fault is None:
                 if answer_now:
                     status, answer = self._respond(endpoint, body, key)
@@ -670,10 +713,14 @@ class BatchEngine:
             await asyncio.sleep(fault.seconds)
         key = secrets.token_hex(13)
         try:
-            status, answer = await self.responder.respond_async(endpoint, body)
-            result = answer_result(custom_id, status, answer, key)
+            status, answer, request_id = await self.responder.respond_async(
+                endpoint, body, run.flight
+            )
+            result = answer_result(custom_id, status, answer, key, request_id)
         except asyncio.CancelledError:
             raise
+        except Withdrawn:
+            return  # its batch stopped: it is listed with the requests not done
         except UpstreamUnavailable as exc:
             result = error_result(custom_id, UPSTREAM_UNAVAILABLE_CODE, str(exc), key)
         except Exception as exc:

@@ -10,6 +10,11 @@ import pytest
 from openai import OpenAI
 
 from batch_pipeline.local_api import LocalApiSettings, LocalBatchApi
+from batch_pipeline_tests.local_api_tests.upstream_server import (  # noqa: F401 - fixtures
+    proxy_options,
+    upstream,
+    upstream_server,
+)
 
 
 class StartApi:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
+import pytest
 from openai import OpenAI
 
 from batch_pipeline.cli import build_parser
 from batch_pipeline.local_api import LocalApiSettings
-from batch_pipeline_tests.local_api_tests.helpers import chat_line, submit, wait_for
+from batch_pipeline_tests.local_api_tests.helpers import chat_line, submit, wait_for, wait_until
 
 
 def test_flags_become_settings(tmp_path: Path) -> None:
@@ -71,9 +75,11 @@ def serve_command(state_dir: Path, *options: str) -> list[str]:
     return [*serve, "--state-dir", str(state_dir), *options]
 
 
-def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def serving(state_dir: Path, *options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`batch-pipeline serve` running as a subprocess, and its base URL from its banner."""
     process = subprocess.Popen(
-        serve_command(tmp_path / "state", "--log-level", "warning"),
+        serve_command(state_dir, *options),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -81,16 +87,20 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     try:
         assert process.stdout is not None
         banner = process.stdout.readline()
-        url = next(word for word in banner.split() if word.startswith("http://"))
+        yield process, next(word for word in banner.split() if word.startswith("http://"))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+    with serving(tmp_path / "state", "--log-level", "warning") as (process, url):
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         client = OpenAI(base_url=url, api_key="k", max_retries=0)
         assert wait_for(client, submit(client, [chat_line("a", "hi")]).id).status == "completed"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert (tmp_path / "state" / "batches").is_dir()
 
 
@@ -104,3 +114,45 @@ def test_serve_refuses_a_missing_key_variable(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "SURELY_NOT_SET_BATCH_KEY" in result.stderr
+
+
+def test_fault_trigger_flags(tmp_path: Path) -> None:
+    def settings(*flags: str) -> LocalApiSettings:
+        return LocalApiSettings.from_namespace(build_parser().parse_args(["serve", *flags]))
+
+    proxy = ("--responder", "proxy", "--upstream-url", "http://127.0.0.1:1")
+    assert settings().triggers_faults is True  # echo: rehearsals by default
+    assert settings(*proxy).triggers_faults is False  # proxy: the text is real
+    assert settings(*proxy, "--fault-triggers").triggers_faults is True
+    assert settings("--no-fault-triggers").triggers_faults is False
+
+
+@pytest.mark.slow
+def test_serve_refuses_an_open_host_without_a_key(tmp_path: Path) -> None:
+    result = subprocess.run(
+        serve_command(
+            tmp_path,
+            "--host",
+            "0.0.0.0",
+            "--responder",
+            "proxy",
+            "--upstream-url",
+            "http://127.0.0.1:1",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--insecure-no-auth" in result.stderr and "--api-key-env" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_open_to_all_only_when_told_and_then_warns(tmp_path: Path) -> None:
+    options = ("--host", "0.0.0.0", "--insecure-no-auth")
+    with serving(tmp_path / "state", *options) as (process, url):
+        files = url.replace("0.0.0.0", "127.0.0.1") + "/files"
+        wait_until(lambda: httpx2.get(files).status_code == 200)  # served, with no key
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert "WARNING" in stderr and "without authentication" in stderr

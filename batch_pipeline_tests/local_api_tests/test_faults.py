@@ -46,15 +46,16 @@ def test_fail_trigger_answers_with_that_status(shared_client: OpenAI, status: in
     assert batch.status == "completed"
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
-    assert batch.error_file_id is None
-    results = by_custom_id(read_lines(client, batch.output_file_id))
-    bad = results["bad"]
+    output = by_custom_id(read_lines(client, batch.output_file_id))
+    assert set(output) == {"ok"}  # the output file holds the answers that succeeded
+    assert output["ok"]["response"]["status_code"] == 200
+    errors = by_custom_id(read_lines(client, batch.error_file_id))
+    bad = errors["bad"]  # the error file, the answers with an error status
     assert bad["error"] is None
     assert bad["response"]["status_code"] == status
     error = bad["response"]["body"]["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["type"], error["code"]) == EXPECTED[status]
-    assert results["ok"]["response"]["status_code"] == 200
 
 
 def test_fail_trigger_in_responses_and_embeddings_input(shared_client: OpenAI) -> None:
@@ -82,7 +83,7 @@ def test_fail_trigger_in_responses_and_embeddings_input(shared_client: OpenAI) -
             endpoint="/v1/responses",
         ).id,
     )
-    assert read_lines(client, responses.output_file_id)[0]["response"]["status_code"] == 503
+    assert read_lines(client, responses.error_file_id)[0]["response"]["status_code"] == 503
     embeddings = wait_for(
         client,
         submit(
@@ -98,7 +99,7 @@ def test_fail_trigger_in_responses_and_embeddings_input(shared_client: OpenAI) -
             endpoint="/v1/embeddings",
         ).id,
     )
-    assert read_lines(client, embeddings.output_file_id)[0]["response"]["status_code"] == 400
+    assert read_lines(client, embeddings.error_file_id)[0]["response"]["status_code"] == 400
 
 
 def test_system_text_is_not_a_trigger(shared_client: OpenAI) -> None:
@@ -145,6 +146,17 @@ def test_slow_delays_only_that_request(shared_client: OpenAI) -> None:
     assert done.status == "completed"
     slow = by_custom_id(read_lines(client, done.output_file_id))["slow"]
     assert slow["response"]["body"]["choices"][0]["message"]["content"] == "<<slow:1>>"
+
+
+def test_fault_triggers_can_be_turned_off(start_api: StartApi) -> None:
+    client = OpenAI(base_url=start_api(fault_triggers=False), api_key="k", max_retries=0)
+    lines = [chat_line("f", "<<fail:500>>"), chat_line("h", "<<hang>>")]
+    batch = wait_for(client, submit(client, lines).id)
+    output = by_custom_id(read_lines(client, batch.output_file_id))
+    assert {cid: line["response"]["status_code"] for cid, line in output.items()} == {
+        "f": 200,
+        "h": 200,
+    }
 
 
 def test_create_429_every_nth(start_api: StartApi) -> None:

@@ -143,4 +143,6 @@ def test_partial_results_recover_and_cut_a_torn_line(tmp_path: Path) -> None:
     recovered.add([answer_result("a", 200, chat, "again"), answer_result("d", 200, chat, "k4")])
     recovered.close()
     lines = (tmp_path / "output.partial.jsonl").read_bytes().splitlines()
-    assert [orjson.loads(x)["custom_id"] for x in lines] == ["a", "b", "d"]
+    assert [orjson.loads(x)["custom_id"] for x in lines] == ["a", "d"]  # 2xx only
+    errors = (tmp_path / "errors.partial.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(x)["custom_id"] for x in errors] == ["b", "c"]

@@ -14,6 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from batch_pipeline.local_api import LocalApiSettings
 from batch_pipeline_tests.local_api_tests.conftest import StartApi
 from batch_pipeline_tests.local_api_tests.helpers import CHAT, chat_line, submit, upload, wait_for
 
@@ -196,3 +197,29 @@ def test_unknown_routes_and_methods_answer_in_openai_shape(shared_url: str) -> N
     assert missing.json()["error"]["message"] == "Invalid URL (GET /v1/models)"
     wrong = httpx2.put(f"{shared_url}/files")
     assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.internal"])
+def test_a_host_open_to_the_network_needs_a_key_or_an_explicit_insecure_option(
+    tmp_path: Path, host: str
+) -> None:
+    with pytest.raises(ValueError, match="insecure-no-auth"):
+        LocalApiSettings(state_dir=tmp_path, host=host)
+    assert LocalApiSettings(state_dir=tmp_path, host=host, api_key=SECRET).host == host
+    assert LocalApiSettings(state_dir=tmp_path, host=host, api_key_env="SOME_KEY").host == host
+    assert LocalApiSettings(state_dir=tmp_path, host=host, insecure_no_auth=True).host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_hosts_need_no_key(tmp_path: Path, host: str) -> None:
+    assert LocalApiSettings(state_dir=tmp_path, host=host).host == host
+
+
+@pytest.mark.slow
+def test_serving_open_to_all_logs_a_warning(
+    start_api: StartApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    url = start_api(host="0.0.0.0", insecure_no_auth=True)
+    assert httpx2.get(f"{url.replace('0.0.0.0', '127.0.0.1')}/files").status_code == 200
+    assert [r for r in caplog.records if "without authentication" in r.getMessage()]
