@@ -172,9 +172,12 @@ def test_a_run_that_gets_no_answer_past_its_bound_exits_naming_the_url(
     assert "Connection refused" in last and KEY not in last
 
 
-def test_no_wait_counts_only_the_requests_that_are_in_batches(tmp_path, batch_api, capsys) -> None:
+def test_no_wait_counts_only_the_requests_that_are_in_batches(
+    tmp_path, batch_api, monkeypatch, capsys
+) -> None:
     """Two one-request shards under a token budget that lets one through: one is submitted,
     the other waits, and the line says so."""
+    monkeypatch.setenv("BP_TEST_KEY", KEY)
     spec = write_spec(tmp_path, batch_api, ["hello", "again"])
     data = yaml.safe_load(spec.read_text())
     data["limits"] = {"max_requests_per_file": 1, "enqueued_tokens": 30}
