@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # annotations only: the commands import the core lazily, when they run
-    from batch_pipeline.core.backends.openai import OpenAIBackend
     from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, ResultsSummary
     from batch_pipeline.core.spec import PipelineSpec
 
@@ -54,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="Stop with an error once the Batch API has not answered for this long (default "
-        "600); a first call that cannot connect stops at once.",
+        help="Stop with an error once the Batch API has not answered for this long (default: "
+        "the spec's backend.unreachable_after_seconds, 600); a first call that cannot connect "
+        "stops at once.",
     )
 
     status = commands.add_parser("status", help="Show partitions, shards and batches.")
@@ -116,10 +116,11 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         spec = PipelineSpec.from_yaml(args.spec)
-        backend = _run_backend(spec, args) if args.command == "run" else None
-        with load_pipeline(spec, backend=backend) as pipeline:
-            if backend is not None:  # the run command's
-                return _run(pipeline, backend, args, out)
+        if args.command == "run" and args.unreachable_after is not None:
+            spec = _with_unreachable_after(spec, args.unreachable_after)
+        with load_pipeline(spec) as pipeline:
+            if args.command == "run":
+                return _run(pipeline, args, out)
             if args.command == "status":
                 return _status(pipeline, args.partition, out)
             if args.command == "cancel":
@@ -140,36 +141,27 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE
 
 
-def _run_backend(spec: PipelineSpec, args: argparse.Namespace) -> OpenAIBackend:
-    """The run's backend, with the bound on how long it may go without an answer."""
-    from batch_pipeline.core.backends.openai import make_backend
-
-    if args.unreachable_after is None:
-        return make_backend(spec.backend)
-    return make_backend(spec.backend, unreachable_after=args.unreachable_after)
+def _with_unreachable_after(spec: PipelineSpec, seconds: float) -> PipelineSpec:
+    """The spec with `--unreachable-after` in place of its backend's own bound."""
+    backend = spec.backend.model_copy(update={"unreachable_after_seconds": seconds})
+    return spec.model_copy(update={"backend": backend})
 
 
-def _run(pipeline: Pipeline, backend: OpenAIBackend, args: argparse.Namespace, out: TextIO) -> int:
+def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
     from batch_pipeline.core.pipeline import PartitionStatus, ResultsSummary
 
     progress = _ProgressLine(sys.stderr)
-    connection = backend.connection
-
-    def on_progress(status: PartitionStatus, _report: object) -> None:
-        progress.show(status)
-        if connection.unreachable is not None:  # polls retry; the command stops
-            progress.done()
-            raise connection.unreachable
-
-    outcome = pipeline.run(
-        args.partition,
-        wait=not args.no_wait,
-        poll_interval=args.poll_interval,
-        rebuild=args.rebuild,
-        timeout=args.timeout,
-        on_progress=on_progress,
-    )
-    progress.done()
+    try:
+        outcome = pipeline.run(
+            args.partition,
+            wait=not args.no_wait,
+            poll_interval=args.poll_interval,
+            rebuild=args.rebuild,
+            timeout=args.timeout,
+            on_progress=lambda status, _report: progress.show(status),
+        )
+    finally:
+        progress.done()
     if isinstance(outcome, PartitionStatus):
         print(_submitted_line(pipeline, outcome), file=out)
         return EXIT_OK

@@ -662,7 +662,9 @@ class Pipeline:
 
         A partition whose results are already written is left alone (its summary is returned)
         unless `rebuild` asks for a new generation. With `wait=False` it returns after
-        submitting, with the partition's status.
+        submitting, with the partition's status. A Batch API that gives no answer for longer
+        than `backend.unreachable_after_seconds` stops the wait with `ServiceUnreachable`
+        (the batches go on; a later run or poll picks them up).
         """
         record = self.ledger.get_partition(self.spec.name, partition)
         if record is not None and record.collected_at is not None and not rebuild:
@@ -686,6 +688,8 @@ class Pipeline:
                 )
             time.sleep(poll_interval)
             report = self.poll()
+            if (unreachable := self.backend.unreachable()) is not None:
+                raise unreachable
         if not wait:
             return status
         return replace(self.collect_results(partition), spec_changed=built.spec_changed)

@@ -194,6 +194,12 @@ class BackendSpec(_Section):
     project: str | None = None
     request_timeout_seconds: float = 60.0
     max_retries: int = 3
+    unreachable_after_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a run waits on a Batch API that gives no answer at all before "
+        "it stops with an error naming the URL; a first call that cannot connect stops at once.",
+    )
 
     @field_validator("api_key_env")
     @classmethod

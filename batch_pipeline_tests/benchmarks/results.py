@@ -74,6 +74,9 @@ class FileBackend:
     def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:
         return None
 
+    def unreachable(self) -> None:
+        return None
+
     def create_batch(
         self, *, input_file_id: str, endpoint: str, metadata: dict[str, str]
     ) -> BatchInfo:

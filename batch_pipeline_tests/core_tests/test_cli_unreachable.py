@@ -186,3 +186,45 @@ def test_no_wait_counts_only_the_requests_that_are_in_batches(
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{DAY}: 1 of 2 requests submitted in 1 batch(es), 0 rejected; ")
     assert "1 requests in 1 shard(s) not submitted yet" in line
+
+
+def test_a_waiting_pipeline_run_stops_at_the_specs_own_bound(tmp_path, monkeypatch) -> None:
+    """From Python, without the CLI: `backend.unreachable_after_seconds` stops `Pipeline.run`."""
+    from batch_pipeline import load_pipeline
+    from batch_pipeline.core.backends.base import ServiceUnreachable
+
+    monkeypatch.setenv("BP_TEST_KEY", KEY)
+    outage = Outage(tmp_path / "state")
+    spec = write_spec(
+        tmp_path, outage.url, ["slow <<slow:30>>"], max_retries=0, unreachable_after_seconds=1
+    )
+    outage.start()
+    failure: dict[str, BaseException] = {}
+
+    def run() -> None:
+        with load_pipeline(spec) as pipeline:
+            try:
+                pipeline.run(DAY, poll_interval=0.2)
+            except ServiceUnreachable as exc:
+                failure["error"] = exc
+
+    thread = threading.Thread(target=run, name="pipeline-run")
+    thread.start()
+    try:
+        outage.wait_for_a_batch_in_progress()
+    finally:
+        outage.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert str(failure["error"]).startswith(f"no answer from the Batch API at {outage.url}/")
+
+
+def test_a_collected_day_is_reported_without_the_key(tmp_path, batch_api, monkeypatch, capsys):
+    """Reporting a day already collected calls no Batch API, so it needs no key."""
+    monkeypatch.setenv("BP_TEST_KEY", KEY)
+    spec = write_spec(tmp_path, batch_api, ["hello"])
+    assert cli.main(["run", str(spec), "--partition", DAY, "--poll-interval", "0.2"]) == 0
+    monkeypatch.delenv("BP_TEST_KEY")
+    capsys.readouterr()
+    assert cli.main(["run", str(spec), "--partition", DAY]) == 0
+    assert "already settled and collected" in capsys.readouterr().out

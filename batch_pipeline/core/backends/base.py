@@ -170,6 +170,13 @@ class BatchBackend(Protocol):
         """Delete a file (inputs once their batch is terminal, outputs once parsed)."""
         ...
 
+    def unreachable(self) -> ServiceUnreachable | None:
+        """The error of a service that has given no answer past the backend's bound, else None.
+
+        Polls retry such a service; a run that waits on it stops with this error.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

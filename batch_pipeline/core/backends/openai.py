@@ -23,6 +23,7 @@ from batch_pipeline.core.backends.base import (
     BatchBackend,
     ConnectionWatch,
     NotFound,
+    ServiceUnreachable,
     TransientBackendError,
     find_in_pages,
     redact,
@@ -176,6 +177,9 @@ class OpenAIBackend(BatchBackend):
     def delete_file(self, file_id: str) -> None:
         self._call(f"delete file {file_id}", self._client.files.delete, file_id)
 
+    def unreachable(self) -> ServiceUnreachable | None:
+        return self.connection.unreachable
+
     def close(self) -> None:
         self._client.close()
 
@@ -273,15 +277,14 @@ def make_backend(
     spec: BackendSpec,
     *,
     env: Mapping[str, str] = os.environ,
-    unreachable_after: float = UNREACHABLE_AFTER_SECONDS,
 ) -> OpenAIBackend:
     """Build the backend a spec describes; the key comes from `key_variable(spec)`.
 
     Refuses to start without a key, naming the variable, when the spec's provider needs one:
     `openai` and `azure` always, `local` when its spec names a variable (a service with
     auth). A `local` spec naming none sends a placeholder.
-    `unreachable_after` bounds how long the backend goes without an answer before its
-    calls raise `ServiceUnreachable`.
+    `spec.unreachable_after_seconds` bounds how long the backend goes without an answer
+    before its calls raise `ServiceUnreachable`.
     """
     variable = key_variable(spec)
     key = (env.get(variable) or None) if variable else None
@@ -311,4 +314,4 @@ def make_backend(
         )
     else:
         client = openai.OpenAI(api_key=key, base_url=spec.base_url, **common)
-    return OpenAIBackend(client, unreachable_after=unreachable_after)
+    return OpenAIBackend(client, unreachable_after=spec.unreachable_after_seconds)
