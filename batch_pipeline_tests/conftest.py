@@ -16,6 +16,10 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "BATCH_PIPELINE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 SHORT_WINDOW_SECONDS = 3.0
+MODEL_FOR_ENDPOINT = {
+    "/v1/embeddings": "text-embedding-3-small",
+    "/v1/moderations": "omni-moderation-latest",
+}
 
 
 @pytest.fixture(scope="session")
@@ -83,15 +87,16 @@ def ticket_spec(
         "source": {"path": "tickets.parquet", "key": "ticket_id", "partition_column": "created_at"},
         "request": {
             "endpoint": endpoint,
-            "model": "text-embedding-3-small" if endpoint == "/v1/embeddings" else "gpt-4o-mini",
+            "model": MODEL_FOR_ENDPOINT.get(endpoint, "gpt-4o-mini"),
             "prompt": "Subject: {subject}\n\n{body}",
         },
         "backend": {"provider": "local", "base_url": base_url},
         "retry": {"max_attempts": 3},
         "output": {"dir": "out"},
     }
-    if endpoint != "/v1/embeddings":
+    if endpoint in ("/v1/chat/completions", "/v1/responses"):
         spec["request"]["system"] = "You label support tickets."
+    if endpoint in ("/v1/chat/completions", "/v1/responses", "/v1/completions"):
         spec["request"]["params"] = {"max_tokens": 200, "temperature": 0}
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(spec.get(section), dict):

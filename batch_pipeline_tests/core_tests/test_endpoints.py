@@ -23,12 +23,6 @@ MODERATIONS = "/v1/moderations"
 
 def spec_for(tmp_path, endpoint: str, base_url: str = "http://127.0.0.1:9/v1", **request):
     data = ticket_spec(tmp_path, base_url, endpoint=endpoint)
-    data["request"].pop("system")
-    data["request"]["model"] = (
-        "omni-moderation-latest" if endpoint == MODERATIONS else "gpt-4o-mini"
-    )
-    if endpoint == MODERATIONS:
-        data["request"]["params"] = {}
     data["request"].update(request)
     return PipelineSpec.from_dict(data, base_dir=tmp_path)
 
