@@ -607,7 +607,26 @@ def _is_missing(value: object) -> bool:
 def _engine(spec: PipelineSpec) -> sa.Engine:
     """An engine for the source URL; a relative SQLite file is relative to the spec's folder."""
     assert spec.source.sql is not None
-    return open_engine(spec.source.sql.resolved_url, base_dir=spec.base_dir)
+    engine = open_engine(spec.source.sql.resolved_url, base_dir=spec.base_dir)
+    if engine.dialect.name == "postgresql":
+        _count_days_in_zone(engine, spec.schedule.timezone)
+    return engine
+
+
+def _count_days_in_zone(engine: sa.Engine, timezone: str) -> None:
+    """Make each PostgreSQL session's zone the spec's, so a `timestamptz` partition column
+    falls on its day in `schedule.timezone` (as in file sources), not in the server's zone."""
+
+    @sa.event.listens_for(engine, "connect")
+    def set_zone(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # outlives the first transaction's rollback
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT set_config('TimeZone', %s, false)", (timezone,))
+        finally:
+            cursor.close()
+            dbapi_connection.autocommit = autocommit
 
 
 def _subquery(spec: PipelineSpec) -> str:

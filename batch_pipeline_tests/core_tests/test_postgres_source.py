@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -96,3 +97,35 @@ def test_a_postgresql_source_runs_a_partition_end_to_end(tmp_path, batch_api, ti
     # jsonb stays JSON text, each row with its own value (no keys borrowed from other rows).
     meta = [None if pd.isna(text) else json.loads(text) for text in results["meta"]]
     assert meta == [{"vip": True}, {"tags": ["late"]}, ["x", 1], None]
+
+
+def test_a_timestamptz_partition_column_counts_days_in_the_schedules_zone(tickets_url):
+    """23:30 UTC on the 19th is the 20th in Paris; 23:30 UTC on the 20th is the 21st there."""
+    from batch_pipeline.core.sources import iter_partition_batches
+
+    engine = sa.create_engine(tickets_url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SHOW TimeZone").scalar() != "Europe/Paris"
+        conn.exec_driver_sql(
+            "INSERT INTO tickets (ticket_id, subject, created_at) VALUES "
+            "('EVE', 'Eve', '2026-11-19 23:30:00+00'), ('LATE', 'Late', '2026-11-20 23:30:00+00')"
+        )
+    engine.dispose()
+    source = {
+        "path": None,
+        "sql": {"url": tickets_url, "query": "SELECT ticket_id, created_at FROM tickets"},
+        "key": "ticket_id",
+        "partition_column": "created_at",
+    }
+    data = ticket_spec(
+        Path("."), "http://127.0.0.1:9/v1", source=source, schedule={"timezone": "Europe/Paris"}
+    )
+    spec = PipelineSpec.from_dict(data)
+
+    def keys(day: str) -> list[str]:
+        batches = iter_partition_batches(spec, day, columns=["ticket_id", "created_at"])
+        return sorted(key for batch in batches for key in batch.column("ticket_id").to_pylist())
+
+    # Paris is UTC+1 in November: its 20th runs from 19th 23:00 to 20th 23:00 UTC.
+    assert keys(DAY) == ["A", "B", "E", "EVE"]
+    assert keys("2026-11-21") == ["C", "D", "LATE"]
