@@ -170,6 +170,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     LocalApiSettings.add_arguments(parser)
 
 
+class _AnnouncingServer(uvicorn.Server):
+    """Prints its banner once it serves, when its Ctrl-C and SIGTERM handling is in place: a
+    supervisor that stops the process as soon as it is announced stops it cleanly."""
+
+    banner = ""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.banner:
+            print(self.banner, flush=True)
+
+
 def serve_from_args(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the process exit code."""
     try:
@@ -179,7 +191,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         print(f"batch-pipeline serve: {exc}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(_uvicorn_config(settings, log_level=settings.log_level))
+    server = _AnnouncingServer(_uvicorn_config(settings, log_level=settings.log_level))
     # Answering a batch makes and drops a few dicts per request, which sets off the cycle
     # collector every 700 allocations; this process has few cycles, so collect less often.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -196,11 +208,10 @@ def serve_from_args(args: argparse.Namespace) -> int:
         )
         return 1
     port = sock.getsockname()[1]
-    print(
+    server.banner = (
         f"Local Batch API on {base_url(settings.host, port)} "
         f"(state dir {settings.state_dir.resolve()}, responder {settings.responder}, "
-        f"auth {'on' if settings.api_key_env else 'off'}). Ctrl-C to stop.",
-        flush=True,
+        f"auth {'on' if settings.api_key_env else 'off'}). Ctrl-C to stop."
     )
     # uvicorn re-raises the signal that stopped it; make that a no-op, not a traceback.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}

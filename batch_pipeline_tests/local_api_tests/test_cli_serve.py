@@ -104,6 +104,16 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     assert (tmp_path / "state" / "batches").is_dir()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("repeat", range(3))
+def test_serve_stopped_as_soon_as_it_is_announced_exits_cleanly(tmp_path: Path, repeat) -> None:
+    """A supervisor may stop the service the moment its banner appears: it must neither
+    ignore that SIGTERM nor die of it."""
+    with serving(tmp_path / "state", "--log-level", "warning") as (process, _url):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
 def test_serve_refuses_a_missing_key_variable(tmp_path: Path) -> None:
     result = subprocess.run(
         serve_command(tmp_path, "--api-key-env", "SURELY_NOT_SET_BATCH_KEY"),
