@@ -331,13 +331,6 @@ def _silent(*_: object) -> None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m batch_pipeline.demo`: the same as `batch-pipeline demo`."""
-    from batch_pipeline.cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the demo as the command line asked; 0 when every row is accounted for."""
     window = args.completion_window_seconds or DEMO_COMPLETION_WINDOW_SECONDS
@@ -348,6 +341,3 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 1
     return 0 if result.checks_passed else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
