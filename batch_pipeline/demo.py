@@ -145,8 +145,12 @@ def ui_demo_folder() -> Path:
 
 
 def ui_demo_spec() -> PipelineSpec:
-    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780."""
-    return write_demo(ui_demo_folder(), base_url=os.environ.get(DEMO_API_URL_ENV) or SERVE_URL)
+    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780.
+
+    It writes nothing: its folder is filled by `write_demo` when a run first needs it.
+    """
+    base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
+    return PipelineSpec.from_dict(demo_spec_data(base_url=base_url), base_dir=ui_demo_folder())
 
 
 # -- the demo run ----------------------------------------------------------------------------
@@ -340,4 +344,3 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"demo did not finish: {exc}", file=sys.stderr)
         return 1
     return 0 if result.checks_passed else 1
-
