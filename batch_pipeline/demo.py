@@ -248,11 +248,7 @@ def sensor_run_requests(
     launches it: the sensor asks again for a day until its run exists)."""
     import dagster as dg
 
-    from batch_pipeline.dagster import backend_resource_key_for
-
     sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
-    key = backend_resource_key_for(spec)
-    resources = {key: defs.resources[key]}
     cursor = None
     requested = 0
     seen: set[str | None] = set()
@@ -264,9 +260,7 @@ def sensor_run_requests(
                 f"the sensor asked for {requested} of {expected} results runs "
                 f"within {timeout_seconds:.0f} s"
             )
-        context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, definitions=defs, resources=resources
-        )
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
         context.log.setLevel(log_level)
         result = sensor(context)
         cursor = result.cursor

@@ -58,8 +58,8 @@ def build_batch_pipeline_defs(
         sensors=[
             build_batch_pipeline_sensor(
                 spec=spec,
+                backend=backend,
                 translator=translator,
-                backend_resource_key=backend_resource_key,
                 default_status=sensor_default_status,
             )
         ],
