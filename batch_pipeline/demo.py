@@ -1,6 +1,6 @@
 """The demo: a generated support-ticket table, its spec, and a run with Dagster in the loop.
 
-`batch-pipeline demo` (`main`) runs offline: it starts the local Batch API in this process,
+`batch-pipeline demo` (`run_from_args`) runs offline: it starts the local Batch API in this process,
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
 the Parquet is with a summary per status. `batch_pipeline/definitions.py` serves the same

@@ -56,6 +56,7 @@ def test_importing_the_definitions_writes_no_file(tmp_path: Path) -> None:
     assert list(home.rglob("*")) == []
 
 
+@pytest.mark.slow
 def test_the_first_step_writes_the_sample_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_api: str
 ) -> None:

@@ -7,6 +7,7 @@ import time
 import dagster as dg
 import openai
 import pandas as pd
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.utils import make_new_run_id
 from dagster_shared.serdes import deserialize_value
@@ -167,6 +168,7 @@ def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fa
         assert f"a person to look at {day}" in outcome.skip_reason.skip_message
 
 
+@pytest.mark.slow
 def test_the_sensor_closes_over_its_backend_and_needs_no_resource(tmp_path) -> None:
     """As dagster-dbt's polling sensor closes over its workspace: a tick is handed no
     resource, and the sensor of the Definitions polls through their backend."""
