@@ -1,11 +1,35 @@
 """The demo pipeline for `dagster dev` (loaded by workspace.yaml).
 
 Run the local Batch API beside it: `batch-pipeline serve --port 8780 --state-dir
-demo_output/batch_api`. The sample table and the spec are written to ./demo_output/ui (or
-$BATCH_PIPELINE_DEMO_DIR) the first time this module loads.
+demo_output/batch_api`. A code server imports this module on every run launch, so it writes
+nothing: the sample table and the spec are written to ./demo_output/ui (or
+$BATCH_PIPELINE_DEMO_DIR) by the first step that runs.
 """
 
-from batch_pipeline.dagster import build_batch_pipeline_defs
-from batch_pipeline.demo import ui_demo_spec
+from pathlib import Path
 
-defs = build_batch_pipeline_defs(spec=ui_demo_spec())
+import dagster as dg
+from pydantic import Field
+
+from batch_pipeline.dagster import BatchBackendResource, build_batch_pipeline_defs
+from batch_pipeline.demo import SERVE_URL, ui_demo_spec, write_demo
+
+
+class DemoBackendResource(BatchBackendResource):
+    """The local Batch API, and the demo folder a step writes before it first reads it."""
+
+    demo_dir: str = Field(description="Folder of the sample table and the spec.")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        write_demo(Path(self.demo_dir), base_url=self.base_url or SERVE_URL)
+        super().setup_for_execution(context)
+
+
+def ui_demo_defs() -> dg.Definitions:
+    """The demo's Definitions, built without writing a file."""
+    spec = ui_demo_spec()
+    backend = DemoBackendResource(base_url=spec.backend.base_url, demo_dir=str(spec.base_dir))
+    return build_batch_pipeline_defs(spec=spec, backend=backend)
+
+
+defs = ui_demo_defs()

@@ -1,6 +1,6 @@
 """The demo: a generated support-ticket table, its spec, and a run with Dagster in the loop.
 
-`batch-pipeline demo` (`main`) runs offline: it starts the local Batch API in this process,
+`batch-pipeline demo` (`run_from_args`) runs offline: it starts the local Batch API in this process,
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
 the Parquet is with a summary per status. `batch_pipeline/definitions.py` serves the same
@@ -145,8 +145,12 @@ def ui_demo_folder() -> Path:
 
 
 def ui_demo_spec() -> PipelineSpec:
-    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780."""
-    return write_demo(ui_demo_folder(), base_url=os.environ.get(DEMO_API_URL_ENV) or SERVE_URL)
+    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780.
+
+    It writes nothing: its folder is filled by `write_demo` when a run first needs it.
+    """
+    base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
+    return PipelineSpec.from_dict(demo_spec_data(base_url=base_url), base_dir=ui_demo_folder())
 
 
 # -- the demo run ----------------------------------------------------------------------------
@@ -244,11 +248,7 @@ def sensor_run_requests(
     launches it: the sensor asks again for a day until its run exists)."""
     import dagster as dg
 
-    from batch_pipeline.dagster import backend_resource_key_for
-
     sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
-    key = backend_resource_key_for(spec)
-    resources = {key: defs.resources[key]}
     cursor = None
     requested = 0
     seen: set[str | None] = set()
@@ -260,9 +260,7 @@ def sensor_run_requests(
                 f"the sensor asked for {requested} of {expected} results runs "
                 f"within {timeout_seconds:.0f} s"
             )
-        context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, definitions=defs, resources=resources
-        )
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
         context.log.setLevel(log_level)
         result = sensor(context)
         cursor = result.cursor
@@ -331,13 +329,6 @@ def _silent(*_: object) -> None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m batch_pipeline.demo`: the same as `batch-pipeline demo`."""
-    from batch_pipeline.cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the demo as the command line asked; 0 when every row is accounted for."""
     window = args.completion_window_seconds or DEMO_COMPLETION_WINDOW_SECONDS
@@ -347,7 +338,3 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"demo did not finish: {exc}", file=sys.stderr)
         return 1
     return 0 if result.checks_passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,19 @@
 """Asset checks on `results`, read back from the Parquet file the results run wrote."""
 
-import warnings
-
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch_pipeline.core.ledger import PartitionRecord
-from batch_pipeline.core.pipeline import load_pipeline
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import RowStatus
-from batch_pipeline.dagster.assets import build_asset_specs, build_partitions_def
+from batch_pipeline.dagster.assets import (
+    DEFAULT_BACKEND_RESOURCE_KEY,
+    build_asset_specs,
+    build_partitions_def,
+)
+from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
 
 ROWS_ONCE_CHECK = "every_source_row_once"
@@ -20,35 +22,34 @@ SAMPLE_SIZE = 5
 
 
 def build_results_checks(
-    *, spec: PipelineSpec, translator: BatchPipelineTranslator | None = None
+    *,
+    spec: PipelineSpec,
+    translator: BatchPipelineTranslator | None = None,
+    backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
 ) -> list[dg.AssetChecksDefinition]:
     """Two checks on the day's results: every source row exactly once (blocking, error), and
     the share of rows without an answer at most `checks.max_failed_share` (warning).
 
-    They are partitioned like the asset, so the UI shows each day's outcome. Dagster 1.13
-    calls partitioned checks a preview; that warning, repeated in every run's log, is muted.
+    They read the day's ledger record through the `BatchBackendResource` under
+    `backend_resource_key`, on the step's ledger connection. They are partitioned like the
+    asset, so the UI shows each day's outcome; Dagster 1.13 calls partitioned checks a
+    preview and warns so once when they are defined (filter `dg.PreviewWarning` to hide it).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return _partitioned_checks(
-            spec, build_asset_specs(spec, translator)["results"].key, build_partitions_def(spec)
-        )
+    results_key = build_asset_specs(spec, translator)["results"].key
+    partitions_def = build_partitions_def(spec)
 
-
-def _partitioned_checks(
-    spec: PipelineSpec, results_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition
-) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(
         asset=results_key,
         name=ROWS_ONCE_CHECK,
         blocking=True,
         partitions_def=partitions_def,
+        required_resource_keys={backend_resource_key},
         description="The results hold every source row of the day exactly once: as many rows "
         "as the source had, and every row sent to the Batch API under its own custom_id "
         "(a rejected duplicate key shares the id of the row it repeats).",
     )
     def every_source_row_once(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        record, table = _written_results(spec, context.partition_key)
+        record, table = _written_results(context, spec, backend_resource_key)
         sent = table.filter(pc.not_equal(table.column("status"), RowStatus.REJECTED.value))
         ids = sent.column("custom_id")
         repeated = [key for key, n in _value_counts(ids).items() if n > 1 and key is not None]
@@ -74,13 +75,14 @@ def _partitioned_checks(
         asset=results_key,
         name=FAILED_SHARE_CHECK,
         partitions_def=partitions_def,
+        required_resource_keys={backend_resource_key},
         description="At most checks.max_failed_share of the day's rows end without an answer "
         "(failed, expired, cancelled or rejected).",
     )
     def failed_share_within_limit(
         context: dg.AssetCheckExecutionContext,
     ) -> dg.AssetCheckResult:
-        _, table = _written_results(spec, context.partition_key)
+        _, table = _written_results(context, spec, backend_resource_key)
         counts = _value_counts(table.column("status"))
         unanswered = table.num_rows - counts.get(RowStatus.SUCCEEDED.value, 0)
         share = unanswered / table.num_rows if table.num_rows else 0.0
@@ -100,9 +102,14 @@ def _partitioned_checks(
     return [every_source_row_once, failed_share_within_limit]
 
 
-def _written_results(spec: PipelineSpec, partition: str) -> tuple[PartitionRecord, pa.Table]:
-    """The day's ledger record and its results table (custom_id and status only)."""
-    with load_pipeline(spec) as pipeline:
+def _written_results(
+    context: dg.AssetCheckExecutionContext, spec: PipelineSpec, backend_resource_key: str
+) -> tuple[PartitionRecord, pa.Table]:
+    """The day's ledger record, read on the step's backend resource, and its results table
+    (custom_id and status only)."""
+    partition = context.partition_key
+    backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
+    with backend.open_pipeline(spec) as pipeline:
         record = pipeline.get_partition(partition)
     if record is None or record.results_path is None:
         raise dg.Failure(f"{spec.name} {partition}: no results have been written for this day")

@@ -53,13 +53,15 @@ def build_batch_pipeline_defs(
     submit_job = build_submit_job(spec=spec, translator=translator)
     return dg.Definitions(
         assets=assets,
-        asset_checks=build_results_checks(spec=spec, translator=translator),
+        asset_checks=build_results_checks(
+            spec=spec, translator=translator, backend_resource_key=backend_resource_key
+        ),
         jobs=[submit_job],
         sensors=[
             build_batch_pipeline_sensor(
                 spec=spec,
+                backend=backend,
                 translator=translator,
-                backend_resource_key=backend_resource_key,
                 default_status=sensor_default_status,
             )
         ],

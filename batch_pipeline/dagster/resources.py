@@ -1,4 +1,9 @@
-"""`BatchBackendResource`: where the Batch API is and the key to it, as Dagster config."""
+"""`BatchBackendResource`: where the Batch API is and the key to it, as Dagster config.
+
+Like dagster-openai's `OpenAIResource`, it builds its client in `setup_for_execution` and
+closes it in `teardown_after_execution`: one backend client, and one ledger connection per
+ledger, serve a whole step (or sensor tick) and are closed after it.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,35 @@ from contextlib import contextmanager
 from typing import Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from batch_pipeline.core.backends.base import BatchBackend
 from batch_pipeline.core.backends.openai import key_variable, make_backend
-from batch_pipeline.core.pipeline import Pipeline, load_pipeline
+from batch_pipeline.core.ledger import Ledger
+from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.spec import BackendSpec, PipelineSpec
 
-# The key is handed to the core in a private mapping under this name, never via os.environ.
-_KEY_VARIABLE = "BATCH_PIPELINE_API_KEY"
+
+class _StepClients:
+    """One backend client, and one ledger per ledger URL, shared by a step's pipelines."""
+
+    def __init__(self, backend: BatchBackend) -> None:
+        self.backend = backend
+        self._ledgers: dict[str, Ledger] = {}
+
+    def pipeline(self, spec: PipelineSpec) -> Pipeline:
+        """The pipeline for `spec` on these clients (closing them is `close`'s job)."""
+        url = spec.ledger_url
+        if url not in self._ledgers:
+            self._ledgers[url] = Ledger(url)
+        return Pipeline(spec, backend=self.backend, ledger=self._ledgers[url])
+
+    def close(self) -> None:
+        try:
+            self.backend.close()
+        finally:
+            for ledger in self._ledgers.values():
+                ledger.close()
 
 
 class BatchBackendResource(dg.ConfigurableResource):
@@ -52,6 +77,8 @@ class BatchBackendResource(dg.ConfigurableResource):
         default=3, description="Retries of a transient API failure (never of a batch create)."
     )
 
+    _step: _StepClients | None = PrivateAttr(default=None)
+
     @classmethod
     def from_spec(cls, backend: BackendSpec) -> BatchBackendResource:
         """The resource a spec's `backend:` section describes; the key from its variable
@@ -73,13 +100,14 @@ class BatchBackendResource(dg.ConfigurableResource):
         )
 
     def to_backend_spec(self) -> BackendSpec:
-        """The core's description of this backend (it names the key's variable, no key)."""
-        # A keyless local service: no variable named, so the core sends its placeholder.
-        keyless = self.provider == "local" and self.api_key is None
+        """The core's description of this backend. It holds no key: `get_backend` hands the
+        key to the client itself. It names the key's variable when the key is an EnvVar."""
+        variable = self.api_key.env_var_name if isinstance(self.api_key, dg.EnvVar) else None
+        named = {"api_key_env": variable} if variable else {}
         return BackendSpec(
             provider=self.provider,
             base_url=self.base_url,
-            **({} if keyless else {"api_key_env": _KEY_VARIABLE}),
+            **named,
             azure_endpoint=self.azure_endpoint,
             api_version=self.api_version,
             organization=self.organization,
@@ -96,16 +124,32 @@ class BatchBackendResource(dg.ConfigurableResource):
                 f"BatchBackendResource: provider {self.provider} needs an API key; set "
                 f"api_key={self._key_hint()}"
             )
-        return make_backend(self.to_backend_spec(), env={_KEY_VARIABLE: key} if key else {})
+        return make_backend(self.to_backend_spec(), env={}, api_key=key)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._step = _StepClients(self.get_backend())
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        step, self._step = self._step, None
+        if step is not None:
+            step.close()
 
     @contextmanager
     def open_pipeline(self, spec: PipelineSpec) -> Iterator[Pipeline]:
-        """The core pipeline for `spec` on this backend, closed on exit."""
-        pipeline = load_pipeline(spec, backend=self.get_backend())
+        """The core pipeline for `spec` on this backend.
+
+        In a step Dagster set the resource up for, it runs on the step's client and ledger,
+        which Dagster closes after the step; used directly (a sensor that closes over the
+        resource, a script), it opens its own and closes them on exit.
+        """
+        if self._step is not None:
+            yield self._step.pipeline(spec)
+            return
+        clients = _StepClients(self.get_backend())
         try:
-            yield pipeline
+            yield clients.pipeline(spec)
         finally:
-            pipeline.close()
+            clients.close()
 
     def _key_hint(self) -> str:
         if isinstance(self.api_key, dg.EnvVar):

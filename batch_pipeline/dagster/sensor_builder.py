@@ -16,11 +16,7 @@ from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_
 from batch_pipeline.core.ledger import PartitionRecord
 from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
 from batch_pipeline.core.spec import PipelineSpec
-from batch_pipeline.dagster.assets import (
-    DEFAULT_BACKEND_RESOURCE_KEY,
-    build_asset_specs,
-    build_partitions_def,
-)
+from batch_pipeline.dagster.assets import build_asset_specs, build_partitions_def
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
 
@@ -59,8 +55,8 @@ class BatchPipelineSensorCursor:
 def build_batch_pipeline_sensor(
     *,
     spec: PipelineSpec,
+    backend: BatchBackendResource | None = None,
     translator: BatchPipelineTranslator | None = None,
-    backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     poll_time_budget_seconds: float = POLL_TIME_BUDGET_SECONDS,
@@ -68,9 +64,12 @@ def build_batch_pipeline_sensor(
 ) -> dg.SensorDefinition:
     """The sensor `{name}_batch_sensor` of the pipeline `spec`.
 
-    It runs by default: without it, submitted batches are never collected. It needs the
-    `BatchBackendResource` under `backend_resource_key`.
+    It runs by default: without it, submitted batches are never collected. It polls through
+    `backend` (by default the one the spec's `backend:` section describes), which it closes
+    over as dagster-dbt's polling sensor closes over its workspace; each tick opens one
+    client and one ledger connection and closes them when it ends.
     """
+    polled = backend if backend is not None else BatchBackendResource.from_spec(spec.backend)
     results_key = build_asset_specs(spec, translator)["results"].key
     partitions_def = build_partitions_def(spec)
 
@@ -81,18 +80,15 @@ def build_batch_pipeline_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         asset_selection=[results_key],
-        required_resource_keys={backend_resource_key},
     )
-    def _sensor(context: dg.SensorEvaluationContext, **_resources: object) -> dg.SensorResult:
-        # (a direct call, `sensor(context)`, also hands the resources over as keywords)
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         previous = _read_cursor(context)
         if previous.polled_at is not None:
             context.log.info(
                 f"previous poll {time.time() - previous.polled_at:.0f} s ago: "
                 f"{previous.in_flight} in flight, {previous.queued} queued"
             )
-        backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
-        with backend.open_pipeline(spec) as pipeline:
+        with polled.open_pipeline(spec) as pipeline:
             report = pipeline.poll(time_budget_seconds=poll_time_budget_seconds)
             _log_report(context, report)
             run_requests = list(

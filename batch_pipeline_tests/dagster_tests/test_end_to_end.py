@@ -184,9 +184,9 @@ def test_a_rebuilt_day_is_collected_again(backfill: Backfill, instance) -> None:
     assert first.run_key == f"{spec.name}:{REBUILT_DAY}:g2:results:1"
 
     # That request was never launched: the sensor asks again, under the same run key.
-    eager = build_batch_pipeline_sensor(spec=spec, rerun_results_after_seconds=0)
-    resources = {"batch_backend": defs.resources[backend_resource_key_for(spec)]}
-    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
+    backend = defs.resources[backend_resource_key_for(spec)]
+    eager = build_batch_pipeline_sensor(spec=spec, backend=backend, rerun_results_after_seconds=0)
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
     (again,) = eager(context).run_requests
     assert again.run_key == first.run_key
 

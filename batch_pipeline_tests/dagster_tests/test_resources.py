@@ -1,14 +1,20 @@
-"""BatchBackendResource: built from a spec, the key from an EnvVar, never shown."""
+"""BatchBackendResource: built from a spec, the key from an EnvVar, never shown; one client
+and one ledger connection per step, closed after it."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
-from batch_pipeline.core.spec import BackendSpec
+from batch_pipeline.core.spec import BackendSpec, PipelineSpec
 from batch_pipeline.dagster import BatchBackendResource
+from batch_pipeline.demo import demo_spec_data
+from batch_pipeline_tests.conftest import POSTGRES_ADMIN_URL
 from batch_pipeline_tests.dagster_tests.conftest import SECRET, SECRET_ENV
 
 
@@ -78,3 +84,53 @@ def test_a_local_service_never_gets_the_default_openai_key(
         backend.close()
     named = BackendSpec(provider="local", base_url=batch_api, api_key_env="LOCAL_KEY")
     assert BatchBackendResource.from_spec(named).api_key.env_var_name == "LOCAL_KEY"
+
+
+def test_the_core_spec_names_the_key_variable_of_the_env_var_and_no_other() -> None:
+    """The key goes into the client itself; the spec handed to the core says where it comes
+    from, and names no variable that nobody set."""
+    named = BatchBackendResource(provider="openai", api_key=dg.EnvVar("TEAM_OPENAI_KEY"))
+    assert named.to_backend_spec().api_key_env == "TEAM_OPENAI_KEY"
+    plain = BatchBackendResource(provider="openai", api_key=SECRET).to_backend_spec()
+    assert "api_key_env" not in plain.model_fields_set
+    assert SECRET not in repr(plain)
+
+
+def _connections(database_url: str) -> int:
+    """Open connections to the database of `database_url`, counted from another database."""
+    name = sa.engine.make_url(database_url).database
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            return conn.exec_driver_sql(query, (name,)).scalar_one()
+    finally:
+        admin.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_step_shares_one_client_and_one_ledger_connection_closed_after_it(
+    tmp_path: Path, batch_api: str, own_postgres_database: str
+) -> None:
+    data = demo_spec_data(base_url=batch_api)
+    data["ledger"] = {"url": own_postgres_database}
+    spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    seen: dict[str, Any] = {"clients": []}
+
+    @dg.asset
+    def probe(backend: BatchBackendResource) -> None:
+        for _ in range(2):
+            with backend.open_pipeline(spec) as pipeline:
+                assert pipeline.partitions() == []  # a ledger read
+                assert list(pipeline.backend.iter_batches(created_after=2**31)) == []
+                seen["clients"].append(pipeline.backend.client)
+        seen["connections_in_step"] = _connections(own_postgres_database)
+
+    resources = {"backend": BatchBackendResource(base_url=batch_api)}
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([probe], resources=resources, instance=instance).success
+    first, second = seen["clients"]
+    assert first is second and first.is_closed()
+    assert seen["connections_in_step"] == 1
+    assert _connections(own_postgres_database) == 0

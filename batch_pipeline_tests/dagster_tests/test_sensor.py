@@ -7,6 +7,7 @@ import time
 import dagster as dg
 import openai
 import pandas as pd
+import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.utils import make_new_run_id
 from dagster_shared.serdes import deserialize_value
@@ -25,18 +26,17 @@ from batch_pipeline.demo import DEMO_DAYS, write_demo
 UNREACHABLE = "http://127.0.0.1:9/v1"
 
 
-def tick(sensor: dg.SensorDefinition, backend: BatchBackendResource, cursor: str | None = None):
+def tick(sensor: dg.SensorDefinition, cursor: str | None = None):
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"batch_backend": backend}
-        )
-        return sensor(context)
+        return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
 
 
 def test_an_unreadable_cursor_is_replaced(tmp_path) -> None:
     spec = write_demo(tmp_path, base_url=UNREACHABLE)
-    sensor = build_batch_pipeline_sensor(spec=spec)
-    result = tick(sensor, BatchBackendResource(base_url=UNREACHABLE), cursor="not a cursor")
+    sensor = build_batch_pipeline_sensor(
+        spec=spec, backend=BatchBackendResource(base_url=UNREACHABLE)
+    )
+    result = tick(sensor, cursor="not a cursor")
     assert result.skip_reason.skip_message.startswith("Nothing to wait for")
     cursor = deserialize_value(result.cursor, BatchPipelineSensorCursor)
     assert (cursor.version, cursor.in_flight, cursor.queued) == (1, 0, 0)
@@ -56,7 +56,7 @@ def test_an_unreachable_api_is_logged_and_the_tick_goes_on(tmp_path, batch_api: 
     assert result.success
 
     down = BatchBackendResource(base_url=UNREACHABLE, max_retries=0, request_timeout_seconds=2)
-    outcome = tick(build_batch_pipeline_sensor(spec=spec), down)
+    outcome = tick(build_batch_pipeline_sensor(spec=spec, backend=down))
     assert not outcome.run_requests
     assert outcome.skip_reason.skip_message == f"Waiting: 1 batch in flight for {day}."
 
@@ -70,7 +70,7 @@ def test_a_day_whose_requests_alone_were_materialized_is_not_submitted_by_the_se
     day = DEMO_DAYS[0]
     backend = BatchBackendResource(base_url=batch_api)
     requests, batches = build_batch_pipeline_assets(spec=spec)[:2]
-    sensor = build_batch_pipeline_sensor(spec=spec)
+    sensor = build_batch_pipeline_sensor(spec=spec, backend=backend)
     client = openai.OpenAI(base_url=batch_api, api_key="local")
 
     def submitted() -> set[str]:
@@ -91,8 +91,7 @@ def test_a_day_whose_requests_alone_were_materialized_is_not_submitted_by_the_se
             [requests], partition_key=day, resources=resources, instance=instance
         )
         assert only_requests.success
-        context = dg.build_sensor_context(instance=instance, resources=resources)
-        outcome = sensor(context)
+        outcome = sensor(dg.build_sensor_context(instance=instance))
         assert submitted() == set()
         assert "not asked to be submitted" in outcome.skip_reason.skip_message
 
@@ -114,7 +113,7 @@ def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fa
     day = DEMO_DAYS[0]
     defs = build_batch_pipeline_defs(spec=spec)
     backend = defs.resources[backend_resource_key_for(spec)]
-    sensor = build_batch_pipeline_sensor(spec=spec, rerun_results_after_seconds=0)
+    sensor = build_batch_pipeline_sensor(spec=spec, backend=backend, rerun_results_after_seconds=0)
     everything = defs.resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         submit = defs.resolve_job_def(f"{spec.name}_submit_job")
@@ -128,10 +127,7 @@ def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fa
 
         def tick_until_asked() -> dg.SensorResult:
             for _ in range(100):
-                context = dg.build_sensor_context(
-                    instance=instance, resources={"batch_backend": backend}
-                )
-                outcome = sensor(context)
+                outcome = sensor(dg.build_sensor_context(instance=instance))
                 if outcome.run_requests or "a person" in (outcome.skip_reason.skip_message or ""):
                     return outcome
                 time.sleep(0.2)
@@ -147,8 +143,9 @@ def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fa
             tags={"dagster/run_key": first.run_key},
         )
         instance.add_run(waiting)
-        context = dg.build_sensor_context(instance=instance, resources={"batch_backend": backend})
-        assert not sensor(context).run_requests  # its run is still going
+        assert not sensor(
+            dg.build_sensor_context(instance=instance)
+        ).run_requests  # its run is still going
         instance.delete_run(waiting.run_id)
 
         keys = [first.run_key]
@@ -169,3 +166,15 @@ def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fa
         assert len(keys) == MAX_RESULTS_REQUESTS
         assert len(set(keys)) == len(keys)
         assert f"a person to look at {day}" in outcome.skip_reason.skip_message
+
+
+@pytest.mark.slow
+def test_the_sensor_closes_over_its_backend_and_needs_no_resource(tmp_path) -> None:
+    """As dagster-dbt's polling sensor closes over its workspace: a tick is handed no
+    resource, and the sensor of the Definitions polls through their backend."""
+    spec = write_demo(tmp_path, base_url=UNREACHABLE)
+    defs = build_batch_pipeline_defs(spec=spec)
+    sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
+    assert sensor.required_resource_keys == set()
+    result = tick(sensor)
+    assert result.skip_reason.skip_message.startswith("Nothing to wait for")

@@ -517,7 +517,7 @@ def dagster_backfill(
     import dagster as dg
 
     from batch_pipeline.core.ledger import Ledger
-    from batch_pipeline.dagster import backend_resource_key_for, build_batch_pipeline_defs
+    from batch_pipeline.dagster import build_batch_pipeline_defs
     from batch_pipeline.demo import execute_run_request
 
     defs = build_batch_pipeline_defs(spec=spec)
@@ -527,8 +527,6 @@ def dagster_backfill(
         for day in days
     ]
     sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
-    key = backend_resource_key_for(spec)
-    resources = {key: defs.resources[key]}
     ledger = Ledger(spec.ledger_url)
     deadline = time.monotonic() + timeout
     try:
@@ -536,9 +534,7 @@ def dagster_backfill(
             (record := ledger.get_partition(spec.name, day)) and record.collected_at for day in days
         ):
             assert time.monotonic() < deadline, f"the backfill did not end in {timeout} s"
-            context = dg.build_sensor_context(
-                instance=instance, definitions=defs, resources=resources
-            )
+            context = dg.build_sensor_context(instance=instance, definitions=defs)
             for run_request in sensor(context).run_requests or []:
                 runs.append(execute_run_request(defs, run_request, instance))
             time.sleep(POLL_INTERVAL)

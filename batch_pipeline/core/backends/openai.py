@@ -277,8 +277,10 @@ def make_backend(
     spec: BackendSpec,
     *,
     env: Mapping[str, str] = os.environ,
+    api_key: str | None = None,
 ) -> OpenAIBackend:
-    """Build the backend a spec describes; the key comes from `key_variable(spec)`.
+    """Build the backend a spec describes; the key comes from `key_variable(spec)`, or is
+    `api_key` itself when the caller holds it (a Dagster resource's `EnvVar` field).
 
     Refuses to start without a key, naming the variable, when the spec's provider needs one:
     `openai` and `azure` always, `local` when its spec names a variable (a service with
@@ -287,7 +289,7 @@ def make_backend(
     before its calls raise `ServiceUnreachable`.
     """
     variable = key_variable(spec)
-    key = (env.get(variable) or None) if variable else None
+    key = api_key or ((env.get(variable) or None) if variable else None)
     if key is None and variable is not None:
         raise BackendError(
             f"the environment variable {variable} is not set; "
