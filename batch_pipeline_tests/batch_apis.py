@@ -7,6 +7,7 @@ real thing. A test written against `BatchApi` runs unchanged on either.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import openai
@@ -41,6 +42,14 @@ class BatchApi(Protocol):
         """Whether the service still holds the file."""
         ...
 
+    def now(self) -> float:
+        """The time the API and its pipelines go by."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Let `seconds` pass on that time."""
+        ...
+
 
 def _of_pipeline(batches: list[BatchInfo], pipeline: str | None) -> list[BatchInfo]:
     return [b for b in batches if pipeline in (None, b.metadata.get("batch_pipeline_pipeline"))]
@@ -60,7 +69,9 @@ class MemoryApi:
 
     def pipeline(self, spec: PipelineSpec, **options: Any) -> Pipeline:
         options.setdefault("backend", self.service)
-        return Pipeline(spec, clock=self.clock, sleep=self.clock.sleep, **options)
+        options.setdefault("clock", self.clock)
+        options.setdefault("sleep", self.clock.sleep)
+        return Pipeline(spec, **options)
 
     def batches(self, pipeline: str | None = None) -> list[BatchInfo]:
         return _of_pipeline(list(self.service.iter_batches()), pipeline)
@@ -71,6 +82,12 @@ class MemoryApi:
         except NotFound:
             return False
         return True
+
+    def now(self) -> float:
+        return self.clock()
+
+    def sleep(self, seconds: float) -> None:
+        self.clock.sleep(seconds)
 
 
 class HttpApi:
@@ -96,6 +113,12 @@ class HttpApi:
         except openai.NotFoundError:
             return False
         return True
+
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 # Runs a test that takes the `api` fixture on the in-memory API, and again (slow) over HTTP.
