@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
 from batch_pipeline.core import sharding
 from batch_pipeline.core import submission as submission_module
+from batch_pipeline.core.backends.base import ServiceUnreachable
 from batch_pipeline.core.ledger import SCHEMA_VERSION, Ledger, ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
@@ -885,3 +886,40 @@ def test_database_urls_can_come_from_environment_variables(tmp_path, api, monkey
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
     assert summary.counts["succeeded"] == 1
     assert (tmp_path / "elsewhere.db").exists()
+
+
+def two_requests_one_slow(tmp_path, api: BatchApi, slow_seconds: int) -> PipelineSpec:
+    at = datetime(2026, 11, 20, 9)
+    rows = [
+        {"ticket_id": "QUICK", "subject": "s", "body": "quick", "created_at": at},
+        {"ticket_id": "SLOW", "subject": "s", "body": f"<<slow:{slow_seconds}>>", "created_at": at},
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    return PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+
+
+def test_a_run_whose_service_goes_away_briefly_retries_and_finishes(tmp_path) -> None:
+    api = MemoryApi(completion_window_seconds=600)
+    reports = []
+
+    def outage(status, report) -> None:
+        reports.append(report)
+        api.service.reachable = not 2 <= len(reports) < 6  # a few polls meet no service
+
+    with api.pipeline(two_requests_one_slow(tmp_path, api, 20)) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=2, on_progress=outage)
+    assert [r for r in reports if r is not None and r.errors]  # the polls meanwhile failed
+    assert summary.counts["succeeded"] == 2
+
+
+def test_a_run_that_gets_no_answer_past_the_backends_bound_stops_naming_it(tmp_path) -> None:
+    api = MemoryApi(unreachable_after=5)
+    spec = two_requests_one_slow(tmp_path, api, 30)
+
+    def outage(status, report) -> None:
+        api.service.reachable = False
+
+    with api.pipeline(spec) as pipeline, pytest.raises(ServiceUnreachable) as raised:
+        pipeline.run(DAY, poll_interval=2, on_progress=outage)
+    assert str(raised.value).startswith("no answer from the Batch API at memory://batch-api")
+    assert "for 6 s (the limit is 5 s)" in str(raised.value)
