@@ -50,7 +50,7 @@ from batch_pipeline.core.sources import iter_partition_batches, parse_partition,
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
-from batch_pipeline.core.tuning import CHUNK_ROWS, DEFAULT_TUNING, Tuning
+from batch_pipeline.core.tuning import CHUNK_ROWS, Tuning, module_tuning
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -157,7 +157,8 @@ class Pipeline:
     """One pipeline spec bound to its ledger, storage and backend.
 
     `clock` and `sleep` are the time it goes by (a test passes a manual clock, see
-    `backends.memory.ManualClock`); `tuning` holds its backoffs, limits and chunk sizes.
+    `backends.memory.ManualClock`); `tuning` holds its backoffs, limits and chunk sizes
+    (by default the modules' constants, see `tuning.module_tuning`).
     """
 
     def __init__(
@@ -170,7 +171,7 @@ class Pipeline:
         storage: StorageRoot | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        tuning: Tuning = DEFAULT_TUNING,
+        tuning: Tuning | None = None,
     ) -> None:
         self.spec = spec
         self.dataframe = dataframe
@@ -180,7 +181,7 @@ class Pipeline:
         self._backend = backend
         self._clock = clock
         self._sleep = sleep
-        self.tuning = tuning
+        self.tuning = tuning or module_tuning()
 
     def __repr__(self) -> str:
         return f"Pipeline({self.spec.name!r})"
@@ -887,7 +888,7 @@ def load_pipeline(
     backend: BatchBackend | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
-    tuning: Tuning = DEFAULT_TUNING,
+    tuning: Tuning | None = None,
 ) -> Pipeline:
     """A `Pipeline` from a spec file, a mapping or a spec object (see `Pipeline` for the
     clock, sleep and tuning)."""

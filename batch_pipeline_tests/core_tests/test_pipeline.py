@@ -923,3 +923,17 @@ def test_a_run_that_gets_no_answer_past_the_backends_bound_stops_naming_it(tmp_p
         pipeline.run(DAY, poll_interval=2, on_progress=outage)
     assert str(raised.value).startswith("no answer from the Batch API at memory://batch-api")
     assert "for 6 s (the limit is 5 s)" in str(raised.value)
+
+
+def test_a_pipeline_takes_the_tuning_given_else_the_module_constants_as_they_stand(
+    tmp_path, monkeypatch
+) -> None:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, MemoryApi.base_url), base_dir=tmp_path)
+    given = Tuning(requeue_backoff_seconds=1.0, chunk_rows=8)
+    with Pipeline(spec, tuning=given) as pipeline:
+        assert pipeline.tuning == given
+        assert pipeline._worker(Poller).tuning == given  # handed down to every step
+    monkeypatch.setattr(submission_module, "REQUEUE_BACKOFF_SECONDS", 7.0)
+    with Pipeline(spec) as pipeline:
+        assert pipeline.tuning.requeue_backoff(1) == 7.0
+        assert pipeline.tuning.max_submissions == submission_module.MAX_SUBMISSIONS
