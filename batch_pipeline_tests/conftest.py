@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from batch_pipeline_tests.batch_apis import BatchApi, HttpApi, MemoryApi
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "BATCH_PIPELINE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
@@ -32,6 +34,21 @@ def batch_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         state_dir, port=0, completion_window_seconds=SHORT_WINDOW_SECONDS
     ) as base_url:
         yield base_url
+
+
+@pytest.fixture
+def memory_api() -> MemoryApi:
+    """The in-memory Batch API on a manual clock, with the short completion window."""
+    return MemoryApi(completion_window_seconds=SHORT_WINDOW_SECONDS)
+
+
+@pytest.fixture(params=["memory"])
+def api(request: pytest.FixtureRequest) -> BatchApi:
+    """The Batch API a test runs against: in memory, unless parametrised with "http" (see
+    `batch_apis.on_both_apis`), which is the local service over HTTP."""
+    if request.param == "http":
+        return HttpApi(request.getfixturevalue("batch_api"))
+    return request.getfixturevalue("memory_api")
 
 
 @contextlib.contextmanager

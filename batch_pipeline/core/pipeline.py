@@ -39,7 +39,6 @@ from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.requests import RequestBuilder
 from batch_pipeline.core.results import (
-    CHUNK_ROWS,
     OrderedOutcomes,
     OutcomeGroup,
     ResultsError,
@@ -51,6 +50,7 @@ from batch_pipeline.core.sources import iter_partition_batches, parse_partition,
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
+from batch_pipeline.core.tuning import CHUNK_ROWS, Tuning, module_tuning
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 # What collecting or settling one shard may raise without the others having to stop.
 _SHARD_ERRORS = (BackendError, OutcomeFileError, OSError)
 
-BUILD_WAIT_SECONDS = 0.5
 WorkerT = TypeVar("WorkerT", bound=PipelineWorker)
 OPEN_STATES = (ShardState.QUEUED, ShardState.SUBMITTING, ShardState.SUBMITTED)
 REBUILD_HINT = "`batch-pipeline run --rebuild`, or a Dagster run tagged batch_pipeline/rebuild=true"
@@ -155,7 +154,12 @@ class PartitionStatus:
 
 
 class Pipeline:
-    """One pipeline spec bound to its ledger, storage and backend."""
+    """One pipeline spec bound to its ledger, storage and backend.
+
+    `clock` and `sleep` are the time it goes by (a test passes a manual clock, see
+    `backends.memory.ManualClock`); `tuning` holds its backoffs, limits and chunk sizes
+    (by default the modules' constants, see `tuning.module_tuning`).
+    """
 
     def __init__(
         self,
@@ -166,6 +170,8 @@ class Pipeline:
         ledger: Ledger | None = None,
         storage: StorageRoot | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        tuning: Tuning | None = None,
     ) -> None:
         self.spec = spec
         self.dataframe = dataframe
@@ -174,6 +180,8 @@ class Pipeline:
         self.owner = default_owner()
         self._backend = backend
         self._clock = clock
+        self._sleep = sleep
+        self.tuning = tuning or module_tuning()
 
     def __repr__(self) -> str:
         return f"Pipeline({self.spec.name!r})"
@@ -284,7 +292,7 @@ class Pipeline:
                 self.spec.name, partition, generation, self.owner, dead_owner=dead
             ):
                 return False
-            time.sleep(BUILD_WAIT_SECONDS)
+            self._sleep(self.tuning.build_wait_seconds)
 
     def _build_heartbeat(self, partition: str, generation: int) -> Callable[[], None]:
         """Renews this process's claim on a build once a third of its lease has passed; raises
@@ -326,7 +334,13 @@ class Pipeline:
 
     def _worker(self, kind: type[WorkerT]) -> WorkerT:
         return kind(
-            self.spec, self.ledger, self.backend, self.storage, self.owner, clock=self._clock
+            self.spec,
+            self.ledger,
+            self.backend,
+            self.storage,
+            self.owner,
+            clock=self._clock,
+            tuning=self.tuning,
         )
 
     def submit(self, partition: str | None = None) -> SubmitSummary:
@@ -583,7 +597,7 @@ class Pipeline:
                     self.spec,
                     partition,
                     dataframe=self.dataframe,
-                    batch_size=CHUNK_ROWS,
+                    batch_size=self.tuning.chunk_rows,
                     ties=RequestBuilder(self.spec).columns,  # as the build read them
                 ),
                 source_schema=source_schema(self.spec, self.dataframe),  # for an empty day
@@ -595,6 +609,7 @@ class Pipeline:
                 dest_path=self.storage.local_path(dest),
                 endpoint=self.spec.request.endpoint.value,
                 compression=self.spec.output.compression,
+                chunk_rows=self.tuning.chunk_rows,
             )
         except ResultsError as exc:
             built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.built_at or 0))
@@ -686,7 +701,7 @@ class Pipeline:
                     f"partition {partition} did not settle within {timeout:.0f} s; its batches "
                     "go on: run again (or `batch-pipeline status`) later to collect them"
                 )
-            time.sleep(poll_interval)
+            self._sleep(poll_interval)
             report = self.poll()
             if (unreachable := self.backend.unreachable()) is not None:
                 raise unreachable
@@ -871,9 +886,20 @@ def load_pipeline(
     *,
     dataframe: pd.DataFrame | None = None,
     backend: BatchBackend | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    tuning: Tuning | None = None,
 ) -> Pipeline:
-    """A `Pipeline` from a spec file, a mapping or a spec object."""
-    return Pipeline(_as_spec(spec), dataframe=dataframe, backend=backend)
+    """A `Pipeline` from a spec file, a mapping or a spec object (see `Pipeline` for the
+    clock, sleep and tuning)."""
+    return Pipeline(
+        _as_spec(spec),
+        dataframe=dataframe,
+        backend=backend,
+        clock=clock,
+        sleep=sleep,
+        tuning=tuning,
+    )
 
 
 def read_results(

@@ -31,10 +31,8 @@ from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_o
 from batch_pipeline.core.sharding import iter_request_lines, shard_ids_path, write_retry_shards
 from batch_pipeline.core.submission import (
     CLOCK_SKEW_SECONDS,
-    MAX_SUBMISSIONS,
     SUBMISSION_METADATA_KEY,
     dead_lease_owner,
-    requeue_backoff_seconds,
 )
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
@@ -130,7 +128,7 @@ class Poller(PipelineWorker):
             if (
                 allow_retries
                 and is_transient_batch_failure(batch)
-                and claimed.submissions < MAX_SUBMISSIONS
+                and claimed.submissions < self.tuning.max_submissions
             ):
                 outcome = self._requeue(claimed, batch)
                 done_with = [batch.input_file_id]  # it is uploaded afresh
@@ -249,7 +247,7 @@ class Poller(PipelineWorker):
             shard.shard_id,
             self.owner,
             state=ShardState.QUEUED,
-            not_before=self._clock() + requeue_backoff_seconds(shard.submissions),
+            not_before=self._clock() + self.tuning.requeue_backoff(shard.submissions),
             last_error=f"batch {batch.id} failed ({reason}); queued again",
             file_id=None,  # deleted once collected: the next submission uploads afresh
         ):

@@ -40,11 +40,11 @@ from batch_pipeline.core.outcomes import (
 )
 from batch_pipeline.core.schema_unify import SchemaConflict, conform, unified_schema
 from batch_pipeline.core.sources import nulls_as_text
+from batch_pipeline.core.tuning import CHUNK_ROWS as CHUNK_ROWS  # the default, kept importable
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 PARTITION_KEY = "partition"
 SOURCE_PREFIX = "source_"
-CHUNK_ROWS = 16_384
 REJECTED_CODE = "rejected"
 PREVIEW_ROWS = 5
 _PREVIEW_CHARS = 80
@@ -166,6 +166,7 @@ def assemble_results(
     batch_ids: pa.Table | None = None,
     source_schema: pa.Schema | None = None,
     compression: str = PARQUET_COMPRESSION,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> ResultsSummary:
     """Join a partition's source rows with their outcomes and write `dest_path` atomically.
 
@@ -182,6 +183,7 @@ def assemble_results(
     - `attempts` (custom_id, attempts) and `batch_ids` (custom_id, batch_id): optional.
     - `dest_path`: `results_path(results_dir, partition)`.
     - `compression`: the Parquet codec (snappy, zstd, lz4, gzip or none).
+    - `chunk_rows`: source rows joined and written at a time (one row group each).
 
     The source is read once, chunk by chunk, each chunk joined with the group of outcomes its
     rows fall in. Raises `ResultsIncompleteError` or `ResultsMismatchError` (naming up to 10
@@ -212,7 +214,7 @@ def assemble_results(
     preview: list[dict[str, Any]] = []
     schema, renamed = results_schema(source_schema or pa.schema([]), endpoint)
     try:
-        for batch in map(_readable_text, _rebatched(source_batches, CHUNK_ROWS)):
+        for batch in map(_readable_text, _rebatched(source_batches, chunk_rows)):
             if writer is None:
                 if key_column not in batch.schema.names:
                     raise ValueError(f"the source has no key column {key_column!r}")

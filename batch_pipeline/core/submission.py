@@ -21,6 +21,13 @@ from batch_pipeline.core.backends.base import (
     cancel_or_read,
 )
 from batch_pipeline.core.ledger import ShardRecord
+from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
+
+# The defaults, kept importable from here.
+from batch_pipeline.core.tuning import DEFERRAL_BACKOFF_SECONDS as DEFERRAL_BACKOFF_SECONDS
+from batch_pipeline.core.tuning import MAX_REQUEUE_BACKOFF_SECONDS as MAX_REQUEUE_BACKOFF_SECONDS
+from batch_pipeline.core.tuning import MAX_SUBMISSIONS as MAX_SUBMISSIONS
+from batch_pipeline.core.tuning import REQUEUE_BACKOFF_SECONDS as REQUEUE_BACKOFF_SECONDS
 from batch_pipeline.core.types import BatchInfo, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -28,18 +35,6 @@ log = logging.getLogger(__name__)
 
 SUBMISSION_METADATA_KEY = "batch_pipeline_submission"
 CLOCK_SKEW_SECONDS = 900
-# A try of a submission cut short (no answer, a 5xx: the batch may have been made) is taken
-# up again after these waits, then doubling up to MAX_REQUEUE_BACKOFF_SECONDS.
-DEFERRAL_BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)
-# A shard the provider turned away for now (a create refused with 429, a batch failed on a
-# limit) is submitted again after this, doubling with each submission up to the maximum:
-# enqueued tokens free up only as other batches finish.
-REQUEUE_BACKOFF_SECONDS = 60.0
-MAX_REQUEUE_BACKOFF_SECONDS = 3600.0
-# After this many submissions (about 27 hours of refusals, longer than any batch's 24-hour
-# window) the shard will not fit (larger than the provider's limit, say): its rows are
-# settled as failed instead.
-MAX_SUBMISSIONS = 30
 RATE_LIMITED = 429
 # Refusals that concern the whole pipeline (a wrong or unauthorised key), not one shard.
 CONFIGURATION_STATUS_CODES = frozenset({401, 403})
@@ -57,19 +52,14 @@ class SubmitOutcome:
     cancelled: bool = False  # its day was cancelled while it was uploaded: settle it as such
 
 
-def requeue_backoff_seconds(submissions: int) -> float:
+def requeue_backoff_seconds(submissions: int, tuning: Tuning = DEFAULT_TUNING) -> float:
     """How long a shard whose `submissions`-th submission was turned away waits."""
-    doubled = REQUEUE_BACKOFF_SECONDS * 2 ** min(max(submissions - 1, 0), 16)
-    return min(doubled, MAX_REQUEUE_BACKOFF_SECONDS)
+    return tuning.requeue_backoff(submissions)
 
 
-def deferral_backoff_seconds(deferrals: int) -> float:
+def deferral_backoff_seconds(deferrals: int, tuning: Tuning = DEFAULT_TUNING) -> float:
     """How long a shard waits after the `deferrals`-th try of one submission was cut short."""
-    ladder = DEFERRAL_BACKOFF_SECONDS
-    if deferrals <= len(ladder):
-        return ladder[max(deferrals, 1) - 1]
-    doubled = ladder[-1] * 2 ** min(deferrals - len(ladder), 16)
-    return min(doubled, MAX_REQUEUE_BACKOFF_SECONDS)
+    return tuning.deferral_backoff(deferrals)
 
 
 def lease_holder_is_dead(owner: str | None) -> bool:
@@ -142,7 +132,7 @@ class Submitter(PipelineWorker):
         """Leave the shard `submitting` for a later tick, which first looks for a batch this
         try may have made; the wait grows with each try cut short."""
         deferrals = shard.deferrals + 1
-        retry_in = deferral_backoff_seconds(deferrals)
+        retry_in = self.tuning.deferral_backoff(deferrals)
         self.ledger.update_shard(
             shard.shard_id,
             self.owner,
@@ -158,13 +148,13 @@ class Submitter(PipelineWorker):
 
     def _requeue(self, shard: ShardRecord, exc: BackendError) -> SubmitOutcome:
         """A shard the provider turned away for now (429): back in the queue for a new
-        submission of the file it uploaded, waiting longer each time; after MAX_SUBMISSIONS
-        its rows fail instead."""
-        if shard.submissions >= MAX_SUBMISSIONS:
+        submission of the file it uploaded, waiting longer each time; after
+        `tuning.max_submissions` its rows fail instead."""
+        if shard.submissions >= self.tuning.max_submissions:
             self.ledger.release(shard.shard_id, self.owner)
             log.error("shard %s: refused %d times: %s", shard.shard_id, shard.submissions, exc)
             return SubmitOutcome(shard.shard_id, None, refused=exc)
-        retry_in = requeue_backoff_seconds(shard.submissions)
+        retry_in = self.tuning.requeue_backoff(shard.submissions)
         if not self.ledger.update_shard(
             shard.shard_id,
             self.owner,

@@ -9,10 +9,12 @@ from batch_pipeline.core.backends.base import BatchBackend
 from batch_pipeline.core.ledger import Ledger
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot
+from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
 
 
 class PipelineWorker:
-    """Base of the engine's steps; `owner` names this process in the ledger's leases."""
+    """Base of the engine's steps; `owner` names this process in the ledger's leases,
+    `tuning` holds its backoffs and limits."""
 
     def __init__(
         self,
@@ -23,6 +25,7 @@ class PipelineWorker:
         owner: str,
         *,
         clock: Callable[[], float] = time.time,
+        tuning: Tuning = DEFAULT_TUNING,
     ) -> None:
         self.spec = spec
         self.ledger = ledger
@@ -30,3 +33,4 @@ class PipelineWorker:
         self.storage = storage
         self.owner = owner
         self._clock = clock
+        self.tuning = tuning

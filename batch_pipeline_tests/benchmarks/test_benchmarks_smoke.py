@@ -12,7 +12,7 @@ import pytest
 from batch_pipeline_tests.benchmarks import NAMES
 from batch_pipeline_tests.benchmarks.fixtures import REPO_ROOT, command_env
 
-pytestmark = pytest.mark.benchmark_smoke
+pytestmark = [pytest.mark.benchmark_smoke, pytest.mark.slow]
 
 # The smoke run takes well under a minute; the limit only stops a hung run.
 TIMEOUT_SECONDS = 240

@@ -92,10 +92,12 @@ def wait_terminal(backend: BatchBackend, batch_id: str, timeout: float = 30.0) -
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_the_backend_implements_the_protocol(backend: OpenAIBackend) -> None:
     assert isinstance(backend, BatchBackend)
 
 
+@pytest.mark.slow
 def test_upload_then_find_the_upload_by_name(backend: OpenAIBackend, tmp_path: Path) -> None:
     before = int(time.time()) - 1
     path = write_requests(tmp_path / "shard.jsonl", ["one", "two"])
@@ -109,6 +111,7 @@ def test_upload_then_find_the_upload_by_name(backend: OpenAIBackend, tmp_path: P
     assert backend.find_file(uploaded.filename, created_after=uploaded.created_at + 1) is None
 
 
+@pytest.mark.slow
 def test_upload_streams_the_file_from_disk(backend: OpenAIBackend, tmp_path: Path) -> None:
     path = write_requests(tmp_path / "big.jsonl", ["x" * 2000] * 12_000)  # about 24 MB
     size = path.stat().st_size
@@ -122,6 +125,7 @@ def test_upload_streams_the_file_from_disk(backend: OpenAIBackend, tmp_path: Pat
     assert peak < size / 4  # the server runs in this process too, so allow it some
 
 
+@pytest.mark.slow
 def test_create_then_find_the_batch_by_its_metadata(backend: OpenAIBackend, tmp_path: Path) -> None:
     before = int(time.time()) - 1
     created = submit(backend, tmp_path, ["hi"], batch_pipeline_shard="tickets/2026-11-20/0")
@@ -143,6 +147,7 @@ def test_create_then_find_the_batch_by_its_metadata(backend: OpenAIBackend, tmp_
     )
 
 
+@pytest.mark.slow
 def test_iter_batches_pages_newest_first_and_stops_at_created_after(
     start_api, tmp_path: Path
 ) -> None:
@@ -175,6 +180,7 @@ def test_iter_batches_pages_newest_first_and_stops_at_created_after(
     backend.close()
 
 
+@pytest.mark.slow
 def test_retrieve_until_done_then_download_into_a_file(
     backend: OpenAIBackend, tmp_path: Path
 ) -> None:
@@ -209,6 +215,7 @@ for file_id in [file_ids[0], *file_ids]:
 """
 
 
+@pytest.mark.slow
 def test_download_memory_does_not_grow_with_the_file(start_api, tmp_path: Path) -> None:
     url = start_api()
     backend = sdk_backend(url)
@@ -234,6 +241,7 @@ def test_download_memory_does_not_grow_with_the_file(start_api, tmp_path: Path) 
     assert large_peak < 6 * chunk
 
 
+@pytest.mark.slow
 def test_cancel_an_unfinished_batch(backend: OpenAIBackend, tmp_path: Path) -> None:
     batch = submit(backend, tmp_path, ["fine", "<<hang>>"])
     cancelling = backend.cancel_batch(batch.id)
@@ -241,6 +249,7 @@ def test_cancel_an_unfinished_batch(backend: OpenAIBackend, tmp_path: Path) -> N
     assert wait_terminal(backend, batch.id).status is BatchStatus.CANCELLED
 
 
+@pytest.mark.slow
 def test_delete_file_then_it_is_not_found(backend: OpenAIBackend, tmp_path: Path) -> None:
     uploaded = backend.upload_file(write_requests(tmp_path / "x.jsonl", ["x"]), "x.jsonl")
     backend.delete_file(uploaded.id)
@@ -248,6 +257,7 @@ def test_delete_file_then_it_is_not_found(backend: OpenAIBackend, tmp_path: Path
         backend.delete_file(uploaded.id)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "call",
     [
@@ -263,6 +273,7 @@ def test_unknown_ids_raise_not_found(backend: OpenAIBackend, call) -> None:
     assert info.value.status_code == 404
 
 
+@pytest.mark.slow
 def test_429_on_create_is_transient_and_never_retried_inside(start_api, tmp_path: Path) -> None:
     # Even with SDK retries on, a create is sent once: a retry could pay for a second batch.
     backend = sdk_backend(start_api(fault_create_429_every=2), max_retries=3)
@@ -274,6 +285,7 @@ def test_429_on_create_is_transient_and_never_retried_inside(start_api, tmp_path
     assert [b.id for b in backend.iter_batches()] == [first.id]
 
 
+@pytest.mark.slow
 def test_500_on_download_and_refused_connections_are_transient(start_api, tmp_path: Path) -> None:
     backend = sdk_backend(start_api(fault_download_500_every=1))
     batch = wait_terminal(backend, submit(backend, tmp_path, ["hi"]).id)
@@ -286,6 +298,7 @@ def test_500_on_download_and_refused_connections_are_transient(start_api, tmp_pa
         unreachable.retrieve_batch("batch_x")
 
 
+@pytest.mark.slow
 def test_a_refused_key_is_a_backend_error_that_never_shows_a_key(start_api, tmp_path: Path) -> None:
     right, wrong = "sk-right-7f3a9c1e55d04b2a", "sk-wrong-0c1d2e3f4a5b6c7d"
     backend = sdk_backend(start_api(api_key=right), key=wrong)
@@ -300,6 +313,7 @@ def test_a_refused_key_is_a_backend_error_that_never_shows_a_key(start_api, tmp_
     assert error.__cause__ is None and error.__context__ is None  # the SDK error holds the key
 
 
+@pytest.mark.slow
 def test_make_backend_reads_the_key_from_the_variable_it_names(start_api, tmp_path: Path) -> None:
     key = "sk-from-env-93be1c"
     url = start_api(api_key=key)

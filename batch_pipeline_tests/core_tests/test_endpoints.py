@@ -10,10 +10,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from batch_pipeline import PipelineSpec, load_pipeline
+from batch_pipeline import PipelineSpec
 from batch_pipeline.core.outcomes import parse_outcomes
 from batch_pipeline.core.requests import RequestBuilder, estimate_request_tokens
 from batch_pipeline.core.spec import SpecError
+from batch_pipeline_tests.batch_apis import on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -50,9 +51,9 @@ def test_a_system_text_is_refused_where_the_endpoint_takes_none(tmp_path, endpoi
         RequestBuilder(spec_for(tmp_path, endpoint, system="You label tickets."))
 
 
-@pytest.mark.slow
+@on_both_apis
 @pytest.mark.parametrize("endpoint", [COMPLETIONS, MODERATIONS])
-def test_a_day_runs_end_to_end_and_its_answers_fill_the_results(tmp_path, batch_api, endpoint):
+def test_a_day_runs_end_to_end_and_its_answers_fill_the_results(tmp_path, api, endpoint):
     at = datetime(2026, 11, 20, 9)
     rows = [
         {"ticket_id": f"T{i}", "subject": f"Order {i}", "body": f"parcel {i}", "created_at": at}
@@ -60,7 +61,7 @@ def test_a_day_runs_end_to_end_and_its_answers_fill_the_results(tmp_path, batch_
     ]
     rows.append({"ticket_id": "BAD", "subject": "Bad", "body": "<<fail:400>>", "created_at": at})
     write_tickets(tmp_path / "tickets.parquet", rows)
-    with load_pipeline(spec_for(tmp_path, endpoint, batch_api)) as pipeline:
+    with api.pipeline(spec_for(tmp_path, endpoint, api.base_url)) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
     results = pd.read_parquet(summary.path).set_index("ticket_id")
 

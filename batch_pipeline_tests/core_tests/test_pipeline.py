@@ -1,10 +1,13 @@
-"""The engine end to end against the local Batch API: every row exactly once, with a status."""
+"""The engine end to end: every row exactly once, with a status.
+
+Against the in-memory Batch API on a manual clock (nothing waits); the tests marked
+`on_both_apis` run again against the local service over HTTP.
+"""
 
 from __future__ import annotations
 
 import io
 import sqlite3
-import time
 from collections import Counter
 from dataclasses import fields, replace
 from datetime import datetime
@@ -18,24 +21,27 @@ import pytest
 import sqlalchemy as sa
 
 from batch_pipeline import PipelineSpec, load_pipeline, read_results
-from batch_pipeline.core import poller as poller_module
 from batch_pipeline.core import sharding
 from batch_pipeline.core import submission as submission_module
-from batch_pipeline.core.backends.openai import make_backend
+from batch_pipeline.core.backends.base import ServiceUnreachable
 from batch_pipeline.core.ledger import SCHEMA_VERSION, Ledger, ShardRecord
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
 from batch_pipeline.core.poller import Poller
-from batch_pipeline.core.results import CHUNK_ROWS, ResultsIncompleteError
+from batch_pipeline.core.results import ResultsIncompleteError
 from batch_pipeline.core.spec import SpecError
 from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline.core.tokens import count_tokens
+from batch_pipeline.core.tuning import Tuning
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, ShardState
-from batch_pipeline.local_api.server import run_local_batch_api
+from batch_pipeline_tests.batch_apis import BatchApi, MemoryApi, on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
 OTHER_DAY = "2026-11-21"
+
+
+POSTGRES_SLOW = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def mixed_rows() -> list[dict]:
@@ -78,19 +84,22 @@ EXPECTED = {
 }
 
 
-def run_partition(spec: dict, tmp_path, partition: str = DAY) -> pd.DataFrame:
-    pipeline = load_pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+def run_partition(
+    api: BatchApi, spec: dict, tmp_path, partition: str = DAY, **options
+) -> pd.DataFrame:
+    pipeline = api.pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path), **options)
     with pipeline:
         summary = pipeline.run(partition, poll_interval=0.3, timeout=90)
     assert summary.rows == len(pd.read_parquet(summary.path))
     return pd.read_parquet(summary.path)
 
 
+@on_both_apis
 @pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/responses", "/v1/embeddings"])
-def test_mixed_source_ends_with_every_row_once_and_the_right_status(tmp_path, batch_api, endpoint):
+def test_mixed_source_ends_with_every_row_once_and_the_right_status(tmp_path, api, endpoint):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows())
-    spec = ticket_spec(tmp_path, batch_api, endpoint=endpoint, request={"context_window": 2000})
-    results = run_partition(spec, tmp_path)
+    spec = ticket_spec(tmp_path, api.base_url, endpoint=endpoint, request={"context_window": 2000})
+    results = run_partition(api, spec, tmp_path)
 
     assert len(results) == 15  # every source row of the day, the duplicate included
     by_key = results.groupby("ticket_id")
@@ -114,15 +123,16 @@ def test_mixed_source_ends_with_every_row_once_and_the_right_status(tmp_path, ba
         assert (good["input_tokens"] > 0).all() and (good["output_tokens"] > 0).all()
 
 
-def test_small_limits_split_requests_into_several_batches(tmp_path, batch_api):
+@on_both_apis
+def test_small_limits_split_requests_into_several_batches(tmp_path, api):
     at = datetime(2026, 11, 20, 12)
     rows = [
         {"ticket_id": f"K{i:03d}", "subject": "s", "body": f"text {i}", "created_at": at}
         for i in range(23)
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
-    spec = ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 5})
-    pipeline = Pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+    spec = ticket_spec(tmp_path, api.base_url, limits={"max_requests_per_file": 5})
+    pipeline = api.pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
     built = pipeline.build_requests(DAY)
     assert (built.requests, built.shards) == (23, 5)
     summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
@@ -130,7 +140,7 @@ def test_small_limits_split_requests_into_several_batches(tmp_path, batch_api):
     assert len({b["batch_id"] for b in pipeline.ledger.batches("tickets")}) == 5
 
 
-def test_token_budget_holds_shards_back_until_batches_finish(tmp_path, batch_api):
+def test_token_budget_holds_shards_back_until_batches_finish(tmp_path, api):
     at = datetime(2026, 11, 20, 12)
     rows = [
         {
@@ -143,9 +153,9 @@ def test_token_budget_holds_shards_back_until_batches_finish(tmp_path, batch_api
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
     spec = ticket_spec(
-        tmp_path, batch_api, limits={"max_requests_per_file": 2, "enqueued_tokens": 60}
+        tmp_path, api.base_url, limits={"max_requests_per_file": 2, "enqueued_tokens": 60}
     )
-    pipeline = Pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+    pipeline = api.pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
     pipeline.build_requests(DAY)
     first = pipeline.submit(DAY)
     assert len(first.submitted_batch_ids) == 1
@@ -173,13 +183,14 @@ def test_a_token_budget_is_kept_by_exact_counts_where_bytes_guess_low(tmp_path):
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
     budget = 500
-    with run_local_batch_api(
-        tmp_path / "state", completion_window_seconds=30, enqueued_token_limit=budget
-    ) as base_url:
-        spec = PipelineSpec.from_dict(
-            ticket_spec(tmp_path, base_url, limits={"enqueued_tokens": budget}), base_dir=tmp_path
+    api = MemoryApi(completion_window_seconds=30, enqueued_token_limit=budget)
+    with api.pipeline(
+        PipelineSpec.from_dict(
+            ticket_spec(tmp_path, api.base_url, limits={"enqueued_tokens": budget}),
+            base_dir=tmp_path,
         )
-        pipeline = Pipeline(spec)
+    ) as pipeline:
+        spec = pipeline.spec
         summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
         shards = pipeline.ledger.shards("tickets", partition=DAY)
         batches = pipeline.ledger.batches("tickets", partition=DAY)
@@ -201,11 +212,11 @@ def test_a_token_budget_is_kept_by_exact_counts_where_bytes_guess_low(tmp_path):
     assert max(shard.attempt for shard in shards) == 3
 
 
-def test_read_results_returns_every_partition_or_one(tmp_path, batch_api):
+def test_read_results_returns_every_partition_or_one(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows())
-    spec = ticket_spec(tmp_path, batch_api)
-    run_partition(spec, tmp_path, DAY)
-    run_partition(spec, tmp_path, OTHER_DAY)
+    spec = ticket_spec(tmp_path, api.base_url)
+    run_partition(api, spec, tmp_path, DAY)
+    run_partition(api, spec, tmp_path, OTHER_DAY)
     spec_object = PipelineSpec.from_dict(spec, base_dir=tmp_path)
     everything = read_results(spec_object)
     assert len(everything) == 16
@@ -213,10 +224,10 @@ def test_read_results_returns_every_partition_or_one(tmp_path, batch_api):
     assert list(read_results(spec_object, OTHER_DAY)["ticket_id"]) == ["NEXT"]
 
 
-def test_settled_partition_is_not_run_twice_and_rebuild_runs_it_afresh(tmp_path, batch_api):
+def test_settled_partition_is_not_run_twice_and_rebuild_runs_it_afresh(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:3])
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    with api.pipeline(spec) as pipeline:
         first = pipeline.run(DAY, poll_interval=0.2, timeout=60)
         again = pipeline.run(DAY, poll_interval=0.2, timeout=60)
         assert again.already_collected and again.path == first.path
@@ -226,16 +237,17 @@ def test_settled_partition_is_not_run_twice_and_rebuild_runs_it_afresh(tmp_path,
         assert len(pipeline.ledger.batches("tickets")) == 2
 
 
-def test_collecting_an_unsettled_partition_is_refused(tmp_path, batch_api):
+def test_collecting_an_unsettled_partition_is_refused(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:2])
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    with api.pipeline(spec) as pipeline:
         pipeline.build_requests(DAY)
         with pytest.raises(PipelineError, match="not settled"):
             pipeline.collect_results(DAY)
 
 
-def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, batch_api):
+@on_both_apis
+def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, api):
     at = datetime(2026, 11, 20, 12)
     rows = [
         {
@@ -249,11 +261,11 @@ def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, batch_api):
     write_tickets(tmp_path / "tickets.parquet", rows)
     spec = PipelineSpec.from_dict(
         ticket_spec(
-            tmp_path, batch_api, limits={"max_requests_per_file": 3, "enqueued_tokens": 80}
+            tmp_path, api.base_url, limits={"max_requests_per_file": 3, "enqueued_tokens": 80}
         ),
         base_dir=tmp_path,
     )
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         pipeline.build_requests(DAY)
         submitted = pipeline.submit(DAY)
         assert submitted.waiting_shards == 1
@@ -267,14 +279,14 @@ def test_cancel_settles_every_row_as_cancelled_or_done(tmp_path, batch_api):
 
 
 @pytest.mark.parametrize("codec", [None, "zstd"])
-def test_results_are_written_with_the_codec_the_spec_names(tmp_path, batch_api, codec):
+def test_results_are_written_with_the_codec_the_spec_names(tmp_path, api, codec):
     """Snappy unless `output.compression` says otherwise; every column of every row group."""
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
     output = {"dir": "out"} if codec is None else {"dir": "out", "compression": codec}
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, output=output), base_dir=tmp_path
+        ticket_spec(tmp_path, api.base_url, output=output), base_dir=tmp_path
     )
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
     metadata = pq.ParquetFile(summary.path).metadata
     codecs = {
@@ -286,10 +298,10 @@ def test_results_are_written_with_the_codec_the_spec_names(tmp_path, batch_api, 
     assert sorted(pd.read_parquet(summary.path)["ticket_id"]) == ["T0", "T1", "T2", "T3"]
 
 
-def test_an_unknown_codec_is_refused_by_the_spec(tmp_path, batch_api):
+def test_an_unknown_codec_is_refused_by_the_spec(tmp_path, api):
     with pytest.raises(SpecError, match="compression"):
         PipelineSpec.from_dict(
-            ticket_spec(tmp_path, batch_api, output={"dir": "out", "compression": "brotli9"}),
+            ticket_spec(tmp_path, api.base_url, output={"dir": "out", "compression": "brotli9"}),
             base_dir=tmp_path,
         )
 
@@ -298,40 +310,38 @@ def test_a_cancel_that_reaches_a_finalizing_batch_keeps_its_results(tmp_path):
     """A provider refuses (409) to cancel a batch that is finalizing; the cancel must not
     fail, and the batch's answers, already paid for, end in the results."""
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    with run_local_batch_api(tmp_path / "state", finalizing_seconds=5.0) as base_url:
-        spec = PipelineSpec.from_dict(ticket_spec(tmp_path, base_url), base_dir=tmp_path)
-        client = openai.OpenAI(base_url=base_url, api_key="local")
-        with Pipeline(spec) as pipeline:
-            pipeline.run(DAY, wait=False)
-            (batch_id,) = [shard.batch_id for shard in pipeline.ledger.shards(spec.name)]
-            while client.batches.retrieve(batch_id).status != "finalizing":
-                time.sleep(0.05)
-            assert pipeline.cancel(DAY) == []
-            assert pipeline.ledger.batches(spec.name)[0]["status"] == "finalizing"
-            while pipeline.get_partition(DAY).settled_at is None:
-                pipeline.poll()
-                time.sleep(0.1)
-            summary = pipeline.collect_results(DAY)
-        assert client.batches.retrieve(batch_id).status == "completed"
+    api = MemoryApi(finalizing_seconds=5.0)
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    with api.pipeline(spec) as pipeline:
+        pipeline.run(DAY, wait=False)
+        (batch_id,) = [shard.batch_id for shard in pipeline.ledger.shards(spec.name)]
+        while api.service.retrieve_batch(batch_id).status != "finalizing":
+            api.clock.advance(0.05)
+        assert pipeline.cancel(DAY) == []
+        assert pipeline.ledger.batches(spec.name)[0]["status"] == "finalizing"
+        while pipeline.get_partition(DAY).settled_at is None:
+            pipeline.poll()
+            api.clock.advance(0.1)
+        summary = pipeline.collect_results(DAY)
+    assert api.service.retrieve_batch(batch_id).status == "completed"
     results = pd.read_parquet(summary.path)
     assert sorted(results["ticket_id"]) == ["T0", "T1", "T2", "T3"]
     assert set(results["status"]) == {"succeeded"}
 
 
-def test_key_from_the_environment_never_reaches_the_ledger_or_files(
-    tmp_path, batch_api, monkeypatch
-):
+def test_key_from_the_environment_never_reaches_the_ledger_or_files(tmp_path, api, monkeypatch):
     secret = "sk-test-NEVER-WRITE-ME-0123456789"
     monkeypatch.setenv("TICKETS_KEY", secret)
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    spec = ticket_spec(tmp_path, batch_api, backend={"api_key_env": "TICKETS_KEY"})
-    run_partition(spec, tmp_path)
+    spec = ticket_spec(tmp_path, api.base_url, backend={"api_key_env": "TICKETS_KEY"})
+    run_partition(api, spec, tmp_path)
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written
     for path in written:
         assert secret.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_wrong_key_fails_with_a_message_that_hides_the_key(tmp_path, tmp_path_factory, monkeypatch):
     from batch_pipeline.local_api.server import run_local_batch_api
 
@@ -373,10 +383,10 @@ def _dictionary_encoded(path) -> dict[str, bool]:
     }
 
 
-def test_per_row_text_columns_are_written_without_a_dictionary(tmp_path, batch_api):
+def test_per_row_text_columns_are_written_without_a_dictionary(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows())
-    spec = ticket_spec(tmp_path, batch_api, request={"context_window": 2000})
-    results = run_partition(spec, tmp_path)
+    spec = ticket_spec(tmp_path, api.base_url, request={"context_window": 2000})
+    results = run_partition(api, spec, tmp_path)
 
     outcome_files = sorted(tmp_path.rglob("outcomes.parquet"))
     assert outcome_files
@@ -387,24 +397,24 @@ def test_per_row_text_columns_are_written_without_a_dictionary(tmp_path, batch_a
     assert len(results) == 15
 
 
-def twelve_rows_in_three_shards(tmp_path, batch_api) -> tuple[list[dict], PipelineSpec]:
+def twelve_rows_in_three_shards(tmp_path, api) -> tuple[list[dict], PipelineSpec]:
     rows = [
         {"ticket_id": f"K{i:02d}", "subject": "s", "body": f"question {i}", "created_at": DAY}
         for i in range(12)
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, limits={"max_requests_per_file": 5}), base_dir=tmp_path
+        ticket_spec(tmp_path, api.base_url, limits={"max_requests_per_file": 5}), base_dir=tmp_path
     )
     return rows, spec
 
 
-def test_a_shard_whose_ids_file_is_gone_or_wrong_is_collected_from_its_lines(tmp_path, batch_api):
+def test_a_shard_whose_ids_file_is_gone_or_wrong_is_collected_from_its_lines(tmp_path, api):
     """The custom_ids beside a shard save reading it again; without them, or with a file
     that does not hold one id per line or cannot be read, the shard's own lines say what it
     asked for."""
-    rows, spec = twelve_rows_in_three_shards(tmp_path, batch_api)
-    with Pipeline(spec) as pipeline:
+    rows, spec = twelve_rows_in_three_shards(tmp_path, api)
+    with api.pipeline(spec) as pipeline:
         pipeline.build_requests(DAY)
         gone, wrong, cut_short = (
             pipeline.storage.local_path(sharding.shard_ids_path(shard.path))
@@ -438,11 +448,11 @@ class ReversedOutputs:
         return len(data)
 
 
-def test_outcome_files_keep_the_request_order_and_files_without_it_still_join(tmp_path, batch_api):
+def test_outcome_files_keep_the_request_order_and_files_without_it_still_join(tmp_path, api):
     """The outcomes of a shard are stored in its request order, whatever the provider's order,
     and marked so; a file without the mark (an earlier version's) is joined whole."""
-    rows, spec = twelve_rows_in_three_shards(tmp_path, batch_api)
-    with Pipeline(spec, backend=ReversedOutputs(make_backend(spec.backend))) as pipeline:
+    rows, spec = twelve_rows_in_three_shards(tmp_path, api)
+    with api.pipeline(spec, backend=ReversedOutputs(api.backend(spec))) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
         shards = pipeline.ledger.shards(spec.name, partition=DAY)
         for shard in shards:
@@ -487,13 +497,11 @@ class FailingForTokens:
         return (self._failed(batch) for batch in self._inner.iter_batches(**kwargs))
 
 
-def test_a_cancelled_day_whose_batch_failed_on_tokens_settles_instead_of_requeueing(
-    tmp_path, batch_api
-):
+def test_a_cancelled_day_whose_batch_failed_on_tokens_settles_instead_of_requeueing(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    backend = FailingForTokens(make_backend(spec.backend))
-    with Pipeline(spec, backend=backend) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    backend = FailingForTokens(api.backend(spec))
+    with api.pipeline(spec, backend=backend) as pipeline:
         pipeline.build_requests(DAY)
         pipeline.submit(DAY)
         poller = pipeline._worker(Poller)
@@ -509,12 +517,12 @@ def test_a_cancelled_day_whose_batch_failed_on_tokens_settles_instead_of_requeue
 
 
 def test_a_row_added_after_the_build_is_named_with_the_way_out_and_a_rebuild_takes_it(
-    tmp_path, batch_api
+    tmp_path, api
 ):
     rows = mixed_rows()[:4]
     write_tickets(tmp_path / "tickets.parquet", rows)
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    with api.pipeline(spec) as pipeline:
         pipeline.run(DAY, poll_interval=0.2, timeout=60)
         late = {**rows[0], "ticket_id": "LATE", "body": "arrived after the build"}
         write_tickets(tmp_path / "tickets.parquet", [*rows, late])
@@ -528,25 +536,21 @@ def test_a_row_added_after_the_build_is_named_with_the_way_out_and_a_rebuild_tak
     assert set(results["status"]) == {"succeeded"}
 
 
+@on_both_apis
 @pytest.mark.parametrize("keep", [False, True])
-def test_provider_files_are_deleted_once_collected_unless_kept(tmp_path, batch_api, keep):
+def test_provider_files_are_deleted_once_collected_unless_kept(tmp_path, api, keep):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows())
     spec = ticket_spec(
         tmp_path,
-        batch_api,
+        api.base_url,
         name=f"files_kept_{keep}".lower(),
         request={"context_window": 2000},
         output={"keep_provider_files": keep},
     )
-    results = run_partition(spec, tmp_path)
+    results = run_partition(api, spec, tmp_path)
     assert len(results) == 15
 
-    client = openai.OpenAI(base_url=batch_api, api_key="local")
-    batches = [
-        b
-        for b in client.batches.list(limit=100)
-        if (b.metadata or {}).get("batch_pipeline_pipeline") == spec["name"]
-    ]
+    batches = api.batches(spec["name"])
     assert len(batches) == 3  # the first attempt and two rounds of retries
     file_ids = [
         file_id
@@ -554,20 +558,14 @@ def test_provider_files_are_deleted_once_collected_unless_kept(tmp_path, batch_a
         for file_id in (b.input_file_id, b.output_file_id, b.error_file_id)
         if file_id
     ]
-    present = set()
-    for file_id in file_ids:
-        try:
-            client.files.retrieve(file_id)
-            present.add(file_id)
-        except openai.NotFoundError:
-            pass
+    present = {file_id for file_id in file_ids if api.has_file(file_id)}
     assert present == (set(file_ids) if keep else set())
 
 
-def test_built_shards_wait_for_submit_and_a_poll_does_not_pay_for_them(tmp_path, batch_api):
+def test_built_shards_wait_for_submit_and_a_poll_does_not_pay_for_them(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    with api.pipeline(spec) as pipeline:
         pipeline.build_requests(DAY)
         assert pipeline.poll().submitted_batch_ids == []
         (status,) = pipeline.status(DAY)
@@ -577,16 +575,16 @@ def test_built_shards_wait_for_submit_and_a_poll_does_not_pay_for_them(tmp_path,
 
 
 def test_a_shard_that_keeps_failing_on_the_token_limit_settles_after_a_few_submissions(
-    tmp_path, batch_api, monkeypatch
+    tmp_path, api
 ):
-    monkeypatch.setattr(submission_module, "REQUEUE_BACKOFF_SECONDS", 0.0)
-    monkeypatch.setattr(poller_module, "MAX_SUBMISSIONS", 3)
+    tuning = Tuning(requeue_backoff_seconds=0.0, max_submissions=3)
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    with Pipeline(spec, backend=FailingForTokens(make_backend(spec.backend))) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    backend = FailingForTokens(api.backend(spec))
+    with api.pipeline(spec, backend=backend, tuning=tuning) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
         (shard,) = pipeline.ledger.shards(spec.name)
-    assert shard.submissions == poller_module.MAX_SUBMISSIONS
+    assert shard.submissions == tuning.max_submissions
     results = pd.read_parquet(summary.path)
     assert set(results["status"]) == {"failed"} and len(results) == 4
     assert results["error_message"].str.contains("provider limit").all()
@@ -600,10 +598,10 @@ def test_a_requeued_shard_waits_longer_each_time_up_to_an_hour():
     assert total > 24 * 3600  # longer than any batch's window before its rows end failed
 
 
-def test_submitting_a_rebuilt_day_leaves_the_old_generations_shards_alone(tmp_path, batch_api):
+def test_submitting_a_rebuilt_day_leaves_the_old_generations_shards_alone(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    with api.pipeline(spec) as pipeline:
         pipeline.build_requests(DAY)
         pipeline.build_requests(DAY, rebuild=True)
         assert len(pipeline.submit(DAY).submitted_batch_ids) == 1
@@ -612,34 +610,28 @@ def test_submitting_a_rebuilt_day_leaves_the_old_generations_shards_alone(tmp_pa
 
 
 @pytest.mark.parametrize("day", ["2026-1-1", "2026-02-30", "yesterday"])
-def test_a_partition_that_is_not_a_day_is_refused_before_the_ledger_records_it(
-    tmp_path, batch_api, day
-):
+def test_a_partition_that_is_not_a_day_is_refused_before_the_ledger_records_it(tmp_path, api, day):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+    with api.pipeline(spec) as pipeline:
         for step in (pipeline.run, pipeline.build_requests, pipeline.cancel, pipeline.status):
             with pytest.raises(ValueError, match=f"partition '{day}' is not a"):
                 step(day)
         assert pipeline.partitions() == []
 
 
-def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path, batch_api):
+@on_both_apis
+def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path, api):
     """`run --rebuild` repeated after a timeout must not pay for the day's batches again."""
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, name="rebuild_in_flight"), base_dir=tmp_path
+        ticket_spec(tmp_path, api.base_url, name="rebuild_in_flight"), base_dir=tmp_path
     )
-    client = openai.OpenAI(base_url=batch_api, api_key="local")
 
     def batches_of_day() -> list[str]:
-        return [
-            b.id
-            for b in client.batches.list(limit=100)
-            if (b.metadata or {}).get("batch_pipeline_pipeline") == spec.name
-        ]
+        return [b.id for b in api.batches(spec.name)]
 
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         pipeline.run(DAY, wait=False, rebuild=True)
         with pytest.raises(PipelineError, match=r"still in flight .*cancel it first"):
             pipeline.run(DAY, wait=False, rebuild=True)
@@ -651,9 +643,9 @@ def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path,
     assert summary.counts["succeeded"] == 4
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=POSTGRES_SLOW)])
 def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
-    tmp_path, batch_api, database, request
+    tmp_path, api, database, request
 ):
     """A version 2 ledger (no `deferrals` nor `request_fingerprint` column) with a shard in
     it opens, gains the columns with its shards kept, and is marked; a ledger newer than
@@ -665,16 +657,16 @@ def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
     )
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:4])
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, ledger={"url": url}), base_dir=tmp_path
+        ticket_spec(tmp_path, api.base_url, ledger={"url": url}), base_dir=tmp_path
     )
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         pipeline.build_requests(DAY)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE bp_shards DROP COLUMN deferrals"))
         conn.execute(sa.text("ALTER TABLE bp_partitions DROP COLUMN request_fingerprint"))
         conn.execute(sa.text("UPDATE bp_schema SET version = 2"))
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         (shard,) = pipeline.ledger.shards(spec.name)
         assert (shard.state, shard.deferrals) == (ShardState.BUILT, 0)
         assert len(pipeline.submit(DAY).submitted_batch_ids) == 1
@@ -700,13 +692,13 @@ def _sql_source(tmp_path, rows: list[tuple], *indexes: str) -> dict:
     return {"path": None, "sql": query, "key": "id", "partition_column": "created_at"}
 
 
-def test_sql_rows_sharing_a_key_get_the_answer_to_their_own_text(tmp_path, batch_api):
+def test_sql_rows_sharing_a_key_get_the_answer_to_their_own_text(tmp_path, api):
     at = f"{DAY} 10:00:00"
     rows = [("K", "s", "zzz first", at, "row-1"), ("K", "s", "aaa second", at, "row-2")]
     rows.append(("L", "s", "other", at, "row-3"))
     # Two indexes: the build's query and the results' query may take different plans.
     source = _sql_source(tmp_path, rows, "id, subject, body, created_at", "id, extra")
-    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+    results = run_partition(api, ticket_spec(tmp_path, api.base_url, source=source), tmp_path)
 
     by_extra = results.set_index("extra")
     answered = by_extra.loc[by_extra["status"] == "succeeded"]
@@ -716,26 +708,26 @@ def test_sql_rows_sharing_a_key_get_the_answer_to_their_own_text(tmp_path, batch
     assert (by_extra["status"] == "rejected").sum() == 1
 
 
-def test_a_sql_column_null_in_the_first_chunk_takes_later_text(tmp_path, batch_api):
+def test_a_sql_column_null_in_the_first_chunk_takes_later_text(tmp_path, api):
     at = f"{DAY} 10:00:00"
-    rows = [(f"R{i:05d}", "s", f"body {i}", at, None) for i in range(CHUNK_ROWS + 5)]
+    chunk_rows = 8
+    rows = [(f"R{i:05d}", "s", f"body {i}", at, None) for i in range(chunk_rows + 5)]
     rows[-1] = (*rows[-1][:4], "call back")  # the column's only value, past the first chunk
-    results = run_partition(
-        ticket_spec(tmp_path, batch_api, source=_sql_source(tmp_path, rows)), tmp_path
-    )
-    assert len(results) == CHUNK_ROWS + 5 and set(results["status"]) == {"succeeded"}
+    spec = ticket_spec(tmp_path, api.base_url, source=_sql_source(tmp_path, rows))
+    results = run_partition(api, spec, tmp_path, tuning=Tuning(chunk_rows=chunk_rows))
+    assert len(results) == chunk_rows + 5 and set(results["status"]) == {"succeeded"}
     assert results["extra"].dropna().tolist() == ["call back"]
 
 
-def test_a_csv_folder_whose_first_file_has_an_empty_column_reads_every_day(tmp_path, batch_api):
+def test_a_csv_folder_whose_first_file_has_an_empty_column_reads_every_day(tmp_path, api):
     folder = tmp_path / "tickets"
     folder.mkdir()
     (folder / "a.csv").write_text(f"ticket_id,subject,body,created_at,notes\nA,s,b,{OTHER_DAY},\n")
     (folder / "b.csv").write_text(f"ticket_id,subject,body,created_at,notes\nB,s,b,{DAY},call\n")
     source = {"path": "tickets", "key": "ticket_id", "partition_column": "created_at"}
-    spec = ticket_spec(tmp_path, batch_api, source=source)
-    assert run_partition(spec, tmp_path)["notes"].tolist() == ["call"]
-    assert run_partition(spec, tmp_path, OTHER_DAY)["ticket_id"].tolist() == ["A"]
+    spec = ticket_spec(tmp_path, api.base_url, source=source)
+    assert run_partition(api, spec, tmp_path)["notes"].tolist() == ["call"]
+    assert run_partition(api, spec, tmp_path, OTHER_DAY)["ticket_id"].tolist() == ["A"]
 
 
 def _write_csv_rows(path, rows: list[tuple]) -> None:
@@ -747,7 +739,7 @@ def _write_csv_rows(path, rows: list[tuple]) -> None:
         writer.writerows(rows)
 
 
-def test_a_csv_whose_column_turns_from_numbers_to_text_late_gets_its_results(tmp_path, batch_api):
+def test_a_csv_whose_column_turns_from_numbers_to_text_late_gets_its_results(tmp_path, api):
     """Arrow infers a CSV column's type from the first megabyte; a `notes` column of numbers
     that holds text 3 MB in must not fail the results of a day already paid for. Bodies run
     over several lines, as exported tickets do."""
@@ -759,20 +751,20 @@ def test_a_csv_whose_column_turns_from_numbers_to_text_late_gets_its_results(tmp
     rows += [(f"D{i}", "s", "other day", f"{OTHER_DAY} 10:00:00", i) for i in range(3)]
     _write_csv_rows(tmp_path / "tickets.csv", rows)
     source = {"path": "tickets.csv", "key": "ticket_id", "partition_column": "created_at"}
-    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+    results = run_partition(api, ticket_spec(tmp_path, api.base_url, source=source), tmp_path)
     assert len(results) == 60_000 and set(results["status"]) == {"succeeded"}
     by_key = results.set_index("ticket_id")
     assert by_key.loc["C59999", "notes"] == "call back" and by_key.loc["C00007", "notes"] == "7"
     assert by_key.loc["C00001", "response_text"].endswith("line one of 1\nline two")
 
 
-def test_a_csv_byte_that_is_not_utf8_past_the_first_block_rejects_only_its_row(tmp_path, batch_api):
+def test_a_csv_byte_that_is_not_utf8_past_the_first_block_rejects_only_its_row(tmp_path, api):
     rows = [(f"C{i:05d}", "subject", f"body {i}", f"{DAY} 10:00:00", "") for i in range(40_000)]
     _write_csv_rows(tmp_path / "tickets.csv", rows)
     with (tmp_path / "tickets.csv").open("ab") as handle:
         handle.write(f"LATIN,caf\xe9,body,{DAY} 10:00:00,\n".encode("latin-1"))
     source = {"path": "tickets.csv", "key": "ticket_id", "partition_column": "created_at"}
-    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+    results = run_partition(api, ticket_spec(tmp_path, api.base_url, source=source), tmp_path)
     assert len(results) == 40_001
     assert Counter(results["status"]) == {"succeeded": 40_000, "rejected": 1}
     rejected = results[results["status"] == "rejected"].iloc[0]
@@ -780,15 +772,15 @@ def test_a_csv_byte_that_is_not_utf8_past_the_first_block_rejects_only_its_row(t
     assert "'subject' is not valid UTF-8" in rejected["error_message"]
 
 
-def test_a_csv_column_of_numbers_throughout_keeps_its_type(tmp_path, batch_api):
+def test_a_csv_column_of_numbers_throughout_keeps_its_type(tmp_path, api):
     rows = [(f"C{i}", "s", "b", f"{DAY} 10:00:00", i) for i in range(5)]
     _write_csv_rows(tmp_path / "tickets.csv", rows)
     source = {"path": "tickets.csv", "key": "ticket_id", "partition_column": "created_at"}
-    results = run_partition(ticket_spec(tmp_path, batch_api, source=source), tmp_path)
+    results = run_partition(api, ticket_spec(tmp_path, api.base_url, source=source), tmp_path)
     assert sorted(results["notes"].tolist()) == [0, 1, 2, 3, 4]
 
 
-def test_an_empty_day_keeps_the_source_columns(tmp_path, batch_api):
+def test_an_empty_day_keeps_the_source_columns(tmp_path, api):
     other_day = {
         "ticket_id": "X",
         "subject": "s",
@@ -796,34 +788,34 @@ def test_an_empty_day_keeps_the_source_columns(tmp_path, batch_api):
         "created_at": datetime(2026, 11, 21),
     }
     write_tickets(tmp_path / "tickets.parquet", [other_day])
-    results = run_partition(ticket_spec(tmp_path, batch_api), tmp_path)
+    results = run_partition(api, ticket_spec(tmp_path, api.base_url), tmp_path)
     assert results.empty
     assert {"ticket_id", "subject", "body", "created_at", "status"} <= set(results.columns)
 
 
 def test_a_failed_build_gives_up_its_claim_so_the_next_one_starts_at_once(
-    tmp_path, batch_api, monkeypatch
+    tmp_path, api, monkeypatch
 ):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows())
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    with monkeypatch.context() as patch, Pipeline(spec) as failing:
+    with monkeypatch.context() as patch, api.pipeline(spec) as failing:
         patch.setattr(sharding.ShardWriter, "add", disk_full)
         with pytest.raises(OSError, match="No space left"):
             failing.build_requests(DAY)
-    with Pipeline(spec) as reader:
+    with api.pipeline(spec) as reader:
         record = reader.get_partition(DAY)
     assert record is not None and record.build_owner is None and record.built_at is None
 
-    with Pipeline(spec) as retry:  # another owner, in a live process: no wait for the lease
+    with api.pipeline(spec) as retry:  # another owner, in a live process: no wait for the lease
         assert retry.build_requests(DAY).source_rows == len(mixed_rows()) - 1
 
 
-def test_a_long_build_renews_its_claim_and_stops_once_taken_over(tmp_path, batch_api):
-    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, batch_api), base_dir=tmp_path)
+def test_a_long_build_renews_its_claim_and_stops_once_taken_over(tmp_path, api):
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
     now = [1_000_000.0]
     with (
         Pipeline(spec, clock=lambda: now[0]) as first,
@@ -845,14 +837,14 @@ def test_a_long_build_renews_its_claim_and_stops_once_taken_over(tmp_path, batch
             heartbeat()
 
 
-def test_a_key_that_is_not_utf8_rejects_its_row_by_name_and_the_rest_go_ahead(tmp_path, batch_api):
+def test_a_key_that_is_not_utf8_rejects_its_row_by_name_and_the_rest_go_ahead(tmp_path, api):
     # Parquet written outside Arrow can hold such bytes in a string column; Arrow reads them
     # unchecked (made here with a view of the bytes as strings).
     keys = pa.array([b"A1", b"caf\xe9", b"B2"], pa.binary()).view(pa.string())
     at = pa.array([datetime(2026, 11, 20, 10)] * 3, pa.timestamp("us"))
     table = pa.table({"ticket_id": keys, "subject": ["s"] * 3, "body": ["b"] * 3, "created_at": at})
     pq.write_table(table, tmp_path / "tickets.parquet")
-    results = run_partition(ticket_spec(tmp_path, batch_api), tmp_path)
+    results = run_partition(api, ticket_spec(tmp_path, api.base_url), tmp_path)
 
     assert len(results) == 3
     assert results["status"].tolist() == ["succeeded", "rejected", "succeeded"]
@@ -861,16 +853,16 @@ def test_a_key_that_is_not_utf8_rejects_its_row_by_name_and_the_rest_go_ahead(tm
     assert results["ticket_id"][1] == "caf\ufffd"  # readable, the bad byte marked
 
 
-def test_a_day_with_no_rows_does_not_stop_read_results_over_all_days(tmp_path, batch_api):
+def test_a_day_with_no_rows_does_not_stop_read_results_over_all_days(tmp_path, api):
     """An empty SQL day knows no column types; its results file must still read together
     with the days that had rows, which keep theirs."""
     rows = [("A", "s", "hello", f"{DAY} 10:00:00", 7), ("B", "s", "hi", f"{DAY} 11:00:00", 8)]
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, source=_sql_source(tmp_path, rows)), base_dir=tmp_path
+        ticket_spec(tmp_path, api.base_url, source=_sql_source(tmp_path, rows)), base_dir=tmp_path
     )
     with pytest.raises(FileNotFoundError, match="no partition of this pipeline has been"):
         read_results(spec)
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         for day in (DAY, "2026-11-21"):
             pipeline.run(day, poll_interval=0.1, timeout=60)
     frame = read_results(spec)
@@ -879,18 +871,69 @@ def test_a_day_with_no_rows_does_not_stop_read_results_over_all_days(tmp_path, b
     assert read_results(spec, "2026-11-21").empty
 
 
-def test_database_urls_can_come_from_environment_variables(tmp_path, batch_api, monkeypatch):
+def test_database_urls_can_come_from_environment_variables(tmp_path, api, monkeypatch):
     """`url_env` names the variable, so a database password need not be in the spec."""
     rows = [("A", "s", "hello", f"{DAY} 10:00:00", 7)]
     source = _sql_source(tmp_path, rows)
     monkeypatch.setenv("TICKETS_DB_URL", f"sqlite:///{tmp_path / 'source.db'}")
     source["sql"] = {"url_env": "TICKETS_DB_URL", "query": source["sql"]["query"]}
-    data = ticket_spec(tmp_path, batch_api, source=source, ledger={"url_env": "LEDGER_DB_URL"})
+    data = ticket_spec(tmp_path, api.base_url, source=source, ledger={"url_env": "LEDGER_DB_URL"})
     spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
     with pytest.raises(SpecError, match=r"ledger\.url_env: the environment variable LEDGER_DB_URL"):
         Pipeline(spec)
     monkeypatch.setenv("LEDGER_DB_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
     assert summary.counts["succeeded"] == 1
     assert (tmp_path / "elsewhere.db").exists()
+
+
+def two_requests_one_slow(tmp_path, api: BatchApi, slow_seconds: int) -> PipelineSpec:
+    at = datetime(2026, 11, 20, 9)
+    rows = [
+        {"ticket_id": "QUICK", "subject": "s", "body": "quick", "created_at": at},
+        {"ticket_id": "SLOW", "subject": "s", "body": f"<<slow:{slow_seconds}>>", "created_at": at},
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    return PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
+
+
+def test_a_run_whose_service_goes_away_briefly_retries_and_finishes(tmp_path) -> None:
+    api = MemoryApi(completion_window_seconds=600)
+    reports = []
+
+    def outage(status, report) -> None:
+        reports.append(report)
+        api.service.reachable = not 2 <= len(reports) < 6  # a few polls meet no service
+
+    with api.pipeline(two_requests_one_slow(tmp_path, api, 20)) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=2, on_progress=outage)
+    assert [r for r in reports if r is not None and r.errors]  # the polls meanwhile failed
+    assert summary.counts["succeeded"] == 2
+
+
+def test_a_run_that_gets_no_answer_past_the_backends_bound_stops_naming_it(tmp_path) -> None:
+    api = MemoryApi(unreachable_after=5)
+    spec = two_requests_one_slow(tmp_path, api, 30)
+
+    def outage(status, report) -> None:
+        api.service.reachable = False
+
+    with api.pipeline(spec) as pipeline, pytest.raises(ServiceUnreachable) as raised:
+        pipeline.run(DAY, poll_interval=2, on_progress=outage)
+    assert str(raised.value).startswith("no answer from the Batch API at memory://batch-api")
+    assert "for 6 s (the limit is 5 s)" in str(raised.value)
+
+
+def test_a_pipeline_takes_the_tuning_given_else_the_module_constants_as_they_stand(
+    tmp_path, monkeypatch
+) -> None:
+    spec = PipelineSpec.from_dict(ticket_spec(tmp_path, MemoryApi.base_url), base_dir=tmp_path)
+    given = Tuning(requeue_backoff_seconds=1.0, chunk_rows=8)
+    with Pipeline(spec, tuning=given) as pipeline:
+        assert pipeline.tuning == given
+        assert pipeline._worker(Poller).tuning == given  # handed down to every step
+    monkeypatch.setattr(submission_module, "REQUEUE_BACKOFF_SECONDS", 7.0)
+    with Pipeline(spec) as pipeline:
+        assert pipeline.tuning.requeue_backoff(1) == 7.0
+        assert pipeline.tuning.max_submissions == submission_module.MAX_SUBMISSIONS

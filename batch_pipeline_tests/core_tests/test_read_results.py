@@ -11,16 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch_pipeline import PipelineSpec, load_pipeline, read_results
+from batch_pipeline import PipelineSpec, read_results
 from batch_pipeline.core.results import ResultsError
 from batch_pipeline.core.results import read_results as read_results_dir
+from batch_pipeline_tests.batch_apis import BatchApi, on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec
 
 DAY, OTHER_DAY = "2026-11-20", "2026-11-21"
 
 
-@pytest.mark.slow
-def test_days_from_a_dataframe_and_from_csv_read_together(tmp_path: Path, batch_api: str) -> None:
+@on_both_apis
+def test_days_from_a_dataframe_and_from_csv_read_together(tmp_path: Path, api: BatchApi) -> None:
     """The DataFrame day has integer keys and amounts; the CSV day's keys and amounts hold
     text. Both read back whole, the disagreeing columns as text, as DuckDB reads them."""
     (tmp_path / "tickets.csv").write_text(
@@ -30,7 +31,7 @@ def test_days_from_a_dataframe_and_from_csv_read_together(tmp_path: Path, batch_
     )
     source = {"path": "tickets.csv", "key": "ticket_id", "partition_column": "created_at"}
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, source=source), base_dir=tmp_path
+        ticket_spec(tmp_path, api.base_url, source=source), base_dir=tmp_path
     )
     frame = pd.DataFrame(
         {
@@ -41,9 +42,9 @@ def test_days_from_a_dataframe_and_from_csv_read_together(tmp_path: Path, batch_
             "amount": [12, 5],
         }
     )
-    with load_pipeline(spec, dataframe=frame) as pipeline:
+    with api.pipeline(spec, dataframe=frame) as pipeline:
         pipeline.run(DAY, poll_interval=0.1, timeout=60)
-    with load_pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         pipeline.run(OTHER_DAY, poll_interval=0.1, timeout=60)
 
     results = read_results(spec).sort_values("ticket_id")

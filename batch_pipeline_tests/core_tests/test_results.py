@@ -220,7 +220,6 @@ def test_a_failure_mid_write_keeps_the_previous_file(
     first = assemble(tmp_path, source(keys), outcomes=everything)
     before = pq.read_table(first.path)
 
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 8)  # five chunks, five writes
     original_write = results_module.AtomicParquetFile.write
     writes = []
 
@@ -235,7 +234,7 @@ def test_a_failure_mid_write_keeps_the_previous_file(
         [outcome(k, response_text="new") for k in keys], schema=OUTCOME_SCHEMA
     )
     with pytest.raises(OSError, match="disk full"):
-        assemble(tmp_path, source(keys), outcomes=changed)
+        assemble(tmp_path, source(keys), outcomes=changed, chunk_rows=8)  # five chunks, five writes
 
     assert all(name.startswith(results_module.WRITER_THREAD) for name in writes)
     assert writer_threads() == []
@@ -250,7 +249,6 @@ def test_a_join_error_stops_the_writer_thread_and_keeps_the_previous_file(
     first = assemble(tmp_path, source(keys), outcomes=outcomes(*map(outcome, keys)))
     before = first.path.read_bytes()
 
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)  # chunks of 4, 2, 4, 2, ... rows
     original_write = results_module.AtomicParquetFile.write
     writes: list[int] = []
 
@@ -262,7 +260,8 @@ def test_a_join_error_stops_the_writer_thread_and_keeps_the_previous_file(
     monkeypatch.setattr(results_module.AtomicParquetFile, "write", slow_write)
     lost_in_second_chunk = outcomes(*(outcome("zz" if k == "k05" else k) for k in keys))
     with pytest.raises(ResultsIncompleteError, match=r"1 source rows .*'k05'"):
-        assemble(tmp_path, source(keys), outcomes=lost_in_second_chunk)
+        # chunks of 4, 2, 4, 2, ... rows
+        assemble(tmp_path, source(keys), outcomes=lost_in_second_chunk, chunk_rows=4)
 
     assert writer_threads() == []
     written = list(writes)
@@ -275,7 +274,6 @@ def test_a_join_error_stops_the_writer_thread_and_keeps_the_previous_file(
 def test_the_background_writer_writes_the_file_the_sequential_one_does(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
     keys = [f"k{i:02d}" for i in range(30)]
     rejected_rows = {0: "empty", 9: "too long", 29: "empty"}
     accepted = [key for row, key in enumerate(keys) if row not in rejected_rows]
@@ -287,10 +285,10 @@ def test_the_background_writer_writes_the_file_the_sequential_one_does(
         "outcomes": groups,
         "rejected": rejections(*((row, keys[row], why) for row, why in rejected_rows.items())),
     }
-    background = assemble(tmp_path / "background", source(keys), **options)
+    background = assemble(tmp_path / "background", source(keys), **options, chunk_rows=4)
     assert writer_threads() == []
     monkeypatch.setattr(results_module, "_WriteBehind", lambda file: file)  # write in turn
-    sequential = assemble(tmp_path / "sequential", source(keys), **options)
+    sequential = assemble(tmp_path / "sequential", source(keys), **options, chunk_rows=4)
 
     assert background.path.read_bytes() == sequential.path.read_bytes()
     assert pq.ParquetFile(background.path).metadata.num_row_groups == 10  # one per chunk
@@ -397,14 +395,14 @@ def test_an_empty_partition_still_writes_the_source_columns(tmp_path: Path) -> N
     assert written.num_rows == 0 and written.column_names[:2] == ["ticket_id", "subject"]
 
 
-def test_integer_keys_and_many_chunks(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 7)
+def test_integer_keys_and_many_chunks(tmp_path: Path) -> None:
     keys = list(range(100))
     summary = assemble(
         tmp_path,
         source(keys),
         outcomes=outcomes(*(outcome(k) for k in keys if k != 42)),
         rejected=rejections((42, 42, "empty")),
+        chunk_rows=7,
     )
     frame = pq.read_table(summary.path).to_pandas()
     assert frame["ticket_id"].tolist() == keys
@@ -433,10 +431,7 @@ def thirty_keys_four_rejected() -> tuple[list[str], dict[int, str], list[str]]:
     return keys, rejected_rows, [key for row, key in enumerate(keys) if row not in rejected_rows]
 
 
-def test_outcome_groups_are_read_in_turn_as_the_join_reaches_them(
-    tmp_path: Path, monkeypatch
-) -> None:
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
+def test_outcome_groups_are_read_in_turn_as_the_join_reaches_them(tmp_path: Path) -> None:
     keys, rejected_rows, accepted = thirty_keys_four_rejected()
     loads: list[int] = []
 
@@ -450,6 +445,7 @@ def test_outcome_groups_are_read_in_turn_as_the_join_reaches_them(
         source(keys),
         outcomes=groups,
         rejected=rejections(*((row, keys[row], reason) for row, reason in rejected_rows.items())),
+        chunk_rows=4,
     )
 
     assert loads == [0, 1, 2]
@@ -480,10 +476,7 @@ def ordered_group(members: list[str], loads: list[str], order: list[str] | None 
     ), pulled
 
 
-def test_ordered_groups_are_streamed_in_pieces_and_never_loaded_whole(
-    tmp_path: Path, monkeypatch
-) -> None:
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
+def test_ordered_groups_are_streamed_in_pieces_and_never_loaded_whole(tmp_path: Path) -> None:
     keys, rejected_rows, accepted = thirty_keys_four_rejected()
     rejected = rejections(*((row, keys[row], reason) for row, reason in rejected_rows.items()))
     loads: list[str] = []
@@ -493,12 +486,14 @@ def test_ordered_groups_are_streamed_in_pieces_and_never_loaded_whole(
         source(keys),
         outcomes=[group for group, _ in streamed],
         rejected=rejected,
+        chunk_rows=4,
     )
     whole = assemble(
         tmp_path / "whole",
         source(keys),
         outcomes=[OutcomeGroup(g.rows, g.load) for g, _ in streamed],
         rejected=rejected,
+        chunk_rows=4,
     )
     assert loads == [accepted[i] for i in range(0, len(accepted), 9)]  # the whole run only
     assert [pulled for _, pulled in streamed] == [[0, 3, 6]] * 3
@@ -507,14 +502,13 @@ def test_ordered_groups_are_streamed_in_pieces_and_never_loaded_whole(
 
 
 def test_rows_that_stop_following_an_ordered_group_are_joined_from_its_whole_table(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)
     keys = [f"k{i:02d}" for i in range(12)]
     stored = [*keys[:5], keys[6], keys[5], *keys[7:]]  # two rows swapped in the file
     loads: list[str] = []
     group, _ = ordered_group(keys, loads, order=stored)
-    summary = assemble(tmp_path, source(keys), outcomes=[group])
+    summary = assemble(tmp_path, source(keys), outcomes=[group], chunk_rows=4)
     assert loads == ["k00"]
     written = pq.read_table(summary.path)
     assert written["ticket_id"].to_pylist() == keys
@@ -545,7 +539,6 @@ def test_an_outcome_in_the_wrong_group_stops_the_write(tmp_path: Path) -> None:
 
 
 def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(results_module, "CHUNK_ROWS", 4)  # chunks that span two groups
     opened: list[weakref.ref] = []
 
     class TrackedGroup(results_module._Group):
@@ -564,5 +557,6 @@ def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeyp
 
         return OutcomeGroup(len(members), load)
 
-    assemble(tmp_path, source(keys), outcomes=[group(keys[i : i + 3]) for i in range(0, 12, 3)])
+    groups = [group(keys[i : i + 3]) for i in range(0, 12, 3)]
+    assemble(tmp_path, source(keys), outcomes=groups, chunk_rows=4)  # chunks span two groups
     assert alive_at_load == [0, 0, 0, 0] and len(opened) == 4

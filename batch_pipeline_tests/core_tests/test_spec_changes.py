@@ -11,8 +11,8 @@ import yaml
 
 from batch_pipeline.cli import main as cli_main
 from batch_pipeline.core.ledger import SCHEMA_VERSION
-from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.spec import PipelineSpec, RequestSpec
+from batch_pipeline_tests.batch_apis import BatchApi, on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -28,15 +28,15 @@ def tickets(tmp_path) -> None:
     write_tickets(tmp_path / "tickets.parquet", rows)
 
 
-def spec_of(tmp_path, batch_api: str, prompt: str | None = None, **overrides) -> PipelineSpec:
-    data = ticket_spec(tmp_path, batch_api, **overrides)
+def spec_of(tmp_path, base_url: str, prompt: str | None = None, **overrides) -> PipelineSpec:
+    data = ticket_spec(tmp_path, base_url, **overrides)
     if prompt is not None:
         data["request"]["prompt"] = prompt
     return PipelineSpec.from_dict(data, base_dir=tmp_path)
 
 
-def run_day(spec: PipelineSpec, **options):
-    with Pipeline(spec) as pipeline:
+def run_day(api: BatchApi, spec: PipelineSpec, **options):
+    with api.pipeline(spec) as pipeline:
         return pipeline.run(DAY, poll_interval=0.2, timeout=60, **options)
 
 
@@ -58,32 +58,32 @@ def test_the_request_fingerprint_follows_what_shapes_the_request_body() -> None:
         assert RequestSpec(**{**base, **change}).fingerprint != fingerprint, change
 
 
-@pytest.mark.slow
+@on_both_apis
 def test_a_settled_day_run_with_another_request_says_so_and_a_rebuild_clears_it(
-    tmp_path, batch_api
+    tmp_path, api
 ) -> None:
     tickets(tmp_path)
-    first = run_day(spec_of(tmp_path, batch_api))
+    first = run_day(api, spec_of(tmp_path, api.base_url))
     assert first.spec_changed is None and not first.already_collected
-    assert run_day(spec_of(tmp_path, batch_api)).spec_changed is None  # same request: silent
+    assert run_day(api, spec_of(tmp_path, api.base_url)).spec_changed is None  # same: silent
 
-    changed = spec_of(tmp_path, batch_api, NEW_PROMPT)
-    again = run_day(changed)
+    changed = spec_of(tmp_path, api.base_url, NEW_PROMPT)
+    again = run_day(api, changed)
     assert again.already_collected and again.path == first.path
     assert again.spec_changed is not None and "\n" not in again.spec_changed
     assert "another request" in again.spec_changed
     assert "--rebuild" in again.spec_changed
     assert "batch_pipeline/rebuild=true" in again.spec_changed
-    with Pipeline(changed) as pipeline:  # a reused build says it too
+    with api.pipeline(changed) as pipeline:  # a reused build says it too
         assert pipeline.build_requests(DAY).spec_changed == again.spec_changed
 
-    rebuilt = run_day(changed, rebuild=True)
+    rebuilt = run_day(api, changed, rebuild=True)
     assert rebuilt.generation == 2 and rebuilt.spec_changed is None
-    with Pipeline(changed) as pipeline:
+    with api.pipeline(changed) as pipeline:
         record = pipeline.get_partition(DAY)
         assert record.request_fingerprint == changed.request.fingerprint
         assert "spec_changed" not in record.summary  # a call's note, not a fact of the day
-    assert run_day(changed).spec_changed is None
+    assert run_day(api, changed).spec_changed is None
 
 
 @pytest.mark.slow
@@ -109,12 +109,12 @@ def test_the_cli_names_the_changed_request_and_the_rebuild_in_one_line(
     assert note.startswith("note: ") and "--rebuild" in note
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+    "database",
+    ["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.slow])],
 )
 def test_a_ledger_without_fingerprints_gains_the_column_and_keeps_working(
-    tmp_path, batch_api, database, request
+    tmp_path, api, database, request
 ) -> None:
     """A ledger of schema version 3 (no `request_fingerprint`) holding a settled day opens:
     the column is added, that day is run again without a false note, and a rebuild keeps the
@@ -125,21 +125,21 @@ def test_a_ledger_without_fingerprints_gains_the_column_and_keeps_working(
         else f"sqlite:///{tmp_path / 'ledger.db'}"
     )
     tickets(tmp_path)
-    spec = spec_of(tmp_path, batch_api, ledger={"url": url})
-    first = run_day(spec)
+    spec = spec_of(tmp_path, api.base_url, ledger={"url": url})
+    first = run_day(api, spec)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE bp_partitions DROP COLUMN request_fingerprint"))
         conn.execute(sa.text("UPDATE bp_schema SET version = 3"))
 
-    changed = spec_of(tmp_path, batch_api, NEW_PROMPT, ledger={"url": url})
-    again = run_day(changed)  # unknown fingerprint: nothing to say
+    changed = spec_of(tmp_path, api.base_url, NEW_PROMPT, ledger={"url": url})
+    again = run_day(api, changed)  # unknown fingerprint: nothing to say
     assert again.already_collected and again.path == first.path and again.spec_changed is None
-    rebuilt = run_day(changed, rebuild=True)
+    rebuilt = run_day(api, changed, rebuild=True)
     assert rebuilt.generation == 2
     with engine.begin() as conn:
         assert conn.execute(sa.text("SELECT version FROM bp_schema")).scalar() == SCHEMA_VERSION
         stored = conn.execute(sa.text("SELECT request_fingerprint FROM bp_partitions")).scalar()
     engine.dispose()
     assert stored == changed.request.fingerprint
-    assert run_day(spec).spec_changed is not None  # back to the old prompt: said
+    assert run_day(api, spec).spec_changed is not None  # back to the old prompt: said

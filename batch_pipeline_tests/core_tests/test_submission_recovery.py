@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import pytest
 from batch_pipeline import PipelineSpec
 from batch_pipeline.core import sharding, submission
 from batch_pipeline.core.backends.base import BackendError, NotFound, TransientBackendError
-from batch_pipeline.core.backends.openai import make_backend
 from batch_pipeline.core.pipeline import Pipeline
+from batch_pipeline.core.tuning import Tuning
 from batch_pipeline.core.types import ShardState
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
@@ -78,12 +77,16 @@ def write_spec(tmp_path: Path, base_url: str, **overrides) -> Path:
     return path
 
 
+POSTGRES_SLOW = [pytest.mark.postgres, pytest.mark.slow]
+
+
 def run_child(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["upload_file", "create_batch"])
 def test_crash_after_a_step_then_rerun_leaves_one_batch_per_shard(tmp_path, batch_api, step):
     spec_path = write_spec(tmp_path, batch_api, name=f"crash_{step}")
@@ -109,6 +112,7 @@ def test_crash_after_a_step_then_rerun_leaves_one_batch_per_shard(tmp_path, batc
     assert {b["batch_id"] for b in batches} == {b.id for b in mine}
 
 
+@pytest.mark.slow
 def test_crash_before_the_ledger_write_is_adopted_not_paid_again(tmp_path, batch_api):
     """`create_batch` returned but the ledger never heard of the batch: the rerun finds the
     batch through the shard identity in its metadata."""
@@ -131,6 +135,7 @@ def test_crash_before_the_ledger_write_is_adopted_not_paid_again(tmp_path, batch
     assert first.id in {b["batch_id"] for b in recorded}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
 def test_two_concurrent_runs_of_one_partition_pay_once(tmp_path, batch_api, ledger, request):
     overrides = {"name": f"concurrent_{ledger}", "output": {"keep_provider_files": True}}
@@ -184,15 +189,6 @@ class Intercepted:
         return call
 
 
-def provider_batches(base_url: str, pipeline: str) -> list:
-    client = openai.OpenAI(base_url=base_url, api_key="local")
-    return [
-        b
-        for b in client.batches.list(limit=100)
-        if (b.metadata or {}).get("batch_pipeline_pipeline") == pipeline
-    ]
-
-
 def nonzero(counts: dict[str, int]) -> dict[str, int]:
     return {status: count for status, count in counts.items() if count}
 
@@ -202,17 +198,17 @@ LEASE_OUTLASTED = 400.0  # seconds: longer than a claim's lease
 
 @pytest.mark.parametrize("slow_call", ["upload_file", "create_batch"])
 def test_a_call_that_outlasts_the_lease_while_another_process_takes_over_pays_once(
-    tmp_path, batch_api, slow_call
+    tmp_path, api, slow_call
 ):
     """Process A's upload (or batch creation) takes longer than its lease; a sensor tick (B)
     takes the shard over meanwhile. Only one batch per shard stays alive and the ledger
     follows it; the rows all come back once."""
     spec = PipelineSpec.from_yaml(
-        write_spec(tmp_path, batch_api, name=f"lease_{slow_call}", limits={})
+        write_spec(tmp_path, api.base_url, name=f"lease_{slow_call}", limits={})
     )
-    now = [time.time()]
+    now = [api.now()]
     taken_over: list[list[str]] = []
-    sensor = Pipeline(spec, backend=make_backend(spec.backend), clock=lambda: now[0])
+    sensor = api.pipeline(spec, backend=api.backend(spec), clock=lambda: now[0])
 
     def outlast_the_lease(*args, **kwargs) -> None:
         now[0] += LEASE_OUTLASTED
@@ -220,23 +216,23 @@ def test_a_call_that_outlasts_the_lease_while_another_process_takes_over_pays_on
 
     cancels: list[str] = []
     slow = Intercepted(
-        make_backend(spec.backend), **{slow_call: outlast_the_lease}, cancel_batch=cancels.append
+        api.backend(spec), **{slow_call: outlast_the_lease}, cancel_batch=cancels.append
     )
-    with Pipeline(spec, backend=slow, clock=lambda: now[0]) as first:
+    with api.pipeline(spec, backend=slow, clock=lambda: now[0]) as first:
         first.build_requests(DAY)
         assert first.submit(DAY).submitted_batch_ids == []  # it lost the shard
         assert len(taken_over) == 1 and len(taken_over[0]) == 1
         (shard,) = first.ledger.shards(spec.name)
         assert shard.batch_id == taken_over[0][0]
 
-    batches = provider_batches(batch_api, spec.name)
+    batches = api.batches(spec.name)
     # A's extra batch is cancelled by A; the local service may finish it before the cancel.
     live = [b for b in batches if b.status not in ("cancelling", "cancelled")]
     assert [b.id for b in live if b.id not in cancels] == taken_over[0]
     assert len(batches) == (2 if slow_call == "create_batch" else 1)
     assert len(cancels) == (1 if slow_call == "create_batch" else 0)
 
-    with Pipeline(spec) as pipeline:
+    with api.pipeline(spec) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
     assert nonzero(summary.counts) == {"succeeded": ROWS}
     assert sorted(pd.read_parquet(summary.path)["ticket_id"]) == sorted(
@@ -253,10 +249,10 @@ def _refuse_first_shard(*, input_file_id: str, endpoint: str, metadata: dict) ->
         )
 
 
-def test_a_shard_the_provider_refuses_fails_its_rows_and_the_others_still_run(tmp_path, batch_api):
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="refused"))
-    backend = Intercepted(make_backend(spec.backend), create_batch=_refuse_first_shard)
-    with Pipeline(spec, backend=backend) as pipeline:
+def test_a_shard_the_provider_refuses_fails_its_rows_and_the_others_still_run(tmp_path, api):
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name="refused"))
+    backend = Intercepted(api.backend(spec), create_batch=_refuse_first_shard)
+    with api.pipeline(spec, backend=backend) as pipeline:
         pipeline.build_requests(DAY)
         submitted = pipeline.submit(DAY)
         assert len(submitted.submitted_batch_ids) == 2  # the shards after it went ahead
@@ -272,14 +268,12 @@ def test_a_shard_the_provider_refuses_fails_its_rows_and_the_others_still_run(tm
     assert nonzero(summary.counts) == {"succeeded": ROWS - PER_FILE, "failed": PER_FILE}
 
 
-def test_an_input_file_that_expired_before_a_later_create_is_uploaded_again(
-    tmp_path, batch_api, monkeypatch
-):
+def test_an_input_file_that_expired_before_a_later_create_is_uploaded_again(tmp_path, api):
     """The first create is deferred (the provider was busy); by the next attempt the uploaded
     file has expired. The shard uploads it again rather than failing or looping."""
-    monkeypatch.setattr(submission, "DEFERRAL_BACKOFF_SECONDS", (0.1,))
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="file_gone", limits={}))
-    inner = make_backend(spec.backend)
+    tuning = Tuning(deferral_backoff_seconds=(0.1,))
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name="file_gone", limits={}))
+    inner = api.backend(spec)
     creates: list[str] = []
 
     def busy_then_expired(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
@@ -290,35 +284,35 @@ def test_an_input_file_that_expired_before_a_later_create_is_uploaded_again(
             inner.delete_file(input_file_id)  # it expired meanwhile
 
     backend = Intercepted(inner, create_batch=busy_then_expired)
-    with Pipeline(spec, backend=backend) as pipeline:
+    with api.pipeline(spec, backend=backend, tuning=tuning) as pipeline:
         pipeline.build_requests(DAY)
         assert "provider busy" in pipeline.submit(DAY).waiting_reasons[0]
-        time.sleep(0.2)
+        api.sleep(0.2)
         assert "input file gone" in pipeline.submit(DAY).waiting_reasons[0]
         summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
     assert nonzero(summary.counts) == {"succeeded": ROWS}
-    (batch,) = provider_batches(batch_api, spec.name)
+    (batch,) = api.batches(spec.name)
     assert creates[0] == creates[1] != batch.input_file_id == creates[2]
 
 
-@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("ledger", ["sqlite", pytest.param("postgresql", marks=POSTGRES_SLOW)])
 def test_submitters_that_both_saw_room_in_the_token_budget_do_not_overshoot_it_together(
-    tmp_path, batch_api, ledger, request
+    tmp_path, api, ledger, request
 ):
     """Submitter A read the enqueued tokens before submitter B claimed a shard: A's claim,
     checked in its own transaction, must not take a second shard past the budget."""
     overrides = {"name": f"budget_race_{ledger}"}
     if ledger == "postgresql":
         overrides["ledger"] = {"url": request.getfixturevalue("postgres_database")}
-    unlimited = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, **overrides))
-    with Pipeline(unlimited) as builder:
+    unlimited = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, **overrides))
+    with api.pipeline(unlimited) as builder:
         builder.build_requests(DAY)
         tokens = [s.estimated_input_tokens for s in builder.ledger.shards(unlimited.name)]
     budget = max(tokens) + min(tokens) - 1  # room for any one shard, never for two
     limits = unlimited.limits.model_copy(update={"enqueued_tokens": budget})
     spec = unlimited.model_copy(update={"limits": limits})
 
-    with Pipeline(spec) as first, Pipeline(spec) as second:
+    with api.pipeline(spec) as first, api.pipeline(spec) as second:
         read_before_the_other_claimed = first.ledger.enqueued_tokens(spec.request.model)
         other_submitted: list[str] = []
 
@@ -331,22 +325,24 @@ def test_submitters_that_both_saw_room_in_the_token_budget_do_not_overshoot_it_t
         submitted = first.submit(DAY)
         assert len(other_submitted) == 1 and submitted.submitted_batch_ids == []
         assert submitted.waiting_shards == len(tokens)  # one taken, two held back
-        assert len(provider_batches(batch_api, spec.name)) == 1
+        assert len(api.batches(spec.name)) == 1
 
         summary = second.run(DAY, poll_interval=0.2, timeout=60)
     assert nonzero(summary.counts) == {"succeeded": ROWS}
-    assert len(provider_batches(batch_api, spec.name)) == len(tokens)
+    assert len(api.batches(spec.name)) == len(tokens)
 
 
 def test_a_collect_that_outlasts_the_lease_leaves_the_shard_to_the_process_that_took_it(
-    tmp_path, batch_api
+    tmp_path, api
 ):
     """A's download takes longer than its lease; B's poll takes the shard over, settles it and
     deletes the provider's files. A then writes nothing: no outcomes over B's, no retries of
     the answers it could no longer read (which would pay for them again)."""
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="collect_lease", limits={}))
-    now = [time.time()]
-    taker = Pipeline(spec, backend=make_backend(spec.backend), clock=lambda: now[0])
+    spec = PipelineSpec.from_yaml(
+        write_spec(tmp_path, api.base_url, name="collect_lease", limits={})
+    )
+    now = [api.now()]
+    taker = api.pipeline(spec, backend=api.backend(spec), clock=lambda: now[0])
     reports = []
 
     def outlast_the_lease(*args, **kwargs) -> None:
@@ -354,14 +350,14 @@ def test_a_collect_that_outlasts_the_lease_leaves_the_shard_to_the_process_that_
             now[0] += LEASE_OUTLASTED
             reports.append(taker.poll())
 
-    slow = Intercepted(make_backend(spec.backend), download_file=outlast_the_lease)
-    with Pipeline(spec, backend=slow, clock=lambda: now[0]) as first:
+    slow = Intercepted(api.backend(spec), download_file=outlast_the_lease)
+    with api.pipeline(spec, backend=slow, clock=lambda: now[0]) as first:
         first.build_requests(DAY)
         (batch_id,) = first.submit(DAY).submitted_batch_ids
-        deadline = time.monotonic() + 30
+        deadline = api.now() + 30
         while not slow.retrieve_batch(batch_id).status.is_terminal:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+            assert api.now() < deadline
+            api.sleep(0.1)
         report = first.poll()
         assert report.collected_shards == 0 and report.retry_shards == 0  # B collected it
         assert reports[0].collected_shards == 1
@@ -369,13 +365,13 @@ def test_a_collect_that_outlasts_the_lease_leaves_the_shard_to_the_process_that_
         assert shard.state.value == "collected" and shard.succeeded == ROWS
         summary = first.collect_results(DAY)
     assert nonzero(summary.counts) == {"succeeded": ROWS}
-    assert len(provider_batches(batch_api, spec.name)) == 1
+    assert len(api.batches(spec.name)) == 1
 
 
-def test_a_create_not_found_right_after_its_upload_stops_instead_of_looping(tmp_path, batch_api):
+def test_a_create_not_found_right_after_its_upload_stops_instead_of_looping(tmp_path, api):
     """No batches endpoint at that URL, say: uploading again would not help, so the error
     reaches the caller (a poll's errors) instead of deferring the shard forever."""
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="no_batches", limits={}))
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name="no_batches", limits={}))
     uploads: list[str] = []
 
     def no_batches_here(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
@@ -384,8 +380,8 @@ def test_a_create_not_found_right_after_its_upload_stops_instead_of_looping(tmp_
             "create a batch failed: HTTP 404 (not_found): no such route", status_code=404
         )
 
-    backend = Intercepted(make_backend(spec.backend), create_batch=no_batches_here)
-    with Pipeline(spec, backend=backend) as pipeline:
+    backend = Intercepted(api.backend(spec), create_batch=no_batches_here)
+    with api.pipeline(spec, backend=backend) as pipeline:
         pipeline.build_requests(DAY)
         with pytest.raises(NotFound):
             pipeline.submit(DAY)
@@ -394,16 +390,15 @@ def test_a_create_not_found_right_after_its_upload_stops_instead_of_looping(tmp_
 
 
 def test_a_create_refused_with_429_is_queued_again_and_its_rows_fail_after_the_last_try(
-    tmp_path, batch_api, monkeypatch
+    tmp_path, api
 ):
     """A 429 answer means no batch was made: the shard goes back to the queue, as a new
     submission of the file already uploaded, waiting longer each time, and after the last
     submission its rows end failed with the provider's reason instead of being retried
     forever."""
-    monkeypatch.setattr(submission, "REQUEUE_BACKOFF_SECONDS", 0.05)
-    monkeypatch.setattr(submission, "MAX_SUBMISSIONS", 3)
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="busy", limits={}))
-    inner = make_backend(spec.backend)
+    tuning = Tuning(requeue_backoff_seconds=0.05, max_submissions=3)
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name="busy", limits={}))
+    inner = api.backend(spec)
     uploads: list[str] = []
     creates: list[str] = []
 
@@ -417,9 +412,9 @@ def test_a_create_refused_with_429_is_queued_again_and_its_rows_fail_after_the_l
         )
 
     backend = Intercepted(inner, upload_file=count_upload, create_batch=rate_limited)
-    with Pipeline(spec, backend=backend) as pipeline:
+    with api.pipeline(spec, backend=backend, tuning=tuning) as pipeline:
         pipeline.build_requests(DAY)
-        started = time.time()
+        started = api.now()
         assert "HTTP 429" in pipeline.submit(DAY).waiting_reasons[0]
         (shard,) = pipeline.ledger.shards(spec.name)
         assert (shard.state.value, shard.submissions) == ("queued", 1)
@@ -432,9 +427,8 @@ def test_a_create_refused_with_429_is_queued_again_and_its_rows_fail_after_the_l
     results = pd.read_parquet(summary.path)
     assert len(results) == ROWS and set(results["status"]) == {"failed"}
     assert results["error_message"].str.contains("HTTP 429").all()
-    assert provider_batches(batch_api, spec.name) == []
-    with pytest.raises(openai.NotFoundError):  # the unused upload was tidied away
-        openai.OpenAI(base_url=batch_api, api_key="local").files.retrieve(creates[0])
+    assert api.batches(spec.name) == []
+    assert not api.has_file(creates[0])  # the unused upload was tidied away
 
 
 def test_a_try_cut_short_waits_longer_each_time_until_a_new_submission():
@@ -442,21 +436,21 @@ def test_a_try_cut_short_waits_longer_each_time_until_a_new_submission():
     assert waits == [5, 15, 60, 300, 600, 1200, 2400, 3600, 3600]
 
 
-def test_each_try_cut_short_is_counted_and_waits_longer(tmp_path, batch_api, monkeypatch):
+def test_each_try_cut_short_is_counted_and_waits_longer(tmp_path, api):
     """No answer, or a 5xx, may hide a batch that was made: the shard stays `submitting`
     (the next try looks for that batch first) and the wait grows with each such try."""
-    monkeypatch.setattr(submission, "DEFERRAL_BACKOFF_SECONDS", (0.05, 30.0))
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="flaky", limits={}))
+    tuning = Tuning(deferral_backoff_seconds=(0.05, 30.0))
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name="flaky", limits={}))
 
     def unavailable(*, input_file_id: str, endpoint: str, metadata: dict) -> None:
         raise TransientBackendError("create a batch failed: HTTP 503", status_code=503)
 
-    backend = Intercepted(make_backend(spec.backend), create_batch=unavailable)
-    with Pipeline(spec, backend=backend) as pipeline:
+    backend = Intercepted(api.backend(spec), create_batch=unavailable)
+    with api.pipeline(spec, backend=backend, tuning=tuning) as pipeline:
         pipeline.build_requests(DAY)
         pipeline.submit(DAY)
-        time.sleep(0.1)
-        before = time.time()
+        api.sleep(0.1)
+        before = api.now()
         assert "provider busy" in pipeline.submit(DAY).waiting_reasons[0]
         (shard,) = pipeline.ledger.shards(spec.name)
     assert (shard.state.value, shard.submissions, shard.deferrals) == ("submitting", 1, 2)
@@ -464,35 +458,33 @@ def test_each_try_cut_short_is_counted_and_waits_longer(tmp_path, batch_api, mon
 
 
 @pytest.mark.parametrize("during", ["upload_file", "create_batch"])
-def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(
-    tmp_path, batch_api, during
-):
+def test_a_day_cancelled_while_a_shard_is_uploaded_pays_for_no_batch_of_it(tmp_path, api, during):
     """`cancel` cannot take a shard another process holds for its upload. The holder sees the
     cancel before it creates the batch (or, cancelled during the create, cancels the batch it
     made), and the shard's rows end `cancelled`."""
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name=f"cancel_{during}"))
-    inner = make_backend(spec.backend)
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name=f"cancel_{during}"))
+    inner = api.backend(spec)
     cancelled: list[list[str]] = []
 
     def cancel_meanwhile(*args, **kwargs) -> None:
         if not cancelled:
-            with Pipeline(spec) as other:
+            with api.pipeline(spec) as other:
                 cancelled.append(other.cancel(DAY))
 
     cancels: list[str] = []
     backend = Intercepted(inner, **{during: cancel_meanwhile}, cancel_batch=cancels.append)
-    with Pipeline(spec, backend=backend) as pipeline:
+    with api.pipeline(spec, backend=backend) as pipeline:
         pipeline.build_requests(DAY)
         submitted = pipeline.submit(DAY)
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
     assert cancelled == [[]]  # the other process found nothing it could cancel itself
-    batches = provider_batches(batch_api, spec.name)
+    batches = api.batches(spec.name)
     if during == "upload_file":
         assert submitted.submitted_batch_ids == [] and batches == []
     else:
         assert len(submitted.submitted_batch_ids) == 1
         assert cancels == submitted.submitted_batch_ids  # the creator cancelled its batch
-        # The local service may finish a batch of 4 before the cancel reaches it.
+        # The service may finish a batch of 4 before the cancel reaches it.
         assert [b.status for b in batches] in (["cancelled"], ["completed"])
     results = pd.read_parquet(summary.path).set_index("ticket_id")["status"]
     assert len(results) == ROWS and set(results.iloc[PER_FILE:]) == {"cancelled"}
@@ -525,43 +517,39 @@ def build_with_a_shard_held_elsewhere(pipeline: Pipeline):
     return held
 
 
-def let_the_lease_run_out(pipeline: Pipeline, shard_id: str) -> None:
-    assert pipeline.ledger.update_shard(shard_id, VANISHED_HOLDER, lease_expires_at=time.time() - 1)
+def let_the_lease_run_out(pipeline: Pipeline, shard_id: str, now: float) -> None:
+    assert pipeline.ledger.update_shard(shard_id, VANISHED_HOLDER, lease_expires_at=now - 1)
 
 
-def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out(
-    tmp_path, batch_api
-):
+def test_a_cancelled_day_whose_uploader_vanished_settles_once_the_lease_runs_out(tmp_path, api):
     """A process on another host took a shard for its upload and vanished. `cancel` cannot
     take the shard while that lease runs; once it has run out, a poll settles the shard as
     `cancelled`, so the day settles and every row has its result."""
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="cancel_vanished"))
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name="cancel_vanished"))
+    with api.pipeline(spec) as pipeline:
         held = build_with_a_shard_held_elsewhere(pipeline)
         assert pipeline.cancel(DAY) == []
         pipeline.poll()
         assert pipeline.get_partition(DAY).settled_at is None  # the lease still runs
-        let_the_lease_run_out(pipeline, held.shard_id)
+        let_the_lease_run_out(pipeline, held.shard_id, api.now())
         pipeline.poll()
         assert pipeline.get_partition(DAY).settled_at is not None
         summary = pipeline.collect_results(DAY)
     results = pd.read_parquet(summary.path)
     assert len(results) == ROWS and set(results["status"]) == {"cancelled"}
-    assert provider_batches(batch_api, spec.name) == []
+    assert api.batches(spec.name) == []
 
 
-def test_a_left_over_shard_that_cannot_be_settled_is_reported_and_the_poll_goes_on(
-    tmp_path, batch_api
-):
+def test_a_left_over_shard_that_cannot_be_settled_is_reported_and_the_poll_goes_on(tmp_path, api):
     """A cancelled day's left-over shard whose request file has gone cannot be settled: the
     poll reports it instead of raising, and the day waits, its other shards settled."""
-    spec = PipelineSpec.from_yaml(write_spec(tmp_path, batch_api, name="cancel_unreadable"))
-    with Pipeline(spec) as pipeline:
+    spec = PipelineSpec.from_yaml(write_spec(tmp_path, api.base_url, name="cancel_unreadable"))
+    with api.pipeline(spec) as pipeline:
         held = build_with_a_shard_held_elsewhere(pipeline)
         pipeline.cancel(DAY)
         for path in (held.path, sharding.shard_ids_path(held.path)):
             pipeline.storage.local_path(path).unlink()
-        let_the_lease_run_out(pipeline, held.shard_id)
+        let_the_lease_run_out(pipeline, held.shard_id, api.now())
         report = pipeline.poll()
         assert [e for e in report.errors if held.shard_id in e]
         assert pipeline.get_partition(DAY).settled_at is None

@@ -99,6 +99,7 @@ def requests_metadata_of_runs(tmp_path, *run_tags: dict[str, str]) -> list[dict]
     return metadata
 
 
+@pytest.mark.slow
 def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
     metadata = requests_metadata_of_runs(tmp_path, {}, {})
     assert [m["batch_pipeline/generation"].value for m in metadata] == [1, 1]
@@ -107,6 +108,7 @@ def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
     assert metadata[0]["batch_pipeline/rows_without_day"].value == 0
 
 
+@pytest.mark.slow
 def test_materializing_every_step_at_once_skips_results_until_the_day_settles(
     tmp_path, batch_api: str
 ) -> None:
@@ -129,6 +131,7 @@ def test_materializing_every_step_at_once_skips_results_until_the_day_settles(
         assert pipeline.status(DEMO_DAYS[0])[0].state == "in_flight"
 
 
+@pytest.mark.slow
 def test_a_rebuild_whose_build_died_is_finished_by_the_retried_run(tmp_path, batch_api) -> None:
     """A run tagged to rebuild started generation 2 and died before building it; its retry
     (which keeps the tag) builds generation 2 instead of calling it in flight."""
@@ -156,6 +159,7 @@ def test_a_rebuild_whose_build_died_is_finished_by_the_retried_run(tmp_path, bat
         assert event.materialization.metadata["batch_pipeline/generation"].value == 2
 
 
+@pytest.mark.slow
 def test_batches_of_a_day_never_built_fail_and_say_to_build_it_first(tmp_path) -> None:
     spec = write_demo(tmp_path, base_url=URL)
     batches = build_batch_pipeline_assets(spec=spec)[1]
@@ -176,6 +180,7 @@ def test_batches_of_a_day_never_built_fail_and_say_to_build_it_first(tmp_path) -
     assert not result.get_asset_materialization_events()
 
 
+@pytest.mark.slow
 def test_a_day_built_but_not_submitted_can_be_rebuilt(tmp_path) -> None:
     """Nothing of it is paid for or in flight, so the rebuild tag is not refused."""
     metadata = requests_metadata_of_runs(tmp_path, {}, {REBUILD_TAG: "true"})

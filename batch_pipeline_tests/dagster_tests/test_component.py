@@ -37,6 +37,7 @@ def test_every_spec_key_is_an_attribute() -> None:
     assert set(BatchPipelineComponent.model_fields) == spec_keys
 
 
+@pytest.mark.slow
 def test_two_pipelines_load_from_their_defs_yaml(project: Path) -> None:
     """One is declared as `batch_pipeline.BatchPipelineComponent`, the other by its module."""
     defs = dg.load_from_defs_folder(path_within_project=project)
@@ -53,6 +54,7 @@ def test_two_pipelines_load_from_their_defs_yaml(project: Path) -> None:
     assert (days[0], days[-1]) == ("2026-11-01", "2026-11-30")
 
 
+@pytest.mark.slow
 def test_relative_paths_are_relative_to_the_defs_yaml(project: Path, batch_api: str) -> None:
     defs = dg.load_from_defs_folder(path_within_project=project)
     job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(["ticket_triage", "requests"])])

@@ -23,6 +23,7 @@ def test_the_sample_table_is_deterministic_and_has_bad_rows() -> None:
     assert days == set(DEMO_DAYS)
 
 
+@pytest.mark.slow
 def test_the_demo_prints_the_parquet_and_a_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,6 +30,8 @@ from batch_pipeline.demo import (
 )
 from batch_pipeline_tests.dagster_tests.conftest import SECRET, SECRET_ENV
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 120.0
 REBUILT_DAY = DEMO_DAYS[0]
 FAILING_DAY = DEMO_DAYS[2]

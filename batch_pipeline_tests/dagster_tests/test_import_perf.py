@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test imports in a fresh interpreter
+
 CORE_MODULES = (
     "batch_pipeline",
     "batch_pipeline.core",

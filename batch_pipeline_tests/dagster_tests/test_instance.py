@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
 from batch_pipeline.dagster import SUBMISSION_POOL, SUBMISSION_TAG
+
+pytestmark = pytest.mark.slow
 
 
 def test_runs_events_and_schedules_are_stored_in_postgres(instance: dg.DagsterInstance) -> None:

@@ -28,6 +28,7 @@ def test_from_spec_wires_the_key_as_the_variable_the_spec_names() -> None:
     assert BatchBackendResource.from_spec(BackendSpec(provider="local")).api_key is None
 
 
+@pytest.mark.slow
 def test_the_key_reaches_the_backend_but_not_the_environment_nor_repr(
     batch_api: str, dagster_env: dict[str, str]
 ) -> None:
@@ -45,6 +46,7 @@ def test_the_key_reaches_the_backend_but_not_the_environment_nor_repr(
     assert SECRET not in repr(resource.to_backend_spec())
 
 
+@pytest.mark.slow
 def test_initialised_by_dagster_the_env_var_is_resolved(
     batch_api: str, dagster_env: dict[str, str]
 ) -> None:
@@ -68,6 +70,7 @@ def test_a_local_key_variable_the_spec_names_but_nobody_set_is_named() -> None:
         BatchBackendResource.from_spec(named).get_backend()
 
 
+@pytest.mark.slow
 def test_a_local_service_never_gets_the_default_openai_key(
     batch_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,6 +31,7 @@ def tick(sensor: dg.SensorDefinition, cursor: str | None = None):
         return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
 
 
+@pytest.mark.slow
 def test_an_unreadable_cursor_is_replaced(tmp_path) -> None:
     spec = write_demo(tmp_path, base_url=UNREACHABLE)
     sensor = build_batch_pipeline_sensor(
@@ -43,6 +44,7 @@ def test_an_unreadable_cursor_is_replaced(tmp_path) -> None:
     assert cursor.polled_at is not None
 
 
+@pytest.mark.slow
 def test_an_unreachable_api_is_logged_and_the_tick_goes_on(tmp_path, batch_api: str) -> None:
     spec = write_demo(tmp_path, base_url=batch_api)
     day = DEMO_DAYS[1]
@@ -61,6 +63,7 @@ def test_an_unreachable_api_is_logged_and_the_tick_goes_on(tmp_path, batch_api: 
     assert outcome.skip_reason.skip_message == f"Waiting: 1 batch in flight for {day}."
 
 
+@pytest.mark.slow
 def test_a_day_whose_requests_alone_were_materialized_is_not_submitted_by_the_sensor(
     tmp_path, batch_api: str
 ) -> None:
@@ -104,6 +107,7 @@ def test_a_day_whose_requests_alone_were_materialized_is_not_submitted_by_the_se
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
+@pytest.mark.slow
 def test_a_results_run_is_not_asked_for_while_one_waits_nor_forever_when_each_fails(
     tmp_path, batch_api: str
 ) -> None:

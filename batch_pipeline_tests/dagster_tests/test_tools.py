@@ -18,6 +18,8 @@ import pytest
 
 from batch_pipeline_tests.dagster_tests.conftest import FIXTURES, REPO_ROOT
 
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 WEBSERVER_START_SECONDS = 90.0
 QUERY = """

@@ -10,6 +10,8 @@ from openai import OpenAI
 from batch_pipeline_tests.local_api_tests.conftest import StartApi
 from batch_pipeline_tests.local_api_tests.helpers import chat_line, submit, wait_for
 
+pytestmark = pytest.mark.slow
+
 GOOD = chat_line("good-1", "fine")
 
 

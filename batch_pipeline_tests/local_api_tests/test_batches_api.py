@@ -24,6 +24,8 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow
+
 BATCH_FIELDS = {
     "id",
     "object",

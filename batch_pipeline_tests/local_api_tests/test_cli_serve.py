@@ -94,6 +94,7 @@ def serving(state_dir: Path, *options: str) -> Iterator[tuple[subprocess.Popen[s
             process.wait()
 
 
+@pytest.mark.slow
 def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     with serving(tmp_path / "state", "--log-level", "warning") as (process, url):
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
@@ -114,6 +115,7 @@ def test_serve_stopped_as_soon_as_it_is_announced_exits_cleanly(tmp_path: Path, 
         assert process.wait(timeout=10) == 0
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_missing_key_variable(tmp_path: Path) -> None:
     result = subprocess.run(
         serve_command(tmp_path, "--api-key-env", "SURELY_NOT_SET_BATCH_KEY"),

@@ -22,6 +22,8 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
 EXPECTED = {
     400: ("invalid_request_error", "invalid_request"),
     429: ("requests", "rate_limit_exceeded"),

@@ -21,6 +21,8 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def test_upload_retrieve_download_delete(client: OpenAI) -> None:
     content = jsonl([chat_line("a", "hello"), chat_line("b", "world")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from openai import OpenAI
 
 from batch_pipeline_tests.local_api_tests.conftest import StartApi
@@ -16,6 +17,8 @@ from batch_pipeline_tests.local_api_tests.helpers import (
     wait_for_completed,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow
 
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 

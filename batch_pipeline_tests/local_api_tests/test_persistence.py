@@ -21,6 +21,7 @@ from batch_pipeline_tests.local_api_tests.helpers import (
 )
 
 
+@pytest.mark.slow
 def test_restart_mid_batch_loses_nothing(start_api: StartApi, tmp_path: Path) -> None:
     state = tmp_path / "persisted"
     client = OpenAI(base_url=start_api(state_dir=state), api_key="k", max_retries=0)
@@ -58,6 +59,7 @@ def test_restart_mid_batch_loses_nothing(start_api: StartApi, tmp_path: Path) ->
     assert [b.id for b in client.batches.list()] == [running.id, finished.id]
 
 
+@pytest.mark.slow
 def test_batch_expires_across_a_restart(start_api: StartApi, tmp_path: Path) -> None:
     state = tmp_path / "persisted"
     client = OpenAI(
@@ -84,6 +86,7 @@ def test_batch_expires_across_a_restart(start_api: StartApi, tmp_path: Path) -> 
     assert [(x["custom_id"], x["error"]["code"]) for x in errors] == [("stuck", "batch_expired")]
 
 
+@pytest.mark.slow
 def test_a_batch_whose_input_was_deleted_resumes_after_a_restart(
     start_api: StartApi, tmp_path: Path
 ) -> None:
@@ -105,6 +108,7 @@ def test_a_batch_whose_input_was_deleted_resumes_after_a_restart(
     assert not (state / "work" / batch.id).exists()  # its own copy of the input went with it
 
 
+@pytest.mark.slow
 def test_a_second_service_on_the_same_state_dir_is_refused(
     start_api: StartApi, tmp_path: Path
 ) -> None:

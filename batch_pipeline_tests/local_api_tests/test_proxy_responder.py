@@ -24,6 +24,8 @@ from batch_pipeline_tests.local_api_tests.helpers import (
 )
 from batch_pipeline_tests.local_api_tests.upstream_server import Upstream, UpstreamServer
 
+pytestmark = pytest.mark.slow
+
 
 def proxy_client(start_api: StartApi, options: dict[str, Any], **more: Any) -> OpenAI:
     """An SDK client of a local Batch API started with the proxy options (and `more`)."""

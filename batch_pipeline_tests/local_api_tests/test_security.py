@@ -21,6 +21,7 @@ from batch_pipeline_tests.local_api_tests.helpers import CHAT, chat_line, submit
 SECRET = "sk-local-very-secret-1234"
 
 
+@pytest.mark.slow
 def test_auth_on_needs_the_bearer_key(
     start_api: StartApi, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -45,6 +46,7 @@ def test_auth_on_needs_the_bearer_key(
     assert SECRET not in caplog.text and "sk-wrong" not in caplog.text
 
 
+@pytest.mark.slow
 def test_auth_key_from_environment(start_api: StartApi, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCAL_BATCH_KEY", SECRET)
     url = start_api(api_key_env="LOCAL_BATCH_KEY")
@@ -52,6 +54,7 @@ def test_auth_key_from_environment(start_api: StartApi, monkeypatch: pytest.Monk
     assert OpenAI(base_url=url, api_key=SECRET).files.list().data == []
 
 
+@pytest.mark.slow
 def test_auth_env_var_unset_refuses_to_start(
     start_api: StartApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -60,6 +63,7 @@ def test_auth_env_var_unset_refuses_to_start(
         start_api(api_key_env="LOCAL_BATCH_KEY_UNSET")
 
 
+@pytest.mark.slow
 def test_auth_off_accepts_any_key(client: OpenAI, api_url: str) -> None:
     assert client.files.list().data == []
     assert httpx2.get(f"{api_url}/files").status_code == 200
@@ -78,6 +82,7 @@ TRAVERSALS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "path"), TRAVERSALS)
 def test_traversal_attempts_are_404(shared_url: str, method: str, path: str) -> None:
     parts = urlsplit(shared_url)
@@ -91,6 +96,7 @@ def test_traversal_attempts_are_404(shared_url: str, method: str, path: str) -> 
     assert httpx2.get(f"{shared_url}/files").status_code == 200  # still serving
 
 
+@pytest.mark.slow
 def test_file_names_are_never_paths(client: OpenAI, tmp_path: Path) -> None:
     created = client.files.create(file=("../../../escaped.jsonl", b"{}\n"), purpose="batch")
     assert created.filename == "../../../escaped.jsonl"
@@ -113,6 +119,7 @@ def _multipart(boundary: str, size: int, chunk: int = 1 << 20) -> Iterator[bytes
     yield f"\r\n--{boundary}--\r\n".encode()
 
 
+@pytest.mark.slow
 def test_oversize_upload_is_413(start_api: StartApi, tmp_path: Path) -> None:
     url = start_api(max_upload_bytes=1000)
     client = OpenAI(base_url=url, api_key="k", max_retries=0)
@@ -134,6 +141,7 @@ def test_oversize_upload_is_413(start_api: StartApi, tmp_path: Path) -> None:
     assert not list((tmp_path / "state" / "tmp").iterdir())  # refused uploads left nothing
 
 
+@pytest.mark.slow
 def test_large_upload_streams_to_disk(start_api: StartApi) -> None:
     url = start_api(max_upload_bytes=64 << 20)
     size = 48 << 20
@@ -152,6 +160,7 @@ def test_large_upload_streams_to_disk(start_api: StartApi) -> None:
     assert peak < 16 << 20  # never held whole (client and server share this process)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "body",
     [b"not json", b"[1, 2, 3]", b'"a string"', b"\xff\xfe\x00", b"", b'{"input_file_id": '],
@@ -164,6 +173,7 @@ def test_garbage_json_bodies_are_400(shared_url: str, body: bytes) -> None:
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.slow
 def test_wrongly_typed_fields_are_400(shared_client: OpenAI, shared_url: str) -> None:
     file_id = upload(shared_client, [chat_line("a", "hi")])
     for body in (
@@ -185,12 +195,14 @@ def test_wrongly_typed_fields_are_400(shared_client: OpenAI, shared_url: str) ->
         assert httpx2.post(f"{shared_url}/batches", json=body).status_code == 400
 
 
+@pytest.mark.slow
 def test_huge_json_body_is_413(shared_url: str) -> None:
     body = b'{"metadata": {"k": "' + b"x" * (2 << 20) + b'"}}'
     assert httpx2.post(f"{shared_url}/batches", content=body).status_code == 413
     assert httpx2.get(f"{shared_url}/batches").status_code == 200
 
 
+@pytest.mark.slow
 def test_unknown_routes_and_methods_answer_in_openai_shape(shared_url: str) -> None:
     missing = httpx2.get(f"{shared_url}/models")
     assert missing.status_code == 404

@@ -39,7 +39,7 @@ from batch_pipeline_tests.reliability_tests.helpers import (
     write_pipeline,
 )
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 CONTEXT_WINDOW = 1200  # tokens, 200 of them reserved for output by the spec's max_tokens
 MAX_LINE_BYTES = 2048

@@ -40,7 +40,7 @@ from batch_pipeline_tests.reliability_tests.helpers import (
     write_pipeline,
 )
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 DAYS = (DAY, OTHER_DAY)
 ROWS_PER_DAY = 9

@@ -30,7 +30,7 @@ from batch_pipeline_tests.reliability_tests.helpers import (
     write_pipeline,
 )
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 ROWS = 10
 PER_FILE = 4  # three shards: 4, 4 and 2 requests

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from batch_pipeline.core import outcomes as outcomes_module
 from batch_pipeline.core.outcomes import parse_outcomes
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 CHAT = "/v1/chat/completions"
 # Text that pokes at the byte-level reading: quotes, escapes, braces and the keys it looks for.

@@ -23,7 +23,7 @@ from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import Endpoint
 from batch_pipeline_tests.reliability_tests.helpers import DAY, KEY_COLUMN, at, spec_data
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 SYSTEM = "You label support tickets."
 TEXT_COLUMNS = ("subject", "body")

@@ -32,7 +32,7 @@ from batch_pipeline_tests.reliability_tests.helpers import (
     write_pipeline,
 )
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 # The service demands LEAK_KEY; this one differs in its last character, keeps the marker.
 WRONG_KEY = LEAK_KEY[:-1] + ("0" if LEAK_KEY[-1] != "0" else "1")

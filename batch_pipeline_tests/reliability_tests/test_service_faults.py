@@ -41,7 +41,7 @@ from batch_pipeline_tests.reliability_tests.helpers import (
     write_pipeline,
 )
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 MAX_ATTEMPTS = 3
 # HTTP status -> (final status, attempts): 429 and 5xx are retried until attempts run out.

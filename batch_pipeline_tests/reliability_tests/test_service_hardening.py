@@ -24,7 +24,7 @@ from batch_pipeline.local_api.server import run_local_batch_api
 from batch_pipeline.local_api.validation import SUPPORTED_ENDPOINTS
 from batch_pipeline_tests.reliability_tests.helpers import LEAK_KEY, sdk, wait_until
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 UPLOAD_LIMIT = 4096
 LIST_LIMITS = {"/v1/files": 10_000, "/v1/batches": 100}

@@ -152,8 +152,10 @@ class BatchBackend(Protocol):
         """The newest batch created since `created_after` whose metadata carries the pair.
 
         Finds a batch a crashed process already created for a shard (idempotent submission).
+        This default looks through `iter_batches`.
         """
-        ...
+        batches = self.iter_batches(created_after=created_after)
+        return find_in_pages(batches, metadata_key, metadata_value)
 
     def cancel_batch(self, batch_id: str) -> BatchInfo:
         """Ask the provider to cancel; the batch passes through `cancelling`."""
@@ -209,6 +211,14 @@ def cancel_or_read(backend: BatchBackend, batch_id: str) -> BatchInfo:
         if batch.status is not BatchStatus.FINALIZING and not batch.status.is_terminal:
             raise
         return batch
+
+
+def created_since(batches: Iterable[BatchInfo], created_after: int | None) -> Iterator[BatchInfo]:
+    """The batches of a newest-first listing, up to the first created before `created_after`."""
+    for batch in batches:
+        if created_after is not None and batch.created_at < created_after:
+            return
+        yield batch
 
 
 def find_in_pages(batches: Iterable[BatchInfo], key: str, value: str) -> BatchInfo | None:

@@ -25,7 +25,7 @@ from batch_pipeline.core.backends.base import (
     NotFound,
     ServiceUnreachable,
     TransientBackendError,
-    find_in_pages,
+    created_since,
     redact,
 )
 from batch_pipeline.core.spec import BackendSpec
@@ -146,18 +146,7 @@ class OpenAIBackend(BatchBackend):
         self, *, created_after: int | None = None, page_size: int = 100
     ) -> Iterator[BatchInfo]:
         pages = self._pages("list batches", self._client.batches.list, limit=page_size)
-        for batch in pages:
-            info = batch_info_from_openai(batch)
-            if created_after is not None and info.created_at < created_after:
-                return
-            yield info
-
-    def find_batch(
-        self, *, metadata_key: str, metadata_value: str, created_after: int
-    ) -> BatchInfo | None:
-        return find_in_pages(
-            self.iter_batches(created_after=created_after), metadata_key, metadata_value
-        )
+        return created_since(map(batch_info_from_openai, pages), created_after)
 
     def cancel_batch(self, batch_id: str) -> BatchInfo:
         batch = self._call(f"cancel batch {batch_id}", self._client.batches.cancel, batch_id)
