@@ -50,7 +50,7 @@ from batch_pipeline.core.sources import iter_partition_batches, parse_partition,
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
-from batch_pipeline.core.tuning import CHUNK_ROWS, Tuning, module_tuning
+from batch_pipeline.core.tuning import CHUNK_ROWS, DEFAULT_TUNING, Tuning
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -158,7 +158,7 @@ class Pipeline:
 
     `clock` and `sleep` are the time it goes by (a test passes a manual clock, see
     `backends.memory.ManualClock`); `tuning` holds its backoffs, limits and chunk sizes
-    (by default the modules' constants, see `tuning.module_tuning`).
+    (`tuning.DEFAULT_TUNING` unless given).
     """
 
     def __init__(
@@ -181,7 +181,7 @@ class Pipeline:
         self._backend = backend
         self._clock = clock
         self._sleep = sleep
-        self.tuning = tuning or module_tuning()
+        self.tuning = tuning or DEFAULT_TUNING
 
     def __repr__(self) -> str:
         return f"Pipeline({self.spec.name!r})"

@@ -40,7 +40,7 @@ from batch_pipeline.core.outcomes import (
 )
 from batch_pipeline.core.schema_unify import SchemaConflict, conform, unified_schema
 from batch_pipeline.core.sources import nulls_as_text
-from batch_pipeline.core.tuning import CHUNK_ROWS as CHUNK_ROWS  # the default, kept importable
+from batch_pipeline.core.tuning import CHUNK_ROWS
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 PARTITION_KEY = "partition"

@@ -24,10 +24,6 @@ from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
 
 # The defaults, kept importable from here.
-from batch_pipeline.core.tuning import DEFERRAL_BACKOFF_SECONDS as DEFERRAL_BACKOFF_SECONDS
-from batch_pipeline.core.tuning import MAX_REQUEUE_BACKOFF_SECONDS as MAX_REQUEUE_BACKOFF_SECONDS
-from batch_pipeline.core.tuning import MAX_SUBMISSIONS as MAX_SUBMISSIONS
-from batch_pipeline.core.tuning import REQUEUE_BACKOFF_SECONDS as REQUEUE_BACKOFF_SECONDS
 from batch_pipeline.core.types import BatchInfo, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 

@@ -60,17 +60,3 @@ class Tuning:
 
 
 DEFAULT_TUNING = Tuning()
-
-
-def module_tuning() -> Tuning:
-    """The defaults as the modules' constants stand now, for code that still sets
-    `submission.REQUEUE_BACKOFF_SECONDS` and the like: a `Pipeline` given no tuning uses it."""
-    from batch_pipeline.core import results, submission
-
-    return Tuning(
-        requeue_backoff_seconds=submission.REQUEUE_BACKOFF_SECONDS,
-        max_requeue_backoff_seconds=submission.MAX_REQUEUE_BACKOFF_SECONDS,
-        deferral_backoff_seconds=submission.DEFERRAL_BACKOFF_SECONDS,
-        max_submissions=submission.MAX_SUBMISSIONS,
-        chunk_rows=results.CHUNK_ROWS,
-    )

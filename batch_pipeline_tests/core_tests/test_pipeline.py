@@ -32,7 +32,7 @@ from batch_pipeline.core.results import ResultsIncompleteError
 from batch_pipeline.core.spec import SpecError
 from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline.core.tokens import count_tokens
-from batch_pipeline.core.tuning import Tuning
+from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, ShardState
 from batch_pipeline_tests.batch_apis import BatchApi, MemoryApi, on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
@@ -594,7 +594,7 @@ def test_a_requeued_shard_waits_longer_each_time_up_to_an_hour():
     backoff = submission_module.requeue_backoff_seconds
     waits = [backoff(n) for n in (1, 2, 3, 6, 7, 30)]
     assert waits == [60, 120, 240, 1920, 3600, 3600]
-    total = sum(map(backoff, range(1, submission_module.MAX_SUBMISSIONS)))
+    total = sum(map(backoff, range(1, DEFAULT_TUNING.max_submissions)))
     assert total > 24 * 3600  # longer than any batch's window before its rows end failed
 
 
@@ -925,15 +925,11 @@ def test_a_run_that_gets_no_answer_past_the_backends_bound_stops_naming_it(tmp_p
     assert "for 6 s (the limit is 5 s)" in str(raised.value)
 
 
-def test_a_pipeline_takes_the_tuning_given_else_the_module_constants_as_they_stand(
-    tmp_path, monkeypatch
-) -> None:
+def test_a_pipeline_takes_the_tuning_given_else_the_defaults(tmp_path) -> None:
     spec = PipelineSpec.from_dict(ticket_spec(tmp_path, MemoryApi.base_url), base_dir=tmp_path)
     given = Tuning(requeue_backoff_seconds=1.0, chunk_rows=8)
     with Pipeline(spec, tuning=given) as pipeline:
         assert pipeline.tuning == given
         assert pipeline._worker(Poller).tuning == given  # handed down to every step
-    monkeypatch.setattr(submission_module, "REQUEUE_BACKOFF_SECONDS", 7.0)
     with Pipeline(spec) as pipeline:
-        assert pipeline.tuning.requeue_backoff(1) == 7.0
-        assert pipeline.tuning.max_submissions == submission_module.MAX_SUBMISSIONS
+        assert pipeline.tuning == DEFAULT_TUNING

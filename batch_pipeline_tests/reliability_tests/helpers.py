@@ -28,6 +28,7 @@ from batch_pipeline.core.pipeline import Pipeline, PipelineError, ResultsSummary
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import TEMP_PREFIX, LocalStorage
 from batch_pipeline.core.submission import SUBMISSION_METADATA_KEY, lease_holder_is_dead
+from batch_pipeline.core.tuning import Tuning
 from batch_pipeline.local_api import LocalApiSettings, LocalBatchApi
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
@@ -258,10 +259,11 @@ def run_partition(
     partition: str = DAY,
     *,
     timeout: float = RUN_TIMEOUT,
+    tuning: Tuning | None = None,
     **options: Any,
 ) -> tuple[ResultsSummary, pd.DataFrame]:
     """Run the partition to its results in this process and check every row is there once."""
-    with Pipeline(spec) as pipeline:
+    with Pipeline(spec, tuning=tuning) as pipeline:
         try:
             summary = pipeline.run(
                 partition, poll_interval=POLL_INTERVAL, timeout=timeout, **options

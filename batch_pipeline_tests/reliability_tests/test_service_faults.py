@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from batch_pipeline.core import submission
 from batch_pipeline.core.ledger import Ledger
 from batch_pipeline.core.pipeline import Pipeline, PollReport
 from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.tuning import Tuning
 from batch_pipeline.core.types import ShardState
 from batch_pipeline_tests.reliability_tests.helpers import (
     CHILD_TIMEOUT,
@@ -217,14 +217,13 @@ def test_429_on_create_queues_the_shard_again_and_submits_it_once(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(submission, "REQUEUE_BACKOFF_SECONDS", 0.2)
     service = services.start(fault_create_429_every=3)
     rows = ticket_rows(10)
     spec_path = write_pipeline(
         tmp_path, service.url, name, rows, limits={"max_requests_per_file": 4}
     )
     spec = PipelineSpec.from_yaml(spec_path)
-    results = finish(spec, service.url, tally, rows)
+    results = finish(spec, service.url, tally, rows, tuning=Tuning(requeue_backoff_seconds=0.2))
     assert (results["status"] == "succeeded").all() and (results["attempts"] == 1).all()
     assert len(http_answers(caplog, "/batches", 429)) == 1
     with Pipeline(spec) as pipeline:
