@@ -16,7 +16,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 
 from batch_pipeline.core.backends.base import (
     BackendError,
@@ -28,6 +27,7 @@ from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.layout import batch_dir, batch_file_path, outcomes_path, shard_ids_path
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
+from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
 from batch_pipeline.core.storage import StoredFile
 from batch_pipeline.core.submission import (
@@ -211,8 +211,7 @@ class Poller(PipelineWorker):
         """The custom_ids of the shard's requests, in line order: from the file of them the
         build wrote beside the shard, else read from the shard without parsing the bodies."""
         try:
-            with self.storage.open_read(shard_ids_path(shard.path)) as handle:
-                written = pq.read_table(handle)
+            written = read_parquet(self.storage, shard_ids_path(shard.path))
             if written.num_rows == shard.rows:
                 return written["custom_id"].combine_chunks()
         except (OSError, KeyError, pa.ArrowException):  # gone or cut short: read the shard
