@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import yaml
 
+from batch_pipeline.core import layout
 from batch_pipeline.core.spec import PipelineSpec
 
 if TYPE_CHECKING:  # Dagster is imported only when the demo runs
@@ -220,7 +221,7 @@ def run_demo(
             checks = [e for r in results for e in r.get_asset_check_evaluations()]
     summary = _summary_table(spec, checks)
     result = DemoResult(
-        results_dir=spec.pipeline_dir / "results",
+        results_dir=spec.pipeline_dir / layout.results_dir(),
         summary=summary,
         checks_passed=all(r.success for r in results)
         and all(e.passed for e in checks if e.severity is dg.AssetCheckSeverity.ERROR),

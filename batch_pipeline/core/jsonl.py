@@ -7,16 +7,34 @@ the chunk's own bytes (no copy).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 
-def read_line_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+class Openable(Protocol):
+    """A file that is not a local path (one of a storage root), named by `str()`."""
+
+    def open(self) -> BinaryIO: ...
+
+
+LineSource = Path | str | Openable
+
+
+def open_binary(source: LineSource) -> BinaryIO:
+    """A local path or a stored file, opened for reading bytes."""
+    if isinstance(source, str | os.PathLike):
+        return Path(source).open("rb")
+    return source.open()
+
+
+def read_line_chunks(source: LineSource, chunk_bytes: int) -> Iterator[bytes]:
     """The file in chunks of about `chunk_bytes`, each ending at the end of a line."""
-    with Path(path).open("rb") as handle:
+    with open_binary(source) as handle:
         while read := handle.read(chunk_bytes):
             chunk = read + handle.readline()  # up to the end of the line the read stopped in
             del read  # not held, a second copy, while the caller works on the chunk

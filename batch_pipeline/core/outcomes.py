@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import base64
 import gc
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -35,8 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
-from batch_pipeline.core.storage import TEMP_PREFIX
+from batch_pipeline.core.jsonl import LineSource, line_array, line_ends, read_line_chunks
 from batch_pipeline.core.types import Endpoint, RowStatus
 
 # Error codes of requests that did not fail for good: the same request can succeed later.
@@ -111,13 +106,14 @@ def classify(http_status: int | None, error_code: str | None) -> tuple[RowStatus
 
 
 def parse_outcomes(
-    output_path: Path | None,
-    error_path: Path | None,
+    output_path: LineSource | None,
+    error_path: LineSource | None,
     *,
     endpoint: str,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> pa.Table:
-    """Both files as one in-memory table (`OUTCOME_SCHEMA`) with one row per custom_id."""
+    """Both files (local paths or stored files) as one in-memory table (`OUTCOME_SCHEMA`) with
+    one row per custom_id."""
     batches, hashes = [], []
     for batch, batch_hashes in _iter_parsed(output_path, error_path, endpoint, chunk_bytes):
         batches.append(batch)
@@ -125,83 +121,6 @@ def parse_outcomes(
     table = pa.Table.from_batches(batches, schema=OUTCOME_SCHEMA)
     keep = _best_lines(_concat(hashes), lambda rows: table.take(rows))
     return table if keep is None else table.filter(keep)
-
-
-class AtomicParquetFile:
-    """A Parquet file written under a hidden temporary name beside `dest_path`, renamed on commit.
-
-    A crash or an exception leaves the old file (or none), never half a file. As a context
-    manager it commits on success and aborts on an exception. The hidden name keeps
-    half-written files out of readers' globs and pyarrow datasets.
-    """
-
-    def __init__(
-        self, dest_path: Path, schema: pa.Schema, compression: str = PARQUET_COMPRESSION
-    ) -> None:
-        self.dest_path = Path(dest_path)
-        self.dest_path.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: its 0600 mode would follow the file to `dest_path`.
-        self._tmp_path = self.dest_path.with_name(
-            f"{TEMP_PREFIX}{self.dest_path.name}.{uuid.uuid4().hex}"
-        )
-        self._committed = False
-        try:
-            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-                str(self._tmp_path),
-                schema,
-                compression=compression,
-                use_dictionary=dictionary_columns(schema),
-            )
-        except BaseException:
-            self._tmp_path.unlink(missing_ok=True)
-            raise
-
-    def write(self, data: pa.RecordBatch | pa.Table) -> None:
-        if self._writer is None:
-            raise ValueError(f"{self.dest_path}: the writer is already closed")
-        if isinstance(data, pa.RecordBatch):
-            self._writer.write_batch(data)
-        else:
-            self._writer.write_table(data)
-
-    def finish(self) -> Path:
-        """Close the writer and return the temporary file's path, to read it back."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        return self._tmp_path
-
-    def commit(self) -> None:
-        """Close, flush to disk and move into place."""
-        if self._committed:
-            return
-        _fsync(self.finish())
-        os.replace(self._tmp_path, self.dest_path)
-        self._committed = True
-        _fsync(self.dest_path.parent)
-
-    def abort(self) -> None:
-        """Drop the temporary file (a no-op after `commit`); `dest_path` is left as it was."""
-        if self._committed:
-            return
-        try:
-            self.finish()
-        finally:
-            self._tmp_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicParquetFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
 
 
 def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | None) -> None:
@@ -258,14 +177,6 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [name for name in schema.names if name not in PER_ROW_COLUMNS]
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
 
@@ -301,13 +212,12 @@ def _best_lines(
 
 
 def _iter_parsed(
-    output_path: Path | None, error_path: Path | None, endpoint: str, chunk_bytes: int
+    output_path: LineSource | None, error_path: LineSource | None, endpoint: str, chunk_bytes: int
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Record batches of parsed lines, output file first, with their custom_ids' hashes."""
     for path in (output_path, error_path):
         if path is None:
             continue
-        path = Path(path)
         first_line = 1
         for chunk in read_line_chunks(path, chunk_bytes):
             ends = line_ends(chunk)
@@ -343,7 +253,7 @@ _Extracted = tuple[Any, Any, Any, Any]
 
 
 def _parse_chunk(
-    lines: list[bytes], path: Path, first_line: int, endpoint: str
+    lines: list[bytes], path: LineSource, first_line: int, endpoint: str
 ) -> tuple[pa.RecordBatch, np.ndarray]:
     """Consecutive lines of `path`, the first numbered `first_line`, as an outcome batch and
     the hashes of their custom_ids.
@@ -843,7 +753,7 @@ def _classified(http_status: pa.Array, code: pa.Array) -> tuple[pa.Array, pa.Arr
     )
 
 
-def _malformed(path: Path, line: int, reason: str) -> OutcomeFileError:
+def _malformed(path: LineSource, line: int, reason: str) -> OutcomeFileError:
     return OutcomeFileError(f"{path}, line {line}: {reason}")
 
 

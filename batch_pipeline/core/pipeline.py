@@ -27,6 +27,7 @@ from batch_pipeline.core.backends.base import (
     cancel_or_read,
 )
 from batch_pipeline.core.custom_id import custom_ids_for
+from batch_pipeline.core.layout import rejected_path, results_path
 from batch_pipeline.core.ledger import (
     DEFAULT_LEASE_SECONDS,
     Ledger,
@@ -35,6 +36,7 @@ from batch_pipeline.core.ledger import (
     default_owner,
 )
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, OutcomeFileError, in_request_order
+from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.poller import Poller
 from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.requests import RequestBuilder
@@ -587,9 +589,7 @@ class Pipeline:
             self.spec.name, partition=partition, generation=record.generation
         )
         outcomes = _outcome_groups(self.storage, shards)
-        rejected_path = f"requests/partition={partition}/gen={record.generation}/rejected.parquet"
-        rejected = pq.read_table(self.storage.local_path(rejected_path))
-        dest = f"results/partition={partition}/part-0.parquet"
+        rejected = read_parquet(self.storage, rejected_path(partition, record.generation))
         try:
             summary = assemble_results(
                 # Read in the join's own chunks: larger batches only wait, decoded, in memory.
@@ -606,7 +606,8 @@ class Pipeline:
                 custom_id_of=lambda keys: custom_ids_for(partition, keys),
                 outcomes=outcomes,
                 rejected=rejected,
-                dest_path=self.storage.local_path(dest),
+                storage=self.storage,
+                dest=results_path(partition),
                 endpoint=self.spec.request.endpoint.value,
                 compression=self.spec.output.compression,
                 chunk_rows=self.tuning.chunk_rows,
@@ -659,7 +660,7 @@ class Pipeline:
 
     def read_results(self, partition: str | None = None) -> pd.DataFrame:
         """All written results (or one partition's) as a DataFrame."""
-        return read_results_dir(self.spec.pipeline_dir / "results", partition)
+        return read_results_dir(self.storage, partition)
 
     # -- end to end -------------------------------------------------------------------------
 
@@ -830,19 +831,24 @@ def _ordered_outcomes(storage: StorageRoot, shard: ShardRecord) -> OrderedOutcom
     not hold them in that order (collected by an earlier version)."""
     if not shard.outcomes_path:
         return None
-    file = pq.ParquetFile(storage.local_path(shard.outcomes_path), memory_map=True)
-    if not in_request_order(file):
-        file.close()
+    handle = storage.open_read(shard.outcomes_path)
+    try:
+        file = pq.ParquetFile(handle)
+        ordered = in_request_order(file)
+        ids = file.read(columns=["custom_id"]).column("custom_id") if ordered else None
+    except BaseException:
+        handle.close()
+        raise
+    if ids is None:
+        handle.close()
         return None
 
     def tables() -> Iterator[pa.Table]:
-        with file:  # closed once read through, or when the join lets go of it
+        with handle:  # closed once read through, or when the join lets go of it
             for batch in file.iter_batches(batch_size=CHUNK_ROWS):
                 yield _with_attempts(pa.Table.from_batches([batch]))
 
-    return OrderedOutcomes(
-        ids=file.read(columns=["custom_id"]).column("custom_id"), tables=tables()
-    )
+    return OrderedOutcomes(ids=ids, tables=tables())
 
 
 def _with_attempts(outcomes: pa.Table) -> pa.Table:
@@ -854,13 +860,7 @@ def _with_attempts(outcomes: pa.Table) -> pa.Table:
 
 def _final_outcomes(storage: StorageRoot, shards: list[ShardRecord]) -> pa.Table:
     """Every request's last outcome among these shards, with the number of attempts it took."""
-    tables = [
-        # Memory-mapped: the compressed pages are read from the page cache, not copied first.
-        # (ParquetFile, not read_table: the dataset layer costs a third more for one file.)
-        pq.ParquetFile(storage.local_path(shard.outcomes_path), memory_map=True).read()
-        for shard in shards
-        if shard.outcomes_path
-    ]
+    tables = [read_parquet(storage, shard.outcomes_path) for shard in shards if shard.outcomes_path]
     if not tables:
         return (
             OUTCOME_SCHEMA.append(pa.field("batch_id", pa.string()))
@@ -906,7 +906,7 @@ def read_results(
     spec: str | Path | PipelineSpec | dict[str, Any], partition: str | None = None
 ) -> pd.DataFrame:
     """The pipeline's results as one DataFrame: all partitions, or one."""
-    return read_results_dir(_as_spec(spec).pipeline_dir / "results", partition)
+    return read_results_dir(storage_for(_as_spec(spec).pipeline_dir), partition)
 
 
 def _as_spec(spec: str | Path | PipelineSpec | dict[str, Any]) -> PipelineSpec:

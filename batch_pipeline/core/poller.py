@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 
 from batch_pipeline.core.backends.base import (
     BackendError,
@@ -26,9 +24,12 @@ from batch_pipeline.core.backends.base import (
     is_transient_batch_failure,
 )
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
+from batch_pipeline.core.layout import batch_dir, batch_file_path, outcomes_path, shard_ids_path
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
-from batch_pipeline.core.sharding import iter_request_lines, shard_ids_path, write_retry_shards
+from batch_pipeline.core.parquet_files import read_parquet
+from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
+from batch_pipeline.core.storage import StoredFile
 from batch_pipeline.core.submission import (
     CLOCK_SKEW_SECONDS,
     SUBMISSION_METADATA_KEY,
@@ -55,12 +56,9 @@ class CollectOutcome:
     taken_over: bool = False  # the lease ran out first: another process settles the shard
 
 
-def batch_dir(shard: ShardRecord) -> str:
+def shard_batch_dir(shard: ShardRecord) -> str:
     """Where a shard's downloaded output/error files and its outcomes live in storage."""
-    return (
-        f"batches/partition={shard.partition}/gen={shard.generation}/"
-        f"attempt={shard.attempt}/shard-{shard.shard_index:05d}"
-    )
+    return batch_dir(shard.partition, shard.generation, shard.attempt, shard.shard_index)
 
 
 class Poller(PipelineWorker):
@@ -211,34 +209,35 @@ class Poller(PipelineWorker):
         """The custom_ids of the shard's requests, in line order: from the file of them the
         build wrote beside the shard, else read from the shard without parsing the bodies."""
         try:
-            written = pq.read_table(self.storage.local_path(shard_ids_path(shard.path)))
+            written = read_parquet(self.storage, shard_ids_path(shard.path))
             if written.num_rows == shard.rows:
                 return written["custom_id"].combine_chunks()
         except (OSError, KeyError, pa.ArrowException):  # gone or cut short: read the shard
             pass
-        path = self.storage.local_path(shard.path)
+        stored = StoredFile(self.storage, shard.path)
         ids = []
-        for chunk in read_line_chunks(path, ID_SCAN_BLOCK_BYTES):
+        for chunk in read_line_chunks(stored, ID_SCAN_BLOCK_BYTES):
             found = _leading_custom_ids(chunk)
             if found is None:
-                return self._expected_ids_parsed(path)
+                return self._expected_ids_parsed(stored)
             ids.append(found)
         return pa.chunked_array(ids, pa.string()).combine_chunks()
 
-    def _expected_ids_parsed(self, path: Path) -> pa.Array:
+    def _expected_ids_parsed(self, stored: StoredFile) -> pa.Array:
         """`_expected_ids` for request lines of another layout: each line parsed as JSON."""
         try:
-            table = pa_json.read_json(
-                path,
-                read_options=pa_json.ReadOptions(block_size=ID_SCAN_BLOCK_BYTES),
-                parse_options=pa_json.ParseOptions(
-                    explicit_schema=pa.schema([("custom_id", pa.string())]),
-                    unexpected_field_behavior="ignore",
-                ),
-            )
+            with stored.open() as handle:
+                table = pa_json.read_json(
+                    handle,
+                    read_options=pa_json.ReadOptions(block_size=ID_SCAN_BLOCK_BYTES),
+                    parse_options=pa_json.ParseOptions(
+                        explicit_schema=pa.schema([("custom_id", pa.string())]),
+                        unexpected_field_behavior="ignore",
+                    ),
+                )
             return table["custom_id"].combine_chunks()
         except pa.ArrowInvalid:  # a line longer than a block: read it line by line
-            with path.open("rb") as lines:
+            with stored.open() as lines:
                 return pa.array([orjson.loads(line)["custom_id"] for line in lines], pa.string())
 
     def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
@@ -260,7 +259,7 @@ class Poller(PipelineWorker):
     def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> tuple[pa.Table, pa.Array | None]:
         """One outcome per request of the shard, and the row of each request in request order
         (None: the rows are in that order)."""
-        folder = batch_dir(shard)
+        folder = shard_batch_dir(shard)
         expected = self._expected_ids(shard)
         if batch.status is BatchStatus.FAILED:
             first = batch.errors[0] if batch.errors else None
@@ -280,11 +279,11 @@ class Poller(PipelineWorker):
                 message=f"batch {batch.id} {how}: {message or 'no reason given'}",
             )
             return failed, None
-        paths = {}
+        files: dict[str, StoredFile] = {}
         for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
             if not file_id:
                 continue
-            relative = f"{folder}/{name}.jsonl"
+            relative = batch_file_path(folder, name)
             try:
                 # Not flushed to disk: read at once, and fetched again if the outcomes, which
                 # are flushed, were never written.
@@ -293,8 +292,8 @@ class Poller(PipelineWorker):
             except NotFound:
                 log.warning("batch %s: %s file %s is gone", batch.id, name, file_id)
                 continue
-            paths[name] = self.storage.local_path(relative)
-        parsed = parse_outcomes(paths.get("output"), paths.get("errors"), endpoint=shard.endpoint)
+            files[name] = StoredFile(self.storage, relative)
+        parsed = parse_outcomes(files.get("output"), files.get("errors"), endpoint=shard.endpoint)
         asked = pc.is_in(parsed["custom_id"], value_set=expected)
         if not pc.all(asked).as_py():  # lines for requests of other shards: not ours to keep
             parsed = parsed.filter(asked)
@@ -326,7 +325,7 @@ class Poller(PipelineWorker):
         outcomes = outcomes.append_column(
             "batch_id", pa.array([shard.batch_id] * len(outcomes), pa.string())
         ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
-        relative = f"{batch_dir(shard)}/outcomes.parquet"
+        relative = outcomes_path(shard_batch_dir(shard))
         with self.storage.atomic_write(relative) as handle:
             write_outcome_file(outcomes, handle, order=order)
         retry_ids = set()

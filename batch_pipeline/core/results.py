@@ -12,9 +12,10 @@ dropped before the next one is read. Memory holds two chunks (one joined, one wr
 group, however large the partition. A problem is counted over the whole partition before the
 error is raised, and the temporary file is dropped.
 
-Layout: `{results_dir}/partition={partition}/part-0.parquet` (Hive style), so
-`pandas.read_parquet(results_dir)` and DuckDB's `read_parquet(..., hive_partitioning=true)`
-read all partitions whole.
+Layout: `layout.results_path(partition)`, `results/partition={partition}/part-0.parquet` under
+the storage root (Hive style), so `pandas.read_parquet(results_dir)` and DuckDB's
+`read_parquet(..., hive_partitioning=true)` read all partitions whole. Every read and write goes
+through the storage interface.
 """
 
 from __future__ import annotations
@@ -30,20 +31,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from batch_pipeline.core.outcomes import (
-    OUTCOME_SCHEMA,
-    PARQUET_COMPRESSION,
+from batch_pipeline.core.layout import PARTITION_KEY, results_dir, results_partition
+from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, PARQUET_COMPRESSION, one_chunk
+from batch_pipeline.core.parquet_files import (
     AtomicParquetFile,
-    one_chunk,
+    read_parquet,
+    read_parquet_schema,
 )
 from batch_pipeline.core.schema_unify import SchemaConflict, conform, unified_schema
 from batch_pipeline.core.sources import nulls_as_text
+from batch_pipeline.core.storage import LocalStorage, StorageRoot
 from batch_pipeline.core.tuning import CHUNK_ROWS
 from batch_pipeline.core.types import Endpoint, RowStatus
 
-PARTITION_KEY = "partition"
 SOURCE_PREFIX = "source_"
 REJECTED_CODE = "rejected"
 PREVIEW_ROWS = 5
@@ -88,7 +89,7 @@ class ResultsMismatchError(ResultsError):
 class ResultsSummary:
     """What a results file holds: rows, rows per status, tokens, its columns and first rows."""
 
-    path: Path
+    path: str  # where the storage keeps it (`StorageRoot.uri`)
     partition: str
     rows: int
     counts: dict[str, int] = field(default_factory=dict)
@@ -97,11 +98,6 @@ class ResultsSummary:
     columns: list[tuple[str, str]] = field(default_factory=list)
     preview: list[dict[str, Any]] = field(default_factory=list)
     renamed_columns: dict[str, str] = field(default_factory=dict)
-
-
-def results_path(results_dir: Path, partition: str, part: int = 0) -> Path:
-    """Where a partition's results file goes, in the Hive layout readers expect."""
-    return Path(results_dir) / f"{PARTITION_KEY}={partition}" / f"part-{part}.parquet"
 
 
 def results_schema(source_schema: pa.Schema, endpoint: str) -> tuple[pa.Schema, dict[str, str]]:
@@ -160,7 +156,8 @@ def assemble_results(
     custom_id_of: Callable[[pa.Array], pa.Array],
     outcomes: pa.Table | Sequence[OutcomeGroup],
     rejected: pa.Table | None,
-    dest_path: Path,
+    storage: StorageRoot,
+    dest: str,
     endpoint: str,
     attempts: pa.Table | None = None,
     batch_ids: pa.Table | None = None,
@@ -168,7 +165,8 @@ def assemble_results(
     compression: str = PARQUET_COMPRESSION,
     chunk_rows: int = CHUNK_ROWS,
 ) -> ResultsSummary:
-    """Join a partition's source rows with their outcomes and write `dest_path` atomically.
+    """Join a partition's source rows with their outcomes and write `dest` of `storage`
+    atomically.
 
     - `source_batches`: the partition's rows, in the order the requests were built from
       (a `pa.RecordBatchReader` or any iterable of batches; give `source_schema` if it may
@@ -181,7 +179,7 @@ def assemble_results(
       (int64, 0-based position in the source stream), `key`, `custom_id`, `reason`, and
       optionally `code`.
     - `attempts` (custom_id, attempts) and `batch_ids` (custom_id, batch_id): optional.
-    - `dest_path`: `results_path(results_dir, partition)`.
+    - `dest`: `layout.results_path(partition)`.
     - `compression`: the Parquet codec (snappy, zstd, lz4, gzip or none).
     - `chunk_rows`: source rows joined and written at a time (one row group each).
 
@@ -190,11 +188,10 @@ def assemble_results(
     rows) when the rows, outcomes and rejections do not match one to one; the file is then
     left as it was.
     """
-    dest_path = Path(dest_path)
-    if dest_path.parent.name != f"{PARTITION_KEY}={partition}":
+    if results_partition(dest.removeprefix(f"{results_dir()}/")) != partition:
         raise ValueError(
-            f"{dest_path} is not in a {PARTITION_KEY}={partition} folder; "
-            "use results_path() so readers see the partition"
+            f"{dest} is not in a {PARTITION_KEY}={partition} results folder; "
+            "use layout.results_path() so readers see the partition"
         )
     if isinstance(source_batches, pa.RecordBatchReader):
         source_schema = source_schema or source_batches.schema
@@ -219,7 +216,7 @@ def assemble_results(
                 if key_column not in batch.schema.names:
                     raise ValueError(f"the source has no key column {key_column!r}")
                 schema, renamed = results_schema(batch.schema, endpoint)
-                writer = _WriteBehind(AtomicParquetFile(dest_path, schema, compression))
+                writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
             key = batch.column(key_column)
             custom_ids = pa.array(custom_id_of(key), pa.string())
             if len(custom_ids) != len(key):
@@ -236,13 +233,13 @@ def assemble_results(
                 preview = _preview(out, renamed.get(key_column, key_column))
         joiner.finish()
         if writer is None:  # no rows: the file still gets the source's columns
-            writer = _WriteBehind(AtomicParquetFile(dest_path, schema, compression))
+            writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
         writer.commit()
     finally:
         if writer is not None:
             writer.abort()
     return ResultsSummary(
-        path=dest_path,
+        path=storage.uri(dest),
         partition=partition,
         rows=joiner.rows,
         counts=dict(counts),
@@ -295,31 +292,33 @@ class _WriteBehind:
         self._file.abort()
 
 
-def read_results(results_dir: Path, partition: str | None = None) -> pd.DataFrame:
-    """All partitions' results (or one's), with the `partition` column from the folder names.
+def read_results(storage: StorageRoot | Path, partition: str | None = None) -> pd.DataFrame:
+    """All partitions' results (or one's), with the `partition` column from the folder names:
+    those of a storage root, or those in a local results folder.
 
     Days written from differently typed sources read together under `schema_unify`'s rule
     (a common type where pyarrow promotes one, else text); a column with no text form beside
     another type is a ResultsError naming it, its days and both types. Integer columns come
     back as pandas' nullable integers (200, not 200.0).
     """
-    if not Path(results_dir).is_dir():
-        raise FileNotFoundError(
-            f"no results at {results_dir}: no partition of this pipeline has been collected yet"
-        )
-    partitioning = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
-    dataset = ds.dataset(Path(results_dir), format="parquet", partitioning=partitioning)
-    where = None if partition is None else pc.field(PARTITION_KEY) == partition
-    files = [
-        (f"{PARTITION_KEY}={day} ({Path(fragment.path).name})", day, fragment)
-        for fragment in dataset.get_fragments(filter=where)
-        for day in [ds.get_partition_keys(fragment.partition_expression)[PARTITION_KEY]]
-    ]
+    folder = results_dir()
+    if not isinstance(storage, StorageRoot):
+        storage, folder = LocalStorage(Path(storage)), ""
+    files = _results_files(storage, folder)
+    if partition is not None:
+        files = [(day, key) for day, key in files if day == partition]
+    named = [(f"{PARTITION_KEY}={day} ({key.rpartition('/')[2]})", day, key) for day, key in files]
     try:
-        schema = unified_schema([(name, fragment.physical_schema) for name, _, fragment in files])
-        tables = [_read_day(fragment, schema, name, day) for name, day, fragment in files]
+        schema = unified_schema(
+            [(name, read_parquet_schema(storage, key)) for name, _, key in named]
+        )
+        tables = [
+            _read_day(read_parquet(storage, key), schema, name, day) for name, day, key in named
+        ]
     except SchemaConflict as exc:
-        raise ResultsError(f"the results at {results_dir} do not read together: {exc}") from None
+        raise ResultsError(
+            f"the results at {storage.uri(folder)} do not read together: {exc}"
+        ) from None
     table = (
         pa.concat_tables(tables)
         if tables
@@ -328,9 +327,21 @@ def read_results(results_dir: Path, partition: str | None = None) -> pd.DataFram
     return table.to_pandas(types_mapper=_NULLABLE_PANDAS_TYPES.get)
 
 
-def _read_day(fragment: ds.Fragment, schema: pa.Schema, name: str, day: str) -> pa.Table:
+def _results_files(storage: StorageRoot, folder: str) -> list[tuple[str, str]]:
+    """(partition, key) of every results file under `folder`, in key order."""
+    keys = storage.list(folder)
+    if not keys:
+        raise FileNotFoundError(
+            f"no results at {storage.uri(folder)}: "
+            "no partition of this pipeline has been collected yet"
+        )
+    found = [(results_partition(key.removeprefix(folder).lstrip("/")), key) for key in keys]
+    return [(day, key) for day, key in found if day is not None]
+
+
+def _read_day(table: pa.Table, schema: pa.Schema, name: str, day: str) -> pa.Table:
     """One results file in the unified schema, with its day as the partition column."""
-    table = conform(fragment.to_table(), schema, name)
+    table = conform(table, schema, name)
     return table.append_column(PARTITION_KEY, pa.array([day] * len(table), pa.string()))
 
 

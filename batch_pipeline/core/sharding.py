@@ -1,15 +1,10 @@
 """JSONL request shards within the Batch API's limits, their manifest, and retry shards.
 
-Layout under the storage root (the pipeline's folder):
-
-    requests/partition={P}/gen={G}/rejected.parquet               rows refused before submission
-    requests/partition={P}/gen={G}/attempt={A}/shard-00000.jsonl  request lines
-    requests/partition={P}/gen={G}/attempt={A}/manifest.json      written last
-
-Attempt 1 holds a generation's build from the source; later attempts hold retry shards made
-from the original lines (retries of one earlier shard keep its index and get their own
-`manifest-s{index}.json`). Every file is written atomically; a manifest exists only once all
-the shards it lists do, so a missing manifest means "not built".
+Where each file goes under the storage root is `layout`'s to say. Attempt 1 holds a
+generation's build from the source; later attempts hold retry shards made from the original
+lines (retries of one earlier shard keep its index and get their own manifest). Every file is
+written atomically; a manifest exists only once all the shards it lists do, so a missing
+manifest means "not built".
 """
 
 from __future__ import annotations
@@ -31,6 +26,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch_pipeline.core.layout import (
+    attempt_dir,
+    manifest_path,
+    rejected_path,
+    shard_ids_path,
+    shard_path,
+)
 from batch_pipeline.core.prices import cost_usd, price_for
 from batch_pipeline.core.read_ahead import ReadAhead
 from batch_pipeline.core.requests import (
@@ -56,40 +58,6 @@ RETRY_CHUNK = 4_096
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 
 RequestLine = tuple[str, bytes, int]  # (custom_id, line bytes ending in "\n", est. tokens)
-
-
-# -- layout -----------------------------------------------------------------------------------
-
-
-def generation_dir(partition: str, generation: int) -> str:
-    return f"requests/partition={partition}/gen={generation}"
-
-
-def attempt_dir(partition: str, generation: int, attempt: int) -> str:
-    return f"{generation_dir(partition, generation)}/attempt={attempt}"
-
-
-def shard_path(partition: str, generation: int, attempt: int, index: int) -> str:
-    return f"{attempt_dir(partition, generation, attempt)}/shard-{index:05d}.jsonl"
-
-
-def shard_ids_path(path: str) -> str:
-    """The file beside a shard holding its requests' custom_ids in line order (Parquet), so
-    that collecting its batch need not read the shard again to know what it asked for."""
-    return f"{path.removesuffix('.jsonl')}.ids.parquet"
-
-
-def manifest_path(
-    partition: str, generation: int, attempt: int, first_index: int | None = None
-) -> str:
-    """`manifest.json` of an attempt; retry shards made from one earlier shard get their own
-    `manifest-s{first_index}.json`, so collectors of different shards never write one file."""
-    name = "manifest.json" if first_index is None else f"manifest-s{first_index:05d}.json"
-    return f"{attempt_dir(partition, generation, attempt)}/{name}"
-
-
-def rejected_path(partition: str, generation: int) -> str:
-    return f"{generation_dir(partition, generation)}/rejected.parquet"
 
 
 def shard_id(pipeline: str, partition: str, generation: int, attempt: int, index: int) -> str:

@@ -1,8 +1,11 @@
 """Storage roots: where request, batch and result files live, behind one small interface.
 
-Paths inside a root are relative, `/`-separated strings (`requests/partition=2024-05-01/...`),
-so an object store (s3://, gs://) can implement the same interface later. Every write is
-atomic: readers see the old file or the new one, never a half-written one.
+Files are addressed by relative, `/`-separated keys (`requests/partition=2024-05-01/...`, all
+named by `layout`), and the interface is what an object store offers too: read a file as a
+stream, write a whole file atomically from a stream, list a prefix, ask whether a file exists
+and its size, delete. Nothing outside a storage root's implementation needs a local path, so an
+object store (s3://, gs://, az://) can stand behind the same interface. Every write is atomic:
+readers see the old file or the new one, never a half-written one.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -20,7 +24,7 @@ TEMP_PREFIX = ".tmp-"
 
 @runtime_checkable
 class StorageRoot(Protocol):
-    """A folder-like place for files, addressed by relative paths."""
+    """A folder-like place for files, addressed by relative keys."""
 
     def uri(self, rel: str) -> str:
         """Where `rel` lives, as a string a person or another tool can use."""
@@ -28,7 +32,13 @@ class StorageRoot(Protocol):
 
     def exists(self, rel: str) -> bool: ...
 
-    def open_read(self, rel: str) -> BinaryIO: ...
+    def size(self, rel: str) -> int:
+        """The file's size in bytes (FileNotFoundError if there is none)."""
+        ...
+
+    def open_read(self, rel: str) -> BinaryIO:
+        """The file as a seekable binary stream (FileNotFoundError if there is none)."""
+        ...
 
     def atomic_write(
         self, rel: str, *, durable: bool = True
@@ -42,7 +52,7 @@ class StorageRoot(Protocol):
     def read_bytes(self, rel: str) -> bytes: ...
 
     def list(self, prefix: str = "") -> list[str]:
-        """The relative paths of the files under the folder `prefix`, sorted."""
+        """The relative keys of the files under the folder `prefix`, sorted."""
         ...
 
     def delete(self, rel: str) -> None:
@@ -53,9 +63,19 @@ class StorageRoot(Protocol):
         """Remove every file under the folder `prefix`; a missing folder is not an error."""
         ...
 
-    def local_path(self, rel: str) -> Path:
-        """A local filesystem path for `rel`, for writers that need one (pyarrow, parquet)."""
-        ...
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file of a storage root, for readers that take a local path or such a file."""
+
+    storage: StorageRoot
+    key: str
+
+    def open(self) -> BinaryIO:
+        return self.storage.open_read(self.key)
+
+    def __str__(self) -> str:
+        return self.storage.uri(self.key)
 
 
 class LocalStorage:
@@ -68,7 +88,8 @@ class LocalStorage:
         return f"LocalStorage({str(self.root)!r})"
 
     def local_path(self, rel: str) -> Path:
-        """The absolute path of `rel`; a path that would leave the root is refused."""
+        """The absolute path of `rel` (this implementation's own; callers of the interface
+        never need one); a path that would leave the root is refused."""
         parts = PurePosixPath(rel.replace("\\", "/")).parts
         if PurePosixPath(rel).is_absolute() or ".." in parts:
             raise ValueError(f"storage paths are relative and stay inside the root, not {rel!r}")
@@ -79,6 +100,9 @@ class LocalStorage:
 
     def exists(self, rel: str) -> bool:
         return self.local_path(rel).is_file()
+
+    def size(self, rel: str) -> int:
+        return self.local_path(rel).stat().st_size
 
     def open_read(self, rel: str) -> BinaryIO:
         return self.local_path(rel).open("rb")
@@ -92,19 +116,19 @@ class LocalStorage:
         """
         target = self.local_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, on every path
-            dir=target.parent, prefix=f"{TEMP_PREFIX}{target.name}.", delete=False
-        )
+        # A name of its own, opened with the usual mode (not mkstemp's 0600, which the rename
+        # would carry over): the file is as readable as any other written here.
+        temporary = target.with_name(f"{TEMP_PREFIX}{target.name}.{uuid.uuid4().hex}")
+        handle = temporary.open("xb")
         try:
             with handle:
-                yield handle  # type: ignore[misc]
+                yield handle
                 handle.flush()
                 if durable:
                     os.fsync(handle.fileno())
-            os.replace(handle.name, target)
+            os.replace(temporary, target)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(handle.name)
+            temporary.unlink(missing_ok=True)
             raise
         if durable:
             _fsync_dir(target.parent)

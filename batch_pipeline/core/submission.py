@@ -229,7 +229,8 @@ class Submitter(PipelineWorker):
             file_id = found.id if found else None
         uploaded_now = file_id is None
         if uploaded_now:
-            file_id = self.backend.upload_file(self.storage.local_path(shard.path), filename).id
+            with self.storage.open_read(shard.path) as content:
+                file_id = self.backend.upload_file(content, filename).id
         # An upload can outlast the lease. Renewing it here, in the statement that stores the
         # file, proves no other process took the shard over meanwhile to create a batch too.
         if not self.ledger.renew_lease(shard.shard_id, self.owner, file_id=file_id):

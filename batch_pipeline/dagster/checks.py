@@ -3,9 +3,10 @@
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from batch_pipeline.core.layout import results_path
 from batch_pipeline.core.ledger import PartitionRecord
+from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import RowStatus
 from batch_pipeline.dagster.assets import (
@@ -111,9 +112,10 @@ def _written_results(
     backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
     with backend.open_pipeline(spec) as pipeline:
         record = pipeline.get_partition(partition)
-    if record is None or record.results_path is None:
-        raise dg.Failure(f"{spec.name} {partition}: no results have been written for this day")
-    return record, pq.read_table(record.results_path, columns=["custom_id", "status"])
+        if record is None or record.results_path is None:
+            raise dg.Failure(f"{spec.name} {partition}: no results have been written for this day")
+        columns = ["custom_id", "status"]
+        return record, read_parquet(pipeline.storage, results_path(partition), columns)
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[object, int]:

@@ -10,9 +10,11 @@ not what this benchmark measures.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -65,11 +67,10 @@ class FileBackend:
             metadata=metadata or {},
         )
 
-    def upload_file(self, path: Path, filename: str) -> FileInfo:
-        index = int(Path(path).stem.rsplit("-", 1)[-1])
-        return FileInfo(
-            f"in-{index:05d}", filename, Path(path).stat().st_size, "batch", int(time.time())
-        )
+    def upload_file(self, content: BinaryIO, filename: str) -> FileInfo:
+        index = int(re.search(r"_s(\d+)-", filename).group(1))  # type: ignore[union-attr]
+        size = content.seek(0, io.SEEK_END)
+        return FileInfo(f"in-{index:05d}", filename, size, "batch", int(time.time()))
 
     def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:
         return None

@@ -48,9 +48,8 @@ def backend(clock: ManualClock) -> InMemoryBatchBackend:
 def create(
     backend: InMemoryBatchBackend, tmp_path: Path, lines: list[dict], endpoint: str = CHAT
 ) -> BatchInfo:
-    path = tmp_path / "input.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    uploaded = backend.upload_file(path, "input.jsonl")
+    content = io.BytesIO(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    uploaded = backend.upload_file(content, "input.jsonl")
     return backend.create_batch(input_file_id=uploaded.id, endpoint=endpoint, metadata={})
 
 
@@ -230,9 +229,7 @@ def test_a_service_that_goes_away_is_unreachable_once_past_the_bound(clock, tmp_
 def test_files_and_batches_are_found_by_name_or_metadata_since_a_time(
     backend, clock, tmp_path
 ) -> None:
-    path = tmp_path / "input.jsonl"
-    path.write_bytes(orjson.dumps(request("a", "hi")) + b"\n")
-    first = backend.upload_file(path, "shard.jsonl")
+    first = backend.upload_file(io.BytesIO(orjson.dumps(request("a", "hi")) + b"\n"), "shard.jsonl")
     batch = backend.create_batch(input_file_id=first.id, endpoint=CHAT, metadata={"k": "v"})
     clock.advance(100)
     assert backend.find_file("shard.jsonl", created_after=int(clock()) - 200) == first

@@ -19,11 +19,12 @@ import pytest
 from batch_pipeline.core import outcomes as outcomes_module
 from batch_pipeline.core.outcomes import (
     OUTCOME_SCHEMA,
-    AtomicParquetFile,
     OutcomeFileError,
     classify,
     parse_outcomes,
 )
+from batch_pipeline.core.parquet_files import AtomicParquetFile
+from batch_pipeline.core.storage import LocalStorage
 from batch_pipeline.core.types import RowStatus
 
 CHAT = "/v1/chat/completions"
@@ -288,11 +289,15 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path: Path) -> None:
         return parse_outcomes(path, None, endpoint=CHAT)
 
     dest = tmp_path / "outcomes.parquet"
-    with AtomicParquetFile(dest, OUTCOME_SCHEMA) as first:
+    storage = LocalStorage(tmp_path)
+    with AtomicParquetFile(storage, dest.name, OUTCOME_SCHEMA) as first:
         first.write(parsed("old.jsonl", "a"))
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(orjson.dumps(answer("b", chat_body("B"))) + b"\n{oops\n")
-    with pytest.raises(OutcomeFileError), AtomicParquetFile(dest, OUTCOME_SCHEMA) as second:
+    with (
+        pytest.raises(OutcomeFileError),
+        AtomicParquetFile(storage, dest.name, OUTCOME_SCHEMA) as second,
+    ):
         second.write(parsed("fine.jsonl", "c"))
         second.write(parse_outcomes(bad, None, endpoint=CHAT))
     assert pq.read_table(dest)["custom_id"].to_pylist() == ["a"]

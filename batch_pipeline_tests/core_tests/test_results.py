@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline.core import results as results_module
+from batch_pipeline.core.layout import results_path
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA
 from batch_pipeline.core.results import (
     OrderedOutcomes,
@@ -25,8 +26,8 @@ from batch_pipeline.core.results import (
     ResultsMismatchError,
     assemble_results,
     read_results,
-    results_path,
 )
+from batch_pipeline.core.storage import LocalStorage
 
 CHAT = "/v1/chat/completions"
 DAY = "2026-11-20"
@@ -89,7 +90,8 @@ def assemble(tmp_path: Path, table: pa.Table, *, partition: str = DAY, **options
         key_column="ticket_id",
         partition=partition,
         custom_id_of=custom_id_of,
-        dest_path=results_path(tmp_path / "results", partition),
+        storage=LocalStorage(tmp_path),
+        dest=results_path(partition),
         **options,
     )
 
@@ -164,7 +166,7 @@ def test_every_source_row_appears_once_with_its_status(tmp_path: Path) -> None:
     assert files_under(tmp_path / "results") == [f"partition={DAY}/part-0.parquet"]
     plain = tmp_path / "plain.txt"
     plain.write_text("x")  # the results are as readable as any file written here
-    assert summary.path.stat().st_mode == plain.stat().st_mode
+    assert Path(summary.path).stat().st_mode == plain.stat().st_mode
 
 
 def test_rejections_must_say_which_row_they_reject(tmp_path: Path) -> None:
@@ -247,7 +249,7 @@ def test_a_join_error_stops_the_writer_thread_and_keeps_the_previous_file(
 ) -> None:
     keys = [f"k{i:02d}" for i in range(20)]
     first = assemble(tmp_path, source(keys), outcomes=outcomes(*map(outcome, keys)))
-    before = first.path.read_bytes()
+    before = Path(first.path).read_bytes()
 
     original_write = results_module.AtomicParquetFile.write
     writes: list[int] = []
@@ -267,7 +269,7 @@ def test_a_join_error_stops_the_writer_thread_and_keeps_the_previous_file(
     written = list(writes)
     time.sleep(0.1)
     assert writes == written and len(written) <= 1  # the first chunk at most, none after
-    assert first.path.read_bytes() == before
+    assert Path(first.path).read_bytes() == before
     assert files_under(tmp_path / "results") == [f"partition={DAY}/part-0.parquet"]
 
 
@@ -290,7 +292,7 @@ def test_the_background_writer_writes_the_file_the_sequential_one_does(
     monkeypatch.setattr(results_module, "_WriteBehind", lambda file: file)  # write in turn
     sequential = assemble(tmp_path / "sequential", source(keys), **options, chunk_rows=4)
 
-    assert background.path.read_bytes() == sequential.path.read_bytes()
+    assert Path(background.path).read_bytes() == Path(sequential.path).read_bytes()
     assert pq.ParquetFile(background.path).metadata.num_row_groups == 10  # one per chunk
     assert replace(sequential, path=background.path) == background
 
@@ -308,7 +310,8 @@ def test_a_source_column_named_like_a_results_column_in_another_case_is_renamed(
         custom_id_of=custom_id_of,
         outcomes=outcomes(outcome("a"), outcome("b")),
         rejected=None,
-        dest_path=results_path(tmp_path / "results", DAY),
+        storage=LocalStorage(tmp_path),
+        dest=results_path(DAY),
         endpoint=CHAT,
     )
     assert summary.renamed_columns == {"Status": "source_Status", "PARTITION": "source_PARTITION"}
@@ -332,7 +335,8 @@ def test_pandas_and_duckdb_read_all_partitions_whole(tmp_path: Path) -> None:
             custom_id_of=custom_id_of,
             outcomes=outcomes(*(outcome(k) for k in keys)),
             rejected=None,
-            dest_path=results_path(tmp_path / "results", day),
+            storage=LocalStorage(tmp_path),
+            dest=results_path(day),
             endpoint=CHAT,
         )
         assert summary.renamed_columns == {"partition": "source_partition"}
@@ -388,7 +392,8 @@ def test_an_empty_partition_still_writes_the_source_columns(tmp_path: Path) -> N
         custom_id_of=custom_id_of,
         outcomes=outcomes(),
         rejected=None,
-        dest_path=results_path(tmp_path, DAY),
+        storage=LocalStorage(tmp_path),
+        dest=results_path(DAY),
         endpoint=CHAT,
     )
     written = pq.read_table(summary.path)
@@ -419,9 +424,11 @@ def test_the_destination_must_be_the_partition_folder(tmp_path: Path) -> None:
             custom_id_of=custom_id_of,
             outcomes=outcomes(outcome("a")),
             rejected=None,
-            dest_path=tmp_path / "results.parquet",
+            storage=LocalStorage(tmp_path),
+            dest="results.parquet",
             endpoint=CHAT,
         )
+    assert files_under(tmp_path) == []
 
 
 def thirty_keys_four_rejected() -> tuple[list[str], dict[int, str], list[str]]:

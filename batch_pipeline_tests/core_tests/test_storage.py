@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch_pipeline.core.storage import LocalStorage, StorageRoot, storage_for
+from batch_pipeline.core.storage import LocalStorage, StorageRoot, StoredFile, storage_for
 
 
 @pytest.fixture
@@ -98,3 +98,23 @@ def test_storage_for_picks_local_storage_for_paths_and_file_urls(tmp_path):
 def test_storage_for_object_stores_says_not_supported_yet(root):
     with pytest.raises(ValueError, match="not supported yet"):
         storage_for(root)
+
+
+def test_size_and_stored_files_read_through_the_interface(storage):
+    storage.write_bytes("a/b.jsonl", b"one\ntwo\n")
+    assert storage.size("a/b.jsonl") == 8
+    stored = StoredFile(storage, "a/b.jsonl")
+    with stored.open() as handle:
+        assert handle.readlines() == [b"one\n", b"two\n"]
+    assert str(stored) == storage.uri("a/b.jsonl")
+    with pytest.raises(FileNotFoundError):
+        storage.size("a/missing.jsonl")
+
+
+def test_written_files_are_as_readable_as_any_other_file_written_there(storage):
+    """Not the owner-only mode of a temporary file: readers in other accounts (a notebook
+    server, a Dagster code server) read requests and results alike."""
+    storage.write_bytes("requests/shard.jsonl", b"{}\n")
+    plain = storage.root / "plain.txt"
+    plain.write_text("x")
+    assert storage.local_path("requests/shard.jsonl").stat().st_mode == plain.stat().st_mode

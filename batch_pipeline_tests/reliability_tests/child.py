@@ -26,7 +26,8 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 
 from batch_pipeline.core.backends.openai import OpenAIBackend
-from batch_pipeline.core.outcomes import AtomicParquetFile
+from batch_pipeline.core.layout import RESULTS
+from batch_pipeline.core.parquet_files import AtomicParquetFile
 from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.sharding import _FileWorker
 from batch_pipeline.core.spec import PipelineSpec
@@ -104,7 +105,7 @@ def install(point: str, nth: int) -> Trigger:
             AtomicParquetFile,
             "write",
             trigger,
-            when=lambda self, *_: "results" in self.dest_path.parts,
+            when=lambda self, *_: self.key.startswith(f"{RESULTS}/"),
         )
     elif point != "none":
         raise SystemExit(f"unknown crash point {point!r}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo
@@ -112,8 +111,9 @@ class NotFound(BackendError):
 class BatchBackend(Protocol):
     """A provider's Files + Batches API, in the terms the pipeline needs."""
 
-    def upload_file(self, path: Path, filename: str) -> FileInfo:
-        """Upload a JSONL request file with purpose `batch`, streamed from disk."""
+    def upload_file(self, content: BinaryIO, filename: str) -> FileInfo:
+        """Upload a JSONL request file with purpose `batch`, streamed from `content` (a
+        seekable binary file, as a storage root opens one)."""
         ...
 
     def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:

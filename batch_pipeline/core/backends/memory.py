@@ -20,7 +20,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import BinaryIO
 
 from batch_pipeline.core.backends._memory_batch import Answerer, MemoryBatch, Responder
@@ -165,9 +164,9 @@ class InMemoryBatchBackend(BatchBackend):
 
     # -- files ------------------------------------------------------------------------------
 
-    def upload_file(self, path: Path, filename: str) -> FileInfo:
+    def upload_file(self, content: BinaryIO, filename: str) -> FileInfo:
         self._answered("upload_file")
-        return self._add_file(Path(path).read_bytes(), filename, "batch")
+        return self._add_file(content.read(), filename, "batch")
 
     def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:
         self._answered("find_file")

@@ -6,6 +6,7 @@ from a `BackendSpec`, reading the key from the environment variable the spec nam
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -109,15 +110,19 @@ class OpenAIBackend(BatchBackend):
         """The SDK client, for calls this interface does not cover."""
         return self._client
 
-    def upload_file(self, path: Path, filename: str) -> FileInfo:
-        def upload() -> FileObject:
+    def upload_file(self, content: BinaryIO | Path, filename: str) -> FileInfo:
+        """`content`: a binary file, or the path of a local one."""
+        with contextlib.ExitStack() as stack:
+            if isinstance(content, Path):
+                content = stack.enter_context(content.open("rb"))
             # A file handle is streamed by the HTTP layer in chunks (and rewound on retry).
-            with Path(path).open("rb") as handle:
-                return self._client.files.create(
-                    file=(filename, handle, "application/jsonl"), purpose="batch"
-                )
-
-        return file_info_from_openai(self._call(f"upload {filename}", upload))
+            uploaded = self._call(
+                f"upload {filename}",
+                self._client.files.create,
+                file=(filename, content, "application/jsonl"),
+                purpose="batch",
+            )
+        return file_info_from_openai(uploaded)
 
     def find_file(self, filename: str, *, created_after: int) -> FileInfo | None:
         for file in self._iter_files(created_after=created_after):
