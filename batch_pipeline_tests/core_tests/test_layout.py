@@ -12,12 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from batch_pipeline import PipelineSpec
 from batch_pipeline.core import layout
-from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.storage import StorageRoot
+from batch_pipeline_tests.batch_apis import BatchApi, on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -144,9 +143,9 @@ def test_no_other_library_module_spells_a_stored_key_or_asks_for_a_local_path() 
     assert [found for path in modules for found in _key_spellings(path)] == []
 
 
-@pytest.mark.slow
+@on_both_apis
 def test_a_whole_pipeline_runs_on_a_storage_that_is_no_local_folder(
-    tmp_path: Path, batch_api: str
+    tmp_path: Path, api: BatchApi
 ) -> None:
     """Build, submit, poll, retry, collect and read the results with every file in a dict:
     had any step bypassed the storage interface, it would find no file on disk."""
@@ -161,10 +160,10 @@ def test_a_whole_pipeline_runs_on_a_storage_that_is_no_local_folder(
     ]
     write_tickets(tmp_path / "tickets.parquet", rows)
     spec = PipelineSpec.from_dict(
-        ticket_spec(tmp_path, batch_api, retry={"max_attempts": 2}), base_dir=tmp_path
+        ticket_spec(tmp_path, api.base_url, retry={"max_attempts": 2}), base_dir=tmp_path
     )
     storage = MemoryStorage()
-    with Pipeline(spec, storage=storage) as pipeline:
+    with api.pipeline(spec, storage=storage) as pipeline:
         summary = pipeline.run(DAY, poll_interval=0.1, timeout=60)
         frame = pipeline.read_results(DAY).set_index("ticket_id")
 
