@@ -333,6 +333,7 @@ def test_key_from_the_environment_never_reaches_the_ledger_or_files(
 
 
 def test_wrong_key_fails_with_a_message_that_hides_the_key(tmp_path, tmp_path_factory, monkeypatch):
+    from batch_pipeline.core.backends.base import BackendError
     from batch_pipeline.local_api.server import run_local_batch_api
 
     secret = "sk-wrong-key-ABCDEF"
@@ -342,9 +343,11 @@ def test_wrong_key_fails_with_a_message_that_hides_the_key(tmp_path, tmp_path_fa
         spec = ticket_spec(tmp_path, url, backend={"api_key_env": "TICKETS_KEY"})
         pipeline = load_pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
         pipeline.build_requests(DAY)
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(BackendError) as raised:
             pipeline.submit(DAY)
-        assert secret not in str(raised.value)
+        assert raised.value.status_code == 401, raised.value
+        assert "invalid_api_key" in str(raised.value)
+        assert secret not in str(raised.value) and secret[-8:] not in str(raised.value)
         assert not isinstance(raised.value, openai.OpenAIError)
 
 
