@@ -35,5 +35,6 @@ def test_submission_runs_and_uploads_are_bounded(
     pool = batches.node_def.pool
     assert pool == SUBMISSION_POOL
     storage = instance.event_log_storage
-    storage.initialize_concurrency_limit_to_default(pool)
+    if pool not in storage.get_concurrency_keys():  # no run of this session claimed it yet
+        storage.initialize_concurrency_limit_to_default(pool)
     assert storage.get_concurrency_info(pool).slot_count == 4
