@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
+
+from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline_tests.benchmarks import fixtures
 from batch_pipeline_tests.benchmarks.measure import Measurement, Sample, repeat, run_command
-from batch_pipeline_tests.benchmarks.report import Config, Row, runs_text, seconds_text
+from batch_pipeline_tests.benchmarks.report import (
+    Config,
+    Row,
+    compared_counts,
+    runs_text,
+    seconds_text,
+)
 
 NAME = "end_to_end"
 TARGET_RATIO = 1.5
@@ -21,6 +32,12 @@ def cli_command() -> list[str]:
     """The installed `batch-pipeline` console script (or the module, if it is not there)."""
     script = Path(sys.executable).with_name("batch-pipeline")
     return [str(script)] if script.exists() else [sys.executable, "-m", "batch_pipeline.cli"]
+
+
+def result_counts(results: Path) -> dict[str, Any]:
+    """The rows of a results Parquet (a file or a partition folder), and how many succeeded."""
+    table = pd.read_parquet(results, columns=["status"])
+    return {"rows": len(table), "succeeded": int((table["status"] == "succeeded").sum())}
 
 
 def run(config: Config) -> list[Row]:
@@ -37,6 +54,8 @@ def run(config: Config) -> list[Row]:
                 spec = fixtures.write_spec(
                     out / "spec.yaml", fixtures.spec_dict(source, out / "out", base_url=service.url)
                 )
+                results = PipelineSpec.from_yaml(spec).pipeline_dir / "results"
+                results /= f"partition={fixtures.DAY}"
                 command = [
                     *cli_command(),
                     "run",
@@ -47,6 +66,7 @@ def run(config: Config) -> list[Row]:
                     interval,
                 ]
             else:
+                results = out / "results.parquet"
                 command = [
                     sys.executable,
                     "-m",
@@ -59,11 +79,13 @@ def run(config: Config) -> list[Row]:
                     interval,
                 ]
             sample = run_command(command, log_path=root / f"{out.name}.log", env=env)
+            sample = replace(sample, info=result_counts(results))
             shutil.rmtree(out, ignore_errors=True)
             return sample
 
         repeat([product, plain], one, config.repetitions, budget_seconds=config.budget(NAME))
     ratio = product.seconds / plain.seconds
+    counts = compared_counts({"rows": config.e2e_rows}, product, plain, ["rows", "succeeded"])
     return [
         Row(
             f"end to end, {config.e2e_rows:,} rows, poll every {interval} s",
@@ -74,5 +96,6 @@ def run(config: Config) -> list[Row]:
             ratio <= TARGET_RATIO,
             product.peak_rss,
             product.seconds,
+            counts=counts,
         ),
     ]

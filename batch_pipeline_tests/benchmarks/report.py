@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,6 +75,20 @@ class Row:
     peak_rss: int | None
     value: float  # the headline number behind `figure` (seconds, requests/s, calls, bytes)
     group: str = ""  # the benchmark module that made the row
+    # What the source, the product and the baseline each hold ("source" -> "rows" -> N), on
+    # the rows that compare the product with a baseline: a fast wrong answer must not pass.
+    counts: dict[str, dict[str, int]] | None = None
+
+
+def compared_counts(
+    source: Mapping[str, int], product: Measurement, baseline: Measurement, keys: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """A row's `counts`: what the source holds, and what each case reported under `keys`."""
+    return {
+        "source": dict(source),
+        "product": {key: int(product.info(key)) for key in keys},
+        "baseline": {key: int(baseline.info(key)) for key in keys},
+    }
 
 
 def runs_text(measurement: Measurement, config: Config) -> str:

@@ -30,7 +30,13 @@ from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo, RequestC
 from batch_pipeline.local_api.responders import chat_completion_body
 from batch_pipeline_tests.benchmarks import fixtures
 from batch_pipeline_tests.benchmarks.measure import MB, Measurement, Sample, repeat, run_isolated
-from batch_pipeline_tests.benchmarks.report import Config, Row, runs_text, seconds_text
+from batch_pipeline_tests.benchmarks.report import (
+    Config,
+    Row,
+    compared_counts,
+    runs_text,
+    seconds_text,
+)
 
 NAME = "results"
 ERROR_SHARE = 0.02
@@ -205,6 +211,7 @@ def product_case(spec_path: Path, files: Path) -> dict[str, Any]:
         "collect_seconds": polled - started,
         "join_seconds": done - polled,
         "rows": summary.rows,
+        "succeeded": summary.counts.get("succeeded", 0),
     }
 
 
@@ -250,7 +257,7 @@ def naive_case(source: Path, files: Path, dest: Path) -> dict[str, Any]:
     joined.to_parquet(dest, index=False)
     with dest.open("rb+") as handle:
         os.fsync(handle.fileno())
-    return {"rows": len(joined)}
+    return {"rows": len(joined), "succeeded": int((joined["status"] == "succeeded").sum())}
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -312,6 +319,7 @@ def run(config: Config) -> list[Row]:
     speedup = naive.seconds / product.seconds
     flat = product.peak_rss / quarter.peak_rss
     chunk_share = product.growth / CHUNK_BYTES
+    counts = compared_counts({"rows": config.rows}, product, naive, ["rows", "succeeded"])
     return [
         Row(
             f"{label} vs pandas",
@@ -324,6 +332,7 @@ def run(config: Config) -> list[Row]:
             speedup >= 4,
             product.peak_rss,
             product.seconds,
+            counts=counts,
         ),
         Row(
             f"parse + join results, memory at {config.rows:,} rows",

@@ -18,7 +18,13 @@ from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import storage_for
 from batch_pipeline_tests.benchmarks import fixtures
 from batch_pipeline_tests.benchmarks.measure import MB, Measurement, Sample, repeat, run_isolated
-from batch_pipeline_tests.benchmarks.report import Config, Row, runs_text, seconds_text
+from batch_pipeline_tests.benchmarks.report import (
+    Config,
+    Row,
+    compared_counts,
+    runs_text,
+    seconds_text,
+)
 
 NAME = "shards"
 WRITE_BLOCK = 4 * MB
@@ -120,6 +126,7 @@ def run(config: Config) -> list[Row]:
     megabytes = product.info("bytes") / MB
     label = f"build shards, {config.rows:,} rows"
     flat = large.peak_rss / product.peak_rss
+    counts = compared_counts({"requests": config.rows}, product, naive, ["requests"])
     return [
         Row(
             f"{label} vs naive",
@@ -132,6 +139,7 @@ def run(config: Config) -> list[Row]:
             naive.seconds / product.seconds >= 3,
             product.peak_rss,
             product.seconds,
+            counts=counts,
         ),
         Row(
             f"{label} vs bare write",

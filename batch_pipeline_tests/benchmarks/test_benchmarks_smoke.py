@@ -1,5 +1,6 @@
 """The benchmarks at tiny sizes, so they never rot: every benchmark runs once and prints its
-rows with positive figures. Timing targets are not asserted (the full sizes show them)."""
+rows with positive figures, and where the product is compared with a baseline both gave the
+same answer, the source's. Timing targets are not asserted (the full sizes show them)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ pytestmark = [pytest.mark.benchmark_smoke, pytest.mark.slow]
 
 # The smoke run takes well under a minute; the limit only stops a hung run.
 TIMEOUT_SECONDS = 240
+# The benchmarks that compare the product's answer with a baseline's.
+ANSWERING = ("shards", "results", "end_to_end")
 
 
 def test_every_benchmark_prints_its_rows_with_positive_figures(tmp_path):
@@ -50,4 +53,9 @@ def test_every_benchmark_prints_its_rows_with_positive_figures(tmp_path):
         assert row["value"] > 0, row
         assert row["ratio"] is None or row["ratio"] > 0, row
         assert row["peak_rss"] is None or row["peak_rss"] > 0, row
-        assert row["met"] in (True, False, None)
+    compared = [row for row in rows if row["counts"]]
+    assert {row["group"] for row in compared} == set(ANSWERING)
+    for row in compared:
+        counts = row["counts"]
+        assert counts["product"] == counts["baseline"], row
+        assert counts["product"].items() >= counts["source"].items(), row

@@ -224,17 +224,30 @@ def test_read_results_returns_every_partition_or_one(tmp_path, api):
     assert list(read_results(spec_object, OTHER_DAY)["ticket_id"]) == ["NEXT"]
 
 
+def paid_batches(pipeline: Pipeline) -> set[str]:
+    """The batches the provider holds for this pipeline: what it bills, whatever the ledger
+    says (the service is shared, so a test compares what it holds before and after)."""
+    return {
+        batch.id
+        for batch in pipeline.backend.iter_batches()
+        if batch.metadata.get("batch_pipeline_pipeline") == pipeline.spec.name
+    }
+
+
 def test_settled_partition_is_not_run_twice_and_rebuild_runs_it_afresh(tmp_path, api):
     write_tickets(tmp_path / "tickets.parquet", mixed_rows()[:3])
     spec = PipelineSpec.from_dict(ticket_spec(tmp_path, api.base_url), base_dir=tmp_path)
     with api.pipeline(spec) as pipeline:
+        before = paid_batches(pipeline)
         first = pipeline.run(DAY, poll_interval=0.2, timeout=60)
         again = pipeline.run(DAY, poll_interval=0.2, timeout=60)
         assert again.already_collected and again.path == first.path
-        assert len(pipeline.ledger.batches("tickets")) == 1
+        paid = paid_batches(pipeline) - before
+        assert paid == {b["batch_id"] for b in pipeline.ledger.batches("tickets")}
+        assert len(paid) == 1
         rebuilt = pipeline.run(DAY, poll_interval=0.2, timeout=60, rebuild=True)
         assert rebuilt.generation == first.generation + 1
-        assert len(pipeline.ledger.batches("tickets")) == 2
+        assert len(paid_batches(pipeline) - before) == 2
 
 
 def test_collecting_an_unsettled_partition_is_refused(tmp_path, api):
@@ -343,6 +356,7 @@ def test_key_from_the_environment_never_reaches_the_ledger_or_files(tmp_path, ap
 
 @pytest.mark.slow
 def test_wrong_key_fails_with_a_message_that_hides_the_key(tmp_path, tmp_path_factory, monkeypatch):
+    from batch_pipeline.core.backends.base import BackendError
     from batch_pipeline.local_api.server import run_local_batch_api
 
     secret = "sk-wrong-key-ABCDEF"
@@ -352,9 +366,11 @@ def test_wrong_key_fails_with_a_message_that_hides_the_key(tmp_path, tmp_path_fa
         spec = ticket_spec(tmp_path, url, backend={"api_key_env": "TICKETS_KEY"})
         pipeline = load_pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
         pipeline.build_requests(DAY)
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(BackendError) as raised:
             pipeline.submit(DAY)
-        assert secret not in str(raised.value)
+        assert raised.value.status_code == 401, raised.value
+        assert "invalid_api_key" in str(raised.value)
+        assert secret not in str(raised.value) and secret[-8:] not in str(raised.value)
         assert not isinstance(raised.value, openai.OpenAIError)
 
 

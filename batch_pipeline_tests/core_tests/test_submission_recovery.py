@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from batch_pipeline.core.backends.base import BackendError, NotFound, TransientB
 from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.tuning import Tuning
 from batch_pipeline.core.types import ShardState
+from batch_pipeline_tests import ledger_audit
+from batch_pipeline_tests.batch_apis import HttpApi
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAY = "2026-11-20"
@@ -49,15 +52,21 @@ CRASHING_CHILD = textwrap.dedent(
     """
 )
 
+# A child process that runs the pipeline once told to go: it says it is ready (`GO.pid`) and
+# starts when the file GO appears, so that two children start racing at the same instant.
 RUNNING_CHILD = textwrap.dedent(
     """
-    import sys
+    import os, sys, time
+    from pathlib import Path
     from batch_pipeline import PipelineSpec
     from batch_pipeline.core.pipeline import Pipeline
 
-    summary = Pipeline(PipelineSpec.from_yaml(sys.argv[1])).run(
-        sys.argv[2], poll_interval=0.2, timeout=90
-    )
+    spec_path, day, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    with Pipeline(PipelineSpec.from_yaml(spec_path)) as pipeline:
+        Path(f"{go}.{os.getpid()}").touch()
+        while not go.exists():
+            time.sleep(0.005)
+        summary = pipeline.run(day, poll_interval=0.2, timeout=90)
     print(summary.rows)
     """
 )
@@ -135,37 +144,57 @@ def test_crash_before_the_ledger_write_is_adopted_not_paid_again(tmp_path, batch
     assert first.id in {b["batch_id"] for b in recorded}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
-def test_two_concurrent_runs_of_one_partition_pay_once(tmp_path, batch_api, ledger, request):
-    overrides = {"name": f"concurrent_{ledger}", "output": {"keep_provider_files": True}}
-    if ledger == "postgresql":
-        overrides["ledger"] = {"url": request.getfixturevalue("postgres_database")}
-    spec_path = write_spec(tmp_path, batch_api, **overrides)
+def start_together(count: int, *args: str, go: Path) -> list[subprocess.Popen]:
+    """Start `count` running children and release them at once, when all are ready."""
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", RUNNING_CHILD, str(spec_path), DAY],
+            [sys.executable, "-c", RUNNING_CHILD, *args, str(go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for _ in range(count)
     ]
-    for child in children:
-        out, err = child.communicate(timeout=120)
-        assert child.returncode == 0, err
-        assert out.strip() == str(ROWS)
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{go}.{child.pid}").exists() for child in children):
+        assert time.monotonic() < deadline and all(c.poll() is None for c in children)
+        time.sleep(0.01)
+    go.touch()
+    return children
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "ledger", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_two_concurrent_runs_of_one_partition_pay_once(tmp_path, batch_api, ledger, request):
+    """The day is built first, and both runs start submitting its shards at the same instant:
+    each shard is submitted by one of them, the two share the shards, and each shard is one
+    batch and one upload on the service."""
+    name = f"concurrent_{ledger}"
+    overrides = {"name": name, "output": {"keep_provider_files": True}}
+    if ledger == "postgresql":  # a database of its own: the audit adds a table and a trigger
+        overrides["ledger"] = {"url": request.getfixturevalue("own_postgres_database")}
+    spec_path = write_spec(tmp_path, batch_api, limits={"max_requests_per_file": 1}, **overrides)
+    spec = PipelineSpec.from_yaml(spec_path)
+    with Pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+    actors: dict[int, str] = {}
+    with ledger_audit.recorded(spec.ledger_url, actors) as race:
+        children = start_together(2, str(spec_path), DAY, go=tmp_path / "go")
+        actors.update({child.pid: f"run {n}" for n, child in enumerate(children, 1)})
+        for child in children:
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err
+            assert out.strip() == str(ROWS)
+    race.check(shards=ROWS)
+    mine = HttpApi(batch_api).batches(name)
+    assert sorted(b.metadata["batch_pipeline_submission"] for b in mine) == sorted(
+        f"{shard}#1" for shard in race.submitters()[DAY]
+    )
     client = openai.OpenAI(base_url=batch_api, api_key="local")
-    mine = [
-        b
-        for b in client.batches.list(limit=100)
-        if (b.metadata or {}).get("batch_pipeline_pipeline") == overrides["name"]
-    ]
-    assert len(mine) == 3, [b.metadata for b in mine]
-    files = [
-        f for f in client.files.list(purpose="batch") if f.filename.startswith(overrides["name"])
-    ]
-    assert len(files) == 3
+    files = [f for f in client.files.list(purpose="batch") if f.filename.startswith(name)]
+    assert len(files) == ROWS
 
 
 class Intercepted:

@@ -110,7 +110,9 @@ def test_submission_runs_succeed_and_say_what_they_built(backfill: Backfill) -> 
         assert ids and all(isinstance(i, str) for i in ids)
 
 
-def test_sensor_asks_once_per_day_for_the_results_run(backfill: Backfill) -> None:
+def test_sensor_asks_once_per_day_for_the_results_run(
+    backfill: Backfill, instance: dg.DagsterInstance
+) -> None:
     name = backfill.spec.name
     assert sorted(r.run_key for r in backfill.requests) == [
         f"{name}:{day}:g1:results:1" for day in DEMO_DAYS
@@ -120,6 +122,20 @@ def test_sensor_asks_once_per_day_for_the_results_run(backfill: Backfill) -> Non
     assert any(" in flight for 2026-11-" in reason for reason in backfill.skip_reasons), (
         backfill.skip_reasons
     )
+    # The backfill stopped looking at the third request. Later ticks, each day's results run
+    # done, ask for nothing more, even from a sensor that would ask again at once.
+    key = backend_resource_key_for(backfill.spec)
+    sensor = build_batch_pipeline_sensor(
+        spec=backfill.spec, backend=backfill.defs.resources[key], rerun_results_after_seconds=0
+    )
+    cursor = None
+    for _ in range(3):
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, definitions=backfill.defs
+        )
+        later = sensor(context)
+        assert not later.run_requests, later.run_requests
+        cursor = later.cursor
 
 
 def test_every_source_row_is_in_the_parquet_once(backfill: Backfill) -> None:

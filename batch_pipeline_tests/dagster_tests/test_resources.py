@@ -4,6 +4,7 @@ and one ledger connection per step, closed after it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from batch_pipeline.core.backends.base import BackendError
 from batch_pipeline.core.spec import BackendSpec, PipelineSpec
 from batch_pipeline.dagster import BatchBackendResource
 from batch_pipeline.demo import demo_spec_data
+from batch_pipeline.local_api.server import run_local_batch_api
 from batch_pipeline_tests.conftest import POSTGRES_ADMIN_URL
 from batch_pipeline_tests.dagster_tests.conftest import SECRET, SECRET_ENV
 
@@ -28,19 +31,35 @@ def test_from_spec_wires_the_key_as_the_variable_the_spec_names() -> None:
     assert BatchBackendResource.from_spec(BackendSpec(provider="local")).api_key is None
 
 
-@pytest.mark.slow
-def test_the_key_reaches_the_backend_but_not_the_environment_nor_repr(
-    batch_api: str, dagster_env: dict[str, str]
-) -> None:
-    resource = BatchBackendResource(
-        provider="openai", base_url=batch_api, api_key=dg.EnvVar(SECRET_ENV)
-    )
-    before = dict(os.environ)
+@pytest.fixture(scope="module")
+def keyed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Batch API that answers only requests carrying SECRET."""
+    with run_local_batch_api(tmp_path_factory.mktemp("keyed"), port=0, api_key=SECRET) as url:
+        yield url
+
+
+def list_batches(resource: BatchBackendResource) -> list:
     backend = resource.get_backend()
     try:
-        assert list(backend.iter_batches(created_after=2**31)) == []  # a real call, authorised
+        return list(backend.iter_batches(created_after=2**31))
     finally:
         backend.close()
+
+
+@pytest.mark.slow
+def test_the_key_reaches_the_backend_but_not_the_environment_nor_repr(
+    keyed_api: str, dagster_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resource = BatchBackendResource(
+        provider="openai", base_url=keyed_api, api_key=dg.EnvVar(SECRET_ENV)
+    )
+    before = dict(os.environ)
+    assert list_batches(resource) == []  # a real call, authorised by the service
+    monkeypatch.setenv(SECRET_ENV, "sk-not-the-key")
+    with pytest.raises(BackendError) as refused:  # the service does check the key
+        list_batches(resource)
+    assert refused.value.status_code == 401
+    monkeypatch.setenv(SECRET_ENV, SECRET)
     assert dict(os.environ) == before
     assert SECRET not in repr(resource)
     assert SECRET not in repr(resource.to_backend_spec())

@@ -36,8 +36,9 @@ def test_the_schedule_runs_the_submit_job_on_the_spec_cron(defs: dg.Definitions)
 
 
 def test_it_targets_yesterday_in_the_schedule_timezone(defs: dg.Definitions) -> None:
-    # 00:30 UTC on the 21st is 01:30 in Paris: yesterday there is the 20th.
-    request = evaluate(defs, datetime(2026, 11, 21, 0, 30, tzinfo=UTC))
+    # 23:30 UTC on the 20th is already 00:30 on the 21st in Paris: yesterday there is the
+    # 20th, where yesterday in UTC would be the 19th.
+    request = evaluate(defs, datetime(2026, 11, 20, 23, 30, tzinfo=UTC))
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "2026-11-20"
     assert request.run_key == "ticket_triage:2026-11-20:nightly"

@@ -6,6 +6,7 @@ import http.client
 import logging
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -14,7 +15,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from batch_pipeline.local_api import LocalApiSettings
+from batch_pipeline.local_api import LocalApiSettings, LocalBatchApi
 from batch_pipeline_tests.local_api_tests.conftest import StartApi
 from batch_pipeline_tests.local_api_tests.helpers import CHAT, chat_line, submit, upload, wait_for
 
@@ -77,15 +78,52 @@ TRAVERSALS = [
     ("GET", "/v1/files/..%5C..%5Cstate/content"),
     ("GET", "/v1/files/file-..%2f..%2fbatches/content"),
     ("DELETE", "/v1/files/%2e%2e%2fbatches"),
+    ("DELETE", "/v1/files/..%2F..%2Fetc%2Fpasswd"),
+    ("POST", "/v1/batches/..%2f..%2fetc%2fpasswd/cancel"),
     ("GET", "/v1/batches/..%2ffiles"),
     ("GET", "/v1/files/file-" + "0" * 32 + "/content"),
+    ("DELETE", "/v1/files/file-" + "0" * 32),
 ]
+PASSWD = b"root:x:0:0:root:/root:/bin/sh\n"
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A service whose state dir holds a file and a finished batch, next to an `etc/passwd`
+    where `../../etc/passwd` from its files folder would land."""
+
+    url: str
+    root: Path
+    client: OpenAI
+
+    def tree(self) -> dict[str, bytes | None]:
+        """Every folder and file under the root, with each file's bytes."""
+        return {
+            str(path.relative_to(self.root)): path.read_bytes() if path.is_file() else None
+            for path in sorted(self.root.rglob("*"))
+        }
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    root = tmp_path_factory.mktemp("guarded")
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_bytes(PASSWD)
+    settings = LocalApiSettings(state_dir=root / "state", port=0, progress_interval_seconds=0.1)
+    with LocalBatchApi(settings) as url:
+        client = OpenAI(base_url=url, api_key="k", max_retries=0)
+        assert wait_for(client, submit(client, [chat_line("a", "hi")]).id).status == "completed"
+        yield Guarded(url, root, client)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "path"), TRAVERSALS)
-def test_traversal_attempts_are_404(shared_url: str, method: str, path: str) -> None:
-    parts = urlsplit(shared_url)
+def test_traversal_attempts_are_404_and_touch_nothing_on_disk(
+    guarded: Guarded, method: str, path: str
+) -> None:
+    before = guarded.tree()
+    files, batches = guarded.client.files.list().data, guarded.client.batches.list().data
+    parts = urlsplit(guarded.url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     connection.request(method, path)  # sent as written, not normalised by a client
     response = connection.getresponse()
@@ -93,7 +131,9 @@ def test_traversal_attempts_are_404(shared_url: str, method: str, path: str) -> 
     connection.close()
     assert response.status == 404
     assert b'"error"' in body and b"root:" not in body
-    assert httpx2.get(f"{shared_url}/files").status_code == 200  # still serving
+    assert guarded.tree() == before  # nothing written, moved or deleted, inside or out
+    assert guarded.client.files.list().data == files  # still serving what it stores
+    assert guarded.client.batches.list().data == batches
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ queued shards as batches finish, and all three poll and collect the same batches
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.sharding import load_manifest
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import BatchStatus, ShardState
+from batch_pipeline_tests import ledger_audit
 from batch_pipeline_tests.reliability_tests.helpers import (
     DAY,
     OTHER_DAY,
@@ -123,7 +125,8 @@ def test_two_processes_and_a_dagster_backfill_pay_once_and_lose_nothing(
     request: pytest.FixtureRequest,
     ledger: str,
 ) -> None:
-    postgres = request.getfixturevalue("postgres_database") if ledger == "postgresql" else None
+    # A database of its own: the test adds an audit table and a trigger to the ledger.
+    postgres = request.getfixturevalue("own_postgres_database") if ledger == "postgresql" else None
     rows = [
         *ticket_rows(ROWS_PER_DAY, prefix="A", day=DAY, body=slow_every_third),
         *ticket_rows(ROWS_PER_DAY, prefix="B", day=OTHER_DAY, body=slow_every_third),
@@ -140,11 +143,13 @@ def test_two_processes_and_a_dagster_backfill_pay_once_and_lose_nothing(
     spec = PipelineSpec.from_yaml(spec_path)
     days_forward = [arg for day in DAYS for arg in ("--partition", day)]
     days_backward = [arg for day in reversed(DAYS) for arg in ("--partition", day)]
-    with BudgetWatch(spec) as watch:
+    actors = {os.getpid(): "the Dagster backfill"}
+    with ledger_audit.recorded(spec.ledger_url, actors) as race, BudgetWatch(spec) as watch:
         children = [
             start_child(child_command(str(spec_path), *days_forward)),
             start_child(child_command(str(spec_path), *days_backward)),
         ]
+        actors.update({child.pid: f"process {n}" for n, child in enumerate(children, 1)})
         runs = dagster_backfill(spec, DAYS, instance, timeout=BACKFILL_TIMEOUT)
         finished = [finish_child(child, tally) for child in children]
     for child in finished:
@@ -160,6 +165,7 @@ def test_two_processes_and_a_dagster_backfill_pay_once_and_lose_nothing(
         check_nothing_lost(pipeline, keyed_api)
     check_files_whole(spec.pipeline_dir, tally)
     assert_no_leak(scan_dagster(instance, tally))
-    assert watch.highest <= BUDGET, (
-        f"{watch.highest} estimated tokens were enqueued at once, over the budget of {BUDGET}"
+    race.check(shards=len(DAYS) * ROWS_PER_DAY // SHARD_ROWS)
+    assert 0 < watch.highest <= BUDGET, (
+        f"{watch.highest} estimated tokens were enqueued at once, against a budget of {BUDGET}"
     )
