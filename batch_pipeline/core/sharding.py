@@ -22,7 +22,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,13 +41,7 @@ from batch_pipeline.core.requests import (
     estimate_request_tokens,
     max_output_tokens,
 )
-from batch_pipeline.core.sources import (
-    DEFAULT_BATCH_SIZE,
-    count_rows_without_day,
-    iter_partition_batches,
-    parse_partition,
-    source_schema,
-)
+from batch_pipeline.core.sources import DEFAULT_BATCH_SIZE, Source, parse_partition, source_for
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot
 from batch_pipeline.core.types import ShardInfo
@@ -641,32 +634,29 @@ def build_partition_requests(
     storage: StorageRoot,
     *,
     generation: int,
-    dataframe: pd.DataFrame | None = None,
+    source: Source | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     heartbeat: Callable[[], None] = lambda: None,
 ) -> Manifest:
     """Read a partition's source rows, build and check their requests, and write the shards,
     the rejected rows and (last) the manifest of attempt 1 of `generation`.
 
-    A rebuild of the same generation replaces that attempt's files. `heartbeat` is called
-    after each source batch (to keep a claim on the build alive; it raises to stop it).
+    `source` is where the rows come from (default: `source_for(spec)`). A rebuild of the same
+    generation replaces that attempt's files. `heartbeat` is called after each source batch
+    (to keep a claim on the build alive; it raises to stop it).
     """
-    parse_partition(partition)
+    day = parse_partition(partition)
+    source = source or source_for(spec)
     builder = RequestBuilder(spec)
-    builder.check_schema(source_schema(spec, dataframe))
+    builder.check_schema(source.schema())
     storage.delete_tree(attempt_dir(partition, generation, FIRST_ATTEMPT))
     source_rows = 0
     with (
         ShardWriter(spec, storage, partition, generation, FIRST_ATTEMPT) as shards,
         _RejectedWriter(storage, rejected_path(partition, generation)) as rejected,
         ReadAhead(
-            iter_partition_batches(
-                spec,
-                partition,
-                dataframe=dataframe,
-                batch_size=batch_size,
-                columns=builder.columns,
-                ties=builder.columns,
+            source.batches(
+                day, batch_size=batch_size, columns=builder.columns, ties=builder.columns
             ),
             name="source-read-ahead",
         ) as batches,
@@ -687,7 +677,7 @@ def build_partition_requests(
         attempt=FIRST_ATTEMPT,
         source_rows=source_rows,
         rejected=rejected.rows,
-        rows_without_day=count_rows_without_day(spec, dataframe),
+        rows_without_day=source.count_rows_without_day(),
     )
 
 
