@@ -173,12 +173,20 @@ def _widened_for_file(
             found = _CSV_CONVERSION_ERROR.search(str(error))
             if found is None:
                 raise SourceError(unreadable(path, error)) from error
-            name = names[int(found[1])]
-            if name == key or name not in schema.names:
+            wider = _one_step_wider(schema, names[int(found[1])], key)
+            if wider is None:
                 raise
-            field = schema.field(name)
-            wider = pa.binary() if pa.types.is_string(field.type) else pa.string()
-            if field.type == wider:
-                raise
-            schema = schema.set(schema.get_field_index(name), field.with_type(wider))
+            schema = wider
     return schema
+
+
+def _one_step_wider(schema: pa.Schema, name: str, key: str) -> pa.Schema | None:
+    """`schema` with column `name` read one step wider (numbers as text, text as bytes);
+    None where it cannot widen (the key, a column already bytes)."""
+    if name == key or name not in schema.names:
+        return None
+    field = schema.field(name)
+    wider = pa.binary() if pa.types.is_string(field.type) else pa.string()
+    if field.type == wider:
+        return None
+    return schema.set(schema.get_field_index(name), field.with_type(wider))
