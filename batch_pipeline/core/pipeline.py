@@ -48,7 +48,7 @@ from batch_pipeline.core.results import (
 )
 from batch_pipeline.core.results import read_results as read_results_dir
 from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests, load_manifest
-from batch_pipeline.core.sources import iter_partition_batches, parse_partition, source_schema
+from batch_pipeline.core.sources import parse_partition, source_for
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
@@ -176,7 +176,7 @@ class Pipeline:
         tuning: Tuning | None = None,
     ) -> None:
         self.spec = spec
-        self.dataframe = dataframe
+        self.source = source_for(spec, dataframe)  # where rows come from, for every stage
         self.ledger = ledger or Ledger(spec.ledger_url, clock=clock)
         self.storage = storage or storage_for(spec.pipeline_dir)
         self.owner = default_owner()
@@ -232,7 +232,7 @@ class Pipeline:
                 partition,
                 self.storage,
                 generation=generation,
-                dataframe=self.dataframe,
+                source=self.source,
                 heartbeat=self._build_heartbeat(partition, generation),
             )
         except BaseException:
@@ -593,14 +593,12 @@ class Pipeline:
         try:
             summary = assemble_results(
                 # Read in the join's own chunks: larger batches only wait, decoded, in memory.
-                source_batches=iter_partition_batches(
-                    self.spec,
-                    partition,
-                    dataframe=self.dataframe,
+                source_batches=self.source.batches(
+                    parse_partition(partition),
                     batch_size=self.tuning.chunk_rows,
                     ties=RequestBuilder(self.spec).columns,  # as the build read them
                 ),
-                source_schema=source_schema(self.spec, self.dataframe),  # for an empty day
+                source_schema=self.source.schema(),  # for an empty day
                 key_column=self.spec.source.key,
                 partition=partition,
                 custom_id_of=lambda keys: custom_ids_for(partition, keys),

@@ -1,19 +1,18 @@
-"""JSONL request shards within the Batch API's limits, their manifest, and retry shards.
+"""JSONL request shards within the Batch API's limits: a partition's build, and retry shards.
 
 Where each file goes under the storage root is `layout`'s to say. Attempt 1 holds a
 generation's build from the source; later attempts hold retry shards made from the original
 lines (retries of one earlier shard keep its index and get their own manifest). Every file is
-written atomically; a manifest exists only once all the shards it lists do, so a missing
-manifest means "not built".
+written atomically; a manifest (`manifest`) exists only once all the shards it lists do, so a
+missing manifest means "not built".
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -22,7 +21,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -33,22 +31,11 @@ from batch_pipeline.core.layout import (
     shard_ids_path,
     shard_path,
 )
-from batch_pipeline.core.prices import cost_usd, price_for
+from batch_pipeline.core.manifest import Manifest, write_manifest
+from batch_pipeline.core.manifest import load_manifest as load_manifest  # read from here too
 from batch_pipeline.core.read_ahead import ReadAhead
-from batch_pipeline.core.requests import (
-    MAX_OUTPUT_PARAMS,
-    REJECTED_SCHEMA,
-    RequestBuilder,
-    estimate_request_tokens,
-    max_output_tokens,
-)
-from batch_pipeline.core.sources import (
-    DEFAULT_BATCH_SIZE,
-    count_rows_without_day,
-    iter_partition_batches,
-    parse_partition,
-    source_schema,
-)
+from batch_pipeline.core.requests import REJECTED_SCHEMA, RequestBuilder, estimate_request_tokens
+from batch_pipeline.core.sources import DEFAULT_BATCH_SIZE, Source, parse_partition, source_for
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot
 from batch_pipeline.core.types import ShardInfo
@@ -63,214 +50,6 @@ RequestLine = tuple[str, bytes, int]  # (custom_id, line bytes ending in "\n", e
 def shard_id(pipeline: str, partition: str, generation: int, attempt: int, index: int) -> str:
     """A shard's identity, also carried in its provider batch's metadata."""
     return f"{pipeline}:{partition}:g{generation}:a{attempt}:s{index:05d}"
-
-
-# -- manifest ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShardEstimate:
-    """What a shard is estimated to cost; None where the model's price is unknown."""
-
-    shard_id: str
-    estimated_output_tokens: int
-    estimated_cost_live_usd: float | None
-    estimated_cost_batch_usd: float | None
-
-
-# The ShardInfo fields a manifest lists per shard; the rest are the manifest's own.
-_SHARD_FIELDS = ("shard_id", "index", "path", "rows", "bytes", "sha256", "estimated_input_tokens")
-_COMMON_FIELDS = ("pipeline", "partition", "generation", "attempt", "model", "endpoint")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What one attempt of a partition's generation holds: its shards, counts and estimates."""
-
-    pipeline: str
-    partition: str
-    generation: int
-    attempt: int
-    model: str
-    endpoint: str
-    source_rows: int
-    requests: int
-    rejected: int
-    shards: tuple[ShardInfo, ...]
-    estimates: tuple[ShardEstimate, ...]
-    path: str  # where this manifest is stored, relative to the storage root
-    notes: tuple[str, ...] = ()
-    rows_without_day: int = 0  # source rows of no partition at all (counted by first builds)
-
-    @property
-    def bytes(self) -> int:
-        return sum(shard.bytes for shard in self.shards)
-
-    @property
-    def estimated_input_tokens(self) -> int:
-        return sum(shard.estimated_input_tokens for shard in self.shards)
-
-    @property
-    def estimated_output_tokens(self) -> int:
-        return sum(estimate.estimated_output_tokens for estimate in self.estimates)
-
-    @property
-    def estimated_cost_live_usd(self) -> float | None:
-        return _total([estimate.estimated_cost_live_usd for estimate in self.estimates])
-
-    @property
-    def estimated_cost_batch_usd(self) -> float | None:
-        return _total([estimate.estimated_cost_batch_usd for estimate in self.estimates])
-
-    @property
-    def totals(self) -> dict[str, Any]:
-        return {
-            "shards": len(self.shards),
-            "requests": self.requests,
-            "bytes": self.bytes,
-            "estimated_input_tokens": self.estimated_input_tokens,
-            "estimated_output_tokens": self.estimated_output_tokens,
-            "estimated_cost_live_usd": self.estimated_cost_live_usd,
-            "estimated_cost_batch_usd": self.estimated_cost_batch_usd,
-        }
-
-    def to_json(self) -> bytes:
-        shards = [
-            {
-                **{name: getattr(shard, name) for name in _SHARD_FIELDS},
-                **{k: v for k, v in dataclasses.asdict(estimate).items() if k != "shard_id"},
-            }
-            for shard, estimate in zip(self.shards, self.estimates, strict=True)
-        ]
-        document = {
-            **{
-                f.name: getattr(self, f.name)
-                for f in dataclasses.fields(self)
-                if f.name not in ("shards", "estimates", "notes")
-            },
-            "shards": shards,
-            "totals": self.totals,
-            "notes": list(self.notes),
-        }
-        return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> Manifest:
-        document = orjson.loads(data)
-        common = {name: document[name] for name in _COMMON_FIELDS}
-        shards = tuple(
-            ShardInfo(**common, **{name: shard[name] for name in _SHARD_FIELDS})
-            for shard in document["shards"]
-        )
-        estimates = tuple(
-            ShardEstimate(
-                shard_id=shard["shard_id"],
-                **{
-                    f.name: shard[f.name]
-                    for f in dataclasses.fields(ShardEstimate)
-                    if f.name != "shard_id"
-                },
-            )
-            for shard in document["shards"]
-        )
-        return cls(
-            **common,
-            source_rows=document["source_rows"],
-            requests=document["requests"],
-            rejected=document["rejected"],
-            shards=shards,
-            estimates=estimates,
-            path=document["path"],
-            notes=tuple(document.get("notes", ())),
-            rows_without_day=document.get("rows_without_day", 0),
-        )
-
-
-def _total(costs: list[float | None]) -> float | None:
-    """The sum of the costs, or None if any is unknown."""
-    return None if None in costs else round(sum(costs), 6)  # type: ignore[arg-type]
-
-
-def load_manifest(
-    storage: StorageRoot,
-    partition: str,
-    generation: int,
-    attempt: int,
-    first_index: int | None = None,
-) -> Manifest:
-    """A stored manifest (FileNotFoundError if that build never completed)."""
-    path = manifest_path(partition, generation, attempt, first_index)
-    return Manifest.from_json(storage.read_bytes(path))
-
-
-def _write_manifest(
-    spec: PipelineSpec,
-    storage: StorageRoot,
-    path: str,
-    shards: Sequence[ShardInfo],
-    *,
-    partition: str,
-    generation: int,
-    attempt: int,
-    source_rows: int,
-    rejected: int,
-    rows_without_day: int = 0,
-) -> Manifest:
-    """Estimate the shards' costs and write their manifest (atomically, after the shards)."""
-    request = spec.request
-    output_per_request = max_output_tokens(request.params)
-    notes = []
-    if rows_without_day:
-        notes.append(
-            f"{rows_without_day} source rows fall on no day (column "
-            f"{spec.source.partition_column!r} is null, or text not starting with a date): "
-            "no partition's requests or results hold them"
-        )
-    if output_per_request is None:
-        notes.append(
-            f"request.params sets none of {', '.join(MAX_OUTPUT_PARAMS)}: estimated output "
-            "tokens are 0, so the estimated costs cover input tokens only"
-        )
-    if price_for(request.model, spec.prices) is None:
-        notes.append(f"no price is known for model {request.model!r}: costs are unknown")
-
-    def estimate(shard: ShardInfo) -> ShardEstimate:
-        output_tokens = shard.rows * (output_per_request or 0)
-        live, batch = (
-            cost_usd(
-                request.model,
-                shard.estimated_input_tokens,
-                output_tokens,
-                batch=batch,
-                overrides=spec.prices,
-            )
-            for batch in (False, True)
-        )
-        return ShardEstimate(
-            shard.shard_id,
-            output_tokens,
-            None if live is None else round(live, 6),
-            None if batch is None else round(batch, 6),
-        )
-
-    manifest = Manifest(
-        pipeline=spec.name,
-        partition=partition,
-        generation=generation,
-        attempt=attempt,
-        model=request.model,
-        endpoint=request.endpoint.value,
-        source_rows=source_rows,
-        requests=sum(shard.rows for shard in shards),
-        rejected=rejected,
-        shards=tuple(shards),
-        estimates=tuple(estimate(shard) for shard in shards),
-        path=path,
-        notes=tuple(notes),
-        rows_without_day=rows_without_day,
-    )
-    storage.write_bytes(path, manifest.to_json())
-    return manifest
 
 
 # -- shard writer -----------------------------------------------------------------------------
@@ -641,32 +420,29 @@ def build_partition_requests(
     storage: StorageRoot,
     *,
     generation: int,
-    dataframe: pd.DataFrame | None = None,
+    source: Source | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     heartbeat: Callable[[], None] = lambda: None,
 ) -> Manifest:
     """Read a partition's source rows, build and check their requests, and write the shards,
     the rejected rows and (last) the manifest of attempt 1 of `generation`.
 
-    A rebuild of the same generation replaces that attempt's files. `heartbeat` is called
-    after each source batch (to keep a claim on the build alive; it raises to stop it).
+    `source` is where the rows come from (default: `source_for(spec)`). A rebuild of the same
+    generation replaces that attempt's files. `heartbeat` is called after each source batch
+    (to keep a claim on the build alive; it raises to stop it).
     """
-    parse_partition(partition)
+    day = parse_partition(partition)
+    source = source or source_for(spec)
     builder = RequestBuilder(spec)
-    builder.check_schema(source_schema(spec, dataframe))
+    builder.check_schema(source.schema())
     storage.delete_tree(attempt_dir(partition, generation, FIRST_ATTEMPT))
     source_rows = 0
     with (
         ShardWriter(spec, storage, partition, generation, FIRST_ATTEMPT) as shards,
         _RejectedWriter(storage, rejected_path(partition, generation)) as rejected,
         ReadAhead(
-            iter_partition_batches(
-                spec,
-                partition,
-                dataframe=dataframe,
-                batch_size=batch_size,
-                columns=builder.columns,
-                ties=builder.columns,
+            source.batches(
+                day, batch_size=batch_size, columns=builder.columns, ties=builder.columns
             ),
             name="source-read-ahead",
         ) as batches,
@@ -677,7 +453,7 @@ def build_partition_requests(
             rejected.write(built.rejected)
             source_rows += built.source_rows
             heartbeat()
-    return _write_manifest(
+    return write_manifest(
         spec,
         storage,
         manifest_path(partition, generation, FIRST_ATTEMPT),
@@ -687,7 +463,7 @@ def build_partition_requests(
         attempt=FIRST_ATTEMPT,
         source_rows=source_rows,
         rejected=rejected.rows,
-        rows_without_day=count_rows_without_day(spec, dataframe),
+        rows_without_day=source.count_rows_without_day(),
     )
 
 
@@ -739,7 +515,7 @@ def write_retry_shards(
                 ),
                 np.asarray(tokens, dtype=np.int64),
             )
-    return _write_manifest(
+    return write_manifest(
         spec,
         storage,
         manifest_path(partition, generation, attempt, first_index),

@@ -18,6 +18,7 @@ from batch_pipeline.core.sharding import (
     shard_ids_path,
     write_retry_shards,
 )
+from batch_pipeline.core.sources import source_for
 from batch_pipeline.core.spec import ModelPrice, PipelineSpec, SpecError
 from batch_pipeline.core.storage import LocalStorage
 
@@ -197,7 +198,7 @@ def test_rejected_rows_are_written_with_their_reasons(tmp_path):
         }
     )
     spec = make_spec(tmp_path)
-    storage, manifest = build(tmp_path, spec, dataframe=frame)
+    storage, manifest = build(tmp_path, spec, source=source_for(spec, frame))
 
     assert (manifest.source_rows, manifest.requests, manifest.rejected) == (5, 2, 3)
     rejected = pq.read_table(

@@ -1,0 +1,86 @@
+"""Which day a source row falls on: the partition key's day, and the filter that keeps a
+day's rows, pushed down to the scan.
+
+The partition column may be a date, a timestamp (naive: the day as it reads; tz-aware: the
+day in the spec's `schedule.timezone`, the zone the partitions count days in) or an ISO text
+(its first 10 characters are the day).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from batch_pipeline.core.spec import SpecError
+
+PARTITION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+DAY_PREFIX = "^" + PARTITION_PATTERN.pattern  # a text that starts with a day
+
+
+def parse_partition(partition: str) -> date:
+    """The day a partition key names; anything but a real `YYYY-MM-DD` is a ValueError."""
+    if not isinstance(partition, str) or not PARTITION_PATTERN.fullmatch(partition):
+        raise ValueError(f"partition {partition!r} is not a day in the form YYYY-MM-DD")
+    try:
+        return date.fromisoformat(partition)
+    except ValueError as exc:
+        raise ValueError(f"partition {partition!r} is not a valid date: {exc}") from None
+
+
+def is_text(column_type: pa.DataType) -> bool:
+    return pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
+
+
+def decoded(column: str, column_type: pa.DataType) -> tuple[ds.Expression, pa.DataType]:
+    """The column as an expression over its values, and their type (a dictionary column's
+    values, not its indices)."""
+    field = ds.field(column)
+    if pa.types.is_dictionary(column_type):
+        return field.cast(column_type.value_type), column_type.value_type
+    return field, column_type
+
+
+def partition_filter(
+    column: str, column_type: pa.DataType, day: date, *, timezone: str = "UTC"
+) -> ds.Expression:
+    """A dataset filter keeping the rows of `column` that fall on `day` (pushed down to scans).
+
+    A timezone-aware timestamp falls on the day it is in `timezone` (the spec's
+    `schedule.timezone`, which the Dagster partitions and the nightly schedule count days
+    in too); naive timestamps, dates and ISO strings are taken as they read.
+    """
+    field, column_type = decoded(column, column_type)
+    if pa.types.is_date(column_type):
+        return field == pa.scalar(day, column_type)
+    if pa.types.is_timestamp(column_type):
+        start, end = _day_bounds(day, timezone if column_type.tz else None)
+        return (field >= pa.scalar(start, column_type)) & (field < pa.scalar(end, column_type))
+    if is_text(column_type):
+        # The same as "first 10 characters equal the day", but as a range the scan can push down:
+        # the upper end is the day with its last character bumped, the next 10-char string.
+        text = day.isoformat()
+        return (field >= text) & (field < text[:-1] + chr(ord(text[-1]) + 1))
+    raise SpecError(
+        f"source.partition_column: column {column!r} has type {column_type}; "
+        "it must be a date, a timestamp or an ISO date string"
+    )
+
+
+def _day_bounds(day: date, tz: str | None) -> tuple[datetime, datetime]:
+    """Midnight of `day` and of the next day, as wall time (naive) or in the zone `tz`."""
+    start = datetime.combine(day, datetime.min.time())
+    end = start + timedelta(days=1)
+    if tz is None:
+        return start, end
+
+    def localize(moment: datetime) -> datetime:
+        localized = pd.Timestamp(moment).tz_localize(
+            tz, ambiguous=True, nonexistent="shift_forward"
+        )
+        return localized.to_pydatetime()
+
+    return localize(start), localize(end)
