@@ -25,7 +25,7 @@ import orjson
 from batch_pipeline.core.tokens import count_tokens as _count_tokens
 from batch_pipeline.core.tokens import encoding_for_model
 from batch_pipeline.local_api.errors import error_body, error_type_for_status
-from batch_pipeline.local_api.faults import content_text
+from batch_pipeline.local_api.request_texts import content_text
 from batch_pipeline.local_api.upstream import Flight, UpstreamWatch, Withdrawn, shown_url
 
 log = logging.getLogger(__name__)

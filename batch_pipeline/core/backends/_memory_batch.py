@@ -21,8 +21,9 @@ from batch_pipeline.core.tokens import count_tokens
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, RequestCounts
 from batch_pipeline.local_api.errors import error_body, fault_error_body
 from batch_pipeline.local_api.faults import Fault, detect_fault
+from batch_pipeline.local_api.request_texts import prompt_texts
 from batch_pipeline.local_api.responders import EchoResponder
-from batch_pipeline.local_api.validation import MODEL_OPTIONAL_ENDPOINTS, prompt_texts
+from batch_pipeline.local_api.validation import MODEL_OPTIONAL_ENDPOINTS
 from batch_pipeline.local_api.worker import (
     CANCELLED_CODE,
     CANCELLED_MESSAGE,
