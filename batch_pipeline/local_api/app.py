@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from batch_pipeline.core.tokens import default_encoding
+from batch_pipeline.local_api.answers import Responder
 from batch_pipeline.local_api.auth import ApiKeyAuth
 from batch_pipeline.local_api.azure import (
     AZURE_PREFIX,
@@ -37,7 +38,7 @@ from batch_pipeline.local_api.settings import LocalApiSettings, default_expiry
 from batch_pipeline.local_api.store import BATCH_ID_RE, FILE_ID_RE, Store, public
 from batch_pipeline.local_api.uploads import MultipartUpload, UploadInvalid, UploadTooLarge
 from batch_pipeline.local_api.validation import SUPPORTED_ENDPOINTS
-from batch_pipeline.local_api.worker import BatchEngine, Responder
+from batch_pipeline.local_api.worker import BatchEngine
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,12 @@ import orjson
 
 from batch_pipeline.core.tokens import count_tokens as _count_tokens
 from batch_pipeline.core.tokens import encoding_for_model
+from batch_pipeline.local_api.answers import Answer, Reply, UpstreamUnavailable
 from batch_pipeline.local_api.errors import error_body, error_type_for_status
 from batch_pipeline.local_api.request_texts import content_text
 from batch_pipeline.local_api.upstream import Flight, UpstreamWatch, Withdrawn, shown_url
 
 log = logging.getLogger(__name__)
-
-Answer = tuple[int, dict[str, Any]]
-Reply = tuple[int, dict[str, Any], str | None]  # an Answer and the upstream's request id
 
 # Failures before the request reached the upstream: it was not sent, so not paid for.
 _NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout)
@@ -57,10 +55,6 @@ MODERATION_CATEGORIES = (
 
 # Batches repeat the same system prompt on every line: count each distinct text once.
 count_tokens = lru_cache(maxsize=8192)(_count_tokens)
-
-
-class UpstreamUnavailable(Exception):
-    """The upstream server gave a request no HTTP answer, even after its retries."""
 
 
 def _bad_request(message: str, param: str | None = None, code: str | None = None) -> Answer:
