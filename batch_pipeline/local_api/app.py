@@ -23,7 +23,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from batch_pipeline.core.tokens import default_encoding
-from batch_pipeline.local_api.answers import Responder
 from batch_pipeline.local_api.auth import ApiKeyAuth
 from batch_pipeline.local_api.azure import (
     AZURE_PREFIX,
@@ -33,7 +32,7 @@ from batch_pipeline.local_api.azure import (
 )
 from batch_pipeline.local_api.errors import ApiError, error_body
 from batch_pipeline.local_api.file_form import expires_after_seconds, read_file_form
-from batch_pipeline.local_api.responders import EchoResponder, ProxyResponder
+from batch_pipeline.local_api.responders import make_responder
 from batch_pipeline.local_api.settings import LocalApiSettings, default_expiry
 from batch_pipeline.local_api.store import BATCH_ID_RE, FILE_ID_RE, Store, public
 from batch_pipeline.local_api.uploads import MultipartUpload, UploadInvalid, UploadTooLarge
@@ -61,21 +60,6 @@ class JSONResponse(Response):
 
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-def make_responder(settings: LocalApiSettings) -> Responder:
-    """The responder the settings ask for."""
-    if settings.responder == "proxy":
-        assert settings.upstream_url is not None
-        return ProxyResponder(
-            settings.upstream_url,
-            api_key=settings.resolved_upstream_api_key(),
-            concurrency=settings.concurrency,
-            timeout=settings.upstream_timeout_seconds,
-            max_retries=settings.upstream_max_retries,
-            backoff=settings.upstream_backoff_seconds,
-        )
-    return EchoResponder()
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
