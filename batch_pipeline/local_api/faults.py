@@ -45,3 +45,16 @@ def detect_fault(endpoint: str, body: dict[str, Any], raw: bytes | None = None) 
             return Fault("fail", status=int(status))
         return Fault("slow", seconds=float(seconds))
     return None
+
+
+class EveryNth:
+    """A service-wide fault that strikes on every Nth call (never when N is 0)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.calls = 0
+
+    def strikes(self) -> bool:
+        """Count a call; True if this one is to fail."""
+        self.calls += 1
+        return bool(self.every) and self.calls % self.every == 0
