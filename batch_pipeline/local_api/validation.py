@@ -231,7 +231,7 @@ def _check_line(
     `seen_ids` and its model in `result`."""
     try:
         request = _parse_request(raw, number)
-        custom_id = _check_custom_id(request, number)
+        custom_id = _non_empty_string(request["custom_id"], number, "custom_id")
         _check_method(request, number)
         _check_url(request, number, endpoint, azure)
         body = _check_body(request, number)
@@ -272,16 +272,16 @@ def _missing(number: int, name: str) -> _LineError:
     )
 
 
-def _check_custom_id(request: dict[str, Any], number: int) -> str:
-    custom_id = request["custom_id"]
-    if not isinstance(custom_id, str) or not custom_id:
+def _non_empty_string(value: Any, number: int, name: str) -> str:
+    """`value` if it is a non-empty string, else the `invalid_parameter` error of `name`."""
+    if not isinstance(value, str) or not value:
         raise _LineError(
             "invalid_parameter",
-            f"Line {number}: 'custom_id' must be a non-empty string.",
+            f"Line {number}: '{name}' must be a non-empty string.",
             number,
-            "custom_id",
+            name,
         )
-    return custom_id
+    return value
 
 
 def _check_method(request: dict[str, Any], number: int) -> None:
@@ -330,13 +330,7 @@ def _check_model(
         if endpoint in MODEL_OPTIONAL_ENDPOINTS:
             return
         raise _missing(number, "body.model")
-    if not isinstance(model, str) or not model:
-        raise _LineError(
-            "invalid_parameter",
-            f"Line {number}: 'body.model' must be a non-empty string.",
-            number,
-            "body.model",
-        )
+    model = _non_empty_string(model, number, "body.model")
     if result.model is None:
         result.model = model
     elif model != result.model:
