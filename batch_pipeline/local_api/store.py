@@ -6,7 +6,7 @@ Layout under the state dir::
     files/<file_id>.json    its metadata (the OpenAI File object, plus `_`-prefixed internals)
     batches/<batch_id>.json a batch record (the OpenAI Batch object, plus internals)
     work/<batch_id>/        a running batch: its own link to its input's bytes, and its
-                            partial results (see worker.py)
+                            partial results (see partial_results.py)
     tmp/                    uploads being received, downloads being sent
     .lock                   held by the one service using the state dir
 
