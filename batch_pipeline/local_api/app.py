@@ -5,7 +5,6 @@ in Azure OpenAI's (see `azure`)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -16,77 +15,34 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from batch_pipeline.core.tokens import default_encoding
 from batch_pipeline.local_api._http import api_error, http_error, server_error
 from batch_pipeline.local_api.auth import ApiKeyAuth
 from batch_pipeline.local_api.azure import AZURE_PREFIX, require_api_version
 from batch_pipeline.local_api.batches_routes import BatchesRoutes
 from batch_pipeline.local_api.errors import ApiError
 from batch_pipeline.local_api.files_routes import FilesRoutes
-from batch_pipeline.local_api.responders import make_responder
+from batch_pipeline.local_api.service import LocalBatchService
 from batch_pipeline.local_api.settings import LocalApiSettings
-from batch_pipeline.local_api.store import Store
-from batch_pipeline.local_api.worker import BatchEngine
-
-log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class LocalBatchService:
-    """The service's state shared by the routes: store, engine and settings."""
-
-    def __init__(self, settings: LocalApiSettings) -> None:
-        self.settings = settings
-        self.store: Store | None = None
-        self.engine: BatchEngine | None = None
-        self.startup_error: Exception | None = None  # why `open` failed, for the caller
-
-    def open(self) -> None:
-        """Load the state dir and the tokenizer, and start the batch engine."""
-        default_encoding()
-        self.store = Store(self.settings.state_dir)
-        self.engine = BatchEngine(self.store, self.settings, make_responder(self.settings))
-        self.engine.start()
-
-    def close(self) -> None:
-        """Stop the batch engine (work in progress is resumed at the next open) and let go of
-        the state dir."""
-        if self.engine is not None:
-            self.engine.stop()
-            self.engine = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-
-    @property
-    def running_store(self) -> Store:
-        """The store of the started service."""
-        assert self.store is not None, "service not started"
-        return self.store
-
-    @property
-    def running_engine(self) -> BatchEngine:
-        """The batch engine of the started service."""
-        assert self.engine is not None, "service not started"
-        return self.engine
-
-    def routes(self) -> list[Route]:
-        """One route per path, so that a 405's `Allow` lists every method the path takes."""
-        files, batches = FilesRoutes(self), BatchesRoutes(self)
-        handlers: dict[str, dict[str, Handler]] = {
-            "/files": {"POST": files.create_file, "GET": files.list_files},
-            "/files/{file_id}": {"GET": files.retrieve_file, "DELETE": files.delete_file},
-            "/files/{file_id}/content": {"GET": files.file_content},
-            "/batches": {"POST": batches.create_batch, "GET": batches.list_batches},
-            "/batches/{batch_id}": {"GET": batches.retrieve_batch},
-            "/batches/{batch_id}/cancel": {"POST": batches.cancel_batch},
-        }
-        return [
-            Route(prefix + path, _by_method(methods, azure=azure), methods=list(methods))
-            for prefix, azure in (("/v1", False), (AZURE_PREFIX, True))
-            for path, methods in handlers.items()
-        ]
+def _routes(service: LocalBatchService) -> list[Route]:
+    """One route per path, so that a 405's `Allow` lists every method the path takes."""
+    files, batches = FilesRoutes(service), BatchesRoutes(service)
+    handlers: dict[str, dict[str, Handler]] = {
+        "/files": {"POST": files.create_file, "GET": files.list_files},
+        "/files/{file_id}": {"GET": files.retrieve_file, "DELETE": files.delete_file},
+        "/files/{file_id}/content": {"GET": files.file_content},
+        "/batches": {"POST": batches.create_batch, "GET": batches.list_batches},
+        "/batches/{batch_id}": {"GET": batches.retrieve_batch},
+        "/batches/{batch_id}/cancel": {"POST": batches.cancel_batch},
+    }
+    return [
+        Route(prefix + path, _by_method(methods, azure=azure), methods=list(methods))
+        for prefix, azure in (("/v1", False), (AZURE_PREFIX, True))
+        for path, methods in handlers.items()
+    ]
 
 
 def _by_method(handlers: dict[str, Handler], *, azure: bool) -> Handler:
@@ -127,7 +83,7 @@ def create_app(settings: LocalApiSettings) -> Starlette:
 
     middleware = [Middleware(ApiKeyAuth, api_key=api_key)] if api_key else []
     app = Starlette(
-        routes=service.routes(),
+        routes=_routes(service),
         middleware=middleware,
         exception_handlers={
             ApiError: api_error,

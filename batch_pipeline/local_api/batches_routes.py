@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,11 +22,9 @@ from batch_pipeline.local_api.errors import ApiError
 from batch_pipeline.local_api.faults import EveryNth
 from batch_pipeline.local_api.file_form import expires_after_seconds
 from batch_pipeline.local_api.files_routes import no_such_file
+from batch_pipeline.local_api.service import LocalBatchService
 from batch_pipeline.local_api.store import BATCH_ID_RE, public
 from batch_pipeline.local_api.validation import SUPPORTED_ENDPOINTS
-
-if TYPE_CHECKING:
-    from batch_pipeline.local_api.app import LocalBatchService
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
@@ -18,12 +17,10 @@ from batch_pipeline.local_api._http import JSONResponse, cursor_param, int_param
 from batch_pipeline.local_api.errors import ApiError
 from batch_pipeline.local_api.faults import EveryNth
 from batch_pipeline.local_api.file_form import FileForm, read_file_form
+from batch_pipeline.local_api.service import LocalBatchService
 from batch_pipeline.local_api.settings import default_expiry
 from batch_pipeline.local_api.store import FILE_ID_RE, public
 from batch_pipeline.local_api.uploads import MultipartUpload, UploadInvalid, UploadTooLarge
-
-if TYPE_CHECKING:
-    from batch_pipeline.local_api.app import LocalBatchService
 
 log = logging.getLogger(__name__)
 
