@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from batch_pipeline.local_api.request_texts import user_texts
+
 FAULT_RE = re.compile(r"<<(?:fail:([45]\d\d)|(hang)|slow:(\d+(?:\.\d+)?))>>")
 
 
@@ -26,52 +28,6 @@ class Fault:
     kind: Literal["fail", "hang", "slow"]
     status: int = 0
     seconds: float = 0.0
-
-
-def content_text(content: Any) -> str:
-    """The text of a message `content`: a string, or the text parts of a list joined by \\n."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return "\n".join(parts)
-    return ""
-
-
-def user_texts(endpoint: str, body: dict[str, Any]) -> list[str]:
-    """The texts a user wrote in a request body, by endpoint."""
-    if endpoint == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return []
-        return [
-            content_text(m.get("content"))
-            for m in messages
-            if isinstance(m, dict) and m.get("role") == "user"
-        ]
-    if endpoint == "/v1/responses":
-        value = body.get("input")
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, list):
-            return [
-                content_text(item.get("content"))
-                for item in value
-                if isinstance(item, dict) and item.get("role", "user") == "user"
-            ]
-        return []
-    key = "prompt" if endpoint == "/v1/completions" else "input"
-    value = body.get(key)
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [content_text([v]) for v in value if isinstance(v, (str, dict))]
-    return []
 
 
 def detect_fault(endpoint: str, body: dict[str, Any], raw: bytes | None = None) -> Fault | None:
@@ -89,3 +45,16 @@ def detect_fault(endpoint: str, body: dict[str, Any], raw: bytes | None = None) 
             return Fault("fail", status=int(status))
         return Fault("slow", seconds=float(seconds))
     return None
+
+
+class EveryNth:
+    """A service-wide fault that strikes on every Nth call (never when N is 0)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.calls = 0
+
+    def strikes(self) -> bool:
+        """Count a call; True if this one is to fail."""
+        self.calls += 1
+        return bool(self.every) and self.calls % self.every == 0

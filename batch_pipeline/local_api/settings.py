@@ -132,6 +132,19 @@ class LocalApiSettings:
             raise ValueError(f"responder must be one of {RESPONDERS}, not {self.responder!r}")
         if self.responder == "proxy" and not self.upstream_url:
             raise ValueError("the proxy responder needs upstream_url")
+        self._check_ranges()
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if not (
+            self.api_key or self.api_key_env or self.insecure_no_auth or is_loopback(self.host)
+        ):
+            raise ValueError(
+                f"host {self.host} is reachable from other machines: set an API key "
+                "(--api-key-env VAR) or, to serve it open to all, --insecure-no-auth"
+            )
+
+    def _check_ranges(self) -> None:
+        """Sizes, counts and durations: positive, or at least not negative."""
         positive = (
             "concurrency",
             "completion_window_seconds",
@@ -160,15 +173,6 @@ class LocalApiSettings:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be between 0 and 65535")
-        if not (
-            self.api_key or self.api_key_env or self.insecure_no_auth or is_loopback(self.host)
-        ):
-            raise ValueError(
-                f"host {self.host} is reachable from other machines: set an API key "
-                "(--api-key-env VAR) or, to serve it open to all, --insecure-no-auth"
-            )
 
     @property
     def triggers_faults(self) -> bool:

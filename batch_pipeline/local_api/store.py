@@ -6,7 +6,7 @@ Layout under the state dir::
     files/<file_id>.json    its metadata (the OpenAI File object, plus `_`-prefixed internals)
     batches/<batch_id>.json a batch record (the OpenAI Batch object, plus internals)
     work/<batch_id>/        a running batch: its own link to its input's bytes, and its
-                            partial results (see worker.py)
+                            partial results (see partial_results.py)
     tmp/                    uploads being received, downloads being sent
     .lock                   held by the one service using the state dir
 
@@ -22,8 +22,6 @@ ids sorts by creation and a pagination cursor stays valid even if its object was
 from __future__ import annotations
 
 import bisect
-import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -35,9 +33,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from batch_pipeline.core.types import TERMINAL_BATCH_STATUSES
+from batch_pipeline.local_api._records import (
+    IdFactory,
+    Record,
+    Table,
+    link_or_copy,
+    lock_state_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,102 +51,10 @@ TERMINAL_STATUSES = frozenset(status.value for status in TERMINAL_BATCH_STATUSES
 INPUT_LINK = "input.jsonl"
 LOCK_FILE = ".lock"
 
-Record = dict[str, Any]
-
 
 def public(record: Record) -> Record:
     """The wire form of a record: without the `_`-prefixed internal fields."""
     return {k: v for k, v in record.items() if not k.startswith("_")}
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new content.
-
-    `durable=False` skips the fsync: cheaper, atomic against a crash of the process, but the
-    new content may not survive a crash of the machine.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _link_or_copy(source: Path, dest: Path) -> None:
-    """`dest` as a second name of `source`'s bytes (a copy where hard links fail)."""
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
-
-
-class StateDirInUse(RuntimeError):
-    """Another service holds the state dir: two would answer the same batches twice."""
-
-
-def _fsync_path(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-class _IdFactory:
-    """Opaque ids: 14 hex digits of creation time in microseconds, then 18 random ones."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last = 0
-
-    def observe(self, existing_id: str) -> None:
-        """Never issue an id sorting before one that already exists (clock steps back)."""
-        stamp = int(existing_id.split("-", 1)[-1].split("_", 1)[-1][:14], 16)
-        with self._lock:
-            self._last = max(self._last, stamp)
-
-    def new(self, prefix: str) -> str:
-        with self._lock:
-            stamp = max(time.time_ns() // 1000, self._last + 1)
-            self._last = stamp
-        return f"{prefix}{stamp:014x}{secrets.token_hex(9)}"
-
-
-class _Table:
-    """Records of one kind, in memory and on disk, ordered by id."""
-
-    def __init__(self, directory: Path, id_re: re.Pattern[str]) -> None:
-        self.dir = directory
-        self.id_re = id_re
-        self.records: dict[str, Record] = {}
-        self.ids: list[str] = []  # sorted ascending == creation order
-        self.versions: dict[str, int] = {}
-        self.written: dict[str, int] = {}
-        self.synced: dict[str, int] = {}  # the latest version written with fsync
-        self.io_locks: dict[str, threading.Lock] = {}
-
-    def load(self) -> Iterable[str]:
-        for path in self.dir.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
-        for path in self.dir.glob("*.json"):
-            record_id = path.stem
-            if not self.id_re.match(record_id):
-                continue
-            try:
-                record = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                log.warning("ignoring unreadable record %s: %s", path.name, exc)
-                continue
-            self.records[record_id] = record
-        self.ids = sorted(self.records)
-        return self.ids
-
-    def path(self, record_id: str) -> Path:
-        return self.dir / f"{record_id}.json"
 
 
 class Store:
@@ -156,15 +67,15 @@ class Store:
         self.work_root = self.root / "work"
         self.tmp_dir = self.root / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_state_dir(self.root / LOCK_FILE)
+        self._lock_file = lock_state_dir(self.root / LOCK_FILE)
         for d in (self.files_dir, self.batches_dir, self.work_root, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir(exist_ok=True)
         self._lock = threading.RLock()
-        self._ids = _IdFactory()
-        self._files = _Table(self.files_dir, FILE_ID_RE)
-        self._batches = _Table(self.batches_dir, BATCH_ID_RE)
+        self._ids = IdFactory()
+        self._files = Table(self.files_dir, FILE_ID_RE)
+        self._batches = Table(self.batches_dir, BATCH_ID_RE)
         for table in (self._files, self._batches):
             for record_id in table.load():
                 self._ids.observe(record_id)
@@ -191,28 +102,12 @@ class Store:
             if blob.stem not in self._files.records:
                 blob.unlink(missing_ok=True)
 
-    def _persist(self, table: _Table, record_id: str, *, durable: bool = True) -> None:
+    def _persist(self, table: Table, record_id: str, *, durable: bool = True) -> None:
         """Write the current version of a record, never overwriting a newer one."""
         with self._lock:
-            record = table.records.get(record_id)
-            if record is None:
-                return
-            version = table.versions.get(record_id, 0) + 1
-            table.versions[record_id] = version
-            data = orjson.dumps(record)
-            io_lock = table.io_locks.setdefault(record_id, threading.Lock())
-        with io_lock:
-            written = table.written.get(record_id, 0)
-            if written >= version:
-                # A newer version is on disk already; make it durable if this one had to be.
-                if durable and table.synced.get(record_id, 0) < version:
-                    _fsync_path(table.path(record_id))
-                    table.synced[record_id] = written
-                return
-            atomic_write_bytes(table.path(record_id), data, durable=durable)
-            table.written[record_id] = version
-            if durable:
-                table.synced[record_id] = version
+            version = table.next_version(record_id)
+        if version is not None:
+            table.write(*version, durable=durable)
 
     def new_tmp_path(self, suffix: str = ".part") -> Path:
         """A fresh path under the state dir's tmp folder (same file system as the blobs)."""
@@ -243,7 +138,7 @@ class Store:
         blob = self.blob_path(file_id)
         if keep_source:
             tmp = self.new_tmp_path()
-            _link_or_copy(source, tmp)
+            link_or_copy(source, tmp)
             os.replace(tmp, blob)
         else:
             with open(source, "rb+") as f:
@@ -282,7 +177,7 @@ class Store:
             record = self._files.records.get(file_id)
             if record is None or _expired(record):
                 return False
-            _link_or_copy(self.blob_path(file_id), dest)
+            link_or_copy(self.blob_path(file_id), dest)
         return True
 
     def get_file(self, file_id: str) -> Record | None:
@@ -328,11 +223,8 @@ class Store:
             index = bisect.bisect_left(self._files.ids, file_id)
             if index < len(self._files.ids) and self._files.ids[index] == file_id:
                 del self._files.ids[index]
-            io_lock = self._files.io_locks.setdefault(file_id, threading.Lock())
-        with io_lock:
-            self._files.path(file_id).unlink(missing_ok=True)
-            self._files.written.pop(file_id, None)
-            self._files.synced.pop(file_id, None)
+            io_lock = self._files.io_lock(file_id)
+        self._files.remove(file_id, io_lock)
         self.blob_path(file_id).unlink(missing_ok=True)
         return True
 
@@ -447,21 +339,6 @@ class Store:
     def remove_work_dir(self, batch_id: str) -> None:
         """Drop a finished batch's partial results."""
         shutil.rmtree(self.work_root / batch_id, ignore_errors=True)
-
-
-def _lock_state_dir(path: Path) -> Any:
-    """The open, exclusively locked lock file of a state dir (the lock goes with the process);
-    StateDirInUse if another service holds it."""
-    handle = open(path, "a+b")  # noqa: SIM115 - held open for the life of the store
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StateDirInUse(
-            f"another local Batch API service is using the state dir {path.parent}; "
-            "stop it or give this one another --state-dir"
-        ) from None
-    return handle
 
 
 def _expired(record: Record, now: float | None = None) -> bool:

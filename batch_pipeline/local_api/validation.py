@@ -36,7 +36,7 @@ import orjson
 
 from batch_pipeline.core.tokens import count_tokens
 from batch_pipeline.local_api.azure import with_v1
-from batch_pipeline.local_api.faults import content_text
+from batch_pipeline.local_api.request_texts import prompt_texts
 
 SUPPORTED_ENDPOINTS = (
     "/v1/responses",
@@ -109,27 +109,52 @@ def validate_input_file(
     `count_prompt_tokens`, also count its prompt tokens with the model's tokenizer. With
     `azure`, a line's url may leave out `/v1` (`/chat/completions`), as Azure's may."""
     result = ValidationResult()
+    error = _file_error(path, max_bytes)
+    if error is not None:
+        result.errors.append(error)
+        return result
+    check = _FileCheck(endpoint, max_requests, count_prompt_tokens, azure, result)
+    with open(path, "rb") as f:
+        check.lines(read_lines(f))
+    result.errors.extend(check.whole_file_errors())
+    return result
+
+
+def _file_error(path: Path, max_bytes: int) -> dict[str, Any] | None:
+    """The error of a file that is gone or too large to read at all."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        result.errors.append(batch_error("file_not_found", "The input file no longer exists."))
-        return result
+        return batch_error("file_not_found", "The input file no longer exists.")
     if size > max_bytes:
-        result.errors.append(
-            batch_error(
-                "file_too_large",
-                f"The input file is {size} bytes; the limit is {max_bytes} bytes.",
-            )
+        return batch_error(
+            "file_too_large",
+            f"The input file is {size} bytes; the limit is {max_bytes} bytes.",
         )
-        return result
+    return None
 
-    errors = result.errors
-    seen_ids: set[str] = set()
-    embedding_inputs = 0
-    with open(path, "rb") as f:
-        for number, raw in read_lines(f):
+
+@dataclass
+class _FileCheck:
+    """The checks of one input file's lines, and what they have seen so far."""
+
+    endpoint: str
+    max_requests: int
+    count_prompt_tokens: bool
+    azure: bool
+    result: ValidationResult
+    seen_ids: set[str] = field(default_factory=set)
+    embedding_inputs: int = 0
+
+    def lines(self, lines: Any) -> None:
+        """Check (number, raw line) pairs until the end or too many errors."""
+        result, errors = self.result, self.result.errors
+        for number, raw in lines:
             if len(errors) >= MAX_REPORTED_ERRORS:
                 break
+            if raw is not None and not raw.strip():
+                continue
+            result.total += 1
             if raw is None:
                 errors.append(
                     batch_error(
@@ -138,44 +163,59 @@ def validate_input_file(
                         line=number,
                     )
                 )
-                result.total += 1
                 continue
-            if not raw.strip():
-                continue
-            result.total += 1
-            if result.total > max_requests:
+            if result.total > self.max_requests:
                 errors.append(
                     batch_error(
                         "too_many_requests",
-                        f"The input file has more than {max_requests} requests, "
+                        f"The input file has more than {self.max_requests} requests, "
                         f"the most a batch may hold.",
                     )
                 )
                 break
-            error = _check_line(raw, number, endpoint, seen_ids, result, azure=azure)
+            error = _check_line(raw, number, self.endpoint, self.seen_ids, result, azure=self.azure)
             if error is not None:
                 errors.append(error)
-                continue
-            if endpoint == "/v1/embeddings" or count_prompt_tokens:
-                body = orjson.loads(raw)["body"]
-            if endpoint == "/v1/embeddings":
-                embedding_inputs += _count_embedding_inputs(body)
-            if count_prompt_tokens:
-                model = str(body.get("model") or "")
-                result.prompt_tokens += sum(
-                    count_tokens(text, model) for text in prompt_texts(endpoint, body) if text
-                )
-    if not errors and result.total == 0:
-        errors.append(batch_error("empty_file", "The input file holds no requests."))
-    if not errors and embedding_inputs > MAX_EMBEDDING_INPUTS:
-        errors.append(
-            batch_error(
-                "too_many_embedding_inputs",
-                f"The embeddings batch has {embedding_inputs} inputs; the limit is "
-                f"{MAX_EMBEDDING_INPUTS}.",
+            else:
+                self._tally(raw)
+
+    def _tally(self, raw: bytes) -> None:
+        """Count a valid line's embedding inputs and (if asked for) prompt tokens."""
+        embeddings = self.endpoint == "/v1/embeddings"
+        if not (embeddings or self.count_prompt_tokens):
+            return
+        body = orjson.loads(raw)["body"]
+        if embeddings:
+            self.embedding_inputs += _count_embedding_inputs(body)
+        if self.count_prompt_tokens:
+            model = str(body.get("model") or "")
+            self.result.prompt_tokens += sum(
+                count_tokens(text, model) for text in prompt_texts(self.endpoint, body) if text
             )
-        )
-    return result
+
+    def whole_file_errors(self) -> list[dict[str, Any]]:
+        """The errors only the whole file shows (none once a line had one)."""
+        if self.result.errors:
+            return []
+        if self.result.total == 0:
+            return [batch_error("empty_file", "The input file holds no requests.")]
+        if self.embedding_inputs > MAX_EMBEDDING_INPUTS:
+            return [
+                batch_error(
+                    "too_many_embedding_inputs",
+                    f"The embeddings batch has {self.embedding_inputs} inputs; the limit is "
+                    f"{MAX_EMBEDDING_INPUTS}.",
+                )
+            ]
+        return []
+
+
+class _LineError(Exception):
+    """A line's first error (raised by the checks below, returned by `_check_line`)."""
+
+    def __init__(self, code: str, message: str, number: int, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = batch_error(code, message, line=number, param=param)
 
 
 def _check_line(
@@ -187,96 +227,120 @@ def _check_line(
     *,
     azure: bool = False,
 ) -> dict[str, Any] | None:
+    """The first error of one request line, or None; a valid line's custom_id is noted in
+    `seen_ids` and its model in `result`."""
+    try:
+        request = _parse_request(raw, number)
+        custom_id = _non_empty_string(request["custom_id"], number, "custom_id")
+        _check_method(request, number)
+        _check_url(request, number, endpoint, azure)
+        body = _check_body(request, number)
+        if custom_id in seen_ids:
+            raise _LineError(
+                "duplicate_custom_id",
+                f"Line {number}: custom_id {custom_id!r} is already used on an earlier line.",
+                number,
+                "custom_id",
+            )
+        seen_ids.add(custom_id)
+        _check_model(body, number, endpoint, result)
+    except _LineError as exc:
+        return exc.error
+    return None
+
+
+def _parse_request(raw: bytes, number: int) -> dict[str, Any]:
+    """The line's JSON object, with every required field present."""
     try:
         request = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return batch_error("invalid_json_line", f"Line {number} is not valid JSON.", line=number)
+        raise _LineError("invalid_json_line", f"Line {number} is not valid JSON.", number) from None
     if not isinstance(request, dict):
-        return batch_error("invalid_json_line", f"Line {number} is not a JSON object.", line=number)
+        raise _LineError("invalid_json_line", f"Line {number} is not a JSON object.", number)
     for name in ("custom_id", "method", "url", "body"):
         if name not in request or request[name] is None:
-            return batch_error(
-                "missing_required_parameter",
-                f"Line {number} is missing the required parameter '{name}'.",
-                line=number,
-                param=name,
-            )
-    custom_id = request["custom_id"]
-    if not isinstance(custom_id, str) or not custom_id:
-        return batch_error(
+            raise _missing(number, name)
+    return request
+
+
+def _missing(number: int, name: str) -> _LineError:
+    return _LineError(
+        "missing_required_parameter",
+        f"Line {number} is missing the required parameter '{name}'.",
+        number,
+        name,
+    )
+
+
+def _non_empty_string(value: Any, number: int, name: str) -> str:
+    """`value` if it is a non-empty string, else the `invalid_parameter` error of `name`."""
+    if not isinstance(value, str) or not value:
+        raise _LineError(
             "invalid_parameter",
-            f"Line {number}: 'custom_id' must be a non-empty string.",
-            line=number,
-            param="custom_id",
+            f"Line {number}: '{name}' must be a non-empty string.",
+            number,
+            name,
         )
+    return value
+
+
+def _check_method(request: dict[str, Any], number: int) -> None:
     if request["method"] != "POST":
-        return batch_error(
+        raise _LineError(
             "invalid_method",
             f"Line {number}: method must be 'POST', not {request['method']!r}.",
-            line=number,
-            param="method",
+            number,
+            "method",
         )
+
+
+def _check_url(request: dict[str, Any], number: int, endpoint: str, azure: bool) -> None:
     url = request["url"]
     if azure and isinstance(url, str):
         url = with_v1(url)
-    if url != endpoint:
-        if url in SUPPORTED_ENDPOINTS:
-            return batch_error(
-                "mismatched_url",
-                f"Line {number}: url {url!r} differs from the batch endpoint {endpoint!r}.",
-                line=number,
-                param="url",
-            )
-        return batch_error(
-            "invalid_url",
-            f"Line {number}: url {url!r} is not a supported endpoint.",
-            line=number,
-            param="url",
+    if url == endpoint:
+        return
+    if url in SUPPORTED_ENDPOINTS:
+        raise _LineError(
+            "mismatched_url",
+            f"Line {number}: url {url!r} differs from the batch endpoint {endpoint!r}.",
+            number,
+            "url",
         )
+    raise _LineError(
+        "invalid_url", f"Line {number}: url {url!r} is not a supported endpoint.", number, "url"
+    )
+
+
+def _check_body(request: dict[str, Any], number: int) -> dict[str, Any]:
     body = request["body"]
     if not isinstance(body, dict):
-        return batch_error(
-            "invalid_parameter",
-            f"Line {number}: 'body' must be a JSON object.",
-            line=number,
-            param="body",
+        raise _LineError(
+            "invalid_parameter", f"Line {number}: 'body' must be a JSON object.", number, "body"
         )
-    if custom_id in seen_ids:
-        return batch_error(
-            "duplicate_custom_id",
-            f"Line {number}: custom_id {custom_id!r} is already used on an earlier line.",
-            line=number,
-            param="custom_id",
-        )
-    seen_ids.add(custom_id)
+    return body
+
+
+def _check_model(
+    body: dict[str, Any], number: int, endpoint: str, result: ValidationResult
+) -> None:
+    """The body's model: present (unless optional), a string, the batch's one model."""
     model = body.get("model")
     if model is None:
         if endpoint in MODEL_OPTIONAL_ENDPOINTS:
-            return None
-        return batch_error(
-            "missing_required_parameter",
-            f"Line {number} is missing the required parameter 'body.model'.",
-            line=number,
-            param="body.model",
-        )
-    if not isinstance(model, str) or not model:
-        return batch_error(
-            "invalid_parameter",
-            f"Line {number}: 'body.model' must be a non-empty string.",
-            line=number,
-            param="body.model",
-        )
+            return
+        raise _missing(number, "body.model")
+    model = _non_empty_string(model, number, "body.model")
     if result.model is None:
         result.model = model
     elif model != result.model:
-        return batch_error(
+        raise _LineError(
             "mismatched_model",
             f"Line {number}: model {model!r} differs from {result.model!r} used on earlier "
             f"lines; a batch holds one model.",
-            line=number,
-            param="body.model",
+            number,
+            "body.model",
         )
-    return None
 
 
 def _count_embedding_inputs(body: dict[str, Any]) -> int:
@@ -284,26 +348,3 @@ def _count_embedding_inputs(body: dict[str, Any]) -> int:
     if isinstance(value, list) and value and not isinstance(value[0], int):
         return len(value)
     return 1
-
-
-def prompt_texts(endpoint: str, body: dict[str, Any]) -> list[str]:
-    """The texts of a request body that the endpoint counts as prompt (input) tokens: every
-    message of a chat, the instructions and input of a response, the inputs of the rest."""
-    if endpoint == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return []
-        return [content_text(m.get("content")) for m in messages if isinstance(m, dict)]
-    texts: list[str] = []
-    if endpoint == "/v1/responses" and isinstance(body.get("instructions"), str):
-        texts.append(body["instructions"])
-    value = body.get("prompt" if endpoint == "/v1/completions" else "input")
-    if isinstance(value, str):
-        texts.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, str):
-                texts.append(item)
-            elif isinstance(item, dict):
-                texts.append(content_text(item.get("content")))
-    return texts

@@ -27,7 +27,7 @@ import pandas as pd
 from batch_pipeline.core import outcomes as core_outcomes
 from batch_pipeline.core.pipeline import load_pipeline
 from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo, RequestCounts
-from batch_pipeline.local_api.responders import chat_completion_body
+from batch_pipeline.local_api.echo_generation import chat_completion_body
 from batch_pipeline_tests.benchmarks import fixtures
 from batch_pipeline_tests.benchmarks.measure import MB, Measurement, Sample, repeat, run_isolated
 from batch_pipeline_tests.benchmarks.report import (

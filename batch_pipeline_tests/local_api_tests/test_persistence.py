@@ -9,7 +9,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from batch_pipeline.local_api.worker import PartialResults, answer_result, error_result
+from batch_pipeline.local_api.partial_results import PartialResults
+from batch_pipeline.local_api.result_lines import answer_result, error_result
 from batch_pipeline_tests.local_api_tests.conftest import StartApi
 from batch_pipeline_tests.local_api_tests.helpers import (
     by_custom_id,

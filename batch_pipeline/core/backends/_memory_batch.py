@@ -21,9 +21,9 @@ from batch_pipeline.core.tokens import count_tokens
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, RequestCounts
 from batch_pipeline.local_api.errors import error_body, fault_error_body
 from batch_pipeline.local_api.faults import Fault, detect_fault
+from batch_pipeline.local_api.request_texts import prompt_texts
 from batch_pipeline.local_api.responders import EchoResponder
-from batch_pipeline.local_api.validation import MODEL_OPTIONAL_ENDPOINTS, prompt_texts
-from batch_pipeline.local_api.worker import (
+from batch_pipeline.local_api.result_lines import (
     CANCELLED_CODE,
     CANCELLED_MESSAGE,
     EXPIRED_CODE,
@@ -32,6 +32,7 @@ from batch_pipeline.local_api.worker import (
     answer_result,
     error_result,
 )
+from batch_pipeline.local_api.validation import MODEL_OPTIONAL_ENDPOINTS
 
 MAX_REPORTED_ERRORS = 100
 

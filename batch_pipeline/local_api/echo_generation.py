@@ -1,0 +1,221 @@
+"""The echo responder's text generation endpoints: chat completions, responses and
+completions answer with the (last) user text, cut by the request's token limit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from batch_pipeline.local_api._echo_text import count_tokens, echo, echo_last_user, max_tokens
+from batch_pipeline.local_api.answers import Answer, bad_request
+from batch_pipeline.local_api.request_texts import content_text
+
+
+def chat_completion_body(
+    *,
+    completion_id: str,
+    model: str,
+    created: int,
+    content: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    finish_reason: str = "stop",
+) -> dict[str, Any]:
+    """A `/v1/chat/completions` response body with the real endpoint's fields."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": content,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
+
+
+def chat(body: dict[str, Any], key: str) -> Answer:
+    """Answer a `/v1/chat/completions` body."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return bad_request(
+            "'messages' must be a non-empty array.", "messages", "missing_required_parameter"
+        )
+    if not all(isinstance(message, dict) for message in messages):
+        return bad_request("Each message must be an object.", "messages")
+    model = str(body.get("model") or "echo")
+    texts = [(m.get("role"), content_text(m.get("content"))) for m in messages]
+    limit = max_tokens(body, "max_completion_tokens", "max_tokens")
+    text, prompt_tokens, completion_tokens, cut = echo_last_user(texts, limit, model)
+    return 200, chat_completion_body(
+        completion_id=f"chatcmpl-{key}",
+        model=model,
+        created=int(time.time()),
+        content=text,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        finish_reason="length" if cut else "stop",
+    )
+
+
+def _response_texts(value: Any) -> list[tuple[Any, str]] | None:
+    """The (role, text) pairs of a responses `input`; None if it is neither string nor list."""
+    if isinstance(value, str):
+        return [("user", value)]
+    if isinstance(value, list):
+        return [
+            (str(item.get("role", "user")), content_text(item["content"]))
+            for item in value
+            if isinstance(item, dict) and "content" in item
+        ]
+    return None
+
+
+def responses(body: dict[str, Any], key: str) -> Answer:
+    """Answer a `/v1/responses` body."""
+    texts = _response_texts(body.get("input"))
+    if texts is None:
+        return bad_request(
+            "'input' must be a string or an array.", "input", "missing_required_parameter"
+        )
+    model = str(body.get("model") or "echo")
+    instructions = body.get("instructions")
+    if not isinstance(instructions, str):
+        instructions = None
+    limit = max_tokens(body, "max_output_tokens")
+    text, input_tokens, output_tokens, cut = echo_last_user(texts, limit, model)
+    if instructions is not None:
+        input_tokens += count_tokens(instructions, model)
+    return 200, response_body(
+        body,
+        key=key,
+        model=model,
+        text=text,
+        instructions=instructions,
+        limit=limit,
+        cut=cut,
+        usage=(input_tokens, output_tokens),
+    )
+
+
+def response_body(
+    request: dict[str, Any],
+    *,
+    key: str,
+    model: str,
+    text: str,
+    instructions: str | None,
+    limit: int | None,
+    cut: bool,
+    usage: tuple[int, int],
+) -> dict[str, Any]:
+    """A `/v1/responses` response body with the real endpoint's fields."""
+    now = int(time.time())
+    input_tokens, output_tokens = usage
+    status = "incomplete" if cut else "completed"
+    return {
+        "id": f"resp_{key}",
+        "object": "response",
+        "created_at": now,
+        "status": status,
+        "completed_at": now,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "instructions": instructions,
+        "max_output_tokens": limit,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{key}",
+                "status": status,
+                "role": "assistant",
+                "content": [
+                    {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                ],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": request.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": request.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "user": None,
+        "metadata": request.get("metadata") or {},
+    }
+
+
+def completions(body: dict[str, Any], key: str) -> Answer:
+    """Answer a `/v1/completions` body (one choice per prompt)."""
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        return bad_request(
+            "'prompt' must be a string or an array of strings.",
+            "prompt",
+            "missing_required_parameter",
+        )
+    model = str(body.get("model") or "echo")
+    limit = max_tokens(body, "max_tokens")
+    choices = []
+    prompt_tokens = completion_tokens = 0
+    for index, text in enumerate(prompts):
+        echoed, tokens, echoed_tokens, cut = echo(text, limit, model)
+        prompt_tokens += tokens
+        completion_tokens += echoed_tokens
+        choices.append(
+            {
+                "text": echoed,
+                "index": index,
+                "logprobs": None,
+                "finish_reason": "length" if cut else "stop",
+            }
+        )
+    return 200, {
+        "id": f"cmpl-{key}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": None,
+    }

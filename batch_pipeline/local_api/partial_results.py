@@ -1,0 +1,148 @@
+"""The results of a running batch so far, and the reading of its input in chunks.
+
+Results are appended, chunk by chunk, to two partial files in the batch's work dir
+(`output.partial.jsonl`: 2xx answers; `errors.partial.jsonl`: other answers, with their
+bodies, and requests that got none, as OpenAI splits them). They are the truth about what
+is done: after a restart they are read back (a torn last line is cut off), the
+`custom_id`s in them are skipped, and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from batch_pipeline.local_api.result_lines import Result, usage_tokens
+from batch_pipeline.local_api.validation import read_lines
+
+log = logging.getLogger(__name__)
+
+OUTPUT_PARTIAL = "output.partial.jsonl"
+ERRORS_PARTIAL = "errors.partial.jsonl"
+CHUNK_MAX_BYTES = 4 * 1024 * 1024  # of input lines per chunk, bounding memory for big lines
+
+
+class PartialResults:
+    """The results of a running batch so far, in two append-only files, recoverable."""
+
+    def __init__(self, work_dir: Path, sync_interval: float) -> None:
+        self.lock = threading.Lock()
+        self.done: set[str] = set()
+        self.completed = 0
+        self.failed = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.output_path = work_dir / OUTPUT_PARTIAL
+        self.errors_path = work_dir / ERRORS_PARTIAL
+        self._recover(self.output_path)
+        self._recover(self.errors_path)
+        self._out = open(self.output_path, "ab")  # noqa: SIM115 - closed in close()
+        self._err = open(self.errors_path, "ab")  # noqa: SIM115
+        self._sync_interval = sync_interval
+        self._last_sync = time.monotonic()
+        self.closed = False
+
+    def _recover(self, path: Path) -> None:
+        if not path.exists():
+            return
+        good = 0
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    line = orjson.loads(raw)
+                    custom_id = line["custom_id"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    break
+                good += len(raw)
+                if custom_id in self.done:
+                    continue
+                self.done.add(custom_id)
+                response = line.get("response")
+                status = response.get("status_code", 0) if isinstance(response, dict) else 0
+                if 200 <= status < 300:
+                    self.completed += 1
+                    inp, out = usage_tokens(response.get("body"))
+                    self.input_tokens += inp
+                    self.output_tokens += out
+                else:
+                    self.failed += 1
+        if good < path.stat().st_size:
+            log.warning("cutting a torn last line off %s", path)
+            os.truncate(path, good)
+
+    def add(self, results: list[Result]) -> None:
+        """Append result lines (a custom_id already done is ignored)."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("partial results already closed")
+            done = self.done
+            for r in results:
+                if r.custom_id in done:
+                    continue
+                done.add(r.custom_id)
+                (err if r.error_file else out).append(r.line)
+                if r.succeeded:
+                    self.completed += 1
+                    self.input_tokens += r.input_tokens
+                    self.output_tokens += r.output_tokens
+                else:
+                    self.failed += 1
+            if out:
+                self._out.write(b"".join(out))
+                self._out.flush()
+            if err:
+                self._err.write(b"".join(err))
+                self._err.flush()
+            if time.monotonic() - self._last_sync >= self._sync_interval:
+                self._sync()
+
+    def _sync(self) -> None:
+        for f in (self._out, self._err):
+            f.flush()
+            os.fsync(f.fileno())
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        """Flush to disk and close (idempotent)."""
+        with self.lock:
+            if self.closed:
+                return
+            self._sync()
+            self._out.close()
+            self._err.close()
+            self.closed = True
+
+
+class InputReader:
+    """Reads a batch input file in chunks of non-blank lines."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._lines = read_lines(self._file)
+        self.eof = False
+
+    def next_chunk(self, size: int, max_bytes: int = CHUNK_MAX_BYTES) -> list[bytes]:
+        """Up to `size` lines (fewer once they reach `max_bytes`); sets `eof` at the end."""
+        chunk: list[bytes] = []
+        total = 0
+        for _number, raw in self._lines:
+            if raw is None or not raw.strip():
+                continue
+            chunk.append(raw)
+            total += len(raw)
+            if len(chunk) >= size or total >= max_bytes:
+                return chunk
+        self.eof = True
+        return chunk
+
+    def close(self) -> None:
+        self._file.close()
