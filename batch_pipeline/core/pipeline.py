@@ -28,6 +28,7 @@ from batch_pipeline.core.backends.base import (
 )
 from batch_pipeline.core.custom_id import custom_ids_for
 from batch_pipeline.core.layout import rejected_path, results_path
+from batch_pipeline.core.leases import lease_holder_is_dead
 from batch_pipeline.core.ledger import (
     DEFAULT_LEASE_SECONDS,
     Ledger,
@@ -51,7 +52,7 @@ from batch_pipeline.core.sharding import FIRST_ATTEMPT, build_partition_requests
 from batch_pipeline.core.sources import iter_partition_batches, parse_partition, source_schema
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot, storage_for
-from batch_pipeline.core.submission import Submitter, lease_holder_is_dead
+from batch_pipeline.core.submission import Submitter
 from batch_pipeline.core.tuning import CHUNK_ROWS, DEFAULT_TUNING, Tuning
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker

@@ -25,16 +25,13 @@ from batch_pipeline.core.backends.base import (
 )
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.layout import batch_dir, batch_file_path, outcomes_path, shard_ids_path
+from batch_pipeline.core.leases import dead_lease_owner
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
 from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
 from batch_pipeline.core.storage import StoredFile
-from batch_pipeline.core.submission import (
-    CLOCK_SKEW_SECONDS,
-    SUBMISSION_METADATA_KEY,
-    dead_lease_owner,
-)
+from batch_pipeline.core.submission import CLOCK_SKEW_SECONDS, SUBMISSION_METADATA_KEY
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 

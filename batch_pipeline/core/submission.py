@@ -9,8 +9,6 @@ and adopts what it finds instead of paying for a second batch.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass
 
 from batch_pipeline.core.backends.base import (
@@ -20,6 +18,7 @@ from batch_pipeline.core.backends.base import (
     TransientBackendError,
     cancel_or_read,
 )
+from batch_pipeline.core.leases import dead_lease_owner
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
 
@@ -56,31 +55,6 @@ def requeue_backoff_seconds(submissions: int, tuning: Tuning = DEFAULT_TUNING) -
 def deferral_backoff_seconds(deferrals: int, tuning: Tuning = DEFAULT_TUNING) -> float:
     """How long a shard waits after the `deferrals`-th try of one submission was cut short."""
     return tuning.deferral_backoff(deferrals)
-
-
-def lease_holder_is_dead(owner: str | None) -> bool:
-    """True when `owner` names a process of this host that no longer runs."""
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def dead_lease_owner(shard: ShardRecord) -> str | None:
-    """The shard's lease holder when it is a process known to have died, else None."""
-    return shard.lease_owner if lease_holder_is_dead(shard.lease_owner) else None
 
 
 def upload_filename(shard: ShardRecord) -> str:
