@@ -180,7 +180,7 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
 
 def _submitted_line(pipeline: Pipeline, status: PartitionStatus) -> str:
     """What `run --no-wait` did: the requests actually in batches, and those still waiting."""
-    from batch_pipeline.core.pipeline import OPEN_STATES
+    from batch_pipeline.core.types import OPEN_STATES
 
     waiting = [
         shard
