@@ -194,40 +194,10 @@ class Collector(PipelineWorker):
     def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> tuple[pa.Table, pa.Array | None]:
         """One outcome per request of the shard, and the row of each request in request order
         (None: the rows are in that order)."""
-        folder = shard_batch_dir(shard)
         expected = expected_ids(self.storage, shard)
         if batch.status is BatchStatus.FAILED:
-            first = batch.errors[0] if batch.errors else None
-            message = "; ".join(
-                f"line {e.line}: {e.message}" if e.line else e.message for e in batch.errors
-            )
-            how = (
-                f"failed on a provider limit (submitted {shard.submissions} times)"
-                if is_transient_batch_failure(batch)
-                else "failed validation"
-            )
-            failed = _synthetic_outcomes(
-                expected,
-                status=RowStatus.FAILED,
-                retryable=False,
-                code=(first.code if first and first.code else "batch_failed"),
-                message=f"batch {batch.id} {how}: {message or 'no reason given'}",
-            )
-            return failed, None
-        files: dict[str, StoredFile] = {}
-        for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
-            if not file_id:
-                continue
-            relative = batch_file_path(folder, name)
-            try:
-                # Not flushed to disk: read at once, and fetched again if the outcomes, which
-                # are flushed, were never written.
-                with self.storage.atomic_write(relative, durable=False) as handle:
-                    self.backend.download_file(file_id, handle)
-            except NotFound:
-                log.warning("batch %s: %s file %s is gone", batch.id, name, file_id)
-                continue
-            files[name] = StoredFile(self.storage, relative)
+            return _failed_batch_outcomes(shard, batch, expected), None
+        files = self._download(batch, shard_batch_dir(shard))
         parsed = parse_outcomes(files.get("output"), files.get("errors"), endpoint=shard.endpoint)
         asked = pc.is_in(parsed["custom_id"], value_set=expected)
         if not pc.all(asked).as_py():  # lines for requests of other shards: not ours to keep
@@ -244,6 +214,24 @@ class Collector(PipelineWorker):
             )
             parsed = pa.concat_tables([parsed, filler])
         return parsed, pc.index_in(expected, value_set=parsed["custom_id"])
+
+    def _download(self, batch: BatchInfo, folder: str) -> dict[str, StoredFile]:
+        """The batch's output and error files, stored in `folder` (a file gone is left out)."""
+        files: dict[str, StoredFile] = {}
+        for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
+            if not file_id:
+                continue
+            relative = batch_file_path(folder, name)
+            try:
+                # Not flushed to disk: read at once, and fetched again if the outcomes, which
+                # are flushed, were never written.
+                with self.storage.atomic_write(relative, durable=False) as handle:
+                    self.backend.download_file(file_id, handle)
+            except NotFound:
+                log.warning("batch %s: %s file %s is gone", batch.id, name, file_id)
+                continue
+            files[name] = StoredFile(self.storage, relative)
+        return files
 
     def _settle(
         self,
@@ -307,6 +295,26 @@ def _taken_over(shard: ShardRecord) -> CollectOutcome:
     """What a collection that lost its lease to another process reports."""
     log.warning("shard %s: another process took it over while it was collected", shard.shard_id)
     return CollectOutcome(shard.shard_id, 0, 0, 0, [], taken_over=True)
+
+
+def _failed_batch_outcomes(shard: ShardRecord, batch: BatchInfo, expected: pa.Array) -> pa.Table:
+    """Every request of a batch that failed as a whole fails, with the batch's reason."""
+    first = batch.errors[0] if batch.errors else None
+    message = "; ".join(
+        f"line {e.line}: {e.message}" if e.line else e.message for e in batch.errors
+    )
+    how = (
+        f"failed on a provider limit (submitted {shard.submissions} times)"
+        if is_transient_batch_failure(batch)
+        else "failed validation"
+    )
+    return _synthetic_outcomes(
+        expected,
+        status=RowStatus.FAILED,
+        retryable=False,
+        code=(first.code if first and first.code else "batch_failed"),
+        message=f"batch {batch.id} {how}: {message or 'no reason given'}",
+    )
 
 
 def _synthetic_outcomes(

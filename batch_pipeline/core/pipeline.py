@@ -36,7 +36,7 @@ from batch_pipeline.core.types import (
     ResultsSummary,
     SubmitSummary,
 )
-from batch_pipeline.core.worker import WorkerT
+from batch_pipeline.core.worker import WorkerT, require_partition
 
 __all__ = [
     "PartitionStatus",
@@ -250,10 +250,7 @@ class Pipeline:
         )
 
     def _require_partition(self, partition: str) -> PartitionRecord:
-        parse_partition(partition)
-        if (record := self.get_partition(partition)) is None:
-            raise PipelineError(f"partition {partition} of {self.spec.name} has not been built")
-        return record
+        return require_partition(self.ledger, self.spec.name, partition)
 
 
 def load_pipeline(

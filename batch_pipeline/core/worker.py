@@ -46,10 +46,15 @@ class PipelineWorker:
         return kind(*parts, clock=self._clock, tuning=self.tuning)
 
     def partition_record(self, partition: str) -> PartitionRecord:
-        """The ledger's record of the partition's current generation (PipelineError if it
-        was never built)."""
-        parse_partition(partition)
-        record = self.ledger.get_partition(self.spec.name, partition)
-        if record is None:
-            raise PipelineError(f"partition {partition} of {self.spec.name} has not been built")
-        return record
+        """The ledger's record of the partition's current generation (see `require_partition`)."""
+        return require_partition(self.ledger, self.spec.name, partition)
+
+
+def require_partition(ledger: Ledger, pipeline: str, partition: str) -> PartitionRecord:
+    """The ledger's record of the partition's current generation (PipelineError if it was
+    never built)."""
+    parse_partition(partition)
+    record = ledger.get_partition(pipeline, partition)
+    if record is None:
+        raise PipelineError(f"partition {partition} of {pipeline} has not been built")
+    return record
