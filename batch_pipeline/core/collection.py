@@ -185,7 +185,7 @@ class Collector(PipelineWorker):
             last_error=f"batch {batch.id} failed ({reason}); queued again",
             file_id=None,  # deleted once collected: the next submission uploads afresh
         ):
-            return _taken_over(shard)
+            return _collection_taken_over(shard)
         log.warning(
             "shard %s: batch %s failed (%s); queued again", shard.shard_id, batch.id, reason
         )
@@ -244,7 +244,7 @@ class Collector(PipelineWorker):
         # Downloading and parsing can outlast the lease: write nothing (outcomes, retry
         # shards) unless this process still holds the shard.
         if not self.ledger.renew_lease(shard.shard_id, self.owner):
-            return _taken_over(shard)
+            return _collection_taken_over(shard)
         outcomes = outcomes.append_column(
             "batch_id", pa.array([shard.batch_id] * len(outcomes), pa.string())
         ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
@@ -287,11 +287,11 @@ class Collector(PipelineWorker):
             collected_at=self._clock(),
         )
         if not held:
-            return _taken_over(shard)
+            return _collection_taken_over(shard)
         return CollectOutcome(shard.shard_id, succeeded, failed, len(retry_ids), retry_shard_ids)
 
 
-def _taken_over(shard: ShardRecord) -> CollectOutcome:
+def _collection_taken_over(shard: ShardRecord) -> CollectOutcome:
     """What a collection that lost its lease to another process reports."""
     log.warning("shard %s: another process took it over while it was collected", shard.shard_id)
     return CollectOutcome(shard.shard_id, 0, 0, 0, [], taken_over=True)

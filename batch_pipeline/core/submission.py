@@ -217,7 +217,7 @@ class Submitter(PipelineWorker):
             lease_owner=None,
             lease_expires_at=None,
         ):
-            return _taken_over(shard)
+            return _submission_taken_over(shard)
         log.warning("shard %s: %s; queued again for %.0f s", shard.shard_id, exc, retry_in)
         busy = ShardWait(shard.shard_id, WaitReason.PROVIDER_BUSY, f"provider busy: {exc}")
         return SubmitOutcome(shard.shard_id, None, waiting=busy)
@@ -291,7 +291,7 @@ class Submitter(PipelineWorker):
         # An upload can outlast the lease. Renewing it here, in the statement that stores the
         # file, proves no other process took the shard over meanwhile to create a batch too.
         if not self.ledger.renew_lease(shard.shard_id, self.owner, file_id=file_id):
-            return _taken_over(shard)
+            return _submission_taken_over(shard)
         # A cancel cannot take a shard leased for its upload; the holder heeds it instead.
         if self._day_cancelled(shard):
             self.ledger.release(shard.shard_id, self.owner)
@@ -335,7 +335,7 @@ class Submitter(PipelineWorker):
                 batch.id,
             )
             cancel_or_read(self.backend, batch.id)
-        return _taken_over(shard)
+        return _submission_taken_over(shard)
 
 
 def _concerns_every_shard(exc: BackendError) -> bool:
@@ -347,7 +347,7 @@ def _concerns_every_shard(exc: BackendError) -> bool:
     )
 
 
-def _taken_over(shard: ShardRecord) -> SubmitOutcome:
+def _submission_taken_over(shard: ShardRecord) -> SubmitOutcome:
     """What a submission that lost its lease to another process reports."""
     wait = ShardWait(shard.shard_id, WaitReason.TAKEN_OVER, "taken over by another process")
     return SubmitOutcome(shard.shard_id, None, waiting=wait)
