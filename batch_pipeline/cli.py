@@ -180,7 +180,7 @@ def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
 
 def _submitted_line(pipeline: Pipeline, status: PartitionStatus) -> str:
     """What `run --no-wait` did: the requests actually in batches, and those still waiting."""
-    from batch_pipeline.core.pipeline import OPEN_STATES
+    from batch_pipeline.core.types import OPEN_STATES
 
     waiting = [
         shard
@@ -257,7 +257,7 @@ class _ProgressLine:
     def show(self, status: PartitionStatus) -> None:
         total = sum(b["total"] for b in status.batches) or status.requests or 1
         done = sum(b["completed"] + b["failed"] for b in status.batches)
-        if status.state in ("settled", "collected"):
+        if status.state.is_settled:
             done = total
         filled = int(self.WIDTH * min(done / total, 1.0))
         bar = "#" * filled + "-" * (self.WIDTH - filled)

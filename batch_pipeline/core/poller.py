@@ -1,72 +1,144 @@
-"""One poll pass: refresh every in-flight batch of a pipeline and collect the finished ones.
+"""One poll pass under a time budget, as a stream of events.
+
+A pass refreshes every in-flight batch of a pipeline, collects the finished ones (making retry
+shards), submits what is queued, settles the left-over shards of cancelled days, and marks
+partitions whose every shard is collected. `PollPass.events` yields what happens as it happens
+(as dagster-dbt's `materializations_from_batch_iter` does); `PollPass.report` sums it up.
 
 Few batches are retrieved one by one; many are refreshed by listing pages of batches, so HTTP
-calls grow with pages, not batches. Collecting a finished batch downloads its output and error
-files, turns them into one outcome row per request (a request with no line in either file gets
-a retryable `missing_result` outcome, so nothing is lost), and writes a retry shard for the
-retryable rows while attempts remain.
+calls grow with pages, not batches.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pa_json
-
-from batch_pipeline.core.backends.base import (
-    BackendError,
-    NotFound,
-    cancel_or_read,
-    is_transient_batch_failure,
-)
-from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
-from batch_pipeline.core.layout import batch_dir, batch_file_path, outcomes_path, shard_ids_path
-from batch_pipeline.core.ledger import ShardRecord
-from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
-from batch_pipeline.core.parquet_files import read_parquet
-from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
-from batch_pipeline.core.storage import StoredFile
-from batch_pipeline.core.submission import (
-    CLOCK_SKEW_SECONDS,
-    SUBMISSION_METADATA_KEY,
-    dead_lease_owner,
-)
-from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
+from batch_pipeline.core.backends.base import BackendError
+from batch_pipeline.core.batch_identity import CLOCK_SKEW_SECONDS
+from batch_pipeline.core.cancellation import SHARD_ERRORS, Canceller
+from batch_pipeline.core.collection import Collector
+from batch_pipeline.core.ledger_records import PartitionRecord, ShardRecord
+from batch_pipeline.core.submission import Submitter
+from batch_pipeline.core.types import OPEN_STATES, BatchInfo, PollReport, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
 log = logging.getLogger(__name__)
 
 RETRIEVE_ONE_BY_ONE_UP_TO = 5
 LIST_PAGE_SIZE = 100
-ID_SCAN_BLOCK_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class CollectOutcome:
+class BatchChanged:
+    """A batch's status moved since the ledger last saw it."""
+
+    batch_id: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ShardCollected:
+    """A finished shard's outcomes were collected (with these retry shards made)."""
+
     shard_id: str
-    succeeded: int
-    failed: int
-    retried: int
     retry_shard_ids: list[str]
-    requeued: bool = False
-    taken_over: bool = False  # the lease ran out first: another process settles the shard
 
 
-def shard_batch_dir(shard: ShardRecord) -> str:
-    """Where a shard's downloaded output/error files and its outcomes live in storage."""
-    return batch_dir(shard.partition, shard.generation, shard.attempt, shard.shard_index)
+@dataclass(frozen=True)
+class BatchSubmitted:
+    batch_id: str
 
 
-class Poller(PipelineWorker):
-    """Refreshes and collects the batches of one pipeline."""
+@dataclass(frozen=True)
+class PartitionSettled:
+    """Every shard of the partition's current generation is collected."""
+
+    partition: str
+
+
+@dataclass(frozen=True)
+class PollError:
+    """A step that failed on this pass; the shards it hit are tried again on the next."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class TimeBudgetUsedUp:
+    """The pass stopped short of some work; the next pass goes on with it."""
+
+
+PollEvent = (
+    BatchChanged | ShardCollected | BatchSubmitted | PartitionSettled | PollError | TimeBudgetUsedUp
+)
+
+
+class PollPass(PipelineWorker):
+    """Polls one pipeline: `events` for the stream, `report` for its sum."""
+
+    def report(self, time_budget_seconds: float) -> PollReport:
+        """Run one pass and sum it up, with what is left open after it."""
+        events = list(self.events(time_budget_seconds))  # the pass runs to its end first
+        return summarize(events, self.ledger.shards(self.spec.name, states=list(OPEN_STATES)))
+
+    def events(self, time_budget_seconds: float) -> Iterator[PollEvent]:
+        """One bounded pass; each step's events are yielded as it goes."""
+        deadline = self._clock() + time_budget_seconds
+        try:
+            for batch in self.refresh(self.in_flight()):
+                yield BatchChanged(batch.id, batch.status.value)
+        except BackendError as exc:
+            yield PollError(f"refreshing batches: {exc}")
+        records = self.ledger.list_partitions(self.spec.name)
+        yield from self._collect_finished(records, deadline)
+        yield from self._submit_queued(deadline)
+        canceller = self.sibling(Canceller)
+        for record in records:
+            if record.cancelled_at and record.built_at and not record.settled_at:
+                yield from map(PollError, canceller.settle_left_over(record))
+        collector = self.sibling(Collector)
+        for record in self.ledger.list_partitions(self.spec.name):
+            open_day = record.built_at is not None and record.settled_at is None
+            if open_day and collector.settle_if_done(record.partition):
+                yield PartitionSettled(record.partition)
+
+    def _collect_finished(
+        self, records: list[PartitionRecord], deadline: float
+    ) -> Iterator[PollEvent]:
+        collector = self.sibling(Collector)
+        # Retries only serve a current generation that nobody cancelled.
+        retrying = {(r.partition, r.generation) for r in records if not r.cancelled_at}
+        for shard in self.finished():
+            if self._clock() > deadline:
+                yield TimeBudgetUsedUp()
+                return
+            try:
+                outcome = collector.collect(
+                    shard, allow_retries=(shard.partition, shard.generation) in retrying
+                )
+            except SHARD_ERRORS as exc:
+                log.warning("collecting batch %s failed: %s", shard.batch_id, exc)
+                yield PollError(f"collecting {shard.batch_id} ({shard.shard_id}): {exc}")
+                continue
+            if outcome is not None and not outcome.taken_over:
+                yield ShardCollected(shard.shard_id, outcome.retry_shard_ids)
+
+    def _submit_queued(self, deadline: float) -> Iterator[PollEvent]:
+        try:
+            summary = self.sibling(Submitter).submit_queued(deadline=deadline)
+        except BackendError as exc:
+            yield PollError(f"submitting: {exc}")
+            return
+        yield from map(BatchSubmitted, summary.submitted_batch_ids)
+        if summary.timed_out:
+            yield TimeBudgetUsedUp()
 
     # -- refresh ----------------------------------------------------------------------------
 
     def in_flight(self) -> list[ShardRecord]:
+        """Submitted shards whose batch has not ended, as the ledger last saw it."""
         return [
             shard
             for shard in self.ledger.shards(self.spec.name, states=[ShardState.SUBMITTED])
@@ -90,11 +162,7 @@ class Poller(PipelineWorker):
                         break
         for batch_id in wanted.keys() - fresh.keys():
             fresh[batch_id] = self.backend.retrieve_batch(batch_id)
-        changed = []
-        for batch in fresh.values():
-            if self.ledger.update_batch(batch):
-                changed.append(batch)
-        return changed
+        return [batch for batch in fresh.values() if self.ledger.update_batch(batch)]
 
     def finished(self) -> list[ShardRecord]:
         """Shards whose batch has ended and whose outcomes are not collected yet."""
@@ -104,308 +172,35 @@ class Poller(PipelineWorker):
             if shard.batch_status is not None and shard.batch_status.is_terminal
         ]
 
-    # -- collect ----------------------------------------------------------------------------
 
-    def collect(self, shard: ShardRecord, *, allow_retries: bool = True) -> CollectOutcome | None:
-        """Download and settle one finished shard; None if another process holds it."""
-        claimed = self.ledger.claim(
-            shard.shard_id,
-            self.owner,
-            from_states=[ShardState.SUBMITTED],
-            to_state=ShardState.SUBMITTED,
-            dead_owner=dead_lease_owner(shard),
-        )
-        if claimed is None:
-            return None
-        try:
-            batch = self.backend.retrieve_batch(claimed.batch_id)
-            self.ledger.update_batch(batch)
-            # A batch that never ran is submitted again, unless its day was cancelled or
-            # rebuilt meanwhile (no one would submit it) or it failed so too many times: it is
-            # settled as it stands then.
-            if (
-                allow_retries
-                and is_transient_batch_failure(batch)
-                and claimed.submissions < self.tuning.max_submissions
-            ):
-                outcome = self._requeue(claimed, batch)
-                done_with = [batch.input_file_id]  # it is uploaded afresh
-            else:
-                outcomes, order = self._outcomes(claimed, batch)
-                outcome = self._settle(claimed, outcomes, allow_retries=allow_retries, order=order)
-                done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
-            if not outcome.taken_over:  # else the other process may still be reading them
-                self._delete_provider_files(*done_with)
-            return outcome
-        finally:
-            self.ledger.release(claimed.shard_id, self.owner)
-            # A shard's files pass through Arrow's allocator, which keeps freed pages for
-            # reuse: hand them back, so a long-lived sensor process does not keep the peak.
-            pa.default_memory_pool().release_unused()
-
-    def cancel_unsubmitted(self, shard: ShardRecord) -> bool:
-        """Settle a shard that never became a batch as `cancelled`; a batch that a crashed
-        process did create is found through its metadata and cancelled instead."""
-        return self.settle_unsubmitted(
-            shard,
-            status=RowStatus.CANCELLED,
-            code="batch_cancelled",
-            message="cancelled before it was submitted",
-        )
-
-    def settle_unsubmitted(
-        self, shard: ShardRecord, *, status: RowStatus, code: str, message: str
-    ) -> bool:
-        """Settle a shard that never became a batch: each of its requests gets an outcome of
-        this status, for good. A batch that a crashed process did create is found through its
-        metadata and cancelled instead. False if another process holds the shard."""
-        claimed = self.ledger.claim(
-            shard.shard_id,
-            self.owner,
-            from_states=[ShardState.BUILT, ShardState.QUEUED, ShardState.SUBMITTING],
-            to_state=ShardState.SUBMITTING,
-            dead_owner=dead_lease_owner(shard),
-        )
-        if claimed is None:
-            return False
-        try:
-            if shard.state is ShardState.SUBMITTING and claimed.submissions:
-                found = self.backend.find_batch(
-                    metadata_key=SUBMISSION_METADATA_KEY,
-                    metadata_value=claimed.submission_key,
-                    created_after=int(claimed.created_at) - CLOCK_SKEW_SECONDS,
-                )
-                if found is not None:
-                    self.ledger.record_batch(claimed, found, self.owner)
-                    self.ledger.update_batch(cancel_or_read(self.backend, found.id))
-                    return True
-            outcomes = _synthetic_outcomes(
-                self._expected_ids(claimed),
-                status=status,
-                retryable=False,
-                code=code,
-                message=message,
-            )
-            if not self._settle(claimed, outcomes, allow_retries=False).taken_over:
-                self._delete_provider_files(claimed.file_id)  # uploaded, never made a batch
-            return True
-        finally:
-            self.ledger.release(claimed.shard_id, self.owner)
-
-    def _delete_provider_files(self, *file_ids: str | None) -> None:
-        """Delete files the provider no longer needs to keep for us (unless the spec keeps
-        them). Only tidying: a file that will not go is logged and left."""
-        if self.spec.output.keep_provider_files:
-            return
-        for file_id in filter(None, file_ids):
-            try:
-                self.backend.delete_file(file_id)
-            except NotFound:
-                continue
-            except BackendError as exc:
-                log.warning("file %s was not deleted from the provider: %s", file_id, exc)
-
-    def _expected_ids(self, shard: ShardRecord) -> pa.Array:
-        """The custom_ids of the shard's requests, in line order: from the file of them the
-        build wrote beside the shard, else read from the shard without parsing the bodies."""
-        try:
-            written = read_parquet(self.storage, shard_ids_path(shard.path))
-            if written.num_rows == shard.rows:
-                return written["custom_id"].combine_chunks()
-        except (OSError, KeyError, pa.ArrowException):  # gone or cut short: read the shard
-            pass
-        stored = StoredFile(self.storage, shard.path)
-        ids = []
-        for chunk in read_line_chunks(stored, ID_SCAN_BLOCK_BYTES):
-            found = _leading_custom_ids(chunk)
-            if found is None:
-                return self._expected_ids_parsed(stored)
-            ids.append(found)
-        return pa.chunked_array(ids, pa.string()).combine_chunks()
-
-    def _expected_ids_parsed(self, stored: StoredFile) -> pa.Array:
-        """`_expected_ids` for request lines of another layout: each line parsed as JSON."""
-        try:
-            with stored.open() as handle:
-                table = pa_json.read_json(
-                    handle,
-                    read_options=pa_json.ReadOptions(block_size=ID_SCAN_BLOCK_BYTES),
-                    parse_options=pa_json.ParseOptions(
-                        explicit_schema=pa.schema([("custom_id", pa.string())]),
-                        unexpected_field_behavior="ignore",
-                    ),
-                )
-            return table["custom_id"].combine_chunks()
-        except pa.ArrowInvalid:  # a line longer than a block: read it line by line
-            with stored.open() as lines:
-                return pa.array([orjson.loads(line)["custom_id"] for line in lines], pa.string())
-
-    def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
-        reason = "; ".join(f"{e.code}: {e.message}" for e in batch.errors) or "transient failure"
-        if not self.ledger.update_shard(
-            shard.shard_id,
-            self.owner,
-            state=ShardState.QUEUED,
-            not_before=self._clock() + self.tuning.requeue_backoff(shard.submissions),
-            last_error=f"batch {batch.id} failed ({reason}); queued again",
-            file_id=None,  # deleted once collected: the next submission uploads afresh
-        ):
-            return _taken_over(shard)
-        log.warning(
-            "shard %s: batch %s failed (%s); queued again", shard.shard_id, batch.id, reason
-        )
-        return CollectOutcome(shard.shard_id, 0, 0, 0, [], requeued=True)
-
-    def _outcomes(self, shard: ShardRecord, batch: BatchInfo) -> tuple[pa.Table, pa.Array | None]:
-        """One outcome per request of the shard, and the row of each request in request order
-        (None: the rows are in that order)."""
-        folder = shard_batch_dir(shard)
-        expected = self._expected_ids(shard)
-        if batch.status is BatchStatus.FAILED:
-            first = batch.errors[0] if batch.errors else None
-            message = "; ".join(
-                f"line {e.line}: {e.message}" if e.line else e.message for e in batch.errors
-            )
-            how = (
-                f"failed on a provider limit (submitted {shard.submissions} times)"
-                if is_transient_batch_failure(batch)
-                else "failed validation"
-            )
-            failed = _synthetic_outcomes(
-                expected,
-                status=RowStatus.FAILED,
-                retryable=False,
-                code=(first.code if first and first.code else "batch_failed"),
-                message=f"batch {batch.id} {how}: {message or 'no reason given'}",
-            )
-            return failed, None
-        files: dict[str, StoredFile] = {}
-        for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
-            if not file_id:
-                continue
-            relative = batch_file_path(folder, name)
-            try:
-                # Not flushed to disk: read at once, and fetched again if the outcomes, which
-                # are flushed, were never written.
-                with self.storage.atomic_write(relative, durable=False) as handle:
-                    self.backend.download_file(file_id, handle)
-            except NotFound:
-                log.warning("batch %s: %s file %s is gone", batch.id, name, file_id)
-                continue
-            files[name] = StoredFile(self.storage, relative)
-        parsed = parse_outcomes(files.get("output"), files.get("errors"), endpoint=shard.endpoint)
-        asked = pc.is_in(parsed["custom_id"], value_set=expected)
-        if not pc.all(asked).as_py():  # lines for requests of other shards: not ours to keep
-            parsed = parsed.filter(asked)
-        missing = pc.filter(expected, pc.invert(pc.is_in(expected, value_set=parsed["custom_id"])))
-        if len(missing):
-            cancelled = batch.status is BatchStatus.CANCELLED
-            filler = _synthetic_outcomes(
-                missing,
-                status=RowStatus.CANCELLED if cancelled else RowStatus.FAILED,
-                retryable=not cancelled,
-                code="batch_cancelled" if cancelled else "missing_result",
-                message=f"batch {batch.id} ({batch.status.value}) gave no line for this request",
-            )
-            parsed = pa.concat_tables([parsed, filler])
-        return parsed, pc.index_in(expected, value_set=parsed["custom_id"])
-
-    def _settle(
-        self,
-        shard: ShardRecord,
-        outcomes: pa.Table,
-        *,
-        allow_retries: bool,
-        order: pa.Array | None = None,
-    ) -> CollectOutcome:
-        # Downloading and parsing can outlast the lease: write nothing (outcomes, retry
-        # shards) unless this process still holds the shard.
-        if not self.ledger.renew_lease(shard.shard_id, self.owner):
-            return _taken_over(shard)
-        outcomes = outcomes.append_column(
-            "batch_id", pa.array([shard.batch_id] * len(outcomes), pa.string())
-        ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
-        relative = outcomes_path(shard_batch_dir(shard))
-        with self.storage.atomic_write(relative) as handle:
-            write_outcome_file(outcomes, handle, order=order)
-        retry_ids = set()
-        if allow_retries and shard.attempt < self.spec.retry.max_attempts:
-            retry_ids = set(pc.filter(outcomes["custom_id"], outcomes["retryable"]).to_pylist())
-        retry_shard_ids: list[str] = []
-        if retry_ids:
-            manifest = write_retry_shards(
-                self.spec,
-                self.storage,
-                shard.partition,
-                shard.generation,
-                shard.attempt + 1,
-                iter_request_lines(
-                    self.storage,
-                    [shard.path],
-                    retry_ids,
-                    exact_tokens=self.spec.limits.counts_tokens_exactly,
-                ),
-                first_index=shard.shard_index,
-            )
-            self.ledger.add_shards(manifest.shards)
-            retry_shard_ids = [s.shard_id for s in manifest.shards]
-        succeeded = int(
-            pc.sum(pc.equal(outcomes["status"], RowStatus.SUCCEEDED.value)).as_py() or 0
-        )
-        failed = len(outcomes) - succeeded - len(retry_ids)
-        held = self.ledger.update_shard(
-            shard.shard_id,
-            self.owner,
-            state=ShardState.COLLECTED,
-            outcomes_path=relative,
-            succeeded=succeeded,
-            failed=failed,
-            retried=len(retry_ids),
-            collected_at=self._clock(),
-        )
-        if not held:
-            return _taken_over(shard)
-        return CollectOutcome(shard.shard_id, succeeded, failed, len(retry_ids), retry_shard_ids)
-
-
-def _taken_over(shard: ShardRecord) -> CollectOutcome:
-    log.warning("shard %s: another process took it over while it was collected", shard.shard_id)
-    return CollectOutcome(shard.shard_id, 0, 0, 0, [], taken_over=True)
-
-
-_LEADING_CUSTOM_ID = r'^\{"custom_id":"(?P<id>[^"\\]*)",'
-_LEADING_BYTES = 512
-
-
-def _leading_custom_ids(chunk: bytes) -> pa.Array | None:
-    """The custom_id of each line of `chunk`, where every line starts as the request builder
-    writes it (`{"custom_id":"<no escapes>",`); None otherwise."""
-    ends = line_ends(chunk)
-    if not len(ends) or ends[-1] != len(chunk) - 1:
-        return None
-    lines = line_array(chunk, ends)
-    found = pc.extract_regex(pc.binary_slice(lines, 0, _LEADING_BYTES), _LEADING_CUSTOM_ID)
-    if found.null_count:
-        return None
-    try:
-        return found.field("id").cast(pa.string())
-    except pa.ArrowInvalid:  # not UTF-8
-        return None
-
-
-def _synthetic_outcomes(
-    custom_ids: pa.Array, *, status: RowStatus, retryable: bool, code: str, message: str
-) -> pa.Table:
-    """Outcome rows, in the parsed outcomes' schema, for requests with no line of their own."""
-    count = len(custom_ids)
-    given = {
-        "custom_id": custom_ids,
-        "status": pa.array([status.value] * count, pa.string()),
-        "retryable": pa.array([retryable] * count, pa.bool_()),
-        "error_code": pa.array([code] * count, pa.string()),
-        "error_message": pa.array([message] * count, pa.string()),
-    }
-    return pa.table(
-        [given.get(f.name, pa.nulls(count, f.type)).cast(f.type) for f in OUTCOME_SCHEMA],
-        schema=OUTCOME_SCHEMA,
+def summarize(events: Iterable[PollEvent], open_shards: list[ShardRecord]) -> PollReport:
+    """A pass's events summed up; `open_shards` are those left open after it."""
+    changed: list[tuple[str, str]] = []
+    submitted: list[str] = []
+    errors: list[str] = []
+    collected = retries = 0
+    timed_out = False
+    for event in events:
+        match event:
+            case BatchChanged(batch_id, status):
+                changed.append((batch_id, status))
+            case ShardCollected(_, retry_shard_ids):
+                collected += 1
+                retries += len(retry_shard_ids)
+            case BatchSubmitted(batch_id):
+                submitted.append(batch_id)
+            case PollError(message):
+                errors.append(message)
+            case TimeBudgetUsedUp():
+                timed_out = True
+    in_flight = sum(1 for shard in open_shards if shard.state is ShardState.SUBMITTED)
+    return PollReport(
+        changed=changed,
+        collected_shards=collected,
+        retry_shards=retries,
+        submitted_batch_ids=submitted,
+        in_flight=in_flight,
+        queued=len(open_shards) - in_flight,
+        timed_out=timed_out,
+        errors=errors,
     )

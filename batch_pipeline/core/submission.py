@@ -9,8 +9,6 @@ and adopts what it finds instead of paying for a second batch.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass
 
 from batch_pipeline.core.backends.base import (
@@ -20,17 +18,26 @@ from batch_pipeline.core.backends.base import (
     TransientBackendError,
     cancel_or_read,
 )
+from batch_pipeline.core.batch_identity import (
+    SUBMISSION_METADATA_KEY,
+    created_after,
+    find_submitted_batch,
+)
+from batch_pipeline.core.collection import Collector
+from batch_pipeline.core.leases import dead_lease_owner, lease_is_free
 from batch_pipeline.core.ledger import ShardRecord
 from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
-
-# The defaults, kept importable from here.
-from batch_pipeline.core.types import BatchInfo, ShardState
+from batch_pipeline.core.types import (
+    BatchInfo,
+    ShardState,
+    ShardWait,
+    SubmitSummary,
+    WaitReason,
+)
 from batch_pipeline.core.worker import PipelineWorker
 
 log = logging.getLogger(__name__)
 
-SUBMISSION_METADATA_KEY = "batch_pipeline_submission"
-CLOCK_SKEW_SECONDS = 900
 RATE_LIMITED = 429
 # Refusals that concern the whole pipeline (a wrong or unauthorised key), not one shard.
 CONFIGURATION_STATUS_CODES = frozenset({401, 403})
@@ -42,7 +49,7 @@ class SubmitOutcome:
 
     shard_id: str
     batch: BatchInfo | None
-    waiting: str | None = None  # why the shard is still queued, if it is
+    waiting: ShardWait | None = None  # why the shard is still queued, if it is
     adopted: bool = False
     refused: BackendError | None = None  # the provider will not take this shard as a batch
     cancelled: bool = False  # its day was cancelled while it was uploaded: settle it as such
@@ -58,31 +65,6 @@ def deferral_backoff_seconds(deferrals: int, tuning: Tuning = DEFAULT_TUNING) ->
     return tuning.deferral_backoff(deferrals)
 
 
-def lease_holder_is_dead(owner: str | None) -> bool:
-    """True when `owner` names a process of this host that no longer runs."""
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def dead_lease_owner(shard: ShardRecord) -> str | None:
-    """The shard's lease holder when it is a process known to have died, else None."""
-    return shard.lease_owner if lease_holder_is_dead(shard.lease_owner) else None
-
-
 def upload_filename(shard: ShardRecord) -> str:
     """A provider-side filename that identifies the shard, its content and its submission."""
     safe = shard.shard_id.replace(":", "_")
@@ -90,17 +72,85 @@ def upload_filename(shard: ShardRecord) -> str:
 
 
 class Submitter(PipelineWorker):
-    """Submits queued shards of one pipeline, respecting the enqueued-token budget."""
+    """Schedules and submits the queued shards of one pipeline, within the enqueued-token
+    budget."""
+
+    def submit_queued(
+        self, partition: str | None = None, *, deadline: float | None = None
+    ) -> SubmitSummary:
+        """Submit the queued shards the token budget allows (built ones wait until asked
+        for); shards not reached by `deadline` wait for the next pass."""
+        collector = self.sibling(Collector)
+        submitted: list[str] = []
+        waiting: list[ShardWait] = []
+        refused: list[str] = []
+        for shard in self.submittable(partition):
+            if deadline is not None and self._clock() > deadline:
+                detail = "poll time budget used up"
+                waiting.append(ShardWait(shard.shard_id, WaitReason.TIME_BUDGET, detail))
+                continue
+            outcome = self.submit(shard)
+            if outcome.batch is not None:
+                submitted.append(outcome.batch.id)
+            elif outcome.refused is not None:
+                collector.settle_refused(shard, outcome.refused)
+                refused.append(f"{shard.shard_id}: {outcome.refused}")
+            elif outcome.cancelled:
+                collector.cancel_unsubmitted(shard)
+                collector.settle_if_done(shard.partition)
+            elif outcome.waiting:
+                waiting.append(outcome.waiting)
+        return SubmitSummary(
+            pipeline=self.spec.name,
+            partition=partition,
+            submitted_batch_ids=submitted,
+            in_flight_batch_ids=self._in_flight_batch_ids(partition),
+            waiting=waiting,
+            refused_reasons=refused,
+        )
+
+    def submittable(self, partition: str | None = None) -> list[ShardRecord]:
+        """Queued and orphaned shards of current, uncancelled generations whose wait is over
+        and whose lease is free, oldest first."""
+        current = {
+            record.partition: record
+            for record in self.ledger.list_partitions(self.spec.name)
+            if partition is None or record.partition == partition
+        }
+        now = self._clock()
+        shards = []
+        for shard in self.ledger.shards(
+            self.spec.name, partition=partition, states=[ShardState.QUEUED, ShardState.SUBMITTING]
+        ):
+            record = current.get(shard.partition)
+            if record is None or record.generation != shard.generation or record.cancelled_at:
+                continue
+            if shard.not_before and shard.not_before > now:
+                continue
+            if shard.state is ShardState.SUBMITTING and not lease_is_free(
+                shard.lease_owner, shard.lease_expires_at, self.owner, now
+            ):
+                continue
+            shards.append(shard)
+        return sorted(shards, key=lambda s: (s.partition, s.attempt, s.shard_index))
+
+    def _in_flight_batch_ids(self, partition: str | None) -> list[str]:
+        return [
+            shard.batch_id
+            for shard in self.ledger.shards(
+                self.spec.name, partition=partition, states=[ShardState.SUBMITTED]
+            )
+            if shard.batch_id and not (shard.batch_status and shard.batch_status.is_terminal)
+        ]
 
     def submit(self, shard: ShardRecord) -> SubmitOutcome:
         """Try to turn one queued (or orphaned `submitting`) shard into a batch."""
-        waiting = self._budget_wait(shard)
-        if waiting:
+        if waiting := self._budget_wait(shard):
             return SubmitOutcome(shard.shard_id, None, waiting=waiting)
         claimed = self._claim(shard)
         if claimed is None:  # another submitter took the shard, or the budget, first
-            waiting = self._budget_wait(shard) or "held by another process"
-            return SubmitOutcome(shard.shard_id, None, waiting=waiting)
+            held = ShardWait(shard.shard_id, WaitReason.HELD, "held by another process")
+            return SubmitOutcome(shard.shard_id, None, waiting=self._budget_wait(shard) or held)
         try:
             return self._submit_claimed(claimed, takeover=shard.state is ShardState.SUBMITTING)
         except ServiceUnreachable:
@@ -111,7 +161,7 @@ class Submitter(PipelineWorker):
         except TransientBackendError as exc:
             if exc.status_code == RATE_LIMITED:  # an answer: no batch was made
                 return self._requeue(claimed, exc)
-            return self._defer(claimed, exc, f"provider busy: {exc}")
+            return self._defer(claimed, exc, WaitReason.PROVIDER_BUSY, f"provider busy: {exc}")
         except BackendError as exc:
             self.ledger.release(claimed.shard_id, self.owner)
             if _concerns_every_shard(exc):
@@ -123,7 +173,12 @@ class Submitter(PipelineWorker):
             raise
 
     def _defer(
-        self, shard: ShardRecord, exc: BackendError, waiting: str, **values: object
+        self,
+        shard: ShardRecord,
+        exc: BackendError,
+        reason: WaitReason,
+        detail: str,
+        **values: object,
     ) -> SubmitOutcome:
         """Leave the shard `submitting` for a later tick, which first looks for a batch this
         try may have made; the wait grows with each try cut short."""
@@ -140,7 +195,9 @@ class Submitter(PipelineWorker):
             **values,
         )
         log.warning("shard %s: %s; trying again in %.0f s", shard.shard_id, exc, retry_in)
-        return SubmitOutcome(shard.shard_id, None, waiting=waiting)
+        return SubmitOutcome(
+            shard.shard_id, None, waiting=ShardWait(shard.shard_id, reason, detail)
+        )
 
     def _requeue(self, shard: ShardRecord, exc: BackendError) -> SubmitOutcome:
         """A shard the provider turned away for now (429): back in the queue for a new
@@ -160,9 +217,10 @@ class Submitter(PipelineWorker):
             lease_owner=None,
             lease_expires_at=None,
         ):
-            return _taken_over(shard)
+            return _submission_taken_over(shard)
         log.warning("shard %s: %s; queued again for %.0f s", shard.shard_id, exc, retry_in)
-        return SubmitOutcome(shard.shard_id, None, waiting=f"provider busy: {exc}")
+        busy = ShardWait(shard.shard_id, WaitReason.PROVIDER_BUSY, f"provider busy: {exc}")
+        return SubmitOutcome(shard.shard_id, None, waiting=busy)
 
     def _cancel_batch_of_cancelled_day(self, shard: ShardRecord, batch: BatchInfo) -> None:
         log.warning(
@@ -181,15 +239,17 @@ class Submitter(PipelineWorker):
             and record.cancelled_at is not None
         )
 
-    def _budget_wait(self, shard: ShardRecord) -> str | None:
+    def _budget_wait(self, shard: ShardRecord) -> ShardWait | None:
         budget = self.spec.limits.enqueued_tokens
         if budget is None or shard.state is ShardState.SUBMITTING:
             return None
         enqueued = self.ledger.enqueued_tokens(shard.model)
         if enqueued and enqueued + shard.estimated_input_tokens > budget:
-            return (
+            return ShardWait(
+                shard.shard_id,
+                WaitReason.TOKEN_BUDGET,
                 f"token budget: {enqueued:,} of {budget:,} enqueued tokens in use for "
-                f"{shard.model}, this shard needs {shard.estimated_input_tokens:,}"
+                f"{shard.model}, this shard needs {shard.estimated_input_tokens:,}",
             )
         return None
 
@@ -214,12 +274,9 @@ class Submitter(PipelineWorker):
         )
 
     def _submit_claimed(self, shard: ShardRecord, *, takeover: bool) -> SubmitOutcome:
-        key = shard.submission_key
-        since = int(shard.created_at) - CLOCK_SKEW_SECONDS
+        since = created_after(shard)
         if takeover:
-            existing = self.backend.find_batch(
-                metadata_key=SUBMISSION_METADATA_KEY, metadata_value=key, created_after=since
-            )
+            existing = find_submitted_batch(self.backend, shard)
             if existing is not None:
                 return self._record(shard, existing, adopted=True)
         file_id = shard.file_id
@@ -234,7 +291,7 @@ class Submitter(PipelineWorker):
         # An upload can outlast the lease. Renewing it here, in the statement that stores the
         # file, proves no other process took the shard over meanwhile to create a batch too.
         if not self.ledger.renew_lease(shard.shard_id, self.owner, file_id=file_id):
-            return _taken_over(shard)
+            return _submission_taken_over(shard)
         # A cancel cannot take a shard leased for its upload; the holder heeds it instead.
         if self._day_cancelled(shard):
             self.ledger.release(shard.shard_id, self.owner)
@@ -245,7 +302,7 @@ class Submitter(PipelineWorker):
                 input_file_id=file_id,
                 endpoint=shard.endpoint,
                 metadata={
-                    SUBMISSION_METADATA_KEY: key,
+                    SUBMISSION_METADATA_KEY: shard.submission_key,
                     "batch_pipeline_pipeline": shard.pipeline,
                     "batch_pipeline_partition": shard.partition,
                 },
@@ -254,7 +311,8 @@ class Submitter(PipelineWorker):
             if uploaded_now or self.backend.find_file(filename, created_after=since):
                 raise  # the file is there: the 404 is the endpoint's own (a wrong URL, say)
             # An upload of an earlier attempt expired or was deleted: upload it again.
-            return self._defer(shard, exc, f"input file gone: {exc}", file_id=None)
+            gone = f"input file gone: {exc}"
+            return self._defer(shard, exc, WaitReason.INPUT_FILE_GONE, gone, file_id=None)
         return self._record(shard, batch)
 
     def _record(
@@ -277,7 +335,7 @@ class Submitter(PipelineWorker):
                 batch.id,
             )
             cancel_or_read(self.backend, batch.id)
-        return _taken_over(shard)
+        return _submission_taken_over(shard)
 
 
 def _concerns_every_shard(exc: BackendError) -> bool:
@@ -289,5 +347,7 @@ def _concerns_every_shard(exc: BackendError) -> bool:
     )
 
 
-def _taken_over(shard: ShardRecord) -> SubmitOutcome:
-    return SubmitOutcome(shard.shard_id, None, waiting="taken over by another process")
+def _submission_taken_over(shard: ShardRecord) -> SubmitOutcome:
+    """What a submission that lost its lease to another process reports."""
+    wait = ShardWait(shard.shard_id, WaitReason.TAKEN_OVER, "taken over by another process")
+    return SubmitOutcome(shard.shard_id, None, waiting=wait)

@@ -16,6 +16,7 @@ from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_
 from batch_pipeline.core.ledger import PartitionRecord
 from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
 from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.types import ShardState
 from batch_pipeline.dagster.assets import build_asset_specs, build_partitions_def
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
@@ -213,15 +214,15 @@ def _waiting_message(pipeline: Pipeline, report: PollReport, instance: dg.Dagste
 
 
 def _describe_day(status: PartitionStatus) -> str:
-    in_flight = status.shards.get("submitted", 0)
-    queued = status.shards.get("queued", 0) + status.shards.get("submitting", 0)
+    in_flight = status.shards.get(ShardState.SUBMITTED, 0)
+    queued = status.shards.get(ShardState.QUEUED, 0) + status.shards.get(ShardState.SUBMITTING, 0)
     parts = []
     if in_flight:
         parts.append(f"{_count(in_flight, 'batch', 'batches')} in flight")
     if queued:
         why = f" ({status.waiting[0]})" if status.waiting else ""
         parts.append(f"{_count(queued, 'shard', 'shards')} queued{why}")
-    if built := status.shards.get("built", 0):
+    if built := status.shards.get(ShardState.BUILT, 0):
         parts.append(f"{_count(built, 'shard', 'shards')} built, not asked to be submitted")
     if not parts:
         parts.append(status.state)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import fields, replace
 from datetime import datetime
@@ -24,10 +25,13 @@ from batch_pipeline import PipelineSpec, load_pipeline, read_results
 from batch_pipeline.core import sharding
 from batch_pipeline.core import submission as submission_module
 from batch_pipeline.core.backends.base import ServiceUnreachable
+from batch_pipeline.core.building import Builder
+from batch_pipeline.core.collection import Collector
 from batch_pipeline.core.ledger import SCHEMA_VERSION, Ledger, ShardRecord
+from batch_pipeline.core.outcome_groups import outcome_groups
 from batch_pipeline.core.outcomes import PER_ROW_COLUMNS
-from batch_pipeline.core.pipeline import Pipeline, PipelineError, _outcome_groups
-from batch_pipeline.core.poller import Poller
+from batch_pipeline.core.pipeline import Pipeline, PipelineError
+from batch_pipeline.core.poller import PollPass
 from batch_pipeline.core.results import ResultsIncompleteError
 from batch_pipeline.core.spec import SpecError
 from batch_pipeline.core.storage import LocalStorage
@@ -383,9 +387,9 @@ def test_a_retry_shard_without_its_first_attempt_is_refused_by_index(tmp_path) -
         return ShardRecord(**{f.name: None for f in fields(ShardRecord)} | given | {"rows": 5})
 
     storage = LocalStorage(tmp_path)
-    assert len(_outcome_groups(storage, [shard(0, 1), shard(0, 2), shard(1, 1)])) == 2
+    assert len(outcome_groups(storage, [shard(0, 1), shard(0, 2), shard(1, 1)])) == 2
     with pytest.raises(PipelineError, match=r"retry shards \[2, 3\] have no first-attempt"):
-        _outcome_groups(storage, [shard(0, 1), shard(3, 2), shard(2, 2), shard(0, 2)])
+        outcome_groups(storage, [shard(0, 1), shard(3, 2), shard(2, 2), shard(0, 2)])
 
 
 def _dictionary_encoded(path) -> dict[str, bool]:
@@ -520,7 +524,7 @@ def test_a_cancelled_day_whose_batch_failed_on_tokens_settles_instead_of_requeue
     with api.pipeline(spec, backend=backend) as pipeline:
         pipeline.build_requests(DAY)
         pipeline.submit(DAY)
-        poller = pipeline._worker(Poller)
+        poller = pipeline._worker(PollPass)
         poller.refresh(poller.in_flight())  # the ledger learns the batch failed
         pipeline.cancel(DAY)  # a failed batch is not cancelled: it waits to be collected
         pipeline.poll()
@@ -839,7 +843,8 @@ def test_a_long_build_renews_its_claim_and_stops_once_taken_over(tmp_path, api):
     ):
         generation = first.ledger.start_generation(spec.name, DAY, rebuild=False)
         assert first.ledger.claim_build(spec.name, DAY, generation, first.owner)
-        heartbeat = first._build_heartbeat(DAY, generation)
+        builder = first._worker(Builder, source=first.source, sleep=time.sleep)
+        heartbeat = builder._build_heartbeat(DAY, generation)
 
         now[0] += 200  # two thirds of the lease: renewed
         heartbeat()
@@ -946,6 +951,6 @@ def test_a_pipeline_takes_the_tuning_given_else_the_defaults(tmp_path) -> None:
     given = Tuning(requeue_backoff_seconds=1.0, chunk_rows=8)
     with Pipeline(spec, tuning=given) as pipeline:
         assert pipeline.tuning == given
-        assert pipeline._worker(Poller).tuning == given  # handed down to every step
+        assert pipeline._worker(PollPass).sibling(Collector).tuning == given  # to every step
     with Pipeline(spec) as pipeline:
         assert pipeline.tuning == DEFAULT_TUNING

@@ -24,10 +24,11 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 import yaml
 
+from batch_pipeline.core.batch_identity import SUBMISSION_METADATA_KEY
+from batch_pipeline.core.leases import lease_holder_is_dead
 from batch_pipeline.core.pipeline import Pipeline, PipelineError, ResultsSummary
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import TEMP_PREFIX, LocalStorage
-from batch_pipeline.core.submission import SUBMISSION_METADATA_KEY, lease_holder_is_dead
 from batch_pipeline.core.tuning import Tuning
 from batch_pipeline.local_api import LocalApiSettings, LocalBatchApi
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets

@@ -1,0 +1,111 @@
+"""Writing a settled partition's results: every source row joined with its final outcome (or
+its rejection), written as Parquet, with its cost, and recorded in the ledger."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from batch_pipeline.core.building import REBUILD_HINT
+from batch_pipeline.core.custom_id import custom_ids_for
+from batch_pipeline.core.layout import rejected_path, results_path
+from batch_pipeline.core.outcome_groups import outcome_groups
+from batch_pipeline.core.parquet_files import read_parquet
+from batch_pipeline.core.prices import cost_usd
+from batch_pipeline.core.requests import RequestBuilder
+from batch_pipeline.core.results import ResultsError, assemble_results
+from batch_pipeline.core.results import ResultsSummary as JoinedResults
+from batch_pipeline.core.sources import Source, parse_partition
+from batch_pipeline.core.types import PipelineError, ResultsSummary, RowStatus
+from batch_pipeline.core.worker import PipelineWorker
+
+
+class ResultsWriter(PipelineWorker):
+    """Writes the results of one pipeline's settled partitions, joining rows of `source`."""
+
+    def __init__(self, *args: Any, source: Source, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = source
+
+    def write(self, partition: str) -> ResultsSummary:
+        """Join every source row of a settled partition with its outcome and write Parquet."""
+        record = self.partition_record(partition)
+        if record.settled_at is None:
+            raise PipelineError(
+                f"partition {partition} of {self.spec.name} is not settled yet: "
+                "poll until every batch has finished"
+            )
+        shards = self.ledger.shards(
+            self.spec.name, partition=partition, generation=record.generation
+        )
+        outcomes = outcome_groups(self.storage, shards)
+        rejected = read_parquet(self.storage, rejected_path(partition, record.generation))
+        try:
+            summary = assemble_results(
+                # Read in the join's own chunks: larger batches only wait, decoded, in memory.
+                source_batches=self.source.batches(
+                    parse_partition(partition),
+                    batch_size=self.tuning.chunk_rows,
+                    ties=RequestBuilder(self.spec).columns,  # as the build read them
+                ),
+                source_schema=self.source.schema(),  # for an empty day
+                key_column=self.spec.source.key,
+                partition=partition,
+                custom_id_of=lambda keys: custom_ids_for(partition, keys),
+                outcomes=outcomes,
+                rejected=rejected,
+                storage=self.storage,
+                dest=results_path(partition),
+                endpoint=self.spec.request.endpoint.value,
+                compression=self.spec.output.compression,
+                chunk_rows=self.tuning.chunk_rows,
+            )
+        except ResultsError as exc:
+            built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.built_at or 0))
+            raise type(exc)(
+                f"partition {partition} of {self.spec.name}: {exc}. The source no longer holds "
+                f"the rows its requests were built from at {built}. If rows were added, "
+                f"changed or removed since, rebuild the partition ({REBUILD_HINT}), which "
+                "sends every row again"
+            ) from None
+        finally:
+            pa.default_memory_pool().release_unused()  # see Collector.collect
+        result = self._results_summary(partition, record.generation, summary)
+        self.ledger.mark_collected(
+            self.spec.name,
+            partition,
+            record.generation,
+            results_path=result.path,
+            summary=result.to_dict(),
+        )
+        return result
+
+    def _results_summary(
+        self, partition: str, generation: int, summary: JoinedResults
+    ) -> ResultsSummary:
+        model = self.spec.request.model
+        prices = self.spec.prices
+        batch_cost = cost_usd(
+            model, summary.input_tokens, summary.output_tokens, batch=True, overrides=prices
+        )
+        live_cost = cost_usd(
+            model, summary.input_tokens, summary.output_tokens, batch=False, overrides=prices
+        )
+        counts = {status.value: int(summary.counts.get(status.value, 0)) for status in RowStatus}
+        return ResultsSummary(
+            pipeline=self.spec.name,
+            partition=partition,
+            generation=generation,
+            path=str(summary.path),
+            rows=summary.rows,
+            counts=counts,
+            input_tokens=summary.input_tokens,
+            output_tokens=summary.output_tokens,
+            cost_batch_usd=batch_cost,
+            cost_live_usd=live_cost,
+            saved_usd=None if batch_cost is None or live_cost is None else live_cost - batch_cost,
+            columns=list(summary.columns),
+            preview=list(summary.preview),
+        )
