@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch_pipeline.core._threads import parallel_map
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
 from batch_pipeline.core.sources import parse_partition
 from batch_pipeline.core.spec import PipelineSpec, SpecError, parse_template
@@ -678,13 +677,13 @@ class RequestBuilder:
             **{column: _rows_of(text, accepted) for column, text in texts.items()},
         }
         starts = range(0, len(accepted), LINE_SLICE_ROWS)
-        slices = _line_workers().map(
+        slices = parallel_map(
             lambda start: self._slice_lines(
                 {name: array.slice(start, LINE_SLICE_ROWS) for name, array in columns.items()}
             ),
             starts,
         )
-        return pa.chunked_array(list(slices), pa.large_binary())
+        return pa.chunked_array(slices, pa.large_binary())
 
     def _slice_lines(self, columns: Mapping[str | None, pa.Array]) -> pa.Array:
         escaped = {
@@ -697,11 +696,6 @@ class RequestBuilder:
             for piece in self._line_pieces
         ]
         return pc.binary_join_element_wise(*parts, _EMPTY)
-
-
-@lru_cache(maxsize=1)
-def _line_workers() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="lines")
 
 
 def _rows_of(array: pa.Array, rows: np.ndarray) -> pa.Array:

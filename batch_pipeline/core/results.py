@@ -20,9 +20,8 @@ through the storage interface.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch_pipeline.core._threads import SerialWorker
 from batch_pipeline.core.layout import PARTITION_KEY, results_dir, results_partition
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, PARQUET_COMPRESSION, one_chunk
 from batch_pipeline.core.parquet_files import (
@@ -262,14 +262,11 @@ class _WriteBehind:
 
     def __init__(self, file: AtomicParquetFile) -> None:
         self._file = file
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=WRITER_THREAD)
-        self._pending: deque[Future[None]] = deque()
+        self._thread = SerialWorker(WRITER_THREAD, capacity=WRITES_AHEAD)
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Hand the batch to the thread, once fewer than `WRITES_AHEAD` chunks wait for it."""
-        while len(self._pending) >= WRITES_AHEAD:
-            self._pending.popleft().result()
-        self._pending.append(self._thread.submit(self._write, batch))
+        self._thread.submit(self._write, batch)
 
     def _write(self, batch: pa.RecordBatch) -> None:
         self._file.write(batch)
@@ -279,16 +276,14 @@ class _WriteBehind:
 
     def commit(self) -> None:
         """Wait for every write, then close the file and move it into place."""
-        while self._pending:
-            self._pending.popleft().result()
+        self._thread.drain()
         self._thread.shutdown()
         self._file.commit()
 
     def abort(self) -> None:
         """Drop the writes not started, wait for the thread, drop the temporary file (a no-op
         after `commit`)."""
-        self._thread.shutdown(cancel_futures=True)
-        self._pending.clear()
+        self._thread.shutdown(cancel=True)
         self._file.abort()
 
 
