@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from batch_pipeline.core._hashing import keyed_hashes, random_seeds
 from batch_pipeline.core.jsonl import LineSource, line_array, line_ends, read_line_chunks
 from batch_pipeline.core.types import Endpoint, RowStatus
 
@@ -325,7 +326,7 @@ def _parse_chunk(
         raise OutcomeFileError(
             f"{path}, lines {first_line}-{last_line}: a value of the wrong type ({exc})"
         ) from None
-    return pa.record_batch(arrays, schema=OUTCOME_SCHEMA), _string_hashes(arrays[0])
+    return pa.record_batch(arrays, schema=OUTCOME_SCHEMA), _id_hashes(arrays[0])
 
 
 def _empty_batch() -> tuple[pa.RecordBatch, np.ndarray]:
@@ -515,7 +516,7 @@ def _parse_chunk_columnar(
     batch = pa.record_batch(
         [one_chunk(arrays[f.name]).cast(f.type) for f in OUTCOME_SCHEMA], schema=OUTCOME_SCHEMA
     )
-    return batch, _string_hashes(one_chunk(custom_ids))
+    return batch, _id_hashes(one_chunk(custom_ids))
 
 
 def _read_envelope(
@@ -695,24 +696,14 @@ def _view_structs(buffer: pa.Buffer, begins: np.ndarray, lengths: np.ndarray) ->
     return pa.py_buffer(views)
 
 
-_HASH_BASE = np.uint64(0x100000001B3)
-_HASH_LENGTH_MIX = np.uint64(0x9E3779B97F4A7C15)
+_ID_SEEDS = random_seeds(1)
 
 
-def _string_hashes(values: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string's bytes, computed column-wise: equal strings hash
-    equally; unequal ones rarely do, and callers compare the strings of equal hashes."""
-    if not len(values):
-        return np.empty(0, np.int64)
-    offsets = np.frombuffer(values.buffers()[1], np.int32)
-    offsets = offsets[values.offset : values.offset + len(values) + 1].astype(np.int64)
-    lengths = np.diff(offsets)
-    data = np.frombuffer(values.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
-    position = np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)
-    powers = np.cumprod(np.full(max(int(lengths.max()), 1), _HASH_BASE, np.uint64))
-    sums = np.r_[np.uint64(0), np.cumsum((data.astype(np.uint64) + 1) * powers[position])]
-    hashes = sums[offsets[1:] - offsets[0]] - sums[offsets[:-1] - offsets[0]]
-    return (hashes ^ (lengths.astype(np.uint64) * _HASH_LENGTH_MIX)).view(np.int64)
+def _id_hashes(values: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each custom_id: equal ids hash equally; unequal ones rarely do, and
+    `_best_lines` compares the ids of equal hashes."""
+    (hashes,) = keyed_hashes(values, _ID_SEEDS)
+    return hashes.view(np.int64)
 
 
 def _first_items(lists: pa.ChunkedArray | pa.Array) -> pa.Array:

@@ -10,7 +10,6 @@ every row under an enqueued-token budget, are tokenized exactly.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -21,6 +20,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch_pipeline.core._json_escape import json_escape
+from batch_pipeline.core._key_set import KeySet
 from batch_pipeline.core._threads import parallel_map
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
 from batch_pipeline.core.sources import parse_partition
@@ -201,179 +202,6 @@ class _Verdicts:
         )
 
 
-class _SeenKeys:
-    """The keys of a partition seen so far, kept as 96-bit keyed hashes (12 bytes a key,
-    where a Python set of strings takes ~90), so memory stays flat as partitions grow.
-    Two different keys share both hashes with a chance of about n^2 / 2^97: never, in
-    practice. The hashes are computed from the keys' Arrow buffers (`_key_hashes`), with no
-    Python object per key. They live in runs sorted by the first hash, merged as they grow,
-    so a lookup is a binary search in a few runs; a fixed-size bitmap of the first hashes'
-    top bits spares the search for most new keys."""
-
-    _MAX_RUN = 1 << 20  # entries: 12 MiB
-    _FILTER_BITS = 26  # a bitmap of 2^26 bits: 8 MiB, whatever the partition's size
-
-    def __init__(self) -> None:
-        # Keyed afresh for each partition: no fixed set of keys collides everywhere.
-        self._seeds = np.frombuffer(os.urandom(8 * _SEEDS), dtype=np.uint64).copy()
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (uint64 sorted, uint32)
-        self._filter = np.zeros(1 << (self._FILTER_BITS - 6), dtype=np.uint64)
-
-    def repeated(self, key_text: pa.Array) -> np.ndarray:
-        """Mark the rows whose key occurred before (earlier in this batch or in an earlier
-        batch), and remember the rest. Null keys are neither marked nor remembered."""
-        repeated = np.zeros(len(key_text), dtype=bool)
-        if key_text.null_count:
-            valid = pc.is_valid(key_text)
-            rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
-            key_text = key_text.filter(valid)
-        else:
-            rows = np.arange(len(key_text))
-        if rows.size == 0:
-            return repeated
-        first, second = _key_hashes(key_text, self._seeds)
-        second = (second >> np.uint64(32)).astype(np.uint32)
-        # In hash order (earliest row first among equal keys); sorted lookups are also far
-        # faster than random ones in large runs.
-        order = np.argsort(first)
-        again = np.zeros(rows.size, dtype=bool)
-        if np.any(first[order[1:]] == first[order[:-1]]):
-            # Repeats within the batch (or, rarely, keys sharing a first hash): an exact
-            # order, so that equal keys are adjacent with their earliest row first.
-            order = np.lexsort((rows, second, first))
-            first, second = first[order], second[order]
-            again[1:] = (first[1:] == first[:-1]) & (second[1:] == second[:-1])
-        else:
-            first, second = first[order], second[order]
-        slot = first >> np.uint64(64 - self._FILTER_BITS)
-        word, bit = slot >> np.uint64(6), np.left_shift(np.uint64(1), slot & np.uint64(63))
-        # Only keys whose bit is already set can have been seen in an earlier batch.
-        unsure = np.flatnonzero(((self._filter[word] & bit) != 0) & ~again)
-        for run in self._runs:
-            if unsure.size == 0:
-                break
-            found = _in_run(run, first[unsure], second[unsure])
-            again[unsure[found]] = True
-            unsure = unsure[~found]
-        repeated[rows[order[again]]] = True
-        if again.any():
-            new = ~again
-            first, second, word, bit = first[new], second[new], word[new], bit[new]
-        if first.size:  # (a batch of repeats only adds no empty run)
-            # Set the new keys' bits; `word` is sorted, so one update per word.
-            starts = np.flatnonzero(np.diff(word, prepend=~word[:1]))
-            self._filter[word[starts]] |= np.bitwise_or.reduceat(bit, starts)
-            self._runs.append((first, second))
-            self._merge()
-        return repeated
-
-    def _merge(self) -> None:
-        """Merge the newest run into the one before while it is at least half its size, up to
-        `_MAX_RUN` entries, so that no merge needs memory in proportion to the partition."""
-        while (
-            len(self._runs) > 1
-            and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0])
-            and len(self._runs[-1][0]) + len(self._runs[-2][0]) <= self._MAX_RUN
-        ):
-            newer_first, newer_second = self._runs.pop()
-            older_first, older_second = self._runs.pop()
-            first = np.concatenate((older_first, newer_first))
-            del older_first, newer_first  # keep the merge's peak memory low
-            # Two sorted runs: a stable sort (timsort) merges them in one linear pass.
-            order = np.argsort(first, kind="stable")
-            first = first[order]
-            second = np.concatenate((older_second, newer_second))[order]
-            del order
-            self._runs.append((first, second))
-
-
-def _in_run(
-    run: tuple[np.ndarray, np.ndarray], first: np.ndarray, second: np.ndarray
-) -> np.ndarray:
-    """Which (first, second) hash pairs, sorted by `first`, are in the run."""
-    run_first, run_second = run
-    low = np.searchsorted(run_first, first, side="left")
-    at = np.minimum(low, len(run_first) - 1)
-    same_first = (low < len(run_first)) & (run_first[at] == first)
-    found = same_first & (run_second[at] == second)
-    # A first hash shared by different keys (about n^2 / 2^65): look at all its entries.
-    after = np.minimum(at + 1, len(run_first) - 1)
-    shared = np.flatnonzero(same_first & ~found & (after > at) & (run_first[after] == first))
-    for index in shared:
-        high = np.searchsorted(run_first, first[index], side="right")
-        found[index] = bool(np.any(run_second[low[index] : high] == second[index]))
-    return found
-
-
-# Per-partition random keys of `_key_hashes`: four for each of its two hashes.
-_SEEDS = 8
-_TAIL_MASKS = np.array([(1 << (8 * size)) - 1 for size in range(9)], dtype=np.uint64)
-_MIX_1, _MIX_2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
-_MIX_SHIFT = np.uint64(33)
-
-
-def _mix(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser, in place: a bijection that spreads each input bit over
-    the whole output."""
-    values ^= values >> _MIX_SHIFT
-    values *= _MIX_1
-    values ^= values >> _MIX_SHIFT
-    values *= _MIX_2
-    values ^= values >> _MIX_SHIFT
-    return values
-
-
-def _key_hashes(keys: pa.Array, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent keyed 64-bit hashes of each value of a string or binary array without
-    nulls, computed in bulk from its Arrow buffers (no Python object per value).
-
-    A value is read as little-endian 8-byte words, the last one zero-padded. Each hash is
-    `mix(seed ^ (sum of mix(word ^ key of its position) + mix(length ^ seed)))`, with
-    position keys mixed from seeds, so values that differ anywhere (or only in length)
-    differ in each hash but with a chance of about 2^-64.
-    """
-    if not (pa.types.is_large_string(keys.type) or pa.types.is_large_binary(keys.type)):
-        keys = pc.cast(keys, pa.large_binary())
-    count = len(keys)
-    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)[
-        keys.offset : keys.offset + count + 1
-    ]
-    start, stop = int(offsets[0]), int(offsets[-1])
-    padded = np.zeros(stop - start + 8, dtype=np.uint8)  # a whole word can be read anywhere
-    if stop > start:
-        padded[: stop - start] = np.frombuffer(
-            keys.buffers()[2], dtype=np.uint8, count=stop - start, offset=start
-        )
-    lengths = np.diff(offsets)
-    words_of = np.maximum((lengths + 7) >> 3, 1)  # an empty value: one word, of zeros
-    last = np.cumsum(words_of) - 1  # each value's last word
-    # Each word's byte position in `padded`, and its index within its value: running sums
-    # of steps (8 bytes and 1 word along a value, a jump where the next value starts).
-    begins = last[:-1] + 1
-    at = np.full(int(last[-1]) + 1, 8, dtype=np.int64)
-    at[0] = 0
-    at[begins] = lengths[:-1] - 8 * words_of[:-1] + 8
-    np.cumsum(at, out=at)
-    within = np.ones(at.size, dtype=np.int64)
-    within[0] = 0
-    within[begins] = 1 - words_of[:-1]
-    np.cumsum(within, out=within)
-    unaligned = np.ndarray((padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
-    words = unaligned[at].astype(np.uint64, copy=False)
-    words[last] &= _TAIL_MASKS[lengths - 8 * (words_of - 1)]
-    positions = np.arange(int(words_of.max()), dtype=np.uint64)
-    sized = lengths.astype(np.uint64)
-    hashes = []
-    for multiplier, offset, length_key, final_key in seeds.reshape(2, 4):
-        mixed = _mix(positions * (multiplier | np.uint64(1)) + offset)[within]
-        mixed ^= words
-        sums = np.diff(np.cumsum(_mix(mixed))[last], prepend=np.uint64(0))
-        sums += _mix(sized ^ length_key)
-        sums ^= final_key
-        hashes.append(_mix(sums))
-    return hashes[0], hashes[1]
-
-
 class RequestBuilder:
     """Turns a partition's record batches into request lines; remembers the partition's keys
     so that a key seen in an earlier batch is rejected as a duplicate."""
@@ -394,7 +222,7 @@ class RequestBuilder:
         self.max_line_bytes = spec.limits.max_bytes_per_file
         self._line_pieces = self._line_template()
         self._partition: str | None = None
-        self._seen_keys = _SeenKeys()
+        self._seen_keys = KeySet()
         self._rows_read = 0
 
     @property
@@ -438,7 +266,7 @@ class RequestBuilder:
 
     def reset(self) -> None:
         """Forget the keys seen so far (a new partition starts)."""
-        self._seen_keys = _SeenKeys()
+        self._seen_keys = KeySet()
         self._rows_read = 0
 
     def build(self, batch: pa.RecordBatch, partition: str) -> BuiltRequests:
@@ -768,102 +596,6 @@ def _render(value: object) -> str:
     if isinstance(value, date | datetime | time):
         return value.isoformat()
     return str(value)
-
-
-# -- JSON string escaping, columnar -------------------------------------------------------------
-
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_SHORT_ESCAPES = {
-    ord("\b"): "b",
-    ord("\t"): "t",
-    ord("\n"): "n",
-    ord("\f"): "f",
-    ord("\r"): "r",
-    _QUOTE: '"',
-    _BACKSLASH: "\\",
-}
-# For each byte that JSON requires escaping: what to insert before it, and what it becomes.
-# A short escape inserts "\" (1 byte); any other control byte becomes "\u00XX" (5 inserted).
-_INSERT_COUNT = np.zeros(256, dtype=np.int64)
-_INSERTED = [b""] * 256
-_REPLACED = np.arange(256, dtype=np.uint8)
-for _byte in [*range(0x20), _QUOTE, _BACKSLASH]:
-    if _byte in _SHORT_ESCAPES:
-        _INSERTED[_byte] = b"\\"
-        _REPLACED[_byte] = ord(_SHORT_ESCAPES[_byte])
-    else:
-        _hex = f"{_byte:02x}".encode()
-        _INSERTED[_byte] = b"\\u00" + _hex[:1]
-        _REPLACED[_byte] = _hex[1]
-    _INSERT_COUNT[_byte] = len(_INSERTED[_byte])
-# Entry 0 is empty, entry b + 1 what byte b's escape inserts before it.
-_INSERTED_TEXTS = pa.array([b"", *_INSERTED], pa.large_binary())
-_SCAN_BYTES = 1 << 16  # scanned in blocks that stay in the CPU cache
-
-
-def json_escape(strings: pa.Array) -> pa.Array:
-    """The JSON string-literal content of each value (without the quotes), as large_binary.
-
-    Equal to `orjson.dumps(value)[1:-1]`: only `"`, `\\` and control bytes are escaped, and
-    UTF-8 bytes of other characters pass through (they are never below 0x80). Nulls give "".
-    The bytes are cut before each byte to escape (which becomes its escape's last character),
-    and one Arrow join puts each escape's first characters before its piece.
-    """
-    binary = pc.cast(pc.fill_null(strings, ""), pa.large_binary())
-    count = len(binary)
-    if count == 0:
-        return binary
-    offsets = np.frombuffer(binary.buffers()[1], dtype=np.int64)[
-        binary.offset : binary.offset + count + 1
-    ]
-    start, stop = int(offsets[0]), int(offsets[-1])
-    if stop == start:
-        return binary
-    data = np.frombuffer(binary.buffers()[2], dtype=np.uint8, count=stop - start, offset=start)
-    special = _escape_positions(data)
-    if special.size == 0:
-        return binary
-    codes = data[special]
-    replaced = _REPLACED[codes]
-    if np.any(replaced != codes):  # control bytes: their escapes end in another character
-        data = data.copy()
-        data[special] = replaced
-    cuts = np.empty(special.size + 2, dtype=np.int64)
-    cuts[0], cuts[1:-1], cuts[-1] = 0, special, data.size
-    pieces = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), special.size + 1, [None, pa.py_buffer(cuts), pa.py_buffer(data)]
-    )
-    inserted_at = np.zeros(special.size + 1, dtype=np.int64)
-    inserted_at[1:] = codes
-    inserted_at[1:] += 1
-    escaped = pc.binary_join_element_wise(
-        _INSERTED_TEXTS.take(pa.array(inserted_at)), pieces, _EMPTY
-    )
-    inserted_through = np.zeros(special.size + 1, dtype=np.int64)
-    np.cumsum(_INSERT_COUNT[codes], out=inserted_through[1:])
-    relative = offsets - start
-    relative += inserted_through[np.searchsorted(special, relative)]
-    return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), count, [None, pa.py_buffer(relative), escaped.buffers()[2]]
-    )
-
-
-def _escape_positions(data: np.ndarray) -> np.ndarray:
-    """The positions of the bytes JSON requires escaping: control bytes, `"` and `\\`."""
-    size = min(_SCAN_BYTES, data.size)
-    mask, other = np.empty(size, dtype=bool), np.empty(size, dtype=bool)
-    found = []
-    for at in range(0, data.size, _SCAN_BYTES):
-        block = data[at : at + _SCAN_BYTES]
-        marked, equal = mask[: block.size], other[: block.size]
-        np.less(block, 0x20, out=marked)
-        marked |= np.equal(block, _QUOTE, out=equal)
-        marked |= np.equal(block, _BACKSLASH, out=equal)
-        positions = np.flatnonzero(marked)
-        if positions.size:
-            positions += at
-            found.append(positions)
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
 
 # -- estimates for existing lines (retries) ---------------------------------------------------

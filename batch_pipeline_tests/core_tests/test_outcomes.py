@@ -462,12 +462,12 @@ def test_a_custom_id_repeated_across_chunks_of_both_paths_keeps_its_best_line(
     assert rows["twice"]["response_text"] == "second try"
 
 
-def test_string_hashes_are_equal_for_equal_strings_wherever_they_lie() -> None:
+def test_id_hashes_are_equal_for_equal_strings_wherever_they_lie() -> None:
     import pyarrow as pa
 
     values = pa.array(["", "a", "ab", "ba", "a", "", "long " * 40, "ab"], pa.string())
-    hashes = outcomes_module._string_hashes(values)
-    sliced = outcomes_module._string_hashes(values.slice(2, 4))
+    hashes = outcomes_module._id_hashes(values)
+    sliced = outcomes_module._id_hashes(values.slice(2, 4))
     assert hashes[1] == hashes[4] and hashes[0] == hashes[5] and hashes[2] == hashes[7]
     assert len(set(hashes[[0, 1, 2, 3, 6]].tolist())) == 5
     assert sliced.tolist() == hashes[2:6].tolist()
