@@ -92,6 +92,56 @@ def parse_chunk(
     text_field = _TEXT_FIELD.get(endpoint)
     if text_field is None or not chunk:
         return None
+    read = _read_chunk(chunk, line_count, ends)
+    if read is None:
+        return None
+    envelope, body, body_json = read
+    http_status = envelope.http_status
+    ok = pc.and_(pc.greater_equal(http_status, 200), pc.less(http_status, 300))
+    code, message = _error_columns(envelope, body, ok)
+    if pc.sum(
+        pc.and_(pc.invert(envelope.answered), pc.and_(code.is_null(), message.is_null()))
+    ).as_py():
+        return None  # neither a response nor an error: the line-by-line path names the line
+    try:
+        response_json = body_json.cast(pa.string())
+    except pa.ArrowInvalid:
+        return None  # not UTF-8: the line-by-line path names the line
+    status, retryable = _classified(http_status, code)
+    succeeded = pc.fill_null(ok, False)
+
+    def when_succeeded(values: pa.Array) -> pa.Array:
+        return pc.if_else(succeeded, values, pa.scalar(None, values.type))
+
+    text = pc.struct_field(_first_items(body.column("choices")), text_field)
+    if text_field == "message":
+        text = pc.struct_field(text, "content")
+    usage = body.column("usage")
+    arrays = {
+        "custom_id": envelope.custom_id,
+        "status": status,
+        "retryable": retryable,
+        "http_status": http_status,
+        "response_text": when_succeeded(text),
+        "response_json": response_json,
+        "embedding": pa.nulls(line_count, pa.list_(pa.float32())),
+        "error_code": code,
+        "error_message": message,
+        "input_tokens": when_succeeded(pc.struct_field(usage, "prompt_tokens")),
+        "output_tokens": when_succeeded(pc.struct_field(usage, "completion_tokens")),
+        "batch_request_id": envelope.batch_request_id,
+    }
+    batch = pa.record_batch(
+        [one_chunk(arrays[f.name]).cast(f.type) for f in OUTCOME_SCHEMA], schema=OUTCOME_SCHEMA
+    )
+    return batch, id_hashes(one_chunk(envelope.custom_id))
+
+
+def _read_chunk(
+    chunk: bytes, line_count: int, ends: np.ndarray | None
+) -> tuple[_Envelope, pa.RecordBatch, pa.Array] | None:
+    """(the fields outside the bodies, the parsed bodies, the bodies' bytes) of each line, null
+    bodies for lines without one; None where a line does not fit this path."""
     if ends is None:
         ends = line_ends(chunk)
     if not chunk.endswith(b"\n"):
@@ -119,87 +169,48 @@ def parse_chunk(
     envelope = _read_envelope(chunk, lines, heads, has_body)
     if envelope is None:
         return None
-    custom_ids, http_status, answered = envelope.custom_id, envelope.http_status, envelope.answered
-    if custom_ids.null_count or pc.sum(pc.and_(answered, http_status.is_null())).as_py():
+    if envelope.custom_id.null_count or (
+        pc.sum(pc.and_(envelope.answered, envelope.http_status.is_null())).as_py()
+    ):
         return None  # the line-by-line path names the line
     if not np.array_equal(envelope.has_body.to_numpy(zero_copy_only=False), has_body):
         return None  # a body this path did not find (`"body" :`, say)
+    return envelope, _spread(parsed_bodies, has_body), _spread(body_json, has_body)
 
-    def per_line(values: pa.RecordBatch | pa.Array) -> pa.RecordBatch | pa.Array:
-        """Values of the lines with a body, spread over all lines (null for the others)."""
-        if has_body.all():
-            return values
-        where = np.full(line_count, -1, np.int64)
-        where[has_body] = np.arange(len(body_json))
-        return values.take(pa.array(where, mask=where < 0))
 
-    body = per_line(parsed_bodies)
-    ok = pc.and_(pc.greater_equal(http_status, 200), pc.less(http_status, 300))
-    text = pc.struct_field(_first_items(body.column("choices")), text_field)
-    if text_field == "message":
-        text = pc.struct_field(text, "content")
-    usage = body.column("usage")
+def _spread(values: pa.RecordBatch | pa.Array, has_body: np.ndarray) -> pa.RecordBatch | pa.Array:
+    """Values of the lines with a body, spread over all lines (null for the others)."""
+    if has_body.all():
+        return values
+    where = np.full(len(has_body), -1, np.int64)
+    where[has_body] = np.arange(len(values))
+    return values.take(pa.array(where, mask=where < 0))
+
+
+def _error_columns(
+    envelope: _Envelope, body: pa.RecordBatch, ok: pa.Array
+) -> tuple[pa.Array, pa.Array]:
+    """Each line's error code and message: none for a 2xx answer, the body's error (or
+    `http_<status>` for a code) for another answer, the line's `error` for an error line."""
     body_error = body.column("error")
-    line_error = envelope.error
+    has_error = body_error.is_valid()
     no_string = pa.scalar(None, pa.string())
-    http_code = pc.binary_join_element_wise("http_", http_status.cast(pa.string()), "")
-    code = pc.if_else(
-        answered,
-        pc.if_else(
-            ok,
-            no_string,
-            pc.coalesce(
-                pc.if_else(
-                    body_error.is_valid(), pc.struct_field(body_error, "code"), body.column("code")
-                ),
-                http_code,
-            ),
-        ),
-        pc.struct_field(line_error, "code"),
+    http_code = pc.binary_join_element_wise("http_", envelope.http_status.cast(pa.string()), "")
+    answer_code = pc.coalesce(
+        pc.if_else(has_error, pc.struct_field(body_error, "code"), body.column("code")), http_code
     )
-    message = pc.if_else(
-        answered,
-        pc.if_else(
-            ok,
-            no_string,
-            pc.if_else(
-                body_error.is_valid(),
-                pc.struct_field(body_error, "message"),
-                body.column("message"),
-            ),
-        ),
-        pc.struct_field(line_error, "message"),
+    answer_message = pc.if_else(
+        has_error, pc.struct_field(body_error, "message"), body.column("message")
     )
-    if pc.sum(pc.and_(pc.invert(answered), pc.and_(code.is_null(), message.is_null()))).as_py():
-        return None  # neither a response nor an error: the line-by-line path names the line
-    status, retryable = _classified(http_status, code)
-    succeeded = pc.fill_null(ok, False)
 
-    def when_succeeded(values: pa.Array) -> pa.Array:
-        return pc.if_else(succeeded, values, pa.scalar(None, values.type))
+    def by_kind(name: str, of_answer: pa.Array) -> pa.Array:
+        return pc.if_else(
+            envelope.answered,
+            pc.if_else(ok, no_string, of_answer),
+            pc.struct_field(envelope.error, name),
+        )
 
-    try:
-        response_json = per_line(body_json).cast(pa.string())
-    except pa.ArrowInvalid:
-        return None  # not UTF-8: the line-by-line path names the line
-    arrays = {
-        "custom_id": custom_ids,
-        "status": status,
-        "retryable": retryable,
-        "http_status": http_status,
-        "response_text": when_succeeded(text),
-        "response_json": response_json,
-        "embedding": pa.nulls(line_count, pa.list_(pa.float32())),
-        "error_code": code,
-        "error_message": message,
-        "input_tokens": when_succeeded(pc.struct_field(usage, "prompt_tokens")),
-        "output_tokens": when_succeeded(pc.struct_field(usage, "completion_tokens")),
-        "batch_request_id": envelope.batch_request_id,
-    }
-    batch = pa.record_batch(
-        [one_chunk(arrays[f.name]).cast(f.type) for f in OUTCOME_SCHEMA], schema=OUTCOME_SCHEMA
-    )
-    return batch, id_hashes(one_chunk(custom_ids))
+    return by_kind("code", answer_code), by_kind("message", answer_message)
 
 
 def _read_envelope(

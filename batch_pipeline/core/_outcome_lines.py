@@ -37,6 +37,10 @@ def gc_paused() -> Iterator[None]:
 _Extracted = tuple[Any, Any, Any, Any]
 
 
+class _Malformed(Exception):
+    """A line that cannot be read, for the reason given; the caller names its file and line."""
+
+
 def parse_lines(
     lines: list[bytes], path: LineSource, first_line: int, endpoint: str
 ) -> tuple[pa.RecordBatch, np.ndarray]:
@@ -46,60 +50,14 @@ def parse_lines(
     This loop is the hot path: one orjson parse per line, then plain tuple building.
     """
     extract = _EXTRACTORS.get(endpoint, _extract_chat)
-    loads, dumps, decode_error = orjson.loads, orjson.dumps, orjson.JSONDecodeError
     rows: list[tuple[Any, ...]] = []
     for index, raw in enumerate(lines):
         try:
-            line = loads(raw)
-            custom_id = line["custom_id"]
-            response = line.get("response")
-        except decode_error as exc:
-            if not raw.strip():
-                continue
-            raise _malformed(path, first_line + index, f"not JSON ({exc})") from None
-        except (KeyError, TypeError, AttributeError):
-            raise _malformed(path, first_line + index, "no custom_id") from None
-        if not isinstance(custom_id, str):
-            raise _malformed(path, first_line + index, "custom_id is not a string")
-        text = embedding = input_tokens = output_tokens = code = message = body = None
-        if response:
-            try:
-                http_status = int(response["status_code"])
-                body = response.get("body")
-            except (KeyError, TypeError, ValueError, AttributeError):
-                raise _malformed(path, first_line + index, "response has no status_code") from None
-            if 200 <= http_status < 300:
-                # An answer of an unexpected shape is kept whole in response_json.
-                # (contextlib.suppress would cost a context manager per line.)
-                try:  # noqa: SIM105
-                    text, embedding, input_tokens, output_tokens = extract(body)
-                except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-                    pass
-            else:
-                code, message = _error_fields(body)
-                code = code or f"http_{http_status}"
-        else:
-            http_status = None
-            code, message = _error_fields(line.get("error"))
-            if code is None and message is None:
-                raise _malformed(path, first_line + index, "neither a response nor an error")
-        row_status, retryable = classify(http_status, code)
-        rows.append(
-            (
-                custom_id,
-                row_status,  # a str Enum: Arrow takes it as the string
-                retryable,
-                http_status,
-                text,
-                None if body is None else dumps(body),
-                embedding,
-                code,
-                message,
-                input_tokens,
-                output_tokens,
-                line.get("id"),
-            )
-        )
+            row = _row(raw, extract)
+        except _Malformed as exc:
+            raise OutcomeFileError(f"{path}, line {first_line + index}: {exc}") from None
+        if row is not None:
+            rows.append(row)
     if not rows:
         return _empty_batch()
     columns = zip(*rows, strict=True)
@@ -113,12 +71,70 @@ def parse_lines(
     return pa.record_batch(arrays, schema=OUTCOME_SCHEMA), id_hashes(arrays[0])
 
 
+def _row(raw: bytes, extract: Callable[[Any], _Extracted]) -> tuple[Any, ...] | None:
+    """One line's outcome row, in `OUTCOME_SCHEMA`'s order; None for a blank line."""
+    try:
+        line = orjson.loads(raw)
+        custom_id = line["custom_id"]
+        response = line.get("response")
+    except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            return None
+        raise _Malformed(f"not JSON ({exc})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise _Malformed("no custom_id") from None
+    if not isinstance(custom_id, str):
+        raise _Malformed("custom_id is not a string")
+    if response:
+        http_status, body, answer, (code, message) = _response(response, extract)
+    else:
+        http_status, body, answer = None, None, _NO_ANSWER
+        code, message = _error_fields(line.get("error"))
+        if code is None and message is None:
+            raise _Malformed("neither a response nor an error")
+    text, embedding, input_tokens, output_tokens = answer
+    row_status, retryable = classify(http_status, code)
+    return (
+        custom_id,
+        row_status,  # a str Enum: Arrow takes it as the string
+        retryable,
+        http_status,
+        text,
+        None if body is None else orjson.dumps(body),
+        embedding,
+        code,
+        message,
+        input_tokens,
+        output_tokens,
+        line.get("id"),
+    )
+
+
+_NO_ANSWER: _Extracted = (None, None, None, None)
+_NO_ERROR = (None, None)
+
+
+def _response(
+    response: Any, extract: Callable[[Any], _Extracted]
+) -> tuple[int, Any, _Extracted, tuple[str | None, str | None]]:
+    """(HTTP status, body, the answer's fields, the error's code and message) of a response."""
+    try:
+        http_status = int(response["status_code"])
+        body = response.get("body")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _Malformed("response has no status_code") from None
+    if not 200 <= http_status < 300:
+        code, message = _error_fields(body)
+        return http_status, body, _NO_ANSWER, (code or f"http_{http_status}", message)
+    try:
+        return http_status, body, extract(body), _NO_ERROR
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        # An answer of an unexpected shape is kept whole in response_json.
+        return http_status, body, _NO_ANSWER, _NO_ERROR
+
+
 def _empty_batch() -> tuple[pa.RecordBatch, np.ndarray]:
     return pa.RecordBatch.from_pylist([], schema=OUTCOME_SCHEMA), np.empty(0, np.int64)
-
-
-def _malformed(path: LineSource, line: int, reason: str) -> OutcomeFileError:
-    return OutcomeFileError(f"{path}, line {line}: {reason}")
 
 
 def _error_fields(error: Any) -> tuple[str | None, str | None]:
