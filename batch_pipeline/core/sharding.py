@@ -287,7 +287,7 @@ class _FileWorker:
     def __init__(self, storage: StorageRoot) -> None:
         self._storage = storage
         self._writer = SerialWorker("shard-writer", capacity=MAX_IN_FLIGHT_BYTES)
-        # At most two complete files wait to be closed; a failed close stops the writer only.
+        # A failed close stops the writer only: the files complete before it are still closed.
         self._closer = SerialWorker("shard-closer", capacity=2, stop_on_failure=False)
         self._shut = False
         # Used only on the writer thread (and, once it is idle, by close and abort):
@@ -366,6 +366,7 @@ class _FileWorker:
 
     def _finish(self, sha256: Future[str]) -> None:
         assert self._open is not None
+        self._closer.wait(1)  # at most two complete files wait to be closed
         stack, self._open, self._file = self._open, None, None
         self._closer.submit(self._close, stack, self._hash.hexdigest(), sha256)
 
