@@ -16,16 +16,15 @@ from datetime import date, datetime, time
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_pipeline.core._json_escape import json_escape
 from batch_pipeline.core._key_set import KeySet
+from batch_pipeline.core._request_line import LineLayout, Template
 from batch_pipeline.core._threads import parallel_map
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
 from batch_pipeline.core.sources import parse_partition
-from batch_pipeline.core.spec import PipelineSpec, SpecError, parse_template
+from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import (
     byte_lengths,
     context_window,
@@ -100,74 +99,6 @@ class BuiltRequests:
         )
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """A per-row part of a line: the custom_id, or a column's value."""
-
-    column: str | None  # None: the custom_id
-
-
-_CUSTOM_ID = _Slot(None)
-
-
-@dataclass(frozen=True)
-class _Template:
-    """A spec text split into literal parts and column placeholders."""
-
-    name: str  # the spec key, for messages
-    pieces: tuple[str | _Slot, ...]
-
-    @classmethod
-    def parse(cls, name: str, text: str) -> _Template:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise SpecError(f"{name}: the text cannot be encoded as UTF-8 ({exc.reason})") from None
-        try:
-            parsed = parse_template(text)
-        except ValueError as exc:
-            raise SpecError(f"{name}: {exc}") from None
-        pieces: list[str | _Slot] = []
-        for literal, column in parsed:
-            if literal:
-                pieces.append(literal)
-            if column is not None:
-                pieces.append(_Slot(column))
-        return cls(name, tuple(pieces))
-
-    @property
-    def columns(self) -> list[str]:
-        return [
-            piece.column
-            for piece in self.pieces
-            if isinstance(piece, _Slot) and piece.column is not None
-        ]
-
-    @property
-    def literal_text(self) -> str:
-        return "".join(piece for piece in self.pieces if isinstance(piece, str))
-
-    @property
-    def literal_bytes(self) -> int:
-        return len(self.literal_text.encode("utf-8"))
-
-    def json_pieces(self) -> list[bytes | _Slot]:
-        """The pieces with literals JSON-escaped (escaping commutes with concatenation)."""
-        return [
-            orjson.dumps(piece)[1:-1] if isinstance(piece, str) else piece for piece in self.pieces
-        ]
-
-    def fill(self, columns: Mapping[str, pa.Array]) -> pa.Array:
-        """The text of each row, with its values in the placeholders (built by Arrow)."""
-        parts = [
-            pa.scalar(piece, pa.large_string())
-            if isinstance(piece, str)
-            else columns[piece.column or ""].cast(pa.large_string())
-            for piece in self.pieces
-        ]
-        return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
-
-
 class _Verdicts:
     """Each row's first rejection (code and reason), or none yet."""
 
@@ -202,6 +133,20 @@ class _Verdicts:
         )
 
 
+def source_columns(spec: PipelineSpec) -> list[str]:
+    """The source columns a build of `spec` reads, in its order (`RequestBuilder.columns`),
+    from the spec's texts alone: for a reader of the same rows that builds no requests."""
+    request = spec.request
+    texts = [("request.system", request.system)] if request.system else []
+    texts.append(("request.prompt", request.prompt))
+    placeholders = _placeholders([Template.parse(name, text) for name, text in texts])
+    return list(dict.fromkeys([spec.source.key, *placeholders]))
+
+
+def _placeholders(templates: Sequence[Template]) -> list[str]:
+    return list(dict.fromkeys(name for t in templates for name in t.columns))
+
+
 class RequestBuilder:
     """Turns a partition's record batches into request lines; remembers the partition's keys
     so that a key seen in an earlier batch is rejected as a duplicate."""
@@ -214,25 +159,27 @@ class RequestBuilder:
         self.model = request.model
         if request.system is not None and not self.endpoint.takes_system:
             raise SpecError(f"request.system: {self.endpoint} takes no system text; remove it")
-        self.prompt = _Template.parse("request.prompt", request.prompt)
-        self.system = _Template.parse("request.system", request.system) if request.system else None
+        self.prompt = Template.parse("request.prompt", request.prompt)
+        self.system = Template.parse("request.system", request.system) if request.system else None
         self.max_output_tokens = max_output_tokens(request.params)
         self.context_window = context_window(request.model, request.context_window)
         self.overhead = request_overhead_tokens(self.endpoint, 1 if self.system is None else 2)
         self.max_line_bytes = spec.limits.max_bytes_per_file
-        self._line_pieces = self._line_template()
+        self._layout = LineLayout(
+            self.endpoint, self.model, request.params, self.prompt, self.system
+        )
         self._partition: str | None = None
         self._seen_keys = KeySet()
         self._rows_read = 0
 
     @property
-    def templates(self) -> list[_Template]:
+    def templates(self) -> list[Template]:
         return [self.prompt] if self.system is None else [self.system, self.prompt]
 
     @property
     def placeholders(self) -> list[str]:
         """The columns the texts refer to, in order, without repeats."""
-        return list(dict.fromkeys(name for t in self.templates for name in t.columns))
+        return _placeholders(self.templates)
 
     @property
     def columns(self) -> list[str]:
@@ -442,57 +389,6 @@ class RequestBuilder:
 
     # -- lines --------------------------------------------------------------------------------
 
-    def _line_template(self) -> list[bytes | _Slot]:
-        """The request line as static bytes (from orjson) around per-row slots."""
-        sentinels = {
-            "custom_id": "\x00bp:custom_id\x00",
-            "prompt": "\x00bp:prompt\x00",
-            "system": "\x00bp:system\x00",
-        }
-        params = self.spec.request.params
-        if self.endpoint is Endpoint.CHAT_COMPLETIONS:
-            messages = [{"role": "user", "content": sentinels["prompt"]}]
-            if self.system is not None:
-                messages.insert(0, {"role": "system", "content": sentinels["system"]})
-            body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
-        elif self.endpoint is Endpoint.RESPONSES:
-            body = {"model": self.model, "input": sentinels["prompt"]}
-            if self.system is not None:
-                body["instructions"] = sentinels["system"]
-            body.update(params)
-        elif self.endpoint is Endpoint.COMPLETIONS:
-            body = {"model": self.model, "prompt": sentinels["prompt"], **params}
-        else:  # embeddings and moderations: the text is the input
-            body = {"model": self.model, "input": sentinels["prompt"], **params}
-        line = {
-            "custom_id": sentinels["custom_id"],
-            "method": "POST",
-            "url": self.endpoint.value,
-            "body": body,
-        }
-        try:
-            encoded = orjson.dumps(line) + b"\n"
-        except orjson.JSONEncodeError as exc:
-            raise SpecError(f"request: cannot be written as JSON: {exc}") from None
-        slots: dict[bytes, list[bytes | _Slot]] = {
-            orjson.dumps(sentinels["custom_id"]): [b'"', _CUSTOM_ID, b'"'],
-            orjson.dumps(sentinels["prompt"]): [b'"', *self.prompt.json_pieces(), b'"'],
-        }
-        if self.system is not None:
-            slots[orjson.dumps(sentinels["system"])] = [b'"', *self.system.json_pieces(), b'"']
-        pieces: list[bytes | _Slot] = [encoded]
-        for marker, replacement in slots.items():
-            if encoded.count(marker) != 1:
-                raise SpecError("request.params: must not contain the builder's markers")
-            pieces = [
-                part
-                for piece in pieces
-                for part in (
-                    _split_on(piece, marker, replacement) if isinstance(piece, bytes) else [piece]
-                )
-            ]
-        return _merge_bytes(pieces)
-
     def _lines(
         self, accepted: np.ndarray, custom_ids: pa.Array, texts: Mapping[str, pa.Array]
     ) -> pa.ChunkedArray:
@@ -506,24 +402,12 @@ class RequestBuilder:
         }
         starts = range(0, len(accepted), LINE_SLICE_ROWS)
         slices = parallel_map(
-            lambda start: self._slice_lines(
+            lambda start: self._layout.lines(
                 {name: array.slice(start, LINE_SLICE_ROWS) for name, array in columns.items()}
             ),
             starts,
         )
         return pa.chunked_array(slices, pa.large_binary())
-
-    def _slice_lines(self, columns: Mapping[str | None, pa.Array]) -> pa.Array:
-        escaped = {
-            name: array if name is None else json_escape(array) for name, array in columns.items()
-        }
-        parts = [
-            escaped[piece.column]
-            if isinstance(piece, _Slot)
-            else pa.scalar(piece, pa.large_binary())
-            for piece in self._line_pieces
-        ]
-        return pc.binary_join_element_wise(*parts, _EMPTY)
 
 
 def _rows_of(array: pa.Array, rows: np.ndarray) -> pa.Array:
@@ -531,21 +415,6 @@ def _rows_of(array: pa.Array, rows: np.ndarray) -> pa.Array:
     if len(rows) == len(array):
         return array
     return array.take(pa.array(rows, pa.int64()))
-
-
-def _split_on(piece: bytes, marker: bytes, replacement: list[bytes | _Slot]) -> list[bytes | _Slot]:
-    before, found, after = piece.partition(marker)
-    return [before, *replacement, after] if found else [piece]
-
-
-def _merge_bytes(pieces: list[bytes | _Slot]) -> list[bytes | _Slot]:
-    merged: list[bytes | _Slot] = []
-    for piece in pieces:
-        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
-            merged[-1] += piece
-        elif not (isinstance(piece, bytes) and not piece):
-            merged.append(piece)
-    return merged
 
 
 # -- text conversion ----------------------------------------------------------------------------

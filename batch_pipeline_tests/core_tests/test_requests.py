@@ -15,6 +15,7 @@ from batch_pipeline.core.requests import (
     RejectCode,
     RequestBuilder,
     estimate_request_tokens,
+    source_columns,
 )
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import count_tokens
@@ -499,3 +500,10 @@ def test_json_escape_equals_orjson_on_random_text():
         if len(values) > 2:  # sliced arrays have offsets that do not start at 0
             array, values = array.slice(1, len(values) - 2), values[1:-1]
         assert json_escape(array).to_pylist() == [orjson.dumps(v)[1:-1] for v in values]
+
+
+def test_source_columns_are_the_columns_a_build_reads(tmp_path):
+    builder = make_builder(
+        tmp_path, prompt="{title}: {text} ({title})", system="Label {lang} text; {id} is the key."
+    )
+    assert source_columns(builder.spec) == builder.columns == ["id", "lang", "title", "text"]
