@@ -2,10 +2,10 @@
 
 Every row either becomes one JSONL request line or is rejected with a reason that names the
 column at fault; nothing is dropped. The work is columnar: checks run as Arrow kernels, each
-line is assembled by one Arrow join of precomputed byte pieces (written by orjson from the
-spec) and the row's values, which are JSON-escaped in bulk with numpy. Token counts are
-estimated from byte lengths; only rows whose byte count does not fit the context window, and
-every row under an enqueued-token budget, are tokenized exactly.
+line is assembled by one Arrow join of precomputed byte pieces and the row's values
+(`_request_line`), and repeated keys are found in a compact set of hashes (`_key_set`). Token
+counts are estimated from byte lengths; only rows whose byte count does not fit the context
+window, and every row under an enqueued-token budget, are tokenized exactly.
 """
 
 from __future__ import annotations
