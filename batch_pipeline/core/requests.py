@@ -2,30 +2,29 @@
 
 Every row either becomes one JSONL request line or is rejected with a reason that names the
 column at fault; nothing is dropped. The work is columnar: checks run as Arrow kernels, each
-line is assembled by one Arrow join of precomputed byte pieces (written by orjson from the
-spec) and the row's values, which are JSON-escaped in bulk with numpy. Token counts are
-estimated from byte lengths; only rows whose byte count does not fit the context window, and
-every row under an enqueued-token budget, are tokenized exactly.
+line is assembled by one Arrow join of precomputed byte pieces and the row's values
+(`_request_line`), and repeated keys are found in a compact set of hashes (`_key_set`). Token
+counts are estimated from byte lengths; only rows whose byte count does not fit the context
+window, and every row under an enqueued-token budget, are tokenized exactly.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch_pipeline.core._key_set import KeySet
+from batch_pipeline.core._request_line import LineLayout, Template
+from batch_pipeline.core._threads import parallel_map
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
 from batch_pipeline.core.sources import parse_partition
-from batch_pipeline.core.spec import PipelineSpec, SpecError, parse_template
+from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import (
     byte_lengths,
     context_window,
@@ -100,74 +99,6 @@ class BuiltRequests:
         )
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """A per-row part of a line: the custom_id, or a column's value."""
-
-    column: str | None  # None: the custom_id
-
-
-_CUSTOM_ID = _Slot(None)
-
-
-@dataclass(frozen=True)
-class _Template:
-    """A spec text split into literal parts and column placeholders."""
-
-    name: str  # the spec key, for messages
-    pieces: tuple[str | _Slot, ...]
-
-    @classmethod
-    def parse(cls, name: str, text: str) -> _Template:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise SpecError(f"{name}: the text cannot be encoded as UTF-8 ({exc.reason})") from None
-        try:
-            parsed = parse_template(text)
-        except ValueError as exc:
-            raise SpecError(f"{name}: {exc}") from None
-        pieces: list[str | _Slot] = []
-        for literal, column in parsed:
-            if literal:
-                pieces.append(literal)
-            if column is not None:
-                pieces.append(_Slot(column))
-        return cls(name, tuple(pieces))
-
-    @property
-    def columns(self) -> list[str]:
-        return [
-            piece.column
-            for piece in self.pieces
-            if isinstance(piece, _Slot) and piece.column is not None
-        ]
-
-    @property
-    def literal_text(self) -> str:
-        return "".join(piece for piece in self.pieces if isinstance(piece, str))
-
-    @property
-    def literal_bytes(self) -> int:
-        return len(self.literal_text.encode("utf-8"))
-
-    def json_pieces(self) -> list[bytes | _Slot]:
-        """The pieces with literals JSON-escaped (escaping commutes with concatenation)."""
-        return [
-            orjson.dumps(piece)[1:-1] if isinstance(piece, str) else piece for piece in self.pieces
-        ]
-
-    def fill(self, columns: Mapping[str, pa.Array]) -> pa.Array:
-        """The text of each row, with its values in the placeholders (built by Arrow)."""
-        parts = [
-            pa.scalar(piece, pa.large_string())
-            if isinstance(piece, str)
-            else columns[piece.column or ""].cast(pa.large_string())
-            for piece in self.pieces
-        ]
-        return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
-
-
 class _Verdicts:
     """Each row's first rejection (code and reason), or none yet."""
 
@@ -202,177 +133,18 @@ class _Verdicts:
         )
 
 
-class _SeenKeys:
-    """The keys of a partition seen so far, kept as 96-bit keyed hashes (12 bytes a key,
-    where a Python set of strings takes ~90), so memory stays flat as partitions grow.
-    Two different keys share both hashes with a chance of about n^2 / 2^97: never, in
-    practice. The hashes are computed from the keys' Arrow buffers (`_key_hashes`), with no
-    Python object per key. They live in runs sorted by the first hash, merged as they grow,
-    so a lookup is a binary search in a few runs; a fixed-size bitmap of the first hashes'
-    top bits spares the search for most new keys."""
-
-    _MAX_RUN = 1 << 20  # entries: 12 MiB
-    _FILTER_BITS = 26  # a bitmap of 2^26 bits: 8 MiB, whatever the partition's size
-
-    def __init__(self) -> None:
-        # Keyed afresh for each partition: no fixed set of keys collides everywhere.
-        self._seeds = np.frombuffer(os.urandom(8 * _SEEDS), dtype=np.uint64).copy()
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (uint64 sorted, uint32)
-        self._filter = np.zeros(1 << (self._FILTER_BITS - 6), dtype=np.uint64)
-
-    def repeated(self, key_text: pa.Array) -> np.ndarray:
-        """Mark the rows whose key occurred before (earlier in this batch or in an earlier
-        batch), and remember the rest. Null keys are neither marked nor remembered."""
-        repeated = np.zeros(len(key_text), dtype=bool)
-        if key_text.null_count:
-            valid = pc.is_valid(key_text)
-            rows = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
-            key_text = key_text.filter(valid)
-        else:
-            rows = np.arange(len(key_text))
-        if rows.size == 0:
-            return repeated
-        first, second = _key_hashes(key_text, self._seeds)
-        second = (second >> np.uint64(32)).astype(np.uint32)
-        # In hash order (earliest row first among equal keys); sorted lookups are also far
-        # faster than random ones in large runs.
-        order = np.argsort(first)
-        again = np.zeros(rows.size, dtype=bool)
-        if np.any(first[order[1:]] == first[order[:-1]]):
-            # Repeats within the batch (or, rarely, keys sharing a first hash): an exact
-            # order, so that equal keys are adjacent with their earliest row first.
-            order = np.lexsort((rows, second, first))
-            first, second = first[order], second[order]
-            again[1:] = (first[1:] == first[:-1]) & (second[1:] == second[:-1])
-        else:
-            first, second = first[order], second[order]
-        slot = first >> np.uint64(64 - self._FILTER_BITS)
-        word, bit = slot >> np.uint64(6), np.left_shift(np.uint64(1), slot & np.uint64(63))
-        # Only keys whose bit is already set can have been seen in an earlier batch.
-        unsure = np.flatnonzero(((self._filter[word] & bit) != 0) & ~again)
-        for run in self._runs:
-            if unsure.size == 0:
-                break
-            found = _in_run(run, first[unsure], second[unsure])
-            again[unsure[found]] = True
-            unsure = unsure[~found]
-        repeated[rows[order[again]]] = True
-        if again.any():
-            new = ~again
-            first, second, word, bit = first[new], second[new], word[new], bit[new]
-        if first.size:  # (a batch of repeats only adds no empty run)
-            # Set the new keys' bits; `word` is sorted, so one update per word.
-            starts = np.flatnonzero(np.diff(word, prepend=~word[:1]))
-            self._filter[word[starts]] |= np.bitwise_or.reduceat(bit, starts)
-            self._runs.append((first, second))
-            self._merge()
-        return repeated
-
-    def _merge(self) -> None:
-        """Merge the newest run into the one before while it is at least half its size, up to
-        `_MAX_RUN` entries, so that no merge needs memory in proportion to the partition."""
-        while (
-            len(self._runs) > 1
-            and 2 * len(self._runs[-1][0]) >= len(self._runs[-2][0])
-            and len(self._runs[-1][0]) + len(self._runs[-2][0]) <= self._MAX_RUN
-        ):
-            newer_first, newer_second = self._runs.pop()
-            older_first, older_second = self._runs.pop()
-            first = np.concatenate((older_first, newer_first))
-            del older_first, newer_first  # keep the merge's peak memory low
-            # Two sorted runs: a stable sort (timsort) merges them in one linear pass.
-            order = np.argsort(first, kind="stable")
-            first = first[order]
-            second = np.concatenate((older_second, newer_second))[order]
-            del order
-            self._runs.append((first, second))
+def source_columns(spec: PipelineSpec) -> list[str]:
+    """The source columns a build of `spec` reads, in its order (`RequestBuilder.columns`),
+    from the spec's texts alone: for a reader of the same rows that builds no requests."""
+    request = spec.request
+    texts = [("request.system", request.system)] if request.system else []
+    texts.append(("request.prompt", request.prompt))
+    placeholders = _placeholders([Template.parse(name, text) for name, text in texts])
+    return list(dict.fromkeys([spec.source.key, *placeholders]))
 
 
-def _in_run(
-    run: tuple[np.ndarray, np.ndarray], first: np.ndarray, second: np.ndarray
-) -> np.ndarray:
-    """Which (first, second) hash pairs, sorted by `first`, are in the run."""
-    run_first, run_second = run
-    low = np.searchsorted(run_first, first, side="left")
-    at = np.minimum(low, len(run_first) - 1)
-    same_first = (low < len(run_first)) & (run_first[at] == first)
-    found = same_first & (run_second[at] == second)
-    # A first hash shared by different keys (about n^2 / 2^65): look at all its entries.
-    after = np.minimum(at + 1, len(run_first) - 1)
-    shared = np.flatnonzero(same_first & ~found & (after > at) & (run_first[after] == first))
-    for index in shared:
-        high = np.searchsorted(run_first, first[index], side="right")
-        found[index] = bool(np.any(run_second[low[index] : high] == second[index]))
-    return found
-
-
-# Per-partition random keys of `_key_hashes`: four for each of its two hashes.
-_SEEDS = 8
-_TAIL_MASKS = np.array([(1 << (8 * size)) - 1 for size in range(9)], dtype=np.uint64)
-_MIX_1, _MIX_2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
-_MIX_SHIFT = np.uint64(33)
-
-
-def _mix(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser, in place: a bijection that spreads each input bit over
-    the whole output."""
-    values ^= values >> _MIX_SHIFT
-    values *= _MIX_1
-    values ^= values >> _MIX_SHIFT
-    values *= _MIX_2
-    values ^= values >> _MIX_SHIFT
-    return values
-
-
-def _key_hashes(keys: pa.Array, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent keyed 64-bit hashes of each value of a string or binary array without
-    nulls, computed in bulk from its Arrow buffers (no Python object per value).
-
-    A value is read as little-endian 8-byte words, the last one zero-padded. Each hash is
-    `mix(seed ^ (sum of mix(word ^ key of its position) + mix(length ^ seed)))`, with
-    position keys mixed from seeds, so values that differ anywhere (or only in length)
-    differ in each hash but with a chance of about 2^-64.
-    """
-    if not (pa.types.is_large_string(keys.type) or pa.types.is_large_binary(keys.type)):
-        keys = pc.cast(keys, pa.large_binary())
-    count = len(keys)
-    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)[
-        keys.offset : keys.offset + count + 1
-    ]
-    start, stop = int(offsets[0]), int(offsets[-1])
-    padded = np.zeros(stop - start + 8, dtype=np.uint8)  # a whole word can be read anywhere
-    if stop > start:
-        padded[: stop - start] = np.frombuffer(
-            keys.buffers()[2], dtype=np.uint8, count=stop - start, offset=start
-        )
-    lengths = np.diff(offsets)
-    words_of = np.maximum((lengths + 7) >> 3, 1)  # an empty value: one word, of zeros
-    last = np.cumsum(words_of) - 1  # each value's last word
-    # Each word's byte position in `padded`, and its index within its value: running sums
-    # of steps (8 bytes and 1 word along a value, a jump where the next value starts).
-    begins = last[:-1] + 1
-    at = np.full(int(last[-1]) + 1, 8, dtype=np.int64)
-    at[0] = 0
-    at[begins] = lengths[:-1] - 8 * words_of[:-1] + 8
-    np.cumsum(at, out=at)
-    within = np.ones(at.size, dtype=np.int64)
-    within[0] = 0
-    within[begins] = 1 - words_of[:-1]
-    np.cumsum(within, out=within)
-    unaligned = np.ndarray((padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
-    words = unaligned[at].astype(np.uint64, copy=False)
-    words[last] &= _TAIL_MASKS[lengths - 8 * (words_of - 1)]
-    positions = np.arange(int(words_of.max()), dtype=np.uint64)
-    sized = lengths.astype(np.uint64)
-    hashes = []
-    for multiplier, offset, length_key, final_key in seeds.reshape(2, 4):
-        mixed = _mix(positions * (multiplier | np.uint64(1)) + offset)[within]
-        mixed ^= words
-        sums = np.diff(np.cumsum(_mix(mixed))[last], prepend=np.uint64(0))
-        sums += _mix(sized ^ length_key)
-        sums ^= final_key
-        hashes.append(_mix(sums))
-    return hashes[0], hashes[1]
+def _placeholders(templates: Sequence[Template]) -> list[str]:
+    return list(dict.fromkeys(name for t in templates for name in t.columns))
 
 
 class RequestBuilder:
@@ -387,25 +159,27 @@ class RequestBuilder:
         self.model = request.model
         if request.system is not None and not self.endpoint.takes_system:
             raise SpecError(f"request.system: {self.endpoint} takes no system text; remove it")
-        self.prompt = _Template.parse("request.prompt", request.prompt)
-        self.system = _Template.parse("request.system", request.system) if request.system else None
+        self.prompt = Template.parse("request.prompt", request.prompt)
+        self.system = Template.parse("request.system", request.system) if request.system else None
         self.max_output_tokens = max_output_tokens(request.params)
         self.context_window = context_window(request.model, request.context_window)
         self.overhead = request_overhead_tokens(self.endpoint, 1 if self.system is None else 2)
         self.max_line_bytes = spec.limits.max_bytes_per_file
-        self._line_pieces = self._line_template()
+        self._layout = LineLayout(
+            self.endpoint, self.model, request.params, self.prompt, self.system
+        )
         self._partition: str | None = None
-        self._seen_keys = _SeenKeys()
+        self._seen_keys = KeySet()
         self._rows_read = 0
 
     @property
-    def templates(self) -> list[_Template]:
+    def templates(self) -> list[Template]:
         return [self.prompt] if self.system is None else [self.system, self.prompt]
 
     @property
     def placeholders(self) -> list[str]:
         """The columns the texts refer to, in order, without repeats."""
-        return list(dict.fromkeys(name for t in self.templates for name in t.columns))
+        return _placeholders(self.templates)
 
     @property
     def columns(self) -> list[str]:
@@ -439,7 +213,7 @@ class RequestBuilder:
 
     def reset(self) -> None:
         """Forget the keys seen so far (a new partition starts)."""
-        self._seen_keys = _SeenKeys()
+        self._seen_keys = KeySet()
         self._rows_read = 0
 
     def build(self, batch: pa.RecordBatch, partition: str) -> BuiltRequests:
@@ -615,57 +389,6 @@ class RequestBuilder:
 
     # -- lines --------------------------------------------------------------------------------
 
-    def _line_template(self) -> list[bytes | _Slot]:
-        """The request line as static bytes (from orjson) around per-row slots."""
-        sentinels = {
-            "custom_id": "\x00bp:custom_id\x00",
-            "prompt": "\x00bp:prompt\x00",
-            "system": "\x00bp:system\x00",
-        }
-        params = self.spec.request.params
-        if self.endpoint is Endpoint.CHAT_COMPLETIONS:
-            messages = [{"role": "user", "content": sentinels["prompt"]}]
-            if self.system is not None:
-                messages.insert(0, {"role": "system", "content": sentinels["system"]})
-            body: dict[str, Any] = {"model": self.model, "messages": messages, **params}
-        elif self.endpoint is Endpoint.RESPONSES:
-            body = {"model": self.model, "input": sentinels["prompt"]}
-            if self.system is not None:
-                body["instructions"] = sentinels["system"]
-            body.update(params)
-        elif self.endpoint is Endpoint.COMPLETIONS:
-            body = {"model": self.model, "prompt": sentinels["prompt"], **params}
-        else:  # embeddings and moderations: the text is the input
-            body = {"model": self.model, "input": sentinels["prompt"], **params}
-        line = {
-            "custom_id": sentinels["custom_id"],
-            "method": "POST",
-            "url": self.endpoint.value,
-            "body": body,
-        }
-        try:
-            encoded = orjson.dumps(line) + b"\n"
-        except orjson.JSONEncodeError as exc:
-            raise SpecError(f"request: cannot be written as JSON: {exc}") from None
-        slots: dict[bytes, list[bytes | _Slot]] = {
-            orjson.dumps(sentinels["custom_id"]): [b'"', _CUSTOM_ID, b'"'],
-            orjson.dumps(sentinels["prompt"]): [b'"', *self.prompt.json_pieces(), b'"'],
-        }
-        if self.system is not None:
-            slots[orjson.dumps(sentinels["system"])] = [b'"', *self.system.json_pieces(), b'"']
-        pieces: list[bytes | _Slot] = [encoded]
-        for marker, replacement in slots.items():
-            if encoded.count(marker) != 1:
-                raise SpecError("request.params: must not contain the builder's markers")
-            pieces = [
-                part
-                for piece in pieces
-                for part in (
-                    _split_on(piece, marker, replacement) if isinstance(piece, bytes) else [piece]
-                )
-            ]
-        return _merge_bytes(pieces)
-
     def _lines(
         self, accepted: np.ndarray, custom_ids: pa.Array, texts: Mapping[str, pa.Array]
     ) -> pa.ChunkedArray:
@@ -678,30 +401,13 @@ class RequestBuilder:
             **{column: _rows_of(text, accepted) for column, text in texts.items()},
         }
         starts = range(0, len(accepted), LINE_SLICE_ROWS)
-        slices = _line_workers().map(
-            lambda start: self._slice_lines(
+        slices = parallel_map(
+            lambda start: self._layout.lines(
                 {name: array.slice(start, LINE_SLICE_ROWS) for name, array in columns.items()}
             ),
             starts,
         )
-        return pa.chunked_array(list(slices), pa.large_binary())
-
-    def _slice_lines(self, columns: Mapping[str | None, pa.Array]) -> pa.Array:
-        escaped = {
-            name: array if name is None else json_escape(array) for name, array in columns.items()
-        }
-        parts = [
-            escaped[piece.column]
-            if isinstance(piece, _Slot)
-            else pa.scalar(piece, pa.large_binary())
-            for piece in self._line_pieces
-        ]
-        return pc.binary_join_element_wise(*parts, _EMPTY)
-
-
-@lru_cache(maxsize=1)
-def _line_workers() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="lines")
+        return pa.chunked_array(slices, pa.large_binary())
 
 
 def _rows_of(array: pa.Array, rows: np.ndarray) -> pa.Array:
@@ -709,21 +415,6 @@ def _rows_of(array: pa.Array, rows: np.ndarray) -> pa.Array:
     if len(rows) == len(array):
         return array
     return array.take(pa.array(rows, pa.int64()))
-
-
-def _split_on(piece: bytes, marker: bytes, replacement: list[bytes | _Slot]) -> list[bytes | _Slot]:
-    before, found, after = piece.partition(marker)
-    return [before, *replacement, after] if found else [piece]
-
-
-def _merge_bytes(pieces: list[bytes | _Slot]) -> list[bytes | _Slot]:
-    merged: list[bytes | _Slot] = []
-    for piece in pieces:
-        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
-            merged[-1] += piece
-        elif not (isinstance(piece, bytes) and not piece):
-            merged.append(piece)
-    return merged
 
 
 # -- text conversion ----------------------------------------------------------------------------
@@ -774,102 +465,6 @@ def _render(value: object) -> str:
     if isinstance(value, date | datetime | time):
         return value.isoformat()
     return str(value)
-
-
-# -- JSON string escaping, columnar -------------------------------------------------------------
-
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_SHORT_ESCAPES = {
-    ord("\b"): "b",
-    ord("\t"): "t",
-    ord("\n"): "n",
-    ord("\f"): "f",
-    ord("\r"): "r",
-    _QUOTE: '"',
-    _BACKSLASH: "\\",
-}
-# For each byte that JSON requires escaping: what to insert before it, and what it becomes.
-# A short escape inserts "\" (1 byte); any other control byte becomes "\u00XX" (5 inserted).
-_INSERT_COUNT = np.zeros(256, dtype=np.int64)
-_INSERTED = [b""] * 256
-_REPLACED = np.arange(256, dtype=np.uint8)
-for _byte in [*range(0x20), _QUOTE, _BACKSLASH]:
-    if _byte in _SHORT_ESCAPES:
-        _INSERTED[_byte] = b"\\"
-        _REPLACED[_byte] = ord(_SHORT_ESCAPES[_byte])
-    else:
-        _hex = f"{_byte:02x}".encode()
-        _INSERTED[_byte] = b"\\u00" + _hex[:1]
-        _REPLACED[_byte] = _hex[1]
-    _INSERT_COUNT[_byte] = len(_INSERTED[_byte])
-# Entry 0 is empty, entry b + 1 what byte b's escape inserts before it.
-_INSERTED_TEXTS = pa.array([b"", *_INSERTED], pa.large_binary())
-_SCAN_BYTES = 1 << 16  # scanned in blocks that stay in the CPU cache
-
-
-def json_escape(strings: pa.Array) -> pa.Array:
-    """The JSON string-literal content of each value (without the quotes), as large_binary.
-
-    Equal to `orjson.dumps(value)[1:-1]`: only `"`, `\\` and control bytes are escaped, and
-    UTF-8 bytes of other characters pass through (they are never below 0x80). Nulls give "".
-    The bytes are cut before each byte to escape (which becomes its escape's last character),
-    and one Arrow join puts each escape's first characters before its piece.
-    """
-    binary = pc.cast(pc.fill_null(strings, ""), pa.large_binary())
-    count = len(binary)
-    if count == 0:
-        return binary
-    offsets = np.frombuffer(binary.buffers()[1], dtype=np.int64)[
-        binary.offset : binary.offset + count + 1
-    ]
-    start, stop = int(offsets[0]), int(offsets[-1])
-    if stop == start:
-        return binary
-    data = np.frombuffer(binary.buffers()[2], dtype=np.uint8, count=stop - start, offset=start)
-    special = _escape_positions(data)
-    if special.size == 0:
-        return binary
-    codes = data[special]
-    replaced = _REPLACED[codes]
-    if np.any(replaced != codes):  # control bytes: their escapes end in another character
-        data = data.copy()
-        data[special] = replaced
-    cuts = np.empty(special.size + 2, dtype=np.int64)
-    cuts[0], cuts[1:-1], cuts[-1] = 0, special, data.size
-    pieces = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), special.size + 1, [None, pa.py_buffer(cuts), pa.py_buffer(data)]
-    )
-    inserted_at = np.zeros(special.size + 1, dtype=np.int64)
-    inserted_at[1:] = codes
-    inserted_at[1:] += 1
-    escaped = pc.binary_join_element_wise(
-        _INSERTED_TEXTS.take(pa.array(inserted_at)), pieces, _EMPTY
-    )
-    inserted_through = np.zeros(special.size + 1, dtype=np.int64)
-    np.cumsum(_INSERT_COUNT[codes], out=inserted_through[1:])
-    relative = offsets - start
-    relative += inserted_through[np.searchsorted(special, relative)]
-    return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), count, [None, pa.py_buffer(relative), escaped.buffers()[2]]
-    )
-
-
-def _escape_positions(data: np.ndarray) -> np.ndarray:
-    """The positions of the bytes JSON requires escaping: control bytes, `"` and `\\`."""
-    size = min(_SCAN_BYTES, data.size)
-    mask, other = np.empty(size, dtype=bool), np.empty(size, dtype=bool)
-    found = []
-    for at in range(0, data.size, _SCAN_BYTES):
-        block = data[at : at + _SCAN_BYTES]
-        marked, equal = mask[: block.size], other[: block.size]
-        np.less(block, 0x20, out=marked)
-        marked |= np.equal(block, _QUOTE, out=equal)
-        marked |= np.equal(block, _BACKSLASH, out=equal)
-        positions = np.flatnonzero(marked)
-        if positions.size:
-            positions += at
-            found.append(positions)
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
 
 # -- estimates for existing lines (retries) ---------------------------------------------------

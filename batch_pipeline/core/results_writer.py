@@ -14,7 +14,7 @@ from batch_pipeline.core.layout import rejected_path, results_path
 from batch_pipeline.core.outcome_groups import outcome_groups
 from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.prices import cost_usd
-from batch_pipeline.core.requests import RequestBuilder
+from batch_pipeline.core.requests import source_columns
 from batch_pipeline.core.results import ResultsError, assemble_results
 from batch_pipeline.core.results import ResultsSummary as JoinedResults
 from batch_pipeline.core.sources import Source, parse_partition
@@ -48,7 +48,7 @@ class ResultsWriter(PipelineWorker):
                 source_batches=self.source.batches(
                     parse_partition(partition),
                     batch_size=self.tuning.chunk_rows,
-                    ties=RequestBuilder(self.spec).columns,  # as the build read them
+                    ties=source_columns(self.spec),  # as the build read them
                 ),
                 source_schema=self.source.schema(),  # for an empty day
                 key_column=self.spec.source.key,

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
 from types import TracebackType
@@ -24,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch_pipeline.core._threads import SerialWorker
 from batch_pipeline.core.layout import (
     attempt_dir,
     manifest_path,
@@ -65,17 +65,14 @@ class _FileWorker:
 
     def __init__(self, storage: StorageRoot) -> None:
         self._storage = storage
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
-        self._closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-closer")
-        self._queued: deque[tuple[Future[Any], int]] = deque()
-        self._queued_bytes = 0
+        self._writer = SerialWorker("shard-writer", capacity=MAX_IN_FLIGHT_BYTES)
+        # A failed close stops the writer only: the files complete before it are still closed.
+        self._closer = SerialWorker("shard-closer", capacity=2, stop_on_failure=False)
         self._shut = False
-        # Used only on the worker thread (and, once it is idle, by close and abort):
+        # Used only on the writer thread (and, once it is idle, by close and abort):
         self._open: contextlib.ExitStack | None = None
         self._file: BinaryIO | None = None
         self._hash = hashlib.sha256()
-        self._closing: deque[Future[None]] = deque()
-        self._failed: BaseException | None = None
         self._close_failed: BaseException | None = None
 
     def start(self, path: str) -> None:
@@ -98,9 +95,8 @@ class _FileWorker:
         if self._shut:
             return
         try:
-            self._wait_until(-1)
-            while self._closing:
-                self._closing.popleft().result()
+            self._surfacing(self._writer.drain)
+            self._closer.drain()
         except BaseException as exc:
             self.abort(type(exc), exc, exc.__traceback__)
             raise
@@ -115,46 +111,26 @@ class _FileWorker:
         """Drop what is queued and remove the open file's temporary."""
         if self._shut:
             return
-        for future, _ in self._queued:
-            future.cancel()
-        self._queued.clear()
-        self._executor.submit(self._abort, exc_type, exc, traceback).result()
-        for closing in self._closing:  # files already complete: closed (or removed on failure)
-            closing.exception()
-        self._closing.clear()
+        self._writer.cancel()
+        self._writer.call(self._abort, exc_type, exc, traceback)
+        self._closer.settle()  # files already complete: closed (or removed on failure)
         self._shutdown()
 
     def _shutdown(self) -> None:
-        self._executor.shutdown()
+        self._writer.shutdown()
         self._closer.shutdown()
         self._shut = True
 
     def _submit(self, size: int, task: Callable[..., Any], *args: Any) -> Future[Any]:
-        self._wait_until(MAX_IN_FLIGHT_BYTES - size)
-        future = self._executor.submit(self._guarded, task, *args)
-        self._queued.append((future, size))
-        self._queued_bytes += size
-        return future
+        return self._surfacing(lambda: self._writer.submit(task, *args, weight=size))
 
-    def _wait_until(self, limit: int) -> None:
-        """Wait for the oldest tasks until at most `limit` bytes are queued (-1: all tasks)."""
-        while self._queued and (limit < 0 or self._queued_bytes > limit):
-            future, size = self._queued.popleft()
-            self._queued_bytes -= size
-            try:
-                future.result()
-            except BaseException:
-                if self._close_failed is not None:  # the first failure is the one to see
-                    raise self._close_failed from None
-                raise
-
-    def _guarded(self, task: Callable[..., Any], *args: Any) -> Any:
-        if self._failed is not None:
-            raise RuntimeError("an earlier write of this shard writer failed") from self._failed
+    def _surfacing(self, wait: Callable[[], Any]) -> Any:
+        """`wait()` on the writer, raising a failed close first (the failure to see)."""
         try:
-            return task(*args)
-        except BaseException as exc:
-            self._failed = exc
+            return wait()
+        except BaseException:
+            if self._close_failed is not None:
+                raise self._close_failed from None
             raise
 
     def _start(self, path: str) -> None:
@@ -169,12 +145,9 @@ class _FileWorker:
 
     def _finish(self, sha256: Future[str]) -> None:
         assert self._open is not None
-        while len(self._closing) > 1:  # at most two complete files wait to be closed
-            self._closing.popleft().result()
+        self._closer.wait(1)  # at most two complete files wait to be closed
         stack, self._open, self._file = self._open, None, None
-        self._closing.append(
-            self._closer.submit(self._close, stack, self._hash.hexdigest(), sha256)
-        )
+        self._closer.submit(self._close, stack, self._hash.hexdigest(), sha256)
 
     def _close(self, stack: contextlib.ExitStack, digest: str, sha256: Future[str]) -> None:
         """On the closing thread: flush, fsync and rename a complete file into place."""
@@ -182,7 +155,7 @@ class _FileWorker:
             stack.close()
         except BaseException as exc:
             self._close_failed = exc
-            self._failed = self._failed or exc
+            self._writer.fail(exc)
             sha256.set_exception(exc)
             raise
         sha256.set_result(digest)

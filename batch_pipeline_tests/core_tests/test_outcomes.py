@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from batch_pipeline.core import outcomes as outcomes_module
+from batch_pipeline.core import _outcome_columns, _outcome_rows
 from batch_pipeline.core.outcomes import (
     OUTCOME_SCHEMA,
     OutcomeFileError,
@@ -393,19 +393,19 @@ def test_both_parsing_paths_agree_on_every_line_shape(
     path = tmp_path / "output.jsonl"
     path.write_bytes(b"\n".join([*ordinary[:10], TRICKY_LINES[shape], *ordinary[10:]]) + b"\n")
 
-    parse_columns = outcomes_module._parse_chunk_columnar
+    parse_columns = _outcome_columns.parse_chunk
     took_columns = []
     monkeypatch.setattr(
-        outcomes_module,
-        "_parse_chunk_columnar",
+        _outcome_columns,
+        "parse_chunk",
         lambda *args: took_columns.append(parse_columns(*args) is not None) or parse_columns(*args),
     )
     columnar = parse_outcomes(path, None, endpoint=CHAT)
     assert took_columns == [shape not in NOT_COLUMNAR]
     # The same chunk with every line read whole by Arrow, not through its usual head.
-    monkeypatch.setattr(outcomes_module, "_USUAL_HEAD", r"^a line never starts like this")
+    monkeypatch.setattr(_outcome_columns, "_USUAL_HEAD", r"^a line never starts like this")
     whole_lines = parse_outcomes(path, None, endpoint=CHAT)
-    monkeypatch.setattr(outcomes_module, "_parse_chunk_columnar", lambda *args: None)
+    monkeypatch.setattr(_outcome_columns, "parse_chunk", lambda *args: None)
     line_by_line = parse_outcomes(path, None, endpoint=CHAT)
 
     assert columnar.num_rows == line_by_line.num_rows == 21
@@ -447,11 +447,11 @@ def test_a_custom_id_repeated_across_chunks_of_both_paths_keeps_its_best_line(
     chunk_bytes = len(b"\n".join(plain_chunk)) - 10  # the first chunk ends with plain_chunk
 
     paths = []
-    parse_columns = outcomes_module._parse_chunk_columnar
+    parse_columns = _outcome_columns.parse_chunk
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
-            outcomes_module,
-            "_parse_chunk_columnar",
+            _outcome_columns,
+            "parse_chunk",
             lambda *args: paths.append(parse_columns(*args) is not None) or parse_columns(*args),
         )
         rows = rows_by_id(parse_outcomes(path, None, endpoint=CHAT, chunk_bytes=chunk_bytes))
@@ -462,12 +462,12 @@ def test_a_custom_id_repeated_across_chunks_of_both_paths_keeps_its_best_line(
     assert rows["twice"]["response_text"] == "second try"
 
 
-def test_string_hashes_are_equal_for_equal_strings_wherever_they_lie() -> None:
+def test_id_hashes_are_equal_for_equal_strings_wherever_they_lie() -> None:
     import pyarrow as pa
 
     values = pa.array(["", "a", "ab", "ba", "a", "", "long " * 40, "ab"], pa.string())
-    hashes = outcomes_module._string_hashes(values)
-    sliced = outcomes_module._string_hashes(values.slice(2, 4))
+    hashes = _outcome_rows.id_hashes(values)
+    sliced = _outcome_rows.id_hashes(values.slice(2, 4))
     assert hashes[1] == hashes[4] and hashes[0] == hashes[5] and hashes[2] == hashes[7]
     assert len(set(hashes[[0, 1, 2, 3, 6]].tolist())) == 5
     assert sliced.tolist() == hashes[2:6].tolist()

@@ -6,16 +6,16 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from batch_pipeline.core._hashing import keyed_hashes
+from batch_pipeline.core._json_escape import json_escape
+from batch_pipeline.core._key_set import KeySet, _in_run
 from batch_pipeline.core.custom_id import custom_id_for
 from batch_pipeline.core.requests import (
     REJECTED_SCHEMA,
     RejectCode,
     RequestBuilder,
-    _in_run,
-    _key_hashes,
-    _SeenKeys,
     estimate_request_tokens,
-    json_escape,
+    source_columns,
 )
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import count_tokens
@@ -206,7 +206,7 @@ def test_duplicate_keys_are_rejected_after_the_first_across_batches(tmp_path):
 @pytest.mark.parametrize("max_run", [None, 64])
 def test_duplicate_detection_matches_a_set_over_many_batches(tmp_path, monkeypatch, max_run):
     if max_run:  # small runs: remembered keys spread over many of them
-        monkeypatch.setattr(_SeenKeys, "_MAX_RUN", max_run)
+        monkeypatch.setattr(KeySet, "_MAX_RUN", max_run)
     rng = random.Random(3)
     builder = make_builder(tmp_path)
     seen, expected, got = set(), [], []
@@ -240,14 +240,14 @@ def test_duplicate_detection_of_odd_keys_across_batches(monkeypatch, filter_bits
     """Nulls, empty and non-ASCII keys, keys alike but for one byte far in, or for a trailing
     NUL, keys whose length is a multiple of the word: each batch against a set."""
     if filter_bits:  # a bitmap full at once: every key is searched for in the runs
-        monkeypatch.setattr(_SeenKeys, "_FILTER_BITS", filter_bits)
+        monkeypatch.setattr(KeySet, "_FILTER_BITS", filter_bits)
     long = "x" * 300
     alike = [
         "", "a", "a\0", "a\0\0", "\0", "abcdefgh", "abcdefgh\0", "abcdefghi", "é", "e\u0301",
         "日本語", long, long + "y", long[:-1] + "y", "y" + long[1:], "😀", "k" * 64, "k" * 65,
     ]  # fmt: skip
     rng = random.Random(11)
-    seen, keys = _SeenKeys(), alike + [f"key-{i}" for i in range(200)]
+    seen, keys = KeySet(), alike + [f"key-{i}" for i in range(200)]
     remembered: set[str] = set()
     for _ in range(30):
         batch = [rng.choice([None, *keys]) for _ in range(rng.randint(1, 60))]
@@ -263,15 +263,15 @@ def test_duplicate_detection_of_odd_keys_across_batches(monkeypatch, filter_bits
 def test_key_hashes_depend_only_on_the_bytes():
     seeds = np.arange(1, 9, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     values = ["", "a", "a\0", "abcdefgh", "abcdefghi", "z" * 100, "z" * 99 + "y", "日本"]
-    whole = _key_hashes(pa.array(["pad", *values, "pad"], pa.string()), seeds)
-    sliced = _key_hashes(pa.array(["pad", *values, "pad"], pa.large_binary()).slice(1, 8), seeds)
-    alone = [_key_hashes(pa.array([value]), seeds) for value in values]
+    whole = keyed_hashes(pa.array(["pad", *values, "pad"], pa.string()), seeds)
+    sliced = keyed_hashes(pa.array(["pad", *values, "pad"], pa.large_binary()).slice(1, 8), seeds)
+    alone = [keyed_hashes(pa.array([value]), seeds) for value in values]
     for hashes in whole:
         assert len(set(hashes[1:-1].tolist())) == len(values)  # all distinct
     for which in range(2):
         assert whole[which][1:-1].tolist() == sliced[which].tolist()
         assert [single[which][0] for single in alone] == sliced[which].tolist()
-    other = _key_hashes(pa.array(values), seeds[::-1].copy())  # other seeds, other hashes
+    other = keyed_hashes(pa.array(values), seeds[::-1].copy())  # other seeds, other hashes
     assert not set(other[0].tolist()) & set(sliced[0].tolist())
 
 
@@ -500,3 +500,10 @@ def test_json_escape_equals_orjson_on_random_text():
         if len(values) > 2:  # sliced arrays have offsets that do not start at 0
             array, values = array.slice(1, len(values) - 2), values[1:-1]
         assert json_escape(array).to_pylist() == [orjson.dumps(v)[1:-1] for v in values]
+
+
+def test_source_columns_are_the_columns_a_build_reads(tmp_path):
+    builder = make_builder(
+        tmp_path, prompt="{title}: {text} ({title})", system="Label {lang} text; {id} is the key."
+    )
+    assert source_columns(builder.spec) == builder.columns == ["id", "lang", "title", "text"]

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from batch_pipeline.core import _results_join
 from batch_pipeline.core import results as results_module
 from batch_pipeline.core.layout import results_path
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA
@@ -548,12 +549,12 @@ def test_an_outcome_in_the_wrong_group_stops_the_write(tmp_path: Path) -> None:
 def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeypatch) -> None:
     opened: list[weakref.ref] = []
 
-    class TrackedGroup(results_module._Group):
+    class TrackedGroup(_results_join._Group):
         def __init__(self, **fields: Any) -> None:
             super().__init__(**fields)
             opened.append(weakref.ref(self))
 
-    monkeypatch.setattr(results_module, "_Group", TrackedGroup)
+    monkeypatch.setattr(_results_join, "_Group", TrackedGroup)
     keys = [f"k{i:02d}" for i in range(12)]
     alive_at_load: list[int] = []
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batch_pipeline.core import outcomes as outcomes_module
+from batch_pipeline.core import _outcome_columns
 from batch_pipeline.core.outcomes import parse_outcomes
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -144,7 +144,7 @@ def test_column_wise_and_line_by_line_parses_agree(
 
     columnar = parse_outcomes(path, None, endpoint=CHAT, chunk_bytes=chunk_bytes)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(outcomes_module, "_parse_chunk_columnar", lambda *args: None)
+        patch.setattr(_outcome_columns, "parse_chunk", lambda *args: None)
         line_by_line = parse_outcomes(path, None, endpoint=CHAT, chunk_bytes=chunk_bytes)
 
     assert comparable(columnar) == comparable(line_by_line)
