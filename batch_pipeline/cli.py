@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # annotations only: the commands import the core lazily, when they run
-    from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, ResultsSummary
+    from batch_pipeline.core.pipeline import Partition, PartitionStatus, Pipeline, ResultsSummary
     from batch_pipeline.core.spec import PipelineSpec
 
 EXIT_OK = 0
@@ -111,7 +111,7 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from batch_pipeline.core.backends.base import BackendError
-    from batch_pipeline.core.pipeline import PipelineError, load_pipeline
+    from batch_pipeline.core.pipeline import Partition, PipelineError, load_pipeline
     from batch_pipeline.core.spec import PipelineSpec, SpecError
 
     try:
@@ -119,12 +119,16 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
         if args.command == "run" and args.unreachable_after is not None:
             spec = _with_unreachable_after(spec, args.unreachable_after)
         with load_pipeline(spec) as pipeline:
+            # The one place the command line's day is read; every step takes the parsed value.
+            partition = None if args.partition is None else Partition.parse(args.partition)
             if args.command == "run":
-                return _run(pipeline, args, out)
+                assert partition is not None  # --partition is required
+                return _run(pipeline, partition, args, out)
             if args.command == "status":
-                return _status(pipeline, args.partition, out)
+                return _status(pipeline, partition, out)
             if args.command == "cancel":
-                cancelled = pipeline.cancel(args.partition)
+                assert partition is not None
+                cancelled = pipeline.cancel(partition)
                 print(
                     f"cancel requested for {len(cancelled)} batch(es) of {args.partition}; "
                     "queued shards will not be submitted",
@@ -147,13 +151,13 @@ def _with_unreachable_after(spec: PipelineSpec, seconds: float) -> PipelineSpec:
     return spec.model_copy(update={"backend": backend})
 
 
-def _run(pipeline: Pipeline, args: argparse.Namespace, out: TextIO) -> int:
+def _run(pipeline: Pipeline, partition: Partition, args: argparse.Namespace, out: TextIO) -> int:
     from batch_pipeline.core.pipeline import PartitionStatus, ResultsSummary
 
     progress = _ProgressLine(sys.stderr)
     try:
         outcome = pipeline.run(
-            args.partition,
+            partition,
             wait=not args.no_wait,
             poll_interval=args.poll_interval,
             rebuild=args.rebuild,
@@ -220,7 +224,7 @@ def format_results_summary(summary: ResultsSummary) -> str:
     return "\n".join(lines)
 
 
-def _status(pipeline: Pipeline, partition: str | None, out: TextIO) -> int:
+def _status(pipeline: Pipeline, partition: Partition | None, out: TextIO) -> int:
     statuses = pipeline.status(partition)
     if not statuses:
         print(f"{pipeline.spec.name}: no partition built yet", file=out)

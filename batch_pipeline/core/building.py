@@ -15,8 +15,9 @@ from typing import Any
 from batch_pipeline.core.collection import Collector
 from batch_pipeline.core.leases import DEFAULT_LEASE_SECONDS, lease_holder_is_dead
 from batch_pipeline.core.ledger_records import PartitionRecord
+from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.sharding import Manifest, build_partition_requests, load_manifest
-from batch_pipeline.core.sources import Source, parse_partition
+from batch_pipeline.core.sources import Source
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.status import awaits_submission
 from batch_pipeline.core.types import PipelineError, RequestsSummary
@@ -56,7 +57,7 @@ class Builder(PipelineWorker):
         self.source = source
         self._sleep = sleep
 
-    def build(self, partition: str, *, rebuild: bool = False) -> RequestsSummary:
+    def build(self, day: str | Partition, *, rebuild: bool = False) -> RequestsSummary:
         """Validate the partition's rows and write its JSONL shards; nothing is paid for here.
 
         The current generation is reused when it is already built, whatever its state, so
@@ -64,11 +65,12 @@ class Builder(PipelineWorker):
         the day is still in flight (PipelineError: its batches would be paid for again; cancel
         it first, or wait until it settles).
         """
-        parse_partition(partition)  # before the ledger records anything of it
+        day = Partition.of(day)  # before the ledger records anything of it
+        partition = day.key
         if rebuild:
             self._check_rebuild(partition)
         generation = self.ledger.start_generation(self.spec.name, partition, rebuild=rebuild)
-        built = self._wait_for_build_or_claim(partition, generation)
+        built = self._wait_for_build_or_claim(day, generation)
         if built:
             manifest = load_manifest(self.storage, partition, generation, 1)
             summary = self._requests_summary(manifest, already_built=True)
@@ -81,7 +83,7 @@ class Builder(PipelineWorker):
         try:
             manifest = build_partition_requests(
                 self.spec,
-                partition,
+                day,
                 self.storage,
                 generation=generation,
                 source=self.source,
@@ -120,11 +122,12 @@ class Builder(PipelineWorker):
                 "it settles, before building it afresh"
             )
 
-    def _wait_for_build_or_claim(self, partition: str, generation: int) -> bool:
+    def _wait_for_build_or_claim(self, day: Partition, generation: int) -> bool:
         """True once the generation is built (by anyone); False when this process claimed the
         right to build it. Another process building it is waited for, not raced."""
+        partition = day.key
         while True:
-            record = self.partition_record(partition)
+            record = self.partition_record(day)
             if record.built_at is not None:
                 return True
             dead = record.build_owner if lease_holder_is_dead(record.build_owner) else None

@@ -19,10 +19,11 @@ from batch_pipeline.core.building import Builder, spec_change_note
 from batch_pipeline.core.cancellation import Canceller
 from batch_pipeline.core.leases import default_owner
 from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord
+from batch_pipeline.core.partition import Partition, partition_key
 from batch_pipeline.core.poller import PollPass
 from batch_pipeline.core.results import read_results as read_results_dir
 from batch_pipeline.core.results_writer import ResultsWriter
-from batch_pipeline.core.sources import parse_partition, source_for
+from batch_pipeline.core.sources import source_for
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.status import awaits_submission, partition_status
 from batch_pipeline.core.storage import StorageRoot, storage_for
@@ -39,6 +40,7 @@ from batch_pipeline.core.types import (
 from batch_pipeline.core.worker import WorkerT, require_partition
 
 __all__ = [
+    "Partition",
     "PartitionStatus",
     "Pipeline",
     "PipelineError",
@@ -56,7 +58,8 @@ class Pipeline:
 
     `clock` and `sleep` are the time it goes by (a test passes a manual clock, see
     `backends.memory.ManualClock`); `tuning` holds its backoffs, limits and chunk sizes
-    (`tuning.DEFAULT_TUNING` unless given).
+    (`tuning.DEFAULT_TUNING` unless given). A partition is given as its key `YYYY-MM-DD` or as
+    a `Partition`; a key is parsed once here and the steps take the parsed value.
     """
 
     def __init__(
@@ -109,55 +112,58 @@ class Pipeline:
 
     # -- the steps --------------------------------------------------------------------------
 
-    def build_requests(self, partition: str, *, rebuild: bool = False) -> RequestsSummary:
+    def build_requests(
+        self, partition: str | Partition, *, rebuild: bool = False
+    ) -> RequestsSummary:
         """Validate the partition's rows and write its JSONL shards; nothing is paid for here
         (see `Builder.build`: a built generation is reused unless `rebuild` asks)."""
         builder = self._worker(Builder, source=self.source, sleep=self._sleep)
-        return builder.build(partition, rebuild=rebuild)
+        return builder.build(Partition.of(partition), rebuild=rebuild)
 
-    def spec_change(self, partition: str) -> str | None:
+    def spec_change(self, partition: str | Partition) -> str | None:
         """Says when the partition was built with another request than the spec makes now."""
         return spec_change_note(self.spec, self.get_partition(partition))
 
-    def submit(self, partition: str | None = None) -> SubmitSummary:
+    def submit(self, partition: str | Partition | None = None) -> SubmitSummary:
         """Ask for the built shards of a partition (or of all) to be paid for, and submit the
         queued ones that the token budget allows now; polls submit the rest as it frees up.
 
         Safe to call again and from several processes at once: each shard is submitted once.
         A partition named here must have been built (PipelineError otherwise).
         """
-        if partition is not None and self._require_partition(partition).built_at is None:
+        day = None if partition is None else Partition.of(partition)
+        if day is not None and self._require_partition(day).built_at is None:
             raise PipelineError(
-                f"partition {partition} of {self.spec.name} has not been built (its build is "
+                f"partition {day} of {self.spec.name} has not been built (its build is "
                 "under way or failed): build its requests first"
             )
         for record in self.ledger.list_partitions(self.spec.name):
-            if partition is None or record.partition == partition:
+            if day is None or record.partition == day.key:
                 self.ledger.queue_built(self.spec.name, record.partition, record.generation)
-        return self._worker(Submitter).submit_queued(partition)
+        return self._worker(Submitter).submit_queued(None if day is None else day.key)
 
     def poll(self, *, time_budget_seconds: float = 40.0) -> PollReport:
         """One bounded pass: refresh in-flight batches, collect finished ones (making retry
         shards), submit what is queued, and mark partitions whose every row is settled."""
         return self._worker(PollPass).report(time_budget_seconds)
 
-    def cancel(self, partition: str) -> list[str]:
+    def cancel(self, partition: str | Partition) -> list[str]:
         """Cancel the partition's batches; queued shards are not submitted. Returns batch ids."""
-        return self._worker(Canceller).cancel(self._require_partition(partition))
+        return self._worker(Canceller).cancel(self._require_partition(Partition.of(partition)))
 
-    def collect_results(self, partition: str) -> ResultsSummary:
+    def collect_results(self, partition: str | Partition) -> ResultsSummary:
         """Join every source row of a settled partition with its outcome and write Parquet."""
-        return self._worker(ResultsWriter, source=self.source).write(partition)
+        return self._worker(ResultsWriter, source=self.source).write(Partition.of(partition))
 
-    def read_results(self, partition: str | None = None) -> pd.DataFrame:
+    def read_results(self, partition: str | Partition | None = None) -> pd.DataFrame:
         """All written results (or one partition's) as a DataFrame."""
-        return read_results_dir(self.storage, partition)
+        return read_results_dir(self.storage, _key_or_none(partition))
 
     # -- end to end -------------------------------------------------------------------------
 
     def run(
         self,
-        partition: str,
+        partition: str | Partition,
         *,
         wait: bool = True,
         poll_interval: float = 10.0,
@@ -173,6 +179,7 @@ class Pipeline:
         than `backend.unreachable_after_seconds` stops the wait with `ServiceUnreachable`
         (the batches go on; a later run or poll picks them up).
         """
+        partition = Partition.of(partition)
         record = self.get_partition(partition)
         if record is not None and record.collected_at is not None and not rebuild:
             return ResultsSummary(
@@ -203,12 +210,12 @@ class Pipeline:
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self, partition: str | None = None) -> list[PartitionStatus]:
+    def status(self, partition: str | Partition | None = None) -> list[PartitionStatus]:
         """The status of every partition (or of one, PipelineError if it was never built)."""
         records = self.ledger.list_partitions(self.spec.name)
         if partition is not None:
-            parse_partition(partition)
-            records = [r for r in records if r.partition == partition]
+            partition = Partition.of(partition)
+            records = [r for r in records if r.partition == partition.key]
             if not records:
                 raise PipelineError(
                     f"partition {partition} of {self.spec.name} has not been built yet"
@@ -222,11 +229,12 @@ class Pipeline:
             for record in records
         ]
 
-    def get_partition(self, partition: str) -> PartitionRecord | None:
-        """The ledger's record of the partition's current generation, if it was ever built."""
-        return self.ledger.get_partition(self.spec.name, partition)
+    def get_partition(self, partition: str | Partition) -> PartitionRecord | None:
+        """The ledger's record of the partition's current generation, if it was ever built
+        (a key is looked up as it is: one never built, or no day at all, has none)."""
+        return self.ledger.get_partition(self.spec.name, partition_key(partition))
 
-    def awaits_submission(self, partition: str) -> bool:
+    def awaits_submission(self, partition: str | Partition) -> bool:
         """Built, and none of its current generation's shards asked for yet: nothing of it is
         paid for or in flight."""
         record = self.get_partition(partition)
@@ -249,7 +257,7 @@ class Pipeline:
             self.spec.name, partition=record.partition, generation=record.generation
         )
 
-    def _require_partition(self, partition: str) -> PartitionRecord:
+    def _require_partition(self, partition: Partition) -> PartitionRecord:
         return require_partition(self.ledger, self.spec.name, partition)
 
 
@@ -275,10 +283,15 @@ def load_pipeline(
 
 
 def read_results(
-    spec: str | Path | PipelineSpec | dict[str, Any], partition: str | None = None
+    spec: str | Path | PipelineSpec | dict[str, Any], partition: str | Partition | None = None
 ) -> pd.DataFrame:
     """The pipeline's results as one DataFrame: all partitions, or one."""
-    return read_results_dir(storage_for(_as_spec(spec).pipeline_dir), partition)
+    return read_results_dir(storage_for(_as_spec(spec).pipeline_dir), _key_or_none(partition))
+
+
+def _key_or_none(partition: str | Partition | None) -> str | None:
+    """A results filter's key: results are looked up by key as given, as they always were."""
+    return None if partition is None else partition_key(partition)
 
 
 def _as_spec(spec: str | Path | PipelineSpec | dict[str, Any]) -> PipelineSpec:

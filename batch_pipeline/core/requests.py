@@ -23,7 +23,7 @@ from batch_pipeline.core._key_set import KeySet
 from batch_pipeline.core._request_line import LineLayout, Template
 from batch_pipeline.core._threads import parallel_map
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
-from batch_pipeline.core.sources import parse_partition
+from batch_pipeline.core.partition import Partition, partition_key
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import (
     byte_lengths,
@@ -216,17 +216,19 @@ class RequestBuilder:
         self._seen_keys = KeySet()
         self._rows_read = 0
 
-    def build(self, batch: pa.RecordBatch, partition: str) -> BuiltRequests:
-        """Check every row of `batch` and build the lines of those that pass."""
-        if partition != self._partition:
-            parse_partition(partition)
+    def build(self, batch: pa.RecordBatch, partition: str | Partition) -> BuiltRequests:
+        """Check every row of `batch` and build the lines of those that pass (a key given as
+        text is parsed when a new partition starts)."""
+        day_key = partition_key(partition)
+        if day_key != self._partition:
+            Partition.of(partition)  # a key given as text must name a day
             self.reset()
-            self._partition = partition
+            self._partition = day_key
         self.check_schema(batch.schema)
         verdicts = _Verdicts(batch.num_rows)
         keys = batch.column(self.key)
         key_text = key_texts(keys)
-        custom_ids = custom_ids_for(partition, key_text)
+        custom_ids = custom_ids_for(day_key, key_text)
         verdicts.reject(pc.is_null(keys), RejectCode.NULL_KEY, f"key column {self.key!r} is null")
         verdicts.reject(
             pc.and_(pc.is_valid(keys), pc.is_null(key_text)),
@@ -237,7 +239,7 @@ class RequestBuilder:
             self._seen_keys.repeated(key_text),
             RejectCode.DUPLICATE_KEY,
             f"duplicate key: key column {self.key!r} repeats the key of an earlier row of "
-            f"partition {partition}",
+            f"partition {day_key}",
         )
         texts = {column: self._column_text(batch, column, verdicts) for column in self.placeholders}
         input_bytes = self._input_bytes(texts, batch.num_rows)

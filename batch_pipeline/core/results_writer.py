@@ -13,11 +13,12 @@ from batch_pipeline.core.custom_id import custom_ids_for
 from batch_pipeline.core.layout import rejected_path, results_path
 from batch_pipeline.core.outcome_groups import outcome_groups
 from batch_pipeline.core.parquet_files import read_parquet
+from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.requests import source_columns
 from batch_pipeline.core.results import ResultsError, assemble_results
 from batch_pipeline.core.results import ResultsSummary as JoinedResults
-from batch_pipeline.core.sources import Source, parse_partition
+from batch_pipeline.core.sources import Source
 from batch_pipeline.core.types import PipelineError, ResultsSummary, RowStatus
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -29,9 +30,11 @@ class ResultsWriter(PipelineWorker):
         super().__init__(*args, **kwargs)
         self.source = source
 
-    def write(self, partition: str) -> ResultsSummary:
+    def write(self, day: str | Partition) -> ResultsSummary:
         """Join every source row of a settled partition with its outcome and write Parquet."""
-        record = self.partition_record(partition)
+        day = Partition.of(day)
+        partition = day.key
+        record = self.partition_record(day)
         if record.settled_at is None:
             raise PipelineError(
                 f"partition {partition} of {self.spec.name} is not settled yet: "
@@ -46,7 +49,7 @@ class ResultsWriter(PipelineWorker):
             summary = assemble_results(
                 # Read in the join's own chunks: larger batches only wait, decoded, in memory.
                 source_batches=self.source.batches(
-                    parse_partition(partition),
+                    day.day,
                     batch_size=self.tuning.chunk_rows,
                     ties=source_columns(self.spec),  # as the build read them
                 ),

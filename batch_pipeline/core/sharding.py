@@ -33,9 +33,10 @@ from batch_pipeline.core.layout import (
 )
 from batch_pipeline.core.manifest import Manifest, write_manifest
 from batch_pipeline.core.manifest import load_manifest as load_manifest  # read from here too
+from batch_pipeline.core.partition import Partition, partition_key
 from batch_pipeline.core.read_ahead import ReadAhead
 from batch_pipeline.core.requests import REJECTED_SCHEMA, RequestBuilder, estimate_request_tokens
-from batch_pipeline.core.sources import DEFAULT_BATCH_SIZE, Source, parse_partition, source_for
+from batch_pipeline.core.sources import DEFAULT_BATCH_SIZE, Source, source_for
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot
 from batch_pipeline.core.types import ShardInfo
@@ -389,7 +390,7 @@ class _RejectedWriter:
 
 def build_partition_requests(
     spec: PipelineSpec,
-    partition: str,
+    day: str | Partition,
     storage: StorageRoot,
     *,
     generation: int,
@@ -404,7 +405,8 @@ def build_partition_requests(
     generation replaces that attempt's files. `heartbeat` is called after each source batch
     (to keep a claim on the build alive; it raises to stop it).
     """
-    day = parse_partition(partition)
+    day = Partition.of(day)
+    partition = day.key
     source = source or source_for(spec)
     builder = RequestBuilder(spec)
     builder.check_schema(source.schema())
@@ -415,13 +417,13 @@ def build_partition_requests(
         _RejectedWriter(storage, rejected_path(partition, generation)) as rejected,
         ReadAhead(
             source.batches(
-                day, batch_size=batch_size, columns=builder.columns, ties=builder.columns
+                day.day, batch_size=batch_size, columns=builder.columns, ties=builder.columns
             ),
             name="source-read-ahead",
         ) as batches,
     ):
         for batch in batches:
-            built = builder.build(batch, partition)
+            built = builder.build(batch, day)
             shards.add(built.custom_ids, built.lines, built.estimated_input_tokens)
             rejected.write(built.rejected)
             source_rows += built.source_rows
@@ -443,7 +445,7 @@ def build_partition_requests(
 def write_retry_shards(
     spec: PipelineSpec,
     storage: StorageRoot,
-    partition: str,
+    partition: str | Partition,
     generation: int,
     attempt: int,
     lines: Iterable[RequestLine],
@@ -457,11 +459,12 @@ def write_retry_shards(
     is the attempt's `manifest.json`. With it, the lines come from one earlier shard (index
     `first_index`) and make one retry shard of that index, with its own manifest, so retries
     of different shards of one attempt never collide (even after the limits were lowered).
-    A custom_id given twice is a ValueError.
+    A custom_id given twice is a ValueError. `partition` is one already built (its key as
+    the ledger holds it), so it is not parsed again.
     """
     if attempt <= FIRST_ATTEMPT:
         raise ValueError(f"retry attempts start at {FIRST_ATTEMPT + 1}, not {attempt}")
-    parse_partition(partition)
+    partition = partition_key(partition)
     seen: set[str] = set()
     iterator = iter(lines)
     writer = ShardWriter(

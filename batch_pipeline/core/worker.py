@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from batch_pipeline.core.backends.base import BatchBackend
 from batch_pipeline.core.ledger import Ledger, PartitionRecord
-from batch_pipeline.core.sources import parse_partition
+from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.storage import StorageRoot
 from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
@@ -45,16 +45,16 @@ class PipelineWorker:
         parts = (self.spec, self.ledger, self.backend, self.storage, self.owner)
         return kind(*parts, clock=self._clock, tuning=self.tuning)
 
-    def partition_record(self, partition: str) -> PartitionRecord:
+    def partition_record(self, partition: str | Partition) -> PartitionRecord:
         """The ledger's record of the partition's current generation (see `require_partition`)."""
         return require_partition(self.ledger, self.spec.name, partition)
 
 
-def require_partition(ledger: Ledger, pipeline: str, partition: str) -> PartitionRecord:
+def require_partition(ledger: Ledger, pipeline: str, partition: str | Partition) -> PartitionRecord:
     """The ledger's record of the partition's current generation (PipelineError if it was
-    never built)."""
-    parse_partition(partition)
-    record = ledger.get_partition(pipeline, partition)
+    never built; ValueError if a key names no day)."""
+    partition = Partition.of(partition)
+    record = ledger.get_partition(pipeline, partition.key)
     if record is None:
         raise PipelineError(f"partition {partition} of {pipeline} has not been built")
     return record

@@ -19,7 +19,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipeline.core.pipeline import Pipeline
+from batch_pipeline.core.pipeline import Partition, Pipeline
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.resources import BatchBackendResource
@@ -38,7 +38,7 @@ SUBMISSION_POOL = "batch_pipeline_submission"
 REBUILD_TAG = "batch_pipeline/rebuild"  # "true" on a run: build settled days afresh
 
 # A step's materialization, or None when it has nothing to materialize yet (results only).
-Step = Callable[[Pipeline, str, dg.AssetExecutionContext], dg.MaterializeResult | None]
+Step = Callable[[Pipeline, Partition, dg.AssetExecutionContext], dg.MaterializeResult | None]
 
 
 def build_partitions_def(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
@@ -130,7 +130,7 @@ def _pipeline_asset(
     def _asset(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
         with backend.open_pipeline(spec) as pipeline:
-            result = step(pipeline, context.partition_key, context)
+            result = step(pipeline, Partition.parse(context.partition_key), context)
         if result is not None:
             yield result
 
@@ -138,7 +138,7 @@ def _pipeline_asset(
 
 
 def _build_requests(
-    pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
+    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult:
     rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
     record = pipeline.get_partition(partition)
@@ -156,7 +156,7 @@ def _build_requests(
     return dg.MaterializeResult(metadata=requests_metadata(summary))
 
 
-def _reuse_note(pipeline: Pipeline, partition: str) -> str:
+def _reuse_note(pipeline: Pipeline, partition: Partition) -> str:
     """How a reused build stands: still in progress, or settled (a rebuild starts afresh)."""
     record = pipeline.get_partition(partition)
     if record is not None and record.settled_at is not None:
@@ -170,7 +170,7 @@ def _warn_of_spec_change(note: str | None, context: dg.AssetExecutionContext) ->
 
 
 def _submit_batches(
-    pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
+    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult:
     summary = pipeline.submit(partition)
     context.log.info(
@@ -185,7 +185,7 @@ def _submit_batches(
 
 
 def _collect_results(
-    pipeline: Pipeline, partition: str, context: dg.AssetExecutionContext
+    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult | None:
     record = pipeline.get_partition(partition)
     if record is not None and record.is_in_flight:

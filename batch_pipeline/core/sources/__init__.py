@@ -16,6 +16,7 @@ from typing import Protocol
 import pandas as pd
 import pyarrow as pa
 
+from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.sources.checks import SourceError, check_columns
 from batch_pipeline.core.sources.days import parse_partition, partition_filter
 from batch_pipeline.core.sources.files import FILE_FORMATS, FileSource, nulls_as_text
@@ -97,7 +98,7 @@ def source_schema(spec: PipelineSpec, dataframe: pd.DataFrame | None = None) -> 
 
 def iter_partition_batches(
     spec: PipelineSpec,
-    partition: str,
+    partition: str | Partition,
     *,
     dataframe: pd.DataFrame | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,

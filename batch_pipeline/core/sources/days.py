@@ -8,27 +8,22 @@ day in the spec's `schedule.timezone`, the zone the partitions count days in) or
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from batch_pipeline.core.partition import PARTITION_PATTERN, Partition
 from batch_pipeline.core.spec import SpecError
 
-PARTITION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 DAY_PREFIX = "^" + PARTITION_PATTERN.pattern  # a text that starts with a day
 
 
-def parse_partition(partition: str) -> date:
-    """The day a partition key names; anything but a real `YYYY-MM-DD` is a ValueError."""
-    if not isinstance(partition, str) or not PARTITION_PATTERN.fullmatch(partition):
-        raise ValueError(f"partition {partition!r} is not a day in the form YYYY-MM-DD")
-    try:
-        return date.fromisoformat(partition)
-    except ValueError as exc:
-        raise ValueError(f"partition {partition!r} is not a valid date: {exc}") from None
+def parse_partition(partition: str | Partition) -> date:
+    """The day a partition key names; anything but a real `YYYY-MM-DD` is a ValueError
+    (`Partition.parse`, which entry points call once; this keeps the older name working)."""
+    return Partition.of(partition).day
 
 
 def is_text(column_type: pa.DataType) -> bool:
