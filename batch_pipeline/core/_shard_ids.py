@@ -1,11 +1,18 @@
-"""The custom_ids of a shard's requests, in line order, read as cheaply as the files allow."""
+"""The file beside each shard that holds its requests' custom_ids and the build's token
+estimates, in line order: written with the shard, and read back so that collecting a batch
+need not read the shard again to know what it asked for, nor a retry parse its lines to
+estimate their tokens again."""
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from batch_pipeline.core.jsonl import line_array, line_ends, read_line_chunks
 from batch_pipeline.core.layout import shard_ids_path
@@ -14,6 +21,30 @@ from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.storage import StorageRoot, StoredFile
 
 ID_SCAN_BLOCK_BYTES = 16 * 1024 * 1024
+TOKENS_COLUMN = "estimated_input_tokens"  # absent from the files of earlier versions
+
+
+def write_shard_ids(
+    handle: BinaryIO, custom_ids: list[pa.Array | pa.ChunkedArray], tokens: list[np.ndarray]
+) -> None:
+    """The ids file of one shard: its requests' custom_ids and estimated input tokens."""
+    table = pa.table(
+        {
+            "custom_id": pa.chunked_array(custom_ids, pa.string()),
+            TOKENS_COLUMN: pa.array(np.concatenate(tokens or [[]]), pa.int64()),
+        }
+    )
+    pq.write_table(table, handle, use_dictionary=False, write_statistics=False)
+
+
+def built_estimates(storage: StorageRoot, path: str) -> tuple[list[str], list[int]] | None:
+    """The custom_ids and the build's token estimates of the shard at `path`, in line order;
+    None when its ids file is gone, cut short, or from a version that kept no estimates."""
+    try:
+        written = read_parquet(storage, shard_ids_path(path))
+        return written["custom_id"].to_pylist(), written[TOKENS_COLUMN].to_pylist()
+    except (OSError, KeyError, pa.ArrowException):
+        return None
 
 
 def expected_ids(storage: StorageRoot, shard: ShardRecord) -> pa.Array:

@@ -23,6 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batch_pipeline.core._shard_ids import built_estimates, write_shard_ids
 from batch_pipeline.core._threads import SerialWorker
 from batch_pipeline.core.layout import (
     attempt_dir,
@@ -226,6 +227,7 @@ class ShardWriter:
         self._is_open = False
         self._rows = self._bytes = self._tokens = 0
         self._ids: list[pa.Array | pa.ChunkedArray] = []  # of the open shard
+        self._line_tokens: list[np.ndarray] = []  # of the open shard
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -283,6 +285,7 @@ class ShardWriter:
             chunk = data[offsets[position] : offsets[position + taken]]
             self._worker.write(chunk, lines)
             self._ids.append(custom_ids.slice(position, taken))
+            self._line_tokens.append(tokens[position : position + taken])
             self._rows += taken
             self._bytes += len(chunk)
             self._tokens += int(tokens[position : position + taken].sum())
@@ -330,13 +333,13 @@ class ShardWriter:
         self._is_open = True
         self._rows = self._bytes = self._tokens = 0
         self._ids = []
+        self._line_tokens = []
 
     def _finish(self) -> None:
         path = shard_path(self.partition, self.generation, self.attempt, self._next_index)
-        ids = pa.table({"custom_id": pa.chunked_array(self._ids, pa.string())})
         # Not flushed to disk: a file lost (or cut short) in a crash only means a rescan.
         with self.storage.atomic_write(shard_ids_path(path), durable=False) as handle:
-            pq.write_table(ids, handle, use_dictionary=False, write_statistics=False)
+            write_shard_ids(handle, self._ids, self._line_tokens)
         closed = _Closed(
             self._next_index, self._rows, self._bytes, self._tokens, self._worker.finish()
         )
@@ -512,26 +515,49 @@ def iter_request_lines(
     exact_tokens: bool = False,
 ) -> Iterator[RequestLine]:
     """The lines of `custom_ids` (None: every line), re-read from the given shard files, with
-    their input tokens (`exact_tokens`: counted, else estimated): the input of
-    `write_retry_shards`."""
+    their input tokens: the input of `write_retry_shards`.
+
+    The tokens are those the build figured, read from the ids file beside the shard; a line
+    that file does not vouch for (a shard of an earlier version) is parsed and its tokens
+    figured again (`exact_tokens`: counted, else estimated).
+    """
     for path in shard_paths:
+        built = built_estimates(storage, path)
         with storage.open_read(path) as shard:
-            kept: list[tuple[str, bytes, dict[str, Any]]] = []
-            for line in shard:
-                request = orjson.loads(line)
-                if custom_ids is None or request["custom_id"] in custom_ids:
-                    kept.append((request["custom_id"], line, request))
+            kept: list[_Kept] = []
+            for index, line in enumerate(shard):
+                item = _vouched(built, index, line) or _parsed(line)
+                if custom_ids is None or item[0] in custom_ids:
+                    kept.append(item)
                 if len(kept) == RETRY_CHUNK:
                     yield from _with_tokens(kept, exact_tokens)
                     kept = []
             yield from _with_tokens(kept, exact_tokens)
 
 
-def _with_tokens(
-    kept: list[tuple[str, bytes, dict[str, Any]]], exact: bool
-) -> Iterator[RequestLine]:
-    if not kept:
-        return
-    tokens = estimate_request_tokens([request for _, _, request in kept], exact=exact)
-    for (custom_id, line, _), count in zip(kept, tokens.tolist(), strict=True):
-        yield custom_id, line, count
+# (custom_id, line, the parsed request if it had to be parsed, else the build's tokens)
+_Kept = tuple[str, bytes, dict[str, Any] | int]
+
+
+def _vouched(built: tuple[list[str], list[int]] | None, index: int, line: bytes) -> _Kept | None:
+    """The line's custom_id and build tokens from the ids file, if it is that file's line
+    `index` as the builder wrote it (it starts with its custom_id, which needs no escaping)."""
+    if built is None or index >= len(built[0]):
+        return None
+    custom_id = built[0][index]
+    if not line.startswith(b'{"custom_id":"' + custom_id.encode() + b'",'):
+        return None
+    return custom_id, line, built[1][index]
+
+
+def _parsed(line: bytes) -> _Kept:
+    request = orjson.loads(line)
+    return request["custom_id"], line, request
+
+
+def _with_tokens(kept: list[_Kept], exact: bool) -> Iterator[RequestLine]:
+    """The kept lines with their tokens: the build's, else figured from the parsed request."""
+    parsed = [request for _, _, request in kept if isinstance(request, dict)]
+    figured = iter(estimate_request_tokens(parsed, exact=exact).tolist())
+    for custom_id, line, known in kept:
+        yield custom_id, line, next(figured) if isinstance(known, dict) else known

@@ -6,10 +6,12 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from batch_pipeline.core.requests import RejectCode
+from batch_pipeline.core import sharding
+from batch_pipeline.core.requests import RejectCode, estimate_request_tokens
 from batch_pipeline.core.sharding import (
     ShardWriter,
     build_partition_requests,
@@ -280,6 +282,22 @@ def test_retries_of_one_shard_get_their_own_index_and_manifest(tmp_path):
     assert storage.read_bytes(retry.shards[0].path) == storage.read_bytes(source.path)
 
 
+def retry_whole_shards(spec, storage, shards):
+    """Attempt 2 of every request of each of `shards`, one retry manifest per shard."""
+    return [
+        write_retry_shards(
+            spec,
+            storage,
+            PARTITION,
+            1,
+            2,
+            iter_request_lines(storage, [shard.path], None),
+            first_index=shard.index,
+        )
+        for shard in shards
+    ]
+
+
 def test_retries_of_neighbouring_shards_stay_apart_after_the_limits_were_lowered(tmp_path):
     """Shards 0 and 1 were built 5 requests a file; the limit is 2 when their rows are
     retried. Each one's retries stay one shard of its own index: splitting shard 0's would
@@ -287,22 +305,77 @@ def test_retries_of_neighbouring_shards_stay_apart_after_the_limits_were_lowered
     write_source(tmp_path, rows=10)
     storage, first = build(tmp_path, make_spec(tmp_path, limits={"max_requests_per_file": 5}))
     lowered = make_spec(tmp_path, limits={"max_requests_per_file": 2})
-    retries = [
-        write_retry_shards(
-            lowered,
-            storage,
-            PARTITION,
-            1,
-            2,
-            iter_request_lines(storage, [source.path], None),
-            first_index=source.index,
-        )
-        for source in first.shards[:2]
-    ]
+    retries = retry_whole_shards(lowered, storage, first.shards[:2])
     assert [[shard.index for shard in retry.shards] for retry in retries] == [[0], [1]]
     for source, retry in zip(first.shards[:2], retries, strict=True):
         assert storage.read_bytes(retry.shards[0].path) == storage.read_bytes(source.path)
         assert_manifest_matches_files(storage, retry)
+
+
+def retry_of_each_shard(spec, storage, first, monkeypatch):
+    """Retry shards of every request of each shard of `first`, and how many request lines the
+    retry path parsed to estimate their tokens again."""
+    parsed = []
+
+    def counted(requests, **options):
+        parsed.extend(requests)
+        return estimate_request_tokens(requests, **options)
+
+    monkeypatch.setattr(sharding, "estimate_request_tokens", counted)
+    return retry_whole_shards(spec, storage, first.shards), len(parsed)
+
+
+def test_retry_shards_take_the_token_estimates_of_the_build_without_parsing(tmp_path, monkeypatch):
+    write_source(tmp_path, rows=12, text=lambda i: "word " * (i * 7 + 1))
+    spec = make_spec(tmp_path, limits={"max_requests_per_file": 5})
+    storage, first = build(tmp_path, spec)
+    for shard in first.shards:  # each line's estimate is kept beside the shard
+        kept = pq.read_table(storage.local_path(shard_ids_path(shard.path)))
+        assert sum(kept["estimated_input_tokens"].to_pylist()) == shard.estimated_input_tokens
+
+    retries, parsed = retry_of_each_shard(spec, storage, first, monkeypatch)
+    assert parsed == 0
+    assert [retry.shards[0].estimated_input_tokens for retry in retries] == [
+        shard.estimated_input_tokens for shard in first.shards
+    ]
+
+    # The figures are read from the ids file, not figured again: change them and they follow.
+    path = storage.local_path(shard_ids_path(first.shards[0].path))
+    kept = pq.read_table(path)
+    pq.write_table(
+        kept.set_column(1, "estimated_input_tokens", pc.add(kept["estimated_input_tokens"], 1000)),
+        path,
+    )
+    retries, _ = retry_of_each_shard(spec, storage, first, monkeypatch)
+    assert retries[0].shards[0].estimated_input_tokens == (
+        first.shards[0].estimated_input_tokens + 1000 * first.shards[0].rows
+    )
+
+
+@pytest.mark.parametrize("ids_file", ["without-estimates", "gone", "of-another-shard"])
+def test_retry_shards_of_an_earlier_build_estimate_the_tokens_again(
+    tmp_path, monkeypatch, ids_file
+):
+    write_source(tmp_path, rows=12, text=lambda i: "word " * (i * 7 + 1))
+    spec = make_spec(tmp_path, limits={"max_requests_per_file": 5})
+    storage, first = build(tmp_path, spec)
+    for shard in first.shards:
+        path = storage.local_path(shard_ids_path(shard.path))
+        if ids_file == "without-estimates":  # as versions that kept only the custom_ids
+            pq.write_table(pq.read_table(path).select(["custom_id"]), path)
+        elif ids_file == "gone":
+            path.unlink()
+    if ids_file == "of-another-shard":
+        ids_of = [storage.local_path(shard_ids_path(shard.path)) for shard in first.shards]
+        ids_of[0].write_bytes(ids_of[1].read_bytes())
+
+    retries, parsed = retry_of_each_shard(spec, storage, first, monkeypatch)
+    assert parsed == (first.requests if ids_file != "of-another-shard" else first.shards[0].rows)
+    assert [retry.shards[0].estimated_input_tokens for retry in retries] == [
+        shard.estimated_input_tokens for shard in first.shards
+    ]
+    for source, retry in zip(first.shards, retries, strict=True):
+        assert storage.read_bytes(retry.shards[0].path) == storage.read_bytes(source.path)
 
 
 def test_retry_refuses_a_repeated_custom_id_and_attempt_one(tmp_path):
