@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "Partition": "batch_pipeline.core.partition",
     "PartitionStatus": "batch_pipeline.core.pipeline",
     "Pipeline": "batch_pipeline.core.pipeline",
     "PipelineError": "batch_pipeline.core.pipeline",
@@ -29,6 +30,7 @@ _PUBLIC = {
 # The core's names: `from batch_pipeline import *` in a notebook does not import Dagster
 # (`batch_pipeline.BatchPipelineComponent` still loads it when named).
 __all__ = [
+    "Partition",
     "PartitionStatus",
     "Pipeline",
     "PipelineError",
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from batch_pipeline.core.partition import Partition
     from batch_pipeline.core.pipeline import (
         PartitionStatus,
         Pipeline,

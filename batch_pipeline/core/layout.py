@@ -4,7 +4,7 @@ Keys are relative, `/`-separated, and the same on a local folder and an object s
 
     requests/partition={P}/gen={G}/rejected.parquet                  rows refused before submission
     requests/partition={P}/gen={G}/attempt={A}/shard-00000.jsonl     request lines
-    requests/partition={P}/gen={G}/attempt={A}/shard-00000.ids.parquet  their custom_ids
+    requests/partition={P}/gen={G}/attempt={A}/shard-00000.ids.parquet  their ids and tokens
     requests/partition={P}/gen={G}/attempt={A}/manifest.json         written last
     requests/partition={P}/gen={G}/attempt={A}/manifest-s00000.json  retries of one shard
     batches/partition={P}/gen={G}/attempt={A}/shard-00000/output.jsonl    downloaded copies
@@ -47,8 +47,9 @@ def shard_path(partition: str, generation: int, attempt: int, index: int) -> str
 
 
 def shard_ids_path(path: str) -> str:
-    """The file beside a shard holding its requests' custom_ids in line order (Parquet), so
-    that collecting its batch need not read the shard again to know what it asked for."""
+    """The file beside a shard holding its requests' custom_ids and estimated input tokens in
+    line order (Parquet), so that collecting its batch need not read the shard again to know
+    what it asked for, nor a retry parse its lines to estimate their tokens."""
     return f"{path.removesuffix('.jsonl')}.ids.parquet"
 
 

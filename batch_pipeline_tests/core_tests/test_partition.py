@@ -8,10 +8,9 @@ from datetime import date
 import pytest
 import yaml
 
-from batch_pipeline import PipelineSpec
+from batch_pipeline import Partition, PipelineSpec
 from batch_pipeline.cli import EXIT_ERROR
 from batch_pipeline.cli import main as cli_main
-from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.sources import iter_partition_batches, parse_partition
 from batch_pipeline_tests.batch_apis import MemoryApi
