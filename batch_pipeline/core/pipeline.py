@@ -273,7 +273,7 @@ def load_pipeline(
     """A `Pipeline` from a spec file, a mapping or a spec object (see `Pipeline` for the
     clock, sleep and tuning)."""
     return Pipeline(
-        _as_spec(spec),
+        PipelineSpec.of(spec),
         dataframe=dataframe,
         backend=backend,
         clock=clock,
@@ -286,17 +286,11 @@ def read_results(
     spec: str | Path | PipelineSpec | dict[str, Any], partition: str | Partition | None = None
 ) -> pd.DataFrame:
     """The pipeline's results as one DataFrame: all partitions, or one."""
-    return read_results_dir(storage_for(_as_spec(spec).pipeline_dir), _key_or_none(partition))
+    return read_results_dir(
+        storage_for(PipelineSpec.of(spec).pipeline_dir), _key_or_none(partition)
+    )
 
 
 def _key_or_none(partition: str | Partition | None) -> str | None:
     """A results filter's key: results are looked up by key as given, as they always were."""
     return None if partition is None else partition_key(partition)
-
-
-def _as_spec(spec: str | Path | PipelineSpec | dict[str, Any]) -> PipelineSpec:
-    if isinstance(spec, PipelineSpec):
-        return spec
-    if isinstance(spec, dict):
-        return PipelineSpec.from_dict(spec)
-    return PipelineSpec.from_yaml(spec)

@@ -56,12 +56,12 @@ from batch_pipeline.core.types import Endpoint
 
 __all__ = [
     "REJECTED_CODE",
+    "JoinedResults",
     "OrderedOutcomes",
     "OutcomeGroup",
     "ResultsError",
     "ResultsIncompleteError",
     "ResultsMismatchError",
-    "ResultsSummary",
     "assemble_results",
     "read_results",
     "results_schema",
@@ -94,7 +94,7 @@ _HEAD_FIELDS = [
 
 
 @dataclass(frozen=True)
-class ResultsSummary:
+class JoinedResults:
     """What a results file holds: rows, rows per status, tokens, its columns and first rows."""
 
     path: str  # where the storage keeps it (`StorageRoot.uri`)
@@ -146,7 +146,7 @@ def assemble_results(
     source_schema: pa.Schema | None = None,
     compression: str = PARQUET_COMPRESSION,
     chunk_rows: int = CHUNK_ROWS,
-) -> ResultsSummary:
+) -> JoinedResults:
     """Join a partition's source rows with their outcomes and write `dest` of `storage`
     atomically.
 
@@ -203,7 +203,7 @@ def assemble_results(
     finally:
         if writer is not None:
             writer.abort()
-    return ResultsSummary(
+    return JoinedResults(
         path=storage.uri(dest),
         partition=partition,
         rows=joiner.rows,

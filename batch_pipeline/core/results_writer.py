@@ -16,8 +16,7 @@ from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.requests import source_columns
-from batch_pipeline.core.results import ResultsError, assemble_results
-from batch_pipeline.core.results import ResultsSummary as JoinedResults
+from batch_pipeline.core.results import JoinedResults, ResultsError, assemble_results
 from batch_pipeline.core.sources import Source
 from batch_pipeline.core.types import PipelineError, ResultsSummary, RowStatus
 from batch_pipeline.core.worker import PipelineWorker

@@ -435,6 +435,13 @@ class PipelineSpec(_Section):
         except SpecError as exc:
             raise SpecError(f"{path}: {exc}") from None
 
+    @classmethod
+    def of(cls, spec: str | Path | PipelineSpec | dict[str, Any]) -> PipelineSpec:
+        """A spec from a spec file's path, a mapping, or a spec (as it is)."""
+        if isinstance(spec, PipelineSpec):
+            return spec
+        return cls.from_dict(spec) if isinstance(spec, dict) else cls.from_yaml(spec)
+
 
 def _describe(exc: ValidationError) -> str:
     problems = []
