@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
 
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
+LONG_VALIDATION_LINES = 200_000
+
 
 def test_request_counts_move_while_running(client: OpenAI) -> None:
     lines = [chat_line(f"fast-{i}", "hi") for i in range(5)]
@@ -111,8 +113,12 @@ def test_deleting_a_running_batchs_input_takes_none_of_its_requests(client: Open
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
 
 
-def test_a_cancel_during_validation_of_a_bad_input_ends_cancelled(client: OpenAI) -> None:
-    lines = [chat_line(f"r{i}", "hi") for i in range(49_999)]  # with the duplicate: the limit
+def test_a_cancel_during_validation_of_a_bad_input_ends_cancelled(start_api: StartApi) -> None:
+    # A file four times OpenAI's limit takes long enough to validate that the cancel, sent
+    # right after the create, lands during validation even on a loaded machine.
+    url = start_api(max_requests_per_batch=LONG_VALIDATION_LINES)
+    client = OpenAI(base_url=url, api_key="sk-local-test", max_retries=0)
+    lines = [chat_line(f"r{i}", "hi") for i in range(LONG_VALIDATION_LINES - 1)]
     batch = submit(client, [*lines, chat_line("r0", "again")])  # a duplicate on the last line
     assert client.batches.cancel(batch.id).status == "cancelling"
 
