@@ -3,6 +3,7 @@ to the scan, rows of no day counted, and a column of no day told from an empty d
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import date
 from typing import Any
@@ -17,15 +18,15 @@ from batch_pipeline.core.sources.days import DAY_PREFIX, decoded, is_text, parti
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 
 
-class DatasetSource:
+class DatasetSource(ABC):
     """The operations of a `Source` over the dataset a subclass opens (`_dataset`)."""
 
     spec: PipelineSpec
     where: str = ""  # how messages name the source, e.g. " (the DataFrame)"
 
+    @abstractmethod
     def _dataset(self) -> ds.Dataset | None:
         """The dataset of every source row, or None when the source holds no data."""
-        raise NotImplementedError
 
     def batches(
         self,
