@@ -104,10 +104,7 @@ class LeaseStatements:
             result = conn.execute(
                 table.update()
                 .where(
-                    table.c.pipeline == pipeline,
-                    table.c.partition == partition,
-                    table.c.generation == generation,
-                    table.c.built_at.is_(None),
+                    *_unbuilt(pipeline, partition, generation),
                     free_lease(
                         table.c.build_owner, table.c.build_lease_expires_at, owner, now, dead_owner
                     ),
@@ -123,13 +120,7 @@ class LeaseStatements:
         with self._tx() as conn:
             conn.execute(
                 table.update()
-                .where(
-                    table.c.pipeline == pipeline,
-                    table.c.partition == partition,
-                    table.c.generation == generation,
-                    table.c.built_at.is_(None),
-                    table.c.build_owner == owner,
-                )
+                .where(*_unbuilt(pipeline, partition, generation), table.c.build_owner == owner)
                 .values(build_owner=None, build_lease_expires_at=None)
             )
 
@@ -210,6 +201,17 @@ class LeaseStatements:
         the shard over), and nothing is changed."""
         expires = self._clock() + lease_seconds
         return self.update_shard(shard_id, owner, lease_expires_at=expires, **values)
+
+
+def _unbuilt(pipeline: str, partition: str, generation: int) -> tuple[Any, ...]:
+    """The conditions that pick a generation's partition row while it is not built yet."""
+    table = partitions_table
+    return (
+        table.c.pipeline == pipeline,
+        table.c.partition == partition,
+        table.c.generation == generation,
+        table.c.built_at.is_(None),
+    )
 
 
 def enqueued_tokens(conn: Connection, model: str) -> int:
