@@ -112,6 +112,7 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
 
     from batch_pipeline.core.backends.base import BackendError
     from batch_pipeline.core.pipeline import Partition, PipelineError, load_pipeline
+    from batch_pipeline.core.reconnect import LedgerUnavailableError
     from batch_pipeline.core.spec import PipelineSpec, SpecError
 
     try:
@@ -135,7 +136,14 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
                     file=out,
                 )
                 return EXIT_OK
-    except (SpecError, PipelineError, BackendError, ValueError, OSError) as exc:
+    except (
+        SpecError,
+        PipelineError,
+        BackendError,
+        LedgerUnavailableError,
+        ValueError,
+        OSError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except SQLAlchemyError as exc:  # the ledger's or a SQL source's database

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from batch_pipeline.core.ledger_records import ShardRecord
 from batch_pipeline.core.ledger_schema import partitions_table, shards_table
+from batch_pipeline.core.reconnect import Reconnect, reconnecting
 from batch_pipeline.core.types import BatchStatus, ShardState
 
 DEFAULT_LEASE_SECONDS = 300.0
@@ -83,9 +84,11 @@ class LeaseStatements:
     """The ledger's statements that take, renew and give up leases (mixed into `Ledger`)."""
 
     _clock: Callable[[], float]
+    _reconnect: Reconnect
     _tx: Callable[[], AbstractContextManager[Connection]]
     update_shard: Callable[..., bool]
 
+    @reconnecting
     def claim_build(
         self,
         pipeline: str,
@@ -113,6 +116,7 @@ class LeaseStatements:
             )
         return result.rowcount == 1
 
+    @reconnecting
     def release_build(self, pipeline: str, partition: str, generation: int, owner: str) -> None:
         """Give up the right to build a generation (a build that failed), so that the next
         attempt, from any process, starts at once rather than after the lease."""
@@ -124,6 +128,7 @@ class LeaseStatements:
                 .values(build_owner=None, build_lease_expires_at=None)
             )
 
+    @reconnecting
     def claim(
         self,
         shard_id: str,
@@ -180,6 +185,7 @@ class LeaseStatements:
             row = conn.execute(sa.select(table).where(table.c.shard_id == shard_id)).first()
         return ShardRecord.from_row(row)
 
+    @reconnecting
     def release(self, shard_id: str, owner: str) -> None:
         """Give up a lease without changing the shard's state."""
         with self._tx() as conn:

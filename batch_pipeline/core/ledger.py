@@ -34,6 +34,12 @@ from batch_pipeline.core.ledger_schema import (
     partitions_table,
     shards_table,
 )
+from batch_pipeline.core.reconnect import (
+    DEFAULT_RECONNECT_SECONDS,
+    Reconnect,
+    database_location,
+    reconnecting,
+)
 from batch_pipeline.core.types import BatchInfo, ShardInfo, ShardState
 
 __all__ = [
@@ -47,13 +53,27 @@ __all__ = [
 
 
 class Ledger(LeaseStatements):
-    """Durable state of every pipeline sharing this database."""
+    """Durable state of every pipeline sharing this database.
 
-    def __init__(self, url: str, *, clock: Any = time.time) -> None:
+    Each public operation is one transaction, run again as a whole while the database is
+    away for at most `reconnect_seconds` (see `reconnect`; never on SQLite, a local file).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Any = time.time,
+        reconnect_seconds: float = DEFAULT_RECONNECT_SECONDS,
+    ) -> None:
         self.url = url
         self._clock = clock
         self.engine: Engine = create_engine(url)
-        ensure_schema(self.engine, repr(self))
+        local = self.engine.dialect.name == "sqlite"
+        self._reconnect = Reconnect(
+            database_location(self.engine.url), 0.0 if local else reconnect_seconds
+        )
+        self._reconnect.run(lambda: ensure_schema(self.engine, repr(self)))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -63,11 +83,14 @@ class Ledger(LeaseStatements):
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        if not self._reconnect.inside:  # else an outage would cut the operation in half
+            raise RuntimeError("a ledger transaction outside a @reconnecting operation")
         with self.engine.begin() as conn:
             yield conn
 
     # -- partitions -------------------------------------------------------------------------
 
+    @reconnecting
     def get_partition(self, pipeline: str, partition: str) -> PartitionRecord | None:
         with self._tx() as conn:
             row = conn.execute(
@@ -75,6 +98,7 @@ class Ledger(LeaseStatements):
             ).first()
         return partition_from_row(row) if row else None
 
+    @reconnecting
     def list_partitions(self, pipeline: str) -> list[PartitionRecord]:
         with self._tx() as conn:
             rows = conn.execute(
@@ -84,6 +108,7 @@ class Ledger(LeaseStatements):
             ).all()
         return [partition_from_row(row) for row in rows]
 
+    @reconnecting
     def start_generation(self, pipeline: str, partition: str, *, rebuild: bool) -> int:
         """The generation to build: the current one, or a new one when `rebuild` is asked."""
         now = self._clock()
@@ -136,6 +161,7 @@ class Ledger(LeaseStatements):
             )
             return int(current) + 1
 
+    @reconnecting
     def record_build(
         self,
         pipeline: str,
@@ -169,11 +195,13 @@ class Ledger(LeaseStatements):
                 )
             )
 
+    @reconnecting
     def add_shards(self, shards: Sequence[ShardInfo]) -> None:
         """Register retry shards (queued); a shard already known is left as it is."""
         with self._tx() as conn:
             self._insert_shards(conn, shards, self._clock(), ShardState.QUEUED)
 
+    @reconnecting
     def queue_built(self, pipeline: str, partition: str, generation: int) -> int:
         """Ask for the built shards of a partition's generation to be submitted: they become
         queued. Returns how many did."""
@@ -226,6 +254,7 @@ class Ledger(LeaseStatements):
             except IntegrityError:
                 continue  # another process registered it first: same deterministic content
 
+    @reconnecting
     def mark_settled(self, pipeline: str, partition: str, generation: int) -> bool:
         """Record that every shard of the generation is collected; True the first time."""
         now = self._clock()
@@ -238,6 +267,7 @@ class Ledger(LeaseStatements):
             )
         return result.rowcount == 1
 
+    @reconnecting
     def mark_cancelled(self, pipeline: str, partition: str, generation: int) -> None:
         """Record a user's cancel: no retries and no new submissions for this generation."""
         now = self._clock()
@@ -248,6 +278,7 @@ class Ledger(LeaseStatements):
                 .values(cancelled_at=now, updated_at=now)
             )
 
+    @reconnecting
     def mark_collected(
         self,
         pipeline: str,
@@ -272,6 +303,7 @@ class Ledger(LeaseStatements):
 
     # -- shards -----------------------------------------------------------------------------
 
+    @reconnecting
     def shards(
         self,
         pipeline: str,
@@ -293,6 +325,7 @@ class Ledger(LeaseStatements):
         with self._tx() as conn:
             return [ShardRecord.from_row(row) for row in conn.execute(query).all()]
 
+    @reconnecting
     def get_shard(self, shard_id: str) -> ShardRecord | None:
         with self._tx() as conn:
             row = conn.execute(
@@ -300,12 +333,14 @@ class Ledger(LeaseStatements):
             ).first()
         return ShardRecord.from_row(row) if row else None
 
+    @reconnecting
     def enqueued_tokens(self, model: str) -> int:
         """Estimated input tokens of this model's shards that are being or have been submitted
         and whose batch has not finished: what counts against the provider's enqueued limit."""
         with self._tx() as conn:
             return enqueued_tokens(conn, model)
 
+    @reconnecting
     def update_shard(self, shard_id: str, owner: str | None = None, **values: Any) -> bool:
         """Change a shard's columns; with `owner`, only while that owner holds the lease."""
         now = self._clock()
@@ -319,6 +354,7 @@ class Ledger(LeaseStatements):
 
     # -- batches ----------------------------------------------------------------------------
 
+    @reconnecting
     def record_batch(self, shard: ShardRecord, batch: BatchInfo, owner: str) -> bool:
         """Attach a created (or found) batch to the shard and mark it submitted, while `owner`
         holds the shard's lease; False (nothing recorded) once it does not."""
@@ -363,6 +399,7 @@ class Ledger(LeaseStatements):
                 )
         return True
 
+    @reconnecting
     def update_batch(self, batch: BatchInfo) -> bool:
         """Store a polled batch's status; True when the status changed."""
         now = self._clock()
@@ -411,6 +448,7 @@ class Ledger(LeaseStatements):
             )
         return before is None or before[0] != batch.status.value
 
+    @reconnecting
     def batches(self, pipeline: str, *, partition: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(batches_table).where(batches_table.c.pipeline == pipeline)
         if partition is not None:

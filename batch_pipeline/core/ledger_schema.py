@@ -157,6 +157,9 @@ def _migrate(conn: Connection) -> None:
         )
 
 
+CONNECT_TIMEOUT_SECONDS = 10
+
+
 def create_engine(url: str) -> Engine:
     """An engine on the ledger's database: SQLite with WAL and writers serialised at BEGIN."""
     parsed = database_url(url)
@@ -180,4 +183,8 @@ def create_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return open_engine(parsed, pool_pre_ping=True)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        # A host that vanished (a failover) answers nothing: give up on it in time to retry.
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return open_engine(parsed, pool_pre_ping=True, **options)

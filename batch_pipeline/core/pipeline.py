@@ -76,7 +76,9 @@ class Pipeline:
     ) -> None:
         self.spec = spec
         self.source = source_for(spec, dataframe)  # where rows come from, for every stage
-        self.ledger = ledger or Ledger(spec.ledger_url, clock=clock)
+        self.ledger = ledger or Ledger(
+            spec.ledger_url, clock=clock, reconnect_seconds=spec.ledger.reconnect_seconds
+        )
         self.storage = storage or storage_for(spec.pipeline_dir)
         self.owner = default_owner()
         self._backend = backend

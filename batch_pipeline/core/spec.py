@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batch_pipeline.core.reconnect import DEFAULT_RECONNECT_SECONDS
 from batch_pipeline.core.types import Endpoint
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -273,6 +274,14 @@ class LedgerSpec(_Section):
     url_env: str | None = Field(
         default=None,
         description="The NAME of an environment variable holding the ledger's URL.",
+    )
+    reconnect_seconds: float = Field(
+        default=DEFAULT_RECONNECT_SECONDS,
+        ge=0,
+        description="How long an outage of the ledger's PostgreSQL (a restart, a managed "
+        "database's failover) may last before a run stops with an error: meanwhile each "
+        "ledger transaction that the outage cut is run again, whole, with growing pauses. "
+        "Only connection failures are retried; 0 turns it off. SQLite is never retried.",
     )
 
     _check_env = field_validator("url_env")(_env_name)

@@ -26,14 +26,14 @@ class _StepClients:
 
     def __init__(self, backend: BatchBackend) -> None:
         self.backend = backend
-        self._ledgers: dict[str, Ledger] = {}
+        self._ledgers: dict[tuple[str, float], Ledger] = {}
 
     def pipeline(self, spec: PipelineSpec) -> Pipeline:
         """The pipeline for `spec` on these clients (closing them is `close`'s job)."""
-        url = spec.ledger_url
-        if url not in self._ledgers:
-            self._ledgers[url] = Ledger(url)
-        return Pipeline(spec, backend=self.backend, ledger=self._ledgers[url])
+        url, reconnect = spec.ledger_url, spec.ledger.reconnect_seconds
+        if (url, reconnect) not in self._ledgers:
+            self._ledgers[url, reconnect] = Ledger(url, reconnect_seconds=reconnect)
+        return Pipeline(spec, backend=self.backend, ledger=self._ledgers[url, reconnect])
 
     def close(self) -> None:
         try:
