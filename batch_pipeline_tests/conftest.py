@@ -14,6 +14,9 @@ import sqlalchemy as sa
 
 from batch_pipeline_tests.batch_apis import BatchApi, HttpApi, MemoryApi
 
+# `throwaway_postgres`: a PostgreSQL server of a test's own, for tests that stop it.
+pytest_plugins = ["batch_pipeline_tests.throwaway_postgres"]
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "BATCH_PIPELINE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )

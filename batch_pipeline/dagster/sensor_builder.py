@@ -15,6 +15,7 @@ from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_
 
 from batch_pipeline.core.ledger import PartitionRecord
 from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
+from batch_pipeline.core.reconnect import LedgerUnavailableError
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import ShardState
 from batch_pipeline.dagster.assets import build_asset_specs, build_partitions_def
@@ -38,6 +39,9 @@ _UNFINISHED_RUN_STATUSES = [
     dg.DagsterRunStatus.CANCELING,
 ]
 MAX_PARTITIONS_IN_MESSAGE = 5
+# Within one tick, how long the ledger's database may be away before the tick is skipped
+# (the poll's budget plus this stays under the gRPC timeout).
+TICK_RECONNECT_SECONDS = 15.0
 
 
 @whitelist_for_serdes
@@ -71,6 +75,7 @@ def build_batch_pipeline_sensor(
     client and one ledger connection and closes them when it ends.
     """
     polled = backend if backend is not None else BatchBackendResource.from_spec(spec.backend)
+    ticked = _ledger_wait_within_tick(spec)
     results_key = build_asset_specs(spec, translator)["results"].key
     partitions_def = build_partitions_def(spec)
 
@@ -89,17 +94,21 @@ def build_batch_pipeline_sensor(
                 f"previous poll {time.time() - previous.polled_at:.0f} s ago: "
                 f"{previous.in_flight} in flight, {previous.queued} queued"
             )
-        with polled.open_pipeline(spec) as pipeline:
-            report = pipeline.poll(time_budget_seconds=poll_time_budget_seconds)
-            _log_report(context, report)
-            run_requests = list(
-                _results_run_requests(
-                    context, pipeline, results_key, partitions_def, rerun_results_after_seconds
+        try:
+            with polled.open_pipeline(ticked) as pipeline:
+                report = pipeline.poll(time_budget_seconds=poll_time_budget_seconds)
+                _log_report(context, report)
+                run_requests = list(
+                    _results_run_requests(
+                        context, pipeline, results_key, partitions_def, rerun_results_after_seconds
+                    )
                 )
-            )
-            skip_reason = (
-                None if run_requests else _waiting_message(pipeline, report, context.instance)
-            )
+                skip_reason = (
+                    None if run_requests else _waiting_message(pipeline, report, context.instance)
+                )
+        except LedgerUnavailableError as exc:  # an outage longer than a tick: wait it out
+            context.log.warning(f"{exc}; the next tick tries again")
+            return dg.SensorResult(skip_reason=f"{exc}; the next tick tries again")
         cursor = BatchPipelineSensorCursor(
             polled_at=time.time(),
             in_flight=report.in_flight,
@@ -114,6 +123,14 @@ def build_batch_pipeline_sensor(
         )
 
     return _sensor
+
+
+def _ledger_wait_within_tick(spec: PipelineSpec) -> PipelineSpec:
+    """The spec with its ledger's outage wait cut to what a tick can spend: a longer outage
+    skips ticks until the database is back, rather than timing the tick out."""
+    wait = min(spec.ledger.reconnect_seconds, TICK_RECONNECT_SECONDS)
+    ledger = spec.ledger.model_copy(update={"reconnect_seconds": wait})
+    return spec.model_copy(update={"ledger": ledger})
 
 
 def results_run_key(pipeline: str, partition: str, generation: int, request: int) -> str:

@@ -1,0 +1,101 @@
+"""The ledger's PostgreSQL restarted in the middle of `batch-pipeline run`, as a managed
+database's failover does: the run waits for it, finishes, and pays for each shard once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from batch_pipeline.core.pipeline import Pipeline, read_results
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline_tests.reliability_tests.helpers import (
+    DAY,
+    Services,
+    Tally,
+    check_paid_once,
+    cli_command,
+    finish_child,
+    keys_of,
+    start_child,
+    ticket_rows,
+    wait_until,
+    write_pipeline,
+)
+from batch_pipeline_tests.throwaway_postgres import ThrowawayPostgres
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.postgres]
+
+LEDGER_ENV = "BP_FAILOVER_LEDGER_URL"
+PASSWORD = "failover-pw-never-shown-77c1"
+ROWS = 12
+PER_FILE = 4  # three shards
+SLOW_SECONDS = 10  # one request is answered this late: the run is still polling meanwhile
+DOWN_SECONDS = 6.0
+
+
+def submitted_shards(url: str) -> int:
+    """Shards the ledger shows with a batch (0 before its tables exist)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text("SELECT count(*) FROM bp_shards WHERE batch_id IS NOT NULL")
+                ).scalar()
+            )
+    except sa.exc.ProgrammingError:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def test_a_run_rides_through_a_restart_of_the_ledgers_postgresql(
+    tmp_path: Path,
+    services: Services,
+    throwaway_postgres: ThrowawayPostgres,
+    name: str,
+    tally: Tally,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = services.start(completion_window_seconds=120)
+    rows = ticket_rows(
+        ROWS, body=lambda i: f"<<slow:{SLOW_SECONDS}>> late" if i == 0 else f"parcel {i}"
+    )
+    url = throwaway_postgres.url(password=PASSWORD)
+    monkeypatch.setenv(LEDGER_ENV, url)
+    spec_path = write_pipeline(
+        tmp_path,
+        service.url,
+        name,
+        rows,
+        limits={"max_requests_per_file": PER_FILE},
+        ledger={"url_env": LEDGER_ENV, "reconnect_seconds": 60},
+    )
+    run = start_child(
+        cli_command("run", str(spec_path), "--partition", DAY, "--poll-interval", "0.2")
+    )
+    try:
+        wait_until(lambda: submitted_shards(url), "a first shard submitted", timeout=60)
+        assert run.poll() is None, "the run ended before the database went away"
+        throwaway_postgres.stop()
+        time.sleep(DOWN_SECONDS)
+        assert run.poll() is None, "the run did not wait for the database"
+        throwaway_postgres.start()
+    finally:
+        done = finish_child(run, tally)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    down = [line for line in done.stderr.splitlines() if "is unreachable" in line]
+    back = [line for line in done.stderr.splitlines() if "answers again after" in line]
+    assert len(down) == len(back) == 1, done.stderr[-3000:]
+    assert f"127.0.0.1:{throwaway_postgres.port}/postgres" in down[0]
+    assert PASSWORD not in done.stdout + done.stderr
+    spec = PipelineSpec.from_yaml(spec_path)
+    results = read_results(spec, DAY)
+    tally.check_rows_once(results, keys_of(rows))
+    assert (results["status"] == "succeeded").all(), results["status"].value_counts()
+    with Pipeline(spec) as pipeline:
+        check_paid_once(service.url, pipeline, tally)
