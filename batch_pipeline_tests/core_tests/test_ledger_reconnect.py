@@ -4,16 +4,22 @@ connection failures; a transaction cut midway runs again whole."""
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from batch_pipeline.core.ledger import Ledger
 from batch_pipeline.core.reconnect import LedgerUnavailableError
 from batch_pipeline.core.types import ShardInfo
+from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 from batch_pipeline_tests.throwaway_postgres import ThrowawayPostgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -41,8 +47,8 @@ def test_an_operation_waits_through_a_short_outage_and_then_succeeds(
     generation = ledger.start_generation("tickets", DAY, rebuild=False)
     throwaway_postgres.stop()
     back = threading.Timer(OUTAGE_SECONDS, throwaway_postgres.start)
-    back.start()
     started = time.monotonic()
+    back.start()
     with caplog.at_level(logging.WARNING):
         settled = ledger.mark_settled("tickets", DAY, generation)
     back.join()
@@ -136,3 +142,38 @@ def test_a_transaction_cut_midway_runs_again_as_a_whole(
     assert cuts, "the session was never cut"
     assert record.generation == 2
     assert len(outage_lines(caplog)) == 2
+
+
+def test_the_cli_gives_up_on_a_ledger_that_stays_away_with_one_line_naming_the_host(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    row = {"ticket_id": "T1", "subject": "Order 1", "body": "late", "created_at": f"{DAY} 09:00"}
+    write_tickets(tmp_path / "tickets.parquet", [row])
+    spec = ticket_spec(
+        tmp_path,
+        "http://127.0.0.1:9/v1",
+        ledger={"url_env": "BP_TEST_LEDGER_URL", "reconnect_seconds": OUTAGE_SECONDS},
+    )
+    path = tmp_path / "tickets.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    ledger_url = f"postgresql://bp:{PASSWORD}@127.0.0.1:{port}/ledger"
+    done = subprocess.run(
+        [sys.executable, "-m", "batch_pipeline.cli", "run", str(path), "--partition", DAY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"BP_TEST_LEDGER_URL": ledger_url, "PATH": "/usr/bin:/bin"},
+    )
+
+    assert done.returncode == 1, done.stderr
+    *warnings, error = done.stderr.strip().splitlines()
+    assert error.startswith(
+        f"error: the ledger's database at 127.0.0.1:{port}/ledger has not answered for "
+        f"{OUTAGE_SECONDS:.0f} s (ledger.reconnect_seconds): "
+    )
+    assert "Connection refused" in error
+    assert len(warnings) == 1 and "is unreachable" in warnings[0]
+    assert PASSWORD not in done.stdout + done.stderr
