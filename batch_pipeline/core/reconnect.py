@@ -6,6 +6,10 @@ again from its start on a new connection, with growing pauses, until it succeeds
 outage has lasted longer than its bound (`ledger.reconnect_seconds`). Nothing else is tried
 again: a programming error or a constraint violation is raised at once. One line is logged
 when an outage starts and one when it ends; the URL's password is never shown.
+
+A database this process has never reached is not having an outage: it is the wrong address,
+or down before anything started, and its error is raised at once (as a Batch API that a
+first call cannot connect to).
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ _TRANSIENT_MESSAGES = (
 )
 # SQLSTATEs: admin_shutdown, crash_shutdown, cannot_connect_now; class 08 is connection trouble.
 _TRANSIENT_STATES = ("57P01", "57P02", "57P03")
+
+
+# The databases this process has reached: a later failure to connect to one is an outage.
+_reached: set[str] = set()
+_reached_lock = threading.Lock()
 
 
 class LedgerUnavailableError(RuntimeError):
@@ -98,6 +107,7 @@ class Reconnect:
         self._lock = threading.Lock()
         self._outage_since: float | None = None
         self._running = threading.local()
+        self._reached = False
 
     @property
     def inside(self) -> bool:
@@ -116,7 +126,7 @@ class Reconnect:
             try:
                 result = operation()
             except sa.exc.SQLAlchemyError as exc:
-                if self.seconds <= 0 or not is_transient(exc):
+                if self.seconds <= 0 or not is_transient(exc) or not self._ever_reached():
                     raise
                 left = self._left(exc)
                 if left <= 0:
@@ -131,6 +141,11 @@ class Reconnect:
                 self._running.depth = 0
             self._ended()
             return result
+
+    def _ever_reached(self) -> bool:
+        """Whether this process has had an answer from this database."""
+        with _reached_lock:
+            return self._reached or self.where in _reached
 
     def _left(self, exc: BaseException) -> float:
         """Seconds the current outage may still last; starts (and logs) one if none runs."""
@@ -148,6 +163,10 @@ class Reconnect:
             return self._outage_since + self.seconds - now
 
     def _ended(self) -> None:
+        if not self._reached:
+            with _reached_lock:
+                self._reached = True
+                _reached.add(self.where)
         if self._outage_since is None:  # the common case, without taking the lock
             return
         with self._lock:

@@ -281,7 +281,8 @@ class LedgerSpec(_Section):
         description="How long an outage of the ledger's PostgreSQL (a restart, a managed "
         "database's failover) may last before a run stops with an error: meanwhile each "
         "ledger transaction that the outage cut is run again, whole, with growing pauses. "
-        "Only connection failures are retried; 0 turns it off. SQLite is never retried.",
+        "Only connection failures of a database this process has reached are retried; "
+        "0 turns it off. SQLite is never retried.",
     )
 
     _check_env = field_validator("url_env")(_env_name)

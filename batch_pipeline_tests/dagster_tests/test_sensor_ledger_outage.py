@@ -76,6 +76,7 @@ def test_an_outage_longer_than_the_bound_skips_the_tick_naming_the_database(
     sensor = build_batch_pipeline_sensor(
         spec=spec, backend=BatchBackendResource(base_url="http://127.0.0.1:9/v1")
     )
+    tick(sensor)  # the database answers: what follows is an outage
     throwaway_postgres.stop()
     result, waited = tick(sensor)
 

@@ -3,8 +3,11 @@ database's failover does: the run waits for it, finishes, and pays for each shar
 
 from __future__ import annotations
 
+import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -34,6 +37,7 @@ ROWS = 12
 PER_FILE = 4  # three shards
 SLOW_SECONDS = 10  # one request is answered this late: the run is still polling meanwhile
 DOWN_SECONDS = 6.0
+BOUND_SECONDS = 2.0
 
 
 def submitted_shards(url: str) -> int:
@@ -52,6 +56,52 @@ def submitted_shards(url: str) -> int:
         engine.dispose()
 
 
+@dataclass
+class PollingRun:
+    """`batch-pipeline run` started on a ledger of its own, past its first submission."""
+
+    process: subprocess.Popen[str]
+    spec_path: Path
+    rows: list[dict[str, Any]]
+    service_url: str
+
+
+def start_polling_run(
+    tmp_path: Path,
+    services: Services,
+    server: ThrowawayPostgres,
+    name: str,
+    bound: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> PollingRun:
+    """Start the run on `server` with `ledger.reconnect_seconds: bound`; return once a shard
+    is submitted and the run is waiting for the late request."""
+    service = services.start(completion_window_seconds=120)
+    rows = ticket_rows(
+        ROWS, body=lambda i: f"<<slow:{SLOW_SECONDS}>> late" if i == 0 else f"parcel {i}"
+    )
+    url = server.url(password=PASSWORD)
+    monkeypatch.setenv(LEDGER_ENV, url)  # as production hands it over: a variable
+    spec_path = write_pipeline(
+        tmp_path,
+        service.url,
+        name,
+        rows,
+        limits={"max_requests_per_file": PER_FILE},
+        ledger={"url_env": LEDGER_ENV, "reconnect_seconds": bound},
+    )
+    process = start_child(
+        cli_command("run", str(spec_path), "--partition", DAY, "--poll-interval", "0.2")
+    )
+    try:
+        wait_until(lambda: submitted_shards(url), "a first shard submitted", timeout=60)
+    except AssertionError:
+        process.kill()
+        raise
+    assert process.poll() is None, "the run ended before the database went away"
+    return PollingRun(process, spec_path, rows, service.url)
+
+
 def test_a_run_rides_through_a_restart_of_the_ledgers_postgresql(
     tmp_path: Path,
     services: Services,
@@ -60,32 +110,14 @@ def test_a_run_rides_through_a_restart_of_the_ledgers_postgresql(
     tally: Tally,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    service = services.start(completion_window_seconds=120)
-    rows = ticket_rows(
-        ROWS, body=lambda i: f"<<slow:{SLOW_SECONDS}>> late" if i == 0 else f"parcel {i}"
-    )
-    url = throwaway_postgres.url(password=PASSWORD)
-    monkeypatch.setenv(LEDGER_ENV, url)
-    spec_path = write_pipeline(
-        tmp_path,
-        service.url,
-        name,
-        rows,
-        limits={"max_requests_per_file": PER_FILE},
-        ledger={"url_env": LEDGER_ENV, "reconnect_seconds": 60},
-    )
-    run = start_child(
-        cli_command("run", str(spec_path), "--partition", DAY, "--poll-interval", "0.2")
-    )
+    run = start_polling_run(tmp_path, services, throwaway_postgres, name, 60, monkeypatch)
     try:
-        wait_until(lambda: submitted_shards(url), "a first shard submitted", timeout=60)
-        assert run.poll() is None, "the run ended before the database went away"
         throwaway_postgres.stop()
         time.sleep(DOWN_SECONDS)
-        assert run.poll() is None, "the run did not wait for the database"
+        assert run.process.poll() is None, "the run did not wait for the database"
         throwaway_postgres.start()
     finally:
-        done = finish_child(run, tally)
+        done = finish_child(run.process, tally)
 
     assert done.returncode == 0, done.stderr[-3000:]
     down = [line for line in done.stderr.splitlines() if "is unreachable" in line]
@@ -93,9 +125,35 @@ def test_a_run_rides_through_a_restart_of_the_ledgers_postgresql(
     assert len(down) == len(back) == 1, done.stderr[-3000:]
     assert f"127.0.0.1:{throwaway_postgres.port}/postgres" in down[0]
     assert PASSWORD not in done.stdout + done.stderr
-    spec = PipelineSpec.from_yaml(spec_path)
+    spec = PipelineSpec.from_yaml(run.spec_path)
     results = read_results(spec, DAY)
-    tally.check_rows_once(results, keys_of(rows))
+    tally.check_rows_once(results, keys_of(run.rows))
     assert (results["status"] == "succeeded").all(), results["status"].value_counts()
     with Pipeline(spec) as pipeline:
-        check_paid_once(service.url, pipeline, tally)
+        check_paid_once(run.service_url, pipeline, tally)
+
+
+def test_a_run_whose_ledger_stays_away_stops_with_one_line_naming_the_host(
+    tmp_path: Path,
+    services: Services,
+    throwaway_postgres: ThrowawayPostgres,
+    name: str,
+    tally: Tally,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = start_polling_run(
+        tmp_path, services, throwaway_postgres, name, BOUND_SECONDS, monkeypatch
+    )
+    try:
+        throwaway_postgres.stop()
+    finally:
+        done = finish_child(run.process, tally)
+
+    assert done.returncode == 1, done.stderr[-3000:]
+    *_, error = done.stderr.strip().splitlines()
+    assert error.startswith(
+        f"error: the ledger's database at 127.0.0.1:{throwaway_postgres.port}/postgres has "
+        f"not answered for {BOUND_SECONDS:.0f} s (ledger.reconnect_seconds): "
+    )
+    assert "Traceback" not in done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
