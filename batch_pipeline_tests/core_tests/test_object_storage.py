@@ -319,3 +319,14 @@ def test_run_on_a_bucket_it_cannot_use_exits_with_one_line_naming_it(
         expected = [f"s3://{bucket}/out/{name}", "access refused"]
     assert_one_line_and_nothing_submitted(done, api, name, *expected)
     assert s3.keys(s3_bucket) == ["src/t.parquet"]
+
+
+def test_a_ledger_variable_naming_sqlite_is_refused_for_a_remote_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("BP_TEST_LEDGER", "sqlite:///ledger.db")
+    spec = PipelineSpec.from_dict(
+        ticket_spec(
+            tmp_path, "http://x", output={"dir": "s3://b/o"}, ledger={"url_env": "BP_TEST_LEDGER"}
+        )
+    )
+    with pytest.raises(SpecError, match="BP_TEST_LEDGER names a SQLite database"):
+        _ = spec.ledger_url
