@@ -330,3 +330,30 @@ def test_a_ledger_variable_naming_sqlite_is_refused_for_a_remote_output(tmp_path
     )
     with pytest.raises(SpecError, match="BP_TEST_LEDGER names a SQLite database"):
         _ = spec.ledger_url
+
+
+@pytest.mark.parametrize("case", ["unknown scheme", "missing extra"])
+def test_run_with_a_store_it_cannot_reach_exits_with_one_line(tmp_path, capsys, monkeypatch, case):
+    """Before the ledger is opened (its URL here leads nowhere) or anything is built."""
+    from batch_pipeline.cli import EXIT_ERROR
+    from batch_pipeline.cli import main as cli_main
+
+    out = "ftp://host/out" if case == "unknown scheme" else "s3://bucket/out"
+    if case == "missing extra":
+        monkeypatch.delattr(pyarrow.fs, "S3FileSystem")
+    spec = ticket_spec(
+        tmp_path,
+        "http://127.0.0.1:9/v1",
+        output={"dir": out},
+        ledger={"url": "postgresql+psycopg2://127.0.0.1:1/never"},
+    )
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    assert cli_main(["run", str(path), "--partition", DAY]) == EXIT_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    expected = {
+        "unknown scheme": "error: ftp://host/out/tickets: unknown storage scheme ftp://",
+        "missing extra": "error: s3://bucket/out/tickets: s3:// needs pyarrow with "
+        "S3FileSystem: pip install 'batch_pipeline[s3]'",
+    }[case]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
