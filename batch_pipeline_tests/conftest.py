@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: a local Batch API, a PostgreSQL database, specs."""
+"""Fixtures shared by every test folder: a local Batch API, a PostgreSQL database, an
+S3-compatible server, specs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from batch_pipeline_tests.batch_apis import BatchApi, HttpApi, MemoryApi
+from batch_pipeline_tests.s3_server import s3, s3_bucket, s3_server
+
+__all__ = ["s3", "s3_bucket", "s3_server"]  # fixtures of the S3-compatible server
 
 # `throwaway_postgres`: a PostgreSQL server of a test's own, for tests that stop it.
 pytest_plugins = ["batch_pipeline_tests.throwaway_postgres"]
