@@ -77,7 +77,7 @@ class Pipeline:
         self.spec = spec
         self.source = source_for(spec, dataframe)  # where rows come from, for every stage
         self.ledger = ledger or Ledger(spec.ledger_url, clock=clock)
-        self.storage = storage or storage_for(spec.pipeline_dir)
+        self.storage = storage or storage_for(spec.pipeline_root, spec.output.storage_options)
         self.owner = default_owner()
         self._backend = backend
         self._clock = clock
@@ -285,10 +285,11 @@ def load_pipeline(
 def read_results(
     spec: str | Path | PipelineSpec | dict[str, Any], partition: str | Partition | None = None
 ) -> pd.DataFrame:
-    """The pipeline's results as one DataFrame: all partitions, or one."""
-    return read_results_dir(
-        storage_for(PipelineSpec.of(spec).pipeline_dir), _key_or_none(partition)
-    )
+    """The pipeline's results as one DataFrame: all partitions, or one, read from where the
+    pipeline stores them (a local folder or an object store)."""
+    spec = PipelineSpec.of(spec)
+    storage = storage_for(spec.pipeline_root, spec.output.storage_options)
+    return read_results_dir(storage, _key_or_none(partition))
 
 
 def _key_or_none(partition: str | Partition | None) -> str | None:

@@ -15,13 +15,28 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from batch_pipeline.core.storage_uri import check_options, is_remote, join, local_path_of
 from batch_pipeline.core.types import Endpoint
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 OPENAI_MAX_REQUESTS_PER_FILE = 50_000
 OPENAI_MAX_BYTES_PER_FILE = 200 * 1024 * 1024
+
+
+STORAGE_OPTIONS_HELP = (
+    "Non-secret settings of the object store (endpoint_url, region, ...); credentials come "
+    "from the provider's environment and credential chain, never from the spec."
+)
 
 
 class SpecError(ValueError):
@@ -74,8 +89,11 @@ class SqlSource(_Section):
 
 class SourceSpec(_Section):
     path: str | None = Field(
-        default=None, description="A file or folder of .parquet, .csv or .jsonl files."
+        default=None,
+        description="A file or folder of .parquet, .csv or .jsonl files: a local path or an "
+        "object store's URI (s3://, gs://, az://, abfs://, file://).",
     )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
     sql: SqlSource | None = None
     key: str = Field(description="The column holding each row's unique key.")
     partition_column: str = Field(
@@ -87,6 +105,12 @@ class SourceSpec(_Section):
         if (self.path is None) == (self.sql is None):
             raise ValueError("give exactly one of source.path and source.sql")
         return self
+
+    @field_validator("storage_options")
+    @classmethod
+    def _options_fit_the_store(cls, options: dict[str, Any], info: ValidationInfo) -> Any:
+        check_options(info.data.get("path") or "", options)
+        return options
 
 
 _TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -255,7 +279,12 @@ class RetrySpec(_Section):
 
 
 class OutputSpec(_Section):
-    dir: str = "out"
+    dir: str = Field(
+        default="out",
+        description="Where requests, batch files and results go: a local folder or an "
+        "object store's URI (s3://, gs://, az://, abfs://, file://).",
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
     keep_provider_files: bool = Field(
         default=False,
         description="Keep a batch's input, output and error files on the provider; by "
@@ -266,6 +295,12 @@ class OutputSpec(_Section):
         description="Parquet codec of the results: snappy writes fastest; zstd makes files "
         "about a third smaller and takes twice as long.",
     )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _options_fit_the_store(cls, options: dict[str, Any], info: ValidationInfo) -> Any:
+        check_options(info.data.get("dir") or "", options)
+        return options
 
 
 class LedgerSpec(_Section):
@@ -388,14 +423,38 @@ class PipelineSpec(_Section):
             raise ValueError("must match [a-z][a-z0-9_]* (it is used in asset keys and paths)")
         return name
 
+    @model_validator(mode="after")
+    def _remote_output_needs_a_shared_ledger(self) -> PipelineSpec:
+        if is_remote(self.output.dir) and (
+            not (self.ledger.url or self.ledger.url_env) or _is_sqlite(self.ledger.url)
+        ):
+            raise ValueError(
+                f"output.dir {self.output.dir} is object storage, so the ledger must be "
+                "PostgreSQL, which every process reaches: set ledger.url or ledger.url_env"
+            )
+        return self
+
     def resolve(self, path: str | Path) -> Path:
         """A spec path made absolute against the spec's folder."""
-        candidate = Path(path).expanduser()
+        candidate = Path(local_path_of(str(path))).expanduser()
         return candidate if candidate.is_absolute() else (self.base_dir / candidate).resolve()
+
+    def location(self, path: str) -> str:
+        """A spec location as given for an object store's URI, else its absolute path."""
+        return path.rstrip("/") if is_remote(path) else str(self.resolve(path))
+
+    @property
+    def pipeline_root(self) -> str:
+        """`{output.dir}/{name}` as a path or an object store's URI: the storage root of
+        requests, batch files and results."""
+        return join(self.location(self.output.dir), self.name)
 
     @property
     def pipeline_dir(self) -> Path:
-        """`{output.dir}/{name}`: requests, batch files, results and the default ledger."""
+        """`{output.dir}/{name}` where `output.dir` is a local folder (and the default
+        ledger's folder); ValueError for an object store, which has no local folder."""
+        if is_remote(self.output.dir):
+            raise ValueError(f"output.dir {self.output.dir} is not a local folder")
         return self.resolve(self.output.dir) / self.name
 
     @property
@@ -405,7 +464,13 @@ class PipelineSpec(_Section):
         if self.ledger.url:
             return self.ledger.url
         if self.ledger.url_env:
-            return _url_from_env(self.ledger.url_env, "ledger.url_env")
+            url = _url_from_env(self.ledger.url_env, "ledger.url_env")
+            if is_remote(self.output.dir) and _is_sqlite(url):
+                raise SpecError(
+                    f"ledger.url_env: {self.ledger.url_env} names a SQLite database, but "
+                    f"output.dir {self.output.dir} is object storage: use PostgreSQL"
+                )
+            return url
         return f"sqlite:///{self.pipeline_dir / 'ledger.sqlite'}"
 
     @classmethod
@@ -443,6 +508,10 @@ class PipelineSpec(_Section):
         return cls.from_dict(spec) if isinstance(spec, dict) else cls.from_yaml(spec)
 
 
+def _is_sqlite(url: str | None) -> bool:
+    return bool(url) and str(url).lower().startswith("sqlite")
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
@@ -453,5 +522,5 @@ def _describe(exc: ValidationError) -> str:
             problems.append(f"{key}: required key is missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {message}")
+            problems.append(message if key == "spec" else f"{key}: {message}")
     return "invalid pipeline spec: " + "; ".join(problems)

@@ -14,10 +14,12 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+from batch_pipeline.core.storage_uri import check_key, is_remote, local_path_of
 
 TEMP_PREFIX = ".tmp-"
 
@@ -90,10 +92,7 @@ class LocalStorage:
     def local_path(self, rel: str) -> Path:
         """The absolute path of `rel` (this implementation's own; callers of the interface
         never need one); a path that would leave the root is refused."""
-        parts = PurePosixPath(rel.replace("\\", "/")).parts
-        if PurePosixPath(rel).is_absolute() or ".." in parts:
-            raise ValueError(f"storage paths are relative and stay inside the root, not {rel!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(rel))
 
     def uri(self, rel: str) -> str:
         return str(self.local_path(rel))
@@ -178,14 +177,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def storage_for(root: str | Path) -> StorageRoot:
-    """The storage implementation for `root`: a local path (or file:// URL) today."""
+def storage_for(root: str | Path, options: Mapping[str, Any] | None = None) -> StorageRoot:
+    """The storage implementation for `root`: a local path or file:// URL, or an object
+    store's URI (s3://, gs://, az://, abfs://) reached with the non-secret `options`. An
+    object store is reached once here, so a missing bucket or refused credentials stop the
+    caller before it builds or submits anything."""
     text = str(root)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        return LocalStorage(Path(text))
-    if scheme == "file":
-        return LocalStorage(Path(rest))
-    raise ValueError(
-        f"storage root {text!r}: {scheme}:// storage is not supported yet; use a local path"
-    )
+    if not is_remote(text):
+        return LocalStorage(Path(local_path_of(text)))
+    from batch_pipeline.core.object_storage import ObjectStorage
+
+    storage = ObjectStorage(text, options)
+    storage.check()
+    return storage

@@ -51,7 +51,9 @@ def scan(
             if isinstance(error, MemoryError):
                 raise
             message = _other_partition_type(fragment, dataset.schema, filter_column)
-            raise SourceError(message or unreadable(fragment.path, error)) from error
+            raise SourceError(
+                message or unreadable(fragment.path, error, fragment.filesystem)
+            ) from error
 
 
 def _fragment_batches(

@@ -57,15 +57,16 @@ _JSON_KINDS = {
 }
 
 
-def unreadable(path: str, error: Exception) -> str:
+def unreadable(path: str, error: Exception, filesystem: Any = None) -> str:
     """The message for a file Arrow failed to read: its reason, and for a JSON field that
-    changes type, the line where it does (Arrow counts rows within a block)."""
+    changes type, the line where it does (Arrow counts rows within a block); `filesystem`:
+    pyarrow's filesystem holding `path`, when it is not a local path."""
     reason = str(error).removeprefix("Invalid: ").strip()
     changed = _JSON_TYPE_CHANGE.search(reason)
     if changed is None:
         return f"source file {path} cannot be read: {reason}"
     field, before, after = changed.groups()
-    line = _first_line_of_kind(path, field, after)
+    line = _first_line_of_kind(path, field, after, filesystem)
     where = f" at line {line}" if line else ""
     return (
         f"source file {path} cannot be read: field {field!r} holds a {before} in earlier lines "
@@ -74,9 +75,15 @@ def unreadable(path: str, error: Exception) -> str:
     )
 
 
-def _first_line_of_kind(path: str, field: str, kind: str) -> int | None:
+def _first_line_of_kind(path: str, field: str, kind: str, filesystem: Any) -> int | None:
     """The 1-based number of the first line whose `field` is a JSON value of `kind`."""
-    with open(path, "rb") as lines:
+    if filesystem is None or filesystem.type_name == "local":
+        opened = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    else:
+        from batch_pipeline.core.object_storage import buffered
+
+        opened = buffered(filesystem.open_input_file(path))
+    with opened as lines:
         for number, line in enumerate(lines, start=1):
             try:
                 value = orjson.loads(line).get(field)

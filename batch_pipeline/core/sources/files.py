@@ -3,29 +3,33 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from batch_pipeline.core.sources.checks import SourceError, unreadable
 from batch_pipeline.core.sources.dataset import DatasetSource
 from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.core.storage_uri import RemoteLocation, describe, filesystem_for, is_remote
 
 FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json"}
 
 
 class FileSource(DatasetSource):
-    """The spec's `source.path`. The files are found again at each read, so a read sees the
-    folder as it is then."""
+    """The spec's `source.path`: a local path or an object store's URI, read through pyarrow's
+    filesystem for it. The files are found again at each read, so a read sees the folder as
+    it is then."""
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.spec = spec
-        self.where = f" ({spec.resolve(spec.source.path or '')})"
+        self.location = spec.location(spec.source.path or "")
+        self.where = f" ({self.location})"
 
     def schema(self) -> pa.Schema:
         """The files' columns (empty when they hold no data)."""
@@ -35,27 +39,25 @@ class FileSource(DatasetSource):
     def _dataset(self) -> ds.Dataset | None:
         """The dataset over the source path, or None when the path holds no data."""
         spec = self.spec
-        path = spec.resolve(spec.source.path or "")
-        if not path.exists():
-            raise SpecError(f"source.path: {path} does not exist")
-        file_format, files = _data_files(path)
-        if not files:
+        files = SourceFiles.open(self.location, spec.source.storage_options)
+        file_format, sources = files.data_files()
+        if not sources:
             return None
-        sources = [str(file) for file in files]
         if file_format == "csv":
             file_format = _csv_format(spec)
-        options: dict[str, Any] = (
-            {} if path.is_file() else {"partitioning": "hive", "partition_base_dir": str(path)}
-        )
+        options: dict[str, Any] = {"filesystem": files.filesystem}
+        if not files.is_file:
+            options.update(partitioning="hive", partition_base_dir=files.path)
+        paths = [info.path for info in sources]
         try:
-            dataset = ds.dataset(sources, format=file_format, **options)
+            dataset = ds.dataset(paths, format=file_format, **options)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:  # the message names the file
-            raise SourceError(f"source {path} cannot be read: {error}") from error
+            raise SourceError(f"source {self.location} cannot be read: {error}") from error
         typed = nulls_as_text(dataset.schema)  # types come from the first file alone
         if isinstance(file_format, ds.CsvFileFormat):
-            typed = _csv_types_for_every_row(spec, sources, file_format, typed)
+            typed = _csv_types_for_every_row(spec, files, sources, file_format, typed)
         if typed != dataset.schema:
-            dataset = ds.dataset(sources, format=file_format, schema=typed, **options)
+            dataset = ds.dataset(paths, format=file_format, schema=typed, **options)
         return dataset
 
 
@@ -75,28 +77,71 @@ def nulls_as_text(schema: pa.Schema) -> pa.Schema:
 # -- which files ------------------------------------------------------------------------------
 
 
-def _data_files(path: Path) -> tuple[str, list[Path]]:
-    """The format and the non-empty data files of a source file or folder."""
-    if path.is_file():
-        file_format = FILE_FORMATS.get(path.suffix.lower())
-        if file_format is None:
-            raise SpecError(f"source.path: {path} is not a .parquet, .csv or .jsonl file")
-        return file_format, [path] if path.stat().st_size else []
-    files = [
-        file
-        for file in sorted(path.rglob("*"))
-        if file.is_file() and not _is_hidden(file.relative_to(path))
-    ]
-    file_format = _folder_format(path, files)
-    data = [
-        file
-        for file in files
-        if FILE_FORMATS.get(file.suffix.lower()) == file_format and file.stat().st_size
-    ]
-    return file_format, data
+@dataclass(frozen=True)
+class SourceFiles:
+    """The source path in its filesystem (local, or an object store's)."""
+
+    filesystem: pafs.FileSystem
+    path: str  # in the filesystem's own terms ("bucket/key" for an object store)
+    location: str  # as the spec gives it, for messages
+    is_file: bool
+
+    @classmethod
+    def open(cls, location: str, storage_options: dict[str, Any]) -> SourceFiles:
+        """The source at `location`; SpecError where nothing is there."""
+        if is_remote(location):
+            remote = RemoteLocation.parse(location)
+            filesystem, path = filesystem_for(remote, storage_options), remote.path
+        else:
+            filesystem, path = pafs.LocalFileSystem(), location
+        try:
+            info = filesystem.get_file_info(path)
+        except OSError as error:
+            raise SourceError(f"source.path: {location}: {describe(error)}") from None
+        if info.type == pafs.FileType.NotFound:
+            raise SpecError(f"source.path: {location} does not exist")
+        return cls(filesystem, path, location, info.type == pafs.FileType.File)
+
+    def name(self, path: str) -> str:
+        """How a message names one of the files."""
+        return self.location + path[len(self.path) :]
+
+    def data_files(self) -> tuple[str, list[pafs.FileInfo]]:
+        """The format and the non-empty data files of the source file or folder."""
+        if self.is_file:
+            info = self.filesystem.get_file_info(self.path)
+            file_format = FILE_FORMATS.get(PurePosixPath(self.path).suffix.lower())
+            if file_format is None:
+                raise SpecError(
+                    f"source.path: {self.location} is not a .parquet, .csv or .jsonl file"
+                )
+            return file_format, [info] if info.size else []
+        selector = pafs.FileSelector(self.path, recursive=True)
+        try:
+            found = self.filesystem.get_file_info(selector)
+        except OSError as error:
+            raise SourceError(f"source.path: {self.location}: {describe(error)}") from None
+        start = len(self.path.rstrip("/")) + 1
+        files = sorted(
+            (
+                info
+                for info in found
+                if info.type == pafs.FileType.File
+                and not _is_hidden(PurePosixPath(info.path[start:]))
+            ),
+            key=lambda info: info.path,
+        )
+        file_format = _folder_format(self.location, [PurePosixPath(f.path) for f in files])
+        data = [
+            info
+            for info in files
+            if FILE_FORMATS.get(PurePosixPath(info.path).suffix.lower()) == file_format
+            and info.size
+        ]
+        return file_format, data
 
 
-def _folder_format(path: Path, files: list[Path]) -> str:
+def _folder_format(path: str, files: list[PurePosixPath]) -> str:
     """The one data format of a folder's files (Parquet for a folder without files)."""
     suffixes = {file.suffix.lower() for file in files}
     formats = {FILE_FORMATS[suffix] for suffix in suffixes if suffix in FILE_FORMATS}
@@ -113,7 +158,7 @@ def _folder_format(path: Path, files: list[Path]) -> str:
     return formats.pop() if formats else "parquet"
 
 
-def _is_hidden(relative: Path) -> bool:
+def _is_hidden(relative: PurePosixPath) -> bool:
     """Hidden and bookkeeping files (`.crc`, `_SUCCESS`, `_temporary/`) are not data."""
     return any(part.startswith((".", "_")) for part in relative.parts)
 
@@ -137,7 +182,11 @@ _CSV_SCHEMAS: dict[tuple[Any, ...], pa.Schema] = {}
 
 
 def _csv_types_for_every_row(
-    spec: PipelineSpec, sources: list[str], file_format: ds.CsvFileFormat, schema: pa.Schema
+    spec: PipelineSpec,
+    files: SourceFiles,
+    sources: list[pafs.FileInfo],
+    file_format: ds.CsvFileFormat,
+    schema: pa.Schema,
 ) -> pa.Schema:
     """`schema` with each CSV column typed so that every row of every file converts.
 
@@ -147,11 +196,11 @@ def _csv_types_for_every_row(
     columns; each is read as text instead, or as bytes where its text is not UTF-8 (the
     build rejects those rows by name). Remembered per file version within a process.
     """
-    files = tuple((path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in sources)
-    remembered = (files, spec.source.key, schema.to_string())
+    versions = tuple((info.path, info.size, info.mtime_ns) for info in sources)
+    remembered = (files.location, versions, spec.source.key, schema.to_string())
     if remembered not in _CSV_SCHEMAS:
-        for path in sources:
-            schema = _widened_for_file(path, file_format, schema, spec.source.key)
+        for info in sources:
+            schema = _widened_for_file(files, info.path, file_format, schema, spec.source.key)
         if len(_CSV_SCHEMAS) >= 64:
             _CSV_SCHEMAS.clear()
         _CSV_SCHEMAS[remembered] = schema
@@ -159,20 +208,22 @@ def _csv_types_for_every_row(
 
 
 def _widened_for_file(
-    path: str, file_format: ds.CsvFileFormat, schema: pa.Schema, key: str
+    files: SourceFiles, path: str, file_format: ds.CsvFileFormat, schema: pa.Schema, key: str
 ) -> pa.Schema:
     """`schema` widened until every row of the CSV file at `path` converts to it."""
-    names = ds.dataset(path, format=file_format).schema.names  # the file's own column order
+    fs = files.filesystem
+    names = ds.dataset(path, format=file_format, filesystem=fs).schema.names  # file's order
     for _ in range(2 * len(names) + 1):  # each column widens at most twice
         file_schema = pa.schema([schema.field(name) for name in names if name in schema.names])
         try:
-            for _batch in ds.dataset(path, format=file_format, schema=file_schema).to_batches():
+            scanned = ds.dataset(path, format=file_format, schema=file_schema, filesystem=fs)
+            for _batch in scanned.to_batches():
                 pass
             return schema
         except pa.ArrowInvalid as error:
             found = _CSV_CONVERSION_ERROR.search(str(error))
             if found is None:
-                raise SourceError(unreadable(path, error)) from error
+                raise SourceError(unreadable(files.name(path), error)) from error
             wider = _one_step_wider(schema, names[int(found[1])], key)
             if wider is None:
                 raise
