@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
+from pyarrow.fs import FileSelector, FileType, LocalFileSystem, copy_files
+
 from batch_pipeline.core.storage_uri import (
     RemoteLocation,
     StorageLocationError,
@@ -50,8 +52,6 @@ class ObjectStorage:
     def check(self) -> None:
         """Reach the store once, so a missing bucket or refused credentials stop a run before
         anything is built or submitted (StorageLocationError naming the location)."""
-        from pyarrow.fs import FileType
-
         info = self._call(self.filesystem.get_file_info, self.location.container, "")
         if info.type == FileType.NotFound:
             raise StorageLocationError(
@@ -60,13 +60,9 @@ class ObjectStorage:
             )
 
     def exists(self, rel: str) -> bool:
-        from pyarrow.fs import FileType
-
         return self._info(rel).type == FileType.File
 
     def size(self, rel: str) -> int:
-        from pyarrow.fs import FileType
-
         info = self._info(rel)
         if info.type != FileType.File:
             raise FileNotFoundError(f"{self.uri(rel)} does not exist")
@@ -85,8 +81,6 @@ class ObjectStorage:
         """Stage into a temporary local file, then upload it whole once the block ends
         normally; on an exception nothing is uploaded. `durable` is moot: an object store
         keeps what it acknowledged."""
-        from pyarrow.fs import LocalFileSystem, copy_files
-
         target = self._path(rel)
         descriptor, staged = tempfile.mkstemp(prefix="batch-pipeline-", suffix=".part")
         try:
@@ -116,8 +110,6 @@ class ObjectStorage:
             return handle.read()
 
     def list(self, prefix: str = "") -> list[str]:
-        from pyarrow.fs import FileSelector, FileType
-
         base = self._path(prefix)
         selector = FileSelector(base, recursive=True, allow_not_found=True)
         infos = self._call(self.filesystem.get_file_info, selector, prefix)

@@ -76,8 +76,9 @@ class Pipeline:
     ) -> None:
         self.spec = spec
         self.source = source_for(spec, dataframe)  # where rows come from, for every stage
-        self.ledger = ledger or Ledger(spec.ledger_url, clock=clock)
+        # The store first: a bucket it cannot use stops here, before the ledger is touched.
         self.storage = storage or storage_for(spec.pipeline_root, spec.output.storage_options)
+        self.ledger = ledger or Ledger(spec.ledger_url, clock=clock)
         self.owner = default_owner()
         self._backend = backend
         self._clock = clock

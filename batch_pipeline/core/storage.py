@@ -3,9 +3,10 @@
 Files are addressed by relative, `/`-separated keys (`requests/partition=2024-05-01/...`, all
 named by `layout`), and the interface is what an object store offers too: read a file as a
 stream, write a whole file atomically from a stream, list a prefix, ask whether a file exists
-and its size, delete. Nothing outside a storage root's implementation needs a local path, so an
-object store (s3://, gs://, az://) can stand behind the same interface. Every write is atomic:
-readers see the old file or the new one, never a half-written one.
+and its size, delete. Nothing outside a storage root's implementation needs a local path:
+`LocalStorage` here serves folders, `object_storage.ObjectStorage` object stores (s3://,
+gs://, az://), and `storage_for` picks one from the root's URI. Every write is atomic: readers
+see the old file or the new one, never a half-written one.
 """
 
 from __future__ import annotations

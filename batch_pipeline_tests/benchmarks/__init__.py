@@ -10,6 +10,8 @@ RSS. The benchmarks:
 - poll: one sensor tick over 1,000 in-flight batches vs retrieving them one by one
 - service: the local service's echo throughput, and a 200 MB upload with bounded memory
 - end_to_end: `batch-pipeline run` vs a plain openai-SDK script, on the local service
+- object_store: shards built onto an S3-compatible server vs a bare upload of the same bytes,
+  and results on S3 vs on local disk
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from batch_pipeline_tests.benchmarks.report import Config, Row
 
-NAMES = ("shards", "results", "poll", "service", "end_to_end")
+NAMES = ("shards", "results", "poll", "service", "end_to_end", "object_store")
 
 
 def _runner(name: str) -> Callable[[Config], list[Row]]:

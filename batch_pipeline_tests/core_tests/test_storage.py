@@ -149,3 +149,15 @@ def test_written_files_are_as_readable_as_any_other_file_written_there(local_sto
     plain.write_text("x")
     path = local_storage.local_path("requests/shard.jsonl")
     assert path.stat().st_mode == plain.stat().st_mode
+
+
+def test_a_file_of_several_upload_parts_streams_back_line_by_line(storage):
+    line = b"x" * 1023 + b"\n"
+    with storage.atomic_write("big/lines.jsonl") as handle:
+        for _ in range(12 * 1024):  # 12 MB: more than one part of a multipart upload
+            handle.write(line)
+    assert storage.size("big/lines.jsonl") == 12 * 1024 * 1024
+    with storage.open_read("big/lines.jsonl") as handle:
+        assert handle.readline() == line
+        handle.seek(-1024, 2)
+        assert list(handle) == [line]
