@@ -22,8 +22,10 @@ from batch_pipeline.local_api.server import run_local_batch_api
 from batch_pipeline_tests.reliability_tests.helpers import (
     LEAK_ENV,
     LEAK_KEY,
+    LEDGER_ENV,
     SHORT_WINDOW,
     STORAGE_SECRET,
+    OnStore,
     Services,
     Tally,
     assert_no_leak,
@@ -74,6 +76,22 @@ def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     created = s3.create_bucket()
     yield created
     assert_no_leak(scan_bucket(s3, created, _TALLY))
+
+
+@pytest.fixture
+def on_store(
+    tmp_path: Path,
+    s3: S3Server,
+    bucket: str,
+    keyed_api: str,
+    own_postgres_database: str,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> OnStore:
+    """A pipeline's place on the bucket, with a fresh PostgreSQL ledger (its URL also in this
+    process's `LEDGER_ENV`, for the checks the test makes itself)."""
+    monkeypatch.setenv(LEDGER_ENV, own_postgres_database)
+    return OnStore(tmp_path / "code", s3, bucket, keyed_api, name, own_postgres_database)
 
 
 @pytest.fixture

@@ -10,18 +10,27 @@ anywhere else that it was not expected to (what it left is named in the failure)
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from batch_pipeline_tests.reliability_tests.helpers import (
     CHILD_TIMEOUT,
+    KEY_COLUMN,
     REPO_ROOT,
     Tally,
     finish_child,
+    keys_of,
 )
 
 # Variables of the test's own process that point at its local folders: a process of its own
@@ -38,6 +47,7 @@ class IsolatedRun:
     name: str
     result: subprocess.CompletedProcess[str]
     left: dict[str, list[str]]
+    seconds: float
 
     @property
     def returncode(self) -> int:
@@ -80,8 +90,8 @@ class Isolation:
     ) -> IsolatedRun:
         """Run `command` in folders of its own, wait for it, scan what it printed for
         secrets, and remove its folders. A non-zero exit fails the test unless `check` is
-        false; so do files it left in its folders, except under those named in `may_leave`
-        (`dagster_home`: Dagster's own local state)."""
+        false; so do files it left in its folders (`tmp/...`, `work/...`, `home/...`), except
+        those matching a pattern of `may_leave` (`dagster_home/*`: Dagster's own state)."""
         box = self.root / f"{len(self.runs):02d}-{name}"
         folders = {name: box / name for name in FOLDERS}
         if self.dagster_yaml is not None:
@@ -90,6 +100,7 @@ class Isolation:
             folder.mkdir(parents=True)
         if self.dagster_yaml is not None:
             shutil.copy(self.dagster_yaml, folders["dagster_home"] / "dagster.yaml")
+        started = time.monotonic()
         process = subprocess.Popen(
             list(command),
             cwd=folders["work"],
@@ -110,13 +121,36 @@ class Isolation:
             }
         finally:
             shutil.rmtree(box, ignore_errors=True)
-        run = IsolatedRun(name, result, left)
+        run = IsolatedRun(name, result, left, time.monotonic() - started)
         self.runs.append(run)
         if check:
             run.check()
-        stray = {label: files for label, files in left.items() if files and label not in may_leave}
+        stray = [
+            f"{label}/{file}"
+            for label, files in left.items()
+            for file in files
+            if not any(fnmatch.fnmatch(f"{label}/{file}", pattern) for pattern in may_leave)
+        ]
         assert not stray, f"{name} left files behind in its own folders: {stray}"
         return run
+
+    def repeat(
+        self,
+        name: str,
+        command: Sequence[str],
+        done: Callable[[IsolatedRun], bool],
+        *,
+        tries: int,
+        pause: float,
+        **options: Any,
+    ) -> int:
+        """Run `command` afresh each time (as a sensor ticks) until `done` says so of a run;
+        how many runs it took. `options` go to `run`."""
+        for attempt in range(1, tries + 1):
+            if done(self.run(f"{name}-{attempt}", command, **options)):
+                return attempt
+            time.sleep(pause)
+        raise AssertionError(f"{name}: not done after {tries} runs")
 
     def _environment(self, folders: Mapping[str, Path], extra: Mapping[str, str]) -> dict[str, str]:
         env = {
@@ -137,3 +171,19 @@ class Isolation:
             env["DAGSTER_HOME"] = str(folders["dagster_home"])
         env.update(extra)
         return env
+
+
+def last_json(run: IsolatedRun) -> Any:
+    """The JSON a child printed last (the steps print their answer on one line)."""
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def check_read_rows(
+    read: IsolatedRun, rows: list[dict[str, Any]], days: Sequence[str], tally: Tally
+) -> Counter[str]:
+    """What a reader process printed (`child --step read`) holds each source row of `days`
+    once; the rows per status."""
+    results = pd.DataFrame(last_json(read), columns=["day", KEY_COLUMN, "status"])
+    for day in days:
+        tally.check_rows_once(results[results["day"] == day], keys_of(rows, day))
+    return Counter(results["status"])
