@@ -57,13 +57,6 @@ class IsolatedRun:
     def stdout(self) -> str:
         return self.result.stdout
 
-    def check(self) -> IsolatedRun:
-        """It exited 0 (else its stderr is shown)."""
-        assert self.returncode == 0, (
-            f"{self.name} exited {self.returncode}:\n{self.result.stderr[-4000:]}"
-        )
-        return self
-
 
 @dataclass
 class Isolation:
@@ -85,15 +78,14 @@ class Isolation:
         *,
         timeout: float = CHILD_TIMEOUT,
         may_leave: Sequence[str] = (),
-        check: bool = True,
         **env: str,
     ) -> IsolatedRun:
         """Run `command` in folders of its own, wait for it, scan what it printed for
-        secrets, and remove its folders. A non-zero exit fails the test unless `check` is
-        false; so do files it left in its folders (`tmp/...`, `work/...`, `home/...`), except
+        secrets, and remove its folders. A non-zero exit fails the test; so do files it left
+        in its folders (`tmp/...`, `work/...`, `home/...`), except
         those matching a pattern of `may_leave` (`dagster_home/*`: Dagster's own state)."""
         box = self.root / f"{len(self.runs):02d}-{name}"
-        folders = {name: box / name for name in FOLDERS}
+        folders = {label: box / label for label in FOLDERS}
         if self.dagster_yaml is not None:
             folders["dagster_home"] = box / "dagster_home"
         for folder in folders.values():
@@ -123,8 +115,7 @@ class Isolation:
             shutil.rmtree(box, ignore_errors=True)
         run = IsolatedRun(name, result, left, time.monotonic() - started)
         self.runs.append(run)
-        if check:
-            run.check()
+        assert run.returncode == 0, f"{name} exited {run.returncode}:\n{result.stderr[-4000:]}"
         stray = [
             f"{label}/{file}"
             for label, files in left.items()
