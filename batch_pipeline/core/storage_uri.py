@@ -32,6 +32,10 @@ OPTIONS_FOR_EXTRA = {
     "gcs": ("endpoint_url", "project_id", "anonymous", "default_bucket_location"),
     "azure": ("account_name", "endpoint_url", "blob_storage_authority", "dfs_storage_authority"),
 }
+# The AWS SDK's default strategy waits 25 ms * 2**n before its n-th retry: 12 attempts wait
+# 25 ms * (2**11 - 1), about 51 s in all, so a store away for under a minute is ridden through.
+S3_ATTEMPTS = 12
+S3_RETRY_SECONDS = 0.025 * (2 ** (S3_ATTEMPTS - 1) - 1)
 _SECRET_LOOKING = re.compile(r"secret|key|token|password|credential|sas|session", re.IGNORECASE)
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
 _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
@@ -172,9 +176,14 @@ def _endpoint(options: dict[str, Any], *env_names: str) -> dict[str, Any]:
 
 def _s3_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
     """S3 (and S3-compatible stores): the AWS SDK's chain finds the keys (environment,
-    ~/.aws, instance or task roles); endpoint and region as the AWS CLI reads them."""
+    ~/.aws, instance or task roles); endpoint and region as the AWS CLI reads them. A request
+    that fails for the network or the store's 5xx/throttling is retried by the SDK for about
+    `S3_RETRY_SECONDS` in all before the error reaches the pipeline."""
     s3_filesystem = _native("S3FileSystem", location)
     settings = _endpoint(options, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    settings["retry_strategy"] = _native("AwsDefaultS3RetryStrategy", location)(
+        max_attempts=S3_ATTEMPTS
+    )
     region = options.pop("region", None)
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:

@@ -2,13 +2,17 @@
 asked, SIGKILLs itself at one point on the way (a real kill: no `finally`, no flush, no atexit).
 
     python -m batch_pipeline_tests.reliability_tests.child SPEC --partition P [--partition Q]
-        [--crash POINT --nth N]
+        [--crash POINT --nth N] [--step STEP]
 
 Points: shard_written (a request shard renamed into place, before the manifest), upload,
 create (after the provider call returned), ledger_write (inside the transaction recording the
 batch, before its commit), download (half of a results file written), results_write (the
 results Parquet partly written). It prints `{partition: rows}` as JSON when it was not killed,
 and exits 3 if the crash point was never reached.
+
+A `--step` other than `run` does one step only, as one process among several that share no
+disk: `build` the partitions' requests, `poll` once (as a sensor tick does; prints the
+report), or `read` the results (prints every row's key and status, as a notebook reads them).
 """
 
 from __future__ import annotations
@@ -112,22 +116,62 @@ def install(point: str, nth: int) -> Trigger:
     return trigger
 
 
+def run(pipeline: Pipeline, args: argparse.Namespace) -> dict[str, int]:
+    """Each partition end to end; its rows."""
+    rows = {}
+    for partition in args.partition:
+        summary = pipeline.run(partition, poll_interval=0.2, timeout=args.timeout)
+        rows[partition] = summary.rows
+    return rows
+
+
+def build(pipeline: Pipeline, args: argparse.Namespace) -> dict[str, int]:
+    """Each partition's requests; the requests built."""
+    return {day: pipeline.build_requests(day).requests for day in args.partition}
+
+
+def poll(pipeline: Pipeline, args: argparse.Namespace) -> dict[str, Any]:
+    """One bounded poll pass; what it found and which partitions are settled."""
+    report = pipeline.poll(time_budget_seconds=args.timeout)
+    settled = [str(s.partition) for s in pipeline.status() if s.state.is_settled]
+    return {
+        "in_flight": report.in_flight,
+        "queued": report.queued,
+        "errors": report.errors,
+        "settled": settled,
+    }
+
+
+def read(pipeline: Pipeline, args: argparse.Namespace) -> list[list[Any]]:
+    """The partitions' results as a reader sees them: [day, key, status] per row."""
+    frame = pipeline.read_results()
+    frame = frame[frame["partition"].astype(str).isin(args.partition)]
+    columns = ["partition", pipeline.spec.source.key, "status"]
+    rows = frame[columns].itertuples(index=False)
+    return [[str(day), str(key), status] for day, key, status in rows]
+
+
+STEPS: dict[str, Callable[[Pipeline, argparse.Namespace], Any]] = {
+    "run": run,
+    "build": build,
+    "poll": poll,
+    "read": read,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("spec")
-    parser.add_argument("--partition", action="append", required=True)
+    parser.add_argument("--partition", action="append", default=[])
     parser.add_argument("--crash", default="none")
     parser.add_argument("--nth", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=90.0)
+    parser.add_argument("--step", choices=sorted(STEPS), default="run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)  # every line is scanned
     trigger = install(args.crash, args.nth)
-    rows = {}
     with Pipeline(PipelineSpec.from_yaml(args.spec)) as pipeline:
-        for partition in args.partition:
-            summary = pipeline.run(partition, poll_interval=0.2, timeout=args.timeout)
-            rows[partition] = summary.rows
-    print(json.dumps(rows))
+        print(json.dumps(STEPS[args.step](pipeline, args)))
     if args.crash != "none":
         print(f"crash point {args.crash} reached {trigger.calls} times", file=sys.stderr)
         return EXIT_NOT_CRASHED

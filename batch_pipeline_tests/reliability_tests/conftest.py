@@ -1,8 +1,10 @@
 """Fixtures of the reliability suite, the leak scan after every test, and the figures line.
 
 Every test here runs with the leak-check key in the environment (`LEAK_ENV`) and against
-services that demand it; after each test its logs and every file under its tmp_path are
-scanned for the key. The figures are printed at the end of a session that ran these tests.
+services that demand it, and one that uses object storage with the leak-check secret as its
+storage credential; after each test its logs, every file under its tmp_path and every object
+of its bucket are scanned for both. The figures are printed at the end of a session that ran
+these tests.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ from batch_pipeline.local_api.server import run_local_batch_api
 from batch_pipeline_tests.reliability_tests.helpers import (
     LEAK_ENV,
     LEAK_KEY,
+    LEDGER_ENV,
     SHORT_WINDOW,
+    STORAGE_SECRET,
+    OnStore,
     Services,
     Tally,
     assert_no_leak,
+    scan_bucket,
 )
+from batch_pipeline_tests.s3_server import S3Server
 
 _TALLY = Tally()
 _LOSSES_BEFORE = pytest.StashKey[Counter[str]]()
@@ -59,6 +66,32 @@ def services(tmp_path: Path) -> Iterator[Services]:
     started = Services(tmp_path / "services")
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh bucket on the S3 server, reached with the leak-check secret key (the server
+    takes any); afterwards no object in it may hold a secret."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", STORAGE_SECRET)
+    created = s3.create_bucket()
+    yield created
+    assert_no_leak(scan_bucket(s3, created, _TALLY))
+
+
+@pytest.fixture
+def on_store(
+    tmp_path: Path,
+    s3: S3Server,
+    bucket: str,
+    keyed_api: str,
+    own_postgres_database: str,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> OnStore:
+    """A pipeline's place on the bucket, with a fresh PostgreSQL ledger (its URL also in this
+    process's `LEDGER_ENV`, for the checks the test makes itself)."""
+    monkeypatch.setenv(LEDGER_ENV, own_postgres_database)
+    return OnStore(tmp_path / "code", s3, bucket, keyed_api, name, own_postgres_database)
 
 
 @pytest.fixture

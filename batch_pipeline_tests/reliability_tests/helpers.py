@@ -4,6 +4,7 @@ no key anywhere)."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sqlite3
@@ -14,12 +15,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import openai
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 import yaml
@@ -35,9 +37,16 @@ from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LEAK_ENV = "BP_RELIABILITY_API_KEY"
+LEDGER_ENV = "BP_RELIABILITY_LEDGER_URL"  # a pipeline on object storage reads its ledger here
+ROOT_ENV = "BP_RELIABILITY_STORAGE_ROOT"  # s3://bucket/prefix of the source and the output
+API_URL_ENV = "BP_RELIABILITY_API_URL"
+DEMO_PER_FILE = 40  # a few shards a day
 LEAK_KEY = "sk-reliability-LEAKCHECK-7f3a9c1e5b2d4f60a8e1c3b5d7f9a2c4"
-# The whole key, its tail (what "Incorrect API key sk-...2c4"-style echoes keep) and its marker.
-LEAK_NEEDLES = (LEAK_KEY, LEAK_KEY[-16:], "LEAKCHECK")
+# The object store's secret key, set as AWS_SECRET_ACCESS_KEY wherever storage is used.
+STORAGE_SECRET = "LEAKCHECK/storage+secret/9d2e7b41c6a85f03e1d4b7a9c2f6e8"
+# Each secret whole, its tail (what "Incorrect API key sk-...2c4"-style echoes keep) and the
+# marker both carry.
+LEAK_NEEDLES = (LEAK_KEY, LEAK_KEY[-16:], STORAGE_SECRET, STORAGE_SECRET[-16:], "LEAKCHECK")
 DAY = "2026-11-20"
 OTHER_DAY = "2026-11-21"
 POLL_INTERVAL = 0.2
@@ -136,13 +145,18 @@ class Tally:
 
     def scan_tree(self, root: Path) -> list[str]:
         """Every file under `root` (ledger, manifests, shards, Parquet, service state)."""
-        hits: list[str] = []
         if not root.exists():
-            return hits
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            return []
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return self.scan_files((str(path), path.read_bytes) for path in files)
+
+    def scan_files(self, files: Iterable[tuple[str, Callable[[], bytes]]]) -> list[str]:
+        """Files (or objects) given as a name and a way to read them."""
+        hits: list[str] = []
+        for where, read in files:
             self.files_scanned += 1
-            data = path.read_bytes()
-            hits += [f"{path}: {needle!r}" for needle in LEAK_NEEDLES if needle.encode() in data]
+            data = read()
+            hits += [f"{where}: {needle!r}" for needle in LEAK_NEEDLES if needle.encode() in data]
         self.keys_leaked += len(hits)
         return hits
 
@@ -229,6 +243,74 @@ def write_pipeline(
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec_data(base_url, name, tmp_path, **overrides)))
     return path
+
+
+def put_table(store: Any, uri: str, rows: list[dict[str, Any]]) -> None:
+    """Upload `rows` as one Parquet object at `s3://bucket/key`, through the test's own client
+    of the S3 server `store`."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    buffer = io.BytesIO()
+    pd.DataFrame(rows).to_parquet(buffer, index=False)
+    store.client().put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class OnStore:
+    """Where a test puts a pipeline on object storage: a bucket of the S3 server `store`, the
+    Batch API at `base_url`, a PostgreSQL ledger; the spec goes to `code`, as the image every
+    process runs ships it."""
+
+    code: Path
+    store: Any
+    bucket: str
+    base_url: str
+    name: str
+    ledger_url: str
+
+    @property
+    def root(self) -> str:
+        return f"s3://{self.bucket}/{self.name}"
+
+    def write(self, rows: list[dict[str, Any]], **overrides: Any) -> Path:
+        """The shared ticket spec with its source table (uploaded) and its output in the
+        bucket and its ledger's URL read from `LEDGER_ENV`; returns the spec's path."""
+        put_table(self.store, f"{self.root}/tickets.parquet", rows)
+        data = spec_data(
+            self.base_url,
+            self.name,
+            self.code,
+            source={"path": f"{self.root}/tickets.parquet"},
+            output={"dir": f"{self.root}/out"},
+            ledger={"url_env": LEDGER_ENV},
+            **overrides,
+        )
+        return self.write_spec(data)
+
+    def write_spec(self, data: dict[str, Any]) -> Path:
+        self.code.mkdir(parents=True, exist_ok=True)
+        path = self.code / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def environment(self) -> dict[str, str]:
+        """All another process is given: the store's endpoint and credentials as this test
+        holds them (the leak-check secret), the ledger's URL and the Batch API's key."""
+        storage = {variable: os.environ[variable] for variable in self.store.env()}
+        return {**storage, LEDGER_ENV: self.ledger_url, LEAK_ENV: LEAK_KEY}
+
+
+def demo_on_store(root: str, base_url: str) -> dict[str, Any]:
+    """The demo's spec with its source at `{root}/tickets.parquet`, its output under
+    `{root}/out` and its ledger's URL in `LEDGER_ENV`."""
+    from batch_pipeline.demo import SOURCE_FILE, demo_spec_data
+
+    data = demo_spec_data(base_url=base_url)
+    data["source"]["path"] = f"{root}/{SOURCE_FILE}"
+    data["output"] = {"dir": f"{root}/out"}
+    data["ledger"] = {"url_env": LEDGER_ENV}
+    data["backend"]["api_key_env"] = LEAK_ENV
+    data["limits"] = {"max_requests_per_file": DEMO_PER_FILE}
+    return data
 
 
 def ledger_url_for(kind: str, postgres_url: str | None) -> dict[str, Any]:
@@ -406,23 +488,32 @@ def check_paid_once(
 
 def unreadable(path: Path) -> str | None:
     """Why a file the pipeline shows under a final name cannot be read, or None."""
-    name = path.name
-    try:
-        if name.endswith(_LEDGER_SIDE_FILES):
-            return None
-        if path.suffix == ".sqlite":
+    if path.name.endswith(_LEDGER_SIDE_FILES):
+        return None
+    if path.suffix == ".sqlite":
+        try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
                 (verdict,) = conn.execute("PRAGMA integrity_check").fetchone()
-            return None if verdict == "ok" else f"sqlite integrity: {verdict}"
-        if path.suffix == ".parquet":
-            pq.read_table(path)
+        except sqlite3.Error as exc:
+            return f"does not open: {exc}"
+        return None if verdict == "ok" else f"sqlite integrity: {verdict}"
+    return unparsable(path.name, path.read_bytes)
+
+
+def unparsable(name: str, read: Callable[[], bytes]) -> str | None:
+    """Why a file (or object) named `name` that the pipeline writes does not parse whole, or
+    None; `read` gives its bytes."""
+    suffix = PurePosixPath(name).suffix
+    try:
+        if suffix == ".parquet":
+            pq.read_table(pa.BufferReader(read()))
             return None
-        if path.suffix == ".jsonl":
-            for line in path.read_bytes().splitlines():
+        if suffix == ".jsonl":
+            for line in read().splitlines():
                 orjson.loads(line)
             return None
-        if path.suffix == ".json":
-            orjson.loads(path.read_bytes())
+        if suffix == ".json":
+            orjson.loads(read())
             return None
     except Exception as exc:
         return f"does not parse: {type(exc).__name__}: {exc}"
@@ -440,6 +531,39 @@ def broken_files(pipeline_dir: Path, tally: Tally) -> list[str]:
 def check_files_whole(pipeline_dir: Path, tally: Tally) -> None:
     broken = broken_files(pipeline_dir, tally)
     assert not broken, "half-written or stray files visible:\n  " + "\n  ".join(broken)
+
+
+def broken_objects(store: Any, bucket: str, tally: Tally) -> list[str]:
+    """Every object of the bucket, listed as any S3 reader lists them, that does not read
+    whole (`store` is the test's S3 server, read through its own client)."""
+    client = store.client()
+    # A key ending in "/" is a folder marker (pyarrow keeps one where a folder empties): readers
+    # list it as a folder, never as a file.
+    keys = [key for key in store.keys(bucket) if not key.endswith("/")]
+    tally.files_checked += len(keys)
+    return [
+        f"s3://{bucket}/{key}: {why}"
+        for key in keys
+        if (why := unparsable(key, lambda key=key: _object_bytes(client, bucket, key)))
+    ]
+
+
+def check_objects_whole(store: Any, bucket: str, tally: Tally) -> None:
+    broken = broken_objects(store, bucket, tally)
+    assert not broken, "half-written or stray objects visible:\n  " + "\n  ".join(broken)
+
+
+def scan_bucket(store: Any, bucket: str, tally: Tally) -> list[str]:
+    """Every object of the bucket, scanned for the secrets."""
+    client = store.client()
+    return tally.scan_files(
+        (f"s3://{bucket}/{key}", lambda key=key: _object_bytes(client, bucket, key))
+        for key in store.keys(bucket)
+    )
+
+
+def _object_bytes(client: Any, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def leftover_temporaries(pipeline_dir: Path) -> list[Path]:
