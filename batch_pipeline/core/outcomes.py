@@ -89,12 +89,18 @@ def parse_outcomes(
     return table if keep is None else table.filter(keep)
 
 
-def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | None) -> None:
+def write_outcome_file(
+    outcomes: pa.Table,
+    dest: BinaryIO,
+    *,
+    order: pa.Array | None,
+    compression: tuple[str, int | None] = OUTCOME_COMPRESSION,
+) -> None:
     """Write a shard's outcomes as Parquet in the order of its requests, marked so.
 
     `order`: the row of `outcomes` for each request, in request order (None: the rows are in
     that order already). Rows are reordered a row group at a time, so the writing holds no
-    second copy of the outcomes.
+    second copy of the outcomes. `compression`: the Parquet codec and its level.
     """
     if order is not None and (order.null_count or len(order) != len(outcomes)):
         raise ValueError("order must name one row of the outcomes for each request")
@@ -104,7 +110,7 @@ def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | 
     step = OUTCOME_ROW_GROUP_ROWS
     positions = None if order is None else order.to_numpy(zero_copy_only=False)
     batches = outcomes.to_batches()
-    codec, level = OUTCOME_COMPRESSION
+    codec, level = compression
     with pq.ParquetWriter(
         dest,
         schema,
