@@ -38,7 +38,6 @@ from batch_pipeline.core.types import RowStatus
 
 __all__ = [
     "CHUNK_BYTES",
-    "OUTCOME_COMPRESSION",
     "OUTCOME_SCHEMA",
     "PARQUET_COMPRESSION",
     "PER_ROW_COLUMNS",
@@ -53,15 +52,13 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 16 * 1024 * 1024
-# The results' default codec. Snappy, as pandas and Spark write by default: zstd makes files
-# about a third smaller but takes twice as long to write, and writing is most of the time of
-# a day's results.
+# Snappy, as pandas and Spark write by default: zstd makes files about a third smaller but
+# takes twice as long to write, and writing is most of the time of a day's results. Outcome
+# files too: zstd at its fastest level stores a million answers in 175 MB against 258 MB,
+# but adds about 0.3 s to each 50,000-row shard's collection (a fifth of the time to collect
+# a million rows), while the downloaded files, removed once the outcomes are written, and
+# `output.keep_intermediates_days` keep the footprint down at no cost in speed.
 PARQUET_COMPRESSION = "snappy"
-# A shard's outcome file is kept for days (`output.keep_intermediates_days`), and most of it
-# is each answer's JSON: zstd at its fastest level stores it in two thirds of snappy's bytes
-# (175 MB against 258 MB a million answers), and collecting a million rows alternated with
-# snappy measured no slower (its page compression is a small share of a collection).
-OUTCOME_COMPRESSION = ("zstd", 1)
 # Columns with a value of their own on every row: a dictionary page cannot shrink them, and
 # trying one costs a hash of every value on write and a dictionary decode on read (for a
 # shard's outcomes, reading them back took 3.5 times as long).
@@ -92,18 +89,12 @@ def parse_outcomes(
     return table if keep is None else table.filter(keep)
 
 
-def write_outcome_file(
-    outcomes: pa.Table,
-    dest: BinaryIO,
-    *,
-    order: pa.Array | None,
-    compression: tuple[str, int | None] = OUTCOME_COMPRESSION,
-) -> None:
+def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | None) -> None:
     """Write a shard's outcomes as Parquet in the order of its requests, marked so.
 
     `order`: the row of `outcomes` for each request, in request order (None: the rows are in
     that order already). Rows are reordered a row group at a time, so the writing holds no
-    second copy of the outcomes. `compression`: the Parquet codec and its level.
+    second copy of the outcomes.
     """
     if order is not None and (order.null_count or len(order) != len(outcomes)):
         raise ValueError("order must name one row of the outcomes for each request")
@@ -113,13 +104,8 @@ def write_outcome_file(
     step = OUTCOME_ROW_GROUP_ROWS
     positions = None if order is None else order.to_numpy(zero_copy_only=False)
     batches = outcomes.to_batches()
-    codec, level = compression
     with pq.ParquetWriter(
-        dest,
-        schema,
-        use_dictionary=dictionary_columns(schema),
-        compression=codec,
-        compression_level=level,
+        dest, schema, use_dictionary=dictionary_columns(schema), compression=PARQUET_COMPRESSION
     ) as writer:
         for start in range(0, len(outcomes), step):
             rows = (

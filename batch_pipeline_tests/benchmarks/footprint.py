@@ -1,7 +1,7 @@
 """Benchmark 6: what a settled N-row day leaves in the storage root, with
 `output.keep_intermediates_days: 0` (against its results file) and with the default 7 days
 (its intermediates against what the release before kept of the same day for good: the JSONL
-shards and their ids files, the downloaded output and error files, and snappy outcome files).
+shards and their ids files, the downloaded output and error files, and the outcome files).
 
 The day goes through the product's own path (build, submit, one poll collecting every shard,
 the results), answered by the results benchmark's provider over pre-generated files.
@@ -14,11 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from batch_pipeline.core.layout import RESULTS, intermediate_generation
-from batch_pipeline.core.outcomes import write_outcome_file
-from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.pipeline import load_pipeline
 from batch_pipeline.core.storage import StorageRoot
 from batch_pipeline_tests.benchmarks import fixtures
@@ -27,7 +23,6 @@ from batch_pipeline_tests.benchmarks.report import Config, Row
 from batch_pipeline_tests.benchmarks.results import FileBackend, _link_tree, setup_case
 
 NAME = "footprint"
-EARLIER_OUTCOME_CODEC = ("snappy", None)  # what outcome files were written with before
 
 
 def kind_of(key: str) -> str:
@@ -51,19 +46,6 @@ def footprint(storage: StorageRoot) -> Counter[str]:
     return sizes
 
 
-def earlier_outcome_bytes(storage: StorageRoot) -> int:
-    """The bytes the day's outcome files took in the earlier codec (written to memory)."""
-    total = 0
-    for key in storage.list():
-        if kind_of(key) == "outcomes":
-            sink = pa.BufferOutputStream()
-            write_outcome_file(
-                read_parquet(storage, key), sink, order=None, compression=EARLIER_OUTCOME_CODEC
-            )
-            total += sink.tell()
-    return total
-
-
 def settle_case(spec_path: Path, files: Path) -> dict[str, Any]:
     """Collect every shard and write the results; what the storage root then holds."""
     with load_pipeline(spec_path, backend=FileBackend(files)) as pipeline:
@@ -72,12 +54,10 @@ def settle_case(spec_path: Path, files: Path) -> dict[str, Any]:
             raise RuntimeError(f"poll errors: {report.errors}")
         summary = pipeline.collect_results(fixtures.DAY)
         sizes = footprint(pipeline.storage)
-        earlier = earlier_outcome_bytes(pipeline.storage)
     downloaded = sum(path.stat().st_size for path in files.glob("*.jsonl"))
     return {
         "rows": summary.rows,
         "sizes": dict(sizes),
-        "earlier_outcomes": earlier,
         "downloaded": downloaded,
     }
 
@@ -114,8 +94,8 @@ def run(config: Config) -> list[Row]:
     kept = Counter(samples[7].info["sizes"])
     shards = kept["shards"] + kept["ids"]
     intermediates = shards + kept["outcomes"] + kept["downloads"]
-    downloaded, earlier_outcomes = (samples[7].info[k] for k in ("downloaded", "earlier_outcomes"))
-    earlier = shards + downloaded + earlier_outcomes
+    downloaded = samples[7].info["downloaded"]
+    earlier = shards + downloaded + kept["outcomes"]
     kept_ratio = intermediates / earlier
     return [
         Row(
@@ -132,10 +112,9 @@ def run(config: Config) -> list[Row]:
         Row(
             f"{label}, intermediates kept 7 days (default)",
             f"{_mb(intermediates)} ({_mb(intermediates * per_million)} a million rows): shards "
-            f"{_mb(shards)}, zstd outcomes {_mb(kept['outcomes'])}, "
+            f"{_mb(shards)}, outcomes {_mb(kept['outcomes'])}, "
             f"downloads {_mb(kept['downloads'])}",
-            f"the release before: {_mb(earlier)} (shards {_mb(shards)}, downloads "
-            f"{_mb(downloaded)}, snappy outcomes {_mb(earlier_outcomes)})",
+            f"the release before: {_mb(earlier)} (the same and downloads {_mb(downloaded)})",
             kept_ratio,
             "≤ 0.5x the release before",
             kept_ratio <= 0.5,
