@@ -1,4 +1,5 @@
-"""`batch-pipeline`: serve the local Batch API, run a pipeline, show status, cancel."""
+"""`batch-pipeline`: serve the local Batch API, run a pipeline, show status, cancel, and
+remove the intermediates of collected days (gc)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("spec", help="Path of the pipeline's YAML spec.")
     cancel.add_argument("--partition", required=True, help="The day to cancel, YYYY-MM-DD.")
 
+    gc = commands.add_parser(
+        "gc",
+        help="Remove the intermediates of partitions collected long enough ago.",
+        description="Remove the request shards and batch files of partitions whose results "
+        "were written more than output.keep_intermediates_days ago; results, manifests, "
+        "rejected rows and the ledger stay.",
+    )
+    gc.add_argument("spec", help="Path of the pipeline's YAML spec.")
+    gc.add_argument("--dry-run", action="store_true", help="List what would go; remove nothing.")
+
     demo = commands.add_parser(
         "demo",
         help="Run the demo pipeline end to end with Dagster, offline.",
@@ -121,12 +132,15 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
             spec = _with_unreachable_after(spec, args.unreachable_after)
         with load_pipeline(spec) as pipeline:
             # The one place the command line's day is read; every step takes the parsed value.
-            partition = None if args.partition is None else Partition.parse(args.partition)
+            given = getattr(args, "partition", None)
+            partition = None if given is None else Partition.parse(given)
             if args.command == "run":
                 assert partition is not None  # --partition is required
                 return _run(pipeline, partition, args, out)
             if args.command == "status":
                 return _status(pipeline, partition, out)
+            if args.command == "gc":
+                return _gc(pipeline, args.dry_run, out)
             if args.command == "cancel":
                 assert partition is not None
                 cancelled = pipeline.cancel(partition)
@@ -254,6 +268,31 @@ def _status(pipeline: Pipeline, partition: Partition | None, out: TextIO) -> int
         if status.results_path:
             print(f"    results: {status.results_path}", file=out)
     return EXIT_OK
+
+
+def _gc(pipeline: Pipeline, dry_run: bool, out: TextIO) -> int:
+    report = pipeline.gc(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for cleaned in report.partitions:
+        for key in cleaned.files:
+            print(f"{verb} {pipeline.storage.uri(key)}", file=out)
+        print(
+            f"{cleaned.partition}: {verb} {len(cleaned.files):,} files, "
+            f"{_megabytes(cleaned.bytes)} (generation {cleaned.generation})",
+            file=out,
+        )
+    print(
+        f"{pipeline.spec.name}: {verb} {report.files:,} intermediate files of "
+        f"{len(report.partitions)} partition(s), {_megabytes(report.bytes)} "
+        f"{'to free' if dry_run else 'freed'} (keep_intermediates_days: "
+        f"{pipeline.spec.output.keep_intermediates_days:g})",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
 
 
 class _ProgressLine:

@@ -23,7 +23,7 @@ from batch_pipeline.core.backends.base import (
     is_transient_batch_failure,
 )
 from batch_pipeline.core.batch_identity import find_submitted_batch
-from batch_pipeline.core.layout import batch_dir, batch_file_path, outcomes_path
+from batch_pipeline.core.layout import BATCH_FILES, batch_dir, batch_file_path, outcomes_path
 from batch_pipeline.core.leases import dead_lease_owner
 from batch_pipeline.core.ledger_records import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
@@ -108,6 +108,8 @@ class Collector(PipelineWorker):
                 outcomes, order = self._outcomes(claimed, batch)
                 outcome = self._settle(claimed, outcomes, allow_retries=allow_retries, order=order)
                 done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
+                if not outcome.taken_over:
+                    self._delete_downloads(shard_batch_dir(claimed))
             if not outcome.taken_over:  # else the other process may still be reading them
                 self._delete_provider_files(*done_with)
             return outcome
@@ -175,6 +177,13 @@ class Collector(PipelineWorker):
             except BackendError as exc:
                 log.warning("file %s was not deleted from the provider: %s", file_id, exc)
 
+    def _delete_downloads(self, folder: str) -> None:
+        """Remove the downloaded output and error files once the outcome file holds what was
+        read from them (each answer's whole body): nothing reads them again, and a collection
+        that must start over downloads them afresh."""
+        for name in BATCH_FILES:
+            self.storage.delete(batch_file_path(folder, name))
+
     def _requeue(self, shard: ShardRecord, batch: BatchInfo) -> CollectOutcome:
         reason = "; ".join(f"{e.code}: {e.message}" for e in batch.errors) or "transient failure"
         if not self.ledger.update_shard(
@@ -218,7 +227,9 @@ class Collector(PipelineWorker):
     def _download(self, batch: BatchInfo, folder: str) -> dict[str, StoredFile]:
         """The batch's output and error files, stored in `folder` (a file gone is left out)."""
         files: dict[str, StoredFile] = {}
-        for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
+        for name, file_id in zip(
+            BATCH_FILES, (batch.output_file_id, batch.error_file_id), strict=True
+        ):
             if not file_id:
                 continue
             relative = batch_file_path(folder, name)

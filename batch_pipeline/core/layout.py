@@ -12,6 +12,10 @@ Keys are relative, `/`-separated, and the same on a local folder and an object s
     batches/partition={P}/gen={G}/attempt={A}/shard-00000/outcomes.parquet one row per request
     results/partition={P}/part-0.parquet                             Hive style, for readers
 
+Intermediates are what a day needs only while it is in flight and its results are written:
+the request shards with their ids files, and everything under `batches/`. Manifests, rejected
+rows and results are kept for good.
+
 No other module spells a key; each asks this one.
 """
 
@@ -25,6 +29,8 @@ RESULTS = "results"
 PARTITION_KEY = "partition"
 
 BatchFile = Literal["output", "errors"]
+BATCH_FILES: tuple[BatchFile, ...] = ("output", "errors")
+_SHARD_FILES = (".jsonl", ".ids.parquet")  # a request shard and its ids file
 
 
 def _partition_dir(top: str, partition: str) -> str:
@@ -82,6 +88,27 @@ def batch_file_path(folder: str, name: BatchFile) -> str:
 def outcomes_path(folder: str) -> str:
     """A shard's outcomes (Parquet, one row per request), in its `batch_dir`."""
     return f"{folder}/outcomes.parquet"
+
+
+def partition_dirs(partition: str) -> tuple[str, str]:
+    """The folders that hold a partition's requests and its batches' files, all generations."""
+    return _partition_dir(REQUESTS, partition), _partition_dir(BATCHES, partition)
+
+
+def intermediate_generation(key: str) -> int | None:
+    """The generation of an intermediate file (a request shard or its ids file, or a file
+    of a batch: downloaded copies and outcomes); None for a file kept for good (manifests,
+    rejected rows, results) or any key this layout does not name."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[0] not in (REQUESTS, BATCHES):
+        return None
+    key_name, _, value = parts[2].partition("=")
+    if key_name != "gen" or not value.isdigit() or not parts[1].startswith(f"{PARTITION_KEY}="):
+        return None
+    name = parts[-1]
+    if parts[0] == REQUESTS and not (name.startswith("shard-") and name.endswith(_SHARD_FILES)):
+        return None
+    return int(value)
 
 
 def results_dir(partition: str | None = None) -> str:

@@ -156,6 +156,7 @@ class Ledger(LeaseStatements):
                     results_path=None,
                     summary_json=None,
                     request_fingerprint=None,
+                    intermediates_removed_at=None,
                     updated_at=now,
                 )
             )
@@ -270,13 +271,7 @@ class Ledger(LeaseStatements):
     @reconnecting
     def mark_cancelled(self, pipeline: str, partition: str, generation: int) -> None:
         """Record a user's cancel: no retries and no new submissions for this generation."""
-        now = self._clock()
-        with self._tx() as conn:
-            conn.execute(
-                partitions_table.update()
-                .where(*_partition_is(pipeline, partition, generation))
-                .values(cancelled_at=now, updated_at=now)
-            )
+        self._stamp_partition(pipeline, partition, generation, "cancelled_at")
 
     @reconnecting
     def mark_collected(
@@ -299,6 +294,21 @@ class Ledger(LeaseStatements):
                     summary_json=json.dumps(summary, sort_keys=True),
                     updated_at=now,
                 )
+            )
+
+    def mark_intermediates_removed(self, pipeline: str, partition: str, generation: int) -> None:
+        """Record that the intermediates of the partition, up to this generation, are gone
+        (nothing changes if a newer generation was started meanwhile)."""
+        self._stamp_partition(pipeline, partition, generation, "intermediates_removed_at")
+
+    def _stamp_partition(self, pipeline: str, partition: str, generation: int, column: str) -> None:
+        """Set the time `column` of the partition's generation to now."""
+        now = self._clock()
+        with self._tx() as conn:
+            conn.execute(
+                partitions_table.update()
+                .where(*_partition_is(pipeline, partition, generation))
+                .values({column: now, "updated_at": now})
             )
 
     # -- shards -----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ class PartitionRecord:
     results_path: str | None
     summary: dict[str, Any] | None
     request_fingerprint: str | None = None  # of the spec's request the build was made with
+    intermediates_removed_at: float | None = None  # its shards and batch files, by `gc`
 
     @property
     def is_collected(self) -> bool:

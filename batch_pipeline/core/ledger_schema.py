@@ -17,7 +17,8 @@ from batch_pipeline.core.database_url import database_url, open_engine, sqlite_f
 # 2: shards start `built` (a state version 1 does not know), otherwise the same tables.
 # 3: shards count `deferrals`, the tries of one submission cut short by the provider.
 # 4: partitions keep the `request_fingerprint` of the spec their generation was built with.
-SCHEMA_VERSION = 4
+# 5: partitions record when their intermediates were removed (`intermediates_removed_at`).
+SCHEMA_VERSION = 5
 SCHEMA_LOCK_KEY = 0x62705F6C6564  # "bp_led": one advisory lock for schema changes
 # Columns of earlier versions that nothing reads: left out of the records read back.
 UNUSED_PARTITION_COLUMNS = ("results_requested", "results_requested_at")
@@ -52,6 +53,7 @@ partitions_table = sa.Table(
     sa.Column("results_path", sa.Text),
     sa.Column("summary_json", sa.Text),
     sa.Column("request_fingerprint", sa.String(64)),
+    sa.Column("intermediates_removed_at", sa.Float),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
@@ -155,6 +157,8 @@ def _migrate(conn: Connection) -> None:
         conn.execute(
             sa.text("ALTER TABLE bp_partitions ADD COLUMN request_fingerprint VARCHAR(64)")
         )
+    if "intermediates_removed_at" not in partition_columns:  # none removed before
+        conn.execute(sa.text("ALTER TABLE bp_partitions ADD COLUMN intermediates_removed_at FLOAT"))
 
 
 CONNECT_TIMEOUT_SECONDS = 10

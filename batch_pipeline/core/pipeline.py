@@ -1,7 +1,7 @@
 """The engine's front door: one pipeline, run partition by partition.
 
 A façade over the core's steps (`building`, `submission`, `poller`, `collection`,
-`cancellation`, `results_writer`, `status`): notebooks, the CLI and the Dagster layer drive a
+`cancellation`, `results_writer`, `status`, `gc`): notebooks, the CLI and the Dagster layer drive a
 pipeline through one object."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pandas as pd
 from batch_pipeline.core.backends.base import BatchBackend
 from batch_pipeline.core.building import Builder, spec_change_note
 from batch_pipeline.core.cancellation import Canceller
+from batch_pipeline.core.gc import GcReport, IntermediatesGc
 from batch_pipeline.core.leases import default_owner
 from batch_pipeline.core.ledger import Ledger, PartitionRecord, ShardRecord
 from batch_pipeline.core.partition import Partition, partition_key
@@ -40,6 +41,7 @@ from batch_pipeline.core.types import (
 from batch_pipeline.core.worker import WorkerT, require_partition
 
 __all__ = [
+    "GcReport",
     "Partition",
     "PartitionStatus",
     "Pipeline",
@@ -161,6 +163,13 @@ class Pipeline:
     def read_results(self, partition: str | Partition | None = None) -> pd.DataFrame:
         """All written results (or one partition's) as a DataFrame."""
         return read_results_dir(self.storage, _key_or_none(partition))
+
+    def gc(self, *, dry_run: bool = False, time_budget_seconds: float | None = None) -> GcReport:
+        """Remove the intermediates (request shards, batch files) of partitions collected more
+        than `output.keep_intermediates_days` ago; `dry_run` only lists them. Needs no
+        backend."""
+        gc = IntermediatesGc(self.spec, self.ledger, self.storage, clock=self._clock)
+        return gc.run(dry_run=dry_run, time_budget_seconds=time_budget_seconds)
 
     # -- end to end -------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ its rejection), written as Parquet, with its cost, and recorded in the ledger.""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 
 from batch_pipeline.core.building import REBUILD_HINT
 from batch_pipeline.core.custom_id import custom_ids_for
+from batch_pipeline.core.gc import IntermediatesGc
 from batch_pipeline.core.layout import rejected_path, results_path
 from batch_pipeline.core.outcome_groups import outcome_groups
 from batch_pipeline.core.parquet_files import read_parquet
@@ -20,6 +22,8 @@ from batch_pipeline.core.results import JoinedResults, ResultsError, assemble_re
 from batch_pipeline.core.sources import Source
 from batch_pipeline.core.types import PipelineError, ResultsSummary, RowStatus
 from batch_pipeline.core.worker import PipelineWorker
+
+log = logging.getLogger(__name__)
 
 
 class ResultsWriter(PipelineWorker):
@@ -34,6 +38,9 @@ class ResultsWriter(PipelineWorker):
         day = Partition.of(day)
         partition = day.key
         record = self.partition_record(day)
+        if record.intermediates_removed_at is not None and record.summary is not None:
+            # Its outcome files are gone (`output.keep_intermediates_days`); the results stand.
+            return ResultsSummary(**record.summary, already_collected=True)
         if record.settled_at is None:
             raise PipelineError(
                 f"partition {partition} of {self.spec.name} is not settled yet: "
@@ -82,7 +89,18 @@ class ResultsWriter(PipelineWorker):
             results_path=result.path,
             summary=result.to_dict(),
         )
+        if self.spec.output.keep_intermediates_days == 0:
+            self._remove_intermediates(partition)
         return result
+
+    def _remove_intermediates(self, partition: str) -> None:
+        """Remove the partition's intermediates now that its results are written; a failure
+        is only logged (the results stand, and a later `gc` tries again)."""
+        gc = IntermediatesGc(self.spec, self.ledger, self.storage, clock=self._clock)
+        try:
+            gc.run(partition=partition)
+        except OSError as exc:
+            log.warning("%s %s: intermediates not removed: %s", self.spec.name, partition, exc)
 
     def _results_summary(
         self, partition: str, generation: int, summary: JoinedResults

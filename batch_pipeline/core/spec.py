@@ -296,6 +296,13 @@ class OutputSpec(_Section):
         description="Parquet codec of the results: snappy writes fastest; zstd makes files "
         "about a third smaller and takes twice as long.",
     )
+    keep_intermediates_days: float = Field(
+        default=7,
+        ge=0,
+        description="Days a collected partition keeps its intermediates (request shards, "
+        "batch outcome files) once its results are written; then `batch-pipeline gc` or the "
+        "Dagster sensor removes them. 0 removes them as soon as the results are written.",
+    )
 
     @field_validator("storage_options")
     @classmethod

@@ -2,8 +2,10 @@
 
 Each tick runs one bounded poll of the core (refresh in-flight batches, collect the finished
 ones, make retry shards, submit what the token budget allows), then requests a `results` run
-for every day whose current generation has settled. The ledger holds the truth; the cursor
-only keeps what the last tick saw, for the UI.
+for every day whose current generation has settled. At most once every `gc_interval_seconds`
+a tick also removes the intermediates of days collected more than
+`output.keep_intermediates_days` ago (`core.gc`). The ledger holds the truth; the cursor keeps
+what the last tick saw, for the UI, and when the intermediates were last removed.
 """
 
 import time
@@ -27,6 +29,10 @@ POLL_TIME_BUDGET_SECONDS = 40.0
 # A results run asked for this long ago whose day is still not collected (it failed, or was
 # never launched) is asked for again.
 RERUN_RESULTS_AFTER_SECONDS = 30 * 60.0
+# How often a tick removes the intermediates of days collected long enough ago, and the time
+# it may take (the poll's budget and this one stay within the sensor's gRPC timeout).
+GC_INTERVAL_SECONDS = 60 * 60.0
+GC_TIME_BUDGET_SECONDS = 10.0
 # A day whose results runs failed this many times fails for a reason a new run will not
 # change (its source changed since the build, say): it waits for a person.
 MAX_RESULTS_REQUESTS = 3
@@ -55,6 +61,7 @@ class BatchPipelineSensorCursor:
     queued: int = 0
     timed_out: bool = False
     results_requested: int = 0
+    gc_at: float | None = None  # when a tick last removed every due day's intermediates
 
 
 def build_batch_pipeline_sensor(
@@ -66,6 +73,7 @@ def build_batch_pipeline_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     poll_time_budget_seconds: float = POLL_TIME_BUDGET_SECONDS,
     rerun_results_after_seconds: float = RERUN_RESULTS_AFTER_SECONDS,
+    gc_interval_seconds: float = GC_INTERVAL_SECONDS,
 ) -> dg.SensorDefinition:
     """The sensor `{name}_batch_sensor` of the pipeline `spec`.
 
@@ -106,6 +114,9 @@ def build_batch_pipeline_sensor(
                 skip_reason = (
                     None if run_requests else _waiting_message(pipeline, report, context.instance)
                 )
+                gc_at = previous.gc_at
+                if not report.timed_out and time.time() - (gc_at or 0.0) >= gc_interval_seconds:
+                    gc_at = _remove_intermediates(context, pipeline) or gc_at
         except LedgerUnavailableError as exc:  # an outage longer than a tick: wait it out
             context.log.warning(f"{exc}; the next tick tries again")
             return dg.SensorResult(skip_reason=f"{exc}; the next tick tries again")
@@ -115,6 +126,7 @@ def build_batch_pipeline_sensor(
             queued=report.queued,
             timed_out=report.timed_out,
             results_requested=len(run_requests),
+            gc_at=gc_at,
         )
         return dg.SensorResult(
             run_requests=run_requests,
@@ -248,6 +260,26 @@ def _describe_day(status: PartitionStatus) -> str:
 
 def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
+
+
+def _remove_intermediates(context: dg.SensorEvaluationContext, pipeline: Pipeline) -> float | None:
+    """One bounded gc pass; when it went through every due day, the time it started. A
+    storage that fails is logged: the tick goes on, and the next one tries again."""
+    started = time.time()
+    try:
+        report = pipeline.gc(time_budget_seconds=GC_TIME_BUDGET_SECONDS)
+    except OSError as exc:
+        context.log.warning(f"gc: intermediates not removed: {exc}")
+        return None
+    for cleaned in report.partitions:
+        context.log.info(
+            f"gc: removed {len(cleaned.files)} intermediate files of {cleaned.partition} "
+            f"({cleaned.bytes / 1e6:,.1f} MB)"
+        )
+    if report.timed_out:
+        context.log.info("gc: stopped at its time budget; the next tick goes on")
+        return None
+    return started
 
 
 def _log_report(context: dg.SensorEvaluationContext, report: PollReport) -> None:

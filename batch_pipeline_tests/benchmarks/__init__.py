@@ -12,6 +12,7 @@ RSS. The benchmarks:
 - end_to_end: `batch-pipeline run` vs a plain openai-SDK script, on the local service
 - object_store: shards built onto an S3-compatible server vs a bare upload of the same bytes,
   and results on S3 vs on local disk
+- footprint: what a settled day leaves in storage, with `keep_intermediates_days` 0 and 7
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from batch_pipeline_tests.benchmarks.report import Config, Row
 
-NAMES = ("shards", "results", "poll", "service", "end_to_end", "object_store")
+NAMES = ("shards", "results", "poll", "service", "end_to_end", "object_store", "footprint")
 
 
 def _runner(name: str) -> Callable[[Config], list[Row]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import dagster as dg
 import openai
@@ -10,8 +11,9 @@ import pandas as pd
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.utils import make_new_run_id
-from dagster_shared.serdes import deserialize_value
+from dagster_shared.serdes import deserialize_value, serialize_value
 
+from batch_pipeline.core import layout
 from batch_pipeline.dagster import (
     BatchBackendResource,
     BatchPipelineSensorCursor,
@@ -20,8 +22,9 @@ from batch_pipeline.dagster import (
     build_batch_pipeline_sensor,
 )
 from batch_pipeline.dagster.assets import backend_resource_key_for
-from batch_pipeline.dagster.sensor_builder import MAX_RESULTS_REQUESTS
+from batch_pipeline.dagster.sensor_builder import GC_INTERVAL_SECONDS, MAX_RESULTS_REQUESTS
 from batch_pipeline.demo import DEMO_DAYS, write_demo
+from batch_pipeline_tests.batch_apis import MemoryApi
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
 
@@ -182,3 +185,52 @@ def test_the_sensor_closes_over_its_backend_and_needs_no_resource(tmp_path) -> N
     assert sensor.required_resource_keys == set()
     result = tick(sensor)
     assert result.skip_reason.skip_message.startswith("Nothing to wait for")
+
+
+@pytest.mark.slow
+def test_the_sensor_removes_the_intermediates_of_old_days_at_most_once_an_interval(
+    tmp_path,
+) -> None:
+    """A tick removes the intermediates of days collected more than
+    `keep_intermediates_days` ago (both days here were collected on the test clock, long
+    before now), and the next ticks leave gc alone until its interval has passed."""
+    spec = write_demo(tmp_path, base_url=UNREACHABLE)
+    memory = MemoryApi(completion_window_seconds=3.0)
+    sensor = build_batch_pipeline_sensor(
+        spec=spec, backend=BatchBackendResource(base_url=UNREACHABLE)
+    )
+
+    def run_and_list(day: str) -> set[str]:
+        with memory.pipeline(spec) as pipeline:
+            pipeline.run(day, poll_interval=1.0, timeout=600)
+            return intermediates(pipeline)
+
+    def intermediates(pipeline) -> set[str]:
+        return {
+            key
+            for key in pipeline.storage.list()
+            if layout.intermediate_generation(key) is not None
+        }
+
+    first_day = run_and_list(DEMO_DAYS[0])
+    assert any(key.endswith("outcomes.parquet") for key in first_day)
+    first = tick(sensor)
+    cursor = deserialize_value(first.cursor, BatchPipelineSensorCursor)
+    assert cursor.gc_at is not None and time.time() - cursor.gc_at < 60
+
+    second_day = run_and_list(DEMO_DAYS[1])
+    with memory.pipeline(spec) as pipeline:
+        assert intermediates(pipeline) == second_day  # the first day's are gone
+        assert pipeline.get_partition(DEMO_DAYS[0]).intermediates_removed_at is not None
+        results = pipeline.read_results()
+    again = tick(sensor, cursor=first.cursor)  # within the interval: no gc
+    assert deserialize_value(again.cursor, BatchPipelineSensorCursor).gc_at == cursor.gc_at
+    with memory.pipeline(spec) as pipeline:
+        assert intermediates(pipeline) == second_day
+
+    overdue = replace(cursor, gc_at=time.time() - GC_INTERVAL_SECONDS - 1)
+    later = tick(sensor, cursor=serialize_value(overdue))
+    assert deserialize_value(later.cursor, BatchPipelineSensorCursor).gc_at > overdue.gc_at
+    with memory.pipeline(spec) as pipeline:
+        assert intermediates(pipeline) == set()
+        assert pipeline.read_results().equals(results)
