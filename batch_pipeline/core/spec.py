@@ -15,8 +15,19 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from batch_pipeline.core.output_forms import FORM_KEYS, takes_output_schema
+from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
 from batch_pipeline.core.types import Endpoint
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -129,7 +140,7 @@ def parse_template(text: str) -> list[tuple[str, str | None]]:
 
 # The request keys that change what a request body holds (context_window only decides
 # which rows are sent).
-REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params")
+REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params", "output_schema")
 
 
 class RequestSpec(_Section):
@@ -145,6 +156,12 @@ class RequestSpec(_Section):
         default=None,
         description="The model's context in tokens; default from the built-in model table.",
     )
+    output_schema: dict[str, Any] | str | type[BaseModel] | None = Field(
+        default=None,
+        description="The JSON Schema answers must fit (inline, a .json file relative to the "
+        "spec, or a pydantic model class): each top-level property becomes a typed column "
+        "output_<property> of the results.",
+    )
 
     @field_validator("prompt", "system")
     @classmethod
@@ -152,6 +169,11 @@ class RequestSpec(_Section):
         if text is not None:
             parse_template(text)
         return text
+
+    @field_serializer("output_schema")
+    def _schema_as_json(self, value: Any) -> Any:
+        """A model class is written (and hashed) as its JSON Schema."""
+        return value.model_json_schema() if isinstance(value, type) else value
 
     @field_validator("params")
     @classmethod
@@ -252,6 +274,13 @@ class LimitsSpec(_Section):
 
 class RetrySpec(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
+    invalid_output_attempts: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="Attempts of a request whose answer does not fit the output schema "
+        "(error_code invalid_output); 1, the default, sends it once. At most max_attempts.",
+    )
 
 
 class OutputSpec(_Section):
@@ -380,6 +409,38 @@ class PipelineSpec(_Section):
         exclude=True,
         description="Relative paths are resolved against this folder (the YAML file's).",
     )
+    _output_schema: OutputSchema | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _output_schema_fits(self) -> PipelineSpec:
+        """Read and check `request.output_schema` once, before anything is built."""
+        value = self.request.output_schema
+        if value is None:
+            return self
+        endpoint = self.request.endpoint
+        if not takes_output_schema(endpoint):
+            raise ValueError(
+                f"request.output_schema: {endpoint} answers take no output schema; remove it "
+                "or use /v1/chat/completions or /v1/responses"
+            )
+        clash = FORM_KEYS[endpoint.value] & self.request.params.keys()
+        if clash:
+            raise ValueError(
+                f"request.params: {sorted(clash)} are set from request.output_schema; remove them"
+            )
+        try:
+            self._output_schema = load_output_schema(
+                value, base_dir=self.base_dir, default_name=self.name
+            )
+        except OutputSchemaError as exc:
+            lines = "".join(f"\n  request.output_schema {line}" for line in exc.problems)
+            raise ValueError(f"request.output_schema does not fit strict mode:{lines}") from None
+        return self
+
+    @property
+    def output_schema(self) -> OutputSchema | None:
+        """The checked output schema, if the request declares one."""
+        return self._output_schema
 
     @field_validator("name")
     @classmethod
@@ -447,7 +508,9 @@ def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "spec"
-        if error["type"] == "extra_forbidden":
+        if not error["loc"] and error["type"] == "value_error":  # names its own keys
+            problems.append(error["msg"].removeprefix("Value error, "))
+        elif error["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key")
         elif error["type"] == "missing":
             problems.append(f"{key}: required key is missing")
