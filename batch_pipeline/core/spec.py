@@ -156,7 +156,7 @@ class RequestSpec(_Section):
         default=None,
         description="The model's context in tokens; default from the built-in model table.",
     )
-    output_schema: dict[str, Any] | str | type[BaseModel] | None = Field(
+    output_schema: Any = Field(
         default=None,
         description="The JSON Schema answers must fit (inline, a .json file relative to the "
         "spec, or a pydantic model class): each top-level property becomes a typed column "
@@ -170,9 +170,21 @@ class RequestSpec(_Section):
             parse_template(text)
         return text
 
+    @field_validator("output_schema")
+    @classmethod
+    def _schema_given_as_one_of_its_forms(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dict | str | Path | type):
+            return value
+        raise ValueError(
+            "must be a JSON Schema object, the path of a .json file, or a pydantic model class, "
+            f"not {type(value).__name__}"
+        )
+
     @field_serializer("output_schema")
     def _schema_as_json(self, value: Any) -> Any:
         """A model class is written (and hashed) as its JSON Schema."""
+        if isinstance(value, Path):
+            return str(value)
         return value.model_json_schema() if isinstance(value, type) else value
 
     @field_validator("params")

@@ -69,8 +69,9 @@ def judge_outcomes(
     if failed.any():
         outcomes = _with_failures(outcomes, failed, codes, messages, retry_invalid)
         values = pc.if_else(pa.array(failed), pa.scalar(None, values.type), values)
-    for index, field in enumerate(output_fields(schema)):
-        outcomes = outcomes.append_column(field, values.field(index))
+    # flatten: each column null where its row is (a struct's fields do not say so alone)
+    for field, column in zip(output_fields(schema), values.flatten(), strict=True):
+        outcomes = outcomes.append_column(field, column)
     return outcomes
 
 

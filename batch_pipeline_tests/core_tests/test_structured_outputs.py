@@ -121,3 +121,73 @@ def test_typed_columns_read_back_typed_by_duckdb_and_pandas(tmp_path, memory_api
         f"select count(*) from read_parquet('{results}') where output_customer.score is null"
     ).fetchall()[0]
     assert mood_nulls == 4  # the four answers that did not fit
+
+
+def test_invalid_output_is_sent_again_only_as_retry_invalid_output_attempts_asks(
+    tmp_path, memory_api
+):
+    spec = triage_spec(
+        tmp_path,
+        memory_api,
+        "/v1/chat/completions",
+        retry={"max_attempts": 3, "invalid_output_attempts": 2},
+    )
+    with memory_api.pipeline(spec) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.3, timeout=90)
+    rows = {row["ticket_id"]: row for row in pq.read_table(summary.path).to_pylist()}
+    attempts = {key: (rows[key]["error_code"], rows[key]["attempts"]) for key in MARKERS}
+    assert attempts == {
+        "INVALID": ("invalid_output", 2),
+        "VIOLATES": ("invalid_output", 2),
+        "REFUSED": ("refusal", 1),
+        "CUT": ("truncated", 1),
+    }
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        (
+            "/v1/chat/completions",
+            lambda schema: {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "tickets", "schema": schema, "strict": True},
+                }
+            },
+        ),
+        (
+            "/v1/responses",
+            lambda schema: {
+                "text": {
+                    "format": {
+                        "type": "json_schema",
+                        "name": "tickets",
+                        "schema": schema,
+                        "strict": True,
+                    }
+                }
+            },
+        ),
+    ],
+)
+def test_each_endpoint_carries_the_schema_in_its_own_form(tmp_path, memory_api, endpoint, expected):
+    spec = triage_spec(tmp_path, memory_api, endpoint)
+    with memory_api.pipeline(spec) as pipeline:
+        pipeline.build_requests(DAY)
+        shard = next(pipeline.storage.local_path("requests").rglob("shard-*.jsonl"))
+    body = orjson.loads(shard.read_bytes().splitlines()[0])["body"]
+    sent = expected(spec.output_schema.schema)
+    assert {key: body[key] for key in sent} == sent
+    # Normalised as documented: every object says additionalProperties: false.
+    assert sent_schema_objects_closed(spec.output_schema.schema)
+
+
+def sent_schema_objects_closed(schema) -> bool:
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" and schema.get("additionalProperties") is not False:
+            return False
+        return all(sent_schema_objects_closed(value) for value in schema.values())
+    if isinstance(schema, list):
+        return all(sent_schema_objects_closed(value) for value in schema)
+    return True
