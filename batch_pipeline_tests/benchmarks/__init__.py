@@ -10,6 +10,7 @@ RSS. The benchmarks:
 - poll: one sensor tick over 1,000 in-flight batches vs retrieving them one by one
 - service: the local service's echo throughput, and a 200 MB upload with bounded memory
 - end_to_end: `batch-pipeline run` vs a plain openai-SDK script, on the local service
+- structured: results with a 5-property output schema vs the same answers without one
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from batch_pipeline_tests.benchmarks.report import Config, Row
 
-NAMES = ("shards", "results", "poll", "service", "end_to_end")
+NAMES = ("shards", "results", "poll", "service", "end_to_end", "structured")
 
 
 def _runner(name: str) -> Callable[[Config], list[Row]]:
