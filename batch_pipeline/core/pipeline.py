@@ -29,6 +29,7 @@ from batch_pipeline.core.status import awaits_submission, partition_status
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter
 from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
+from batch_pipeline.core.typed_outputs import with_models
 from batch_pipeline.core.types import (
     PartitionStatus,
     PipelineError,
@@ -155,9 +156,13 @@ class Pipeline:
         """Join every source row of a settled partition with its outcome and write Parquet."""
         return self._worker(ResultsWriter, source=self.source).write(Partition.of(partition))
 
-    def read_results(self, partition: str | Partition | None = None) -> pd.DataFrame:
-        """All written results (or one partition's) as a DataFrame."""
-        return read_results_dir(self.storage, _key_or_none(partition))
+    def read_results(
+        self, partition: str | Partition | None = None, *, as_models: bool | type = False
+    ) -> pd.DataFrame:
+        """All written results (or one partition's) as a DataFrame; `as_models` adds an
+        `output` column of validated pydantic objects (see `read_results`)."""
+        frame = read_results_dir(self.storage, _key_or_none(partition))
+        return with_models(frame, as_models, self.spec)
 
     # -- end to end -------------------------------------------------------------------------
 
@@ -283,12 +288,18 @@ def load_pipeline(
 
 
 def read_results(
-    spec: str | Path | PipelineSpec | dict[str, Any], partition: str | Partition | None = None
+    spec: str | Path | PipelineSpec | dict[str, Any],
+    partition: str | Partition | None = None,
+    *,
+    as_models: bool | type = False,
 ) -> pd.DataFrame:
-    """The pipeline's results as one DataFrame: all partitions, or one."""
-    return read_results_dir(
-        storage_for(PipelineSpec.of(spec).pipeline_dir), _key_or_none(partition)
-    )
+    """The pipeline's results as one DataFrame: all partitions, or one. An output schema's
+    `output_<property>` columns come typed. `as_models=True` adds an `output` column holding
+    each succeeded row's answer as an object of the pydantic model the spec's output schema
+    was given as (or pass the model class itself); None on the other rows."""
+    spec = PipelineSpec.of(spec)
+    frame = read_results_dir(storage_for(spec.pipeline_dir), _key_or_none(partition))
+    return with_models(frame, as_models, spec)
 
 
 def _key_or_none(partition: str | Partition | None) -> str | None:

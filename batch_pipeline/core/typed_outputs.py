@@ -23,12 +23,39 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel
 
 from batch_pipeline.core.output_columns import output_fields, parse_outputs
 from batch_pipeline.core.output_schema import OutputSchema
-from batch_pipeline.core.types import Endpoint, RowStatus
+from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.types import Endpoint, PipelineError, RowStatus
+
+MODELS_COLUMN = "output"
+
+
+def with_models(frame: pd.DataFrame, as_models: bool | type, spec: PipelineSpec) -> pd.DataFrame:
+    """`frame` (results) with, as `as_models` asks, an `output` column: each succeeded row's
+    answer (its response_text) validated into the pydantic model (`as_models` itself, or the
+    class the spec's output schema was given as), None on the other rows."""
+    if as_models is False:
+        return frame
+    model = as_models if isinstance(as_models, type) else None
+    if model is None and spec.output_schema is not None:
+        model = spec.output_schema.model
+    if model is None or not issubclass(model, BaseModel):
+        raise PipelineError(
+            f"{spec.name}: as_models needs a pydantic model: give request.output_schema as a "
+            "model class, or pass the class as as_models="
+        )
+    succeeded = frame["status"] == RowStatus.SUCCEEDED.value
+    models = [
+        model.model_validate_json(text) if ok else None
+        for ok, text in zip(succeeded, frame["response_text"], strict=True)
+    ]
+    return frame.assign(**{MODELS_COLUMN: pd.Series(models, index=frame.index, dtype=object)})
 
 
 class OutputErrorCode:

@@ -5,6 +5,7 @@ reason (the local service's echo answers with a valid instance, or a failure on 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import duckdb
 import orjson
@@ -12,7 +13,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import BaseModel
 
+from batch_pipeline import load_pipeline, read_results
+from batch_pipeline.core.pipeline import PipelineError
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline_tests.batch_apis import BatchApi, on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
@@ -191,3 +195,45 @@ def sent_schema_objects_closed(schema) -> bool:
     if isinstance(schema, list):
         return all(sent_schema_objects_closed(value) for value in schema)
     return True
+
+
+class Customer(BaseModel):
+    mood: str | None
+    score: float
+
+
+class Triage(BaseModel):
+    category: Literal["bug", "billing", "account", "other"]
+    urgency: int
+    tags: list[str]
+    summary: str
+    customer: Customer
+
+
+def test_a_pydantic_model_declares_the_schema_and_reads_back_as_objects(tmp_path, memory_api):
+    write_tickets(tmp_path / "tickets.parquet", triage_rows())
+    data = ticket_spec(tmp_path, memory_api.base_url)
+    data["request"]["output_schema"] = Triage
+    spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    with load_pipeline(
+        spec, backend=memory_api.service, clock=memory_api.clock, sleep=memory_api.clock.sleep
+    ) as pipeline:
+        pipeline.run(DAY, poll_interval=0.3, timeout=90)
+        frame = pipeline.read_results(DAY, as_models=True)
+    assert frame["output_urgency"].dtype == pd.Int64Dtype()
+    by_key = frame.set_index("ticket_id")
+    answer = by_key.loc["T1", "output"]
+    assert isinstance(answer, Triage) and isinstance(answer.customer, Customer)
+    assert answer.urgency == by_key.loc["T1", "output_urgency"]
+    assert answer.tags == list(by_key.loc["T1", "output_tags"])
+    assert by_key.loc["REFUSED", "output"] is None
+    same = read_results(spec, DAY, as_models=Triage)
+    assert same.set_index("ticket_id").loc["T1", "output"] == answer
+
+
+def test_as_models_without_a_model_says_what_it_needs(tmp_path, memory_api):
+    spec = triage_spec(tmp_path, memory_api, "/v1/chat/completions")
+    with memory_api.pipeline(spec) as pipeline:
+        pipeline.run(DAY, poll_interval=0.3, timeout=90)
+        with pytest.raises(PipelineError, match="as_models needs a pydantic model"):
+            pipeline.read_results(DAY, as_models=True)
