@@ -16,6 +16,7 @@ never leaves a key out).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -33,7 +34,9 @@ _SCALARS: dict[str, pa.DataType] = {
     "boolean": pa.bool_(),
 }
 _FORMATS: dict[str, pa.DataType] = {"date": pa.date32(), "date-time": pa.timestamp("us", "UTC")}
-_BLOCK_BYTES = 8 << 20
+_MIN_BLOCK_BYTES = 1 << 16
+_REFUSED_ROW = re.compile(r"in row (\d+)")
+_GUIDED_RETRIES = 4  # rows a read skips by Arrow's word before it is split instead
 _SPLIT_INTO = 16  # pieces a refused block is read again in
 _ROW_BY_ROW_BELOW = 64  # a refused piece this small goes answer by answer
 _EMPTY = pa.scalar(b"", pa.large_binary())
@@ -71,46 +74,65 @@ def parse_outputs(texts: pa.Array, root: Node) -> tuple[pa.StructArray, pa.Array
     target = arrow_type(root)
     errors = np.full(count, None, dtype=object)
     present = texts.is_valid().to_numpy(zero_copy_only=False)
-    # A newline may only lie between tokens of JSON; answers holding one go one by one.
-    multiline = pc.or_(pc.match_substring(texts, "\n"), pc.match_substring(texts, "\r"))
-    single_line = present & ~multiline.fill_null(False).to_numpy(zero_copy_only=False)
-    pieces: list[tuple[np.ndarray, pa.StructArray]] = []
-    one_by_one: list[np.ndarray] = [np.flatnonzero(present & ~single_line)]
-    _read_rows(texts, np.flatnonzero(single_line), root, pieces, one_by_one)
+    readable = present & _one_object_on_one_line(texts)
+    one_by_one: list[np.ndarray] = [np.flatnonzero(present & ~readable)]
+    reads: list[tuple[np.ndarray, pa.StructArray]] = []
+    _read_rows(texts, np.flatnonzero(readable), root, reads, one_by_one, _GUIDED_RETRIES)
+    pieces = []
+    if reads:  # the checks the reader does not make, over every answer it read at once
+        rows = np.concatenate([rows for rows, _ in reads])
+        typed, bad = typed_column(pa.concat_arrays([values for _, values in reads]), root)
+        pieces.append((rows[~bad], typed.filter(pa.array(~bad)) if bad.any() else typed))
+        one_by_one.append(rows[bad])
     rows = np.concatenate(one_by_one)
     if len(rows):
         pieces.append(_row_by_row(texts, rows, root, target, errors))
-    typed = _placed(pieces, count, target)
-    return typed, pa.array(errors.tolist(), pa.string())
+    return _placed(pieces, count, target), pa.array(errors.tolist(), pa.string())
+
+
+def _one_object_on_one_line(texts: pa.Array) -> np.ndarray:
+    """Where a text may be one JSON object on one line: it opens with `{` and closes with
+    `}` (spaces aside) and holds no line break (which JSON allows only between tokens: such
+    an answer is taken one by one). The others go one by one at once, not through a block
+    the reader refuses."""
+    trimmed = pc.utf8_trim_whitespace(texts)
+    ok = pc.and_(pc.starts_with(trimmed, "{"), pc.ends_with(trimmed, "}"))
+    for newline in ("\n", "\r"):
+        ok = pc.and_(ok, pc.invert(pc.match_substring(texts, newline)))
+    return ok.fill_null(False).to_numpy(zero_copy_only=False)
 
 
 def _read_rows(
     texts: pa.Array,
     rows: np.ndarray,
     root: Node,
-    pieces: list[tuple[np.ndarray, pa.StructArray]],
+    reads: list[tuple[np.ndarray, pa.StructArray]],
     one_by_one: list[np.ndarray],
+    guided: int,
 ) -> None:
-    """Read the answers at `rows` column-wise, splitting what Arrow refuses; adds the typed
-    pieces (rows, values) and the rows left to go one by one."""
+    """Read the answers at `rows` column-wise; adds what was read (rows, values) to `reads`
+    and the rows Arrow refuses to `one_by_one`. Where Arrow names the row it refused, the
+    rows before it are read again and the rest after it (up to `guided` times); otherwise,
+    or past that, the rows are read in smaller pieces."""
     if not len(rows):
         return
-    read = _read_json(texts.take(pa.array(rows)), root)
+    read, refused = _read_json(texts.take(pa.array(rows)), root)
     if read is not None:
-        typed, bad = typed_column(read, root)
-        good = ~bad
-        pieces.append((rows[good], typed.filter(pa.array(good)) if bad.any() else typed))
-        one_by_one.append(rows[bad])
+        reads.append((rows, read))
     elif len(rows) < _ROW_BY_ROW_BELOW:
         one_by_one.append(rows)
+    elif refused is not None and guided and refused < len(rows):
+        one_by_one.append(rows[refused : refused + 1])
+        _read_rows(texts, rows[:refused], root, reads, one_by_one, 0)
+        _read_rows(texts, rows[refused + 1 :], root, reads, one_by_one, guided - 1)
     else:
         for part in np.array_split(rows, _SPLIT_INTO):
-            _read_rows(texts, part, root, pieces, one_by_one)
+            _read_rows(texts, part, root, reads, one_by_one, _GUIDED_RETRIES)
 
 
-def _read_json(texts: pa.Array, root: Node) -> pa.StructArray | None:
-    """The texts (one JSON object each, no newline) read as the root's struct; None where
-    Arrow refuses one of them or a text is not exactly one object."""
+def _read_json(texts: pa.Array, root: Node) -> tuple[pa.StructArray | None, int | None]:
+    """The texts (one JSON object each, no newline) read as the root's struct in one block;
+    else None and, where Arrow says it, the row it refused."""
     lines = pc.binary_join_element_wise(
         texts.cast(pa.large_binary()), pa.scalar(b"\n", pa.large_binary()), _EMPTY
     )
@@ -121,17 +143,21 @@ def _read_json(texts: pa.Array, root: Node) -> pa.StructArray | None:
     try:
         table = pa_json.read_json(
             pa.BufferReader(data),
-            read_options=pa_json.ReadOptions(block_size=_BLOCK_BYTES),
+            # One block: rows are numbered from the first in Arrow's errors; no threads.
+            read_options=pa_json.ReadOptions(
+                block_size=max(end - start + 1, _MIN_BLOCK_BYTES), use_threads=False
+            ),
             parse_options=pa_json.ParseOptions(
                 explicit_schema=pa.schema(list(read_type)), unexpected_field_behavior="error"
             ),
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
-    if table.num_rows != len(texts):  # an empty text, or two objects in one
-        return None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        refused = _REFUSED_ROW.search(str(exc))
+        return None, int(refused.group(1)) if refused else None
+    if table.num_rows != len(texts):  # two objects in one text
+        return None, None
     columns = [column.combine_chunks() for column in table.columns]
-    return pa.StructArray.from_arrays(columns, fields=list(read_type))
+    return pa.StructArray.from_arrays(columns, fields=list(read_type)), None
 
 
 # -- the checks and conversions the reader does not make ------------------------------------

@@ -285,3 +285,20 @@ def test_misfits_among_many_answers_are_found_and_the_rest_kept():
     assert numbers.to_pylist()[300] == 1
     assert numbers.null_count == 3
     assert tags.to_pylist()[42] == ["42"]
+
+
+def test_many_scattered_misfits_are_each_named_and_no_good_answer_is_lost():
+    spec = spec_with(closed({"n": {"type": "integer"}}))
+    texts = [
+        '{"n": "seven"}' if i % 7 == 3 else ("{}" if i % 11 == 5 else json.dumps({"n": i}))
+        for i in range(3_000)
+    ]
+    typed, errors = parse_outputs(pa.array(texts), spec.output_schema.root)
+    (numbers,) = typed.flatten()
+    for i, (value, error) in enumerate(zip(numbers.to_pylist(), errors.to_pylist(), strict=True)):
+        if i % 7 == 3:
+            assert error == "$.n: string where the schema requires integer", (i, error)
+        elif i % 11 == 5:
+            assert error == "$: required property 'n' is missing", (i, error)
+        else:
+            assert (value, error) == (i, None), i
