@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from batch_pipeline import load_pipeline, read_results
 from batch_pipeline.core.pipeline import PipelineError
 from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.tokens import count_tokens
 from batch_pipeline_tests.batch_apis import BatchApi, on_both_apis
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
@@ -87,6 +88,7 @@ def test_answers_become_typed_columns_and_misfits_are_kept_with_their_reason(
         assert row["output_category"] in ("bug", "billing", "account", "other")
         assert 1 <= row["output_urgency"] <= 5
         assert orjson.loads(row["response_text"])["summary"] == row["output_summary"]
+        assert row["output_tokens"] == count_tokens(row["response_text"], "gpt-4o-mini")
     for key, (_, code) in MARKERS.items():
         row = rows[key]
         assert (row["status"], row["error_code"], row["attempts"]) == ("failed", code, 1), row
