@@ -2,12 +2,13 @@
 
 The answers' texts are read by Arrow's JSON reader with an explicit schema (the columns'
 types, with dates and times read as text first): one pass over the bytes, no Python object per
-answer. Arrow refuses a block holding an answer that is not JSON, has a value of the wrong
-type or a key the schema does not have; such a block is read again in smaller pieces, and the
-answers of a small piece that still fails go one by one through `_output_rows`, which names
-the JSON path and the rule. What the reader does not check (nulls where the schema allows
-none, enums, formats, bounds, pattern, item counts) is checked column-wise afterwards, and the
-answers that fail a check also go one by one, for the message.
+answer. An answer that cannot be one object on one line (no `{...}`, a line break) goes
+through `_output_rows` one by one at once, which names the JSON path and the rule. Arrow
+refuses a block holding an answer with a value of the wrong type or a key the schema does not
+have: the block is read again without the row Arrow names (or, past a few, in smaller pieces),
+and the refused answers go one by one. What the reader does not check (nulls where the schema
+allows none, enums, formats, bounds, pattern, item counts) is checked column-wise over all it
+read, and the answers that fail a check go one by one too, for the message.
 
 One difference from a full JSON Schema validator: a key missing from an answer reads as null,
 so an answer leaving out a property that allows null is taken with null there (strict mode
