@@ -19,7 +19,7 @@ BUDGET_SECONDS = {
     "poll": 45.0,
     "service": 75.0,
     "end_to_end": 120.0,
-    "structured": 240.0,
+    "structured": 480.0,
 }
 
 
