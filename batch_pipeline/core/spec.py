@@ -446,7 +446,7 @@ class PipelineSpec(_Section):
             )
         except OutputSchemaError as exc:
             lines = "".join(f"\n  request.output_schema {line}" for line in exc.problems)
-            raise ValueError(f"request.output_schema does not fit strict mode:{lines}") from None
+            raise ValueError(f"request.output_schema cannot be used:{lines}") from None
         return self
 
     @property
