@@ -37,6 +37,20 @@ if TYPE_CHECKING:  # Dagster is imported only when the demo runs
     import dagster as dg
 
 DEMO_PIPELINE = "ticket_triage"
+# The same tickets triaged into typed fields: an output schema makes output_* columns.
+TYPED_PIPELINE = "ticket_triage_typed"
+TRIAGE_SCHEMA = {
+    "title": "ticket_triage",
+    "type": "object",
+    "properties": {
+        "category": {"type": "string", "enum": ["shipping", "billing", "account", "bug", "other"]},
+        "urgency": {"type": "integer", "minimum": 1, "maximum": 5},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "summary": {"type": "string"},
+    },
+    "required": ["category", "urgency", "tags", "summary"],
+    "additionalProperties": False,
+}
 DEMO_DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
 DEMO_ROWS_PER_DAY = 100
 DEMO_DIR_ENV = "BATCH_PIPELINE_DEMO_DIR"
@@ -48,6 +62,7 @@ DEMO_TIMEOUT_SECONDS = 180.0
 SOURCE_FILE = "tickets.parquet"
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SPEC_FILE = "pipeline.yaml"
+TYPED_SPEC_FILE = "pipeline_typed.yaml"
 
 _TOPICS = {
     "shipping": ("Where is my parcel?", "Order {n} was due on Monday and has not arrived yet."),
@@ -122,8 +137,23 @@ def demo_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any
     }
 
 
+def typed_demo_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
+    """The structured demo pipeline: the same tickets, answered in `TRIAGE_SCHEMA`."""
+    data = demo_spec_data(base_url=base_url, start=start)
+    data["name"] = TYPED_PIPELINE
+    data["request"] = {
+        **data["request"],
+        "system": "You triage customer support tickets: a category, an urgency from 1 to 5, "
+        "a few tags and a one-line summary.",
+        "params": {"max_tokens": 200, "temperature": 0},
+        "output_schema": TRIAGE_SCHEMA,
+    }
+    return data
+
+
 def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
-    """Write the sample table (if missing) and pipeline.yaml into `folder`; return the spec."""
+    """Write the sample table (if missing) and both pipelines' specs into `folder`
+    (pipeline.yaml, and pipeline_typed.yaml for the structured one); return the first."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / SOURCE_FILE
@@ -131,13 +161,19 @@ def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
         temporary = source.with_name(f".tmp-{os.getpid()}-{SOURCE_FILE}")
         pd.DataFrame(demo_rows()).to_parquet(temporary, index=False)
         temporary.replace(source)
-    spec_path = folder / SPEC_FILE
-    text = yaml.safe_dump(demo_spec_data(base_url=base_url), sort_keys=False)
-    if not spec_path.exists() or spec_path.read_text(encoding="utf-8") != text:
-        temporary = spec_path.with_name(f".tmp-{os.getpid()}-{SPEC_FILE}")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(spec_path)
-    return PipelineSpec.from_yaml(spec_path)
+    specs = []
+    for name, data in (
+        (SPEC_FILE, demo_spec_data(base_url=base_url)),
+        (TYPED_SPEC_FILE, typed_demo_spec_data(base_url=base_url)),
+    ):
+        spec_path = folder / name
+        text = yaml.safe_dump(data, sort_keys=False)
+        if not spec_path.exists() or spec_path.read_text(encoding="utf-8") != text:
+            temporary = spec_path.with_name(f".tmp-{os.getpid()}-{name}")
+            temporary.write_text(text, encoding="utf-8")
+            temporary.replace(spec_path)
+        specs.append(PipelineSpec.from_yaml(spec_path))
+    return specs[0]
 
 
 def ui_demo_folder() -> Path:
@@ -145,13 +181,16 @@ def ui_demo_folder() -> Path:
     return Path(os.environ.get(DEMO_DIR_ENV) or Path("demo_output") / "ui").resolve()
 
 
-def ui_demo_spec() -> PipelineSpec:
-    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780.
+def ui_demo_specs() -> list[PipelineSpec]:
+    """The demo specs for `dagster dev`, against `batch-pipeline serve` on port 8780.
 
-    It writes nothing: its folder is filled by `write_demo` when a run first needs it.
+    They write nothing: their folder is filled by `write_demo` when a run first needs it.
     """
     base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
-    return PipelineSpec.from_dict(demo_spec_data(base_url=base_url), base_dir=ui_demo_folder())
+    return [
+        PipelineSpec.from_dict(data(base_url=base_url), base_dir=ui_demo_folder())
+        for data in (demo_spec_data, typed_demo_spec_data)
+    ]
 
 
 # -- the demo run ----------------------------------------------------------------------------
@@ -180,7 +219,6 @@ def run_demo(
     """
     import dagster as dg
 
-    from batch_pipeline.dagster import build_batch_pipeline_defs
     from batch_pipeline.local_api.server import run_local_batch_api
 
     say = print if echo else _silent
@@ -193,33 +231,20 @@ def run_demo(
             folder / "batch_api", port=0, completion_window_seconds=completion_window_seconds
         ) as base_url,
     ):
-        spec = write_demo(folder, base_url=base_url)
-        say(f"Local Batch API at {base_url}; the pipeline spec is {folder / SPEC_FILE}")
-        defs = build_batch_pipeline_defs(spec=spec)
+        specs = [
+            write_demo(folder, base_url=base_url),
+            PipelineSpec.from_yaml(folder / TYPED_SPEC_FILE),
+        ]
+        say(f"Local Batch API at {base_url}; the pipeline specs are in {folder}")
         with (
             tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as home,
             dg.DagsterInstance.local_temp(home) as instance,
         ):
-            for day in DEMO_DAYS:
-                submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
-                submit_job.execute_in_process(
-                    partition_key=day, instance=instance, run_config=QUIET_RUN_CONFIG
-                )
-                say(f"{day}: requests built and batches submitted")
-            results = []
-            for request in sensor_run_requests(
-                defs,
-                spec,
-                instance,
-                expected=len(DEMO_DAYS),
-                timeout_seconds=timeout_seconds,
-                on_skip=lambda reason: say(f"sensor: {reason}"),
-                log_level=logging.WARNING,
-            ):
-                say(f"sensor: results run requested for {request.partition_key}")
-                results.append(execute_run_request(defs, request, instance))
-            checks = [e for r in results for e in r.get_asset_check_evaluations()]
-    summary = _summary_table(spec, checks)
+            runs = [_run_pipeline(spec, instance, timeout_seconds, say) for spec in specs]
+    spec = specs[0]
+    results = [result for found, _ in runs for result in found]
+    checks = [e for found, _ in runs for r in found for e in r.get_asset_check_evaluations()]
+    summary = _summary_table(spec, runs[0][1])
     result = DemoResult(
         results_dir=spec.pipeline_dir / layout.results_dir(),
         summary=summary,
@@ -231,7 +256,54 @@ def run_demo(
     say("")
     say(f"Results (Parquet, one folder per day): {result.results_dir}")
     say(f"Read them with: pandas.read_parquet({str(result.results_dir)!r})")
+    typed = specs[1]
+    say("")
+    say(f"{typed.name}: the same tickets answered in a schema, as typed output_* columns:")
+    say(_summary_table(typed, runs[1][1]).to_string())
+    say(_typed_preview(typed).to_string(index=False))
+    say(f"Results: {typed.pipeline_dir / layout.results_dir()}")
     return result
+
+
+def _run_pipeline(
+    spec: PipelineSpec,
+    instance: dg.DagsterInstance,
+    timeout_seconds: float,
+    say: Callable[..., object],
+) -> tuple[list[dg.ExecuteInProcessResult], list[dg.AssetCheckEvaluation]]:
+    """Submit every demo day of one pipeline, then run the results runs its sensor asks for;
+    the results runs and their check evaluations."""
+    from batch_pipeline.dagster import build_batch_pipeline_defs
+
+    defs = build_batch_pipeline_defs(spec=spec)
+    for day in DEMO_DAYS:
+        submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
+        submit_job.execute_in_process(
+            partition_key=day, instance=instance, run_config=QUIET_RUN_CONFIG
+        )
+        say(f"{spec.name} {day}: requests built and batches submitted")
+    results = []
+    for request in sensor_run_requests(
+        defs,
+        spec,
+        instance,
+        expected=len(DEMO_DAYS),
+        timeout_seconds=timeout_seconds,
+        on_skip=lambda reason: say(f"{spec.name} sensor: {reason}"),
+        log_level=logging.WARNING,
+    ):
+        say(f"{spec.name} sensor: results run requested for {request.partition_key}")
+        results.append(execute_run_request(defs, request, instance))
+    return results, [e for r in results for e in r.get_asset_check_evaluations()]
+
+
+def _typed_preview(spec: PipelineSpec, rows: int = 5) -> pd.DataFrame:
+    """The first succeeded rows' key and typed output columns."""
+    from batch_pipeline.core.pipeline import read_results
+
+    results = read_results(spec)
+    columns = ["ticket_id", *spec.output_schema.column_names] if spec.output_schema else []
+    return results[results["status"] == "succeeded"][columns].head(rows)
 
 
 def sensor_run_requests(

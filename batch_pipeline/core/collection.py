@@ -29,6 +29,7 @@ from batch_pipeline.core.ledger_records import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
 from batch_pipeline.core.storage import StoredFile
+from batch_pipeline.core.typed_outputs import judge_outcomes
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -256,6 +257,13 @@ class Collector(PipelineWorker):
         # shards) unless this process still holds the shard.
         if not self.ledger.renew_lease(shard.shard_id, self.owner):
             return _collection_taken_over(shard)
+        if self.spec.output_schema is not None:
+            outcomes = judge_outcomes(
+                outcomes,
+                self.spec.output_schema,
+                self.spec.request.endpoint.value,
+                retry_invalid=shard.attempt < self.spec.retry.invalid_output_attempts,
+            )
         outcomes = outcomes.append_column(
             "batch_id", pa.array([shard.batch_id] * len(outcomes), pa.string())
         ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))

@@ -30,6 +30,7 @@ from batch_pipeline.core.status import awaits_submission, partition_status
 from batch_pipeline.core.storage import StorageRoot, storage_for
 from batch_pipeline.core.submission import Submitter
 from batch_pipeline.core.tuning import DEFAULT_TUNING, Tuning
+from batch_pipeline.core.typed_outputs import with_models
 from batch_pipeline.core.types import (
     PartitionStatus,
     PipelineError,
@@ -160,9 +161,13 @@ class Pipeline:
         """Join every source row of a settled partition with its outcome and write Parquet."""
         return self._worker(ResultsWriter, source=self.source).write(Partition.of(partition))
 
-    def read_results(self, partition: str | Partition | None = None) -> pd.DataFrame:
-        """All written results (or one partition's) as a DataFrame."""
-        return read_results_dir(self.storage, _key_or_none(partition))
+    def read_results(
+        self, partition: str | Partition | None = None, *, as_models: bool | type = False
+    ) -> pd.DataFrame:
+        """All written results (or one partition's) as a DataFrame; `as_models` adds an
+        `output` column of validated pydantic objects (see `read_results`)."""
+        frame = read_results_dir(self.storage, _key_or_none(partition))
+        return with_models(frame, as_models, self.spec)
 
     def gc(self, *, dry_run: bool = False, time_budget_seconds: float | None = None) -> GcReport:
         """Remove the intermediates (request shards, batch files) of partitions collected more
@@ -295,13 +300,19 @@ def load_pipeline(
 
 
 def read_results(
-    spec: str | Path | PipelineSpec | dict[str, Any], partition: str | Partition | None = None
+    spec: str | Path | PipelineSpec | dict[str, Any],
+    partition: str | Partition | None = None,
+    *,
+    as_models: bool | type = False,
 ) -> pd.DataFrame:
     """The pipeline's results as one DataFrame: all partitions, or one, read from where the
-    pipeline stores them (a local folder or an object store)."""
+    pipeline stores them (a local folder or an object store). An output schema's
+    `output_<property>` columns come typed. `as_models=True` adds an `output` column holding
+    each succeeded row's answer as an object of the pydantic model the spec's output schema
+    was given as (or pass the model class itself); None on the other rows."""
     spec = PipelineSpec.of(spec)
     storage = storage_for(spec.pipeline_root, spec.output.storage_options)
-    return read_results_dir(storage, _key_or_none(partition))
+    return with_models(read_results_dir(storage, _key_or_none(partition)), as_models, spec)
 
 
 def _key_or_none(partition: str | Partition | None) -> str | None:

@@ -23,6 +23,7 @@ from batch_pipeline.core._key_set import KeySet
 from batch_pipeline.core._request_line import LineLayout, Template
 from batch_pipeline.core._threads import parallel_map
 from batch_pipeline.core.custom_id import custom_ids_for, key_texts, utf8_or_null
+from batch_pipeline.core.output_forms import output_schema_params
 from batch_pipeline.core.partition import Partition, partition_key
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.core.tokens import (
@@ -165,9 +166,8 @@ class RequestBuilder:
         self.context_window = context_window(request.model, request.context_window)
         self.overhead = request_overhead_tokens(self.endpoint, 1 if self.system is None else 2)
         self.max_line_bytes = spec.limits.max_bytes_per_file
-        self._layout = LineLayout(
-            self.endpoint, self.model, request.params, self.prompt, self.system
-        )
+        params = {**request.params, **output_schema_params(self.endpoint, spec.output_schema)}
+        self._layout = LineLayout(self.endpoint, self.model, params, self.prompt, self.system)
         self._partition: str | None = None
         self._seen_keys = KeySet()
         self._rows_read = 0

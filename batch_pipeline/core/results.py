@@ -108,14 +108,17 @@ class JoinedResults:
     renamed_columns: dict[str, str] = field(default_factory=dict)
 
 
-def results_schema(source_schema: pa.Schema, endpoint: str) -> tuple[pa.Schema, dict[str, str]]:
-    """The results file's columns, and the source columns renamed to avoid a clash.
+def results_schema(
+    source_schema: pa.Schema, endpoint: str, output_fields: Sequence[pa.Field] = ()
+) -> tuple[pa.Schema, dict[str, str]]:
+    """The results file's columns (with the typed `output_<property>` columns of an output
+    schema), and the source columns renamed to avoid a clash.
 
     A source column named like a results column or the `partition` folder key, in any case
     (`Status`: DuckDB and most SQL engines fold case), is kept as `source_<name>`, so
     readers never see two columns of one name.
     """
-    result_fields = _result_fields(endpoint)
+    result_fields = _result_fields(endpoint, output_fields)
     taken = {f.name.casefold() for f in result_fields} | {PARTITION_KEY}
     renamed: dict[str, str] = {}
     source_fields = []
@@ -146,6 +149,7 @@ def assemble_results(
     source_schema: pa.Schema | None = None,
     compression: str = PARQUET_COMPRESSION,
     chunk_rows: int = CHUNK_ROWS,
+    output_fields: Sequence[pa.Field] = (),
 ) -> JoinedResults:
     """Join a partition's source rows with their outcomes and write `dest` of `storage`
     atomically.
@@ -164,6 +168,8 @@ def assemble_results(
     - `dest`: `layout.results_path(partition)`.
     - `compression`: the Parquet codec (snappy, zstd, lz4, gzip or none).
     - `chunk_rows`: source rows joined and written at a time (one row group each).
+    - `output_fields`: the typed output columns (`output_columns.output_fields`), taken from
+      the outcomes (null where an outcome has none).
 
     The source is read once, chunk by chunk, each chunk joined with the group of outcomes its
     rows fall in. Raises `ResultsIncompleteError` or `ResultsMismatchError` (naming up to 10
@@ -179,17 +185,17 @@ def assemble_results(
     joiner = Joiner(
         outcomes,
         prepare_rejected(rejected),
-        lambda table: _prepare_outcomes(table, attempts, batch_ids, endpoint),
+        lambda table: _prepare_outcomes(table, attempts, batch_ids, endpoint, output_fields),
     )
     tally = _Tally()
-    schema, renamed = results_schema(source_schema or pa.schema([]), endpoint)
+    schema, renamed = results_schema(source_schema or pa.schema([]), endpoint, output_fields)
     writer: _WriteBehind | None = None
     try:
         for batch in map(_readable_text, _rebatched(source_batches, chunk_rows)):
             if writer is None:
                 if key_column not in batch.schema.names:
                     raise ValueError(f"the source has no key column {key_column!r}")
-                schema, renamed = results_schema(batch.schema, endpoint)
+                schema, renamed = results_schema(batch.schema, endpoint, output_fields)
                 writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
             key = batch.column(key_column)
             out = joiner.join(batch, key, _custom_ids(custom_id_of, key), schema)
@@ -345,17 +351,27 @@ _NULLABLE_PANDAS_TYPES = {
 }
 
 
-def _result_fields(endpoint: str) -> list[pa.Field]:
+def _result_fields(endpoint: str, output_fields: Sequence[pa.Field] = ()) -> list[pa.Field]:
     embedding = [_EMBEDDING_FIELD] if endpoint == Endpoint.EMBEDDINGS.value else []
-    return [*_HEAD_FIELDS, *_OUTCOME_FIELDS, *embedding, *_TAIL_FIELDS]
+    return [*_HEAD_FIELDS, *output_fields, *_OUTCOME_FIELDS, *embedding, *_TAIL_FIELDS]
 
 
 def _prepare_outcomes(
-    outcomes: pa.Table, attempts: pa.Table | None, batch_ids: pa.Table | None, endpoint: str
+    outcomes: pa.Table,
+    attempts: pa.Table | None,
+    batch_ids: pa.Table | None,
+    endpoint: str,
+    output_fields: Sequence[pa.Field] = (),
 ) -> pa.Table:
     """The outcome columns the results take, with `attempts` and `batch_id` aligned to them,
-    in one chunk so that taking rows per source chunk is cheap."""
-    wanted = [f for f in _result_fields(endpoint) if f.name not in ("attempts", "batch_id")]
+    in one chunk so that taking rows per source chunk is cheap. An output column the outcomes
+    lack (no answer was judged: a batch that failed whole, say) is null."""
+    for f in output_fields:
+        if f.name not in outcomes.schema.names:
+            outcomes = outcomes.append_column(f, pa.nulls(outcomes.num_rows, f.type))
+    wanted = [
+        f for f in _result_fields(endpoint, output_fields) if f.name not in ("attempts", "batch_id")
+    ]
     missing = [f.name for f in wanted if f.name not in outcomes.schema.names]
     if missing:
         raise ValueError(f"the outcomes table lacks the columns {missing}")

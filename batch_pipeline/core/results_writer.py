@@ -14,6 +14,7 @@ from batch_pipeline.core.custom_id import custom_ids_for
 from batch_pipeline.core.gc import IntermediatesGc
 from batch_pipeline.core.layout import rejected_path, results_path
 from batch_pipeline.core.outcome_groups import outcome_groups
+from batch_pipeline.core.output_columns import output_fields
 from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.prices import cost_usd
@@ -70,6 +71,7 @@ class ResultsWriter(PipelineWorker):
                 endpoint=self.spec.request.endpoint.value,
                 compression=self.spec.output.compression,
                 chunk_rows=self.tuning.chunk_rows,
+                output_fields=output_fields(self.spec.output_schema),
             )
         except ResultsError as exc:
             built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.built_at or 0))

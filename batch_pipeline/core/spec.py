@@ -19,12 +19,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
+from batch_pipeline.core.output_forms import FORM_KEYS, takes_output_schema
+from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
 from batch_pipeline.core.reconnect import DEFAULT_RECONNECT_SECONDS
 from batch_pipeline.core.storage_uri import check_options, is_remote, join, local_path_of
 from batch_pipeline.core.types import Endpoint
@@ -154,7 +158,7 @@ def parse_template(text: str) -> list[tuple[str, str | None]]:
 
 # The request keys that change what a request body holds (context_window only decides
 # which rows are sent).
-REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params")
+REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params", "output_schema")
 
 
 class RequestSpec(_Section):
@@ -170,6 +174,12 @@ class RequestSpec(_Section):
         default=None,
         description="The model's context in tokens; default from the built-in model table.",
     )
+    output_schema: Any = Field(
+        default=None,
+        description="The JSON Schema answers must fit (inline, a .json file relative to the "
+        "spec, or a pydantic model class): each top-level property becomes a typed column "
+        "output_<property> of the results.",
+    )
 
     @field_validator("prompt", "system")
     @classmethod
@@ -177,6 +187,23 @@ class RequestSpec(_Section):
         if text is not None:
             parse_template(text)
         return text
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema_given_as_one_of_its_forms(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dict | str | Path | type):
+            return value
+        raise ValueError(
+            "must be a JSON Schema object, the path of a .json file, or a pydantic model class, "
+            f"not {type(value).__name__}"
+        )
+
+    @field_serializer("output_schema")
+    def _schema_as_json(self, value: Any) -> Any:
+        """A model class is written (and hashed) as its JSON Schema."""
+        if isinstance(value, Path):
+            return str(value)
+        return value.model_json_schema() if isinstance(value, type) else value
 
     @field_validator("params")
     @classmethod
@@ -277,6 +304,13 @@ class LimitsSpec(_Section):
 
 class RetrySpec(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
+    invalid_output_attempts: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="Attempts of a request whose answer does not fit the output schema "
+        "(error_code invalid_output); 1, the default, sends it once. At most max_attempts.",
+    )
 
 
 class OutputSpec(_Section):
@@ -432,6 +466,38 @@ class PipelineSpec(_Section):
         exclude=True,
         description="Relative paths are resolved against this folder (the YAML file's).",
     )
+    _output_schema: OutputSchema | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _output_schema_fits(self) -> PipelineSpec:
+        """Read and check `request.output_schema` once, before anything is built."""
+        value = self.request.output_schema
+        if value is None:
+            return self
+        endpoint = self.request.endpoint
+        if not takes_output_schema(endpoint):
+            raise ValueError(
+                f"request.output_schema: {endpoint} answers take no output schema; remove it "
+                "or use /v1/chat/completions or /v1/responses"
+            )
+        clash = FORM_KEYS[endpoint.value] & self.request.params.keys()
+        if clash:
+            raise ValueError(
+                f"request.params: {sorted(clash)} are set from request.output_schema; remove them"
+            )
+        try:
+            self._output_schema = load_output_schema(
+                value, base_dir=self.base_dir, default_name=self.name
+            )
+        except OutputSchemaError as exc:
+            lines = "".join(f"\n  request.output_schema {line}" for line in exc.problems)
+            raise ValueError(f"request.output_schema cannot be used:{lines}") from None
+        return self
+
+    @property
+    def output_schema(self) -> OutputSchema | None:
+        """The checked output schema, if the request declares one."""
+        return self._output_schema
 
     @field_validator("name")
     @classmethod
@@ -533,7 +599,9 @@ def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "spec"
-        if error["type"] == "extra_forbidden":
+        if not error["loc"] and error["type"] == "value_error":  # names its own keys
+            problems.append(error["msg"].removeprefix("Value error, "))
+        elif error["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key")
         elif error["type"] == "missing":
             problems.append(f"{key}: required key is missing")

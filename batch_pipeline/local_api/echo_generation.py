@@ -8,7 +8,12 @@ from typing import Any
 
 from batch_pipeline.local_api._echo_text import count_tokens, echo, echo_last_user, max_tokens
 from batch_pipeline.local_api.answers import Answer, bad_request
-from batch_pipeline.local_api.request_texts import content_text
+from batch_pipeline.local_api.echo_structured import answer_texts, json_schema_of
+from batch_pipeline.local_api.request_texts import (
+    CHAT_ENDPOINT,
+    RESPONSES_ENDPOINT,
+    content_text,
+)
 
 
 def chat_completion_body(
@@ -16,10 +21,11 @@ def chat_completion_body(
     completion_id: str,
     model: str,
     created: int,
-    content: str,
+    content: str | None,
     prompt_tokens: int,
     completion_tokens: int,
     finish_reason: str = "stop",
+    refusal: str | None = None,
 ) -> dict[str, Any]:
     """A `/v1/chat/completions` response body with the real endpoint's fields."""
     return {
@@ -33,7 +39,7 @@ def chat_completion_body(
                 "message": {
                     "role": "assistant",
                     "content": content,
-                    "refusal": None,
+                    "refusal": refusal,
                     "annotations": [],
                 },
                 "logprobs": None,
@@ -69,7 +75,9 @@ def chat(body: dict[str, Any], key: str) -> Answer:
     model = str(body.get("model") or "echo")
     texts = [(m.get("role"), content_text(m.get("content"))) for m in messages]
     limit = max_tokens(body, "max_completion_tokens", "max_tokens")
-    text, prompt_tokens, completion_tokens, cut = echo_last_user(texts, limit, model)
+    text, refusal, prompt_tokens, completion_tokens, cut = _answer(
+        CHAT_ENDPOINT, body, texts, limit, model
+    )
     return 200, chat_completion_body(
         completion_id=f"chatcmpl-{key}",
         model=model,
@@ -78,7 +86,21 @@ def chat(body: dict[str, Any], key: str) -> Answer:
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         finish_reason="length" if cut else "stop",
+        refusal=refusal,
     )
+
+
+def _answer(
+    endpoint: str, body: dict[str, Any], texts: list[tuple[Any, str]], limit: int | None, model: str
+) -> tuple[str | None, str | None, int, int, bool]:
+    """(text, refusal, prompt tokens, answer tokens, whether cut) of the answer to the last
+    user text: its echo, or an instance of the JSON schema the request's format asks for."""
+    schema = json_schema_of(endpoint, body)
+    if schema is None:
+        text, prompt_tokens, tokens, cut = echo_last_user(texts, limit, model)
+        return text, None, prompt_tokens, tokens, cut
+    answer, prompt_tokens = answer_texts(schema, texts, limit, model)
+    return answer.text, answer.refusal, prompt_tokens, answer.completion_tokens, answer.cut
 
 
 def _response_texts(value: Any) -> list[tuple[Any, str]] | None:
@@ -106,18 +128,21 @@ def responses(body: dict[str, Any], key: str) -> Answer:
     if not isinstance(instructions, str):
         instructions = None
     limit = max_tokens(body, "max_output_tokens")
-    text, input_tokens, output_tokens, cut = echo_last_user(texts, limit, model)
+    text, refusal, input_tokens, output_tokens, cut = _answer(
+        RESPONSES_ENDPOINT, body, texts, limit, model
+    )
     if instructions is not None:
         input_tokens += count_tokens(instructions, model)
     return 200, response_body(
         body,
         key=key,
         model=model,
-        text=text,
+        text=text or "",
         instructions=instructions,
         limit=limit,
         cut=cut,
         usage=(input_tokens, output_tokens),
+        refusal=refusal,
     )
 
 
@@ -131,8 +156,10 @@ def response_body(
     limit: int | None,
     cut: bool,
     usage: tuple[int, int],
+    refusal: str | None = None,
 ) -> dict[str, Any]:
-    """A `/v1/responses` response body with the real endpoint's fields."""
+    """A `/v1/responses` response body with the real endpoint's fields (a refusal content
+    part in place of the text when `refusal` is given)."""
     now = int(time.time())
     input_tokens, output_tokens = usage
     status = "incomplete" if cut else "completed"
@@ -154,7 +181,9 @@ def response_body(
                 "status": status,
                 "role": "assistant",
                 "content": [
-                    {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                    {"type": "refusal", "refusal": refusal}
+                    if refusal is not None
+                    else {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
                 ],
             }
         ],
@@ -163,7 +192,7 @@ def response_body(
         "reasoning": {"effort": None, "summary": None},
         "store": False,
         "temperature": request.get("temperature", 1.0),
-        "text": {"format": {"type": "text"}},
+        "text": request.get("text") or {"format": {"type": "text"}},
         "tool_choice": "auto",
         "tools": [],
         "top_p": request.get("top_p", 1.0),

@@ -13,6 +13,7 @@ RSS. The benchmarks:
 - object_store: shards built onto an S3-compatible server vs a bare upload of the same bytes,
   and results on S3 vs on local disk
 - footprint: what a settled day leaves in storage, with `keep_intermediates_days` 0 and 7
+- structured: results with a 5-property output schema vs the same answers without one
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from batch_pipeline_tests.benchmarks.report import Config, Row
 
-NAMES = ("shards", "results", "poll", "service", "end_to_end", "object_store", "footprint")
+NAMES = (
+    "shards",
+    "results",
+    "poll",
+    "service",
+    "end_to_end",
+    "object_store",
+    "footprint",
+    "structured",
+)
 
 
 def _runner(name: str) -> Callable[[Config], list[Row]]:

@@ -20,6 +20,7 @@ BUDGET_SECONDS = {
     "service": 75.0,
     "end_to_end": 120.0,
     "object_store": 300.0,
+    "structured": 480.0,
 }
 
 

@@ -17,7 +17,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -142,8 +142,16 @@ def _chat_body(key: str, text: str) -> dict[str, Any]:
     )
 
 
-def answer_files(shard: Path, folder: Path, index: int) -> None:
-    """The output and error files a provider returns for one request shard, lines shuffled."""
+def echo_answer(request: dict[str, Any], key: str) -> str:
+    """The echo responder's answer: the user text."""
+    return request["body"]["messages"][-1]["content"]
+
+
+def answer_files(
+    shard: Path, folder: Path, index: int, answer: Callable[[dict[str, Any], str], str]
+) -> None:
+    """The output and error files a provider returns for one request shard, lines shuffled;
+    `answer` gives the text of a request's answer."""
     rng = random.Random(index)
     output: list[bytes] = []
     errors: list[bytes] = []
@@ -163,7 +171,7 @@ def answer_files(shard: Path, folder: Path, index: int) -> None:
                     )
                 )
                 continue
-            text = request["body"]["messages"][-1]["content"]
+            text = answer(request, key)
             output.append(
                 orjson.dumps(
                     {
@@ -182,13 +190,17 @@ def answer_files(shard: Path, folder: Path, index: int) -> None:
         (folder / f"{kind}-{index:05d}.jsonl").write_bytes(b"\n".join(found) + b"\n")
 
 
-def setup_case(spec_path: Path, files: Path) -> dict[str, Any]:
+def setup_case(
+    spec_path: Path,
+    files: Path,
+    answer: Callable[[dict[str, Any], str], str] = echo_answer,
+) -> dict[str, Any]:
     """Build the partition's shards, write the provider's answers, submit (untimed setup)."""
     fixtures.fresh_dir(files)
     with load_pipeline(spec_path, backend=FileBackend(files)) as pipeline:
         pipeline.build_requests(fixtures.DAY)
         for shard in sorted(pipeline.storage.local_path("requests").rglob("shard-*.jsonl")):
-            answer_files(shard, files, int(shard.stem.rsplit("-", 1)[-1]))
+            answer_files(shard, files, int(shard.stem.rsplit("-", 1)[-1]), answer)
         pipeline.submit(fixtures.DAY)
     return {}
 
@@ -263,7 +275,7 @@ def naive_case(source: Path, files: Path, dest: Path) -> dict[str, Any]:
 # -- the benchmark -----------------------------------------------------------------------------
 
 
-def _link_tree(template: Path, target: Path) -> None:
+def link_tree(template: Path, target: Path) -> None:
     """A copy of a pipeline folder: the ledger copied, the (read-only) data files hard-linked."""
     shutil.rmtree(target, ignore_errors=True)
 
@@ -308,7 +320,7 @@ def run(config: Config) -> list[Row]:
                 files[rows],
                 base / "naive.parquet",
             )
-        _link_tree(base / "template", base / "run")
+        link_tree(base / "template", base / "run")
         return run_isolated(product_case, specs[rows], files[rows])
 
     repeat([product, naive], one, config.repetitions, budget_seconds=config.budget(NAME))

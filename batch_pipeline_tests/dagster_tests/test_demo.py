@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline.cli import main as cli_main
-from batch_pipeline.demo import DEMO_DAYS, demo_rows
+from batch_pipeline.demo import DEMO_DAYS, TRIAGE_SCHEMA, demo_rows
 
 
 def test_the_sample_table_is_deterministic_and_has_bad_rows() -> None:
@@ -35,3 +38,13 @@ def test_the_demo_prints_the_parquet_and_a_summary(
     for status in ("succeeded", "failed", "rejected", "expired"):
         assert status in output
     assert len(pd.read_parquet(results_dir)) == len(demo_rows())
+    typed = pq.read_table(tmp_path / "out" / "ticket_triage_typed" / "results")
+    assert typed.num_rows == len(demo_rows())
+    assert typed.schema.field("output_category").type == pa.string()
+    assert typed.schema.field("output_urgency").type == pa.int64()
+    assert typed.schema.field("output_tags").type == pa.list_(pa.string())
+    succeeded = typed.filter(pc.equal(typed["status"], "succeeded"))
+    assert set(succeeded["output_category"].to_pylist()) <= set(
+        TRIAGE_SCHEMA["properties"]["category"]["enum"]
+    )
+    assert "output_category" in output

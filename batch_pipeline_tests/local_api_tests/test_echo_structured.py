@@ -1,0 +1,91 @@
+"""The echo responder under a JSON schema format: a valid, deterministic instance of the
+schema, and each failure on its marker."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from batch_pipeline.core._output_rows import parse_answer
+from batch_pipeline.core.output_schema import load_output_schema
+from batch_pipeline.local_api.echo import EchoResponder
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "category": {"type": "string", "enum": ["a", "b", "c"]},
+        "score": {"type": "integer", "minimum": 10, "maximum": 12},
+        "when": {"type": "string", "format": "date"},
+        "items": {"type": "array", "items": {"$ref": "#/$defs/Item"}, "minItems": 2},
+        "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+    "required": ["category", "score", "when", "items", "note"],
+    "additionalProperties": False,
+    "$defs": {
+        "Item": {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "x": {"type": "number"}},
+            "required": ["ok", "x"],
+            "additionalProperties": False,
+        }
+    },
+}
+FORMATS = {
+    "/v1/chat/completions": lambda text: {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": text}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "t", "schema": SCHEMA, "strict": True},
+        },
+    },
+    "/v1/responses": lambda text: {
+        "model": "gpt-4o-mini",
+        "input": text,
+        "text": {"format": {"type": "json_schema", "name": "t", "schema": SCHEMA, "strict": True}},
+    },
+}
+
+
+def answer(endpoint: str, text: str) -> dict:
+    status, body = EchoResponder().respond(endpoint, FORMATS[endpoint](text), key="k")[:2]
+    assert status == 200
+    return body
+
+
+def content(endpoint: str, body: dict) -> tuple[str | None, str | None]:
+    """(text, refusal) of an answer body."""
+    if endpoint == "/v1/chat/completions":
+        message = body["choices"][0]["message"]
+        return message["content"], message["refusal"]
+    (part,) = body["output"][0]["content"]
+    return part.get("text"), part.get("refusal")
+
+
+@pytest.mark.parametrize("endpoint", sorted(FORMATS))
+def test_the_answer_is_a_valid_instance_deterministic_in_the_text(endpoint):
+    root = load_output_schema(SCHEMA, base_dir=None, default_name="t").root
+    texts = [content(endpoint, answer(endpoint, f"ticket {i} is late"))[0] for i in range(20)]
+    values = [parse_answer(text, root) for text in texts]  # raises if one does not fit
+    assert texts[3] == content(endpoint, answer(endpoint, "ticket 3 is late"))[0]
+    assert len({value["category"] for value in values}) > 1  # derived from the text
+    assert {value["score"] for value in values} <= {10, 11, 12}
+
+
+@pytest.mark.parametrize("endpoint", sorted(FORMATS))
+def test_each_marker_plays_its_failure(endpoint):
+    not_json, _ = content(endpoint, answer(endpoint, "x <<invalid_output>>"))
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(not_json)
+    violating, _ = content(endpoint, answer(endpoint, "x <<schema_violation>>"))
+    assert orjson.loads(violating)["unexpected"] is True
+    body = answer(endpoint, "x <<refusal>>")
+    assert content(endpoint, body)[1]
+    cut = answer(endpoint, "x <<truncated>>")
+    if endpoint == "/v1/chat/completions":
+        assert cut["choices"][0]["finish_reason"] == "length"
+    else:
+        assert (cut["status"], cut["incomplete_details"]) == (
+            "incomplete",
+            {"reason": "max_output_tokens"},
+        )
