@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,51 +67,50 @@ class PollingRun:
     service_url: str
 
 
-def start_polling_run(
-    tmp_path: Path,
-    services: Services,
-    server: ThrowawayPostgres,
-    name: str,
-    bound: float,
-    monkeypatch: pytest.MonkeyPatch,
-) -> PollingRun:
-    """Start the run on `server` with `ledger.reconnect_seconds: bound`; return once a shard
-    is submitted and the run is waiting for the late request."""
-    service = services.start(completion_window_seconds=120)
-    rows = ticket_rows(
-        ROWS, body=lambda i: f"<<slow:{SLOW_SECONDS}>> late" if i == 0 else f"parcel {i}"
-    )
-    url = server.url(password=PASSWORD)
-    monkeypatch.setenv(LEDGER_ENV, url)  # as production hands it over: a variable
-    spec_path = write_pipeline(
-        tmp_path,
-        service.url,
-        name,
-        rows,
-        limits={"max_requests_per_file": PER_FILE},
-        ledger={"url_env": LEDGER_ENV, "reconnect_seconds": bound},
-    )
-    process = start_child(
-        cli_command("run", str(spec_path), "--partition", DAY, "--poll-interval", "0.2")
-    )
-    try:
-        wait_until(lambda: submitted_shards(url), "a first shard submitted", timeout=60)
-    except AssertionError:
-        process.kill()
-        raise
-    assert process.poll() is None, "the run ended before the database went away"
-    return PollingRun(process, spec_path, rows, service.url)
-
-
-def test_a_run_rides_through_a_restart_of_the_ledgers_postgresql(
+@pytest.fixture
+def start_run(
     tmp_path: Path,
     services: Services,
     throwaway_postgres: ThrowawayPostgres,
     name: str,
-    tally: Tally,
     monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[float], PollingRun]:
+    """Start the run on the throwaway server with `ledger.reconnect_seconds` as given; it
+    returns once a shard is submitted and the run is waiting for the late request."""
+
+    def start(bound: float) -> PollingRun:
+        service = services.start(completion_window_seconds=120)
+        rows = ticket_rows(
+            ROWS, body=lambda i: f"<<slow:{SLOW_SECONDS}>> late" if i == 0 else f"parcel {i}"
+        )
+        url = throwaway_postgres.url(password=PASSWORD)
+        monkeypatch.setenv(LEDGER_ENV, url)  # as production hands it over: a variable
+        spec_path = write_pipeline(
+            tmp_path,
+            service.url,
+            name,
+            rows,
+            limits={"max_requests_per_file": PER_FILE},
+            ledger={"url_env": LEDGER_ENV, "reconnect_seconds": bound},
+        )
+        process = start_child(
+            cli_command("run", str(spec_path), "--partition", DAY, "--poll-interval", "0.2")
+        )
+        try:
+            wait_until(lambda: submitted_shards(url), "a first shard submitted", timeout=60)
+        except AssertionError:
+            process.kill()
+            raise
+        assert process.poll() is None, "the run ended before the database went away"
+        return PollingRun(process, spec_path, rows, service.url)
+
+    return start
+
+
+def test_a_run_rides_through_a_restart_of_the_ledgers_postgresql(
+    start_run: Callable[[float], PollingRun], throwaway_postgres: ThrowawayPostgres, tally: Tally
 ) -> None:
-    run = start_polling_run(tmp_path, services, throwaway_postgres, name, 60, monkeypatch)
+    run = start_run(60)
     try:
         throwaway_postgres.stop()
         time.sleep(DOWN_SECONDS)
@@ -134,16 +134,9 @@ def test_a_run_rides_through_a_restart_of_the_ledgers_postgresql(
 
 
 def test_a_run_whose_ledger_stays_away_stops_with_one_line_naming_the_host(
-    tmp_path: Path,
-    services: Services,
-    throwaway_postgres: ThrowawayPostgres,
-    name: str,
-    tally: Tally,
-    monkeypatch: pytest.MonkeyPatch,
+    start_run: Callable[[float], PollingRun], throwaway_postgres: ThrowawayPostgres, tally: Tally
 ) -> None:
-    run = start_polling_run(
-        tmp_path, services, throwaway_postgres, name, BOUND_SECONDS, monkeypatch
-    )
+    run = start_run(BOUND_SECONDS)
     try:
         throwaway_postgres.stop()
     finally:
