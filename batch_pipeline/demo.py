@@ -41,6 +41,9 @@ DEMO_DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
 DEMO_ROWS_PER_DAY = 100
 DEMO_DIR_ENV = "BATCH_PIPELINE_DEMO_DIR"
 DEMO_API_URL_ENV = "BATCH_PIPELINE_DEMO_API_URL"
+# The ledger of the demo in `dagster dev` (a database URL, PostgreSQL in production); a SQLite
+# file in its folder when unset. The spec names the variable, so a password stays out of it.
+DEMO_LEDGER_URL_ENV = "BATCH_PIPELINE_DEMO_LEDGER_URL"
 SERVE_URL = "http://127.0.0.1:8780/v1"
 DEMO_COMPLETION_WINDOW_SECONDS = 4.0
 TICK_INTERVAL_SECONDS = 1.0
@@ -146,12 +149,15 @@ def ui_demo_folder() -> Path:
 
 
 def ui_demo_spec() -> PipelineSpec:
-    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780.
+    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780 (or
+    $BATCH_PIPELINE_DEMO_API_URL), its ledger at $BATCH_PIPELINE_DEMO_LEDGER_URL if set.
 
     It writes nothing: its folder is filled by `write_demo` when a run first needs it.
     """
-    base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
-    return PipelineSpec.from_dict(demo_spec_data(base_url=base_url), base_dir=ui_demo_folder())
+    data = demo_spec_data(base_url=os.environ.get(DEMO_API_URL_ENV) or SERVE_URL)
+    if os.environ.get(DEMO_LEDGER_URL_ENV):
+        data["ledger"] = {"url_env": DEMO_LEDGER_URL_ENV}
+    return PipelineSpec.from_dict(data, base_dir=ui_demo_folder())
 
 
 # -- the demo run ----------------------------------------------------------------------------
@@ -173,10 +179,13 @@ def run_demo(
     completion_window_seconds: float = DEMO_COMPLETION_WINDOW_SECONDS,
     timeout_seconds: float = DEMO_TIMEOUT_SECONDS,
     echo: bool = True,
+    dagster_home: str | Path | None = None,
 ) -> DemoResult:
     """Run the demo end to end, offline, with Dagster in the loop (see the module docstring).
 
     The pipeline's earlier output in `folder` is removed first, so every run starts afresh.
+    Its runs are recorded in a temporary Dagster instance, or in the one at `dagster_home`
+    (a folder, as $DAGSTER_HOME), which the Dagster UI then shows.
     """
     import dagster as dg
 
@@ -196,10 +205,7 @@ def run_demo(
         spec = write_demo(folder, base_url=base_url)
         say(f"Local Batch API at {base_url}; the pipeline spec is {folder / SPEC_FILE}")
         defs = build_batch_pipeline_defs(spec=spec)
-        with (
-            tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as home,
-            dg.DagsterInstance.local_temp(home) as instance,
-        ):
+        with _demo_instance(dagster_home) as instance:
             for day in DEMO_DAYS:
                 submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
                 submit_job.execute_in_process(
@@ -310,6 +316,18 @@ def _summary_table(spec: PipelineSpec, checks: Sequence[dg.AssetCheckEvaluation]
     table.index.name = "day"
     table.columns.name = None
     return table
+
+
+@contextmanager
+def _demo_instance(home: str | Path | None) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance at `home`, or a temporary one removed afterwards."""
+    import dagster as dg
+
+    with (
+        tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as temporary,
+        dg.DagsterInstance.local_temp(str(home or temporary)) as instance,
+    ):
+        yield instance
 
 
 @contextmanager
