@@ -4,7 +4,7 @@
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
 the Parquet is with a summary per status. `batch_pipeline/definitions.py` serves the same
-pipeline to `dagster dev`, against `batch-pipeline serve` running beside it.
+pipeline to the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ DEMO_DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
 DEMO_ROWS_PER_DAY = 100
 DEMO_DIR_ENV = "BATCH_PIPELINE_DEMO_DIR"
 DEMO_API_URL_ENV = "BATCH_PIPELINE_DEMO_API_URL"
-# The ledger of the demo in `dagster dev` (a database URL, PostgreSQL in production); a SQLite
+# The ledger of the demo in the Dagster UI (a database URL, PostgreSQL in production); a SQLite
 # file in its folder when unset. The spec names the variable, so a password stays out of it.
 DEMO_LEDGER_URL_ENV = "BATCH_PIPELINE_DEMO_LEDGER_URL"
 SERVE_URL = "http://127.0.0.1:8780/v1"
@@ -144,12 +144,12 @@ def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
 
 
 def ui_demo_folder() -> Path:
-    """Where `dagster dev` keeps the demo: $BATCH_PIPELINE_DEMO_DIR or ./demo_output/ui."""
+    """Where the Dagster UI keeps the demo: $BATCH_PIPELINE_DEMO_DIR or ./demo_output/ui."""
     return Path(os.environ.get(DEMO_DIR_ENV) or Path("demo_output") / "ui").resolve()
 
 
 def ui_demo_spec() -> PipelineSpec:
-    """The demo spec for `dagster dev`, against `batch-pipeline serve` on port 8780 (or
+    """The demo spec for the Dagster UI, against `batch-pipeline serve` on port 8780 (or
     $BATCH_PIPELINE_DEMO_API_URL), its ledger at $BATCH_PIPELINE_DEMO_LEDGER_URL if set.
 
     It writes nothing: its folder is filled by `write_demo` when a run first needs it.

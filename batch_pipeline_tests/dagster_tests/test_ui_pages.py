@@ -34,7 +34,8 @@ from batch_pipeline.demo import (
 from batch_pipeline.local_api.server import run_local_batch_api
 from batch_pipeline_tests.dagster_tests.dagster_commands import BIN, free_port, webserver_command
 
-pytestmark = pytest.mark.slow
+# The demo, two Dagster processes and a browser: slow to start on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 FAILED_DAY = DEMO_DAYS[2]  # 8 of its 100 rows fail with invalid_request: above the 5% limit
 IN_FLIGHT_DAY = DEMO_DAYS[1]  # rebuilt; its <<hang>> row keeps the batch open for an hour
