@@ -449,8 +449,9 @@ def _combined(
 
 
 def _preview(batch: pa.RecordBatch, key_column: str) -> list[dict[str, Any]]:
-    """The first rows' key, id, status, text and error, as short JSON-friendly values."""
-    names = [key_column, "custom_id", "status", "response_text", "error_code", "error_message"]
+    """The rows' key, status, text and error, as short JSON-friendly values (the custom_id
+    is the partition and the key again: it would only take the reader's width)."""
+    names = [key_column, "status", "response_text", "error_code", "error_message"]
     head = batch.slice(0, PREVIEW_ROWS).select(names).to_pylist()
     return [{name: _short(value) for name, value in row.items()} for row in head]
 
