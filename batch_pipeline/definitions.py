@@ -1,4 +1,4 @@
-"""The demo pipeline for `dagster dev` (loaded by workspace.yaml).
+"""The demo pipeline for the Dagster UI (loaded by workspace.yaml, and by `dg dev`).
 
 Run the local Batch API beside it: `batch-pipeline serve --port 8780 --state-dir
 demo_output/batch_api`. A code server imports this module on every run launch, so it writes

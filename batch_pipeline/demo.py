@@ -4,7 +4,7 @@
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
 the Parquet is with a summary per status. `batch_pipeline/definitions.py` serves the same
-pipeline to `dagster dev`, against `batch-pipeline serve` running beside it.
+pipeline to the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ DEMO_DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
 DEMO_ROWS_PER_DAY = 100
 DEMO_DIR_ENV = "BATCH_PIPELINE_DEMO_DIR"
 DEMO_API_URL_ENV = "BATCH_PIPELINE_DEMO_API_URL"
+# The ledger of the demo in the Dagster UI (a database URL, PostgreSQL in production); a SQLite
+# file in its folder when unset. The spec names the variable, so a password stays out of it.
+DEMO_LEDGER_URL_ENV = "BATCH_PIPELINE_DEMO_LEDGER_URL"
 SERVE_URL = "http://127.0.0.1:8780/v1"
 DEMO_COMPLETION_WINDOW_SECONDS = 4.0
 TICK_INTERVAL_SECONDS = 1.0
@@ -177,20 +180,24 @@ def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
 
 
 def ui_demo_folder() -> Path:
-    """Where `dagster dev` keeps the demo: $BATCH_PIPELINE_DEMO_DIR or ./demo_output/ui."""
+    """Where the Dagster UI keeps the demo: $BATCH_PIPELINE_DEMO_DIR or ./demo_output/ui."""
     return Path(os.environ.get(DEMO_DIR_ENV) or Path("demo_output") / "ui").resolve()
 
 
 def ui_demo_specs() -> list[PipelineSpec]:
-    """The demo specs for `dagster dev`, against `batch-pipeline serve` on port 8780.
+    """The demo specs for the Dagster UI, against `batch-pipeline serve` on port 8780 (or
+    $BATCH_PIPELINE_DEMO_API_URL), their ledger at $BATCH_PIPELINE_DEMO_LEDGER_URL if set.
 
     They write nothing: their folder is filled by `write_demo` when a run first needs it.
     """
     base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
-    return [
-        PipelineSpec.from_dict(data(base_url=base_url), base_dir=ui_demo_folder())
-        for data in (demo_spec_data, typed_demo_spec_data)
-    ]
+    specs = []
+    for spec_data in (demo_spec_data, typed_demo_spec_data):
+        data = spec_data(base_url=base_url)
+        if os.environ.get(DEMO_LEDGER_URL_ENV):
+            data["ledger"] = {"url_env": DEMO_LEDGER_URL_ENV}
+        specs.append(PipelineSpec.from_dict(data, base_dir=ui_demo_folder()))
+    return specs
 
 
 # -- the demo run ----------------------------------------------------------------------------
@@ -212,10 +219,13 @@ def run_demo(
     completion_window_seconds: float = DEMO_COMPLETION_WINDOW_SECONDS,
     timeout_seconds: float = DEMO_TIMEOUT_SECONDS,
     echo: bool = True,
+    dagster_home: str | Path | None = None,
 ) -> DemoResult:
     """Run the demo end to end, offline, with Dagster in the loop (see the module docstring).
 
     The pipeline's earlier output in `folder` is removed first, so every run starts afresh.
+    Its runs are recorded in a temporary Dagster instance, or in the one at `dagster_home`
+    (a folder, as $DAGSTER_HOME), which the Dagster UI then shows.
     """
     import dagster as dg
 
@@ -236,14 +246,11 @@ def run_demo(
             PipelineSpec.from_yaml(folder / TYPED_SPEC_FILE),
         ]
         say(f"Local Batch API at {base_url}; the pipeline specs are in {folder}")
-        with (
-            tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as home,
-            dg.DagsterInstance.local_temp(home) as instance,
-        ):
+        with _demo_instance(dagster_home) as instance:
             runs = [_run_pipeline(spec, instance, timeout_seconds, say) for spec in specs]
     spec = specs[0]
     results = [result for found, _ in runs for result in found]
-    checks = [e for found, _ in runs for r in found for e in r.get_asset_check_evaluations()]
+    checks = [e for _, found in runs for e in found]
     summary = _summary_table(spec, runs[0][1])
     result = DemoResult(
         results_dir=spec.pipeline_dir / layout.results_dir(),
@@ -382,6 +389,18 @@ def _summary_table(spec: PipelineSpec, checks: Sequence[dg.AssetCheckEvaluation]
     table.index.name = "day"
     table.columns.name = None
     return table
+
+
+@contextmanager
+def _demo_instance(home: str | Path | None) -> Iterator[dg.DagsterInstance]:
+    """The Dagster instance at `home`, or a temporary one removed afterwards."""
+    import dagster as dg
+
+    with (
+        tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as temporary,
+        dg.DagsterInstance.local_temp(str(home or temporary)) as instance,
+    ):
+        yield instance
 
 
 @contextmanager

@@ -403,6 +403,7 @@ class Ledger(LeaseStatements):
                         request_total=batch.request_counts.total,
                         request_completed=batch.request_counts.completed,
                         request_failed=batch.request_counts.failed,
+                        expires_at=batch.expires_at,
                         created_at=now,
                         updated_at=now,
                     )
@@ -449,6 +450,8 @@ class Ledger(LeaseStatements):
                     if batch.errors
                     else None,
                     updated_at=now,
+                    # kept when a provider's later reads leave it out
+                    **({"expires_at": batch.expires_at} if batch.expires_at is not None else {}),
                 )
             )
             conn.execute(

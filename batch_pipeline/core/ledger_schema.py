@@ -18,7 +18,8 @@ from batch_pipeline.core.database_url import database_url, open_engine, sqlite_f
 # 3: shards count `deferrals`, the tries of one submission cut short by the provider.
 # 4: partitions keep the `request_fingerprint` of the spec their generation was built with.
 # 5: partitions record when their intermediates were removed (`intermediates_removed_at`).
-SCHEMA_VERSION = 5
+# 6: batches keep `expires_at`, the end of their completion window, for the wait reasons.
+SCHEMA_VERSION = 6
 SCHEMA_LOCK_KEY = 0x62705F6C6564  # "bp_led": one advisory lock for schema changes
 # Columns of earlier versions that nothing reads: left out of the records read back.
 UNUSED_PARTITION_COLUMNS = ("results_requested", "results_requested_at")
@@ -113,6 +114,7 @@ batches_table = sa.Table(
     sa.Column("input_tokens", sa.BigInteger),
     sa.Column("output_tokens", sa.BigInteger),
     sa.Column("errors_json", sa.Text),
+    sa.Column("expires_at", sa.Float),  # the end of the batch's completion window
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
@@ -159,6 +161,9 @@ def _migrate(conn: Connection) -> None:
         )
     if "intermediates_removed_at" not in partition_columns:  # none removed before
         conn.execute(sa.text("ALTER TABLE bp_partitions ADD COLUMN intermediates_removed_at FLOAT"))
+    batch_columns = {column["name"] for column in inspector.get_columns("bp_batches")}
+    if "expires_at" not in batch_columns:  # unknown for batches created before
+        conn.execute(sa.text("ALTER TABLE bp_batches ADD COLUMN expires_at FLOAT"))
 
 
 CONNECT_TIMEOUT_SECONDS = 10

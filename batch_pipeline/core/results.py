@@ -41,6 +41,7 @@ from batch_pipeline.core._results_join import (
     prepare_rejected,
 )
 from batch_pipeline.core._threads import SerialWorker
+from batch_pipeline.core.failures import FailureTally
 from batch_pipeline.core.layout import PARTITION_KEY, results_dir, results_partition
 from batch_pipeline.core.outcomes import PARQUET_COMPRESSION
 from batch_pipeline.core.parquet_files import (
@@ -52,7 +53,7 @@ from batch_pipeline.core.schema_unify import SchemaConflict, conform, unified_sc
 from batch_pipeline.core.sources import nulls_as_text
 from batch_pipeline.core.storage import LocalStorage, StorageRoot
 from batch_pipeline.core.tuning import CHUNK_ROWS
-from batch_pipeline.core.types import Endpoint
+from batch_pipeline.core.types import Endpoint, RowStatus
 
 __all__ = [
     "REJECTED_CODE",
@@ -106,6 +107,7 @@ class JoinedResults:
     columns: list[tuple[str, str]] = field(default_factory=list)
     preview: list[dict[str, Any]] = field(default_factory=list)
     renamed_columns: dict[str, str] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 def results_schema(
@@ -217,8 +219,9 @@ def assemble_results(
         input_tokens=tally.input_tokens,
         output_tokens=tally.output_tokens,
         columns=[(f.name, str(f.type)) for f in schema],
-        preview=tally.preview,
+        preview=tally.preview(),
         renamed_columns=renamed,
+        failures=tally.failures.groups(),
     )
 
 
@@ -239,20 +242,32 @@ def _custom_ids(custom_id_of: Callable[[pa.Array], pa.Array], key: pa.Array) -> 
 
 @dataclass
 class _Tally:
-    """What the written chunks hold: rows per status, tokens, and the first rows."""
+    """What the written chunks hold: rows per status and per failure, tokens, and a preview
+    whose rows without an answer come first (those are what a reader looks for)."""
 
     counts: Counter[str] = field(default_factory=Counter)
     input_tokens: int = 0
     output_tokens: int = 0
-    preview: list[dict[str, Any]] = field(default_factory=list)
+    failures: FailureTally = field(default_factory=FailureTally)
+    unanswered: list[dict[str, Any]] = field(default_factory=list)
+    head: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, chunk: pa.RecordBatch, key_column: str) -> None:
         for item in pc.value_counts(chunk.column("status")).to_pylist():
             self.counts[item["values"]] += item["counts"]
         self.input_tokens += pc.sum(chunk.column("input_tokens")).as_py() or 0
         self.output_tokens += pc.sum(chunk.column("output_tokens")).as_py() or 0
-        if not self.preview:
-            self.preview = _preview(chunk, key_column)
+        self.failures.add(chunk)
+        answered = pc.equal(chunk.column("status"), RowStatus.SUCCEEDED.value)
+        if len(self.head) < PREVIEW_ROWS:
+            rows = _preview(chunk.filter(answered), key_column)
+            self.head += rows[: PREVIEW_ROWS - len(self.head)]
+        if len(self.unanswered) < PREVIEW_ROWS:
+            rows = _preview(chunk.filter(pc.invert(answered)), key_column)
+            self.unanswered += rows[: PREVIEW_ROWS - len(self.unanswered)]
+
+    def preview(self) -> list[dict[str, Any]]:
+        return (self.unanswered + self.head)[:PREVIEW_ROWS]
 
 
 class _WriteBehind:
@@ -450,8 +465,9 @@ def _combined(
 
 
 def _preview(batch: pa.RecordBatch, key_column: str) -> list[dict[str, Any]]:
-    """The first rows' key, id, status, text and error, as short JSON-friendly values."""
-    names = [key_column, "custom_id", "status", "response_text", "error_code", "error_message"]
+    """The rows' key, status, text and error, as short JSON-friendly values (the custom_id
+    is the partition and the key again: it would only take the reader's width)."""
+    names = [key_column, "status", "response_text", "error_code", "error_message"]
     head = batch.slice(0, PREVIEW_ROWS).select(names).to_pylist()
     return [{name: _short(value) for name, value in row.items()} for row in head]
 

@@ -130,4 +130,5 @@ class ResultsWriter(PipelineWorker):
             saved_usd=None if batch_cost is None or live_cost is None else live_cost - batch_cost,
             columns=list(summary.columns),
             preview=list(summary.preview),
+            failures=list(summary.failures),
         )

@@ -37,7 +37,7 @@ def partition_status(
 ) -> PartitionStatus:
     """The status of the partition's current generation: `shards` are its shards, `batches`
     the ledger's batches of the partition (those of other generations are left out)."""
-    current = {shard.batch_id for shard in shards if shard.batch_id}
+    attempts = {shard.batch_id: shard.attempt for shard in shards if shard.batch_id}
     return PartitionStatus(
         pipeline=record.pipeline,
         partition=record.partition,
@@ -47,7 +47,11 @@ def partition_status(
         requests=record.requests,
         rejected=record.rejected,
         shards=dict(Counter(shard.state for shard in shards)),
-        batches=[_batch_progress(batch) for batch in batches if batch["batch_id"] in current],
+        batches=[
+            _batch_progress(batch, attempts[batch["batch_id"]])
+            for batch in batches
+            if batch["batch_id"] in attempts
+        ],
         waiting=[
             f"{shard.shard_id}: {shard.last_error}"
             for shard in shards
@@ -57,10 +61,14 @@ def partition_status(
     )
 
 
-def _batch_progress(batch: dict[str, Any]) -> dict[str, Any]:
+def _batch_progress(batch: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """A batch as `status` shows it: its rows' attempt (1 the first, then each retry), its
+    progress, and when its completion window ends (None if the provider did not say)."""
     return {
         "batch_id": batch["batch_id"],
         "status": batch["status"],
+        "attempt": attempt,
+        "expires_at": batch.get("expires_at"),
         "completed": batch["request_completed"] or 0,
         "failed": batch["request_failed"] or 0,
         "total": batch["request_total"] or 0,

@@ -171,6 +171,7 @@ class BatchInfo:
     metadata: dict[str, str] = field(default_factory=dict)
     input_tokens: int | None = None
     output_tokens: int | None = None
+    expires_at: int | None = None  # when the completion window ends (Unix seconds)
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,8 @@ class ResultsSummary:
     preview: list[dict[str, Any]]
     already_collected: bool = False
     spec_changed: str | None = None  # results made with another request: says so
+    # Unanswered rows per status and error code, with a sample message (`core.failures`).
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """What the ledger keeps of it: the facts of the results, not this call's notes."""

@@ -4,6 +4,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch_pipeline.core.failures import failure_groups
 from batch_pipeline.core.layout import results_path
 from batch_pipeline.core.ledger import PartitionRecord
 from batch_pipeline.core.parquet_files import read_parquet
@@ -14,6 +15,7 @@ from batch_pipeline.dagster.assets import (
     build_asset_specs,
     build_partitions_def,
 )
+from batch_pipeline.dagster.metadata import failures_table
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
 
@@ -29,7 +31,8 @@ def build_results_checks(
     backend_resource_key: str = DEFAULT_BACKEND_RESOURCE_KEY,
 ) -> list[dg.AssetChecksDefinition]:
     """Two checks on the day's results: every source row exactly once (blocking, error), and
-    the share of rows without an answer at most `checks.max_failed_share` (warning).
+    the share of rows without an answer at most `checks.max_failed_share` (warning), which
+    says what the failures were (rows per status and error code, with a sample message).
 
     They read the day's ledger record through the `BatchBackendResource` under
     `backend_resource_key`, on the step's ledger connection. They are partitioned like the
@@ -50,7 +53,7 @@ def build_results_checks(
         "(a rejected duplicate key shares the id of the row it repeats).",
     )
     def every_source_row_once(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        record, table = _written_results(context, spec, backend_resource_key)
+        record, table = _written_results(context, spec, backend_resource_key, ["custom_id"])
         sent = table.filter(pc.not_equal(table.column("status"), RowStatus.REJECTED.value))
         ids = sent.column("custom_id")
         repeated = [key for key, n in _value_counts(ids).items() if n > 1 and key is not None]
@@ -58,45 +61,56 @@ def build_results_checks(
         return dg.AssetCheckResult(
             passed=passed,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=None
-            if passed
-            else f"{table.num_rows} result rows for {record.source_rows} source rows; "
-            f"{len(repeated)} custom_ids answered more than once, {ids.null_count} without id",
+            description=f"{table.num_rows:,} result rows for {record.source_rows:,} source rows"
+            + (
+                ""
+                if passed
+                else f"; {len(repeated)} custom_ids answered more than once, "
+                f"{ids.null_count} without id"
+            ),
             metadata={
                 "source_rows": record.source_rows,
                 "result_rows": table.num_rows,
-                "repeated_custom_ids": len(repeated),
-                "repeated_sample": dg.MetadataValue.json(repeated[:SAMPLE_SIZE]),
-                "rows_without_custom_id": ids.null_count,
-                "generation": record.generation,
+                # what went wrong, only when something did: zeros and empty lists say nothing
+                **({"repeated_custom_ids": len(repeated)} if repeated else {}),
+                **(
+                    {"repeated_sample": dg.MetadataValue.json(repeated[:SAMPLE_SIZE])}
+                    if repeated
+                    else {}
+                ),
+                **({"rows_without_custom_id": ids.null_count} if ids.null_count else {}),
             },
         )
+
+    limit = spec.checks.max_failed_share
 
     @dg.asset_check(
         asset=results_key,
         name=FAILED_SHARE_CHECK,
         partitions_def=partitions_def,
         required_resource_keys={backend_resource_key},
-        description="At most checks.max_failed_share of the day's rows end without an answer "
+        description=f"At most {limit:.1%} of the day's rows end without an answer "
         "(failed, expired, cancelled or rejected).",
     )
     def failed_share_within_limit(
         context: dg.AssetCheckExecutionContext,
     ) -> dg.AssetCheckResult:
-        _, table = _written_results(context, spec, backend_resource_key)
-        counts = _value_counts(table.column("status"))
-        unanswered = table.num_rows - counts.get(RowStatus.SUCCEEDED.value, 0)
+        _, table = _written_results(
+            context, spec, backend_resource_key, ["error_code", "error_message"]
+        )
+        groups = failure_groups(table)
+        unanswered = sum(group["rows"] for group in groups)
         share = unanswered / table.num_rows if table.num_rows else 0.0
-        limit = spec.checks.max_failed_share
+        passed = share <= limit
         return dg.AssetCheckResult(
-            passed=share <= limit,
+            passed=passed,
             severity=dg.AssetCheckSeverity.WARN,
-            description=f"{unanswered} of {table.num_rows} rows without an answer "
-            f"({share:.1%}, limit {limit:.1%})",
+            description=f"{unanswered:,} of {table.num_rows:,} rows without an answer "
+            f"({share:.1%}), {'within' if passed else 'above'} the limit of {limit:.1%}",
             metadata={
-                "failed_share": round(share, 6),
-                "max_failed_share": limit,
-                **{f"rows_{status.value}": counts.get(status.value, 0) for status in RowStatus},
+                "failed_share": dg.MetadataValue.float(round(share, 6)),
+                "unanswered_rows": unanswered,
+                **({"failures": failures_table(groups)} if groups else {}),
             },
         )
 
@@ -104,18 +118,20 @@ def build_results_checks(
 
 
 def _written_results(
-    context: dg.AssetCheckExecutionContext, spec: PipelineSpec, backend_resource_key: str
+    context: dg.AssetCheckExecutionContext,
+    spec: PipelineSpec,
+    backend_resource_key: str,
+    columns: list[str],
 ) -> tuple[PartitionRecord, pa.Table]:
     """The day's ledger record, read on the step's backend resource, and its results table
-    (custom_id and status only)."""
+    (status and `columns` only)."""
     partition = context.partition_key
     backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
     with backend.open_pipeline(spec) as pipeline:
         record = pipeline.get_partition(partition)
         if record is None or record.results_path is None:
             raise dg.Failure(f"{spec.name} {partition}: no results have been written for this day")
-        columns = ["custom_id", "status"]
-        return record, read_parquet(pipeline.storage, results_path(partition), columns)
+        return record, read_parquet(pipeline.storage, results_path(partition), ["status", *columns])
 
 
 def _value_counts(column: pa.ChunkedArray) -> dict[object, int]:

@@ -1,8 +1,11 @@
 """The materialization metadata of the three assets, built from the core's summaries.
 
-Keys of our own start with `batch_pipeline/`; Dagster's standard keys (`dagster/row_count`,
-`dagster/column_schema`, `dagster/uri`) are written by name, so no private import is needed.
-Everything here is plain data from the core: no config, so never a secret.
+Labels are short and plain, as dagster-dbt's and dagster-sling's materializations are
+(`row_count`, `elapsed_time`): a unit in the name (`cost_usd`), numbers kept numbers so that
+Dagster plots them, sizes written for a person. A value that would say nothing (a zero that
+is always zero, an empty list, the first generation) is left out rather than plotted flat.
+Dagster's standard keys (`dagster/row_count`, `dagster/column_schema`) are written by name, so
+no private import is needed. Everything here is plain data from the core: never a secret.
 """
 
 from __future__ import annotations
@@ -15,66 +18,107 @@ import dagster as dg
 from batch_pipeline.core.pipeline import RequestsSummary, ResultsSummary, SubmitSummary
 from batch_pipeline.core.types import RowStatus
 
-PREFIX = "batch_pipeline/"
 ROW_COUNT = "dagster/row_count"
 COLUMN_SCHEMA = "dagster/column_schema"
-URI = "dagster/uri"
 PREVIEW_CELL_CHARS = 60
+_SIZE_UNITS = ("bytes", "KB", "MB", "GB", "TB")
 
 
 def requests_metadata(summary: RequestsSummary) -> dict[str, Any]:
-    """Rows, rejections, shards, bytes, token and cost estimates of a built partition."""
+    """Rows, rejections, shards, size, token and cost estimates of a built partition."""
     return _without_none(
         {
             ROW_COUNT: summary.requests,
-            PREFIX + "generation": summary.generation,
-            PREFIX + "source_rows": summary.source_rows,
-            PREFIX + "requests": summary.requests,
-            PREFIX + "rejected_rows": summary.rejected,
-            PREFIX + "rows_without_day": summary.rows_without_day,
-            PREFIX + "shards": summary.shards,
-            PREFIX + "bytes": summary.bytes,
-            PREFIX + "estimated_input_tokens": summary.estimated_input_tokens,
-            PREFIX + "estimated_cost_live_usd": _usd(summary.estimated_cost_live_usd),
-            PREFIX + "estimated_cost_batch_usd": _usd(summary.estimated_cost_batch_usd),
-            PREFIX + "manifest": dg.MetadataValue.path(summary.manifest_path),
-            PREFIX + "reused_existing_build": summary.already_built,
-            PREFIX + "spec_changed": summary.spec_changed,
+            "source_rows": summary.source_rows,
+            "rejected_rows": summary.rejected,
+            "rows_without_day": summary.rows_without_day or None,
+            "shards": summary.shards,
+            "size": readable_size(summary.bytes),
+            "estimated_input_tokens": summary.estimated_input_tokens,
+            **_costs(
+                summary.estimated_cost_batch_usd,
+                summary.estimated_cost_live_usd,
+                prefix="estimated_",
+            ),
+            "manifest": dg.MetadataValue.path(summary.manifest_path),
+            "reused_build": True if summary.already_built else None,
+            **_generation(summary.generation),
+            "spec_changed": summary.spec_changed,
         }
     )
 
 
 def batches_metadata(summary: SubmitSummary) -> dict[str, Any]:
     """The batches a submission created, those already in flight, and what still waits."""
-    return {
-        PREFIX + "submitted_batch_ids": dg.MetadataValue.json(list(summary.submitted_batch_ids)),
-        PREFIX + "in_flight_batch_ids": dg.MetadataValue.json(list(summary.in_flight_batch_ids)),
-        PREFIX + "submitted_batches": len(summary.submitted_batch_ids),
-        PREFIX + "waiting_shards": summary.waiting_shards,
-        PREFIX + "refused_shards": len(summary.refused_reasons),
-    }
+    return _without_none(
+        {
+            "submitted_batches": len(summary.submitted_batch_ids),
+            "batch_ids": _json_list(summary.submitted_batch_ids),
+            "in_flight_batch_ids": _json_list(summary.in_flight_batch_ids),
+            "waiting_shards": summary.waiting_shards or None,
+            "refused_shards": len(summary.refused_reasons) or None,
+        }
+    )
 
 
 def results_metadata(summary: ResultsSummary) -> dict[str, Any]:
-    """Counts per status, tokens, cost and saving, the Parquet file, its schema, a preview."""
+    """Rows per status, what the failures were, tokens, cost and saving, the Parquet file, its
+    schema, and a preview with the rows that have no answer first."""
     counts = {status.value: summary.counts.get(status.value, 0) for status in RowStatus}
     return _without_none(
         {
             ROW_COUNT: summary.rows,
-            URI: summary.path,
+            **counts,
+            "failures": failures_table(summary.failures),
+            "input_tokens": summary.input_tokens,
+            "output_tokens": summary.output_tokens,
+            **_costs(summary.cost_batch_usd, summary.cost_live_usd),
+            "path": dg.MetadataValue.path(summary.path),
             COLUMN_SCHEMA: dg.MetadataValue.table_schema(column_schema(summary.columns)),
-            PREFIX + "path": dg.MetadataValue.path(summary.path),
-            PREFIX + "generation": summary.generation,
-            **{PREFIX + f"rows_{status}": count for status, count in counts.items()},
-            PREFIX + "input_tokens": summary.input_tokens,
-            PREFIX + "output_tokens": summary.output_tokens,
-            PREFIX + "cost_batch_usd": _usd(summary.cost_batch_usd),
-            PREFIX + "cost_live_usd": _usd(summary.cost_live_usd),
-            PREFIX + "saved_usd": _usd(summary.saved_usd),
-            PREFIX + "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
-            PREFIX + "spec_changed": summary.spec_changed,
+            "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
+            **_generation(summary.generation),
+            "spec_changed": summary.spec_changed,
         }
     )
+
+
+def failures_table(groups: Sequence[Mapping[str, Any]]) -> dg.MetadataValue | None:
+    """Rows without an answer per status and error code, with one sample message each (the
+    core's failure groups); None when every row has an answer."""
+    if not groups:
+        return None
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("status", "string"),
+            dg.TableColumn("error_code", "string"),
+            dg.TableColumn("rows", "int"),
+            dg.TableColumn("sample_message", "string"),
+        ]
+    )
+    records = [
+        dg.TableRecord(
+            {
+                "status": group["status"],
+                "error_code": group["error_code"] or "",
+                "rows": group["rows"],
+                "sample_message": group["sample_message"] or "",
+            }
+        )
+        for group in groups
+    ]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def readable_size(size: int) -> str:
+    """`41438` -> `40.5 KB` (powers of 1024, as file browsers show them)."""
+    if size < 1024:
+        return f"{size:,} bytes"
+    value = size / 1024
+    for unit in _SIZE_UNITS[1:-1]:
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} {_SIZE_UNITS[-1]}"
 
 
 def column_schema(columns: Sequence[tuple[str, str]]) -> dg.TableSchema:
@@ -95,6 +139,30 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _costs(batch: float | None, live: float | None, *, prefix: str = "") -> dict[str, Any]:
+    """The batch cost, what the same calls cost live, and the saving in USD and percent
+    (floats, so Dagster plots them); nothing for a model without a known price."""
+    if batch is None or live is None:
+        return {}
+    return {
+        f"{prefix}cost_usd": dg.MetadataValue.float(round(batch, 6)),
+        f"{prefix}live_cost_usd": dg.MetadataValue.float(round(live, 6)),
+        f"{prefix}saved_usd": dg.MetadataValue.float(round(live - batch, 6)),
+        f"{prefix}saved_percent": dg.MetadataValue.float(
+            round(100 * (live - batch) / live, 1) if live else 0.0
+        ),
+    }
+
+
+def _generation(generation: int) -> dict[str, int]:
+    """The generation, once a day was rebuilt (the first one says nothing)."""
+    return {"generation": generation} if generation > 1 else {}
+
+
+def _json_list(values: Sequence[str]) -> dg.MetadataValue | None:
+    return dg.MetadataValue.json(list(values)) if values else None
+
+
 def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     text = text.replace("\n", " ").replace("|", "\\|")
@@ -103,10 +171,6 @@ def _cell(value: Any) -> str:
     return text
 
 
-def _usd(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
-
-
 def _without_none(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Unknown values (no price for the model, say) are left out rather than shown as 0."""
+    """Unknown or empty values (no price for the model, say) are left out, not shown as 0."""
     return {key: value for key, value in metadata.items() if value is not None}

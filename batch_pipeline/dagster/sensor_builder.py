@@ -11,6 +11,7 @@ what the last tick saw, for the UI, and when the intermediates were last removed
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_for_serdes
@@ -19,7 +20,7 @@ from batch_pipeline.core.ledger import PartitionRecord
 from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
 from batch_pipeline.core.reconnect import LedgerUnavailableError
 from batch_pipeline.core.spec import PipelineSpec
-from batch_pipeline.core.types import ShardState
+from batch_pipeline.core.types import BatchStatus, ShardState
 from batch_pipeline.dagster.assets import build_asset_specs, build_partitions_def
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
@@ -53,10 +54,11 @@ TICK_RECONNECT_SECONDS = 15.0
 @whitelist_for_serdes
 @dataclass(frozen=True)
 class BatchPipelineSensorCursor:
-    """What the last tick saw (for the UI); the next tick resumes from the ledger."""
+    """What the last tick saw, in words a person reads on the sensor page (the time in UTC);
+    the next tick resumes from the ledger, not from here."""
 
-    version: int = 1
-    polled_at: float | None = None
+    version: int = 2
+    polled_at: str | None = None  # e.g. "2026-11-21 01:00:04 UTC"
     in_flight: int = 0
     queued: int = 0
     timed_out: bool = False
@@ -99,7 +101,7 @@ def build_batch_pipeline_sensor(
         previous = _read_cursor(context)
         if previous.polled_at is not None:
             context.log.info(
-                f"previous poll {time.time() - previous.polled_at:.0f} s ago: "
+                f"previous poll at {previous.polled_at}: "
                 f"{previous.in_flight} in flight, {previous.queued} queued"
             )
         try:
@@ -112,7 +114,10 @@ def build_batch_pipeline_sensor(
                     )
                 )
                 skip_reason = (
-                    None if run_requests else _waiting_message(pipeline, report, context.instance)
+                    None
+                    if run_requests
+                    else f"{_poll_summary(report)} "
+                    + _waiting_message(pipeline, report, context.instance, results_key)
                 )
                 gc_at = previous.gc_at
                 if not report.timed_out and time.time() - (gc_at or 0.0) >= gc_interval_seconds:
@@ -121,7 +126,7 @@ def build_batch_pipeline_sensor(
             context.log.warning(f"{exc}; the next tick tries again")
             return dg.SensorResult(skip_reason=f"{exc}; the next tick tries again")
         cursor = BatchPipelineSensorCursor(
-            polled_at=time.time(),
+            polled_at=readable_time(time.time(), seconds=True),
             in_flight=report.in_flight,
             queued=report.queued,
             timed_out=report.timed_out,
@@ -158,20 +163,22 @@ def _results_run_requests(
     partitions_def: dg.PartitionsDefinition,
     rerun_after_seconds: float,
 ) -> Iterator[dg.RunRequest]:
-    """A results run for each settled day that has none going, none that finished less than
-    `rerun_after_seconds` ago, and fewer than `MAX_RESULTS_REQUESTS` so far.
+    """A results run for each day that needs one (`_days_needing_results`) that has none
+    going, none that finished less than `rerun_after_seconds` ago, and fewer than
+    `MAX_RESULTS_REQUESTS` so far.
 
     What was asked for is read from the runs themselves (by run key), not recorded here: an
     evaluation whose requests are never launched (the UI's "Test sensor", a tick that dies)
     leaves nothing behind, and the next tick asks again under the same key.
     """
     now = time.time()
-    for record in pipeline.partitions_awaiting_results():
+    for record in _days_needing_results(context.instance, pipeline, results_key):
         if not partitions_def.has_partition_key(record.partition):
-            context.log.warning(
-                f"{record.partition} has settled but is not a partition of the assets; "
-                "collect it with the batch-pipeline CLI"
-            )
+            if not record.is_collected:
+                context.log.warning(
+                    f"{record.partition} has settled but is not a partition of the assets; "
+                    "collect it with the batch-pipeline CLI"
+                )
             continue
         runs = _results_runs(context.instance, pipeline.spec.name, record)
         if len(runs) >= MAX_RESULTS_REQUESTS or any(
@@ -181,8 +188,13 @@ def _results_run_requests(
         if runs and now - (runs[-1].end_time or now) < rerun_after_seconds:
             continue
         request = len(runs) + 1
+        why = (
+            "has results in the ledger that this Dagster instance has not materialized"
+            if record.is_collected
+            else "has settled"
+        )
         context.log.info(
-            f"{record.partition} generation {record.generation} has settled: "
+            f"{record.partition} generation {record.generation} {why}: "
             f"requesting its results run ({request})"
         )
         yield dg.RunRequest(
@@ -193,6 +205,19 @@ def _results_run_requests(
             asset_selection=[results_key],
             tags={"batch_pipeline/pipeline": pipeline.spec.name},
         )
+
+
+def _days_needing_results(
+    instance: dg.DagsterInstance, pipeline: Pipeline, results_key: dg.AssetKey
+) -> list[PartitionRecord]:
+    """Settled days whose results are not written yet, and days whose results are written
+    (by another Dagster instance, or the command line) but were never materialized in this
+    one: a new instance on a ledger of settled days shows their results too."""
+    settled = [record for record in pipeline.partitions() if record.settled_at is not None]
+    if any(record.is_collected for record in settled):
+        materialized = set(instance.get_materialized_partitions(results_key))
+        settled = [r for r in settled if not r.is_collected or r.partition not in materialized]
+    return settled
 
 
 def _results_runs(
@@ -209,25 +234,28 @@ def _results_runs(
     return runs
 
 
-def _waiting_message(pipeline: Pipeline, report: PollReport, instance: dg.DagsterInstance) -> str:
-    """What the pipeline waits for, day by day, e.g. '3 batches in flight for 2026-11-20'."""
+def _waiting_message(
+    pipeline: Pipeline,
+    report: PollReport,
+    instance: dg.DagsterInstance,
+    results_key: dg.AssetKey,
+) -> str:
+    """What the pipeline waits for, day by day, e.g. 'Waiting: 1 batch in flight for
+    2026-11-20 (attempt 1 of 3, 40 of 41 requests done, expires 2026-11-21 01:00 UTC).'"""
     open_days = [record.partition for record in pipeline.partitions() if record.settled_at is None]
     awaiting, stuck = [], []
-    for record in pipeline.partitions_awaiting_results():
+    for record in _days_needing_results(instance, pipeline, results_key):
         runs = _results_runs(instance, pipeline.spec.name, record)
         (stuck if len(runs) >= MAX_RESULTS_REQUESTS else awaiting).append(record.partition)
+    max_attempts = pipeline.spec.retry.max_attempts
     parts = [
-        _describe_day(pipeline.status(partition)[0])
+        _describe_day(pipeline.status(partition)[0], max_attempts)
         for partition in open_days[:MAX_PARTITIONS_IN_MESSAGE]
     ]
     if len(open_days) > MAX_PARTITIONS_IN_MESSAGE:
         parts.append(f"{len(open_days) - MAX_PARTITIONS_IN_MESSAGE} more days")
     if awaiting:
-        days = ", ".join(awaiting[:MAX_PARTITIONS_IN_MESSAGE])
-        more = len(awaiting) - MAX_PARTITIONS_IN_MESSAGE
-        parts.append(
-            f"results runs requested for {days}" + (f" and {more} more days" if more > 0 else "")
-        )
+        parts.append(f"results runs requested for {_days(awaiting)}")
     if stuck:
         parts.append(
             f"a person to look at {', '.join(stuck[:MAX_PARTITIONS_IN_MESSAGE])}, whose "
@@ -242,7 +270,13 @@ def _waiting_message(pipeline: Pipeline, report: PollReport, instance: dg.Dagste
     return message
 
 
-def _describe_day(status: PartitionStatus) -> str:
+def _days(days: list[str]) -> str:
+    more = len(days) - MAX_PARTITIONS_IN_MESSAGE
+    shown = ", ".join(days[:MAX_PARTITIONS_IN_MESSAGE])
+    return shown + (f" and {more} more days" if more > 0 else "")
+
+
+def _describe_day(status: PartitionStatus, max_attempts: int) -> str:
     in_flight = status.shards.get(ShardState.SUBMITTED, 0)
     queued = status.shards.get(ShardState.QUEUED, 0) + status.shards.get(ShardState.SUBMITTING, 0)
     parts = []
@@ -255,7 +289,45 @@ def _describe_day(status: PartitionStatus) -> str:
         parts.append(f"{_count(built, 'shard', 'shards')} built, not asked to be submitted")
     if not parts:
         parts.append(status.state)
-    return f"{' and '.join(parts)} for {status.partition}"
+    note = _batches_note(status.batches, max_attempts) if in_flight else ""
+    return f"{' and '.join(parts)} for {status.partition}{note}"
+
+
+def _batches_note(batches: list[dict[str, Any]], max_attempts: int) -> str:
+    """' (attempt 1 of 3, 40 of 41 requests done, expires 2026-11-21 01:00 UTC)' for the
+    day's unfinished batches: the latest attempt, their progress, the last window's end."""
+    running = [b for b in batches if not BatchStatus(b["status"]).is_terminal]
+    if not running:
+        return ""
+    notes = [f"attempt {max(b['attempt'] for b in running)} of {max_attempts}"]
+    total = sum(b["total"] for b in running)
+    if total:
+        done = sum(b["completed"] + b["failed"] for b in running)
+        notes.append(f"{done:,} of {total:,} requests done")
+    expiries = [b["expires_at"] for b in running if b.get("expires_at")]
+    if expiries:
+        notes.append(f"expires {readable_time(max(expiries))}")
+    return f" ({', '.join(notes)})"
+
+
+def readable_time(timestamp: float, *, seconds: bool = False) -> str:
+    """A Unix time as a person reads it on the sensor page: '2026-11-21 01:00 UTC'."""
+    pattern = "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC"
+    return time.strftime(pattern, time.gmtime(timestamp))
+
+
+def _poll_summary(report: PollReport) -> str:
+    """What this tick's poll did, e.g. 'Polled: 2 batches finished, 2 shards collected.'"""
+    finished = sum(1 for _, status in report.changed if BatchStatus(status).is_terminal)
+    counts = [
+        (finished, "batch finished", "batches finished"),
+        (report.collected_shards, "shard collected", "shards collected"),
+        (report.retry_shards, "retry shard made", "retry shards made"),
+        (len(report.submitted_batch_ids), "batch submitted", "batches submitted"),
+        (len(report.errors), "poll error (in the tick's logs)", "poll errors (in the tick's logs)"),
+    ]
+    said = [_count(n, one, many) for n, one, many in counts if n]
+    return f"Polled: {', '.join(said)}." if said else "Polled: no batch changed."
 
 
 def _count(n: int, one: str, many: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,16 +49,22 @@ class BatchPipelineTranslator:
             deps=[self.get_asset_spec(spec, upstream).key] if upstream else [],
             description=_DESCRIPTIONS[role],
             group_name=spec.name,
-            kinds={"openai"},
+            kinds={provider_kind(spec.backend.provider)},
             code_version=spec_version(spec),
             metadata={
-                "batch_pipeline/pipeline": spec.name,
-                "batch_pipeline/role": role,
-                "batch_pipeline/model": spec.request.model,
-                "batch_pipeline/endpoint": spec.request.endpoint.value,
+                "provider": spec.backend.provider,
+                "model": spec.request.model,
+                "endpoint": spec.request.endpoint.value,
                 "batch_pipeline/spec": dg.MetadataValue.json(spec_as_json(spec)),
             },
         )
+
+
+def provider_kind(provider: str) -> str:
+    """The Dagster kind an asset shows for the Batch API it runs on: the provider's name
+    (`openai`, `azure`, `anthropic` get Dagster's icons; `local` is the local Batch API),
+    reduced to the characters a kind tag allows."""
+    return re.sub(r"[^a-z0-9_-]+", "_", provider.lower()) or "batch_api"
 
 
 def spec_as_json(spec: PipelineSpec) -> dict:
@@ -103,6 +110,9 @@ def _without_password(url: str) -> str:
 
 
 def spec_version(spec: PipelineSpec) -> str:
-    """A short hash of the spec: the assets' code version, so a changed spec shows as such."""
-    text = json.dumps(spec_as_json(spec), sort_keys=True)
+    """A short hash of the spec: the assets' code version, so a changed spec shows as such.
+    Where the Batch API is served from is left out: moving it changes no result."""
+    data = spec_as_json(spec)
+    data["backend"].pop("base_url", None)
+    text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -667,9 +667,10 @@ def test_a_rebuild_of_a_day_in_flight_is_refused_until_it_is_cancelled(tmp_path,
 def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
     tmp_path, api, database, request
 ):
-    """A version 2 ledger (no `deferrals`, `request_fingerprint` nor
-    `intermediates_removed_at` column) with a shard in it opens, gains the columns with its
-    shards kept, and is marked; a ledger newer than this package is refused."""
+    """A version 2 ledger (no `deferrals`, `request_fingerprint`,
+    `intermediates_removed_at` nor batch `expires_at` column) with a shard in it opens, gains
+    the columns with its shards kept, and is marked; a ledger newer than this package is
+    refused."""
     url = (
         request.getfixturevalue("own_postgres_database")
         if database == "postgresql"
@@ -686,6 +687,7 @@ def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
         conn.execute(sa.text("ALTER TABLE bp_shards DROP COLUMN deferrals"))
         conn.execute(sa.text("ALTER TABLE bp_partitions DROP COLUMN request_fingerprint"))
         conn.execute(sa.text("ALTER TABLE bp_partitions DROP COLUMN intermediates_removed_at"))
+        conn.execute(sa.text("ALTER TABLE bp_batches DROP COLUMN expires_at"))
         conn.execute(sa.text("UPDATE bp_schema SET version = 2"))
     with api.pipeline(spec) as pipeline:
         (shard,) = pipeline.ledger.shards(spec.name)
@@ -696,6 +698,8 @@ def test_a_ledger_of_the_previous_schema_is_migrated_and_a_newer_one_refused(
         assert len(pipeline.submit(DAY).submitted_batch_ids) == 1
     with engine.begin() as conn:
         assert conn.execute(sa.text("SELECT version FROM bp_schema")).scalar() == SCHEMA_VERSION
+        # the batch made after the migration keeps the end of its completion window
+        assert conn.execute(sa.text("SELECT expires_at FROM bp_batches")).scalar() is not None
         conn.execute(sa.text("UPDATE bp_schema SET version = :v"), {"v": SCHEMA_VERSION + 1})
     engine.dispose()
     with pytest.raises(RuntimeError, match="upgrade batch_pipeline"):

@@ -163,11 +163,44 @@ def test_every_source_row_appears_once_with_its_status(tmp_path: Path) -> None:
     }
     assert (summary.input_tokens, summary.output_tokens) == (17, 4)
     assert summary.columns[0] == ("ticket_id", "string")
-    assert summary.preview[0]["ticket_id"] == "a" and len(summary.preview) == 5
+    # the rows a reader looks for come first: those without an answer, in file order
+    assert [row["ticket_id"] for row in summary.preview] == ["b", "c", "e", "f", "g"]
+    assert summary.failures == [
+        {
+            "status": "rejected",
+            "error_code": "rejected",
+            "rows": 3,
+            "sample_message": "the prompt is empty",
+        },
+        {
+            "status": "cancelled",
+            "error_code": "batch_cancelled",
+            "rows": 1,
+            "sample_message": "stopped",
+        },
+        {"status": "expired", "error_code": "batch_expired", "rows": 1, "sample_message": "late"},
+        {"status": "failed", "error_code": "http_400", "rows": 1, "sample_message": "bad"},
+    ]
     assert files_under(tmp_path / "results") == [f"partition={DAY}/part-0.parquet"]
     plain = tmp_path / "plain.txt"
     plain.write_text("x")  # the results are as readable as any file written here
     assert Path(summary.path).stat().st_mode == plain.stat().st_mode
+
+
+def test_the_preview_shows_succeeded_rows_after_those_without_an_answer(tmp_path: Path) -> None:
+    keys = ["a", "b", "c", "d", "e", "f", "g"]
+    summary = assemble(
+        tmp_path,
+        source(keys),
+        outcomes=outcomes(
+            *(outcome(key) for key in keys if key != "f"),
+            outcome("f", "failed", http_status=500, error_code="http_500", error_message="x"),
+        ),
+    )
+    assert [row["ticket_id"] for row in summary.preview] == ["f", "a", "b", "c", "d"]
+    assert [(g["status"], g["error_code"], g["rows"]) for g in summary.failures] == [
+        ("failed", "http_500", 1)
+    ]
 
 
 def test_rejections_must_say_which_row_they_reject(tmp_path: Path) -> None:

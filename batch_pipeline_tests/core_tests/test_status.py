@@ -78,7 +78,15 @@ def test_the_status_counts_shards_by_state_and_shows_only_the_current_batches() 
         ShardState.COLLECTED: 1,
     }
     assert status.batches == [
-        {"batch_id": "b1", "status": "in_progress", "completed": 1, "failed": 0, "total": 3}
+        {
+            "batch_id": "b1",
+            "status": "in_progress",
+            "attempt": 1,
+            "expires_at": None,
+            "completed": 1,
+            "failed": 0,
+            "total": 3,
+        }
     ]
     assert status.waiting == ["s0: provider busy", "s1: token budget: in use"]
     assert (status.generation, status.requests, status.rejected) == (2, 4, 1)

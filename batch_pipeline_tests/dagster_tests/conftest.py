@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -79,3 +80,9 @@ def subprocess_env(dagster_env: dict[str, str], tmp_path: Path) -> dict[str, str
         "DAGSTER_DISABLE_TELEMETRY": "1",
         "DO_NOT_TRACK": "1",
     }
+
+
+def generation_of(metadata: Mapping[str, Any]) -> int:
+    """The generation a materialization says it built: shown once a day is rebuilt, so a
+    first generation carries none."""
+    return metadata["generation"].value if "generation" in metadata else 1

@@ -16,6 +16,7 @@ from batch_pipeline.dagster import (
 )
 from batch_pipeline.dagster.assets import REBUILD_TAG, backend_resource_key_for
 from batch_pipeline.demo import DEMO_DAYS, demo_spec_data, write_demo
+from batch_pipeline_tests.dagster_tests.conftest import generation_of
 
 URL = "http://127.0.0.1:9/v1"
 
@@ -102,10 +103,10 @@ def requests_metadata_of_runs(tmp_path, *run_tags: dict[str, str]) -> list[dict]
 @pytest.mark.slow
 def test_requests_again_before_submission_reuses_the_build(tmp_path) -> None:
     metadata = requests_metadata_of_runs(tmp_path, {}, {})
-    assert [m["batch_pipeline/generation"].value for m in metadata] == [1, 1]
-    assert [m["batch_pipeline/reused_existing_build"].value for m in metadata] == [False, True]
-    assert metadata[0]["batch_pipeline/rejected_rows"].value >= 2  # null body, duplicate key
-    assert metadata[0]["batch_pipeline/rows_without_day"].value == 0
+    assert [generation_of(m) for m in metadata] == [1, 1]
+    assert ["reused_build" in m for m in metadata] == [False, True]
+    assert metadata[0]["rejected_rows"].value >= 2  # null body, duplicate key
+    assert "rows_without_day" not in metadata[0]  # none, so not shown
 
 
 @pytest.mark.slow
@@ -156,7 +157,7 @@ def test_a_rebuild_whose_build_died_is_finished_by_the_retried_run(tmp_path, bat
         )
         assert retried.success
         (event,) = retried.get_asset_materialization_events()
-        assert event.materialization.metadata["batch_pipeline/generation"].value == 2
+        assert generation_of(event.materialization.metadata) == 2
 
 
 @pytest.mark.slow
@@ -184,5 +185,5 @@ def test_batches_of_a_day_never_built_fail_and_say_to_build_it_first(tmp_path) -
 def test_a_day_built_but_not_submitted_can_be_rebuilt(tmp_path) -> None:
     """Nothing of it is paid for or in flight, so the rebuild tag is not refused."""
     metadata = requests_metadata_of_runs(tmp_path, {}, {REBUILD_TAG: "true"})
-    generations = [m["batch_pipeline/generation"].value for m in metadata]
+    generations = [generation_of(m) for m in metadata]
     assert generations == [1, 2]

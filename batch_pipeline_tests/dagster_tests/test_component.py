@@ -63,7 +63,7 @@ def test_relative_paths_are_relative_to_the_defs_yaml(project: Path, batch_api: 
     )
     assert result.success
     (event,) = result.get_asset_materialization_events()
-    manifest = event.materialization.metadata["batch_pipeline/manifest"].value
+    manifest = event.materialization.metadata["manifest"].value
     assert Path(manifest).is_relative_to(project / "src/bp_component_fixture/defs/ticket_triage")
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from batch_pipeline.core.pipeline import read_results
 from batch_pipeline.core.spec import PipelineSpec
+from batch_pipeline.core.types import RowStatus
 from batch_pipeline.dagster import (
     FAILED_SHARE_CHECK,
     ROWS_ONCE_CHECK,
@@ -28,7 +29,7 @@ from batch_pipeline.demo import (
     execute_run_request,
     sensor_run_requests,
 )
-from batch_pipeline_tests.dagster_tests.conftest import SECRET, SECRET_ENV
+from batch_pipeline_tests.dagster_tests.conftest import SECRET, SECRET_ENV, generation_of
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def generation_built(run: Any) -> int:
     (event,) = [
         e for e in run.get_asset_materialization_events() if e.asset_key.path[-1] == "requests"
     ]
-    return event.materialization.metadata["batch_pipeline/generation"].value
+    return generation_of(event.materialization.metadata)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +101,12 @@ def test_submission_runs_succeed_and_say_what_they_built(backfill: Backfill) -> 
         events = {e.asset_key.path[-1]: e for e in run.get_asset_materialization_events()}
         requests, batches = events["requests"], events["batches"]
         meta = requests.materialization.metadata
-        assert meta["batch_pipeline/generation"].value == 1
-        assert meta["batch_pipeline/shards"].value >= 1
-        assert meta["batch_pipeline/estimated_cost_batch_usd"].value < (
-            meta["batch_pipeline/estimated_cost_live_usd"].value
-        )
+        assert "generation" not in meta  # the first one
+        assert meta["shards"].value >= 1
+        assert meta["estimated_cost_usd"].value < meta["estimated_live_cost_usd"].value
+        assert meta["estimated_saved_percent"].value == 50.0
         assert requests.partition == day
-        ids = batches.materialization.metadata["batch_pipeline/submitted_batch_ids"].value
+        ids = batches.materialization.metadata["batch_ids"].value
         assert ids and all(isinstance(i, str) for i in ids)
 
 
@@ -150,11 +150,13 @@ def test_every_source_row_is_in_the_parquet_once(backfill: Backfill) -> None:
         meta = event.materialization.metadata
         day_rows = int((source["day"] == day).sum())
         assert meta["dagster/row_count"].value == day_rows
-        assert pd.read_parquet(meta["dagster/uri"].value).shape[0] == day_rows
+        assert pd.read_parquet(meta["path"].value).shape[0] == day_rows
         assert [c.name for c in meta["dagster/column_schema"].schema.columns][:1]
-        assert meta["batch_pipeline/preview"].value.startswith("| ")
-        counts = {k: v.value for k, v in meta.items() if k.startswith("batch_pipeline/rows_")}
+        assert meta["preview"].value.startswith("| ")
+        counts = {status.value: meta[status.value].value for status in RowStatus}
         assert sum(counts.values()) == day_rows
+        failures = meta["failures"].value.records if "failures" in meta else []
+        assert sum(r.data["rows"] for r in failures) == day_rows - counts["succeeded"]
 
 
 def test_checks_pass_and_the_bad_day_warns(backfill: Backfill) -> None:
@@ -211,5 +213,5 @@ def test_a_rebuilt_day_is_collected_again(backfill: Backfill, instance) -> None:
     result = execute_run_request(defs, again, instance)
     assert result.success
     (event,) = result.get_asset_materialization_events()
-    assert event.materialization.metadata["batch_pipeline/generation"].value == 2
+    assert generation_of(event.materialization.metadata) == 2
     assert checks_of(result)[ROWS_ONCE_CHECK].passed

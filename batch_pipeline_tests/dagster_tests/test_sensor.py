@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from dagster._core.utils import make_new_run_id
 from dagster_shared.serdes import deserialize_value, serialize_value
 
 from batch_pipeline.core import layout
+from batch_pipeline.core.pipeline import load_pipeline
 from batch_pipeline.dagster import (
     BatchBackendResource,
     BatchPipelineSensorCursor,
@@ -23,7 +25,7 @@ from batch_pipeline.dagster import (
 )
 from batch_pipeline.dagster.assets import backend_resource_key_for
 from batch_pipeline.dagster.sensor_builder import GC_INTERVAL_SECONDS, MAX_RESULTS_REQUESTS
-from batch_pipeline.demo import DEMO_DAYS, write_demo
+from batch_pipeline.demo import DEMO_DAYS, execute_run_request, write_demo
 from batch_pipeline_tests.batch_apis import MemoryApi
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
@@ -41,10 +43,13 @@ def test_an_unreadable_cursor_is_replaced(tmp_path) -> None:
         spec=spec, backend=BatchBackendResource(base_url=UNREACHABLE)
     )
     result = tick(sensor, cursor="not a cursor")
-    assert result.skip_reason.skip_message.startswith("Nothing to wait for")
+    assert result.skip_reason.skip_message.startswith(
+        "Polled: no batch changed. Nothing to wait for"
+    )
     cursor = deserialize_value(result.cursor, BatchPipelineSensorCursor)
-    assert (cursor.version, cursor.in_flight, cursor.queued) == (1, 0, 0)
-    assert cursor.polled_at is not None
+    assert (cursor.version, cursor.in_flight, cursor.queued) == (2, 0, 0)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", cursor.polled_at)
+    assert '"polled_at": "' in result.cursor  # a time a person reads on the sensor page
 
 
 @pytest.mark.slow
@@ -63,7 +68,14 @@ def test_an_unreachable_api_is_logged_and_the_tick_goes_on(tmp_path, batch_api: 
     down = BatchBackendResource(base_url=UNREACHABLE, max_retries=0, request_timeout_seconds=2)
     outcome = tick(build_batch_pipeline_sensor(spec=spec, backend=down))
     assert not outcome.run_requests
-    assert outcome.skip_reason.skip_message == f"Waiting: 1 batch in flight for {day}."
+    message = outcome.skip_reason.skip_message
+    assert message.startswith("Polled: 1 poll error (in the tick's logs). Waiting: "), message
+    # which attempt the batch is, and when its completion window ends
+    assert re.search(
+        rf"1 batch in flight for {day} \(attempt 1 of 3, .*"
+        r"expires \d{4}-\d\d-\d\d \d\d:\d\d UTC\)",
+        message,
+    ), message
 
 
 @pytest.mark.slow
@@ -184,7 +196,7 @@ def test_the_sensor_closes_over_its_backend_and_needs_no_resource(tmp_path) -> N
     sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
     assert sensor.required_resource_keys == set()
     result = tick(sensor)
-    assert result.skip_reason.skip_message.startswith("Nothing to wait for")
+    assert "Nothing to wait for" in result.skip_reason.skip_message
 
 
 @pytest.mark.slow
@@ -234,3 +246,28 @@ def test_the_sensor_removes_the_intermediates_of_old_days_at_most_once_an_interv
     with memory.pipeline(spec) as pipeline:
         assert intermediates(pipeline) == set()
         assert pipeline.read_results().equals(results)
+
+
+@pytest.mark.slow
+def test_a_new_instance_asks_for_the_results_of_days_settled_before_it(
+    tmp_path, batch_api: str
+) -> None:
+    """A Dagster instance that meets a ledger whose days are already collected (by another
+    instance, or the command line) asks for their results runs, so `results` appears."""
+    spec = write_demo(tmp_path, base_url=batch_api)
+    day = DEMO_DAYS[0]
+    with load_pipeline(spec) as pipeline:
+        pipeline.run(day, poll_interval=0.2, timeout=120)
+    defs = build_batch_pipeline_defs(spec=spec)
+    sensor = defs.resolve_sensor_def(f"{spec.name}_batch_sensor")
+    with dg.instance_for_test() as instance:
+        first = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        (request,) = first.run_requests
+        assert (request.partition_key, request.run_key) == (day, f"{spec.name}:{day}:g1:results:1")
+        run = execute_run_request(defs, request, instance)
+        assert run.success
+        (event,) = run.get_asset_materialization_events()
+        assert event.materialization.metadata["dagster/row_count"].value > 0
+        after = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        assert not after.run_requests
+        assert "Nothing to wait for" in after.skip_reason.skip_message

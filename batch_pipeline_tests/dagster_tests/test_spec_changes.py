@@ -15,7 +15,7 @@ from batch_pipeline.dagster.assets import REBUILD_TAG
 from batch_pipeline.demo import DEMO_DAYS, demo_spec_data, write_demo
 
 DAY = DEMO_DAYS[0]
-SPEC_CHANGED = "batch_pipeline/spec_changed"
+SPEC_CHANGED = "spec_changed"
 
 
 def materialize(

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,10 +15,14 @@ from pathlib import Path
 import pytest
 
 from batch_pipeline_tests.dagster_tests.conftest import FIXTURES, REPO_ROOT
+from batch_pipeline_tests.dagster_tests.dagster_commands import (
+    BIN,
+    free_port,
+    webserver_command,
+)
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 WEBSERVER_START_SECONDS = 90.0
 QUERY = """
 {
@@ -82,17 +84,9 @@ def test_dg_check_yaml_points_at_a_bad_key(subprocess_env: dict[str, str], tmp_p
 @pytest.fixture
 def webserver(subprocess_env: dict[str, str], dagster_home: Path) -> Iterator[str]:
     """dagster-webserver on a free port, on the instance the repo's dagster.yaml describes."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
-        [
-            str(BIN / "dagster-webserver"),
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
+        webserver_command(port),
         cwd=REPO_ROOT,
         env={**subprocess_env, "DAGSTER_HOME": str(dagster_home)},
         stdout=subprocess.DEVNULL,
@@ -126,12 +120,6 @@ def test_the_webserver_lists_the_assets_sensor_and_schedule(webserver: str) -> N
     assert repository["schedules"] == [
         {"name": "ticket_triage_nightly", "cronSchedule": "0 1 * * *"}
     ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_answering(url: str, process: subprocess.Popen) -> None:

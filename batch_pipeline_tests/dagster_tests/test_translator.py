@@ -9,6 +9,7 @@ import pytest
 
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster import BatchPipelineTranslator, build_asset_specs
+from batch_pipeline.dagster.translator import provider_kind
 from batch_pipeline.demo import demo_spec_data
 
 URL = "http://127.0.0.1:9/v1"
@@ -24,15 +25,35 @@ def test_three_roles_keyed_grouped_and_chained(spec: PipelineSpec) -> None:
     assert {role: s.key for role, s in specs.items()} == {
         role: dg.AssetKey([spec.name, role]) for role in ("requests", "batches", "results")
     }
-    assert all(s.group_name == spec.name and s.kinds == {"openai"} for s in specs.values())
+    assert all(s.group_name == spec.name and s.kinds == {"local"} for s in specs.values())
     assert [dep.asset_key for dep in specs["batches"].deps] == [specs["requests"].key]
     assert [dep.asset_key for dep in specs["results"].deps] == [specs["batches"].key]
     assert not specs["requests"].deps
 
 
-def test_metadata_is_json_and_namespaced(spec: PipelineSpec) -> None:
+@pytest.mark.parametrize(
+    ("provider", "kind"),
+    [("openai", "openai"), ("azure", "azure"), ("local", "local"), ("Some Cloud", "some_cloud")],
+)
+def test_the_kind_is_the_provider_of_the_batch_api(provider: str, kind: str) -> None:
+    assert provider_kind(provider) == kind
+
+
+def test_an_azure_pipeline_shows_the_azure_kind(tmp_path) -> None:
+    data = demo_spec_data(base_url=URL)
+    data["backend"] = {
+        "provider": "azure",
+        "azure_endpoint": "https://example.openai.azure.com",
+        "api_version": "2024-10-21",
+    }
+    spec = PipelineSpec.from_dict(data, base_dir=tmp_path)
+    assert all(s.kinds == {"azure"} for s in build_asset_specs(spec).values())
+
+
+def test_metadata_has_short_labels_and_the_spec_as_json(spec: PipelineSpec) -> None:
     for asset_spec in build_asset_specs(spec).values():
-        assert all(key.startswith("batch_pipeline/") for key in asset_spec.metadata)
+        assert set(asset_spec.metadata) == {"provider", "model", "endpoint", "batch_pipeline/spec"}
+        assert asset_spec.metadata["provider"] == "local"
         json.dumps(asset_spec.metadata["batch_pipeline/spec"].value)
 
 

@@ -135,6 +135,7 @@ class MemoryBatch:
             metadata=dict(self.metadata),
             input_tokens=sum(r.input_tokens for r in usage) if self.status.is_terminal else None,
             output_tokens=sum(r.output_tokens for r in usage) if self.status.is_terminal else None,
+            expires_at=int(self.deadline),
         )
 
     @cached_property

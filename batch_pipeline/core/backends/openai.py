@@ -69,6 +69,7 @@ def batch_info_from_openai(batch: Batch) -> BatchInfo:
         metadata={str(k): str(v) for k, v in (batch.metadata or {}).items()},
         input_tokens=batch.usage.input_tokens if batch.usage else None,
         output_tokens=batch.usage.output_tokens if batch.usage else None,
+        expires_at=batch.expires_at,
     )
 
 
