@@ -296,6 +296,7 @@ class Ledger(LeaseStatements):
                 )
             )
 
+    @reconnecting
     def mark_intermediates_removed(self, pipeline: str, partition: str, generation: int) -> None:
         """Record that the intermediates of the partition, up to this generation, are gone
         (nothing changes if a newer generation was started meanwhile)."""
