@@ -3,8 +3,10 @@
 `batch-pipeline demo` (`run_from_args`) runs offline: it starts the local Batch API in this process,
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
-the Parquet is with a summary per status. `batch_pipeline/definitions.py` serves the same
-pipeline to `dagster dev`, against `batch-pipeline serve` running beside it.
+the Parquet is with a summary per status. It does so twice: for the OpenAI pipeline, and for
+the same tickets sent to Claude through Anthropic's Message Batches (the service speaks both).
+`batch_pipeline/definitions.py` serves the OpenAI pipeline to `dagster dev`, against
+`batch-pipeline serve` running beside it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ if TYPE_CHECKING:  # Dagster is imported only when the demo runs
     import dagster as dg
 
 DEMO_PIPELINE = "ticket_triage"
+CLAUDE_PIPELINE = "ticket_triage_claude"
+CLAUDE_SPEC_FILE = "pipeline_claude.yaml"
+# The local service asks no key; the SDK sends this one (not a secret).
+LOCAL_ANTHROPIC_KEY = "local-no-key"
 DEMO_DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
 DEMO_ROWS_PER_DAY = 100
 DEMO_DIR_ENV = "BATCH_PIPELINE_DEMO_DIR"
@@ -122,6 +128,27 @@ def demo_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any
     }
 
 
+def claude_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
+    """The demo pipeline moved to Claude: another name, the Messages endpoint, a Claude
+    model, `provider: anthropic`; the rest as it was."""
+    data = demo_spec_data(base_url=base_url, start=start)
+    data["name"] = CLAUDE_PIPELINE
+    data["request"] = {
+        **data["request"],
+        "endpoint": "/v1/messages",
+        "model": "claude-haiku-4-5",
+    }
+    data["backend"] = {"provider": "anthropic", "base_url": base_url}
+    return data
+
+
+def write_claude_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
+    """Write the Claude pipeline's spec beside the demo's (after `write_demo`)."""
+    path = Path(folder) / CLAUDE_SPEC_FILE
+    path.write_text(yaml.safe_dump(claude_spec_data(base_url=base_url), sort_keys=False))
+    return PipelineSpec.from_yaml(path)
+
+
 def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
     """Write the sample table (if missing) and pipeline.yaml into `folder`; return the spec."""
     folder = Path(folder)
@@ -165,6 +192,7 @@ class DemoResult:
     results_dir: Path
     summary: pd.DataFrame
     checks_passed: bool
+    claude: DemoResult | None = None  # the same tickets through Anthropic's Message Batches
 
 
 def run_demo(
@@ -174,13 +202,12 @@ def run_demo(
     timeout_seconds: float = DEMO_TIMEOUT_SECONDS,
     echo: bool = True,
 ) -> DemoResult:
-    """Run the demo end to end, offline, with Dagster in the loop (see the module docstring).
+    """Run the demo end to end, offline, with Dagster in the loop (see the module docstring);
+    the OpenAI pipeline's result, with the Claude pipeline's in `claude`.
 
-    The pipeline's earlier output in `folder` is removed first, so every run starts afresh.
+    The pipelines' earlier output in `folder` is removed first, so every run starts afresh.
     """
-    import dagster as dg
-
-    from batch_pipeline.dagster import build_batch_pipeline_defs
+    from batch_pipeline.dagster import BatchBackendResource
     from batch_pipeline.local_api.server import run_local_batch_api
 
     say = print if echo else _silent
@@ -195,30 +222,57 @@ def run_demo(
     ):
         spec = write_demo(folder, base_url=base_url)
         say(f"Local Batch API at {base_url}; the pipeline spec is {folder / SPEC_FILE}")
-        defs = build_batch_pipeline_defs(spec=spec)
-        with (
-            tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as home,
-            dg.DagsterInstance.local_temp(home) as instance,
+        result = _run_pipeline(spec, None, say, timeout_seconds)
+        claude = write_claude_demo(folder, base_url=base_url)
+        say(f"\nThe same tickets to Claude (Anthropic's Message Batches): {claude.name}")
+        backend = BatchBackendResource(
+            provider="anthropic", base_url=base_url, api_key=LOCAL_ANTHROPIC_KEY
+        )
+        claude_result = _run_pipeline(claude, backend, say, timeout_seconds)
+    return DemoResult(
+        result.results_dir,
+        result.summary,
+        result.checks_passed and claude_result.checks_passed,
+        claude=claude_result,
+    )
+
+
+def _run_pipeline(
+    spec: PipelineSpec,
+    backend: Any,
+    say: Callable[..., object],
+    timeout_seconds: float,
+) -> DemoResult:
+    """Submit the demo days of one pipeline with Dagster, let its sensor ask for the results
+    runs, run them, and print the summary."""
+    import dagster as dg
+
+    from batch_pipeline.dagster import build_batch_pipeline_defs
+
+    defs = build_batch_pipeline_defs(spec=spec, backend=backend)
+    with (
+        tempfile.TemporaryDirectory(prefix="batch_pipeline_demo_") as home,
+        dg.DagsterInstance.local_temp(home) as instance,
+    ):
+        for day in DEMO_DAYS:
+            submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
+            submit_job.execute_in_process(
+                partition_key=day, instance=instance, run_config=QUIET_RUN_CONFIG
+            )
+            say(f"{day}: requests built and batches submitted")
+        results = []
+        for request in sensor_run_requests(
+            defs,
+            spec,
+            instance,
+            expected=len(DEMO_DAYS),
+            timeout_seconds=timeout_seconds,
+            on_skip=lambda reason: say(f"sensor: {reason}"),
+            log_level=logging.WARNING,
         ):
-            for day in DEMO_DAYS:
-                submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
-                submit_job.execute_in_process(
-                    partition_key=day, instance=instance, run_config=QUIET_RUN_CONFIG
-                )
-                say(f"{day}: requests built and batches submitted")
-            results = []
-            for request in sensor_run_requests(
-                defs,
-                spec,
-                instance,
-                expected=len(DEMO_DAYS),
-                timeout_seconds=timeout_seconds,
-                on_skip=lambda reason: say(f"sensor: {reason}"),
-                log_level=logging.WARNING,
-            ):
-                say(f"sensor: results run requested for {request.partition_key}")
-                results.append(execute_run_request(defs, request, instance))
-            checks = [e for r in results for e in r.get_asset_check_evaluations()]
+            say(f"sensor: results run requested for {request.partition_key}")
+            results.append(execute_run_request(defs, request, instance))
+        checks = [e for r in results for e in r.get_asset_check_evaluations()]
     summary = _summary_table(spec, checks)
     result = DemoResult(
         results_dir=spec.pipeline_dir / layout.results_dir(),

@@ -55,6 +55,7 @@ class BatchPipelineTranslator:
                 "batch_pipeline/role": role,
                 "batch_pipeline/model": spec.request.model,
                 "batch_pipeline/endpoint": spec.request.endpoint.value,
+                "batch_pipeline/provider": spec.backend.provider,
                 "batch_pipeline/spec": dg.MetadataValue.json(spec_as_json(spec)),
             },
         )

@@ -35,3 +35,9 @@ def test_the_demo_prints_the_parquet_and_a_summary(
     for status in ("succeeded", "failed", "rejected", "expired"):
         assert status in output
     assert len(pd.read_parquet(results_dir)) == len(demo_rows())
+    # The same tickets through Anthropic's Message Batches, on the same local service.
+    claude = pd.read_parquet(tmp_path / "out" / "ticket_triage_claude" / "results")
+    assert len(claude) == len(demo_rows())
+    ours = pd.read_parquet(results_dir)
+    assert claude["status"].value_counts().to_dict() == ours["status"].value_counts().to_dict()
+    assert claude["custom_id"].tolist() != [] and set(claude["response_text"].dropna())
