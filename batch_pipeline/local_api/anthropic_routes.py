@@ -164,7 +164,7 @@ class MessageBatchesRoutes:
         finally:
             path.unlink(missing_ok=True)
 
-    async def list(self, request: Request) -> Response:
+    async def list_batches(self, request: Request) -> Response:
         """GET /v1/messages/batches: a page, newest first (`after_id`: older, `before_id`:
         newer than the cursor)."""
         limit = int_param(request, "limit", 20, 1, MAX_LIST_LIMIT)

@@ -51,7 +51,7 @@ def _routes(service: LocalBatchService) -> list[Route]:
 def _anthropic_routes(batches: MessageBatchesRoutes) -> list[Route]:
     """The Message Batches paths of the Anthropic dialect (see `anthropic`)."""
     handlers: dict[str, dict[str, Handler]] = {
-        "": {"POST": batches.create, "GET": batches.list},
+        "": {"POST": batches.create, "GET": batches.list_batches},
         "/{batch_id}": {"GET": batches.retrieve, "DELETE": batches.delete},
         "/{batch_id}/results": {"GET": batches.results},
         "/{batch_id}/cancel": {"POST": batches.cancel},
