@@ -173,7 +173,10 @@ class MessageBatchesRoutes:
             after=after, before=before, limit=limit, anthropic=True
         )
         base = str(request.base_url)
-        data = [message_batch(r, self._counts(r), base) for r in page]
+        # Counting an ended batch's results the first time reads its files: off the loop.
+        data = await run_in_threadpool(
+            lambda: [message_batch(r, self._counts(r), base) for r in page]
+        )
         return JSONResponse(
             {
                 "data": data,
