@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import anthropic
-
 from batch_pipeline.core.backends._anthropic_ids import submission_tag, tag_of
 from batch_pipeline.core.pipeline import Pipeline
 
@@ -38,6 +36,8 @@ def anthropic_batches_by_shard(
         for shard in pipeline.ledger.shards(pipeline.spec.name)
         for n in range(1, shard.submissions + 1)
     }
+    import anthropic  # only the Anthropic scenarios need the SDK
+
     client = anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key=key)
     per_shard: Counter[str] = Counter()
     ids = set()
