@@ -3,8 +3,10 @@
 `batch-pipeline demo` (`run_from_args`) runs offline: it starts the local Batch API in this process,
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
-the Parquet is with a summary per status. `batch_pipeline/definitions.py` serves the same
-pipeline to the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
+the Parquet is with a summary per status. It does the same for the tickets triaged into an
+output schema, and for the tickets sent to Claude through Anthropic's Message Batches (the
+service speaks both dialects). `batch_pipeline/definitions.py` serves the OpenAI pipelines to
+the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ TRIAGE_SCHEMA = {
     "required": ["category", "urgency", "tags", "summary"],
     "additionalProperties": False,
 }
+CLAUDE_PIPELINE = "ticket_triage_claude"
+CLAUDE_SPEC_FILE = "pipeline_claude.yaml"
+# The local service asks no key; the SDK sends this one (not a secret).
+LOCAL_ANTHROPIC_KEY = "local-no-key"
 DEMO_DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
 DEMO_ROWS_PER_DAY = 100
 DEMO_DIR_ENV = "BATCH_PIPELINE_DEMO_DIR"
@@ -154,6 +160,27 @@ def typed_demo_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[st
     return data
 
 
+def claude_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
+    """The demo pipeline moved to Claude: another name, the Messages endpoint, a Claude
+    model, `provider: anthropic`; the rest as it was."""
+    data = demo_spec_data(base_url=base_url, start=start)
+    data["name"] = CLAUDE_PIPELINE
+    data["request"] = {
+        **data["request"],
+        "endpoint": "/v1/messages",
+        "model": "claude-haiku-4-5",
+    }
+    data["backend"] = {"provider": "anthropic", "base_url": base_url}
+    return data
+
+
+def write_claude_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
+    """Write the Claude pipeline's spec beside the demo's (after `write_demo`)."""
+    path = Path(folder) / CLAUDE_SPEC_FILE
+    path.write_text(yaml.safe_dump(claude_spec_data(base_url=base_url), sort_keys=False))
+    return PipelineSpec.from_yaml(path)
+
+
 def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
     """Write the sample table (if missing) and both pipelines' specs into `folder`
     (pipeline.yaml, and pipeline_typed.yaml for the structured one); return the first."""
@@ -229,6 +256,7 @@ def run_demo(
     """
     import dagster as dg
 
+    from batch_pipeline.dagster import BatchBackendResource
     from batch_pipeline.local_api.server import run_local_batch_api
 
     say = print if echo else _silent
@@ -248,6 +276,11 @@ def run_demo(
         say(f"Local Batch API at {base_url}; the pipeline specs are in {folder}")
         with _demo_instance(dagster_home) as instance:
             runs = [_run_pipeline(spec, instance, timeout_seconds, say) for spec in specs]
+            claude = write_claude_demo(folder, base_url=base_url)
+            backend = BatchBackendResource(
+                provider="anthropic", base_url=base_url, api_key=LOCAL_ANTHROPIC_KEY
+            )
+            runs.append(_run_pipeline(claude, instance, timeout_seconds, say, backend=backend))
     spec = specs[0]
     results = [result for found, _ in runs for result in found]
     checks = [e for _, found in runs for e in found]
@@ -269,6 +302,10 @@ def run_demo(
     say(_summary_table(typed, runs[1][1]).to_string())
     say(_typed_preview(typed).to_string(index=False))
     say(f"Results: {typed.pipeline_dir / layout.results_dir()}")
+    say("")
+    say(f"{claude.name}: the same tickets through Anthropic's Message Batches:")
+    say(_summary_table(claude, runs[2][1]).to_string())
+    say(f"Results: {claude.pipeline_dir / layout.results_dir()}")
     return result
 
 
@@ -277,12 +314,14 @@ def _run_pipeline(
     instance: dg.DagsterInstance,
     timeout_seconds: float,
     say: Callable[..., object],
+    *,
+    backend: Any = None,
 ) -> tuple[list[dg.ExecuteInProcessResult], list[dg.AssetCheckEvaluation]]:
     """Submit every demo day of one pipeline, then run the results runs its sensor asks for;
     the results runs and their check evaluations."""
     from batch_pipeline.dagster import build_batch_pipeline_defs
 
-    defs = build_batch_pipeline_defs(spec=spec)
+    defs = build_batch_pipeline_defs(spec=spec, backend=backend)
     for day in DEMO_DAYS:
         submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
         submit_job.execute_in_process(

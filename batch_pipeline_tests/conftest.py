@@ -28,6 +28,7 @@ SHORT_WINDOW_SECONDS = 3.0
 MODEL_FOR_ENDPOINT = {
     "/v1/embeddings": "text-embedding-3-small",
     "/v1/moderations": "omni-moderation-latest",
+    "/v1/messages": "claude-haiku-4-5",
 }
 
 
@@ -118,10 +119,12 @@ def ticket_spec(
         "retry": {"max_attempts": 3},
         "output": {"dir": "out"},
     }
-    if endpoint in ("/v1/chat/completions", "/v1/responses"):
+    if endpoint in ("/v1/chat/completions", "/v1/responses", "/v1/messages"):
         spec["request"]["system"] = "You label support tickets."
-    if endpoint in ("/v1/chat/completions", "/v1/responses", "/v1/completions"):
+    if endpoint in ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages"):
         spec["request"]["params"] = {"max_tokens": 200, "temperature": 0}
+    if endpoint == "/v1/messages":  # Anthropic's Messages API, on its Message Batches
+        spec["backend"]["provider"] = "anthropic"
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(spec.get(section), dict):
             spec[section] = {**spec[section], **values}

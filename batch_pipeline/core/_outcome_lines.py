@@ -144,9 +144,12 @@ def _error_fields(error: Any) -> tuple[str | None, str | None]:
     if not isinstance(error, dict):
         return None, str(error)
     inner = error.get("error")
+    # Anthropic's errors ({"type": "error", "error": {"type", "message"}}) have no code but
+    # their type (`overloaded_error`).
+    anthropic = error.get("type") == "error" and isinstance(inner, dict)
     if isinstance(inner, dict):
         error = inner
-    code, message = error.get("code"), error.get("message")
+    code, message = error.get("type" if anthropic else "code"), error.get("message")
     return (None if code is None else str(code)), (None if message is None else str(message))
 
 
@@ -203,10 +206,19 @@ def _extract_embedding(body: dict[str, Any]) -> _Extracted:
     return None, embedding, usage.get("prompt_tokens"), 0 if usage else None
 
 
+def _extract_message(body: dict[str, Any]) -> _Extracted:
+    """An Anthropic Message: its text blocks joined (a tool call: see response_json)."""
+    usage = body.get("usage") or {}
+    parts = [block["text"] for block in body.get("content") or () if block.get("type") == "text"]
+    text = "".join(parts) if parts else None
+    return text, None, usage.get("input_tokens"), usage.get("output_tokens")
+
+
 _EXTRACTORS: dict[str, Callable[[Any], _Extracted]] = {
     Endpoint.CHAT_COMPLETIONS.value: _extract_chat,
     Endpoint.RESPONSES.value: _extract_response,
     Endpoint.EMBEDDINGS.value: _extract_embedding,
     Endpoint.COMPLETIONS.value: _extract_completion,
     Endpoint.MODERATIONS.value: _extract_moderation,
+    Endpoint.MESSAGES.value: _extract_message,
 }

@@ -163,6 +163,11 @@ def _request_body(
         if has_system:
             body["instructions"] = system
         return {**body, **params}
+    if endpoint is Endpoint.MESSAGES:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        if has_system:
+            body["system"] = system
+        return {**body, **params}
     if endpoint is Endpoint.COMPLETIONS:
         return {"model": model, "prompt": prompt, **params}
     return {"model": model, "input": prompt, **params}  # embeddings, moderations: the input

@@ -45,7 +45,10 @@ class Canceller(PipelineWorker):
                 if batch.status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
                     cancelled.append(shard.batch_id)
             elif shard.state in UNSUBMITTED_STATES:
-                collector.cancel_unsubmitted(shard)
+                try:
+                    collector.cancel_unsubmitted(shard)
+                except TransientBackendError as exc:  # settled by a later poll's left-overs
+                    log.warning("shard %s: not settled yet: %s", shard.shard_id, exc)
         collector.settle_if_done(record.partition)
         return cancelled
 

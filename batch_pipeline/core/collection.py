@@ -147,7 +147,7 @@ class Collector(PipelineWorker):
             return False
         try:
             if shard.state is ShardState.SUBMITTING and claimed.submissions:
-                found = find_submitted_batch(self.backend, claimed)
+                found = find_submitted_batch(self.backend, claimed, self.ledger)
                 if found is not None:
                     self.ledger.record_batch(claimed, found, self.owner)
                     self.ledger.update_batch(cancel_or_read(self.backend, found.id))
@@ -209,6 +209,10 @@ class Collector(PipelineWorker):
             return _failed_batch_outcomes(shard, batch, expected), None
         files = self._download(batch, shard_batch_dir(shard))
         parsed = parse_outcomes(files.get("output"), files.get("errors"), endpoint=shard.endpoint)
+        if hasattr(self.backend, "pipeline_ids"):  # the provider's ids back to the pipeline's
+            index = parsed.schema.get_field_index("custom_id")
+            ids = self.backend.pipeline_ids(parsed["custom_id"], expected)
+            parsed = parsed.set_column(index, parsed.schema.field(index), ids)
         asked = pc.is_in(parsed["custom_id"], value_set=expected)
         if not pc.all(asked).as_py():  # lines for requests of other shards: not ours to keep
             parsed = parsed.filter(asked)

@@ -1,4 +1,5 @@
-"""What a batch will cost: OpenAI list prices in USD per 1M tokens, and the Batch API discount.
+"""What a batch will cost: OpenAI's and Anthropic's list prices in USD per 1M tokens, and the
+Batch API discount (half, at both).
 
 The table holds live (synchronous) prices; the Batch API charges `BATCH_DISCOUNT` of them.
 A spec's `prices` override or extend the table per model. A model found in neither (a
@@ -32,6 +33,17 @@ LIVE_PRICES: dict[str, ModelPrice] = {
     "o4-mini": ModelPrice(input=1.10, output=4.40),
     "text-embedding-3-small": ModelPrice(input=0.02),
     "text-embedding-3-large": ModelPrice(input=0.13),
+    # Keep in step with https://www.anthropic.com/pricing (base input and output tokens); the
+    # Message Batches API charges the same BATCH_DISCOUNT of them.
+    "claude-opus-4-5": ModelPrice(input=5.00, output=25.00),
+    "claude-opus-4-1": ModelPrice(input=15.00, output=75.00),
+    "claude-opus-4": ModelPrice(input=15.00, output=75.00),
+    "claude-sonnet-4-5": ModelPrice(input=3.00, output=15.00),
+    "claude-sonnet-4": ModelPrice(input=3.00, output=15.00),
+    "claude-haiku-4-5": ModelPrice(input=1.00, output=5.00),
+    "claude-3-7-sonnet": ModelPrice(input=3.00, output=15.00),
+    "claude-3-5-haiku": ModelPrice(input=0.80, output=4.00),
+    "claude-3-haiku": ModelPrice(input=0.25, output=1.25),
 }
 
 

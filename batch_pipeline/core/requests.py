@@ -479,7 +479,7 @@ def body_input_texts(body: Mapping[str, Any]) -> list[str]:
         content = message.get("content")
         if isinstance(content, str):
             texts.append(content)
-    for name in ("instructions", "input", "prompt"):
+    for name in ("instructions", "system", "input", "prompt"):
         value = body.get(name)
         if isinstance(value, str):
             texts.append(value)

@@ -234,7 +234,7 @@ class RequestSpec(_Section):
 
 
 class BackendSpec(_Section):
-    provider: Literal["local", "openai", "azure"] = "local"
+    provider: Literal["local", "openai", "azure", "anthropic"] = "local"
     base_url: str | None = None
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
@@ -498,6 +498,21 @@ class PipelineSpec(_Section):
     def output_schema(self) -> OutputSchema | None:
         """The checked output schema, if the request declares one."""
         return self._output_schema
+
+    @model_validator(mode="after")
+    def _messages_go_to_anthropic(self) -> PipelineSpec:
+        """Anthropic's batches take Messages API requests only, and those need max_tokens."""
+        messages = self.request.endpoint is Endpoint.MESSAGES
+        if (self.backend.provider == "anthropic") != messages:
+            raise ValueError(
+                "backend.provider anthropic and request.endpoint /v1/messages go together: "
+                f"provider {self.backend.provider} cannot take {self.request.endpoint.value}"
+            )
+        if messages and "max_tokens" not in self.request.params:
+            raise ValueError(
+                "request.params.max_tokens: the Messages API needs max_tokens in every request"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

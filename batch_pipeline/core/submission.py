@@ -276,10 +276,12 @@ class Submitter(PipelineWorker):
     def _submit_claimed(self, shard: ShardRecord, *, takeover: bool) -> SubmitOutcome:
         since = created_after(shard)
         if takeover:
-            existing = find_submitted_batch(self.backend, shard)
+            existing = find_submitted_batch(self.backend, shard, self.ledger)
             if existing is not None:
                 return self._record(shard, existing, adopted=True)
-        file_id = shard.file_id
+        # A backend that sends the requests inline (Anthropic) stages them in the process
+        # that creates the batch: an earlier process's staging is gone with it.
+        file_id = None if getattr(self.backend, "inline_requests", False) else shard.file_id
         filename = upload_filename(shard)
         if file_id is None and takeover:
             found = self.backend.find_file(filename, created_after=since)

@@ -55,10 +55,20 @@ CONTEXT_WINDOWS: dict[str, int] = {
     "o4-mini": 200_000,
     "text-embedding-3-small": 8_191,
     "text-embedding-3-large": 8_191,
+    # Claude models (Anthropic publishes no tokenizer: their counts here are estimates).
+    "claude-opus-4-5": 200_000,
+    "claude-opus-4-1": 200_000,
+    "claude-opus-4": 200_000,
+    "claude-sonnet-4-5": 200_000,
+    "claude-sonnet-4": 200_000,
+    "claude-haiku-4-5": 200_000,
+    "claude-3-7-sonnet": 200_000,
+    "claude-3-5-haiku": 200_000,
+    "claude-3-haiku": 200_000,
 }
 
 T = TypeVar("T")
-_SNAPSHOT = re.compile(r"\d{4}-\d{2}-\d{2}|\d{4}")
+_SNAPSHOT = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{4}")
 
 
 @lru_cache(maxsize=64)
@@ -123,7 +133,8 @@ def _counter(model: str) -> Callable[[str], int]:
 
 def match_model(model: str, names: Iterable[str]) -> str | None:
     """The one of `names` that is `model` itself, or whose snapshot it is: a dated one
-    (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`) or a numbered one (`gpt-4-0613`). Another
+    (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`, `claude-haiku-4-5-20251001` is
+    `claude-haiku-4-5`) or a numbered one (`gpt-4-0613`). Another
     suffix names another model with prices and limits of its own (`o3-mini`, `o3-pro`)."""
     for name in names:
         if model == name or (

@@ -114,11 +114,13 @@ class Endpoint(StrEnum):
     EMBEDDINGS = "/v1/embeddings"
     COMPLETIONS = "/v1/completions"  # the prompt is the body's `prompt`
     MODERATIONS = "/v1/moderations"  # the prompt is the body's `input`
+    MESSAGES = "/v1/messages"  # Anthropic's Messages API (backend.provider: anthropic)
 
     @property
     def takes_system(self) -> bool:
-        """Whether a request can carry a system text (as a message or `instructions`)."""
-        return self in (Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES)
+        """Whether a request can carry a system text (as a message, `instructions` or
+        `system`)."""
+        return self in (Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES, Endpoint.MESSAGES)
 
 
 @dataclass(frozen=True)

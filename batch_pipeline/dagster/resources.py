@@ -44,13 +44,14 @@ class _StepClients:
 
 
 class BatchBackendResource(dg.ConfigurableResource):
-    """A provider's Files + Batches API (OpenAI, Azure OpenAI or the local service).
+    """A provider's Files + Batches API (OpenAI, Azure OpenAI, Anthropic's Message Batches or
+    the local service).
 
     Wire the key as `api_key=dg.EnvVar("OPENAI_API_KEY")`: the UI then shows the variable's
     name, and the value is never logged nor written to metadata.
     """
 
-    provider: Literal["local", "openai", "azure"] = Field(
+    provider: Literal["local", "openai", "azure", "anthropic"] = Field(
         default="local", description="Which Batch API: local, openai or azure."
     )
     base_url: str | None = Field(

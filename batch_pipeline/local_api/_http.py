@@ -11,7 +11,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from batch_pipeline.local_api.errors import ApiError, error_body
+from batch_pipeline.local_api.anthropic import error_response_body as anthropic_error_body
+from batch_pipeline.local_api.anthropic import is_anthropic_path
+from batch_pipeline.local_api.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,10 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    """The response of an ApiError."""
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+def error_response(error: ApiError, path: str = "") -> JSONResponse:
+    """The response of an ApiError, in the shape of the dialect whose `path` was asked."""
+    body = anthropic_error_body(error) if is_anthropic_path(path) else error.body()
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -106,7 +109,7 @@ async def json_object(request: Request) -> dict[str, Any]:
 async def api_error(request: Request, exc: Exception) -> Response:
     """Answer an ApiError as raised."""
     assert isinstance(exc, ApiError)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -118,17 +121,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} not allowed on {request.url.path}."
     else:
         message = str(exc.detail)
-    return error_response(ApiError(exc.status_code, message, headers=exc.headers))
+    return error_response(ApiError(exc.status_code, message, headers=exc.headers), request.url.path)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
     """Answer an unexpected exception with a 500 (logged, not shown)."""
     log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        error_body(
-            "The server had an error while processing your request.",
-            type="server_error",
-            code="server_error",
-        ),
-        status_code=500,
+    error = ApiError(
+        500,
+        "The server had an error while processing your request.",
+        type="server_error",
+        code="server_error",
     )
+    return error_response(error, request.url.path)

@@ -1,6 +1,7 @@
 """The HTTP side: the starlette app of the Files (files_routes.py) and Batches
 (batches_routes.py) APIs, with OpenAI errors: under /v1 in OpenAI's dialect, under /openai
-in Azure OpenAI's (see `azure`)."""
+in Azure OpenAI's (see `azure`); and Anthropic's Message Batches under /v1/messages/batches
+(anthropic_routes.py), with Anthropic's errors."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from batch_pipeline.local_api._http import api_error, http_error, server_error
+from batch_pipeline.local_api.anthropic_routes import MessageBatchesRoutes, require_version
 from batch_pipeline.local_api.auth import ApiKeyAuth
 from batch_pipeline.local_api.azure import AZURE_PREFIX, require_api_version
 from batch_pipeline.local_api.batches_routes import BatchesRoutes
@@ -38,16 +40,38 @@ def _routes(service: LocalBatchService) -> list[Route]:
         "/batches/{batch_id}": {"GET": batches.retrieve_batch},
         "/batches/{batch_id}/cancel": {"POST": batches.cancel_batch},
     }
-    return [
+    openai_routes = [
         Route(prefix + path, _by_method(methods, azure=azure), methods=list(methods))
         for prefix, azure in (("/v1", False), (AZURE_PREFIX, True))
         for path, methods in handlers.items()
     ]
+    return openai_routes + _anthropic_routes(MessageBatchesRoutes(service))
 
 
-def _by_method(handlers: dict[str, Handler], *, azure: bool) -> Handler:
+def _anthropic_routes(batches: MessageBatchesRoutes) -> list[Route]:
+    """The Message Batches paths of the Anthropic dialect (see `anthropic`)."""
+    handlers: dict[str, dict[str, Handler]] = {
+        "": {"POST": batches.create, "GET": batches.list_batches},
+        "/{batch_id}": {"GET": batches.retrieve, "DELETE": batches.delete},
+        "/{batch_id}/results": {"GET": batches.results},
+        "/{batch_id}/cancel": {"POST": batches.cancel},
+    }
+    return [
+        Route(
+            "/v1/messages/batches" + path,
+            _by_method(methods, anthropic=True),
+            methods=list(methods),
+        )
+        for path, methods in handlers.items()
+    ]
+
+
+def _by_method(
+    handlers: dict[str, Handler], *, azure: bool = False, anthropic: bool = False
+) -> Handler:
     """An endpoint that hands a request to the handler of its method (HEAD to GET's), after
-    the Azure dialect's `api-version` check on an Azure path.
+    the Azure dialect's `api-version` check on an Azure path, or the Anthropic dialect's
+    `anthropic-version` check on one of its paths.
 
     Starlette answers a method the route does not list with 405 and `Allow` made from the
     route's methods, so the one table above is all that `Allow` is computed from.
@@ -56,6 +80,8 @@ def _by_method(handlers: dict[str, Handler], *, azure: bool) -> Handler:
     async def endpoint(request: Request) -> Response:
         if azure:
             require_api_version(request)
+        if anthropic:
+            require_version(request)
         method = "GET" if request.method == "HEAD" else request.method
         return await handlers[method](request)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from batch_pipeline.local_api.answers import Answer, Reply, bad_request
 from batch_pipeline.local_api.echo_generation import chat, completions, responses
+from batch_pipeline.local_api.echo_messages import MESSAGES_ENDPOINT, messages
 from batch_pipeline.local_api.echo_vectors import embeddings, moderations
 from batch_pipeline.local_api.upstream import Flight
 
@@ -18,6 +19,7 @@ _HANDLERS: dict[str, Callable[[dict[str, Any], str], Answer]] = {
     "/v1/completions": completions,
     "/v1/embeddings": embeddings,
     "/v1/moderations": moderations,
+    MESSAGES_ENDPOINT: messages,
 }
 
 

@@ -76,6 +76,7 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.code = code
+        self.given_type = type  # as raised; another dialect maps the status itself
         self.type = type or error_type_for_status(status)
         self.headers = headers or {}
 

@@ -8,6 +8,7 @@ from typing import Any
 CHAT_ENDPOINT = "/v1/chat/completions"
 RESPONSES_ENDPOINT = "/v1/responses"
 COMPLETIONS_ENDPOINT = "/v1/completions"
+MESSAGES_ENDPOINT = "/v1/messages"  # Anthropic's: chat-like turns, `system` beside them
 
 
 def content_text(content: Any) -> str:
@@ -63,7 +64,7 @@ def _input_user_texts(value: Any) -> list[str]:
 
 def user_texts(endpoint: str, body: dict[str, Any]) -> list[str]:
     """The texts a user wrote in a request body, by endpoint."""
-    if endpoint == CHAT_ENDPOINT:
+    if endpoint in (CHAT_ENDPOINT, MESSAGES_ENDPOINT):
         return message_texts(body.get("messages"), user_only=True)
     if endpoint == RESPONSES_ENDPOINT:
         return _responses_user_texts(body.get("input"))
@@ -72,9 +73,13 @@ def user_texts(endpoint: str, body: dict[str, Any]) -> list[str]:
 
 def prompt_texts(endpoint: str, body: dict[str, Any]) -> list[str]:
     """The texts of a request body that the endpoint counts as prompt (input) tokens: every
-    message of a chat, the instructions and input of a response, the inputs of the rest."""
+    message of a chat (and a Messages body's `system`), the instructions and input of a
+    response, the inputs of the rest."""
     if endpoint == CHAT_ENDPOINT:
         return message_texts(body.get("messages"))
+    if endpoint == MESSAGES_ENDPOINT:
+        system = body.get("system")
+        return [content_text(system), *message_texts(body.get("messages"))]
     texts: list[str] = []
     if endpoint == RESPONSES_ENDPOINT and isinstance(body.get("instructions"), str):
         texts.append(body["instructions"])

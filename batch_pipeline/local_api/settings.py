@@ -113,6 +113,12 @@ class LocalApiSettings:
         "paths (/openai/...), as Azure's global batch allows.",
     )
     max_batch_file_bytes: int = _opt(200 * MB, "Largest batch input file, in bytes.")
+    anthropic_max_requests_per_batch: int = _opt(
+        100_000, "Most requests in one Message Batch (POST /v1/messages/batches), as Anthropic's."
+    )
+    anthropic_max_batch_bytes: int = _opt(
+        256 * MB, "Largest body of one Message Batch create call, in bytes, as Anthropic's."
+    )
     enqueued_token_limit: int | None = _opt(
         None,
         "Most prompt tokens of one model in unfinished batches at once, counted exactly; a "
@@ -152,6 +158,8 @@ class LocalApiSettings:
             "max_requests_per_batch",
             "azure_max_requests_per_batch",
             "max_batch_file_bytes",
+            "anthropic_max_requests_per_batch",
+            "anthropic_max_batch_bytes",
             "chunk_size",
             "worker_threads",
             "progress_interval_seconds",

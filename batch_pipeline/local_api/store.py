@@ -29,7 +29,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,13 +195,7 @@ class Store:
     ) -> tuple[list[Record], bool]:
         """A page of files by creation time and whether more follow."""
         with self._lock:
-            ids = self._files.ids
-            if order == "asc":
-                start = bisect.bisect_right(ids, after) if after else 0
-                candidates: Iterable[str] = (ids[i] for i in range(start, len(ids)))
-            else:
-                end = bisect.bisect_left(ids, after) if after else len(ids)
-                candidates = (ids[i] for i in range(end - 1, -1, -1))
+            candidates = _from_cursor(self._files.ids, after, ascending=order == "asc")
             page: list[Record] = []
             for file_id in candidates:
                 record = self._files.records[file_id]
@@ -252,11 +246,40 @@ class Store:
         if not self._link_live_file(record["input_file_id"], self.work_dir(batch_id) / INPUT_LINK):
             self.remove_work_dir(batch_id)
             return None
+        return self._insert_batch(record)
+
+    def add_inline_batch(self, record: Record, requests: Path) -> Record:
+        """Store a new batch whose requests came inline in its create call (Anthropic's):
+        `requests`, their JSONL (a path under tmp/), becomes the batch's own input."""
+        target = self.work_dir(record["id"]) / INPUT_LINK
+        with open(requests, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(requests, target)
+        return self._insert_batch(record)
+
+    def _insert_batch(self, record: Record) -> Record:
+        batch_id = record["id"]
         with self._lock:
             self._batches.records[batch_id] = dict(record)
             bisect.insort(self._batches.ids, batch_id)
         self._persist(self._batches, batch_id)
         return dict(record)
+
+    def delete_batch(self, batch_id: str) -> bool:
+        """Forget a batch's record (its result files stay until they expire or are deleted);
+        False if there was no such batch."""
+        if not BATCH_ID_RE.match(batch_id):
+            return False
+        with self._lock:
+            if self._batches.records.pop(batch_id, None) is None:
+                return False
+            index = bisect.bisect_left(self._batches.ids, batch_id)
+            if index < len(self._batches.ids) and self._batches.ids[index] == batch_id:
+                del self._batches.ids[index]
+            io_lock = self._batches.io_lock(batch_id)
+        self._batches.remove(batch_id, io_lock)
+        self.remove_work_dir(batch_id)
+        return True
 
     def get_batch(self, batch_id: str) -> Record | None:
         """A copy of a batch record, or None."""
@@ -295,14 +318,31 @@ class Store:
         """Write a batch's in-memory record to disk (without fsync unless `durable`)."""
         self._persist(self._batches, batch_id, durable=durable)
 
-    def list_batches(self, *, after: str | None, limit: int) -> tuple[list[Record], bool]:
-        """A page of batches, newest first, and whether more follow."""
+    def list_batches(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        before: str | None = None,
+        anthropic: bool = False,
+    ) -> tuple[list[Record], bool]:
+        """A page of batches, newest first, and whether more follow: the `limit` older than
+        `after` (or the newest), or with `before` the `limit` just newer than it. Each
+        dialect lists its own: Anthropic's batches (`anthropic`) or the Files-based ones."""
         with self._lock:
             ids = self._batches.ids
-            end = bisect.bisect_left(ids, after) if after else len(ids)
-            chosen = ids[max(0, end - limit - 1) : end][::-1]
-            has_more = len(chosen) > limit
-            return [dict(self._batches.records[i]) for i in chosen[:limit]], has_more
+            candidates = _from_cursor(ids, before or after, ascending=before is not None)
+            page: list[Record] = []
+            for batch_id in candidates:
+                record = self._batches.records[batch_id]
+                if (record.get("_dialect") == "anthropic") != anthropic:
+                    continue
+                if len(page) == limit:
+                    break
+                page.append(dict(record))
+            else:
+                return (page[::-1] if before is not None else page), False
+            return (page[::-1] if before is not None else page), True
 
     def unfinished_batch_ids(self) -> list[str]:
         """Ids of batches not yet in a terminal status, oldest first."""
@@ -339,6 +379,15 @@ class Store:
     def remove_work_dir(self, batch_id: str) -> None:
         """Drop a finished batch's partial results."""
         shutil.rmtree(self.work_root / batch_id, ignore_errors=True)
+
+
+def _from_cursor(ids: list[str], cursor: str | None, *, ascending: bool) -> Iterator[str]:
+    """The sorted `ids` past `cursor` (from the start without one), in the order asked."""
+    if ascending:
+        start = bisect.bisect_right(ids, cursor) if cursor else 0
+        return (ids[i] for i in range(start, len(ids)))
+    end = bisect.bisect_left(ids, cursor) if cursor else len(ids)
+    return (ids[i] for i in range(end - 1, -1, -1))
 
 
 def _expired(record: Record, now: float | None = None) -> bool:

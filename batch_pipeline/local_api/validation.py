@@ -104,16 +104,19 @@ def validate_input_file(
     max_bytes: int,
     count_prompt_tokens: bool = False,
     azure: bool = False,
+    one_model: bool = True,
 ) -> ValidationResult:
     """Check every line of a batch input file as OpenAI does, streaming it; with
     `count_prompt_tokens`, also count its prompt tokens with the model's tokenizer. With
-    `azure`, a line's url may leave out `/v1` (`/chat/completions`), as Azure's may."""
+    `azure`, a line's url may leave out `/v1` (`/chat/completions`), as Azure's may. Without
+    `one_model` (Anthropic's batches), lines may name any model, or none: a body the model
+    endpoint refuses is that request's error, not the batch's."""
     result = ValidationResult()
     error = _file_error(path, max_bytes)
     if error is not None:
         result.errors.append(error)
         return result
-    check = _FileCheck(endpoint, max_requests, count_prompt_tokens, azure, result)
+    check = _FileCheck(endpoint, max_requests, count_prompt_tokens, azure, result, one_model)
     with open(path, "rb") as f:
         check.lines(read_lines(f))
     result.errors.extend(check.whole_file_errors())
@@ -143,6 +146,7 @@ class _FileCheck:
     count_prompt_tokens: bool
     azure: bool
     result: ValidationResult
+    one_model: bool = True
     seen_ids: set[str] = field(default_factory=set)
     embedding_inputs: int = 0
 
@@ -173,7 +177,15 @@ class _FileCheck:
                     )
                 )
                 break
-            error = _check_line(raw, number, self.endpoint, self.seen_ids, result, azure=self.azure)
+            error = _check_line(
+                raw,
+                number,
+                self.endpoint,
+                self.seen_ids,
+                result,
+                azure=self.azure,
+                one_model=self.one_model,
+            )
             if error is not None:
                 errors.append(error)
             else:
@@ -226,6 +238,7 @@ def _check_line(
     result: ValidationResult,
     *,
     azure: bool = False,
+    one_model: bool = True,
 ) -> dict[str, Any] | None:
     """The first error of one request line, or None; a valid line's custom_id is noted in
     `seen_ids` and its model in `result`."""
@@ -243,7 +256,10 @@ def _check_line(
                 "custom_id",
             )
         seen_ids.add(custom_id)
-        _check_model(body, number, endpoint, result)
+        if one_model:
+            _check_model(body, number, endpoint, result)
+        elif result.model is None and isinstance(body.get("model"), str):
+            result.model = body["model"]
     except _LineError as exc:
         return exc.error
     return None

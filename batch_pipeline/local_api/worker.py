@@ -292,15 +292,18 @@ class BatchEngine:
                 self.store.batch_input_path(record),
                 endpoint=record["endpoint"],
                 max_requests=record.get("_max_requests", self.settings.max_requests_per_batch),
-                max_bytes=self.settings.max_batch_file_bytes,
+                max_bytes=record.get("_max_bytes", self.settings.max_batch_file_bytes),
                 count_prompt_tokens=limit is not None,
                 azure=record.get("_dialect") == "azure",
+                one_model=record.get("_dialect") != "anthropic",
             )
         )
         if run.stop_reason == "shutdown":
             return False
         now = int(time.time())
-        errors = result.errors or self._over_token_limit(result)
+        # Anthropic limits its batches by rate at create time, not by enqueued tokens.
+        anthropic = record.get("_dialect") == "anthropic"
+        errors = result.errors or ([] if anthropic else self._over_token_limit(result))
         if errors:
             await self._reject(run, {"object": "list", "data": errors}, now)
             return False

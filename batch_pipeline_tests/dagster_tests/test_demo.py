@@ -48,3 +48,9 @@ def test_the_demo_prints_the_parquet_and_a_summary(
         TRIAGE_SCHEMA["properties"]["category"]["enum"]
     )
     assert "output_category" in output
+    # The same tickets through Anthropic's Message Batches, on the same local service.
+    claude = pd.read_parquet(tmp_path / "out" / "ticket_triage_claude" / "results")
+    assert len(claude) == len(demo_rows())
+    ours = pd.read_parquet(results_dir)
+    assert claude["status"].value_counts().to_dict() == ours["status"].value_counts().to_dict()
+    assert claude["custom_id"].tolist() != [] and set(claude["response_text"].dropna())

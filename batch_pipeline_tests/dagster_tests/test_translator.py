@@ -10,7 +10,7 @@ import pytest
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster import BatchPipelineTranslator, build_asset_specs
 from batch_pipeline.dagster.translator import provider_kind
-from batch_pipeline.demo import demo_spec_data
+from batch_pipeline.demo import claude_spec_data, demo_spec_data
 
 URL = "http://127.0.0.1:9/v1"
 
@@ -55,6 +55,13 @@ def test_metadata_has_short_labels_and_the_spec_as_json(spec: PipelineSpec) -> N
         assert set(asset_spec.metadata) == {"provider", "model", "endpoint", "batch_pipeline/spec"}
         assert asset_spec.metadata["provider"] == "local"
         json.dumps(asset_spec.metadata["batch_pipeline/spec"].value)
+
+
+def test_the_provider_is_in_every_assets_metadata(spec: PipelineSpec, tmp_path) -> None:
+    claude = PipelineSpec.from_dict(claude_spec_data(base_url=URL), base_dir=tmp_path)
+    for pipeline, provider in ((spec, "local"), (claude, "anthropic")):
+        for asset_spec in build_asset_specs(pipeline).values():
+            assert asset_spec.metadata["provider"] == provider
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,13 @@ METHODS = {
     "/batches/batch_abc123": {"GET"},
     "/batches/batch_abc123/cancel": {"POST"},
 }
+# Anthropic's Message Batches, under /v1/messages/batches only.
+ANTHROPIC_METHODS = {
+    "/v1/messages/batches": {"GET", "POST"},
+    "/v1/messages/batches/msgbatch_abc123": {"GET", "DELETE"},
+    "/v1/messages/batches/msgbatch_abc123/results": {"GET"},
+    "/v1/messages/batches/msgbatch_abc123/cancel": {"POST"},
+}
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 PREFIXES = ("/v1", "/openai")  # OpenAI's paths, and Azure OpenAI's
 
@@ -45,6 +52,17 @@ def test_a_method_a_path_does_not_take_is_405_allowing_all_it_takes(
         assert "error" in response.json()
 
 
+@pytest.mark.parametrize("path", sorted(ANTHROPIC_METHODS))
+def test_an_anthropic_path_answers_405_in_anthropics_shape(shared_url: str, path: str) -> None:
+    root = shared_url.removesuffix("/v1")
+    for method in sorted(set(ALL_METHODS) - ANTHROPIC_METHODS[path]):
+        response = httpx2.request(method, f"{root}{path}")
+        assert response.status_code == 405, (method, path)
+        allow = {m.strip() for m in response.headers["allow"].split(",")}
+        assert allow == _allowed(ANTHROPIC_METHODS[path]), (method, path)
+        assert response.json()["type"] == "error", (method, path)
+
+
 def test_the_table_above_covers_every_route(tmp_path: Path) -> None:
     """A route added to the service without being added here fails this test."""
     app = create_app(LocalApiSettings(state_dir=tmp_path))
@@ -56,4 +74,6 @@ def test_the_table_above_covers_every_route(tmp_path: Path) -> None:
         for path, m in METHODS.items()
         for prefix in PREFIXES
     }
+    for path, m in ANTHROPIC_METHODS.items():
+        expected[path.replace("msgbatch_abc123", "{batch_id}")] = m
     assert routes == {path: _allowed(methods) for path, methods in expected.items()}

@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 
+from batch_pipeline.core.backends.anthropic import AnthropicBackend
 from batch_pipeline.core.backends.openai import OpenAIBackend
 from batch_pipeline.core.layout import RESULTS
 from batch_pipeline.core.parquet_files import AtomicParquetFile
@@ -99,7 +100,9 @@ def install(point: str, nth: int) -> Trigger:
     if point == "shard_written":
         kill_after(_FileWorker, "_finish", trigger)
     elif point in ("upload", "create"):
-        kill_after(OpenAIBackend, f"{point}_file" if point == "upload" else "create_batch", trigger)
+        method = f"{point}_file" if point == "upload" else "create_batch"
+        for backend in (OpenAIBackend, AnthropicBackend):  # the one the spec uses is called
+            kill_after(backend, method, trigger)
     elif point == "ledger_write":
         kill_inside_batch_insert(trigger)
     elif point == "download":

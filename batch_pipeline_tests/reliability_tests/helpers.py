@@ -34,6 +34,7 @@ from batch_pipeline.core.storage import TEMP_PREFIX, LocalStorage
 from batch_pipeline.core.tuning import Tuning
 from batch_pipeline.local_api import LocalApiSettings, LocalBatchApi
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
+from batch_pipeline_tests.reliability_tests.anthropic_checks import anthropic_batches_by_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LEAK_ENV = "BP_RELIABILITY_API_KEY"
@@ -464,6 +465,8 @@ def check_paid_once(
     """No submission identity (or, by default, no shard) has two batches on the service, every
     batch there is known to the ledger, and each shard was uploaded once."""
     name = pipeline.spec.name
+    if pipeline.spec.backend.provider == "anthropic":
+        return _check_anthropic_paid_once(base_url, pipeline, tally)
     batches = service_batches(base_url, name)
     identities = Counter(b.metadata[SUBMISSION_METADATA_KEY] for b in batches)
     owners = Counter(
@@ -481,6 +484,19 @@ def check_paid_once(
         assert all(n == 1 for n in uploads.values()), f"uploaded twice: {uploads}"
         assert {shard.replace(":", "_") for shard in with_batch} <= set(uploads)
     return batches
+
+
+def _check_anthropic_paid_once(base_url: str, pipeline: Pipeline, tally: Tally) -> list[Any]:
+    """`check_paid_once` for Anthropic's batches: no shard has two, and every batch of the
+    pipeline on the service is known to the ledger (there is no upload to count)."""
+    per_shard, ids = anthropic_batches_by_shard(base_url, LEAK_KEY, pipeline)
+    extra = {shard: n for shard, n in per_shard.items() if n > 1}
+    tally.duplicate_batches += sum(n - 1 for n in extra.values())
+    assert not extra, f"paid twice: {extra}"
+    name = pipeline.spec.name
+    assert ids == {b["batch_id"] for b in pipeline.ledger.batches(name)}, "unknown batch"
+    assert set(per_shard) == {s.shard_id for s in pipeline.ledger.shards(name) if s.batch_id}
+    return sorted(ids)
 
 
 # -- files ------------------------------------------------------------------------------------

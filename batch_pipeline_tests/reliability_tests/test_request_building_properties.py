@@ -106,6 +106,8 @@ def request_text(line: dict[str, Any], endpoint: Endpoint) -> tuple[str, str | N
         return body["input"], body.get("instructions")
     if endpoint is Endpoint.COMPLETIONS:
         return body["prompt"], None
+    if endpoint is Endpoint.MESSAGES:
+        return body["messages"][-1]["content"], body.get("system")
     return body["input"], None
 
 
@@ -147,6 +149,6 @@ def test_each_row_is_one_exact_request_or_one_named_rejection(
         assert line["url"] == endpoint.value and line["body"]["model"] == spec.request.model
         prompt, system = request_text(line, endpoint)
         assert prompt == f"Subject: {subject}\n\n{body}"
-        takes_system = endpoint in (Endpoint.CHAT_COMPLETIONS, Endpoint.RESPONSES)
+        takes_system = endpoint.takes_system
         assert system == (SYSTEM if takes_system else None)
     assert not requests, f"requests no row asked for: {list(requests)}"

@@ -1,6 +1,6 @@
 """The provider-neutral interface to a Files + Batches API, and the errors it raises.
 
-Every provider (OpenAI, Azure OpenAI, the local service, later Anthropic Message Batches)
+Every provider (OpenAI, Azure OpenAI, the local service, Anthropic's Message Batches)
 implements `BatchBackend`, parses payloads once into `BatchInfo`/`FileInfo`, and turns its
 SDK's exceptions into the ones below, so callers decide "retry later" or "give up" without
 knowing any SDK.
@@ -11,9 +11,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+_T = TypeVar("_T")
 
 COMPLETION_WINDOW = "24h"
 # A client that has had no answer from its service for this long gives up (see ConnectionWatch).
@@ -172,6 +178,12 @@ class BatchBackend(Protocol):
         """Delete a file (inputs once their batch is terminal, outputs once parsed)."""
         ...
 
+    def pipeline_ids(self, custom_ids: pa.Array, expected: pa.Array) -> pa.Array:
+        """The pipeline's custom_ids of result lines whose ids on the provider are
+        `custom_ids`, given the shard's requests' ids in line order (`expected`). This default
+        serves providers that take the pipeline's ids as they are."""
+        return custom_ids
+
     def unreachable(self) -> ServiceUnreachable | None:
         """The error of a service that has given no answer past the backend's bound, else None.
 
@@ -238,3 +250,46 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         if secret:
             text = text.replace(secret, "***")
     return _KEY_LIKE.sub("***", text)
+
+
+def status_error(text: str, status: int, code: str | None) -> BackendError:
+    """The error of a call answered with HTTP `status`: NotFound for 404, transient for 408,
+    429 and 5xx, final otherwise."""
+    if status == 404:
+        return NotFound(text, status_code=status, code=code)
+    if status in (408, 429) or status >= 500:
+        return TransientBackendError(text, status_code=status, code=code)
+    return BackendError(text, status_code=status, code=code)
+
+
+def guarded_call(
+    connection: ConnectionWatch,
+    errors: tuple[type[BaseException], ...],
+    translate: Callable[[Any], BackendError],
+    fn: Callable[..., _T],
+    *args: Any,
+    **kwargs: Any,
+) -> _T:
+    """Run one SDK call; an SDK error (`errors`) becomes the backend's own, by `translate`.
+
+    The backend's error is raised outside the `except`, so the SDK exception (which holds
+    the request, and so the key) is not chained as its context.
+    """
+    try:
+        result = fn(*args, **kwargs)
+    except errors as exc:
+        error = translate(exc)
+    else:
+        connection.answered()
+        return result
+    raise error
+
+
+def shown_url(url: str) -> str:
+    """A base URL as a message may show it: no user, password or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

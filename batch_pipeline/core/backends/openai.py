@@ -7,27 +7,32 @@ from a `BackendSpec`, reading the key from the environment variable the spec nam
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
 from openai.types import Batch, FileObject
 
+from batch_pipeline.core.backends.anthropic import (
+    ANTHROPIC_KEY_VARIABLE,
+    make_anthropic_backend,
+)
 from batch_pipeline.core.backends.base import (
     COMPLETION_WINDOW,
     UNREACHABLE_AFTER_SECONDS,
     BackendError,
     BatchBackend,
     ConnectionWatch,
-    NotFound,
     ServiceUnreachable,
-    TransientBackendError,
     created_since,
+    guarded_call,
     redact,
+    shown_url,
+    status_error,
 )
 from batch_pipeline.core.spec import BackendSpec
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, FileInfo, RequestCounts
@@ -205,15 +210,9 @@ class OpenAIBackend(BatchBackend):
 
     def _call(self, action: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run one SDK call, turning its exceptions into the backend's own."""
-        try:
-            result = fn(*args, **kwargs)
-        except (openai.OpenAIError, httpx2.TransportError) as exc:
-            error = self._translate(action, exc)
-        else:
-            self.connection.answered()
-            return result
-        # Raised outside the `except` so the SDK exception is not chained as the context.
-        raise error
+        errors = (openai.OpenAIError, httpx2.TransportError)
+        translate = functools.partial(self._translate, action)
+        return guarded_call(self.connection, errors, translate, fn, *args, **kwargs)
 
     def _translate(self, action: str, exc: Exception) -> BackendError:
         secrets = [self._client.api_key]
@@ -228,12 +227,7 @@ class OpenAIBackend(BatchBackend):
             if body.get("message"):
                 text += f": {str(body['message'])[:_MAX_MESSAGE_CHARS]}"
             text = redact(text, secrets)
-            code = str(code) if code else None
-            if status == 404:
-                return NotFound(text, status_code=status, code=code)
-            if status in (408, 429) or status >= 500:
-                return TransientBackendError(text, status_code=status, code=code)
-            return BackendError(text, status_code=status, code=code)
+            return status_error(text, status, str(code) if code else None)
         if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
             return self.connection.no_answer(action, redact(_no_answer_cause(exc), secrets))
         return BackendError(redact(f"{action} failed: {exc}"[:_MAX_MESSAGE_CHARS], secrets))
@@ -249,22 +243,14 @@ def _no_answer_cause(exc: Exception) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
-def shown_url(url: str) -> str:
-    """A base URL as a message may show it: no user, password or query."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def key_variable(spec: BackendSpec) -> str | None:
     """The environment variable the API key is read from. None for a local service whose
     spec names no variable itself: the default OPENAI_API_KEY, a real key, is never sent to
     a local service by accident."""
     if spec.provider == "local" and "api_key_env" not in spec.model_fields_set:
         return None
+    if spec.provider == "anthropic" and "api_key_env" not in spec.model_fields_set:
+        return ANTHROPIC_KEY_VARIABLE  # an OpenAI key is never sent to Anthropic
     return spec.api_key_env
 
 
@@ -273,7 +259,7 @@ def make_backend(
     *,
     env: Mapping[str, str] = os.environ,
     api_key: str | None = None,
-) -> OpenAIBackend:
+) -> BatchBackend:
     """Build the backend a spec describes; the key comes from `key_variable(spec)`, or is
     `api_key` itself when the caller holds it (a Dagster resource's `EnvVar` field).
 
@@ -281,8 +267,11 @@ def make_backend(
     `openai` and `azure` always, `local` when its spec names a variable (a service with
     auth). A `local` spec naming none sends a placeholder.
     `spec.unreachable_after_seconds` bounds how long the backend goes without an answer
-    before its calls raise `ServiceUnreachable`.
+    before its calls raise `ServiceUnreachable`. `provider: anthropic` gets the
+    `AnthropicBackend` (its SDK imported only then).
     """
+    if spec.provider == "anthropic":
+        return make_anthropic_backend(spec, env=env, api_key=api_key)
     variable = key_variable(spec)
     key = api_key or ((env.get(variable) or None) if variable else None)
     if key is None and variable is not None:

@@ -1,0 +1,94 @@
+"""A pipeline on `backend.provider: anthropic`, run through the local service's Anthropic
+dialect with the official SDK: keys Anthropic's custom_id rule refuses, faults, every row once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pandas as pd
+import pytest
+
+from batch_pipeline import PipelineSpec, load_pipeline
+from batch_pipeline.core.spec import SpecError
+from batch_pipeline.local_api.server import run_local_batch_api
+from batch_pipeline_tests.conftest import ticket_spec, write_tickets
+
+DAY = "2026-11-20"
+MODEL = "claude-haiku-4-5"
+# Keys that break `^[a-zA-Z0-9_-]{1,64}$`, or differ only in case.
+AWKWARD_KEYS = ["a:b", "with space", "café ☕", "k" * 200, "Case", "case", "CASE", "x/y?z"]
+
+
+def anthropic_spec(tmp_path: Path, base_url: str, **overrides: Any) -> dict[str, Any]:
+    spec = ticket_spec(tmp_path, base_url, **overrides)
+    spec["request"] = {
+        "endpoint": "/v1/messages",
+        "model": MODEL,
+        "system": "You label support tickets.",
+        "prompt": "{body}",
+        "params": {"max_tokens": 500},
+    }
+    spec["backend"] = {"provider": "anthropic", "base_url": base_url, "api_key_env": "TEST_KEY"}
+    return spec
+
+
+def run_day(tmp_path: Path, base_url: str, bodies: dict[str, str]) -> pd.DataFrame:
+    at = datetime(2026, 11, 20, 9, 30)
+    rows = [
+        {"ticket_id": k, "subject": "S", "body": v, "created_at": at} for k, v in bodies.items()
+    ]
+    write_tickets(tmp_path / "tickets.parquet", rows)
+    spec = PipelineSpec.from_dict(anthropic_spec(tmp_path, base_url), base_dir=tmp_path)
+    with load_pipeline(spec) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.2, timeout=60)
+    return pd.read_parquet(summary.path)
+
+
+@pytest.mark.slow
+def test_awkward_keys_and_faults_end_once_with_their_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_KEY", "sk-ant-test")
+    bodies = {key: f"text of {key}" for key in AWKWARD_KEYS}
+    bodies |= {"over": "<<fail:529>>", "bad": "<<fail:400>>", "late": "<<hang>>"}
+    with run_local_batch_api(
+        tmp_path / "state", api_key="sk-ant-test", completion_window_seconds=2
+    ) as url:
+        results = run_day(tmp_path, url, bodies)
+        client = anthropic.Anthropic(base_url=url.removesuffix("/v1"), api_key="sk-ant-test")
+        batches = list(client.messages.batches.list())
+    assert sorted(results["ticket_id"]) == sorted(bodies)  # every row, once
+    by_key = results.set_index("ticket_id")
+    for key in AWKWARD_KEYS:
+        row = by_key.loc[key]
+        assert (row["status"], row["attempts"]) == ("succeeded", 1), key
+        assert row["response_text"] == f"text of {key}", key
+        assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+    expected = {
+        "over": ("failed", 3, "overloaded_error"),  # retried, as a 529 is
+        "bad": ("failed", 1, "invalid_request_error"),
+        "late": ("expired", 3, "batch_expired"),
+    }
+    for key, (status, attempts, code) in expected.items():
+        row = by_key.loc[key]
+        assert (row["status"], row["attempts"], row["error_code"]) == (status, attempts, code)
+    assert len(batches) == 3  # the first, and one retry of the two retryable rows each time
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"params": {"temperature": 0}}, "request.params.max_tokens"),
+        ({"endpoint": "/v1/chat/completions"}, "go together"),
+    ],
+)
+def test_a_messages_spec_needs_max_tokens_and_the_anthropic_provider(
+    tmp_path: Path, change: dict[str, Any], says: str
+) -> None:
+    spec = anthropic_spec(tmp_path, "http://127.0.0.1:1/v1")
+    spec["request"] |= change
+    with pytest.raises((SpecError, ValueError), match=says):
+        PipelineSpec.from_dict(spec, base_dir=tmp_path)
