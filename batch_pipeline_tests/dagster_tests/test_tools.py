@@ -115,10 +115,15 @@ def test_the_webserver_lists_the_assets_sensor_and_schedule(webserver: str) -> N
     with urllib.request.urlopen(request, timeout=60) as response:
         (repository,) = json.load(response)["data"]["repositoriesOrError"]["nodes"]
     assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
-    assert assets == {"ticket_triage/requests", "ticket_triage/batches", "ticket_triage/results"}
-    assert [s["name"] for s in repository["sensors"]] == ["ticket_triage_batch_sensor"]
-    assert repository["schedules"] == [
-        {"name": "ticket_triage_nightly", "cronSchedule": "0 1 * * *"}
+    pipelines = ("ticket_triage", "ticket_triage_typed")  # the demo's plain and typed ones
+    assert assets == {
+        f"{p}/{role}" for p in pipelines for role in ("requests", "batches", "results")
+    }
+    assert sorted(s["name"] for s in repository["sensors"]) == [
+        f"{p}_batch_sensor" for p in pipelines
+    ]
+    assert sorted(repository["schedules"], key=lambda s: s["name"]) == [
+        {"name": f"{p}_nightly", "cronSchedule": "0 1 * * *"} for p in pipelines
     ]
 
 
