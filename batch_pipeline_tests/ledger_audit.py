@@ -9,6 +9,7 @@ moment, and the product needs no hook of its own.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -98,6 +99,17 @@ def events(ledger_url: str) -> list[ShardEvent]:
         )
         for row in rows
     ]
+
+
+def wait_for_a_claim(ledger_url: str, pids: set[int], timeout: float) -> None:
+    """Block until one of the processes `pids` has claimed a shard, so that an actor started
+    next joins a race already under way rather than finding it over before it began (a
+    process still importing on a loaded machine would otherwise never take part)."""
+    deadline = time.monotonic() + timeout
+    while not any(e.pid in pids for e in events(ledger_url)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"none of the processes {sorted(pids)} claimed a shard")
+        time.sleep(0.2)
 
 
 def _pid(owner: str) -> int:

@@ -20,7 +20,7 @@ from batch_pipeline.core.storage import StorageRoot
 from batch_pipeline_tests.benchmarks import fixtures
 from batch_pipeline_tests.benchmarks.measure import run_isolated
 from batch_pipeline_tests.benchmarks.report import Config, Row
-from batch_pipeline_tests.benchmarks.results import FileBackend, _link_tree, setup_case
+from batch_pipeline_tests.benchmarks.results import FileBackend, link_tree, setup_case
 
 NAME = "footprint"
 
@@ -79,7 +79,7 @@ def run(config: Config) -> list[Row]:
     for keep in (0, 7):
         spec = fixtures.spec_dict(source, base / "run", max_attempts=1)
         spec["output"]["keep_intermediates_days"] = keep
-        _link_tree(base / "template", base / "run")
+        link_tree(base / "template", base / "run")
         samples[keep] = run_isolated(
             settle_case, fixtures.write_spec(base / f"keep-{keep}.yaml", spec), base / "files"
         )

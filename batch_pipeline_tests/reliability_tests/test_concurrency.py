@@ -109,7 +109,9 @@ def check_nothing_lost(pipeline: Pipeline, base_url: str) -> None:
         assert record.summary and record.summary["counts"]["succeeded"] == ROWS_PER_DAY
     for shard in shards.values():
         assert shard.state is ShardState.COLLECTED and shard.lease_owner is None, shard
-        assert shard.batch_status is BatchStatus.COMPLETED
+        # Every request answered; a batch finalized just past its 2 s window on a loaded
+        # machine ends `expired` with all of them, which loses nothing either.
+        assert shard.batch_status in {BatchStatus.COMPLETED, BatchStatus.EXPIRED}, shard
         assert (shard.succeeded, shard.failed, shard.retried) == (shard.rows, 0, 0), shard
 
 
@@ -150,6 +152,7 @@ def test_two_processes_and_a_dagster_backfill_pay_once_and_lose_nothing(
             start_child(child_command(str(spec_path), *days_backward)),
         ]
         actors.update({child.pid: f"process {n}" for n, child in enumerate(children, 1)})
+        ledger_audit.wait_for_a_claim(spec.ledger_url, {c.pid for c in children}, timeout=120)
         runs = dagster_backfill(spec, DAYS, instance, timeout=BACKFILL_TIMEOUT)
         finished = [finish_child(child, tally) for child in children]
     for child in finished:
