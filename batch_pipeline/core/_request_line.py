@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_pipeline.core._json_escape import json_escape
-from batch_pipeline.core.spec import SpecError, parse_template
+from batch_pipeline.core.prompt_template import parse_template
+from batch_pipeline.core.spec import SpecError
 from batch_pipeline.core.types import Endpoint
 
 _EMPTY = pa.scalar(b"", pa.large_binary())

@@ -27,8 +27,10 @@ from pydantic import (
     model_validator,
 )
 
+from batch_pipeline.core.cron import cron_errors
 from batch_pipeline.core.output_forms import FORM_KEYS, takes_output_schema
 from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
+from batch_pipeline.core.prompt_template import parse_template
 from batch_pipeline.core.reconnect import DEFAULT_RECONNECT_SECONDS
 from batch_pipeline.core.storage_uri import check_options, is_remote, join, local_path_of
 from batch_pipeline.core.types import Endpoint
@@ -116,44 +118,6 @@ class SourceSpec(_Section):
     def _options_fit_the_store(cls, options: dict[str, Any], info: ValidationInfo) -> Any:
         check_options(info.data.get("path") or "", options)
         return options
-
-
-_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_NOT_IN_A_COLUMN_NAME = re.compile(r"[\"'\n]|^\s*$")
-_BRACES_HINT = 'write {{ and }} for literal braces, as in {{"label": "..."}}'
-
-
-def parse_template(text: str) -> list[tuple[str, str | None]]:
-    """A prompt or system text as (literal text, column or None) pairs: `{column}` is a
-    placeholder, `{{` and `}}` are literal braces. ValueError naming the character where a
-    brace neither escapes nor opens a placeholder (a stray `{`, or JSON left unescaped)."""
-    pieces: list[tuple[str, str | None]] = []
-    literal, at = "", 0
-    for token in _TEMPLATE_TOKEN.finditer(text):
-        literal += text[at : token.start()]
-        at = token.end()
-        where = f"at character {token.start() + 1} ({text[token.start() : token.start() + 20]!r})"
-        column = token.group(1)
-        if token.group() in ("{{", "}}"):
-            literal += token.group()[0]
-        elif column is None:
-            raise ValueError(f"a single {token.group()!r} {where}; {_BRACES_HINT}")
-        elif _NOT_IN_A_COLUMN_NAME.search(column):
-            raise ValueError(
-                f"{{{column}}} {where} is not a {{column}} placeholder; {_BRACES_HINT}"
-            )
-        elif ":" in column or "!" in column:
-            raise ValueError(
-                f"placeholder {{{column}}} {where} has a format spec or conversion; write just "
-                f"{{column}}, and {_BRACES_HINT}"
-            )
-        else:
-            pieces.append((literal, column))
-            literal = ""
-    literal += text[at:]
-    if literal:
-        pieces.append((literal, None))
-    return pieces
 
 
 # The request keys that change what a request body holds (context_window only decides
@@ -382,40 +346,6 @@ class PartitionsSpec(_Section):
     end: date | None = None
 
 
-# The five fields of a cron expression, with the values each takes (day of week: 0 and 7 are
-# Sunday), and the shorthands Dagster's schedules take.
-_CRON_FIELDS = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day", 1, 31),
-    ("month", 1, 12),
-    ("weekday", 0, 7),
-)
-_CRON_SHORTHANDS = frozenset({"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually"})
-_CRON_NAMES = re.compile(r"[a-z]{3}", re.IGNORECASE)  # jan..dec, sun..sat
-_CRON_ITEM = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
-
-
-def _cron_errors(cron: str) -> list[str]:
-    """What is wrong with a cron expression (nothing for a valid one)."""
-    if cron.strip() in _CRON_SHORTHANDS:
-        return []
-    fields = cron.split()
-    if len(fields) != len(_CRON_FIELDS):
-        return [f"{len(fields)} fields, not 5 (minute hour day month weekday)"]
-    errors = []
-    for text, (name, low, high) in zip(fields, _CRON_FIELDS, strict=True):
-        for item in text.split(","):
-            match = _CRON_ITEM.fullmatch(item)
-            values = [v for v in (match.group(2), match.group(3)) if v] if match else []
-            if match is None or any(
-                not (_CRON_NAMES.fullmatch(v) or (v.isdigit() and low <= int(v) <= high))
-                for v in values
-            ):
-                errors.append(f"{name} {item!r} (takes {low}-{high})")
-    return errors
-
-
 class ScheduleSpec(_Section):
     cron: str = "0 1 * * *"
     timezone: str = "UTC"
@@ -423,7 +353,7 @@ class ScheduleSpec(_Section):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        errors = _cron_errors(value)
+        errors = cron_errors(value)
         if errors:
             raise ValueError(f"{value!r} is not a cron expression: {'; '.join(errors)}")
         return value
