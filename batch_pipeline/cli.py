@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # annotations only: the commands import the core lazily, when they run
-    from batch_pipeline.core.pipeline import Partition, PartitionStatus, Pipeline, ResultsSummary
+    from batch_pipeline.core.partition import Partition
+    from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, ResultsSummary
     from batch_pipeline.core.spec import PipelineSpec
 
 EXIT_OK = 0
@@ -36,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="Run one partition end to end.")
     run.add_argument("spec", help="Path of the pipeline's YAML spec.")
-    run.add_argument("--partition", required=True, help="The day to run, YYYY-MM-DD.")
+    run.add_argument(
+        "--partition",
+        help="The partition to run, by its key (YYYY-MM-DD: the day, or the first day of the "
+        "week or month), or a range FIRST..LAST of them: all are submitted, then waited for. "
+        "Left out for a pipeline with `partitions: none`.",
+    )
     run.add_argument(
         "--no-wait", action="store_true", help="Submit and return; collect with a later run."
     )
@@ -61,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="Show partitions, shards and batches.")
     status.add_argument("spec", help="Path of the pipeline's YAML spec.")
-    status.add_argument("--partition", help="Only this day, YYYY-MM-DD.")
+    status.add_argument("--partition", help="Only this partition, by its key.")
 
     cancel = commands.add_parser("cancel", help="Cancel a partition's batches.")
     cancel.add_argument("spec", help="Path of the pipeline's YAML spec.")
-    cancel.add_argument("--partition", required=True, help="The day to cancel, YYYY-MM-DD.")
+    cancel.add_argument(
+        "--partition", help="The partition to cancel, by its key (none if unpartitioned)."
+    )
 
     gc = commands.add_parser(
         "gc",
@@ -122,7 +130,7 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from batch_pipeline.core.backends.base import BackendError
-    from batch_pipeline.core.pipeline import Partition, PipelineError, load_pipeline
+    from batch_pipeline.core.pipeline import PipelineError, load_pipeline
     from batch_pipeline.core.reconnect import LedgerUnavailableError
     from batch_pipeline.core.spec import PipelineSpec, SpecError
 
@@ -131,21 +139,19 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
         if args.command == "run" and args.unreachable_after is not None:
             spec = _with_unreachable_after(spec, args.unreachable_after)
         with load_pipeline(spec) as pipeline:
-            # The one place the command line's day is read; every step takes the parsed value.
-            given = getattr(args, "partition", None)
-            partition = None if given is None else Partition.parse(given)
-            if args.command == "run":
-                assert partition is not None  # --partition is required
-                return _run(pipeline, partition, args, out)
-            if args.command == "status":
-                return _status(pipeline, partition, out)
             if args.command == "gc":
                 return _gc(pipeline, args.dry_run, out)
+            partitions = _partitions_of(spec, args.partition, args.command)
+            if args.command == "run":
+                assert partitions is not None
+                return _run(pipeline, partitions, args, out)
+            if args.command == "status":
+                return _status(pipeline, partitions and partitions[0], out)
             if args.command == "cancel":
-                assert partition is not None
-                cancelled = pipeline.cancel(partition)
+                assert partitions is not None
+                cancelled = pipeline.cancel(partitions[0])
                 print(
-                    f"cancel requested for {len(cancelled)} batch(es) of {args.partition}; "
+                    f"cancel requested for {len(cancelled)} batch(es) of {partitions[0]}; "
                     "queued shards will not be submitted",
                     file=out,
                 )
@@ -167,40 +173,63 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE
 
 
+def _partitions_of(spec: PipelineSpec, given: str | None, command: str) -> list[Partition] | None:
+    """The partitions `--partition` names, parsed once (every step takes the parsed values):
+    a range for `run`, one otherwise; None for every partition (`status` without it). The
+    one partition of an unpartitioned pipeline is implied, and naming one is a ValueError."""
+    from batch_pipeline.core.partition import WHOLE_KEY, PartitionKind
+
+    partitioning = spec.partitioning
+    if partitioning.kind is PartitionKind.NONE:
+        if given is not None:
+            raise ValueError(
+                f"pipeline {spec.name} is not partitioned (partitions: none): leave out --partition"
+            )
+        return None if command == "status" else [partitioning.parse(WHOLE_KEY)]
+    if given is None:
+        if command == "status":
+            return None
+        raise ValueError(
+            f"pipeline {spec.name} has {partitioning.kind} partitions: give --partition "
+            "YYYY-MM-DD" + (" (or a range FIRST..LAST)" if command == "run" else "")
+        )
+    return partitioning.parse_range(given) if command == "run" else [partitioning.parse(given)]
+
+
 def _with_unreachable_after(spec: PipelineSpec, seconds: float) -> PipelineSpec:
     """The spec with `--unreachable-after` in place of its backend's own bound."""
     backend = spec.backend.model_copy(update={"unreachable_after_seconds": seconds})
     return spec.model_copy(update={"backend": backend})
 
 
-def _run(pipeline: Pipeline, partition: Partition, args: argparse.Namespace, out: TextIO) -> int:
+def _run(
+    pipeline: Pipeline, partitions: list[Partition], args: argparse.Namespace, out: TextIO
+) -> int:
     from batch_pipeline.core.pipeline import PartitionStatus, ResultsSummary
 
-    progress = _ProgressLine(sys.stderr)
-    try:
-        outcome = pipeline.run(
-            partition,
-            wait=not args.no_wait,
-            poll_interval=args.poll_interval,
-            rebuild=args.rebuild,
-            timeout=args.timeout,
-            on_progress=lambda status, _report: progress.show(status),
-        )
-    finally:
-        progress.done()
-    if isinstance(outcome, PartitionStatus):
-        print(_submitted_line(pipeline, outcome), file=out)
-        return EXIT_OK
-    assert isinstance(outcome, ResultsSummary)
-    if outcome.already_collected:
-        print(
-            f"{outcome.partition} is already settled and collected; nothing to do "
-            "(use --rebuild to run it afresh)",
-            file=out,
-        )
-    if outcome.spec_changed:
-        print(f"note: {outcome.spec_changed}", file=out)
-    print(format_results_summary(outcome), file=out)
+    progress = _ProgressLines(sys.stderr)
+    outcomes = pipeline.run_all(
+        partitions,
+        wait=not args.no_wait,
+        poll_interval=args.poll_interval,
+        rebuild=args.rebuild,
+        timeout=args.timeout,
+        on_progress=lambda status, _report: progress.show(status),
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, PartitionStatus):
+            print(_submitted_line(pipeline, outcome), file=out)
+            continue
+        assert isinstance(outcome, ResultsSummary)
+        if outcome.already_collected:
+            print(
+                f"{outcome.partition} is already settled and collected; nothing to do "
+                "(use --rebuild to run it afresh)",
+                file=out,
+            )
+        if outcome.spec_changed:
+            print(f"note: {outcome.spec_changed}", file=out)
+        print(format_results_summary(outcome), file=out)
     return EXIT_OK
 
 
@@ -295,15 +324,16 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:,.1f} MB"
 
 
-class _ProgressLine:
-    """A one-line progress bar on a terminal; plain lines when output is not a terminal."""
+class _ProgressLines:
+    """One progress bar per partition: redrawn in place on a terminal; elsewhere a plain line
+    each time a partition's progress changes."""
 
     WIDTH = 30
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.tty = stream.isatty()
-        self._last = ""
+        self._lines: dict[str, str] = {}  # the last line of each partition, in order seen
 
     def show(self, status: PartitionStatus) -> None:
         total = sum(b["total"] for b in status.batches) or status.requests or 1
@@ -316,19 +346,16 @@ class _ProgressLine:
             f"{status.partition} [{bar}] {done:,}/{total:,} requests, "
             f"{len(status.batches)} batch(es), {status.state}"
         )
-        if line == self._last:
+        if self._lines.get(status.partition) == line:
             return
-        self._last = line
-        if self.tty:
-            self.stream.write("\r" + line)
+        drawn = len(self._lines)
+        self._lines[status.partition] = line
+        if self.tty:  # back to the first bar, and every bar again
+            up = f"\x1b[{drawn}F" if drawn else ""
+            self.stream.write(up + "".join(f"{bar}\x1b[K\n" for bar in self._lines.values()))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
-
-    def done(self) -> None:
-        if self.tty and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class Builder(PipelineWorker):
         the day is still in flight (PipelineError: its batches would be paid for again; cancel
         it first, or wait until it settles).
         """
-        day = Partition.of(day)  # before the ledger records anything of it
+        day = self.spec.partitioning.of(day)  # before the ledger records anything of it
         partition = day.key
         if rebuild:
             self._check_rebuild(partition)

@@ -7,7 +7,7 @@ pipeline through one object."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,9 @@ class Pipeline:
 
     `clock` and `sleep` are the time it goes by (a test passes a manual clock, see
     `backends.memory.ManualClock`); `tuning` holds its backoffs, limits and chunk sizes
-    (`tuning.DEFAULT_TUNING` unless given). A partition is given as its key `YYYY-MM-DD` or as
-    a `Partition`; a key is parsed once here and the steps take the parsed value.
+    (`tuning.DEFAULT_TUNING` unless given). A partition is given as its key (`YYYY-MM-DD`, or
+    `all` with `partitions: none`) or as a `Partition`; a key is parsed once here and the
+    steps take the parsed value.
     """
 
     def __init__(
@@ -122,9 +123,12 @@ class Pipeline:
         self, partition: str | Partition, *, rebuild: bool = False
     ) -> RequestsSummary:
         """Validate the partition's rows and write its JSONL shards; nothing is paid for here
-        (see `Builder.build`: a built generation is reused unless `rebuild` asks)."""
+        (see `Builder.build`: a built generation is reused unless `rebuild` asks). A partition
+        outside the spec's `partitions.start` and `end` is a ValueError."""
+        partitioning = self.spec.partitioning
+        day = partitioning.check_bounds(partitioning.of(partition))
         builder = self._worker(Builder, source=self.source, sleep=self._sleep)
-        return builder.build(Partition.of(partition), rebuild=rebuild)
+        return builder.build(day, rebuild=rebuild)
 
     def spec_change(self, partition: str | Partition) -> str | None:
         """Says when the partition was built with another request than the spec makes now."""
@@ -137,7 +141,7 @@ class Pipeline:
         Safe to call again and from several processes at once: each shard is submitted once.
         A partition named here must have been built (PipelineError otherwise).
         """
-        day = None if partition is None else Partition.of(partition)
+        day = None if partition is None else self.spec.partitioning.of(partition)
         if day is not None and self._require_partition(day).built_at is None:
             raise PipelineError(
                 f"partition {day} of {self.spec.name} has not been built (its build is "
@@ -155,11 +159,13 @@ class Pipeline:
 
     def cancel(self, partition: str | Partition) -> list[str]:
         """Cancel the partition's batches; queued shards are not submitted. Returns batch ids."""
-        return self._worker(Canceller).cancel(self._require_partition(Partition.of(partition)))
+        partition = self.spec.partitioning.of(partition)
+        return self._worker(Canceller).cancel(self._require_partition(partition))
 
     def collect_results(self, partition: str | Partition) -> ResultsSummary:
         """Join every source row of a settled partition with its outcome and write Parquet."""
-        return self._worker(ResultsWriter, source=self.source).write(Partition.of(partition))
+        writer = self._worker(ResultsWriter, source=self.source)
+        return writer.write(self.spec.partitioning.of(partition))
 
     def read_results(
         self, partition: str | Partition | None = None, *, as_models: bool | type = False
@@ -196,34 +202,71 @@ class Pipeline:
         than `backend.unreachable_after_seconds` stops the wait with `ServiceUnreachable`
         (the batches go on; a later run or poll picks them up).
         """
-        partition = Partition.of(partition)
-        record = self.get_partition(partition)
-        if record is not None and record.collected_at is not None and not rebuild:
-            return ResultsSummary(
-                **record.summary, already_collected=True, spec_changed=self.spec_change(partition)
-            )
-        built = self.build_requests(partition, rebuild=rebuild)
-        self.submit(partition)
+        return self.run_all(
+            [partition],
+            wait=wait,
+            poll_interval=poll_interval,
+            rebuild=rebuild,
+            timeout=timeout,
+            on_progress=on_progress,
+        )[0]
+
+    def run_all(
+        self,
+        partitions: Sequence[str | Partition],
+        *,
+        wait: bool = True,
+        poll_interval: float = 10.0,
+        rebuild: bool = False,
+        timeout: float | None = None,
+        on_progress: Callable[[PartitionStatus, PollReport | None], None] | None = None,
+    ) -> list[ResultsSummary | PartitionStatus]:
+        """Run partitions end to end together (see `run`): every one is checked, then built
+        and submitted, before any is waited for; each one's results are written once it has
+        settled. `on_progress` hears of every partition still waiting at each poll. Returns
+        each partition's outcome, in the order given."""
+        partitioning = self.spec.partitioning
+        days = [partitioning.check_bounds(partitioning.of(p)) for p in partitions]
+        outcomes: dict[str, ResultsSummary | PartitionStatus] = {}
+        spec_changed: dict[str, str | None] = {}
+        for day in days:
+            record = self.get_partition(day)
+            if record is not None and record.collected_at is not None and not rebuild:
+                outcomes[day.key] = ResultsSummary(
+                    **record.summary, already_collected=True, spec_changed=self.spec_change(day)
+                )
+                continue
+            spec_changed[day.key] = self.build_requests(day, rebuild=rebuild).spec_changed
+            self.submit(day)
+        pending = [day for day in days if day.key in spec_changed]
         started = self._clock()
         report: PollReport | None = None
-        while True:
-            status = self.status(partition)[0]
-            if on_progress is not None:
-                on_progress(status, report)
-            if status.state.is_settled or not wait:
+        while pending:
+            for day in list(pending):
+                status = self.status(day)[0]
+                if on_progress is not None:
+                    on_progress(status, report)
+                if not wait:
+                    outcomes[day.key] = status
+                elif status.state.is_settled:
+                    collected = self.collect_results(day)
+                    outcomes[day.key] = replace(collected, spec_changed=spec_changed[day.key])
+                else:
+                    continue
+                pending.remove(day)
+            if not pending:
                 break
             if timeout is not None and self._clock() - started > timeout:
                 raise PipelineError(
-                    f"partition {partition} did not settle within {timeout:.0f} s; its batches "
-                    "go on: run again (or `batch-pipeline status`) later to collect them"
+                    f"partition {', '.join(d.key for d in pending)} did not settle within "
+                    f"{timeout:.0f} s; its batches go on: run again (or `batch-pipeline "
+                    "status`) later to collect them"
                 )
             self._sleep(poll_interval)
             report = self.poll()
             if (unreachable := self.backend.unreachable()) is not None:
                 raise unreachable
-        if not wait:
-            return status
-        return replace(self.collect_results(partition), spec_changed=built.spec_changed)
+        return [outcomes[day.key] for day in days]
 
     # -- status -----------------------------------------------------------------------------
 
@@ -231,7 +274,7 @@ class Pipeline:
         """The status of every partition (or of one, PipelineError if it was never built)."""
         records = self.ledger.list_partitions(self.spec.name)
         if partition is not None:
-            partition = Partition.of(partition)
+            partition = self.spec.partitioning.of(partition)
             records = [r for r in records if r.partition == partition.key]
             if not records:
                 raise PipelineError(

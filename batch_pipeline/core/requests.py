@@ -221,7 +221,7 @@ class RequestBuilder:
         text is parsed when a new partition starts)."""
         day_key = partition_key(partition)
         if day_key != self._partition:
-            Partition.of(partition)  # a key given as text must name a day
+            self.spec.partitioning.of(partition)  # a key given as text must name one
             self.reset()
             self._partition = day_key
         self.check_schema(batch.schema)

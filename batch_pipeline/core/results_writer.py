@@ -36,7 +36,7 @@ class ResultsWriter(PipelineWorker):
 
     def write(self, day: str | Partition) -> ResultsSummary:
         """Join every source row of a settled partition with its outcome and write Parquet."""
-        day = Partition.of(day)
+        day = self.spec.partitioning.of(day)
         partition = day.key
         record = self.partition_record(day)
         if record.intermediates_removed_at is not None and record.summary is not None:
@@ -56,7 +56,7 @@ class ResultsWriter(PipelineWorker):
             summary = assemble_results(
                 # Read in the join's own chunks: larger batches only wait, decoded, in memory.
                 source_batches=self.source.batches(
-                    day.day,
+                    day,
                     batch_size=self.tuning.chunk_rows,
                     ties=source_columns(self.spec),  # as the build read them
                 ),

@@ -408,7 +408,7 @@ def build_partition_requests(
     generation replaces that attempt's files. `heartbeat` is called after each source batch
     (to keep a claim on the build alive; it raises to stop it).
     """
-    day = Partition.of(day)
+    day = spec.partitioning.of(day)
     partition = day.key
     source = source or source_for(spec)
     builder = RequestBuilder(spec)
@@ -420,7 +420,7 @@ def build_partition_requests(
         _RejectedWriter(storage, rejected_path(partition, generation)) as rejected,
         ReadAhead(
             source.batches(
-                day.day, batch_size=batch_size, columns=builder.columns, ties=builder.columns
+                day, batch_size=batch_size, columns=builder.columns, ties=builder.columns
             ),
             name="source-read-ahead",
         ) as batches,

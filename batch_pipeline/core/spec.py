@@ -30,6 +30,7 @@ from pydantic import (
 from batch_pipeline.core.cron import cron_errors
 from batch_pipeline.core.output_forms import FORM_KEYS, takes_output_schema
 from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
+from batch_pipeline.core.partition import Partitioning, PartitionKind
 from batch_pipeline.core.prompt_template import parse_template
 from batch_pipeline.core.reconnect import DEFAULT_RECONNECT_SECONDS
 from batch_pipeline.core.storage_uri import check_options, is_remote, join, local_path_of
@@ -103,8 +104,10 @@ class SourceSpec(_Section):
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
     sql: SqlSource | None = None
     key: str = Field(description="The column holding each row's unique key.")
-    partition_column: str = Field(
-        description="A date or timestamp column; partitions are its days, YYYY-MM-DD."
+    partition_column: str | None = Field(
+        default=None,
+        description="A date, timestamp or ISO text column: a row belongs to the partition "
+        "holding its day. Required unless `partitions` is none.",
     )
 
     @model_validator(mode="after")
@@ -342,8 +345,48 @@ class ModelPrice(_Section):
 
 
 class PartitionsSpec(_Section):
-    start: date
-    end: date | None = None
+    kind: PartitionKind = Field(
+        default=PartitionKind.DAILY,
+        description="How rows are split: daily, weekly or monthly by the partition column's "
+        "day (keys YYYY-MM-DD of the first day), or none: one partition, `all`, of every row.",
+    )
+    start: date | None = Field(
+        default=None,
+        description="The first partition's first day (a weekly pipeline's weeks begin on its "
+        "weekday; a monthly one's start is the 1st of a month). Dagster needs it.",
+    )
+    end: date | None = Field(default=None, description="The last day covered (inclusive).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_alone(cls, value: Any) -> Any:
+        """`partitions: weekly` is short for `partitions: {kind: weekly}`."""
+        return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("start")
+    @classmethod
+    def _start_fits_the_kind(cls, start: date | None, info: ValidationInfo) -> date | None:
+        kind = info.data.get("kind")
+        if start is not None and kind is PartitionKind.NONE:
+            raise ValueError("partitions none covers the whole source: give no start")
+        if start is not None and kind is PartitionKind.MONTHLY and start.day != 1:
+            raise ValueError(f"monthly partitions start on the 1st of a month, not {start}")
+        return start
+
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, end: date | None, info: ValidationInfo) -> date | None:
+        if end is not None and info.data.get("kind") is PartitionKind.NONE:
+            raise ValueError("partitions none covers the whole source: give no end")
+        start = info.data.get("start")
+        if end is not None and start is not None and end < start:
+            raise ValueError(f"{end} is before partitions.start {start}")
+        return end
+
+    @property
+    def partitioning(self) -> Partitioning:
+        """The partitions these settings describe, which parse and bound partition keys."""
+        return Partitioning(self.kind, self.start, self.end)
 
 
 class ScheduleSpec(_Section):
@@ -388,7 +431,10 @@ class PipelineSpec(_Section):
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
     )
-    partitions: PartitionsSpec | None = None
+    partitions: PartitionsSpec = Field(
+        default_factory=PartitionsSpec,
+        description="daily (the default), weekly, monthly or none, with start and end.",
+    )
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
     base_dir: Path = Field(
@@ -443,6 +489,25 @@ class PipelineSpec(_Section):
                 "request.params.max_tokens: the Messages API needs max_tokens in every request"
             )
         return self
+
+    @field_validator("partitions", mode="before")
+    @classmethod
+    def _default_partitions(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _partition_column_when_partitioned(self) -> PipelineSpec:
+        if self.source.partition_column is None and self.partitioning.kind != PartitionKind.NONE:
+            raise ValueError(
+                f"source.partition_column: required key is missing ({self.partitioning.kind} "
+                "partitions split rows by its days; `partitions: none` needs none)"
+            )
+        return self
+
+    @property
+    def partitioning(self) -> Partitioning:
+        """How this pipeline's rows are split into partitions, and their bounds."""
+        return self.partitions.partitioning
 
     @field_validator("name")
     @classmethod

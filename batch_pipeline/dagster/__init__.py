@@ -13,7 +13,6 @@ from batch_pipeline.dagster.assets import build_asset_specs as build_asset_specs
 from batch_pipeline.dagster.assets import (
     build_batch_pipeline_assets as build_batch_pipeline_assets,
 )
-from batch_pipeline.dagster.assets import build_partitions_def as build_partitions_def
 from batch_pipeline.dagster.checks import FAILED_SHARE_CHECK as FAILED_SHARE_CHECK
 from batch_pipeline.dagster.checks import ROWS_ONCE_CHECK as ROWS_ONCE_CHECK
 from batch_pipeline.dagster.checks import build_results_checks as build_results_checks
@@ -23,6 +22,7 @@ from batch_pipeline.dagster.definitions import (
 )
 from batch_pipeline.dagster.jobs import SUBMISSION_TAG as SUBMISSION_TAG
 from batch_pipeline.dagster.jobs import build_submit_job as build_submit_job
+from batch_pipeline.dagster.partitions import build_partitions_def as build_partitions_def
 from batch_pipeline.dagster.resources import BatchBackendResource as BatchBackendResource
 from batch_pipeline.dagster.schedule_builder import (
     build_nightly_schedule as build_nightly_schedule,

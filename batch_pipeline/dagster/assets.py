@@ -1,4 +1,5 @@
-"""`build_batch_pipeline_assets`: the three daily-partitioned assets of one pipeline.
+"""`build_batch_pipeline_assets`: the three partitioned assets of one pipeline (daily by
+default; weekly, monthly, or unpartitioned with `partitions: none`).
 
 - `requests` builds and validates the day's JSONL shards (nothing is paid for);
 - `batches` submits them and returns at once (the sensor watches the batches);
@@ -14,14 +15,14 @@ still in flight is refused then: cancel it first (`batch-pipeline cancel`).
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 import dagster as dg
 
 from batch_pipeline.core.pipeline import Partition, Pipeline
-from batch_pipeline.core.spec import PipelineSpec, SpecError
+from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
+from batch_pipeline.dagster.partitions import build_partitions_def, partition_key_of
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
 
@@ -39,22 +40,6 @@ REBUILD_TAG = "batch_pipeline/rebuild"  # "true" on a run: build settled days af
 
 # A step's materialization, or None when it has nothing to materialize yet (results only).
 Step = Callable[[Pipeline, Partition, dg.AssetExecutionContext], dg.MaterializeResult | None]
-
-
-def build_partitions_def(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
-    """One partition per day from `partitions.start` to `partitions.end` (inclusive), in the
-    schedule's timezone; a day's partition exists once the day is over."""
-    if spec.partitions is None:
-        raise SpecError(
-            f"pipeline {spec.name}: the Dagster assets are partitioned by day; add "
-            "`partitions: {start: YYYY-MM-DD}` to the spec"
-        )
-    end = spec.partitions.end
-    return dg.DailyPartitionsDefinition(
-        start_date=spec.partitions.start.isoformat(),
-        end_date=(end + timedelta(days=1)).isoformat() if end else None,
-        timezone=spec.schedule.timezone,
-    )
 
 
 def build_asset_specs(
@@ -112,7 +97,7 @@ def _pipeline_asset(
     step: Step,
     *,
     name: str,
-    partitions_def: dg.PartitionsDefinition,
+    partitions_def: dg.PartitionsDefinition | None,
     backend_resource_key: str,
     op_tags: Mapping[str, Any] | None,
     retry_policy: dg.RetryPolicy | None,
@@ -130,7 +115,8 @@ def _pipeline_asset(
     def _asset(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
         with backend.open_pipeline(spec) as pipeline:
-            result = step(pipeline, Partition.parse(context.partition_key), context)
+            partition = spec.partitioning.parse(partition_key_of(context))
+            result = step(pipeline, partition, context)
         if result is not None:
             yield result
 

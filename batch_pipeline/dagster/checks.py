@@ -10,12 +10,9 @@ from batch_pipeline.core.ledger import PartitionRecord
 from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import RowStatus
-from batch_pipeline.dagster.assets import (
-    DEFAULT_BACKEND_RESOURCE_KEY,
-    build_asset_specs,
-    build_partitions_def,
-)
+from batch_pipeline.dagster.assets import DEFAULT_BACKEND_RESOURCE_KEY, build_asset_specs
 from batch_pipeline.dagster.metadata import failures_table
+from batch_pipeline.dagster.partitions import build_partitions_def, partition_key_of
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
 
@@ -125,7 +122,7 @@ def _written_results(
 ) -> tuple[PartitionRecord, pa.Table]:
     """The day's ledger record, read on the step's backend resource, and its results table
     (status and `columns` only)."""
-    partition = context.partition_key
+    partition = partition_key_of(context)
     backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
     with backend.open_pipeline(spec) as pipeline:
         record = pipeline.get_partition(partition)

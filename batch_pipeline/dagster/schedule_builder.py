@@ -1,4 +1,11 @@
-"""`build_nightly_schedule`: submits yesterday's partition on the spec's cron."""
+"""`build_nightly_schedule`: on the spec's cron, submits the last partition to have ended.
+
+- daily: yesterday's partition;
+- weekly, monthly: the last whole week or month. Each tick asks under the run key of that
+  partition, so on a daily cron a week is submitted once, on the first tick after it ends,
+  and Dagster skips the ticks that ask for it again;
+- none: the one data set, once: its run key never changes, so later ticks are skipped.
+"""
 
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -6,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from batch_pipeline.core.partition import Partition, PartitionKind
 from batch_pipeline.core.spec import PipelineSpec
-from batch_pipeline.dagster.assets import build_partitions_def
+from batch_pipeline.dagster.partitions import build_partitions_def
 
 if TYPE_CHECKING:  # what define_asset_job returns; dagster does not export the name
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -15,10 +23,15 @@ if TYPE_CHECKING:  # what define_asset_job returns; dagster does not export the 
     )
 
 
-def yesterday(spec: PipelineSpec, at: datetime) -> str:
-    """The partition key of the day before `at`, in the schedule's timezone."""
-    local = at.astimezone(ZoneInfo(spec.schedule.timezone))
-    return (local.date() - timedelta(days=1)).isoformat()
+def last_ended(spec: PipelineSpec, at: datetime) -> Partition:
+    """The partition that ended last before `at` (yesterday for daily partitions), counted
+    in the schedule's timezone."""
+    today = at.astimezone(ZoneInfo(spec.schedule.timezone)).date()
+    partitioning = spec.partitioning
+    current = partitioning.containing(today)
+    if current.is_whole:
+        return current
+    return partitioning.containing(current.day - timedelta(days=1))
 
 
 def build_nightly_schedule(
@@ -28,8 +41,16 @@ def build_nightly_schedule(
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.ScheduleDefinition:
     """The schedule `{name}_nightly`: on `schedule.cron` it runs `job` (requests + batches)
-    for yesterday's partition. Stopped by default: turning it on starts spending."""
+    for the last partition to have ended (see the module). Stopped by default: turning it on
+    starts spending."""
     partitions_def = build_partitions_def(spec)
+    kind = spec.partitioning.kind
+    what = {
+        PartitionKind.NONE: "the data set, once",
+        PartitionKind.DAILY: "yesterday's requests",
+        PartitionKind.WEEKLY: "the last whole week's requests",
+        PartitionKind.MONTHLY: "the last whole month's requests",
+    }[kind]
 
     @dg.schedule(
         name=f"{spec.name}_nightly",
@@ -37,16 +58,22 @@ def build_nightly_schedule(
         execution_timezone=spec.schedule.timezone,
         job=job,
         default_status=default_status,
-        description=f"Builds and submits yesterday's requests of {spec.name}.",
+        description=f"Builds and submits {what} of {spec.name}.",
     )
     def _nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         at = context.scheduled_execution_time or datetime.now(ZoneInfo(spec.schedule.timezone))
-        partition = yesterday(spec, at)
-        if partition not in partitions_def.get_partition_keys(current_time=at):
+        partition = last_ended(spec, at)
+        run_key = f"{spec.name}:{partition.key}:nightly"
+        if partitions_def is None:
+            return dg.RunRequest(run_key=run_key)
+        try:
+            spec.partitioning.check_bounds(partition)
+        except ValueError:
             return dg.SkipReason(
-                f"yesterday ({partition}) is not a partition of {spec.name}: "
-                f"partitions run from {spec.partitions.start} to {spec.partitions.end or 'now'}"
+                f"{partition.key}, the last {kind} partition to have ended, is not one of "
+                f"{spec.name}'s: partitions run from {spec.partitioning.start} to "
+                f"{spec.partitioning.end or 'now'}"
             )
-        return dg.RunRequest(run_key=f"{spec.name}:{partition}:nightly", partition_key=partition)
+        return dg.RunRequest(run_key=run_key, partition_key=partition.key)
 
     return _nightly

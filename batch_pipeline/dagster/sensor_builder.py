@@ -21,7 +21,13 @@ from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
 from batch_pipeline.core.reconnect import LedgerUnavailableError
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import BatchStatus, ShardState
-from batch_pipeline.dagster.assets import build_asset_specs, build_partitions_def
+from batch_pipeline.dagster.assets import build_asset_specs
+from batch_pipeline.dagster.partitions import (
+    build_partitions_def,
+    has_partition,
+    materialized_partitions,
+    run_partition_key,
+)
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
 
@@ -117,7 +123,9 @@ def build_batch_pipeline_sensor(
                     None
                     if run_requests
                     else f"{_poll_summary(report)} "
-                    + _waiting_message(pipeline, report, context.instance, results_key)
+                    + _waiting_message(
+                        pipeline, report, context.instance, results_key, partitions_def
+                    )
                 )
                 gc_at = previous.gc_at
                 if not report.timed_out and time.time() - (gc_at or 0.0) >= gc_interval_seconds:
@@ -160,7 +168,7 @@ def _results_run_requests(
     context: dg.SensorEvaluationContext,
     pipeline: Pipeline,
     results_key: dg.AssetKey,
-    partitions_def: dg.PartitionsDefinition,
+    partitions_def: dg.PartitionsDefinition | None,
     rerun_after_seconds: float,
 ) -> Iterator[dg.RunRequest]:
     """A results run for each day that needs one (`_days_needing_results`) that has none
@@ -172,8 +180,8 @@ def _results_run_requests(
     leaves nothing behind, and the next tick asks again under the same key.
     """
     now = time.time()
-    for record in _days_needing_results(context.instance, pipeline, results_key):
-        if not partitions_def.has_partition_key(record.partition):
+    for record in _days_needing_results(context.instance, pipeline, results_key, partitions_def):
+        if not has_partition(partitions_def, record.partition):
             if not record.is_collected:
                 context.log.warning(
                     f"{record.partition} has settled but is not a partition of the assets; "
@@ -201,21 +209,24 @@ def _results_run_requests(
             run_key=results_run_key(
                 pipeline.spec.name, record.partition, record.generation, request
             ),
-            partition_key=record.partition,
+            partition_key=run_partition_key(partitions_def, record.partition),
             asset_selection=[results_key],
             tags={"batch_pipeline/pipeline": pipeline.spec.name},
         )
 
 
 def _days_needing_results(
-    instance: dg.DagsterInstance, pipeline: Pipeline, results_key: dg.AssetKey
+    instance: dg.DagsterInstance,
+    pipeline: Pipeline,
+    results_key: dg.AssetKey,
+    partitions_def: dg.PartitionsDefinition | None,
 ) -> list[PartitionRecord]:
     """Settled days whose results are not written yet, and days whose results are written
     (by another Dagster instance, or the command line) but were never materialized in this
     one: a new instance on a ledger of settled days shows their results too."""
     settled = [record for record in pipeline.partitions() if record.settled_at is not None]
     if any(record.is_collected for record in settled):
-        materialized = set(instance.get_materialized_partitions(results_key))
+        materialized = materialized_partitions(instance, results_key, partitions_def)
         settled = [r for r in settled if not r.is_collected or r.partition not in materialized]
     return settled
 
@@ -239,12 +250,13 @@ def _waiting_message(
     report: PollReport,
     instance: dg.DagsterInstance,
     results_key: dg.AssetKey,
+    partitions_def: dg.PartitionsDefinition | None,
 ) -> str:
     """What the pipeline waits for, day by day, e.g. 'Waiting: 1 batch in flight for
     2026-11-20 (attempt 1 of 3, 40 of 41 requests done, expires 2026-11-21 01:00 UTC).'"""
     open_days = [record.partition for record in pipeline.partitions() if record.settled_at is None]
     awaiting, stuck = [], []
-    for record in _days_needing_results(instance, pipeline, results_key):
+    for record in _days_needing_results(instance, pipeline, results_key, partitions_def):
         runs = _results_runs(instance, pipeline.spec.name, record)
         (stuck if len(runs) >= MAX_RESULTS_REQUESTS else awaiting).append(record.partition)
     max_attempts = pipeline.spec.retry.max_attempts

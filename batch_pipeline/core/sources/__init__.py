@@ -1,4 +1,5 @@
-"""Read one partition (a day) of a pipeline's source rows as a stream of Arrow record batches.
+"""Read one partition (a day, a week, a month, or every row) of a pipeline's source rows as a
+stream of Arrow record batches.
 
 Three kinds of source stand behind one `Source` protocol: a file or folder of .parquet, .csv
 or .jsonl files (`files`: through `pyarrow.dataset`, the day's filter pushed down to the
@@ -57,13 +58,15 @@ class Source(Protocol):
 
     def batches(
         self,
-        day: date,
+        day: date | Partition,
         *,
         batch_size: int,
         columns: Sequence[str] | None = None,
         ties: Sequence[str] = (),
     ) -> Iterator[pa.RecordBatch]:
-        """The rows of `day`, in non-empty record batches of at most `batch_size` rows.
+        """The rows of `day` (a date, or a partition: its days, or every row for the one
+        partition of `partitions: none`), in non-empty record batches of at most
+        `batch_size` rows.
 
         `columns` reads only those (default: all); the key, the partition column and
         `columns` must exist (SpecError naming the missing one). `ties`: the columns that
@@ -106,9 +109,9 @@ def iter_partition_batches(
     ties: Sequence[str] = (),
 ) -> Iterator[pa.RecordBatch]:
     """The rows of `partition` of `source_for(spec, dataframe)` (see `Source.batches`)."""
-    day = parse_partition(partition)
+    days = spec.partitioning.of(partition)
     yield from source_for(spec, dataframe).batches(
-        day, batch_size=batch_size, columns=columns, ties=ties
+        days, batch_size=batch_size, columns=columns, ties=ties
     )
 
 

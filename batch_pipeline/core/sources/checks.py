@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from batch_pipeline.core.partition import PartitionKind
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 
 
@@ -22,7 +23,7 @@ def check_columns(
     """SpecError unless the key, the partition column and `extra` columns are all present."""
     required = [
         ("source.key", spec.source.key),
-        ("source.partition_column", spec.source.partition_column),
+        *([("source.partition_column", spec.source.partition_column)] * splits_by_day(spec)),
         *(("column", name) for name in extra),
     ]
     for role, column in required:
@@ -31,6 +32,12 @@ def check_columns(
             raise SpecError(
                 f"{role}: column {column!r} is not in the source{where}; its columns: {listing}"
             )
+
+
+def splits_by_day(spec: PipelineSpec) -> bool:
+    """Whether partitions hold some days' rows by the partition column; with `partitions:
+    none` the one partition holds every row, so the column is neither read nor needed."""
+    return spec.partitioning.kind is not PartitionKind.NONE
 
 
 def check_some_day(spec: PipelineSpec, sample: Any) -> None:

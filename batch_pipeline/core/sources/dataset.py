@@ -12,9 +12,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.sources._scan import scan
-from batch_pipeline.core.sources.checks import SourceError, check_columns, check_some_day
-from batch_pipeline.core.sources.days import DAY_PREFIX, decoded, is_text, partition_filter
+from batch_pipeline.core.sources.checks import (
+    SourceError,
+    check_columns,
+    check_some_day,
+    splits_by_day,
+)
+from batch_pipeline.core.sources.days import (
+    DAY_PREFIX,
+    day_span,
+    decoded,
+    is_text,
+    partition_filter,
+)
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 
 
@@ -30,23 +42,30 @@ class DatasetSource(ABC):
 
     def batches(
         self,
-        day: date,
+        day: date | Partition,
         *,
         batch_size: int,
         columns: Sequence[str] | None = None,
         ties: Sequence[str] = (),
     ) -> Iterator[pa.RecordBatch]:
-        """The rows of `day` in source order (`ties` are for sources without one: unused)."""
+        """The rows of `day` (or of a partition's days, or every row) in source order (`ties`
+        are for sources without one: unused)."""
         dataset = self._dataset()
         if dataset is None:
             return
         wanted = list(columns) if columns is not None else None
         check_columns(self.spec, dataset.schema.names, wanted or (), where=self.where)
+        span = day_span(day)
+        if span is None:  # every row: no filter (the key column stands in for the scan's)
+            every_row = ds.scalar(True)
+            key = self.spec.source.key
+            yield from scan(dataset, wanted, every_row, batch_size, filter_column=key)
+            return
         field = dataset.schema.field(self.spec.source.partition_column)
         if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
             raise _not_text_error(self.spec, dataset)
         expression = partition_filter(
-            field.name, field.type, day, timezone=self.spec.schedule.timezone
+            field.name, field.type, span[0], timezone=self.spec.schedule.timezone, end=span[1]
         )
         empty = True
         for batch in scan(dataset, wanted, expression, batch_size, filter_column=field.name):
@@ -61,7 +80,7 @@ class DatasetSource(ABC):
         answers from its statistics where it can)."""
         dataset = self._dataset()
         column = self.spec.source.partition_column
-        if dataset is None or column not in dataset.schema.names:
+        if dataset is None or column not in dataset.schema.names or not splits_by_day(self.spec):
             return 0
         field, column_type = decoded(column, dataset.schema.field(column).type)
         no_day = field.is_null()

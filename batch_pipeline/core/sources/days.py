@@ -1,5 +1,5 @@
-"""Which day a source row falls on: the partition key's day, and the filter that keeps a
-day's rows, pushed down to the scan.
+"""Which day a source row falls on: the days of a partition, and the filter that keeps their
+rows, pushed down to the scan.
 
 The partition column may be a date, a timestamp (naive: the day as it reads; tz-aware: the
 day in the spec's `schedule.timezone`, the zone the partitions count days in) or an ISO text
@@ -26,6 +26,14 @@ def parse_partition(partition: str | Partition) -> date:
     return Partition.of(partition).day
 
 
+def day_span(days: date | Partition) -> tuple[date, date] | None:
+    """The first day and the day after the last of `days` (one day, or a partition's days);
+    None for a partition holding every row."""
+    if isinstance(days, Partition):
+        return None if days.day is None or days.end is None else (days.day, days.end)
+    return days, days + timedelta(days=1)
+
+
 def is_text(column_type: pa.DataType) -> bool:
     return pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
 
@@ -40,42 +48,43 @@ def decoded(column: str, column_type: pa.DataType) -> tuple[ds.Expression, pa.Da
 
 
 def partition_filter(
-    column: str, column_type: pa.DataType, day: date, *, timezone: str = "UTC"
+    column: str,
+    column_type: pa.DataType,
+    day: date,
+    *,
+    timezone: str = "UTC",
+    end: date | None = None,
 ) -> ds.Expression:
-    """A dataset filter keeping the rows of `column` that fall on `day` (pushed down to scans).
+    """A dataset filter keeping the rows of `column` that fall on `day`, or on the days from
+    `day` up to `end` (excluded) when it is given (pushed down to scans).
 
     A timezone-aware timestamp falls on the day it is in `timezone` (the spec's
     `schedule.timezone`, which the Dagster partitions and the nightly schedule count days
     in too); naive timestamps, dates and ISO strings are taken as they read.
     """
     field, column_type = decoded(column, column_type)
+    end = end or day + timedelta(days=1)
     if pa.types.is_date(column_type):
-        return field == pa.scalar(day, column_type)
+        return (field >= pa.scalar(day, column_type)) & (field < pa.scalar(end, column_type))
     if pa.types.is_timestamp(column_type):
-        start, end = _day_bounds(day, timezone if column_type.tz else None)
-        return (field >= pa.scalar(start, column_type)) & (field < pa.scalar(end, column_type))
+        zone = timezone if column_type.tz else None
+        start, stop = _midnight(day, zone), _midnight(end, zone)
+        return (field >= pa.scalar(start, column_type)) & (field < pa.scalar(stop, column_type))
     if is_text(column_type):
-        # The same as "first 10 characters equal the day", but as a range the scan can push down:
-        # the upper end is the day with its last character bumped, the next 10-char string.
-        text = day.isoformat()
-        return (field >= text) & (field < text[:-1] + chr(ord(text[-1]) + 1))
+        # The same as "first 10 characters are one of the days", but as a range the scan can
+        # push down: the upper end is the last day with its last character bumped.
+        last = (end - timedelta(days=1)).isoformat()
+        return (field >= day.isoformat()) & (field < last[:-1] + chr(ord(last[-1]) + 1))
     raise SpecError(
         f"source.partition_column: column {column!r} has type {column_type}; "
         "it must be a date, a timestamp or an ISO date string"
     )
 
 
-def _day_bounds(day: date, tz: str | None) -> tuple[datetime, datetime]:
-    """Midnight of `day` and of the next day, as wall time (naive) or in the zone `tz`."""
+def _midnight(day: date, tz: str | None) -> datetime:
+    """Midnight at the start of `day`, as wall time (naive) or in the zone `tz`."""
     start = datetime.combine(day, datetime.min.time())
-    end = start + timedelta(days=1)
     if tz is None:
-        return start, end
-
-    def localize(moment: datetime) -> datetime:
-        localized = pd.Timestamp(moment).tz_localize(
-            tz, ambiguous=True, nonexistent="shift_forward"
-        )
-        return localized.to_pydatetime()
-
-    return localize(start), localize(end)
+        return start
+    localized = pd.Timestamp(start).tz_localize(tz, ambiguous=True, nonexistent="shift_forward")
+    return localized.to_pydatetime()

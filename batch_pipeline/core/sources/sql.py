@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import orjson
@@ -13,8 +13,9 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from batch_pipeline.core.database_url import open_engine
-from batch_pipeline.core.sources.checks import check_columns, check_some_day
-from batch_pipeline.core.sources.days import DAY_PREFIX
+from batch_pipeline.core.partition import Partition
+from batch_pipeline.core.sources.checks import check_columns, check_some_day, splits_by_day
+from batch_pipeline.core.sources.days import DAY_PREFIX, day_span
 from batch_pipeline.core.spec import PipelineSpec
 
 _SQL_ALIAS = "batch_pipeline_source"
@@ -38,27 +39,31 @@ class SqlSource:
 
     def batches(
         self,
-        day: date,
+        day: date | Partition,
         *,
         batch_size: int,
         columns: Sequence[str] | None = None,
         ties: Sequence[str] = (),
     ) -> Iterator[pa.RecordBatch]:
-        """The day's rows of the query, filtered by the database and streamed in batches.
+        """The rows of `day` (or of a partition's days, or every row) of the query, filtered
+        by the database and streamed in batches.
 
-        The day's bounds are bound parameters in ISO form, which databases compare correctly
+        The days' bounds are bound parameters in ISO form, which databases compare correctly
         against date, timestamp and ISO text columns alike. Rows come ordered by the key, then
         by `ties`: SQL promises no order otherwise (two reads may take two plans), and every
         read of a partition must number its rows alike.
         """
         check_columns(self.spec, self._columns(), [*(columns or ()), *ties], where=self.where)
+        span = day_span(day)
+        bounds = {}
+        if span is not None:  # ISO dates: `str` of a date
+            bounds = {"day_start": str(span[0]), "day_end": str(span[1])}
         engine = self._engine()
-        bounds = {"day_start": day.isoformat(), "day_end": (day + timedelta(days=1)).isoformat()}
         try:
             with engine.connect() as connection:
                 result = connection.execution_options(
                     stream_results=True, yield_per=batch_size
-                ).execute(self._day_query(engine, columns, ties), bounds)
+                ).execute(self._day_query(engine, columns, ties, every_row=span is None), bounds)
                 names = list(result.keys())
                 known: dict[str, pa.DataType] = {}
                 empty = True
@@ -66,13 +71,15 @@ class SqlSource:
                     if rows:
                         empty = False
                         yield _rows_to_batch(names, rows, known)
-            if empty:  # a day without rows, or a column of no day at all: told apart here
+            if empty and span is not None:  # no rows that day, or a column of no day at all
                 check_some_day(self.spec, self._sample_if_no_day(engine))
         finally:
             engine.dispose()
 
     def count_rows_without_day(self) -> int:
         """Rows whose partition column is null (counted by the database)."""
+        if not splits_by_day(self.spec):
+            return 0
         engine = self._engine()
         try:
             with engine.connect() as connection:
@@ -105,18 +112,23 @@ class SqlSource:
             engine.dispose()
 
     def _day_query(
-        self, engine: sa.Engine, columns: Sequence[str] | None, ties: Sequence[str]
+        self,
+        engine: sa.Engine,
+        columns: Sequence[str] | None,
+        ties: Sequence[str],
+        *,
+        every_row: bool = False,
     ) -> sa.TextClause:
-        """The query of one day's rows (bound `day_start`, `day_end`), key and ties ordered."""
+        """The query of some days' rows (bound `day_start`, `day_end`), or of `every_row`,
+        key and ties ordered."""
         source = self.spec.source
         selected = ", ".join(self._quoted(engine, name) for name in columns) if columns else "*"
-        partition_column = self._quoted(engine, source.partition_column)
         order = ", ".join(self._quoted(engine, name) for name in dict.fromkeys([source.key, *ties]))
-        return sa.text(
-            f"SELECT {selected} FROM {self._subquery} "
-            f"WHERE {partition_column} >= :day_start AND {partition_column} < :day_end "
-            f"ORDER BY {order}"
-        )
+        where = ""
+        if not every_row:
+            column = self._quoted(engine, source.partition_column or "")
+            where = f"WHERE {column} >= :day_start AND {column} < :day_end "
+        return sa.text(f"SELECT {selected} FROM {self._subquery} {where}ORDER BY {order}")
 
     def _sample_if_no_day(self, engine: sa.Engine) -> Any:
         """The query's first partition value when none of its values is a day, else None
