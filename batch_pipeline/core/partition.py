@@ -120,7 +120,7 @@ class Partitioning:
                     f"partition {text!r}: this pipeline is not partitioned (partitions: none); "
                     f"its one partition is {WHOLE_KEY!r}"
                 )
-            return self.containing(date.min)
+            return Partition(WHOLE_KEY, None)
         partition = self.containing(Partition.parse(text).day)
         if partition.key != text:
             raise ValueError(
