@@ -138,10 +138,11 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
         spec = PipelineSpec.from_yaml(args.spec)
         if args.command == "run" and args.unreachable_after is not None:
             spec = _with_unreachable_after(spec, args.unreachable_after)
+        # Read before the ledger is opened: a partition that cannot run leaves nothing behind.
+        partitions = None if args.command == "gc" else _partitions_of(spec, args)
         with load_pipeline(spec) as pipeline:
             if args.command == "gc":
                 return _gc(pipeline, args.dry_run, out)
-            partitions = _partitions_of(spec, args.partition, args.command)
             if args.command == "run":
                 assert partitions is not None
                 return _run(pipeline, partitions, args, out)
@@ -173,12 +174,13 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_USAGE
 
 
-def _partitions_of(spec: PipelineSpec, given: str | None, command: str) -> list[Partition] | None:
+def _partitions_of(spec: PipelineSpec, args: argparse.Namespace) -> list[Partition] | None:
     """The partitions `--partition` names, parsed once (every step takes the parsed values):
     a range for `run`, one otherwise; None for every partition (`status` without it). The
     one partition of an unpartitioned pipeline is implied, and naming one is a ValueError."""
     from batch_pipeline.core.partition import WHOLE_KEY, PartitionKind
 
+    given, command = args.partition, args.command
     partitioning = spec.partitioning
     if partitioning.kind is PartitionKind.NONE:
         if given is not None:
