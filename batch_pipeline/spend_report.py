@@ -194,4 +194,13 @@ def _table_row(name: str, spend: Spend, statuses: list[str]) -> list[str]:
 
 
 def _csv_values(spend: Spend) -> list[Any]:
-    return ["" if value is None else value for value in spend.fields().values()]
+    """The spend's values, USD written out in full (no `5.6e-05`), empty when unknown."""
+    return [_csv_value(value) for value in spend.fields().values()]
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10f}".rstrip("0").rstrip(".") or "0"
+    return value

@@ -65,9 +65,7 @@ def batches_metadata(summary: SubmitSummary) -> dict[str, Any]:
     )
 
 
-def results_metadata(
-    summary: ResultsSummary, totals: SpendReport | None = None
-) -> dict[str, Any]:
+def results_metadata(summary: ResultsSummary, totals: SpendReport | None = None) -> dict[str, Any]:
     """Rows per status, what the failures were, tokens, cost and saving, the Parquet file, its
     schema, a preview with the rows that have no answer first, and the `totals` if given."""
     spend = Spend.of(summary)

@@ -8,15 +8,19 @@ import io
 import json
 import sys
 import xml.etree.ElementTree as ET
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
 from batch_pipeline import cli
+from batch_pipeline.core.ledger_records import PartitionRecord
 from batch_pipeline.core.pipeline import read_results
 from batch_pipeline.core.prices import cost_usd
+from batch_pipeline.core.report import partition_day, spend_report
 from batch_pipeline.core.types import RowStatus
+from batch_pipeline.spend_report import render_table
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 
 DAYS = ("2026-11-18", "2026-11-19", "2026-11-20")
@@ -226,3 +230,97 @@ def test_a_pipeline_never_run_reports_nothing_and_creates_no_ledger(
     assert cli.main(["report", str(path), "--plot", str(tmp_path / "spend.html")]) == 1
     assert "no partition with results" in capsys.readouterr().err
 
+
+def record(key: str, rows: int, *, cost: float | None, collected_at: float | None = 0.0):
+    """A ledger partition whose results summary holds `rows` answered rows at `cost`."""
+    summary = {
+        "rows": rows,
+        "counts": {"succeeded": rows},
+        "input_tokens": 10 * rows,
+        "output_tokens": 5 * rows,
+        "cost_batch_usd": cost,
+        "cost_live_usd": None if cost is None else 2 * cost,
+    }
+    return PartitionRecord(
+        pipeline="p",
+        partition=key,
+        generation=1,
+        source_rows=rows,
+        requests=rows,
+        rejected=0,
+        build_owner=None,
+        build_lease_expires_at=None,
+        built_at=0.0,
+        settled_at=collected_at,
+        collected_at=collected_at,
+        cancelled_at=None,
+        results_path=None,
+        summary=None if collected_at is None else summary,
+    )
+
+
+class Partitions:
+    def __init__(self, *records: PartitionRecord) -> None:
+        self.records = sorted(records, key=lambda r: r.partition)
+
+    def list_partitions(self, pipeline: str) -> list[PartitionRecord]:
+        return [r for r in self.records if r.pipeline == pipeline]
+
+
+NOV_21_NOON = datetime(2026, 11, 21, 12, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("key", "day"),
+    [
+        ("2026-11-16", date(2026, 11, 16)),  # a day, or the first day of a week
+        ("2026-11", date(2026, 11, 1)),  # a month
+        ("all", date(2026, 11, 21)),  # no day in the key: the day its results were written
+    ],
+)
+def test_any_partition_key_is_placed_on_a_day(key: str, day: date) -> None:
+    assert partition_day(record(key, 1, cost=0.1, collected_at=NOV_21_NOON)) == day
+
+
+def test_a_range_counts_written_partitions_and_names_the_others() -> None:
+    ledger = Partitions(
+        record("2026-11-01", 3, cost=0.3),
+        record("2026-11-08", 4, cost=0.4),
+        record("2026-11-15", 5, cost=None, collected_at=None),
+        record("2026-12-01", 6, cost=0.6),
+    )
+    report = spend_report(ledger, "p", start=date(2026, 11, 2), end=date(2026, 11, 30))
+    assert [p.partition for p in report.partitions] == ["2026-11-08"]
+    assert report.pending == ["2026-11-15"]
+    everything = spend_report(ledger, "p")
+    assert everything.total.rows == 13 and everything.total.input_tokens == 130
+    assert everything.total.cost_batch_usd == pytest.approx(1.3)
+    assert everything.total.saved_usd == pytest.approx(1.3)
+    assert everything.total.saved_percent == pytest.approx(50.0)
+    up_to = spend_report(ledger, "p", through="2026-11-08")
+    assert [p.partition for p in up_to.partitions] == ["2026-11-01", "2026-11-08"]
+    with pytest.raises(ValueError, match="start 2026-12-01 is after its end 2026-11-01"):
+        spend_report(ledger, "p", start=date(2026, 12, 1), end=date(2026, 11, 1))
+
+
+def test_a_partition_without_a_price_makes_the_total_cost_unknown_not_smaller() -> None:
+    report = spend_report(Partitions(record("a", 2, cost=0.2), record("b", 3, cost=None)), "p")
+    assert report.total.rows == 5
+    assert report.total.cost_batch_usd is None and report.total.saved_usd is None
+    table = render_table(report)
+    assert "unknown" in table.splitlines()[-2]  # the total line
+    assert table.splitlines()[-1].startswith("cost unknown")
+
+
+def test_days_of_several_partitions_add_up_in_the_daily_series() -> None:
+    report = spend_report(
+        Partitions(
+            record("2026-11-01", 1, cost=0.1),
+            record("2026-11-01-eu", 2, cost=0.2),
+            record("2026-11-03", 3, cost=0.3),
+        ),
+        "p",
+    )
+    daily = report.daily()
+    assert [day for day, _ in daily] == [date(2026, 11, 1), date(2026, 11, 3)]
+    assert daily[0][1].cost_batch_usd == pytest.approx(0.3)
