@@ -13,8 +13,7 @@ import math
 from datetime import date
 from pathlib import Path
 
-from batch_pipeline.core.report import Spend, SpendReport
-from batch_pipeline.spend_report import usd
+from batch_pipeline.core.report import Spend, SpendReport, usd
 
 SUFFIXES = (".html", ".svg", ".png")
 EXTRA_HINT = "pip install 'batch_pipeline[report]'"

@@ -17,7 +17,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from batch_pipeline.core.report import Spend, SpendReport, parse_day, spend_report
+from batch_pipeline.core.report import Spend, SpendReport, parse_day, spend_report, usd
 from batch_pipeline.core.types import RowStatus
 
 if TYPE_CHECKING:
@@ -153,11 +153,6 @@ _RENDERERS: dict[str, Callable[[SpendReport], str]] = {
     "csv": render_csv,
     "json": render_json,
 }
-
-
-def usd(value: float | None) -> str:
-    """`$0.001234`; `unknown` for no price."""
-    return "unknown" if value is None else f"${value:,.6f}"
 
 
 def _title(report: SpendReport) -> str:

@@ -144,6 +144,12 @@ class SpendReport:
         return sorted(days.items())
 
 
+def usd(value: float | None) -> str:
+    """`$0.001234` (to the millionth: a day of a small model costs fractions of a cent);
+    `unknown` for no price."""
+    return "unknown" if value is None else f"${value:,.6f}"
+
+
 def parse_day(text: str, option: str) -> date:
     """`YYYY-MM-DD` as a date; a ValueError naming `option` otherwise."""
     try:
