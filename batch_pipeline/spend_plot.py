@@ -81,9 +81,7 @@ def html_page(report: SpendReport, days: list[tuple[date, Spend]]) -> str:
 
 def svg_chart(report: SpendReport, days: list[tuple[date, Spend]], *, standalone: bool) -> str:
     """The stacked bars as SVG; `standalone` adds the namespace a separate file needs."""
-    top = max((spend.cost_live_usd or 0.0) for _, spend in days)
-    step = _nice_step(top)
-    scale_top = step * max(1, math.ceil(top / step - 1e-9))
+    step, scale_top = _scale(days)
     plot_w = _WIDTH - _LEFT - _RIGHT
     plot_h = _HEIGHT - _TOP - _BOTTOM
     first = days[0][0]
@@ -135,6 +133,7 @@ def _legend() -> list[str]:
 
 def _write_png(report: SpendReport, days: list[tuple[date, Spend]], path: Path) -> None:
     try:
+        from matplotlib.dates import DateFormatter
         from matplotlib.figure import Figure
     except ImportError:
         raise ValueError(
@@ -148,13 +147,25 @@ def _write_png(report: SpendReport, days: list[tuple[date, Spend]], path: Path) 
     saved = [spend.saved_usd or 0.0 for _, spend in days]
     axes.bar(when, paid, width=0.8, color=PAID_COLOUR, label="cost at batch price")
     axes.bar(when, saved, width=0.8, bottom=paid, color=SAVED_COLOUR, label="saved")
-    axes.set_title(_title(report), fontsize=11)
-    axes.set_ylabel("USD")
-    axes.legend(loc="upper left", frameon=False)
+    step, scale_top = _scale(days)
+    ticks = [step * i for i in range(round(scale_top / step) + 1)]
+    axes.set_yticks(ticks, [_axis_usd(value, step) for value in ticks])
+    axes.set_ylim(0, scale_top)
+    axes.set_xticks(when[:: max(1, math.ceil(len(when) / _MAX_LABELS))])
+    axes.xaxis.set_major_formatter(DateFormatter("%Y-%m-%d"))
+    axes.set_title(_title(report), fontsize=11, loc="left", pad=30)
+    axes.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, frameon=False)
     axes.grid(axis="y", color="#ddd")
     axes.set_axisbelow(True)
     figure.autofmt_xdate()
     figure.savefig(path, format="png")
+
+
+def _scale(days: list[tuple[date, Spend]]) -> tuple[float, float]:
+    """The tick step and the top of the USD axis: the highest live cost, rounded up."""
+    top = max((spend.cost_live_usd or 0.0) for _, spend in days)
+    step = _nice_step(top)
+    return step, step * max(1, math.ceil(top / step - 1e-9))
 
 
 def _nice_step(top: float) -> float:
