@@ -29,10 +29,14 @@ FORMATS = ("table", "csv", "json")
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """The `report` command's options."""
     parser.add_argument("spec", help="Path of the pipeline's YAML spec.")
-    parser.add_argument("--from", dest="start", help="First day to include, YYYY-MM-DD.")
-    parser.add_argument("--to", dest="end", help="Last day to include, YYYY-MM-DD.")
+    day = "YYYY-MM-DD"
+    parser.add_argument("--from", dest="start", metavar=day, help="First day to include.")
+    parser.add_argument("--to", dest="end", metavar=day, help="Last day to include.")
     parser.add_argument(
-        "--format", default="table", help="table (the default), csv or json, on stdout."
+        "--format",
+        default="table",
+        metavar="table|csv|json",
+        help="What to print on stdout (default: an aligned table).",
     )
     parser.add_argument(
         "--plot",
