@@ -1,5 +1,5 @@
-"""`batch-pipeline`: serve the local Batch API, run a pipeline, show status, cancel, and
-remove the intermediates of collected days (gc)."""
+"""`batch-pipeline`: serve the local Batch API, run a pipeline, show status, cancel,
+remove the intermediates of collected days (gc), and report what the batches cost."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     from batch_pipeline.local_api.server import add_serve_arguments
+    from batch_pipeline.spend_report import add_report_arguments
 
     parser = argparse.ArgumentParser(
         prog="batch-pipeline",
@@ -85,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("spec", help="Path of the pipeline's YAML spec.")
     gc.add_argument("--dry-run", action="store_true", help="List what would go; remove nothing.")
 
+    report = commands.add_parser(
+        "report",
+        help="Show what the batches cost and saved, per partition and in total.",
+        description="Rows per status, tokens, the cost at batch price, at live price and the "
+        "saving of every partition whose results are written, and their total, from the ledger.",
+    )
+    add_report_arguments(report)
+
     demo = commands.add_parser(
         "demo",
         help="Run the demo pipeline end to end with Dagster, offline.",
@@ -138,6 +147,10 @@ def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
         spec = PipelineSpec.from_yaml(args.spec)
         if args.command == "run" and args.unreachable_after is not None:
             spec = _with_unreachable_after(spec, args.unreachable_after)
+        if args.command == "report":  # reads the ledger only: no source, no provider
+            from batch_pipeline.spend_report import report_command
+
+            return report_command(spec, args, out)
         # Read before the ledger is opened: a partition that cannot run leaves nothing behind.
         partitions = None if args.command == "gc" else _partitions_of(spec, args)
         with load_pipeline(spec) as pipeline:

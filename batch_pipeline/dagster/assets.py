@@ -20,6 +20,7 @@ from typing import Any
 import dagster as dg
 
 from batch_pipeline.core.pipeline import Partition, Pipeline
+from batch_pipeline.core.report import spend_report
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.partitions import build_partitions_def, partition_key_of
@@ -187,4 +188,6 @@ def _collect_results(
     summary = replace(summary, spec_changed=pipeline.spec_change(partition))
     context.log.info(f"{partition}: {summary.rows} rows written to {summary.path}")
     _warn_of_spec_change(summary.spec_changed, context)
-    return dg.MaterializeResult(metadata=results_metadata(summary))
+    # The totals of the partitions written up to this one, so they grow along the keys.
+    totals = spend_report(pipeline.ledger, pipeline.spec.name, through=summary.partition)
+    return dg.MaterializeResult(metadata=results_metadata(summary, totals))

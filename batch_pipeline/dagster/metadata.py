@@ -4,6 +4,8 @@ Labels are short and plain, as dagster-dbt's and dagster-sling's materialization
 (`row_count`, `elapsed_time`): a unit in the name (`cost_usd`), numbers kept numbers so that
 Dagster plots them, sizes written for a person. A value that would say nothing (a zero that
 is always zero, an empty list, the first generation) is left out rather than plotted flat.
+The results carry the partition's cost and saving and, as `total_*`, those of every partition
+written up to it (by key; see `core.report`, which `batch-pipeline report` prints from).
 Dagster's standard keys (`dagster/row_count`, `dagster/column_schema`) are written by name, so
 no private import is needed. Everything here is plain data from the core: never a secret.
 """
@@ -16,7 +18,7 @@ from typing import Any
 import dagster as dg
 
 from batch_pipeline.core.pipeline import RequestsSummary, ResultsSummary, SubmitSummary
-from batch_pipeline.core.types import RowStatus
+from batch_pipeline.core.report import Spend, SpendReport
 
 ROW_COUNT = "dagster/row_count"
 COLUMN_SCHEMA = "dagster/column_schema"
@@ -36,8 +38,10 @@ def requests_metadata(summary: RequestsSummary) -> dict[str, Any]:
             "size": readable_size(summary.bytes),
             "estimated_input_tokens": summary.estimated_input_tokens,
             **_costs(
-                summary.estimated_cost_batch_usd,
-                summary.estimated_cost_live_usd,
+                Spend(
+                    cost_batch_usd=summary.estimated_cost_batch_usd,
+                    cost_live_usd=summary.estimated_cost_live_usd,
+                ),
                 prefix="estimated_",
             ),
             "manifest": dg.MetadataValue.path(summary.manifest_path),
@@ -61,23 +65,22 @@ def batches_metadata(summary: SubmitSummary) -> dict[str, Any]:
     )
 
 
-def results_metadata(summary: ResultsSummary) -> dict[str, Any]:
+def results_metadata(summary: ResultsSummary, totals: SpendReport | None = None) -> dict[str, Any]:
     """Rows per status, what the failures were, tokens, cost and saving, the Parquet file, its
-    schema, and a preview with the rows that have no answer first."""
-    counts = {status.value: summary.counts.get(status.value, 0) for status in RowStatus}
+    schema, a preview with the rows that have no answer first, and the `totals` if given."""
+    spend = Spend.of(summary)
     return _without_none(
         {
-            ROW_COUNT: summary.rows,
-            **counts,
+            ROW_COUNT: spend.rows,
+            **spend.counts,
             "failures": failures_table(summary.failures),
-            "input_tokens": summary.input_tokens,
-            "output_tokens": summary.output_tokens,
-            **_costs(summary.cost_batch_usd, summary.cost_live_usd),
+            **_tokens_and_costs(spend),
             "path": dg.MetadataValue.path(summary.path),
             COLUMN_SCHEMA: dg.MetadataValue.table_schema(column_schema(summary.columns)),
             "preview": dg.MetadataValue.md(markdown_table(summary.preview)),
             **_generation(summary.generation),
             "spec_changed": summary.spec_changed,
+            **(totals_metadata(totals) if totals is not None else {}),
         }
     )
 
@@ -139,18 +142,35 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _costs(batch: float | None, live: float | None, *, prefix: str = "") -> dict[str, Any]:
+def _costs(spend: Spend, *, prefix: str = "") -> dict[str, Any]:
     """The batch cost, what the same calls cost live, and the saving in USD and percent
     (floats, so Dagster plots them); nothing for a model without a known price."""
-    if batch is None or live is None:
+    if spend.cost_batch_usd is None or spend.cost_live_usd is None:
         return {}
     return {
-        f"{prefix}cost_usd": dg.MetadataValue.float(round(batch, 6)),
-        f"{prefix}live_cost_usd": dg.MetadataValue.float(round(live, 6)),
-        f"{prefix}saved_usd": dg.MetadataValue.float(round(live - batch, 6)),
-        f"{prefix}saved_percent": dg.MetadataValue.float(
-            round(100 * (live - batch) / live, 1) if live else 0.0
-        ),
+        f"{prefix}cost_usd": dg.MetadataValue.float(round(spend.cost_batch_usd, 6)),
+        f"{prefix}live_cost_usd": dg.MetadataValue.float(round(spend.cost_live_usd, 6)),
+        f"{prefix}saved_usd": dg.MetadataValue.float(round(spend.saved_usd or 0.0, 6)),
+        f"{prefix}saved_percent": dg.MetadataValue.float(round(spend.saved_percent or 0.0, 1)),
+    }
+
+
+def _tokens_and_costs(spend: Spend, *, prefix: str = "") -> dict[str, Any]:
+    return {
+        f"{prefix}input_tokens": spend.input_tokens,
+        f"{prefix}output_tokens": spend.output_tokens,
+        **_costs(spend, prefix=prefix),
+    }
+
+
+def totals_metadata(report: SpendReport) -> dict[str, Any]:
+    """The `total_` figures of every partition of the report (those written up to this one):
+    partitions, rows, tokens, cost, live cost and saving, as numbers Dagster plots."""
+    total = report.total
+    return {
+        "total_partitions": len(report.partitions),
+        "total_rows": total.rows,
+        **_tokens_and_costs(total, prefix="total_"),
     }
 
 

@@ -159,6 +159,25 @@ def test_every_source_row_is_in_the_parquet_once(backfill: Backfill) -> None:
         assert sum(r.data["rows"] for r in failures) == day_rows - counts["succeeded"]
 
 
+def test_results_carry_cost_and_the_totals_written_so_far_as_numbers(backfill: Backfill) -> None:
+    """Each results run's totals are those of the days written by then, up to its own key,
+    and add up to the per-day figures Dagster plots."""
+    written: dict[str, dict[str, Any]] = {}
+    for day, run in backfill.results.items():  # in the order the runs were made
+        (event,) = run.get_asset_materialization_events()
+        meta = event.materialization.metadata
+        written[day] = meta
+        for name in ("cost_usd", "live_cost_usd", "saved_usd", "total_cost_usd"):
+            assert isinstance(meta[name], dg.FloatMetadataValue), name
+        so_far = [m for key, m in written.items() if key <= day]
+        assert meta["total_partitions"].value == len(so_far)
+        assert meta["total_rows"].value == sum(m["dagster/row_count"].value for m in so_far)
+        assert meta["total_output_tokens"].value == sum(m["output_tokens"].value for m in so_far)
+        for name in ("cost_usd", "saved_usd"):
+            expected = sum(m[name].value for m in so_far)
+            assert meta[f"total_{name}"].value == pytest.approx(expected, abs=3e-6)
+
+
 def test_checks_pass_and_the_bad_day_warns(backfill: Backfill) -> None:
     for day, run in backfill.results.items():
         checks = checks_of(run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+from batch_pipeline.core.report import PartitionSpend, Spend, SpendReport
 from batch_pipeline.core.types import RequestsSummary, ResultsSummary
 from batch_pipeline.dagster.metadata import readable_size, requests_metadata, results_metadata
 
@@ -104,3 +105,27 @@ def test_requests_show_what_was_built_and_leave_out_what_did_not_happen() -> Non
     assert metadata["estimated_saved_percent"] == dg.MetadataValue.float(50.0)
     for nothing_to_say in ("rows_without_day", "reused_build", "generation", "spec_changed"):
         assert nothing_to_say not in metadata
+
+
+def test_results_carry_the_totals_of_the_report_as_numbers_dagster_plots() -> None:
+    days = [
+        results_summary(partition=day, cost_batch_usd=cost, cost_live_usd=2 * cost)
+        for day, cost in (("2026-11-18", 0.001), ("2026-11-19", 0.002))
+    ]
+    report = SpendReport(
+        "ticket_triage",
+        [PartitionSpend(day.partition, None, 1, Spend.of(day)) for day in days],
+        pending=[],
+    )
+    metadata = results_metadata(days[-1], report)
+    assert isinstance(metadata["cost_usd"], dg.FloatMetadataValue)
+    assert metadata["cost_usd"].value == pytest.approx(0.002)
+    assert metadata["saved_usd"].value == pytest.approx(0.002)
+    assert metadata["total_partitions"] == 2
+    assert metadata["total_rows"] == 200
+    assert metadata["total_input_tokens"] == 2 * 4240
+    for name, value in (("cost_usd", 0.003), ("live_cost_usd", 0.006), ("saved_usd", 0.003)):
+        assert isinstance(metadata[f"total_{name}"], dg.FloatMetadataValue)
+        assert metadata[f"total_{name}"].value == pytest.approx(value)
+    assert metadata["total_saved_percent"] == dg.MetadataValue.float(50.0)
+    assert "total_rows" not in results_metadata(days[-1])
