@@ -33,6 +33,7 @@ from batch_pipeline.dagster.component_attributes import (
 from batch_pipeline.dagster.component_checks import (
     Problem,
     problems_error,
+    sections_problems,
     source_problems,
     spec_problems,
     unset_env_problems,
@@ -45,7 +46,7 @@ from batch_pipeline.dagster.definitions import build_batch_pipeline_defs
 from batch_pipeline.dagster.resources import BatchBackendResource
 
 
-def _section(section_type: Any) -> dg.Resolver:
+def _section(section_type: Any, description: str) -> dg.Resolver:
     """A section as a YAML attribute: its schema is the spec's own, widened for templates;
     `{{ ... }}` templates are rendered, and the section is checked when the component loads,
     where each problem is reported on its own line."""
@@ -55,7 +56,7 @@ def _section(section_type: Any) -> dg.Resolver:
             value = value.model_dump(mode="json", exclude_unset=True)
         return context.resolve_value(value)
 
-    return dg.Resolver(resolve, model_field_type=templatable(section_type))
+    return dg.Resolver(resolve, model_field_type=templatable(section_type), description=description)
 
 
 Section = dict[str, Any]
@@ -76,74 +77,109 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
     The API key is read from the variable `backend.api_key_env` names.
     """
 
-    name: str = Field(description="Pipeline name [a-z][a-z0-9_]*: the asset key prefix and group.")
-    source: Annotated[Section, _section(SourceSpec)] = Field(
-        description="Where the rows come from: path (a file or folder) or sql, key, "
-        "partition_column."
-    )
-    request: Annotated[Section, _section(RequestSpec)] = Field(
-        description="What to ask for each row: model, prompt with {column} placeholders, "
-        "system, endpoint, params, output_schema."
-    )
-    backend: Annotated[Section, _section(BackendSpec)] = Field(
-        default_factory=dict,
-        description="The Batch API: provider (local, openai, azure, anthropic), base_url, "
-        "api_key_env (the NAME of the key's variable, never the key).",
-    )
-    limits: Annotated[Section, _section(LimitsSpec)] = Field(
-        default_factory=dict,
-        description="Requests and bytes per batch file, and the enqueued-token budget.",
-    )
-    retry: Annotated[Section, _section(RetrySpec)] = Field(
-        default_factory=dict,
-        description="Attempts of a failed request, and of an answer that misses the schema.",
-    )
-    output: Annotated[Section, _section(OutputSpec)] = Field(
-        default_factory=dict,
-        description="Where request shards (which hold source text), batch files, results "
-        f"and the SQLite ledger go; by default {DEFAULT_OUTPUT_DIR}/ in the project's "
-        "folder, outside the package.",
-    )
-    ledger: Annotated[Section, _section(LedgerSpec)] = Field(
-        default_factory=dict,
-        description="The ledger's database: url or url_env (PostgreSQL for shared runs); by "
-        "default SQLite in the output folder.",
-    )
-    prices: Annotated[Section, _section(dict[str, ModelPrice])] = Field(
-        default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
-    )
-    partitions: Annotated[Section, _section(PartitionsSpec)] = Field(
-        description="The days the assets cover: {start: YYYY-MM-DD, end: optional}."
-    )
-    schedule: Annotated[Section, _section(ScheduleSpec)] = Field(
-        default_factory=dict,
-        description="The nightly schedule that submits yesterday: cron and timezone.",
-    )
-    checks: Annotated[Section, _section(ChecksSpec)] = Field(
-        default_factory=dict,
-        description="Asset checks on the results: max_failed_share of rows.",
-    )
-    translation: Annotated[Section, _section(TranslationAttributes)] = Field(
-        default_factory=dict,
-        description="How the assets appear: key_prefix, group_name, tags, kinds, owners.",
-    )
-    op: Annotated[Section, _section(OpAttributes)] = Field(
-        default_factory=dict,
-        description="The steps' tags, the batches step's pool, retry_policy, backfill_policy.",
-    )
-    sensor_default_status: Status = Field(
-        default="running",
-        description="Whether the sensor that collects the batches runs once deployed. It "
-        "runs by default: without it, submitted batches are never collected.",
-    )
-    sensor_minimum_interval_seconds: int = Field(
-        default=30, description="The least time between two ticks of the sensor."
-    )
-    schedule_default_status: Status = Field(
-        default="stopped",
-        description="Whether the nightly schedule runs once deployed; stopped by default, "
-        "since turning it on starts spending.",
-    )
+    name: Annotated[
+        str,
+        dg.Resolver.default(
+            description="Pipeline name [a-z][a-z0-9_]*: the asset key prefix and the group."
+        ),
+    ]
+    source: Annotated[
+        Section,
+        _section(
+            SourceSpec,
+            "Where the rows come from: path (a file or folder) or sql, key, partition_column.",
+        ),
+    ]
+    request: Annotated[
+        Section,
+        _section(
+            RequestSpec,
+            "What to ask for each row: model, prompt with {column} placeholders, system, "
+            "endpoint, params, output_schema.",
+        ),
+    ]
+    backend: Annotated[
+        Section,
+        _section(
+            BackendSpec,
+            "The Batch API: provider (local, openai, azure, anthropic), base_url, api_key_env "
+            "(the NAME of the key's variable, never the key).",
+        ),
+    ] = Field(default_factory=dict)
+    limits: Annotated[
+        Section,
+        _section(LimitsSpec, "Requests and bytes per batch file, and the enqueued-token budget."),
+    ] = Field(default_factory=dict)
+    retry: Annotated[
+        Section,
+        _section(
+            RetrySpec, "Attempts of a failed request, and of an answer that misses the schema."
+        ),
+    ] = Field(default_factory=dict)
+    output: Annotated[
+        Section,
+        _section(
+            OutputSpec,
+            "Where request shards (which hold source text), batch files, results and the "
+            f"SQLite ledger go; by default {DEFAULT_OUTPUT_DIR}/ in the project's folder, "
+            "outside the package.",
+        ),
+    ] = Field(default_factory=dict)
+    ledger: Annotated[
+        Section,
+        _section(
+            LedgerSpec,
+            "The ledger's database: url or url_env (PostgreSQL for shared runs); by default "
+            "SQLite in the output folder.",
+        ),
+    ] = Field(default_factory=dict)
+    prices: Annotated[
+        Section,
+        _section(dict[str, ModelPrice], "Per-model price overrides, USD per 1M tokens."),
+    ] = Field(default_factory=dict)
+    partitions: Annotated[
+        Section,
+        _section(PartitionsSpec, "The days the assets cover: {start: YYYY-MM-DD, end: optional}."),
+    ]
+    schedule: Annotated[
+        Section,
+        _section(ScheduleSpec, "The nightly schedule that submits yesterday: cron and timezone."),
+    ] = Field(default_factory=dict)
+    checks: Annotated[
+        Section, _section(ChecksSpec, "Asset checks on the results: max_failed_share of rows.")
+    ] = Field(default_factory=dict)
+    translation: Annotated[
+        Section,
+        _section(
+            TranslationAttributes,
+            "How the assets appear: key_prefix, group_name, tags, kinds, owners.",
+        ),
+    ] = Field(default_factory=dict)
+    op: Annotated[
+        Section,
+        _section(
+            OpAttributes,
+            "The steps' tags, the batches step's pool, retry_policy, backfill_policy.",
+        ),
+    ] = Field(default_factory=dict)
+    sensor_default_status: Annotated[
+        Status,
+        dg.Resolver.default(
+            description="Whether the sensor runs once deployed. It runs by default: without "
+            "it, submitted batches are never collected. Its ticks poll, collect and submit for "
+            "real, previews (`dagster sensor preview`, the UI's test) included."
+        ),
+    ] = "running"
+    sensor_minimum_interval_seconds: Annotated[
+        int, dg.Resolver.default(description="The least time between two ticks of the sensor.")
+    ] = 30
+    schedule_default_status: Annotated[
+        Status,
+        dg.Resolver.default(
+            description="Whether the nightly schedule runs once deployed; stopped by default, "
+            "since turning it on starts spending."
+        ),
+    ] = "stopped"
 
     _spec: PipelineSpec | None = PrivateAttr(default=None)
 
@@ -172,11 +208,13 @@ class BatchPipelineComponent(dg.Component, dg.Resolvable, dg.Model):
                 problems += [([key, *path], why) for path, why in spec_problems(error)]
         try:
             spec = self.to_spec(context.path, project_root=context.project_root)
-        except ValidationError as error:
-            return None, problems + spec_problems(error)
-        except SpecError as error:
-            return None, [*problems, ([], str(error))]
-        return spec, problems + source_problems(spec)
+        except (ValidationError, SpecError) as error:
+            found = (
+                spec_problems(error) if isinstance(error, ValidationError) else [([], str(error))]
+            )
+            sections = self.model_dump(mode="json", include={"source", "request"})
+            return None, problems + found + sections_problems(sections, context.path)
+        return spec, problems + source_problems(spec.source, spec.request, spec.base_dir)
 
     def to_spec(self, base_dir: Path, project_root: Path | None = None) -> PipelineSpec:
         """The pipeline spec these attributes describe, validated by the core (pydantic's

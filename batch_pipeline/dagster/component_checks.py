@@ -20,8 +20,8 @@ from dagster_shared.yaml_utils.source_position import SourcePositionTree
 from pydantic import ValidationError
 
 from batch_pipeline.core.prompt_template import parse_template
-from batch_pipeline.core.spec import PipelineSpec
-from batch_pipeline.core.storage_uri import is_remote
+from batch_pipeline.core.spec import RequestSpec, SourceSpec
+from batch_pipeline.core.storage_uri import is_remote, local_path_of
 
 Problem = tuple[Sequence[str | int], str]  # (the key's path under attributes, what is wrong)
 
@@ -86,8 +86,16 @@ def spec_problems(error: ValidationError) -> list[Problem]:
             message = "unknown key"
         elif detail["type"] == "missing":
             message = "required key is missing"
+        elif _shown(detail.get("input"), path):
+            message = f"{message} (got {detail['input']!r})"
         problems.append((path or _named_path(message), message))
     return problems
+
+
+def _shown(value: Any, path: Sequence[str | int]) -> bool:
+    """Whether a bad value is worth quoting: a scalar, not a URL (which may hold a password)."""
+    scalar = isinstance(value, str | int | float | bool) and len(str(value)) <= 80
+    return scalar and not any("url" in str(part) for part in path)
 
 
 def _named_path(message: str) -> list[str]:
@@ -96,31 +104,47 @@ def _named_path(message: str) -> list[str]:
     return head.split(".") if re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", head) else []
 
 
-def source_problems(spec: PipelineSpec) -> list[Problem]:
+def source_problems(
+    source: SourceSpec, request: RequestSpec | None, base_dir: Path
+) -> list[Problem]:
     """A local source file or folder that is missing, or whose header lacks the key, the
-    partition column or a column the prompt names. Object stores and databases are read
-    at the first materialization only."""
-    path = spec.source.path
-    if path is None or is_remote(path):
+    partition column or a column the prompt names (when `request` is valid). Object stores
+    and databases are read at the first materialization only."""
+    if source.path is None or is_remote(source.path):
         return []
-    location = spec.resolve(path)
+    location = Path(local_path_of(source.path)).expanduser()
+    location = location if location.is_absolute() else base_dir / location
     if not location.exists():
         return [(["source", "path"], f"{location} does not exist")]
     columns = source_header(location)
-    if columns is None:  # a folder with no data file yet, or a format read later
+    if columns is None:  # a folder with no data file yet
         return []
     problems: list[Problem] = []
     for key in ("key", "partition_column"):
-        column = getattr(spec.source, key)
+        column = getattr(source, key)
         if column not in columns:
             problems.append((["source", key], f"{column!r} is not a column of {location.name}"))
-    for column in spec.request.placeholders:
+    for column in request.placeholders if request is not None else []:
         if column not in columns:
-            text_key = "prompt" if _names(spec.request.prompt, column) else "system"
+            text_key = "prompt" if _names(request.prompt, column) else "system"
             problems.append(
                 (["request", text_key], f"{{{column}}} names no column of {location.name}")
             )
     return problems
+
+
+def sections_problems(attributes: dict[str, Any], base_dir: Path) -> list[Problem]:
+    """`source_problems` for attributes whose spec as a whole is invalid: the source is
+    checked whenever its own section (and the request's, for the prompt) is valid."""
+    try:
+        source = SourceSpec.model_validate(attributes.get("source"))
+    except ValidationError:
+        return []
+    try:
+        request = RequestSpec.model_validate(attributes.get("request"))
+    except ValidationError:
+        request = None
+    return source_problems(source, request, base_dir)
 
 
 def _names(text: str, column: str) -> bool:
