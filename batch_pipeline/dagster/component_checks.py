@@ -26,7 +26,10 @@ from batch_pipeline.core.storage_uri import is_remote, local_path_of
 Problem = tuple[Sequence[str | int], str]  # (the key's path under attributes, what is wrong)
 
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-_ENV_ATTRIBUTE = re.compile(r"\benv\.([A-Za-z_][A-Za-z0-9_]*)")
+# `env.NAME`, or `env('NAME')` with no default
+_ENV_ATTRIBUTE = re.compile(
+    r"\benv(?:\.([A-Za-z_][A-Za-z0-9_]*)|\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]\s*\))"
+)
 _HAS_FALLBACK = re.compile(r"\bdefault\s*\(|\bor\b")
 
 
@@ -70,7 +73,8 @@ def unset_env_problems(raw: Any, path: Sequence[str | int] = ()) -> list[Problem
     for expression in _TEMPLATE.findall(raw):
         if _HAS_FALLBACK.search(expression):
             continue
-        for name in _ENV_ATTRIBUTE.findall(expression):
+        for attribute, called in _ENV_ATTRIBUTE.findall(expression):
+            name = attribute or called
             if name not in os.environ:
                 problems.append((path, f"the environment variable {name} is not set"))
     return problems

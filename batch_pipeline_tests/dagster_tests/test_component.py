@@ -67,7 +67,6 @@ def test_relative_paths_are_relative_to_the_defs_yaml_and_the_output_is_outside_
     assert result.success
     (event,) = result.get_asset_materialization_events()
     manifest = event.materialization.metadata["manifest"].value
-    assert result.output_for_node  # the source, tickets.parquet beside the defs.yaml, was read
     assert Path(manifest).is_relative_to(project / "batch_pipeline_output" / "ticket_triage")
 
 

@@ -8,11 +8,16 @@ import re
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import yaml
 
 from batch_pipeline.dagster import BatchPipelineComponent
 from batch_pipeline.dagster.component_checks import DefsYamlError
+from batch_pipeline.dagster.component_scaffolder import (
+    BatchPipelineScaffoldParams,
+    scaffold_attributes,
+)
 
 TABLE = "id,created_at,text\n1,2026-01-01,My invoice is wrong\n"
 COMPONENT = "batch_pipeline.dagster.BatchPipelineComponent"
@@ -102,6 +107,10 @@ MISTAKES = {
     "invalid name": (
         lambda a: a.update(name="Ticket-Triage"),
         ("name: Ticket-Triage", "name", r"must match \[a-z\]"),
+    ),
+    "unset environment variable, called": (
+        lambda a: a["source"].update(key="{{ env('BP_TEST_UNSET_KEY') }}"),
+        ("key: '{{ env(", "source.key", "BP_TEST_UNSET_KEY is not set"),
     ),
     "unset environment variable": (
         lambda a: a["request"].update(model="{{ env.BP_TEST_UNSET_MODEL }}"),
@@ -200,3 +209,26 @@ def test_every_attribute_has_a_description() -> None:
         if not field.get("description")
     ]
     assert undescribed == []
+
+
+def test_a_scaffolded_pipeline_over_a_given_table_prompts_with_its_other_columns(
+    tmp_path: Path,
+) -> None:
+    table = pd.DataFrame(
+        {"ticket_id": [1], "created_at": ["2026-01-01"], "subject": ["Hi"], "body": ["Help"]}
+    )
+    (tmp_path / "data").mkdir()
+    table.to_parquet(tmp_path / "data/tickets.parquet")
+    params = BatchPipelineScaffoldParams(
+        source_path="data/tickets.parquet", key="ticket_id", provider="anthropic"
+    )
+    attributes = scaffold_attributes("triage", "data/tickets.parquet", params, tmp_path)
+    assert attributes["request"]["prompt"] == "body: {body}\nsubject: {subject}"
+    assert attributes["backend"] == {"provider": "anthropic", "api_key_env": "ANTHROPIC_API_KEY"}
+    path = tmp_path / "src/project/defs/triage/defs.yaml"
+    path.parent.mkdir(parents=True)
+    text = yaml.safe_dump({"type": COMPONENT, "attributes": attributes}, sort_keys=False)
+    path.write_text(text, encoding="utf-8")
+    spec = load(path).to_spec(path.parent)
+    assert spec.source.path == f"{tmp_path}/data/tickets.parquet"
+    assert spec.pipeline_dir == tmp_path / "batch_pipeline_output" / "triage"
