@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -52,9 +53,9 @@ def new_project(root: Path) -> Path:
     return root
 
 
-def dg(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`dg ARGS` in the project, in this environment, its package importable."""
-    home = project.parent / "dagster_home"
+def dg(project: Path, *args: str) -> subprocess.Popen[str]:
+    """`dg ARGS` started in the project, in this environment, its package importable."""
+    home = project.parent / f"{project.name}_dagster_home"
     home.mkdir(exist_ok=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
     env = {
@@ -64,14 +65,20 @@ def dg(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "DAGSTER_HOME": str(home),
         "NO_COLOR": "1",
     }
-    return subprocess.run(
+    return subprocess.Popen(
         [str(BIN / "dg"), *args],
         cwd=project,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=180,
     )
+
+
+def finished(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """The exit code and output of a `dg` command once it ends."""
+    output, _ = process.communicate(timeout=180)
+    return process.returncode, output
 
 
 def line_of(path: Path, text: str) -> int:
@@ -84,8 +91,8 @@ def test_a_scaffolded_pipeline_passes_dg_check_defs_and_each_mistake_is_named(
     tmp_path: Path,
 ) -> None:
     project = new_project(tmp_path / "support_llm")
-    scaffold = dg(project, "scaffold", "defs", COMPONENT, "triage")
-    assert scaffold.returncode == 0, scaffold.stdout + scaffold.stderr
+    code, output = finished(dg(project, "scaffold", "defs", COMPONENT, "triage"))
+    assert code == 0, output
     defs_yaml = project / "src/support_llm/defs/triage/defs.yaml"
     attributes = yaml.safe_load(defs_yaml.read_text(encoding="utf-8"))["attributes"]
     assert attributes["source"]["path"] == "{{ context.project_root }}/data/triage.csv"
@@ -94,21 +101,24 @@ def test_a_scaffolded_pipeline_passes_dg_check_defs_and_each_mistake_is_named(
     assert (project / "data/triage.csv").exists()
     assert "/batch_pipeline_output/" in (project / ".gitignore").read_text().splitlines()
 
-    passed = dg(project, "check", "defs")
-    assert passed.returncode == 0, passed.stdout + passed.stderr
-
-    # The same pipeline with a typo nested in a section, a key and a partition column the
-    # table lacks, a placeholder naming no column, and an invalid name.
-    text = defs_yaml.read_text(encoding="utf-8")
+    # A copy of the project whose pipeline has a typo nested in a section, a key and a
+    # partition column the table lacks, a placeholder naming no column, and an invalid name;
+    # both are checked at once.
+    broken = tmp_path / "broken"
+    shutil.copytree(project, broken)
+    broken_yaml = broken / "src/support_llm/defs/triage/defs.yaml"
+    text = broken_yaml.read_text(encoding="utf-8")
     text = text.replace("name: triage", "name: Triage-Tickets")
     text = text.replace("key: id", "key: ticket_id")
     text = text.replace("partition_column: created_at", "partition_column: day")
     text = text.replace("prompt: '{text}'", "prompt: '{subject}'")
     text = text.replace("  partitions:", "  limits:\n    max_request_per_file: 100\n  partitions:")
-    defs_yaml.write_text(text, encoding="utf-8")
-    failed = dg(project, "check", "defs")
-    output = failed.stdout + failed.stderr
-    assert failed.returncode != 0, output
+    broken_yaml.write_text(text, encoding="utf-8")
+    checks = [dg(project, "check", "defs"), dg(broken, "check", "defs")]
+    (passed, passed_output), (failed, output) = (finished(check) for check in checks)
+
+    assert passed == 0, passed_output
+    assert failed != 0, output
     for line_text, key, why in [
         ("name: Triage-Tickets", "name", r"must match \[a-z\]"),
         ("key: ticket_id", "source.key", "'ticket_id' is not a column of triage.csv"),
@@ -116,7 +126,7 @@ def test_a_scaffolded_pipeline_passes_dg_check_defs_and_each_mistake_is_named(
         ("prompt: '{subject}'", "request.prompt", r"\{subject\} names no column"),
         ("max_request_per_file", "limits.max_request_per_file", "unknown key"),
     ]:
-        where = f"{defs_yaml}:{line_of(defs_yaml, line_text)}"
+        where = f"{broken_yaml}:{line_of(broken_yaml, line_text)}"
         assert re.search(rf"{re.escape(where)} attributes\.{re.escape(key)}: .*{why}", output), (
             output
         )
