@@ -102,7 +102,9 @@ class SourceSpec(_Section):
         "object store's URI (s3://, gs://, az://, abfs://, file://).",
     )
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
-    sql: SqlSource | None = None
+    sql: SqlSource | None = Field(
+        default=None, description="A database query instead of files: {url or url_env, query}."
+    )
     key: str = Field(description="The column holding each row's unique key.")
     partition_column: str | None = Field(
         default=None,
@@ -129,14 +131,23 @@ REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params", "outp
 
 
 class RequestSpec(_Section):
-    endpoint: Endpoint = Endpoint.CHAT_COMPLETIONS
-    model: str
-    system: str | None = None
+    endpoint: Endpoint = Field(
+        default=Endpoint.CHAT_COMPLETIONS,
+        description="The API each request calls: /v1/chat/completions, /v1/responses, "
+        "/v1/embeddings, /v1/completions, /v1/moderations or /v1/messages (Anthropic).",
+    )
+    model: str = Field(description="The model every request names.")
+    system: str | None = Field(
+        default=None, description="A system message, with {column} placeholders like the prompt."
+    )
     prompt: str = Field(
         description="Text with {column} placeholders ({{ and }} are literal braces); for "
         "embeddings and moderations it is the input, for completions the prompt."
     )
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More request parameters (max_tokens, temperature, ...) as the API takes.",
+    )
     context_window: int | None = Field(
         default=None,
         description="The model's context in tokens; default from the built-in model table.",
@@ -201,18 +212,34 @@ class RequestSpec(_Section):
 
 
 class BackendSpec(_Section):
-    provider: Literal["local", "openai", "azure", "anthropic"] = "local"
-    base_url: str | None = None
+    provider: Literal["local", "openai", "azure", "anthropic"] = Field(
+        default="local",
+        description="Which Batch API: local (the service `batch-pipeline serve` starts), "
+        "openai, azure or anthropic.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="The API's URL ending in /v1; by default the provider's (local: "
+        "http://127.0.0.1:8780/v1).",
+    )
     api_key_env: str = Field(
         default="OPENAI_API_KEY",
         description="The NAME of the environment variable holding the key, never the key.",
     )
-    azure_endpoint: str | None = None
-    api_version: str | None = None
-    organization: str | None = None
-    project: str | None = None
-    request_timeout_seconds: float = 60.0
-    max_retries: int = 3
+    azure_endpoint: str | None = Field(
+        default=None, description="Azure OpenAI's resource URL (provider azure)."
+    )
+    api_version: str | None = Field(
+        default=None, description="Azure OpenAI's API version, e.g. 2024-10-21 (provider azure)."
+    )
+    organization: str | None = Field(default=None, description="The OpenAI organization id.")
+    project: str | None = Field(default=None, description="The OpenAI project id.")
+    request_timeout_seconds: float = Field(
+        default=60.0, description="How long one call to the API may take."
+    )
+    max_retries: int = Field(
+        default=3, description="Retries of a call that failed for a reason worth retrying."
+    )
     unreachable_after_seconds: float = Field(
         default=600.0,
         gt=0,
@@ -243,9 +270,18 @@ class BackendSpec(_Section):
 
 
 class LimitsSpec(_Section):
-    max_requests_per_file: int = Field(default=OPENAI_MAX_REQUESTS_PER_FILE, ge=1)
-    max_bytes_per_file: int = Field(default=190_000_000, ge=1024)
-    enqueued_tokens: int | None = Field(default=None, ge=1)
+    max_requests_per_file: int = Field(
+        default=OPENAI_MAX_REQUESTS_PER_FILE, ge=1, description="Requests per batch file."
+    )
+    max_bytes_per_file: int = Field(
+        default=190_000_000, ge=1024, description="Bytes per batch file."
+    )
+    enqueued_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="The organization's enqueued-token limit for the model: batches beyond "
+        "it wait, rather than fail.",
+    )
 
     @property
     def counts_tokens_exactly(self) -> bool:
@@ -270,7 +306,9 @@ class LimitsSpec(_Section):
 
 
 class RetrySpec(_Section):
-    max_attempts: int = Field(default=3, ge=1, le=20)
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Attempts of a request that failed or expired."
+    )
     invalid_output_attempts: int = Field(
         default=1,
         ge=1,
@@ -313,7 +351,9 @@ class OutputSpec(_Section):
 
 
 class LedgerSpec(_Section):
-    url: str | None = None
+    url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the ledger's database, with no password."
+    )
     url_env: str | None = Field(
         default=None,
         description="The NAME of an environment variable holding the ledger's URL.",
@@ -340,8 +380,8 @@ class LedgerSpec(_Section):
 class ModelPrice(_Section):
     """USD per million tokens at live prices; the Batch API charges half of it."""
 
-    input: float = Field(ge=0)
-    output: float = Field(default=0.0, ge=0)
+    input: float = Field(ge=0, description="USD per million input tokens.")
+    output: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
 
 
 class PartitionsSpec(_Section):
@@ -390,8 +430,10 @@ class PartitionsSpec(_Section):
 
 
 class ScheduleSpec(_Section):
-    cron: str = "0 1 * * *"
-    timezone: str = "UTC"
+    cron: str = Field(default="0 1 * * *", description="When the nightly run starts.")
+    timezone: str = Field(
+        default="UTC", description="The cron's and the days' IANA time zone, e.g. Europe/Paris."
+    )
 
     @field_validator("cron")
     @classmethod
@@ -414,7 +456,9 @@ class ScheduleSpec(_Section):
 
 
 class ChecksSpec(_Section):
-    max_failed_share: float = Field(default=0.05, ge=0, le=1)
+    max_failed_share: float = Field(
+        default=0.05, ge=0, le=1, description="The share of failed rows the results check allows."
+    )
 
 
 class PipelineSpec(_Section):

@@ -13,6 +13,7 @@ and whose results are collected again (the sensor's run keys carry the generatio
 still in flight is refused then: cancel it first (`batch-pipeline cancel`).
 """
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -59,12 +60,15 @@ def build_batch_pipeline_assets(
     op_tags: Mapping[str, Any] | None = None,
     retry_policy: dg.RetryPolicy | None = None,
     submission_pool: str | None = SUBMISSION_POOL,
+    backfill_policy: dg.BackfillPolicy | None = None,
 ) -> list[dg.AssetsDefinition]:
     """The `requests`, `batches` and `results` assets of the pipeline `spec`.
 
     They need a `BatchBackendResource` under `backend_resource_key`. The `batches` step runs
     in the concurrency pool `submission_pool`, which bounds uploads across every run, however
     launched (set its limit in dagster.yaml or with `dagster instance concurrency set`).
+    With a `backfill_policy`, one run may cover a range of days (a backfill, `dg launch
+    --partition-range`): each step then works through the days of the range in turn.
     """
     partitions_def = build_partitions_def(spec)
     specs = build_asset_specs(spec, translator)
@@ -87,6 +91,7 @@ def build_batch_pipeline_assets(
             op_tags=op_tags,
             retry_policy=retry_policy,
             pool=submission_pool if role == "batches" else None,
+            backfill_policy=backfill_policy,
         )
         for role in ROLES
     ]
@@ -103,6 +108,7 @@ def _pipeline_asset(
     op_tags: Mapping[str, Any] | None,
     retry_policy: dg.RetryPolicy | None,
     pool: str | None,
+    backfill_policy: dg.BackfillPolicy | None,
 ) -> dg.AssetsDefinition:
     @dg.multi_asset(
         specs=[asset_spec],
@@ -112,16 +118,49 @@ def _pipeline_asset(
         op_tags=op_tags,
         retry_policy=retry_policy,
         pool=pool,
+        backfill_policy=backfill_policy,
     )
     def _asset(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
         with backend.open_pipeline(spec) as pipeline:
-            partition = spec.partitioning.parse(partition_key_of(context))
-            result = step(pipeline, partition, context)
+            if context.has_partition_key_range and not context.has_partition_key:
+                result = _step_over_range(step, pipeline, context)
+            else:
+                partition = spec.partitioning.parse(partition_key_of(context))
+                result = step(pipeline, partition, context)
         if result is not None:
             yield result
 
     return _asset
+
+
+def _step_over_range(
+    step: Step, pipeline: Pipeline, context: dg.AssetExecutionContext
+) -> dg.MaterializeResult | None:
+    """`step` for each day of a ranged run, in order. The run materializes the whole range,
+    so its metadata holds each day's; a day whose results cannot be collected yet skips
+    the results of the range (the sensor asks for each day's once it has settled)."""
+    days: dict[str, dict[str, Any]] = {}
+    for key in context.partition_keys:
+        result = step(pipeline, pipeline.spec.partitioning.parse(key), context)
+        if result is None:
+            return None
+        days[key] = {name: _plain(value) for name, value in (result.metadata or {}).items()}
+    return dg.MaterializeResult(
+        metadata={
+            "days": len(days),
+            "batch_pipeline/days": dg.MetadataValue.json(days),
+        }
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A metadata value as JSON: its value when it is a MetadataValue, text when not JSON."""
+    value = getattr(value, "value", value)
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _build_requests(

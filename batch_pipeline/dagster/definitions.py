@@ -30,14 +30,17 @@ def build_batch_pipeline_defs(
     op_tags: Mapping[str, Any] | None = None,
     retry_policy: dg.RetryPolicy | None = None,
     submission_pool: str | None = SUBMISSION_POOL,
+    backfill_policy: dg.BackfillPolicy | None = None,
     sensor_default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    sensor_minimum_interval_seconds: int = 30,
     schedule_default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
 ) -> dg.Definitions:
     """Assets, checks, the submission job, the sensor, the nightly schedule and the backend.
 
     `backend` defaults to the spec's `backend:` section, its key read from the environment
     variable the spec names. `op_tags`, `retry_policy` and `submission_pool` go to the
-    three assets' steps as in `build_batch_pipeline_assets`. The backend's resource key is
+    three assets' steps, and `backfill_policy` to the assets, as in
+    `build_batch_pipeline_assets`. The backend's resource key is
     `backend_resource_key`, by default `{spec.name}_batch_backend`.
     """
     backend = backend or BatchBackendResource.from_spec(spec.backend)
@@ -49,6 +52,7 @@ def build_batch_pipeline_defs(
         op_tags=op_tags,
         retry_policy=retry_policy,
         submission_pool=submission_pool,
+        backfill_policy=backfill_policy,
     )
     submit_job = build_submit_job(spec=spec, translator=translator)
     return dg.Definitions(
@@ -63,6 +67,7 @@ def build_batch_pipeline_defs(
                 backend=backend,
                 translator=translator,
                 default_status=sensor_default_status,
+                minimum_interval_seconds=sensor_minimum_interval_seconds,
             )
         ],
         schedules=[

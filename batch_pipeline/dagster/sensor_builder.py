@@ -98,7 +98,10 @@ def build_batch_pipeline_sensor(
     @dg.sensor(
         name=f"{spec.name}_batch_sensor",
         description=f"Polls the Batch API for {spec.name}'s batches, submits queued and retry "
-        "shards, and requests the results run of each day that has settled.",
+        "shards, and requests the results run of each day that has settled. A preview "
+        "(`dagster sensor preview`, the UI's Test Sensor) is a real tick, not a dry run: "
+        "it polls, submits, collects and deletes provider files too (Dagster does not tell "
+        "a tick that it is a preview).",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         asset_selection=[results_key],

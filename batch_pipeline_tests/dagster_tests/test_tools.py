@@ -62,13 +62,19 @@ def test_dg_lists_the_component(subprocess_env: dict[str, str], tmp_path: Path) 
     )
 
 
-def test_dg_check_yaml_points_at_a_bad_key(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+def test_dg_check_yaml_points_at_a_value_of_the_wrong_type(
+    subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The schema takes a template for any value and leaves unknown keys to `dg check defs`
+    (which names each on its own line); it catches what no template could be, at the line of
+    its section."""
     project = tmp_path / "project"
     shutil.copytree(FIXTURES / "project", project)
     defs_yaml = project / "src/bp_component_fixture/defs/ticket_triage/defs.yaml"
     run([str(BIN / "dg"), "check", "yaml", str(defs_yaml.parent)], subprocess_env, cwd=project)
 
-    defs_yaml.write_text(defs_yaml.read_text().replace("max_failed_share:", "max_failed_sharee:"))
+    text = defs_yaml.read_text().replace("max_failed_share: 0.1", "max_failed_share: [0.1]")
+    defs_yaml.write_text(text)
     done = subprocess.run(
         [str(BIN / "dg"), "check", "yaml", str(defs_yaml.parent)],
         cwd=project,
@@ -78,7 +84,7 @@ def test_dg_check_yaml_points_at_a_bad_key(subprocess_env: dict[str, str], tmp_p
         timeout=180,
     )
     assert done.returncode == 1
-    assert "defs.yaml:21" in done.stdout and "max_failed_sharee" in done.stdout
+    assert "defs.yaml:21" in done.stdout and "max_failed_share': [0.1]" in done.stdout
 
 
 @pytest.fixture
