@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from batch_pipeline.core.cron import cron_errors
-from batch_pipeline.core.output_forms import FORM_KEYS, takes_output_schema
+from batch_pipeline.core.output_forms import FORM_KEYS, OUTPUT_FORMS, takes_output_schema
 from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
 from batch_pipeline.core.prompt_template import parse_template
 from batch_pipeline.core.reconnect import DEFAULT_RECONNECT_SECONDS
@@ -408,7 +408,7 @@ class PipelineSpec(_Section):
         if not takes_output_schema(endpoint):
             raise ValueError(
                 f"request.output_schema: {endpoint} answers take no output schema; remove it "
-                "or use /v1/chat/completions or /v1/responses"
+                f"or use {' or '.join(OUTPUT_FORMS)}"
             )
         clash = FORM_KEYS[endpoint.value] & self.request.params.keys()
         if clash:
