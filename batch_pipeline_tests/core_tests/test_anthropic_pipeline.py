@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline import PipelineSpec, load_pipeline
+from batch_pipeline.core.requests import RequestBuilder, estimate_request_tokens
 from batch_pipeline.core.spec import SpecError
+from batch_pipeline.core.tokens import FORCED_TOOL_PROMPT_TOKENS, count_tokens
 from batch_pipeline.local_api.server import run_local_batch_api
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 from batch_pipeline_tests.core_tests.test_structured_outputs import (
@@ -152,3 +154,20 @@ def test_params_may_not_set_the_tools_the_output_schema_sets(tmp_path: Path) -> 
     spec["request"]["params"] |= {"tool_choice": {"type": "auto"}}
     with pytest.raises(SpecError, match=r"\['tool_choice'\] are set from request.output_schema"):
         PipelineSpec.from_dict(spec, base_dir=tmp_path)
+
+
+def test_the_tool_an_output_schema_adds_is_in_the_token_estimate(tmp_path: Path) -> None:
+    """Anthropic counts a request's tools, and its tool-use instructions, as input tokens."""
+    batch = pa.record_batch({"ticket_id": ["T1"], "subject": ["S"], "body": ["Where is it?"]})
+    estimates, lines = [], []
+    for schema in (None, TRIAGE_SCHEMA):
+        data = anthropic_spec(tmp_path, "http://127.0.0.1:1/v1")
+        data["request"]["output_schema"] = schema
+        built = RequestBuilder(PipelineSpec.from_dict(data, base_dir=tmp_path)).build(batch, DAY)
+        (line,) = [orjson.loads(line) for line in built.lines.to_pylist()]
+        # a retry's estimate, read from the line, is the same
+        assert estimate_request_tokens([line]).tolist() == built.estimated_input_tokens.tolist()
+        estimates.append(int(built.estimated_input_tokens[0]))
+        lines.append(line)
+    tools = orjson.dumps(lines[1]["body"]["tools"]).decode()
+    assert estimates[1] - estimates[0] == count_tokens(tools, MODEL) + FORCED_TOOL_PROMPT_TOKENS
