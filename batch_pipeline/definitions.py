@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from batch_pipeline.dagster import BatchBackendResource, build_batch_pipeline_defs
-from batch_pipeline.demo import SERVE_URL, ui_demo_specs, write_demo
+from batch_pipeline.demo import SERVE_URL, demo_backend_config, ui_demo_specs, write_demo
 
 
 class DemoBackendResource(BatchBackendResource):
@@ -26,14 +26,14 @@ class DemoBackendResource(BatchBackendResource):
 
 
 def ui_demo_defs() -> dg.Definitions:
-    """The demo's Definitions (the plain and the structured pipeline), built without writing
-    a file."""
+    """The demo's Definitions (the plain pipeline, the structured one and Claude's), built
+    without writing a file."""
     return dg.Definitions.merge(
         *(
             build_batch_pipeline_defs(
                 spec=spec,
                 backend=DemoBackendResource(
-                    base_url=spec.backend.base_url, demo_dir=str(spec.base_dir)
+                    **demo_backend_config(spec), demo_dir=str(spec.base_dir)
                 ),
             )
             for spec in ui_demo_specs()

@@ -5,8 +5,8 @@ materializes `requests` and `batches` for three days on a temporary Dagster inst
 the sensor until it asks for the results runs, runs them with their checks, and prints where
 the Parquet is with a summary per status. It does the same for the tickets triaged into an
 output schema, and for the tickets sent to Claude through Anthropic's Message Batches (the
-service speaks both dialects). `batch_pipeline/definitions.py` serves the OpenAI pipelines to
-the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
+service speaks both dialects). `batch_pipeline/definitions.py` serves the same three pipelines
+to the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
 """
 
 from __future__ import annotations
@@ -174,16 +174,17 @@ def claude_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, A
     return data
 
 
-def write_claude_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
-    """Write the Claude pipeline's spec beside the demo's (after `write_demo`)."""
-    path = Path(folder) / CLAUDE_SPEC_FILE
-    path.write_text(yaml.safe_dump(claude_spec_data(base_url=base_url), sort_keys=False))
-    return PipelineSpec.from_yaml(path)
+DEMO_SPECS: tuple[tuple[str, Callable[..., dict[str, Any]]], ...] = (
+    (SPEC_FILE, demo_spec_data),
+    (TYPED_SPEC_FILE, typed_demo_spec_data),
+    (CLAUDE_SPEC_FILE, claude_spec_data),
+)
 
 
 def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
-    """Write the sample table (if missing) and both pipelines' specs into `folder`
-    (pipeline.yaml, and pipeline_typed.yaml for the structured one); return the first."""
+    """Write the sample table (if missing) and the pipelines' specs into `folder`
+    (pipeline.yaml; pipeline_typed.yaml for the structured one, pipeline_claude.yaml for
+    Claude's); return the first."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / SOURCE_FILE
@@ -192,12 +193,9 @@ def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
         pd.DataFrame(demo_rows()).to_parquet(temporary, index=False)
         temporary.replace(source)
     specs = []
-    for name, data in (
-        (SPEC_FILE, demo_spec_data(base_url=base_url)),
-        (TYPED_SPEC_FILE, typed_demo_spec_data(base_url=base_url)),
-    ):
+    for name, spec_data in DEMO_SPECS:
         spec_path = folder / name
-        text = yaml.safe_dump(data, sort_keys=False)
+        text = yaml.safe_dump(spec_data(base_url=base_url), sort_keys=False)
         if not spec_path.exists() or spec_path.read_text(encoding="utf-8") != text:
             temporary = spec_path.with_name(f".tmp-{os.getpid()}-{name}")
             temporary.write_text(text, encoding="utf-8")
@@ -219,12 +217,21 @@ def ui_demo_specs() -> list[PipelineSpec]:
     """
     base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
     specs = []
-    for spec_data in (demo_spec_data, typed_demo_spec_data):
+    for _, spec_data in DEMO_SPECS:
         data = spec_data(base_url=base_url)
         if os.environ.get(DEMO_LEDGER_URL_ENV):
             data["ledger"] = {"url_env": DEMO_LEDGER_URL_ENV}
         specs.append(PipelineSpec.from_dict(data, base_dir=ui_demo_folder()))
     return specs
+
+
+def demo_backend_config(spec: PipelineSpec) -> dict[str, Any]:
+    """The backend resource's config of a demo pipeline: its provider and URL, and for
+    Claude's the key the SDK must send (the local service asks none; not a secret)."""
+    config: dict[str, Any] = {"provider": spec.backend.provider, "base_url": spec.backend.base_url}
+    if spec.backend.provider == "anthropic":
+        config["api_key"] = LOCAL_ANTHROPIC_KEY
+    return config
 
 
 # -- the demo run ----------------------------------------------------------------------------
@@ -269,19 +276,20 @@ def run_demo(
             folder / "batch_api", port=0, completion_window_seconds=completion_window_seconds
         ) as base_url,
     ):
-        specs = [
-            write_demo(folder, base_url=base_url),
-            PipelineSpec.from_yaml(folder / TYPED_SPEC_FILE),
-        ]
+        write_demo(folder, base_url=base_url)
+        spec, typed, claude = (PipelineSpec.from_yaml(folder / name) for name, _ in DEMO_SPECS)
         say(f"Local Batch API at {base_url}; the pipeline specs are in {folder}")
         with _demo_instance(dagster_home) as instance:
-            runs = [_run_pipeline(spec, instance, timeout_seconds, say) for spec in specs]
-            claude = write_claude_demo(folder, base_url=base_url)
-            backend = BatchBackendResource(
-                provider="anthropic", base_url=base_url, api_key=LOCAL_ANTHROPIC_KEY
-            )
-            runs.append(_run_pipeline(claude, instance, timeout_seconds, say, backend=backend))
-    spec = specs[0]
+            runs = [
+                _run_pipeline(
+                    one,
+                    instance,
+                    timeout_seconds,
+                    say,
+                    backend=BatchBackendResource(**demo_backend_config(one)),
+                )
+                for one in (spec, typed, claude)
+            ]
     results = [result for found, _ in runs for result in found]
     checks = [e for _, found in runs for e in found]
     summary = _summary_table(spec, runs[0][1])
@@ -296,7 +304,6 @@ def run_demo(
     say("")
     say(f"Results (Parquet, one folder per day): {result.results_dir}")
     say(f"Read them with: pandas.read_parquet({str(result.results_dir)!r})")
-    typed = specs[1]
     say("")
     say(f"{typed.name}: the same tickets answered in a schema, as typed output_* columns:")
     say(_summary_table(typed, runs[1][1]).to_string())

@@ -207,10 +207,16 @@ def _extract_embedding(body: dict[str, Any]) -> _Extracted:
 
 
 def _extract_message(body: dict[str, Any]) -> _Extracted:
-    """An Anthropic Message: its text blocks joined (a tool call: see response_json)."""
+    """An Anthropic Message: its text blocks joined; a message without text that calls a
+    tool (the output schema's forced call) gives the call's input, as JSON."""
     usage = body.get("usage") or {}
-    parts = [block["text"] for block in body.get("content") or () if block.get("type") == "text"]
-    text = "".join(parts) if parts else None
+    content = body.get("content") or ()
+    parts = [block["text"] for block in content if block.get("type") == "text"]
+    if parts:
+        text = "".join(parts)
+    else:
+        call = next((block for block in content if block.get("type") == "tool_use"), None)
+        text = None if call is None else orjson.dumps(call["input"]).decode()
     return text, None, usage.get("input_tokens"), usage.get("output_tokens")
 
 

@@ -34,6 +34,7 @@ from batch_pipeline.core.tokens import (
     estimate_tokens,
     exact_tokens_batch,
     request_overhead_tokens,
+    tool_tokens,
 )
 from batch_pipeline.core.types import Endpoint
 
@@ -164,9 +165,11 @@ class RequestBuilder:
         self.system = Template.parse("request.system", request.system) if request.system else None
         self.max_output_tokens = max_output_tokens(request.params)
         self.context_window = context_window(request.model, request.context_window)
-        self.overhead = request_overhead_tokens(self.endpoint, 1 if self.system is None else 2)
         self.max_line_bytes = spec.limits.max_bytes_per_file
         params = {**request.params, **output_schema_params(self.endpoint, spec.output_schema)}
+        self.overhead = request_overhead_tokens(
+            self.endpoint, 1 if self.system is None else 2
+        ) + tool_tokens(self.endpoint, params, self.model)
         self._layout = LineLayout(self.endpoint, self.model, params, self.prompt, self.system)
         self._partition: str | None = None
         self._seen_keys = KeySet()
@@ -497,14 +500,15 @@ def estimate_request_tokens(
     if not requests:
         return np.zeros(0, dtype=np.int64)
     texts = [body_input_texts(request["body"]) for request in requests]
+    model = requests[0]["body"]["model"]
     overheads = np.array(
         [
             request_overhead_tokens(request["url"], len(parts))
+            + tool_tokens(request["url"], request["body"], model)
             for request, parts in zip(requests, texts, strict=True)
         ],
         dtype=np.int64,
     )
-    model = requests[0]["body"]["model"]
     if exact:
         return overheads + np.array(
             [sum(count_tokens(text, model) for text in parts) for parts in texts], dtype=np.int64

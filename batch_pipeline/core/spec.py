@@ -27,8 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from batch_pipeline.core.batch_caps import OPENAI_CAPS, batch_caps
 from batch_pipeline.core.cron import cron_errors
-from batch_pipeline.core.output_forms import FORM_KEYS, takes_output_schema
+from batch_pipeline.core.output_forms import FORM_KEYS, OUTPUT_FORMS, takes_output_schema
 from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
 from batch_pipeline.core.partition import Partitioning, PartitionKind
 from batch_pipeline.core.prompt_template import parse_template
@@ -37,8 +38,6 @@ from batch_pipeline.core.storage_uri import check_options, is_remote, join, loca
 from batch_pipeline.core.types import Endpoint
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-OPENAI_MAX_REQUESTS_PER_FILE = 50_000
-OPENAI_MAX_BYTES_PER_FILE = 200 * 1024 * 1024
 
 
 STORAGE_OPTIONS_HELP = (
@@ -271,10 +270,16 @@ class BackendSpec(_Section):
 
 class LimitsSpec(_Section):
     max_requests_per_file: int = Field(
-        default=OPENAI_MAX_REQUESTS_PER_FILE, ge=1, description="Requests per batch file."
+        default=OPENAI_CAPS.max_requests,
+        ge=1,
+        description="Most requests in one shard (one batch); by default the provider's cap: "
+        "50,000 on OpenAI, 100,000 on Azure and Anthropic.",
     )
     max_bytes_per_file: int = Field(
-        default=190_000_000, ge=1024, description="Bytes per batch file."
+        default=OPENAI_CAPS.default_bytes,
+        ge=1024,
+        description="Most bytes in one shard; by default a margin below the provider's cap "
+        "(200 MB on OpenAI and Azure, 256 MB on Anthropic).",
     )
     enqueued_tokens: int | None = Field(
         default=None,
@@ -290,19 +295,28 @@ class LimitsSpec(_Section):
         estimate from bytes runs low for digits, ids and CJK text."""
         return self.enqueued_tokens is not None
 
-    @field_validator("max_requests_per_file")
-    @classmethod
-    def _within_provider_requests(cls, value: int) -> int:
-        if value > OPENAI_MAX_REQUESTS_PER_FILE:
-            raise ValueError(f"the Batch API takes at most {OPENAI_MAX_REQUESTS_PER_FILE} a file")
-        return value
-
-    @field_validator("max_bytes_per_file")
-    @classmethod
-    def _within_provider_bytes(cls, value: int) -> int:
-        if value > OPENAI_MAX_BYTES_PER_FILE:
-            raise ValueError(f"the Batch API takes at most {OPENAI_MAX_BYTES_PER_FILE} bytes")
-        return value
+    def for_provider(self, provider: str) -> LimitsSpec:
+        """These limits on `provider`: a limit the spec leaves out is the provider's default;
+        ValueError for one past the provider's cap."""
+        caps = batch_caps(provider)
+        given = self.model_fields_set
+        for name, cap, what in (
+            ("max_requests_per_file", caps.max_requests, "requests"),
+            ("max_bytes_per_file", caps.max_bytes, "bytes"),
+        ):
+            if name in given and getattr(self, name) > cap:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} is more than provider {provider} takes in "
+                    f"one batch ({cap} {what})"
+                )
+        defaults = {
+            "max_requests_per_file": caps.max_requests,
+            "max_bytes_per_file": caps.default_bytes,
+        }
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update({k: v for k, v in defaults.items() if k not in given})
+        # Constructed, not copied: the limits the spec gave stay the only ones it set.
+        return type(self).model_construct(_fields_set=set(given), **values)
 
 
 class RetrySpec(_Section):
@@ -468,7 +482,7 @@ class PipelineSpec(_Section):
     source: SourceSpec
     request: RequestSpec
     backend: BackendSpec = Field(default_factory=BackendSpec)
-    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec, validate_default=True)
     retry: RetrySpec = Field(default_factory=RetrySpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
@@ -498,7 +512,7 @@ class PipelineSpec(_Section):
         if not takes_output_schema(endpoint):
             raise ValueError(
                 f"request.output_schema: {endpoint} answers take no output schema; remove it "
-                "or use /v1/chat/completions or /v1/responses"
+                f"or use {' or '.join(OUTPUT_FORMS)}"
             )
         clash = FORM_KEYS[endpoint.value] & self.request.params.keys()
         if clash:
@@ -513,6 +527,13 @@ class PipelineSpec(_Section):
             lines = "".join(f"\n  request.output_schema {line}" for line in exc.problems)
             raise ValueError(f"request.output_schema cannot be used:{lines}") from None
         return self
+
+    @field_validator("limits")
+    @classmethod
+    def _limits_of_the_provider(cls, limits: LimitsSpec, info: ValidationInfo) -> LimitsSpec:
+        """The shard limits within (and by default at) the provider's batch caps."""
+        backend = info.data.get("backend")
+        return limits if backend is None else limits.for_provider(backend.provider)
 
     @property
     def output_schema(self) -> OutputSchema | None:

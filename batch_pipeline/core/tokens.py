@@ -19,9 +19,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,6 +39,10 @@ DEFAULT_CONTEXT_WINDOW = 128_000
 # with 3 more (OpenAI's cookbook figures); generous enough to be used in the upper bound too.
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REPLY = 3
+# The instructions Anthropic puts before a request's tools, in input tokens (its figures for
+# Claude 4 models): fewer when the call is forced (`tool_choice` any or tool).
+TOOL_PROMPT_TOKENS = 346
+FORCED_TOOL_PROMPT_TOKENS = 313
 
 CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-4o": 128_000,
@@ -165,6 +170,24 @@ def request_overhead_tokens(endpoint: Endpoint | str, messages: int) -> int:
     if not Endpoint(endpoint).takes_system:
         return 0
     return TOKENS_PER_MESSAGE * messages + TOKENS_PER_REPLY
+
+
+def tool_tokens(endpoint: Endpoint | str, body: Mapping[str, Any], model: str) -> int:
+    """Input tokens the `tools` of a Messages request add (Anthropic's): their JSON and its
+    tool-use instructions, estimated; 0 without tools, and on OpenAI's endpoints."""
+    tools = body.get("tools")
+    if Endpoint(endpoint) is not Endpoint.MESSAGES or not tools:
+        return 0
+    choice = body.get("tool_choice")
+    forced = isinstance(choice, Mapping) and choice.get("type") in ("any", "tool")
+    prompt = FORCED_TOOL_PROMPT_TOKENS if forced else TOOL_PROMPT_TOKENS
+    return _json_tokens(orjson.dumps(tools), model) + prompt
+
+
+@lru_cache(maxsize=64)
+def _json_tokens(text: bytes, model: str) -> int:
+    """Tokens of a JSON text (a pipeline's lines repeat the same tools: counted once)."""
+    return count_tokens(text.decode(), model)
 
 
 def byte_lengths(texts: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:

@@ -2,10 +2,10 @@
 typed `output_<property>` columns; answers that do not are kept and explained, never dropped.
 
 A succeeded row whose answer
-- was refused by the model (`message.refusal`, a `refusal` content part) ends `failed` with
-  error_code `refusal`;
-- was cut short (`finish_reason: length`, a response `status: incomplete`) ends `failed` with
-  `truncated`;
+- was refused by the model (`message.refusal`, a `refusal` content part, Anthropic's
+  `stop_reason: refusal`) ends `failed` with error_code `refusal`;
+- was cut short (`finish_reason: length`, a response `status: incomplete`, Anthropic's
+  `stop_reason: max_tokens`) ends `failed` with `truncated`;
 - is not JSON, or is JSON that breaks the schema, ends `failed` with `invalid_output` and the
   JSON path and rule at fault in error_message.
 Its response_text stays, its output columns are null. Only `invalid_output` may be retried,
@@ -14,7 +14,9 @@ and only as `retry.invalid_output_attempts` allows.
 Refusals and cut-short answers are found without parsing every body: a refused answer has no
 text, and a cut-short one says `"length"` or `"incomplete"` in its body outside any string
 (a quote inside a JSON string is escaped, so those words with their quotes cannot come from
-the text). Only those few bodies are parsed, one by one.
+the text); an Anthropic message says so in `"stop_reason":"..."` (a tool call's input is
+not a string, so its words may match too: such a body is parsed for nothing, no more).
+Only those few bodies are parsed, one by one.
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ class OutputErrorCode:
     TRUNCATED = "truncated"
 
 
-# One RE2 pass over the bodies (faster than a substring search per word).
+# One RE2 pass over the bodies (faster than a substring search per word); the bodies are
+# orjson's compact JSON.
 _CUT_SHORT = '"(?:length|incomplete)"'
+_CUT_SHORT_BY_ENDPOINT = {Endpoint.MESSAGES.value: '"stop_reason":"(?:max_tokens|refusal)"'}
 _NO_TEXT = "$: the answer holds no text"
 
 
@@ -115,7 +119,8 @@ def _judge_bodies(
     body may say they were cut short."""
     bodies = outcomes["response_json"].combine_chunks()
     suspect = texts.is_null().to_numpy(zero_copy_only=False)
-    cut_short = pc.match_substring_regex(bodies, _CUT_SHORT).fill_null(False)
+    pattern = _CUT_SHORT_BY_ENDPOINT.get(endpoint, _CUT_SHORT)
+    cut_short = pc.match_substring_regex(bodies, pattern).fill_null(False)
     suspect |= cut_short.to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(succeeded & suspect)
     for row, body in zip(rows.tolist(), bodies.take(pa.array(rows)).to_pylist(), strict=True):
@@ -135,6 +140,8 @@ def _verdict(endpoint: str, body: str | None) -> tuple[str, str] | None:
     try:
         if endpoint == Endpoint.RESPONSES.value:
             return _responses_verdict(parsed)
+        if endpoint == Endpoint.MESSAGES.value:
+            return _messages_verdict(parsed)
         return _chat_verdict(parsed)
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
@@ -161,6 +168,19 @@ def _responses_verdict(body: dict[str, Any]) -> tuple[str, str] | None:
         reason = (body.get("incomplete_details") or {}).get("reason") or "no reason given"
         return OutputErrorCode.TRUNCATED, (
             f"the answer was cut short (status: incomplete, {reason}); allow more output tokens"
+        )
+    return None
+
+
+def _messages_verdict(body: dict[str, Any]) -> tuple[str, str] | None:
+    reason = body.get("stop_reason")
+    if reason == "refusal":
+        texts = [b.get("text") for b in body.get("content") or () if b.get("type") == "text"]
+        said = "".join(filter(None, texts)) or "no reason given"
+        return OutputErrorCode.REFUSAL, f"the model refused (stop_reason: refusal): {said}"
+    if reason == "max_tokens":
+        return OutputErrorCode.TRUNCATED, (
+            "the answer was cut short (stop_reason: max_tokens); allow more output tokens"
         )
     return None
 

@@ -52,7 +52,7 @@ class BatchBackendResource(dg.ConfigurableResource):
     """
 
     provider: Literal["local", "openai", "azure", "anthropic"] = Field(
-        default="local", description="Which Batch API: local, openai or azure."
+        default="local", description="Which Batch API: local, openai, azure or anthropic."
     )
     base_url: str | None = Field(
         default=None,

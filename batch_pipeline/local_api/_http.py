@@ -11,8 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batch_pipeline.local_api.anthropic import error_headers, is_anthropic_path
 from batch_pipeline.local_api.anthropic import error_response_body as anthropic_error_body
-from batch_pipeline.local_api.anthropic import is_anthropic_path
 from batch_pipeline.local_api.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,10 @@ class JSONResponse(Response):
 
 def error_response(error: ApiError, path: str = "") -> JSONResponse:
     """The response of an ApiError, in the shape of the dialect whose `path` was asked."""
-    body = anthropic_error_body(error) if is_anthropic_path(path) else error.body()
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    if is_anthropic_path(path):
+        body = anthropic_error_body(error)
+        return JSONResponse(body, error.status, headers=error_headers(body, error.headers))
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

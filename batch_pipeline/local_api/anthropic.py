@@ -15,8 +15,8 @@ What the official `anthropic` SDK sends, and how this service keeps it on the sa
   "canceled" | "expired", ...}}` lines made from the engine's output and error files, which
   are kept 29 days.
 - The key comes in `x-api-key` (or `Authorization: Bearer`), every call needs an
-  `anthropic-version` header, and errors are `{"type": "error", "error": {"type",
-  "message"}, "request_id"}`.
+  `anthropic-version` header, every answer has a `request-id` header, and errors are
+  `{"type": "error", "error": {"type", "message"}, "request_id"}` (the header's id).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ STORE_PREFIX = "batch_"
 CUSTOM_ID_RE = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
 RESULTS_KEPT_SECONDS = 29 * 86400
 BAD_KEY_MESSAGE = "invalid x-api-key"
+REQUEST_ID_HEADER = "request-id"
 
 # The error `type` Anthropic puts in a body, by HTTP status.
 _TYPES = {
@@ -74,11 +75,21 @@ def error_type_for_status(status: int) -> str:
     return _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
+def new_request_id() -> str:
+    """A request's id, as Anthropic sends it in the `request-id` header."""
+    return f"req_{secrets.token_hex(12)}"
+
+
 def error_response_body(error: ApiError) -> dict[str, Any]:
     """An ApiError in Anthropic's shape (its own type if it named one Anthropic uses)."""
     kind = error.given_type if error.given_type in _TYPES.values() else None
     body = anthropic_error(kind or error_type_for_status(error.status), error.message)
-    return {**body, "request_id": f"req_{secrets.token_hex(12)}"}
+    return {**body, "request_id": new_request_id()}
+
+
+def error_headers(body: dict[str, Any], headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers of an Anthropic error response: `headers` and the body's request id."""
+    return {**(headers or {}), REQUEST_ID_HEADER: body["request_id"]}
 
 
 def wire_id(store_id: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ from batch_pipeline.local_api.anthropic import (
     store_id,
     wire_id,
 )
-from batch_pipeline.local_api.batches_routes import new_batch_record
+from batch_pipeline.local_api.batches_routes import begin_cancel, new_batch_record
 from batch_pipeline.local_api.echo_messages import MESSAGES_ENDPOINT
 from batch_pipeline.local_api.errors import ApiError
-from batch_pipeline.local_api.faults import EveryNth
+from batch_pipeline.local_api.faults import CreateRateLimit
 from batch_pipeline.local_api.service import LocalBatchService
 from batch_pipeline.local_api.store import BATCH_ID_RE
 
@@ -116,18 +115,15 @@ class MessageBatchesRoutes:
     def __init__(self, service: LocalBatchService) -> None:
         self.service = service
         self.settings = service.settings
-        self._create_fault = EveryNth(self.settings.fault_create_429_every)
+        self._create_fault = CreateRateLimit(
+            self.settings.fault_create_429_every,
+            "Number of request tokens has exceeded your rate limit",
+            type="rate_limit_error",
+        )
 
     async def create(self, request: Request) -> Response:
         """POST /v1/messages/batches: the inline requests become a batch of the engine."""
-        if self._create_fault.strikes():
-            raise ApiError(
-                429,
-                "Number of request tokens has exceeded your rate limit (simulated by "
-                "fault_create_429_every).",
-                type="rate_limit_error",
-                headers={"retry-after": "1"},
-            )
+        self._create_fault.check()
         raw = await read_body(request, self.settings.anthropic_max_batch_bytes)
         record = await run_in_threadpool(self._create, raw)
         log.info("message batch %s created (%d requests)", record["id"], record["_requests"])
@@ -221,16 +217,8 @@ class MessageBatchesRoutes:
         """POST .../cancel: `canceling` now, `ended` once the requests sent have drained; the
         requests not done end `canceled`."""
         record = self._batch(request)
-        updated = await run_in_threadpool(
-            lambda: self.service.running_store.update_batch(
-                record["id"],
-                expect={"validating", "in_progress"},
-                status="cancelling",
-                cancelling_at=int(time.time()),
-            )
-        )
+        updated = await begin_cancel(self.service, record["id"])
         if updated is not None:
-            self.service.running_engine.cancel(record["id"])
             return JSONResponse(message_batch(updated, None, str(request.base_url)))
         record = self._batch(request)
         if record["status"] not in ("cancelling", "cancelled"):

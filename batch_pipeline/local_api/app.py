@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from batch_pipeline.local_api._http import api_error, http_error, server_error
+from batch_pipeline.local_api.anthropic import REQUEST_ID_HEADER, new_request_id
 from batch_pipeline.local_api.anthropic_routes import MessageBatchesRoutes, require_version
 from batch_pipeline.local_api.auth import ApiKeyAuth
 from batch_pipeline.local_api.azure import AZURE_PREFIX, require_api_version
@@ -71,7 +72,7 @@ def _by_method(
 ) -> Handler:
     """An endpoint that hands a request to the handler of its method (HEAD to GET's), after
     the Azure dialect's `api-version` check on an Azure path, or the Anthropic dialect's
-    `anthropic-version` check on one of its paths.
+    `anthropic-version` check on one of its paths (whose answers carry a `request-id`).
 
     Starlette answers a method the route does not list with 405 and `Allow` made from the
     route's methods, so the one table above is all that `Allow` is computed from.
@@ -83,7 +84,10 @@ def _by_method(
         if anthropic:
             require_version(request)
         method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
+        response = await handlers[method](request)
+        if anthropic:
+            response.headers[REQUEST_ID_HEADER] = new_request_id()
+        return response
 
     return endpoint
 

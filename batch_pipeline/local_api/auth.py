@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from batch_pipeline.local_api.anthropic import (
     ANTHROPIC_KEY_HEADER,
     BAD_KEY_MESSAGE,
+    error_headers,
     error_response_body,
     is_anthropic_path,
 )
@@ -47,7 +48,10 @@ class ApiKeyAuth:
         error = _auth_error(sent, azure)
         body = error_response_body(_ANTHROPIC_BAD_KEY) if anthropic else error.body()
         response = Response(
-            orjson.dumps(body), status_code=error.status, media_type="application/json"
+            orjson.dumps(body),
+            status_code=error.status,
+            headers=error_headers(body, None) if anthropic else None,
+            media_type="application/json",
         )
         await response(scope, receive, send)
 

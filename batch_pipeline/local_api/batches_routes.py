@@ -19,7 +19,7 @@ from batch_pipeline.local_api._http import (
 )
 from batch_pipeline.local_api.azure import is_azure_path, with_v1
 from batch_pipeline.local_api.errors import ApiError
-from batch_pipeline.local_api.faults import EveryNth
+from batch_pipeline.local_api.faults import CreateRateLimit
 from batch_pipeline.local_api.file_form import expires_after_seconds
 from batch_pipeline.local_api.files_routes import no_such_file
 from batch_pipeline.local_api.service import LocalBatchService
@@ -139,25 +139,39 @@ def new_batch_record(
     }
 
 
+async def begin_cancel(service: LocalBatchService, batch_id: str) -> dict[str, Any] | None:
+    """Make a validating or running batch `cancelling` and have the engine drain it: its
+    record now, or None if it was neither (ended, or cancelling already)."""
+    updated = await run_in_threadpool(
+        lambda: service.running_store.update_batch(
+            batch_id,
+            expect={"validating", "in_progress"},
+            status="cancelling",
+            cancelling_at=int(time.time()),
+        )
+    )
+    if updated is not None:
+        log.info("batch %s -> cancelling", batch_id)
+        service.running_engine.cancel(batch_id)
+    return updated
+
+
 class BatchesRoutes:
     """The handlers of /batches, /batches/{batch_id} and /batches/{batch_id}/cancel."""
 
     def __init__(self, service: LocalBatchService) -> None:
         self.service = service
         self.settings = service.settings
-        self._create_fault = EveryNth(self.settings.fault_create_429_every)
+        self._create_fault = CreateRateLimit(
+            self.settings.fault_create_429_every,
+            "Rate limit reached for batch creation, please try again in 1s",
+            type="requests",
+            code="rate_limit_exceeded",
+        )
 
     async def create_batch(self, request: Request) -> Response:
         """POST /batches: a batch of an uploaded input file, handed to the engine."""
-        if self._create_fault.strikes():
-            raise ApiError(
-                429,
-                "Rate limit reached for batch creation (simulated by "
-                "fault_create_429_every). Please try again in 1s.",
-                type="requests",
-                code="rate_limit_exceeded",
-                headers={"retry-after": "1"},
-            )
+        self._create_fault.check()
         body = await json_object(request)
         _check_fields(body)
         azure = is_azure_path(request.url.path)
@@ -222,17 +236,8 @@ class BatchesRoutes:
     async def cancel_batch(self, request: Request) -> Response:
         """POST /batches/{batch_id}/cancel: cancelling now, cancelled once it has drained."""
         record = self._batch(request)
-        updated = await run_in_threadpool(
-            lambda: self.service.running_store.update_batch(
-                record["id"],
-                expect={"validating", "in_progress"},
-                status="cancelling",
-                cancelling_at=int(time.time()),
-            )
-        )
+        updated = await begin_cancel(self.service, record["id"])
         if updated is not None:
-            log.info("batch %s -> cancelling", record["id"])
-            self.service.running_engine.cancel(record["id"])
             return JSONResponse(_batch_body(updated))
         record = self._batch(request)
         if record["status"] in ("cancelling", "cancelled"):

@@ -1,5 +1,8 @@
 """The echo responder's Anthropic Messages endpoint (`/v1/messages`): the last user text back
-as a Message, cut by `max_tokens`, with the input and output tokens it counted.
+as a Message, cut by `max_tokens`, with the input and output tokens it counted. A request
+forcing a call of a tool with an `input_schema` (`tool_choice` of type `tool`) is answered
+with that call (a `tool_use` block, `stop_reason: tool_use`) whose input is a valid
+instance of the schema, as `echo_structured` makes it, with its failure markers.
 
 Anthropic's own tokenizer is not public, so the counts come from the service's tokenizer
 (core.tokens): exact for the echo, close to (not equal to) what Claude would count.
@@ -9,9 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from batch_pipeline.local_api._echo_text import count_tokens, echo_last_user, max_tokens
 from batch_pipeline.local_api.answers import Answer
+from batch_pipeline.local_api.echo_structured import StructuredAnswer, answer_texts, forced_tool
 from batch_pipeline.local_api.request_texts import MESSAGES_ENDPOINT, content_text
+
+Block = dict[str, Any]
 
 __all__ = ["MESSAGES_ENDPOINT", "anthropic_error", "message_body", "messages"]
 
@@ -43,21 +51,51 @@ def messages(body: dict[str, Any], key: str) -> Answer:
         return _invalid("messages: Field required (a non-empty list of messages)")
     model = body["model"]
     texts = [(m.get("role"), content_text(m.get("content"))) for m in turns]
-    text, input_tokens, output_tokens, cut = echo_last_user(texts, limit, model)
+    tool = forced_tool(body)
+    if tool is None:
+        text, input_tokens, output_tokens, cut = echo_last_user(texts, limit, model)
+        content, stop_reason = [_text(text)], "max_tokens" if cut else "end_turn"
+    else:
+        answer, input_tokens = answer_texts(tool["input_schema"], texts, limit, model)
+        content, stop_reason = _tool_call(answer, str(tool["name"]), key)
+        output_tokens = answer.completion_tokens
     system = system_text(body.get("system"))
     if system:
         input_tokens += count_tokens(system, model)
     return 200, message_body(
         key=key,
         model=model,
-        text=text,
-        stop_reason="max_tokens" if cut else "end_turn",
+        content=content,
+        stop_reason=stop_reason,
         usage=(input_tokens, output_tokens),
     )
 
 
+def _text(text: str) -> Block:
+    return {"type": "text", "text": text}
+
+
+def _tool_call(answer: StructuredAnswer, name: str, key: str) -> tuple[list[Block], str]:
+    """The content and stop_reason of the answer to a forced tool call: the call; a refusal
+    (text, `refusal`); a call cut short by `max_tokens` (its input empty); or, for an answer
+    that is no JSON object (the `<<invalid_output>>` marker), text instead of the call."""
+    if answer.refusal is not None:
+        return [_text(answer.refusal)], "refusal"
+    text = answer.text or ""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if answer.cut:
+        value = {}
+    elif not isinstance(value, dict):
+        return [_text(text)], "end_turn"
+    call = {"type": "tool_use", "id": f"toolu_{key}", "name": name, "input": value}
+    return [call], "max_tokens" if answer.cut else "tool_use"
+
+
 def message_body(
-    *, key: str, model: str, text: str, stop_reason: str, usage: tuple[int, int]
+    *, key: str, model: str, content: list[Block], stop_reason: str, usage: tuple[int, int]
 ) -> dict[str, Any]:
     """A Message as the Messages API answers it."""
     input_tokens, output_tokens = usage
@@ -66,7 +104,7 @@ def message_body(
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}],
+        "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": {

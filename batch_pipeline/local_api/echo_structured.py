@@ -1,13 +1,16 @@
-"""The echo responder's answers to a request with a JSON schema format: a valid instance of
-the schema, deterministic in the request (enum choices, numbers and strings derived from the
+"""The echo responder's answers to a request with a JSON schema format (or, on Anthropic's
+`/v1/messages`, a forced call of a tool with an `input_schema`): a valid instance of the
+schema, deterministic in the request (enum choices, numbers and strings derived from the
 user text), with exact token counts.
 
 Markers in the user text rehearse the answers that do not fit:
 - `<<invalid_output>>`  the answer is not JSON;
 - `<<schema_violation>>` the answer is JSON with a key the schema does not have;
-- `<<refusal>>`         the model refuses (`message.refusal` / a `refusal` content part);
+- `<<refusal>>`         the model refuses (`message.refusal` / a `refusal` content part /
+                        `stop_reason: refusal`);
 - `<<truncated>>`       the answer is cut short (`finish_reason: length` /
-                        `status: incomplete`), as a token limit smaller than the answer does.
+                        `status: incomplete` / `stop_reason: max_tokens`), as a token limit
+                        smaller than the answer does.
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ def json_schema_of(endpoint: str, body: dict[str, Any]) -> dict[str, Any] | None
         form = text.get("format") if isinstance(text, dict) else None
         if isinstance(form, dict) and form.get("type") == "json_schema":
             return form.get("schema") if isinstance(form.get("schema"), dict) else None
+    return None
+
+
+def forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool a Messages body forces the model to call (`tool_choice` of type `tool`) and
+    declares with an `input_schema` object, if any."""
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "tool":
+        return None
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    for tool in tools:
+        if isinstance(tool, dict) and tool.get("name") == choice.get("name"):
+            return tool if isinstance(tool.get("input_schema"), dict) else None
     return None
 
 

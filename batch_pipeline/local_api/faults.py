@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from batch_pipeline.local_api.errors import ApiError
 from batch_pipeline.local_api.request_texts import user_texts
 
 FAULT_RE = re.compile(r"<<(?:fail:([45]\d\d)|(hang)|slow:(\d+(?:\.\d+)?))>>")
@@ -58,3 +59,18 @@ class EveryNth:
         """Count a call; True if this one is to fail."""
         self.calls += 1
         return bool(self.every) and self.calls % self.every == 0
+
+
+class CreateRateLimit:
+    """`fault_create_429_every`: every Nth batch create of a dialect is refused with 429 and
+    `retry-after: 1`, in that dialect's words (`message`, and the error's other fields)."""
+
+    def __init__(self, every: int, message: str, **error: Any) -> None:
+        self._every = EveryNth(every)
+        self._message = f"{message} (simulated by fault_create_429_every)"
+        self._error = error
+
+    def check(self) -> None:
+        """Count a create call; ApiError 429 if this one is to fail."""
+        if self._every.strikes():
+            raise ApiError(429, self._message, headers={"retry-after": "1"}, **self._error)

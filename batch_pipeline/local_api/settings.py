@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MB = 1024 * 1024
+from batch_pipeline.core.batch_caps import BATCH_CAPS, MB
 
 RESPONDERS = ("echo", "proxy")
 
@@ -106,18 +106,24 @@ class LocalApiSettings:
         "expiry of their own, as OpenAI's default of 30 days (0: kept until deleted).",
     )
     max_upload_bytes: int = _opt(200 * MB, "Largest accepted upload, in bytes (413 above).")
-    max_requests_per_batch: int = _opt(50_000, "Most request lines in one batch input file.")
+    max_requests_per_batch: int = _opt(
+        BATCH_CAPS["openai"].max_requests, "Most request lines in one batch input file."
+    )
     azure_max_requests_per_batch: int = _opt(
-        100_000,
+        BATCH_CAPS["azure"].max_requests,
         "Most request lines in one batch input file of a batch created through the Azure "
         "paths (/openai/...), as Azure's global batch allows.",
     )
-    max_batch_file_bytes: int = _opt(200 * MB, "Largest batch input file, in bytes.")
+    max_batch_file_bytes: int = _opt(
+        BATCH_CAPS["openai"].max_bytes, "Largest batch input file, in bytes."
+    )
     anthropic_max_requests_per_batch: int = _opt(
-        100_000, "Most requests in one Message Batch (POST /v1/messages/batches), as Anthropic's."
+        BATCH_CAPS["anthropic"].max_requests,
+        "Most requests in one Message Batch (POST /v1/messages/batches), as Anthropic's.",
     )
     anthropic_max_batch_bytes: int = _opt(
-        256 * MB, "Largest body of one Message Batch create call, in bytes, as Anthropic's."
+        BATCH_CAPS["anthropic"].max_bytes,
+        "Largest body of one Message Batch create call, in bytes, as Anthropic's.",
     )
     enqueued_token_limit: int | None = _opt(
         None,

@@ -479,3 +479,56 @@ def test_shard_writer_refuses_a_line_larger_than_a_file(tmp_path):
             pa.array(["big"]), pa.array([b"x" * 2000 + b"\n"], pa.large_binary()), np.ones(1)
         )
     assert storage.list() == []
+
+
+def provider_spec(tmp_path, provider, limits=None):
+    """The reviews pipeline on `provider` (Claude's Messages API for anthropic)."""
+    request = {"model": "gpt-4o-mini", "prompt": "Review: {text}"}
+    backend = {"provider": provider, "base_url": "http://127.0.0.1:1/v1"}
+    if provider == "anthropic":
+        request |= {"endpoint": "/v1/messages", "model": "claude-haiku-4-5"}
+        request["params"] = {"max_tokens": 20}
+    if provider == "azure":
+        backend |= {"azure_endpoint": "http://127.0.0.1:1", "api_version": "2024-10-21"}
+    data = {
+        "name": "reviews",
+        "source": {"path": "src.parquet", "key": "id", "partition_column": "day"},
+        "request": request,
+        "backend": backend,
+        "output": {"dir": "out"},
+    }
+    return PipelineSpec.from_dict(data | ({"limits": limits} if limits else {}), base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("provider", "requests", "max_bytes"),
+    [
+        ("openai", 50_000, 200 * 1024 * 1024),
+        ("local", 50_000, 200 * 1024 * 1024),
+        ("azure", 100_000, 200 * 1024 * 1024),
+        ("anthropic", 100_000, 256 * 1024 * 1024),
+    ],
+)
+def test_shard_limits_default_to_and_stop_at_the_providers_batch_caps(
+    tmp_path, provider, requests, max_bytes
+):
+    limits = provider_spec(tmp_path, provider).limits
+    assert limits.max_requests_per_file == requests
+    assert 0.85 * max_bytes < limits.max_bytes_per_file < max_bytes  # a margin below the cap
+    at_caps = {"max_requests_per_file": requests, "max_bytes_per_file": max_bytes}
+    assert provider_spec(tmp_path, provider, at_caps).limits.model_dump() == {
+        **at_caps,
+        "enqueued_tokens": None,
+    }
+    with pytest.raises(SpecError, match=f"more than provider {provider} takes in one batch"):
+        provider_spec(tmp_path, provider, {"max_requests_per_file": requests + 1})
+    with pytest.raises(SpecError, match=f"max_bytes_per_file {max_bytes + 1} is more than"):
+        provider_spec(tmp_path, provider, {"max_bytes_per_file": max_bytes + 1})
+
+
+def test_an_anthropic_shard_holds_twice_the_requests_an_openai_shard_does(tmp_path):
+    write_source(tmp_path, rows=60_000, text=str, other_day_rows=0)
+    _, openai_manifest = build(tmp_path, provider_spec(tmp_path, "openai"))
+    _, claude_manifest = build(tmp_path, provider_spec(tmp_path, "anthropic"), generation=2)
+    assert [shard.rows for shard in openai_manifest.shards] == [50_000, 10_000]
+    assert [shard.rows for shard in claude_manifest.shards] == [60_000]

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anthropic
 import dagster as dg
 import pytest
 
-from batch_pipeline.demo import DEMO_DAYS, SOURCE_FILE, SPEC_FILE
+from batch_pipeline.demo import CLAUDE_PIPELINE, DEMO_DAYS, SOURCE_FILE, SPEC_FILE
 from batch_pipeline_tests.dagster_tests.conftest import REPO_ROOT
 
 LOAD = (
@@ -77,3 +78,31 @@ def test_the_first_step_writes_the_sample_table(
         )
     assert result.success
     assert (folder / SOURCE_FILE).is_file() and (folder / SPEC_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_the_claude_pipeline_of_the_ui_sends_its_batch_to_the_anthropic_dialect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_api: str
+) -> None:
+    monkeypatch.setenv("BATCH_PIPELINE_DEMO_DIR", str(tmp_path / "ui"))
+    monkeypatch.setenv("BATCH_PIPELINE_DEMO_API_URL", batch_api)
+    from batch_pipeline.definitions import ui_demo_defs
+
+    job = ui_demo_defs().resolve_implicit_global_asset_job_def()
+    roles = ("requests", "batches")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=DEMO_DAYS[0],
+            asset_selection=[dg.AssetKey([CLAUDE_PIPELINE, role]) for role in roles],
+        )
+    assert result.success
+    metadata = {
+        event.asset_key.path[-1]: event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+    (batch_id,) = metadata["batches"]["batch_ids"].value
+    client = anthropic.Anthropic(base_url=batch_api.removesuffix("/v1"), api_key="any")
+    counts = client.messages.batches.retrieve(batch_id).request_counts
+    sent = counts.processing + counts.succeeded + counts.errored
+    assert sent == metadata["requests"]["dagster/row_count"].value

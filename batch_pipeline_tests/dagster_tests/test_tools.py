@@ -29,7 +29,7 @@ QUERY = """
   repositoriesOrError {
     ... on RepositoryConnection {
       nodes {
-        assetNodes { assetKey { path } }
+        assetNodes { assetKey { path } kinds }
         sensors { name }
         schedules { name cronSchedule }
       }
@@ -120,17 +120,24 @@ def test_the_webserver_lists_the_assets_sensor_and_schedule(webserver: str) -> N
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         (repository,) = json.load(response)["data"]["repositoriesOrError"]["nodes"]
-    assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
-    pipelines = ("ticket_triage", "ticket_triage_typed")  # the demo's plain and typed ones
-    assert assets == {
-        f"{p}/{role}" for p in pipelines for role in ("requests", "batches", "results")
+    kinds = {"/".join(node["assetKey"]["path"]): node["kinds"] for node in repository["assetNodes"]}
+    # the demo's plain, typed and Claude pipelines, each of its provider's kind
+    pipelines = {
+        "ticket_triage": "local",
+        "ticket_triage_claude": "anthropic",
+        "ticket_triage_typed": "local",
+    }
+    assert kinds == {
+        f"{p}/{role}": [kind]
+        for p, kind in pipelines.items()
+        for role in ("requests", "batches", "results")
     }
     assert sorted(s["name"] for s in repository["sensors"]) == [
         f"{p}_batch_sensor" for p in pipelines
     ]
-    assert sorted(repository["schedules"], key=lambda s: s["name"]) == [
-        {"name": f"{p}_nightly", "cronSchedule": "0 1 * * *"} for p in pipelines
-    ]
+    assert {s["name"]: s["cronSchedule"] for s in repository["schedules"]} == {
+        f"{p}_nightly": "0 1 * * *" for p in pipelines
+    }
 
 
 def _wait_until_answering(url: str, process: subprocess.Popen) -> None:

@@ -61,6 +61,7 @@ def test_a_message_batch_runs_to_its_results(start_api: StartApi) -> None:
         ]
     )
     assert created.id.startswith("msgbatch_") and created.processing_status == "in_progress"
+    assert created._request_id.startswith("req_")  # the request-id header, as Anthropic's
     assert created.request_counts.processing == 3 and created.results_url is None
     batch = _wait_ended(client, created.id)
     assert batch.request_counts.succeeded == 3 and batch.request_counts.processing == 0
@@ -141,6 +142,7 @@ def test_delete_needs_an_ended_batch_and_removes_it(start_api: StartApi) -> None
         client.messages.batches.retrieve(running.id)
     assert gone.value.body["type"] == "error"
     assert gone.value.body["error"]["type"] == "not_found_error"
+    assert gone.value.request_id == gone.value.body["request_id"]  # header and body agree
 
 
 def test_the_list_pages_both_ways_and_keeps_to_its_dialect(start_api: StartApi) -> None:
@@ -201,6 +203,7 @@ def test_key_and_version_headers_are_checked_in_anthropics_words(start_api: Star
     with pytest.raises(anthropic.AuthenticationError) as wrong:
         anthropic.Anthropic(base_url=root, api_key="nope", max_retries=0).messages.batches.list()
     assert wrong.value.body["error"]["type"] == "authentication_error"
+    assert wrong.value.request_id == wrong.value.body["request_id"]
     assert "nope" not in str(wrong.value.body)
     no_version = httpx2.get(f"{root}/v1/messages/batches", headers={"x-api-key": KEY})
     assert no_version.status_code == 400

@@ -1,5 +1,5 @@
-"""The echo responder under a JSON schema format: a valid, deterministic instance of the
-schema, and each failure on its marker."""
+"""The echo responder under a JSON schema format (or Anthropic's forced tool call): a valid,
+deterministic instance of the schema, and each failure on its marker."""
 
 from __future__ import annotations
 
@@ -44,6 +44,16 @@ FORMATS = {
         "input": text,
         "text": {"format": {"type": "json_schema", "name": "t", "schema": SCHEMA, "strict": True}},
     },
+    "/v1/messages": lambda text: {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 400,
+        "messages": [{"role": "user", "content": text}],
+        "tools": [
+            {"name": "other", "input_schema": {"type": "object"}},
+            {"name": "t", "description": "d", "input_schema": SCHEMA},
+        ],
+        "tool_choice": {"type": "tool", "name": "t"},
+    },
 }
 
 
@@ -54,10 +64,18 @@ def answer(endpoint: str, text: str) -> dict:
 
 
 def content(endpoint: str, body: dict) -> tuple[str | None, str | None]:
-    """(text, refusal) of an answer body."""
+    """(text, refusal) of an answer body; a tool call's input as its JSON text."""
     if endpoint == "/v1/chat/completions":
         message = body["choices"][0]["message"]
         return message["content"], message["refusal"]
+    if endpoint == "/v1/messages":
+        (block,) = body["content"]
+        if body["stop_reason"] == "refusal":
+            return None, block["text"]
+        if block["type"] == "tool_use":
+            assert block["name"] == "t"  # the forced tool, not the other one
+            return orjson.dumps(block["input"]).decode(), None
+        return block["text"], None
     (part,) = body["output"][0]["content"]
     return part.get("text"), part.get("refusal")
 
@@ -84,8 +102,20 @@ def test_each_marker_plays_its_failure(endpoint):
     cut = answer(endpoint, "x <<truncated>>")
     if endpoint == "/v1/chat/completions":
         assert cut["choices"][0]["finish_reason"] == "length"
+    elif endpoint == "/v1/messages":
+        assert (cut["stop_reason"], cut["content"][0]["type"]) == ("max_tokens", "tool_use")
     else:
         assert (cut["status"], cut["incomplete_details"]) == (
             "incomplete",
             {"reason": "max_output_tokens"},
         )
+
+
+def test_a_messages_request_without_a_forced_tool_is_echoed_as_text():
+    body = FORMATS["/v1/messages"]("plain words") | {"tool_choice": {"type": "auto"}}
+    status, answer = EchoResponder().respond("/v1/messages", body, key="k")[:2]
+    assert status == 200
+    assert (answer["content"], answer["stop_reason"]) == (
+        [{"type": "text", "text": "plain words"}],
+        "end_turn",
+    )

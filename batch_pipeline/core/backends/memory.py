@@ -33,6 +33,7 @@ from batch_pipeline.core.backends.base import (
     TransientBackendError,
     created_since,
 )
+from batch_pipeline.core.batch_caps import OPENAI_CAPS
 from batch_pipeline.core.types import BatchError, BatchInfo, BatchStatus, FileInfo
 
 MEMORY_BASE_URL = "memory://batch-api"
@@ -107,7 +108,7 @@ class InMemoryBatchBackend(BatchBackend):
         finalizing_seconds: float = 0.0,
         fault_triggers: bool = True,
         enqueued_token_limit: int | None = None,
-        max_requests_per_batch: int = 50_000,
+        max_requests_per_batch: int = OPENAI_CAPS.max_requests,
         responder: Responder | None = None,
         unreachable_after: float = UNREACHABLE_AFTER_SECONDS,
     ) -> None:
