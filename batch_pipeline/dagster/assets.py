@@ -23,7 +23,15 @@ from batch_pipeline.core.pipeline import Partition, Pipeline
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.resources import BatchBackendResource
+from batch_pipeline.dagster.results_io import results_io_manager_key
 from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
+from batch_pipeline.dagster.upstream import (
+    ROWS_INPUT,
+    automation_condition,
+    rows_in,
+    source_rows,
+    with_upstream_deps,
+)
 
 DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
 
@@ -89,13 +97,25 @@ def build_batch_pipeline_assets(
     }
     # A run that selects results with the other steps (the UI's "Materialize all") reaches
     # it before the day has settled: it is skipped then, and the sensor asks for it later.
-    specs["results"] = specs["results"].replace_attributes(skippable=True)
+    specs["results"] = (
+        specs["results"]
+        .replace_attributes(skippable=True)
+        .with_io_manager_key(results_io_manager_key(spec))
+    )
+    for role in ("requests", "batches"):
+        condition = automation_condition(spec, role)
+        if condition is not None:
+            specs[role] = specs[role].replace_attributes(automation_condition=condition)
+    specs["requests"] = with_upstream_deps(specs["requests"], spec, partitions_def)
+    specs["results"] = with_upstream_deps(specs["results"], spec, partitions_def, rows_only=True)
+    ins = {"requests": rows_in(spec), "batches": {}, "results": rows_in(spec)}
     return [
         _pipeline_asset(
             spec,
             specs[role],
             steps[role],
             name=f"{spec.name}_{role}",
+            ins=ins[role],
             partitions_def=partitions_def,
             backend_resource_key=backend_resource_key,
             op_tags=op_tags,
@@ -112,6 +132,7 @@ def _pipeline_asset(
     step: Step,
     *,
     name: str,
+    ins: Mapping[str, dg.AssetIn],
     partitions_def: dg.PartitionsDefinition,
     backend_resource_key: str,
     op_tags: Mapping[str, Any] | None,
@@ -121,15 +142,17 @@ def _pipeline_asset(
     @dg.multi_asset(
         specs=[asset_spec],
         name=name,
+        ins=dict(ins),
         partitions_def=partitions_def,
         required_resource_keys={backend_resource_key},
         op_tags=op_tags,
         retry_policy=retry_policy,
         pool=pool,
     )
-    def _asset(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+    def _asset(context: dg.AssetExecutionContext, **inputs: Any) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
-        with backend.open_pipeline(spec) as pipeline:
+        rows = source_rows(spec, inputs[ROWS_INPUT]) if ROWS_INPUT in inputs else None
+        with backend.open_pipeline(spec, dataframe=rows) as pipeline:
             result = step(pipeline, Partition.parse(context.partition_key), context)
         if result is not None:
             yield result
