@@ -53,6 +53,7 @@ TRIAGE_SCHEMA = {
     "required": ["category", "urgency", "tags", "summary"],
     "additionalProperties": False,
 }
+JUDGE_PIPELINE = "ticket_triage_judge"
 CLAUDE_PIPELINE = "ticket_triage_claude"
 CLAUDE_SPEC_FILE = "pipeline_claude.yaml"
 # The local service asks no key; the SDK sends this one (not a secret).
@@ -160,6 +161,27 @@ def typed_demo_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[st
     return data
 
 
+def judge_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
+    """The judge pipeline: a second model grades the triage pipeline's answers, reading the
+    rows of its `results` asset, day by day (LLM-as-a-judge)."""
+    data = demo_spec_data(base_url=base_url, start=start)
+    data["name"] = JUDGE_PIPELINE
+    data["source"] = {
+        "asset_key": f"{DEMO_PIPELINE}/results",
+        "key": "ticket_id",
+        "partition_column": "created_at",
+    }
+    data["request"] = {
+        **data["request"],
+        "model": "gpt-4o",
+        "system": "You check the labels given to customer support tickets. Answer yes if the "
+        "label fits the ticket, else no.",
+        "prompt": "Subject: {subject}\n\n{body}\n\nLabel given: {response_text}",
+        "params": {"max_tokens": 5, "temperature": 0},
+    }
+    return data
+
+
 def claude_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
     """The demo pipeline moved to Claude: another name, the Messages endpoint, a Claude
     model, `provider: anthropic`; the rest as it was."""
@@ -216,10 +238,11 @@ def ui_demo_specs() -> list[PipelineSpec]:
     $BATCH_PIPELINE_DEMO_API_URL), their ledger at $BATCH_PIPELINE_DEMO_LEDGER_URL if set.
 
     They write nothing: their folder is filled by `write_demo` when a run first needs it.
+    The judge pipeline reads the triage pipeline's results asset, downstream of it.
     """
     base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
     specs = []
-    for spec_data in (demo_spec_data, typed_demo_spec_data):
+    for spec_data in (demo_spec_data, typed_demo_spec_data, judge_spec_data):
         data = spec_data(base_url=base_url)
         if os.environ.get(DEMO_LEDGER_URL_ENV):
             data["ledger"] = {"url_env": DEMO_LEDGER_URL_ENV}
