@@ -11,7 +11,7 @@ import os
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -22,6 +22,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -94,6 +95,13 @@ class SqlSource(_Section):
         return self.url or _url_from_env(self.url_env or "", "source.sql.url_env")
 
 
+# `source.asset_key` as written: one key (its parts joined by '/') or a list of them.
+_ASSET_KEYS_SCHEMA = {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    "default": [],
+}
+
+
 class SourceSpec(_Section):
     path: str | None = Field(
         default=None,
@@ -106,7 +114,7 @@ class SourceSpec(_Section):
     partition_column: str = Field(
         description="A date or timestamp column; partitions are its days, YYYY-MM-DD."
     )
-    asset_key: tuple[str, ...] = Field(
+    asset_key: Annotated[tuple[str, ...], WithJsonSchema(_ASSET_KEYS_SCHEMA)] = Field(
         default=(),
         description="The Dagster asset (or assets) the source rows come from, each as a "
         "key's parts joined by '/' (e.g. raw/tickets); in Python also an AssetKey or an "

@@ -77,9 +77,7 @@ def test_a_daily_source_maps_day_to_day_and_an_unpartitioned_one_to_every_day(tm
     results_parents = graph.get(dg.AssetKey(["tickets", "results"])).parent_keys
     assert dg.AssetKey("daily_tickets") in results_parents
     assert not graph.get(dg.AssetKey("all_tickets")).is_partitioned
-    assert graph.get(dg.AssetKey(["whole", "requests"])).parent_keys == {
-        dg.AssetKey("all_tickets")
-    }
+    assert graph.get(dg.AssetKey(["whole", "requests"])).parent_keys == {dg.AssetKey("all_tickets")}
 
 
 def test_the_demo_judges_the_triage_answers_downstream_of_its_results(
@@ -93,9 +91,10 @@ def test_the_demo_judges_the_triage_answers_downstream_of_its_results(
     triage_results = dg.AssetKey([DEMO_PIPELINE, "results"])
     assert graph.get(dg.AssetKey([JUDGE_PIPELINE, "requests"])).parent_keys == {triage_results}
     assert triage_results in graph.get(dg.AssetKey([JUDGE_PIPELINE, "results"])).parent_keys
-    assert graph.get_partition_mapping(
-        dg.AssetKey([JUDGE_PIPELINE, "requests"]), triage_results
-    ) == dg.TimeWindowPartitionMapping()
+    assert (
+        graph.get_partition_mapping(dg.AssetKey([JUDGE_PIPELINE, "requests"]), triage_results)
+        == dg.TimeWindowPartitionMapping()
+    )
     sensors = {sensor.name for sensor in defs.sensors or []}
     assert {f"{DEMO_PIPELINE}_batch_sensor", f"{JUDGE_PIPELINE}_batch_sensor"} <= sensors
     assert not (tmp_path / "ui").exists()
