@@ -23,7 +23,7 @@ from batch_pipeline.core.pipeline import Partition, Pipeline
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.resources import BatchBackendResource
-from batch_pipeline.dagster.results_io import results_io_manager_key
+from batch_pipeline.dagster.results_io import results_io_manager, results_io_manager_key
 from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
 from batch_pipeline.dagster.upstream import (
     ROWS_INPUT,
@@ -121,6 +121,7 @@ def build_batch_pipeline_assets(
             op_tags=op_tags,
             retry_policy=retry_policy,
             pool=submission_pool if role == "batches" else None,
+            resource_defs=results_io_manager(spec) if role == "results" else None,
         )
         for role in ROLES
     ]
@@ -138,6 +139,7 @@ def _pipeline_asset(
     op_tags: Mapping[str, Any] | None,
     retry_policy: dg.RetryPolicy | None,
     pool: str | None,
+    resource_defs: Mapping[str, dg.ResourceDefinition] | None = None,
 ) -> dg.AssetsDefinition:
     @dg.multi_asset(
         specs=[asset_spec],
@@ -148,6 +150,7 @@ def _pipeline_asset(
         op_tags=op_tags,
         retry_policy=retry_policy,
         pool=pool,
+        resource_defs=resource_defs,
     )
     def _asset(context: dg.AssetExecutionContext, **inputs: Any) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)

@@ -16,7 +16,6 @@ from batch_pipeline.dagster.assets import (
 from batch_pipeline.dagster.checks import build_results_checks
 from batch_pipeline.dagster.jobs import build_submit_job
 from batch_pipeline.dagster.resources import BatchBackendResource
-from batch_pipeline.dagster.results_io import BatchResultsIOManager, results_io_manager_key
 from batch_pipeline.dagster.schedule_builder import build_nightly_schedule
 from batch_pipeline.dagster.sensor_builder import build_batch_pipeline_sensor
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
@@ -71,8 +70,5 @@ def build_batch_pipeline_defs(
                 spec=spec, job=submit_job, default_status=schedule_default_status
             )
         ],
-        resources={
-            backend_resource_key: backend,
-            results_io_manager_key(spec): BatchResultsIOManager(spec),
-        },
+        resources={backend_resource_key: backend},
     )

@@ -65,3 +65,10 @@ def _polars(input_name: str) -> Any:
             f"input {input_name}: format polars needs Polars installed (pip install polars)"
         ) from None
     return polars
+
+
+def results_io_manager(spec: PipelineSpec) -> dict[str, dg.IOManagerDefinition]:
+    """The results IO manager under its key, bound to the `results` asset, so the asset
+    brings it wherever it goes (its own Definitions, a merged code location, `materialize`)."""
+    manager = dg.IOManagerDefinition.hardcoded_io_manager(BatchResultsIOManager(spec))
+    return {results_io_manager_key(spec): manager}

@@ -126,6 +126,39 @@ def test_a_python_asset_feeds_triage_and_a_judge_grades_its_answers(tmp_path, ba
     assert f"for {OTHER_DAY}: materialize its results first" in _failure(not_collected)
 
 
+@dg.asset
+def every_ticket() -> pa.Table:
+    """An unpartitioned source, as Arrow: three rows of one day, one of the next."""
+    return pa.table(
+        {
+            "ticket_id": ["a", "b", "c", "d"],
+            "created_at": [DAY, DAY, DAY, OTHER_DAY],
+            "body": ["one", "two", "three", "four"],
+        }
+    )
+
+
+def test_an_unpartitioned_source_gives_each_day_its_own_rows(tmp_path) -> None:
+    spec = spec_of(tmp_path, "http://127.0.0.1:1/v1", "tickets", "every_ticket", "{body}")
+    defs = dg.Definitions.merge(
+        dg.Definitions(assets=[every_ticket]), build_batch_pipeline_defs(spec=spec)
+    )
+    requests = dg.AssetKey(["tickets", "requests"])
+    with dg.instance_for_test() as instance:
+        built = {
+            DAY: materialize(defs, instance, ["every_ticket", requests]),
+            OTHER_DAY: materialize(defs, instance, [requests], day=OTHER_DAY),
+        }
+    for day, rows in ((DAY, 3), (OTHER_DAY, 1)):
+        (event,) = [
+            event
+            for event in built[day].get_asset_materialization_events()
+            if event.asset_key == requests
+        ]
+        metadata = event.step_materialization_data.materialization.metadata
+        assert metadata["source_rows"].value == rows
+
+
 @dg.asset(partitions_def=DAILY)
 def ticket_list() -> list[dict[str, str]]:
     return [{"ticket_id": "a", "created_at": DAY, "subject": "s", "body": "b"}]
