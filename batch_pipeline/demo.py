@@ -4,9 +4,11 @@
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
 the Parquet is with a summary per status. It does the same for the tickets triaged into an
-output schema, and for the tickets sent to Claude through Anthropic's Message Batches (the
-service speaks both dialects). `batch_pipeline/definitions.py` serves the OpenAI pipelines to
-the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
+output schema, for the tickets sent to Claude through Anthropic's Message Batches (the
+service speaks both dialects), and for a judge pipeline that grades the triage answers, its
+rows read from the triage pipeline's results asset. `batch_pipeline/definitions.py` serves
+the OpenAI pipelines to the Dagster UI (`dg dev`), against `batch-pipeline serve` running
+beside it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ SOURCE_FILE = "tickets.parquet"
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SPEC_FILE = "pipeline.yaml"
 TYPED_SPEC_FILE = "pipeline_typed.yaml"
+JUDGE_SPEC_FILE = "pipeline_judge.yaml"
 
 _TOPICS = {
     "shipping": ("Where is my parcel?", "Order {n} was due on Monday and has not arrived yet."),
@@ -204,8 +207,9 @@ def write_claude_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
 
 
 def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
-    """Write the sample table (if missing) and both pipelines' specs into `folder`
-    (pipeline.yaml, and pipeline_typed.yaml for the structured one); return the first."""
+    """Write the sample table (if missing) and the pipelines' specs into `folder`
+    (pipeline.yaml, pipeline_typed.yaml for the structured one, pipeline_judge.yaml for the
+    judge of the first one's answers); return the first."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / SOURCE_FILE
@@ -217,6 +221,7 @@ def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
     for name, data in (
         (SPEC_FILE, demo_spec_data(base_url=base_url)),
         (TYPED_SPEC_FILE, typed_demo_spec_data(base_url=base_url)),
+        (JUDGE_SPEC_FILE, judge_spec_data(base_url=base_url)),
     ):
         spec_path = folder / name
         text = yaml.safe_dump(data, sort_keys=False)
@@ -304,6 +309,12 @@ def run_demo(
                 provider="anthropic", base_url=base_url, api_key=LOCAL_ANTHROPIC_KEY
             )
             runs.append(_run_pipeline(claude, instance, timeout_seconds, say, backend=backend))
+            judge = PipelineSpec.from_yaml(folder / JUDGE_SPEC_FILE)
+            runs.append(  # one day: enough to show the chain, and the demo stays quick
+                _run_pipeline(
+                    judge, instance, timeout_seconds, say, upstream=specs[0], days=DEMO_DAYS[:1]
+                )
+            )
     spec = specs[0]
     results = [result for found, _ in runs for result in found]
     checks = [e for _, found in runs for e in found]
@@ -329,6 +340,11 @@ def run_demo(
     say(f"{claude.name}: the same tickets through Anthropic's Message Batches:")
     say(_summary_table(claude, runs[2][1]).to_string())
     say(f"Results: {claude.pipeline_dir / layout.results_dir()}")
+    say("")
+    say(f"{judge.name}: a second model grades {spec.name}'s answers of {DEMO_DAYS[0]}, read from")
+    say("its results asset (rows whose answer failed are rejected: nothing to grade):")
+    say(_summary_table(judge, runs[3][1]).to_string())
+    say(f"Results: {judge.pipeline_dir / layout.results_dir()}")
     return result
 
 
@@ -339,13 +355,20 @@ def _run_pipeline(
     say: Callable[..., object],
     *,
     backend: Any = None,
+    upstream: PipelineSpec | None = None,
+    days: Sequence[str] = DEMO_DAYS,
 ) -> tuple[list[dg.ExecuteInProcessResult], list[dg.AssetCheckEvaluation]]:
-    """Submit every demo day of one pipeline, then run the results runs its sensor asks for;
-    the results runs and their check evaluations."""
+    """Submit the demo `days` of one pipeline, then run the results runs its sensor asks for;
+    the results runs and their check evaluations. `upstream`: the pipeline whose results
+    asset the rows come from, in the same Definitions."""
+    import dagster as dg
+
     from batch_pipeline.dagster import build_batch_pipeline_defs
 
     defs = build_batch_pipeline_defs(spec=spec, backend=backend)
-    for day in DEMO_DAYS:
+    if upstream is not None:
+        defs = dg.Definitions.merge(defs, build_batch_pipeline_defs(spec=upstream))
+    for day in days:
         submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
         submit_job.execute_in_process(
             partition_key=day, instance=instance, run_config=QUIET_RUN_CONFIG
@@ -356,7 +379,7 @@ def _run_pipeline(
         defs,
         spec,
         instance,
-        expected=len(DEMO_DAYS),
+        expected=len(days),
         timeout_seconds=timeout_seconds,
         on_skip=lambda reason: say(f"{spec.name} sensor: {reason}"),
         log_level=logging.WARNING,
