@@ -140,3 +140,30 @@ def test_automation_materializes_requests_and_batches_when_the_source_updates(tm
     plain = pipeline_spec(tmp_path, asset_key="daily_tickets")
     graph = graph_of(plain, assets=[daily_tickets])
     assert graph.get(dg.AssetKey(["tickets", "requests"])).automation_condition is None
+
+
+def test_a_component_names_its_source_asset_as_yaml_writes_it() -> None:
+    from batch_pipeline.dagster import BatchPipelineComponent
+
+    component = BatchPipelineComponent.from_attributes_dict(
+        attributes={
+            "name": "tickets",
+            "source": {
+                "asset_key": "raw/tickets",
+                "key": "ticket_id",
+                "partition_column": "created_at",
+                "automation": "eager",
+            },
+            "request": {"model": "gpt-4o-mini", "prompt": "{body}"},
+            "partitions": {"start": "2026-11-01"},
+        }
+    )
+    defs = component.build_defs(dg.ComponentTree.for_test().load_context)
+    requests = next(
+        asset
+        for asset in defs.assets or []
+        if isinstance(asset, dg.AssetsDefinition)
+        and dg.AssetKey(["tickets", "requests"]) in asset.keys
+    )
+    assert dg.AssetKey(["raw", "tickets"]) in requests.dependency_keys
+    assert requests.automation_conditions_by_key[requests.key] == dg.AutomationCondition.eager()
