@@ -115,16 +115,18 @@ def test_the_webserver_lists_the_assets_sensor_and_schedule(webserver: str) -> N
     with urllib.request.urlopen(request, timeout=60) as response:
         (repository,) = json.load(response)["data"]["repositoriesOrError"]["nodes"]
     assets = {"/".join(node["assetKey"]["path"]) for node in repository["assetNodes"]}
-    pipelines = ("ticket_triage", "ticket_triage_typed")  # the demo's plain and typed ones
+    # The demo's plain and typed ones, and the judge of the plain one's answers.
+    pipelines = ("ticket_triage", "ticket_triage_typed", "ticket_triage_judge")
     assert assets == {
         f"{p}/{role}" for p in pipelines for role in ("requests", "batches", "results")
     }
-    assert sorted(s["name"] for s in repository["sensors"]) == [
+    assert sorted(s["name"] for s in repository["sensors"]) == sorted(
         f"{p}_batch_sensor" for p in pipelines
-    ]
-    assert sorted(repository["schedules"], key=lambda s: s["name"]) == [
-        {"name": f"{p}_nightly", "cronSchedule": "0 1 * * *"} for p in pipelines
-    ]
+    )
+    assert sorted(repository["schedules"], key=lambda s: s["name"]) == sorted(
+        ({"name": f"{p}_nightly", "cronSchedule": "0 1 * * *"} for p in pipelines),
+        key=lambda s: s["name"],
+    )
 
 
 def _wait_until_answering(url: str, process: subprocess.Popen) -> None:
