@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from batch_pipeline.core.spec import PipelineSpec, SpecError
@@ -167,3 +168,44 @@ def test_a_component_names_its_source_asset_as_yaml_writes_it() -> None:
     )
     assert dg.AssetKey(["raw", "tickets"]) in requests.dependency_keys
     assert requests.automation_conditions_by_key[requests.key] == dg.AutomationCondition.eager()
+
+
+def test_the_results_io_manager_reads_the_days_a_downstream_asset_maps_to(
+    tmp_path, memory_api
+) -> None:
+    from batch_pipeline.dagster.results_io import BatchResultsIOManager
+
+    spec = pipeline_spec(tmp_path, asset_key="daily_tickets")
+    rows = pa.table(
+        {
+            "ticket_id": ["a", "b", "c"],
+            "created_at": [DAY, DAY, "2026-11-19"],
+            "subject": ["s"] * 3,
+            "body": ["one", "two", "three"],
+        }
+    )
+    for day in (DAY, "2026-11-19"):
+        memory_api.pipeline(spec, dataframe=rows).run(day, poll_interval=1)
+    manager = BatchResultsIOManager(spec)
+
+    def load(first: str, last: str, **metadata: str) -> Any:
+        return manager.load_input(
+            dg.build_input_context(
+                name="answers",
+                asset_key=dg.AssetKey(["tickets", "results"]),
+                asset_partition_key_range=dg.PartitionKeyRange(first, last),
+                asset_partitions_def=DAILY,
+                definition_metadata=metadata,
+            )
+        )
+
+    one_day = load(DAY, DAY)
+    assert isinstance(one_day, pd.DataFrame)
+    assert sorted(one_day["ticket_id"]) == ["a", "b"]
+    assert set(one_day["status"]) == {"succeeded"}
+    both = load(DAY, "2026-11-19", format="arrow")
+    assert isinstance(both, pa.Table) and sorted(both["ticket_id"].to_pylist()) == ["a", "b", "c"]
+    with pytest.raises(FileNotFoundError, match="for 2026-11-20: materialize its results"):
+        load("2026-11-20", "2026-11-20")
+    with pytest.raises(ValueError, match="format 'excel' is not one of pandas, arrow, polars"):
+        load(DAY, DAY, format="excel")
