@@ -28,7 +28,8 @@ from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
 from batch_pipeline.dagster.upstream import (
     ROWS_INPUT,
     automation_condition,
-    rows_in,
+    lineage_resources,
+    source_ins,
     source_rows,
     with_upstream_deps,
 )
@@ -108,7 +109,12 @@ def build_batch_pipeline_assets(
             specs[role] = specs[role].replace_attributes(automation_condition=condition)
     specs["requests"] = with_upstream_deps(specs["requests"], spec, partitions_def)
     specs["results"] = with_upstream_deps(specs["results"], spec, partitions_def, rows_only=True)
-    ins = {"requests": rows_in(spec), "batches": {}, "results": rows_in(spec)}
+    ins = {"requests": source_ins(spec), "batches": {}, "results": source_ins(spec, rows_only=True)}
+    resource_defs = {
+        "requests": lineage_resources(ins["requests"]),
+        "batches": {},
+        "results": results_io_manager(spec),
+    }
     return [
         _pipeline_asset(
             spec,
@@ -121,7 +127,7 @@ def build_batch_pipeline_assets(
             op_tags=op_tags,
             retry_policy=retry_policy,
             pool=submission_pool if role == "batches" else None,
-            resource_defs=results_io_manager(spec) if role == "results" else None,
+            resource_defs=resource_defs[role],
         )
         for role in ROLES
     ]
@@ -139,7 +145,7 @@ def _pipeline_asset(
     op_tags: Mapping[str, Any] | None,
     retry_policy: dg.RetryPolicy | None,
     pool: str | None,
-    resource_defs: Mapping[str, dg.ResourceDefinition] | None = None,
+    resource_defs: Mapping[str, dg.ResourceDefinition],
 ) -> dg.AssetsDefinition:
     @dg.multi_asset(
         specs=[asset_spec],
@@ -150,7 +156,7 @@ def _pipeline_asset(
         op_tags=op_tags,
         retry_policy=retry_policy,
         pool=pool,
-        resource_defs=resource_defs,
+        resource_defs=dict(resource_defs),
     )
     def _asset(context: dg.AssetExecutionContext, **inputs: Any) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)

@@ -1,10 +1,10 @@
 """A pipeline's place in the asset graph upstream of it: the assets its rows come from.
 
-`source.asset_key` names them: the `requests` asset depends on each, so Dagster shows the
-source upstream. Without `source.path` or `source.sql`, the one named asset's partition is
-an input of the step, loaded through that asset's own IO manager and read as the pipeline's
-rows (the `results` step, which joins every source row with its answer, loads it too);
-Dagster refuses, when it loads the code location, such a key naming no asset there.
+`source.asset_key` names them: each is an input of the `requests` step, so Dagster shows the
+source upstream, and refuses, when it loads the code location, a key naming no asset there.
+Without `source.path` or `source.sql`, the one named asset's partition is loaded through that
+asset's own IO manager and read as the pipeline's rows (the `results` step, which joins every
+source row with its answer, loads it too); otherwise the inputs load nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from batch_pipeline.core.sources import Table, as_table
 from batch_pipeline.core.spec import PipelineSpec
 
 ROWS_INPUT = "source_rows"  # the input of the asset the rows come from
+LINEAGE_ONLY_KEY = "batch_pipeline_lineage_only"  # the input manager of the other source assets
 
 
 def upstream_keys(spec: PipelineSpec) -> list[dg.AssetKey]:
@@ -53,11 +54,32 @@ def with_upstream_deps(
     return asset_spec.replace_attributes(deps=[*kept, *added])
 
 
-def rows_in(spec: PipelineSpec) -> dict[str, dg.AssetIn]:
-    """The input the rows are loaded through, when they come from an asset (its partition
-    mapping is the dependency's, see `with_upstream_deps`)."""
-    key = spec.source.from_asset
-    return {ROWS_INPUT: dg.AssetIn(dg.AssetKey.from_user_string(key))} if key else {}
+def source_ins(spec: PipelineSpec, *, rows_only: bool = False) -> dict[str, dg.AssetIn]:
+    """An input for each source asset: the one the rows come from under `ROWS_INPUT`,
+    loaded through its own IO manager; the others (left out with `rows_only`) through
+    `lineage_only`, which loads nothing. An input, not only a dependency, so Dagster refuses
+    a key naming no asset of the code location. Their partition mappings are the
+    dependencies' (see `with_upstream_deps`)."""
+    ins: dict[str, dg.AssetIn] = {}
+    for index, key in enumerate(upstream_keys(spec)):
+        if key.to_user_string() == spec.source.from_asset:
+            ins[ROWS_INPUT] = dg.AssetIn(key)
+        elif not rows_only:
+            ins[f"lineage_{index}"] = dg.AssetIn(key, input_manager_key=LINEAGE_ONLY_KEY)
+    return ins
+
+
+@dg.input_manager(description="Loads nothing: the source asset is named for lineage only.")
+def lineage_only(_: dg.InputContext) -> None:
+    return None
+
+
+def lineage_resources(ins: dict[str, dg.AssetIn]) -> dict[str, dg.ResourceDefinition]:
+    """`lineage_only` under its key, where one of `ins` loads through it (one definition,
+    shared by every pipeline of a code location)."""
+    if any(asset_in.input_manager_key == LINEAGE_ONLY_KEY for asset_in in ins.values()):
+        return {LINEAGE_ONLY_KEY: lineage_only}
+    return {}
 
 
 def source_rows(spec: PipelineSpec, value: object) -> Table:

@@ -31,6 +31,9 @@ def all_tickets() -> pd.DataFrame:
     return pd.DataFrame()
 
 
+crm = dg.AssetSpec(["raw", "crm"])  # an external table, declared for lineage
+
+
 def pipeline_spec(tmp_path: Path, **source: Any) -> PipelineSpec:
     data = ticket_spec(tmp_path, "http://127.0.0.1:1/v1", partitions={"start": "2026-11-01"})
     data["source"] = {"key": "ticket_id", "partition_column": "created_at", **source}
@@ -50,7 +53,7 @@ def test_every_source_key_is_a_dependency_of_requests(tmp_path) -> None:
         path="tickets.parquet",
         asset_key=[dg.AssetKey("daily_tickets"), dg.AssetSpec("all_tickets"), "raw/crm"],
     )
-    graph = graph_of(spec, assets=[daily_tickets, all_tickets])
+    graph = graph_of(spec, assets=[daily_tickets, all_tickets, crm])
     parents = graph.get(dg.AssetKey(["tickets", "requests"])).parent_keys
     assert parents == {
         dg.AssetKey("daily_tickets"),
@@ -102,8 +105,10 @@ def test_the_demo_judges_the_triage_answers_downstream_of_its_results(
     assert DEMO_DAYS[0] in graph.get(triage_results).partitions_def.get_partition_keys()
 
 
-def test_a_source_key_naming_no_asset_stops_the_load_naming_it(tmp_path) -> None:
-    spec = pipeline_spec(tmp_path, asset_key="raw/tikets")
+@pytest.mark.parametrize("path", [None, "tickets.parquet"])
+def test_a_source_key_naming_no_asset_stops_the_load_naming_it(tmp_path, path) -> None:
+    """Whether the rows come from the asset or it only draws the lineage."""
+    spec = pipeline_spec(tmp_path, asset_key="raw/tikets", path=path)
     with pytest.raises(dg.DagsterInvalidDefinitionError, match=r"raw.*tikets"):
         graph_of(spec, assets=[daily_tickets])
 
