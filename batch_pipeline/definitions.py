@@ -26,8 +26,8 @@ class DemoBackendResource(BatchBackendResource):
 
 
 def ui_demo_defs() -> dg.Definitions:
-    """The demo's Definitions (the plain pipeline, the structured one and Claude's), built
-    without writing a file."""
+    """The demo's Definitions (the plain pipeline, the structured one, Claude's, and the judge
+    over the plain one's results), built without writing a file."""
     return dg.Definitions.merge(
         *(
             build_batch_pipeline_defs(

@@ -4,9 +4,11 @@
 materializes `requests` and `batches` for three days on a temporary Dagster instance, evaluates
 the sensor until it asks for the results runs, runs them with their checks, and prints where
 the Parquet is with a summary per status. It does the same for the tickets triaged into an
-output schema, and for the tickets sent to Claude through Anthropic's Message Batches (the
-service speaks both dialects). `batch_pipeline/definitions.py` serves the same three pipelines
-to the Dagster UI (`dg dev`), against `batch-pipeline serve` running beside it.
+output schema, for the tickets sent to Claude through Anthropic's Message Batches (the
+service speaks both dialects), and for a judge pipeline that grades the triage answers, its
+rows read from the triage pipeline's results asset. `batch_pipeline/definitions.py` serves
+the same four pipelines to the Dagster UI (`dg dev`), against `batch-pipeline serve` running
+beside it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ TRIAGE_SCHEMA = {
     "required": ["category", "urgency", "tags", "summary"],
     "additionalProperties": False,
 }
+JUDGE_PIPELINE = "ticket_triage_judge"
 CLAUDE_PIPELINE = "ticket_triage_claude"
 CLAUDE_SPEC_FILE = "pipeline_claude.yaml"
 # The local service asks no key; the SDK sends this one (not a secret).
@@ -72,6 +75,7 @@ SOURCE_FILE = "tickets.parquet"
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SPEC_FILE = "pipeline.yaml"
 TYPED_SPEC_FILE = "pipeline_typed.yaml"
+JUDGE_SPEC_FILE = "pipeline_judge.yaml"
 
 _TOPICS = {
     "shipping": ("Where is my parcel?", "Order {n} was due on Monday and has not arrived yet."),
@@ -160,6 +164,27 @@ def typed_demo_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[st
     return data
 
 
+def judge_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
+    """The judge pipeline: a second model grades the triage pipeline's answers, reading the
+    rows of its `results` asset, day by day (LLM-as-a-judge)."""
+    data = demo_spec_data(base_url=base_url, start=start)
+    data["name"] = JUDGE_PIPELINE
+    data["source"] = {
+        "asset_key": f"{DEMO_PIPELINE}/results",
+        "key": "ticket_id",
+        "partition_column": "created_at",
+    }
+    data["request"] = {
+        **data["request"],
+        "model": "gpt-4o",
+        "system": "You check the labels given to customer support tickets. Answer yes if the "
+        "label fits the ticket, else no.",
+        "prompt": "Subject: {subject}\n\n{body}\n\nLabel given: {response_text}",
+        "params": {"max_tokens": 5, "temperature": 0},
+    }
+    return data
+
+
 def claude_spec_data(*, base_url: str, start: str = DEMO_DAYS[0]) -> dict[str, Any]:
     """The demo pipeline moved to Claude: another name, the Messages endpoint, a Claude
     model, `provider: anthropic`; the rest as it was."""
@@ -178,13 +203,14 @@ DEMO_SPECS: tuple[tuple[str, Callable[..., dict[str, Any]]], ...] = (
     (SPEC_FILE, demo_spec_data),
     (TYPED_SPEC_FILE, typed_demo_spec_data),
     (CLAUDE_SPEC_FILE, claude_spec_data),
+    (JUDGE_SPEC_FILE, judge_spec_data),
 )
 
 
 def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
     """Write the sample table (if missing) and the pipelines' specs into `folder`
     (pipeline.yaml; pipeline_typed.yaml for the structured one, pipeline_claude.yaml for
-    Claude's); return the first."""
+    Claude's, pipeline_judge.yaml for the judge of the first one's answers); return the first."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / SOURCE_FILE
@@ -214,6 +240,7 @@ def ui_demo_specs() -> list[PipelineSpec]:
     $BATCH_PIPELINE_DEMO_API_URL), their ledger at $BATCH_PIPELINE_DEMO_LEDGER_URL if set.
 
     They write nothing: their folder is filled by `write_demo` when a run first needs it.
+    The judge pipeline reads the triage pipeline's results asset, downstream of it.
     """
     base_url = os.environ.get(DEMO_API_URL_ENV) or SERVE_URL
     specs = []
@@ -277,7 +304,9 @@ def run_demo(
         ) as base_url,
     ):
         write_demo(folder, base_url=base_url)
-        spec, typed, claude = (PipelineSpec.from_yaml(folder / name) for name, _ in DEMO_SPECS)
+        spec, typed, claude, judge = (
+            PipelineSpec.from_yaml(folder / name) for name, _ in DEMO_SPECS
+        )
         say(f"Local Batch API at {base_url}; the pipeline specs are in {folder}")
         with _demo_instance(dagster_home) as instance:
             runs = [
@@ -290,6 +319,17 @@ def run_demo(
                 )
                 for one in (spec, typed, claude)
             ]
+            runs.append(  # one day: enough to show the chain, and the demo stays quick
+                _run_pipeline(
+                    judge,
+                    instance,
+                    timeout_seconds,
+                    say,
+                    backend=BatchBackendResource(**demo_backend_config(judge)),
+                    upstream=spec,
+                    days=DEMO_DAYS[:1],
+                )
+            )
     results = [result for found, _ in runs for result in found]
     checks = [e for _, found in runs for e in found]
     summary = _summary_table(spec, runs[0][1])
@@ -313,6 +353,11 @@ def run_demo(
     say(f"{claude.name}: the same tickets through Anthropic's Message Batches:")
     say(_summary_table(claude, runs[2][1]).to_string())
     say(f"Results: {claude.pipeline_dir / layout.results_dir()}")
+    say("")
+    say(f"{judge.name}: a second model grades {spec.name}'s answers of {DEMO_DAYS[0]}, read from")
+    say("its results asset (rows whose answer failed are rejected: nothing to grade):")
+    say(_summary_table(judge, runs[3][1]).to_string())
+    say(f"Results: {judge.pipeline_dir / layout.results_dir()}")
     return result
 
 
@@ -323,13 +368,20 @@ def _run_pipeline(
     say: Callable[..., object],
     *,
     backend: Any = None,
+    upstream: PipelineSpec | None = None,
+    days: Sequence[str] = DEMO_DAYS,
 ) -> tuple[list[dg.ExecuteInProcessResult], list[dg.AssetCheckEvaluation]]:
-    """Submit every demo day of one pipeline, then run the results runs its sensor asks for;
-    the results runs and their check evaluations."""
+    """Submit the demo `days` of one pipeline, then run the results runs its sensor asks for;
+    the results runs and their check evaluations. `upstream`: the pipeline whose results
+    asset the rows come from, in the same Definitions."""
+    import dagster as dg
+
     from batch_pipeline.dagster import build_batch_pipeline_defs
 
     defs = build_batch_pipeline_defs(spec=spec, backend=backend)
-    for day in DEMO_DAYS:
+    if upstream is not None:
+        defs = dg.Definitions.merge(defs, build_batch_pipeline_defs(spec=upstream))
+    for day in days:
         submit_job = defs.resolve_job_def(f"{spec.name}_submit_job")
         submit_job.execute_in_process(
             partition_key=day, instance=instance, run_config=QUIET_RUN_CONFIG
@@ -340,7 +392,7 @@ def _run_pipeline(
         defs,
         spec,
         instance,
-        expected=len(DEMO_DAYS),
+        expected=len(days),
         timeout_seconds=timeout_seconds,
         on_skip=lambda reason: say(f"{spec.name} sensor: {reason}"),
         log_level=logging.WARNING,

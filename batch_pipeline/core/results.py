@@ -315,12 +315,32 @@ def read_results(storage: StorageRoot | Path, partition: str | None = None) -> p
     another type is a ResultsError naming it, its days and both types. Integer columns come
     back as pandas' nullable integers (200, not 200.0).
     """
+    return results_frame(read_results_table(storage, None if partition is None else [partition]))
+
+
+def results_frame(table: pa.Table) -> pd.DataFrame:
+    """A results table as pandas, integer columns as nullable integers (200, not 200.0)."""
+    return table.to_pandas(types_mapper=_NULLABLE_PANDAS_TYPES.get)
+
+
+def read_results_table(
+    storage: StorageRoot | Path, partitions: Sequence[str] | None = None, *, strict: bool = False
+) -> pa.Table:
+    """The results of `partitions` (default: all) as one Arrow table, read as `read_results`
+    reads them. `strict`: a partition without results is a FileNotFoundError naming it."""
     folder = results_dir()
     if not isinstance(storage, StorageRoot):
         storage, folder = LocalStorage(Path(storage)), ""
     files = _results_files(storage, folder)
-    if partition is not None:
-        files = [(day, key) for day, key in files if day == partition]
+    if partitions is not None:
+        wanted = set(partitions)
+        missing = sorted(wanted - {day for day, _ in files})
+        if strict and missing:
+            raise FileNotFoundError(
+                f"no results at {storage.uri(folder)} for {', '.join(missing)}: "
+                "materialize its results first"
+            )
+        files = [(day, key) for day, key in files if day in wanted]
     named = [(f"{PARTITION_KEY}={day} ({key.rpartition('/')[2]})", day, key) for day, key in files]
     try:
         schema = unified_schema(
@@ -333,12 +353,9 @@ def read_results(storage: StorageRoot | Path, partition: str | None = None) -> p
         raise ResultsError(
             f"the results at {storage.uri(folder)} do not read together: {exc}"
         ) from None
-    table = (
-        pa.concat_tables(tables)
-        if tables
-        else pa.schema([(PARTITION_KEY, pa.string())]).empty_table()
-    )
-    return table.to_pandas(types_mapper=_NULLABLE_PANDAS_TYPES.get)
+    if not tables:
+        return pa.schema([(PARTITION_KEY, pa.string())]).empty_table()
+    return pa.concat_tables(tables)
 
 
 def _results_files(storage: StorageRoot, folder: str) -> list[tuple[str, str]]:

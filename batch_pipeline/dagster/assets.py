@@ -26,7 +26,16 @@ from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.partitions import build_partitions_def, partition_key_of
 from batch_pipeline.dagster.resources import BatchBackendResource
+from batch_pipeline.dagster.results_io import results_io_manager, results_io_manager_key
 from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
+from batch_pipeline.dagster.upstream import (
+    ROWS_INPUT,
+    automation_condition,
+    lineage_resources,
+    source_ins,
+    source_rows,
+    with_upstream_deps,
+)
 
 DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
 
@@ -79,19 +88,37 @@ def build_batch_pipeline_assets(
     }
     # A run that selects results with the other steps (the UI's "Materialize all") reaches
     # it before the day has settled: it is skipped then, and the sensor asks for it later.
-    specs["results"] = specs["results"].replace_attributes(skippable=True)
+    specs["results"] = (
+        specs["results"]
+        .replace_attributes(skippable=True)
+        .with_io_manager_key(results_io_manager_key(spec))
+    )
+    for role in ("requests", "batches"):
+        condition = automation_condition(spec, role)
+        if condition is not None:
+            specs[role] = specs[role].replace_attributes(automation_condition=condition)
+    specs["requests"] = with_upstream_deps(specs["requests"], spec, partitions_def)
+    specs["results"] = with_upstream_deps(specs["results"], spec, partitions_def, rows_only=True)
+    ins = {"requests": source_ins(spec), "batches": {}, "results": source_ins(spec, rows_only=True)}
+    resource_defs = {
+        "requests": lineage_resources(ins["requests"]),
+        "batches": {},
+        "results": results_io_manager(spec),
+    }
     return [
         _pipeline_asset(
             spec,
             specs[role],
             steps[role],
             name=f"{spec.name}_{role}",
+            ins=ins[role],
             partitions_def=partitions_def,
             backend_resource_key=backend_resource_key,
             op_tags=op_tags,
             retry_policy=retry_policy,
             pool=submission_pool if role == "batches" else None,
             backfill_policy=backfill_policy,
+            resource_defs=resource_defs[role],
         )
         for role in ROLES
     ]
@@ -103,26 +130,31 @@ def _pipeline_asset(
     step: Step,
     *,
     name: str,
+    ins: Mapping[str, dg.AssetIn],
     partitions_def: dg.PartitionsDefinition | None,
     backend_resource_key: str,
     op_tags: Mapping[str, Any] | None,
     retry_policy: dg.RetryPolicy | None,
     pool: str | None,
     backfill_policy: dg.BackfillPolicy | None,
+    resource_defs: Mapping[str, dg.ResourceDefinition],
 ) -> dg.AssetsDefinition:
     @dg.multi_asset(
         specs=[asset_spec],
         name=name,
+        ins=dict(ins),
         partitions_def=partitions_def,
         required_resource_keys={backend_resource_key},
         op_tags=op_tags,
         retry_policy=retry_policy,
         pool=pool,
         backfill_policy=backfill_policy,
+        resource_defs=dict(resource_defs),
     )
-    def _asset(context: dg.AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
+    def _asset(context: dg.AssetExecutionContext, **inputs: Any) -> Iterator[dg.MaterializeResult]:
         backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
-        with backend.open_pipeline(spec) as pipeline:
+        rows = source_rows(spec, inputs[ROWS_INPUT]) if ROWS_INPUT in inputs else None
+        with backend.open_pipeline(spec, dataframe=rows) as pipeline:
             if context.has_partition_key_range and not context.has_partition_key:
                 result = _step_over_range(step, pipeline, context)
             else:

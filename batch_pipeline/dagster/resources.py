@@ -18,6 +18,7 @@ from batch_pipeline.core.backends.base import BatchBackend
 from batch_pipeline.core.backends.openai import key_variable, make_backend
 from batch_pipeline.core.ledger import Ledger
 from batch_pipeline.core.pipeline import Pipeline
+from batch_pipeline.core.sources import Table
 from batch_pipeline.core.spec import BackendSpec, PipelineSpec
 
 
@@ -28,12 +29,15 @@ class _StepClients:
         self.backend = backend
         self._ledgers: dict[tuple[str, float], Ledger] = {}
 
-    def pipeline(self, spec: PipelineSpec) -> Pipeline:
-        """The pipeline for `spec` on these clients (closing them is `close`'s job)."""
+    def pipeline(self, spec: PipelineSpec, dataframe: Table | None = None) -> Pipeline:
+        """The pipeline for `spec` on these clients (closing them is `close`'s job), reading
+        `dataframe` in place of the spec's source when given."""
         url, reconnect = spec.ledger_url, spec.ledger.reconnect_seconds
         if (url, reconnect) not in self._ledgers:
             self._ledgers[url, reconnect] = Ledger(url, reconnect_seconds=reconnect)
-        return Pipeline(spec, backend=self.backend, ledger=self._ledgers[url, reconnect])
+        return Pipeline(
+            spec, dataframe=dataframe, backend=self.backend, ledger=self._ledgers[url, reconnect]
+        )
 
     def close(self) -> None:
         try:
@@ -136,19 +140,22 @@ class BatchBackendResource(dg.ConfigurableResource):
             step.close()
 
     @contextmanager
-    def open_pipeline(self, spec: PipelineSpec) -> Iterator[Pipeline]:
-        """The core pipeline for `spec` on this backend.
+    def open_pipeline(
+        self, spec: PipelineSpec, *, dataframe: Table | None = None
+    ) -> Iterator[Pipeline]:
+        """The core pipeline for `spec` on this backend (its rows from `dataframe` when given:
+        those an upstream asset loaded).
 
         In a step Dagster set the resource up for, it runs on the step's client and ledger,
         which Dagster closes after the step; used directly (a sensor that closes over the
         resource, a script), it opens its own and closes them on exit.
         """
         if self._step is not None:
-            yield self._step.pipeline(spec)
+            yield self._step.pipeline(spec, dataframe)
             return
         clients = _StepClients(self.get_backend())
         try:
-            yield clients.pipeline(spec)
+            yield clients.pipeline(spec, dataframe)
         finally:
             clients.close()
 

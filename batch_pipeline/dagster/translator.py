@@ -46,7 +46,9 @@ class BatchPipelineTranslator:
         upstream = _UPSTREAM[role]
         return dg.AssetSpec(
             key=dg.AssetKey([spec.name, role]),
-            deps=[self.get_asset_spec(spec, upstream).key] if upstream else [],
+            deps=[self.get_asset_spec(spec, upstream).key]
+            if upstream
+            else [dg.AssetKey.from_user_string(key) for key in spec.source.asset_key],
             description=_DESCRIPTIONS[role],
             group_name=spec.name,
             kinds={provider_kind(spec.backend.provider)},

@@ -54,3 +54,8 @@ def test_the_demo_prints_the_parquet_and_a_summary(
     ours = pd.read_parquet(results_dir)
     assert claude["status"].value_counts().to_dict() == ours["status"].value_counts().to_dict()
     assert claude["custom_id"].tolist() != [] and set(claude["response_text"].dropna())
+    # The judge grades the first day's answers, every one of its tickets once.
+    judge = pd.read_parquet(tmp_path / "out" / "ticket_triage_judge" / "results")
+    first_day = ours[ours["partition"].astype(str) == DEMO_DAYS[0]]
+    assert sorted(judge["ticket_id"]) == sorted(first_day["ticket_id"])
+    assert "ticket_triage_judge" in output

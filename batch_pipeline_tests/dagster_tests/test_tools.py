@@ -121,10 +121,12 @@ def test_the_webserver_lists_the_assets_sensor_and_schedule(webserver: str) -> N
     with urllib.request.urlopen(request, timeout=60) as response:
         (repository,) = json.load(response)["data"]["repositoriesOrError"]["nodes"]
     kinds = {"/".join(node["assetKey"]["path"]): node["kinds"] for node in repository["assetNodes"]}
-    # the demo's plain, typed and Claude pipelines, each of its provider's kind
+    # the demo's plain, typed and Claude pipelines and the judge of the plain one's answers,
+    # each of its provider's kind
     pipelines = {
         "ticket_triage": "local",
         "ticket_triage_claude": "anthropic",
+        "ticket_triage_judge": "local",
         "ticket_triage_typed": "local",
     }
     assert kinds == {
@@ -132,9 +134,9 @@ def test_the_webserver_lists_the_assets_sensor_and_schedule(webserver: str) -> N
         for p, kind in pipelines.items()
         for role in ("requests", "batches", "results")
     }
-    assert sorted(s["name"] for s in repository["sensors"]) == [
+    assert sorted(s["name"] for s in repository["sensors"]) == sorted(
         f"{p}_batch_sensor" for p in pipelines
-    ]
+    )
     assert {s["name"]: s["cronSchedule"] for s in repository["schedules"]} == {
         f"{p}_nightly": "0 1 * * *" for p in pipelines
     }

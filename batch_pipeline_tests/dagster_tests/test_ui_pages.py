@@ -1,6 +1,6 @@
 """What a data engineer reads in the Dagster UI after the demo, in headless Chromium: the
-`results` page of a day with failures, the failed-share check of that day, and the sensor page
-while a rebuilt day is in flight.
+`results` page of a day with failures, the failed-share check of that day, the sensor page
+while a rebuilt day is in flight, and the asset graph of the judge over the triage answers.
 
 The demo's runs are recorded in a Dagster home of the test's own; `dagster-webserver` and
 `dagster-daemon` (which ticks the sensor) serve it on a free port. With
@@ -207,6 +207,23 @@ def test_the_sensor_page_says_what_it_waits_for(
     cursor = _metadata(browser, "Cursor")
     assert re.search(r"polled_at=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", cursor), cursor
     assert browser.save_screenshot(str(screenshots / "ui-sensor.png"))
+
+
+def test_the_asset_graph_shows_the_judge_downstream_of_the_triage_results(
+    ui: str, browser: WebDriver, screenshots: Path
+) -> None:
+    browser.set_window_size(1600, 1000)
+    _open(
+        browser,
+        f"{ui}/assets/ticket_triage_judge/results?view=lineage&lineageScope=upstream"
+        "&lineageDepth=5",
+    )
+    _wait_for_text(browser, "ticket_triage_judge")
+    time.sleep(3)  # the graph lays itself out
+    page = _page_text(browser)
+    for pipeline in ("ticket_triage", "ticket_triage_judge"):
+        assert pipeline in page.split(), page
+    assert browser.save_screenshot(str(screenshots / "ui-asset-graph.png"))
 
 
 # -- set-up ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.sources.checks import SourceError, check_columns
 from batch_pipeline.core.sources.days import parse_partition, partition_filter
 from batch_pipeline.core.sources.files import FILE_FORMATS, FileSource, nulls_as_text
-from batch_pipeline.core.sources.frame import FrameSource
+from batch_pipeline.core.sources.frame import FrameSource, Table, UnloadedSource, as_table
 from batch_pipeline.core.sources.sql import SqlSource
 from batch_pipeline.core.spec import PipelineSpec
 
@@ -33,6 +33,9 @@ __all__ = [
     "Source",
     "SourceError",
     "SqlSource",
+    "Table",
+    "UnloadedSource",
+    "as_table",
     "check_columns",
     "count_rows_without_day",
     "iter_partition_batches",
@@ -84,11 +87,14 @@ class Source(Protocol):
         ...
 
 
-def source_for(spec: PipelineSpec, dataframe: pd.DataFrame | None = None) -> Source:
-    """The source of `spec`: `dataframe` when given (it replaces the spec's source), else
-    the spec's SQL query or its files."""
+def source_for(spec: PipelineSpec, dataframe: Table | None = None) -> Source:
+    """The source of `spec`: `dataframe` when given (a pandas DataFrame or an Arrow table;
+    it replaces the spec's source), else the spec's SQL query or its files; a spec whose
+    rows come from a Dagster asset has, without `dataframe`, a source that cannot be read."""
     if dataframe is not None:
         return FrameSource(spec, dataframe)
+    if spec.source.from_asset is not None:
+        return UnloadedSource(spec)
     if spec.source.sql is not None:
         return SqlSource(spec)
     return FileSource(spec)
