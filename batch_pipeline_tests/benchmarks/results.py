@@ -15,7 +15,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,14 @@ from batch_pipeline.core.pipeline import load_pipeline
 from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo, RequestCounts
 from batch_pipeline.local_api.echo_generation import chat_completion_body
 from batch_pipeline_tests.benchmarks import fixtures
-from batch_pipeline_tests.benchmarks.measure import MB, Measurement, Sample, repeat, run_isolated
+from batch_pipeline_tests.benchmarks.measure import (
+    MB,
+    Measurement,
+    Sample,
+    cpu_seconds,
+    repeat,
+    run_isolated,
+)
 from batch_pipeline_tests.benchmarks.report import (
     Config,
     Row,
@@ -318,7 +324,7 @@ def parse_case(files: Path, engine: str) -> dict[str, Any]:
     if engine == "duckdb":
         import duckdb  # before the clocks start, as the product's libraries are
 
-    started, clock = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    cpu_started, clock = cpu_seconds(), time.perf_counter()
     rows = 0
     for path in sorted(files.glob("out-*.jsonl")):
         errors = path.with_name(path.name.replace("out-", "err-"))
@@ -329,9 +335,11 @@ def parse_case(files: Path, engine: str) -> dict[str, Any]:
             query = DUCKDB_PARSE.format(body_type=DUCKDB_BODY_TYPE, path=one)
             with duckdb.connect() as con:
                 rows += con.sql(query).to_arrow_table().num_rows
-    done = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = done.ru_utime + done.ru_stime - started.ru_utime - started.ru_stime
-    return {"rows": rows, "cpu_seconds": cpu, "seconds": time.perf_counter() - clock}
+    return {
+        "rows": rows,
+        "cpu_seconds": cpu_seconds() - cpu_started,
+        "seconds": time.perf_counter() - clock,
+    }
 
 
 # -- the benchmark -----------------------------------------------------------------------------
@@ -421,9 +429,11 @@ def run(config: Config) -> list[Row]:
         ),
         Row(
             f"{label} vs pandas + response_json",
-            f"{seconds_text(product.seconds)}, peak {product.peak_rss / MB:,.0f} MB",
+            f"{seconds_text(product.seconds)} (CPU {seconds_text(product.info('cpu_seconds'))}), "
+            f"peak {product.peak_rss / MB:,.0f} MB",
             f"json.loads + raw body + merge {seconds_text(naive_json.seconds)}"
-            f"{runs_text(naive_json, config)}",
+            f"{runs_text(naive_json, config)} (CPU {seconds_text(naive_json.info('cpu_seconds'))}"
+            f"; CPU ratio {naive_json.info('cpu_seconds') / product.info('cpu_seconds'):.2f}x)",
             fair_speedup,
             f"≥ 3x faster, ≤ {FAIR_PEAK_RSS_MB:,} MB",
             fair_speedup >= 3 and product.peak_rss <= peak_limit,
