@@ -156,6 +156,11 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="kernels")
 
 
+def pool_submit(function: Callable[..., R], *args: Any) -> Future[R]:
+    """Run `function(*args)` on one of the shared pool's threads."""
+    return _pool().submit(function, *args)
+
+
 def parallel_map(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """`function` of each item, run on the shared pool's threads, in the items' order."""
     return list(_pool().map(function, items))

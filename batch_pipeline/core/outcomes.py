@@ -16,7 +16,9 @@ the earlier line.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import BinaryIO
 
 import numpy as np
@@ -33,6 +35,7 @@ from batch_pipeline.core._outcome_rows import (
     classify,
     one_chunk,
 )
+from batch_pipeline.core._threads import pool_submit
 from batch_pipeline.core.jsonl import LineSource, line_ends, read_line_chunks
 from batch_pipeline.core.types import RowStatus
 
@@ -52,6 +55,8 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 16 * 1024 * 1024
+# Chunks parsed at once (each on a thread of its own), so at most this many are held unparsed.
+PARSE_AHEAD = 2
 # Snappy, as pandas and Spark write by default: zstd makes files about a third smaller but
 # takes twice as long to write, and writing is most of the time of a day's results. Outcome
 # files too: zstd at its fastest level stores a million answers in 175 MB against 258 MB,
@@ -182,20 +187,43 @@ def _best_lines(
 def _iter_parsed(
     output_path: LineSource | None, error_path: LineSource | None, endpoint: str, chunk_bytes: int
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-    """Record batches of parsed lines, output file first, with their custom_ids' hashes."""
+    """Record batches of parsed lines, output file first, with their custom_ids' hashes.
+
+    Chunks are parsed on the shared pool's threads, `PARSE_AHEAD` at a time (their parse is
+    mostly native code that releases the GIL, so a second core takes one), and given in order.
+    """
     for path in (output_path, error_path):
         if path is None:
             continue
+        pending: deque[Future[tuple[pa.RecordBatch, np.ndarray]]] = deque()
         first_line = 1
         for chunk in read_line_chunks(path, chunk_bytes):
-            ends = line_ends(chunk)
-            line_count = len(ends) + (not chunk.endswith(b"\n"))
-            parsed = _outcome_columns.parse_chunk(chunk, line_count, endpoint, ends)
-            if parsed is None:
-                lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
-                with gc_paused():
-                    parsed = parse_lines(lines, path, first_line, endpoint)
+            line_count = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+            pending.append(pool_submit(_parse_chunk, chunk, path, first_line, endpoint))
             first_line += line_count
-            batch, hashes = parsed
-            if batch.num_rows:
-                yield batch, hashes
+            del chunk  # held by its task only
+            if len(pending) >= PARSE_AHEAD:
+                yield from _non_empty(pending.popleft().result())
+        while pending:
+            yield from _non_empty(pending.popleft().result())
+
+
+def _non_empty(
+    parsed: tuple[pa.RecordBatch, np.ndarray],
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    if parsed[0].num_rows:
+        yield parsed
+
+
+def _parse_chunk(
+    chunk: bytes, path: LineSource, first_line: int, endpoint: str
+) -> tuple[pa.RecordBatch, np.ndarray]:
+    """One chunk of lines parsed column-wise, or line by line where that path is not sure."""
+    ends = line_ends(chunk)
+    line_count = len(ends) + (not chunk.endswith(b"\n"))
+    parsed = _outcome_columns.parse_chunk(chunk, line_count, endpoint, ends)
+    if parsed is None:
+        lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
+        with gc_paused():
+            parsed = parse_lines(lines, path, first_line, endpoint)
+    return parsed

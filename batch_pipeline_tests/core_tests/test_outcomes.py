@@ -421,6 +421,44 @@ def test_both_parsing_paths_agree_on_every_line_shape(
             assert orjson.loads(fast) == orjson.loads(slow)
 
 
+def test_a_file_mixing_every_unusual_shape_parses_as_the_reference_does(tmp_path: Path) -> None:
+    """Ordinary lines, every tricky shape, error lines and a body larger than Arrow's block,
+    in one file of many chunks parsed side by side: the column-wise parse gives the rows the
+    line-by-line reference gives, column for column, in the same order."""
+    huge = orjson.dumps(answer("huge", chat_body("é" * (5 * 1024 * 1024))))  # 10 MB of text
+    lines = [orjson.dumps(answer(f"n-{i}", chat_body(f"label {i}", 5, i))) for i in range(300)]
+    for offset, tricky in enumerate([*TRICKY_LINES.values(), huge]):
+        lines.insert(offset * 17, tricky)
+    for i in range(0, 300, 29):
+        lines.insert(i, orjson.dumps(unanswered(f"e-{i}", "batch_expired")))
+    path = tmp_path / "output.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    chunk_bytes = 4096  # dozens of chunks, some column-wise, some not, parsed two at a time
+
+    taken = []  # per chunk: whether it was parsed column-wise
+    parse_columns = _outcome_columns.parse_chunk
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            _outcome_columns,
+            "parse_chunk",
+            lambda *args: taken.append(parse_columns(*args) is not None) or parse_columns(*args),
+        )
+        columnar = parse_outcomes(path, None, endpoint=CHAT, chunk_bytes=chunk_bytes)
+        patch.setattr(_outcome_columns, "parse_chunk", lambda *args: None)
+        reference = parse_outcomes(path, None, endpoint=CHAT, chunk_bytes=chunk_bytes)
+
+    assert taken.count(True) > 10 and taken.count(False) >= 3  # both paths took part
+
+    assert columnar.num_rows == reference.num_rows == len(lines)
+    assert columnar.drop_columns("response_json").equals(reference.drop_columns("response_json"))
+    # The column-wise parse keeps each body's bytes as they stand; the reference writes the
+    # parsed body back: the same JSON, spaced otherwise where the line was spaced.
+    assert [
+        None if j is None else orjson.loads(j) for j in columnar["response_json"].to_pylist()
+    ] == [None if j is None else orjson.loads(j) for j in reference["response_json"].to_pylist()]
+    assert rows_by_id(columnar)["huge"]["response_text"] == "é" * (5 * 1024 * 1024)
+
+
 def test_a_bare_null_line_is_named_not_fed_to_arrow(tmp_path: Path) -> None:
     path = tmp_path / "output.jsonl"
     path.write_bytes(b"null\n" + orjson.dumps(answer("a", chat_body("x"))) + b"\n")
@@ -446,17 +484,20 @@ def test_a_custom_id_repeated_across_chunks_of_both_paths_keeps_its_best_line(
     path.write_bytes(b"\n".join(plain_chunk) + b"\n" + b"\n".join(odd_chunk) + b"\n")
     chunk_bytes = len(b"\n".join(plain_chunk)) - 10  # the first chunk ends with plain_chunk
 
-    paths = []
+    columnar = {}  # the first line of each chunk: whether it was parsed column-wise
     parse_columns = _outcome_columns.parse_chunk
+
+    def recorded(chunk: bytes, *args: Any) -> Any:
+        parsed = parse_columns(chunk, *args)
+        columnar[chunk.split(b"\n", 1)[0]] = parsed is not None
+        return parsed
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            _outcome_columns,
-            "parse_chunk",
-            lambda *args: paths.append(parse_columns(*args) is not None) or parse_columns(*args),
-        )
+        patch.setattr(_outcome_columns, "parse_chunk", recorded)
         rows = rows_by_id(parse_outcomes(path, None, endpoint=CHAT, chunk_bytes=chunk_bytes))
 
-    assert paths[:2] == [True, False]  # the repeat's lines lie in those two chunks
+    # The repeat's lines lie in the first two chunks (chunks are parsed side by side).
+    assert columnar[plain_chunk[0]] is True and columnar[odd_chunk[0]] is False
     assert len(rows) == 42
     assert rows["twice"]["status"] == "succeeded"
     assert rows["twice"]["response_text"] == "second try"
