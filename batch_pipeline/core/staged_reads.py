@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -32,6 +33,7 @@ class StagedReads:
         self.storage = storage
         self._pending = list(keys) if not isinstance(storage, LocalStorage) else []
         self._fetched: Prefetch[BinaryIO] | None = None
+        self._lock = threading.Lock()  # one reader at a time takes from the queue
         if self._pending:
             fetches = (_local_copy(storage, key) for key in tuple(self._pending))
             self._fetched = Prefetch(fetches, depth=ahead, name="staged-reads")
@@ -40,22 +42,21 @@ class StagedReads:
         return getattr(self.storage, name)
 
     def open_read(self, rel: str) -> BinaryIO:
-        if rel not in self._pending or self._fetched is None:
-            return self.storage.open_read(rel)
-        while self._pending:
-            key = self._pending.pop(0)
-            copy = next(self._fetched)
-            if key == rel:
-                return copy
-            copy.close()
-        raise AssertionError("unreachable: the key was pending")
+        with self._lock:
+            while self._fetched is not None and rel in self._pending:
+                key = self._pending.pop(0)
+                copy = next(self._fetched)
+                if key == rel:
+                    return copy
+                copy.close()
+        return self.storage.open_read(rel)
 
     def close(self) -> None:
         """Stop fetching; close (and so remove) the copies not read."""
-        if self._fetched is None:
-            return
-        fetched, self._fetched, self._pending = self._fetched, None, []
-        fetched.close()
+        with self._lock:
+            fetched, self._fetched, self._pending = self._fetched, None, []
+        if fetched is not None:
+            fetched.close()
 
     def __enter__(self) -> StagedReads:
         return self
