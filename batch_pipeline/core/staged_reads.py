@@ -4,9 +4,10 @@ one before it is read.
 A reader that walks an object store's files in a known order (the results join over a
 generation's outcome files) would otherwise wait for each file's bytes when it reaches it, and
 a Parquet reader asks for them in many ranged requests. Here one background thread fetches the
-next file in one request while the current one is read. At most `ahead` fetched files wait
-(anonymous temporary files: gone once closed, or when the process ends however it ends), so
-local disk stays bounded. A local folder's files are opened in place.
+next file in one request while the current one is read. At most `ahead + 1` fetched files
+wait beside the one being read (anonymous temporary files: gone once closed, or when the
+process ends however it ends), so local disk stays bounded. A local folder's files are
+opened in place.
 """
 
 from __future__ import annotations
