@@ -28,7 +28,7 @@ from batch_pipeline.core.leases import dead_lease_owner
 from batch_pipeline.core.ledger_records import ShardRecord
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, parse_outcomes, write_outcome_file
 from batch_pipeline.core.sharding import iter_request_lines, write_retry_shards
-from batch_pipeline.core.storage import StoredFile
+from batch_pipeline.core.storage import StorageRoot, StoredFile, scratch_for
 from batch_pipeline.core.typed_outputs import judge_outcomes
 from batch_pipeline.core.types import BatchInfo, BatchStatus, RowStatus, ShardState
 from batch_pipeline.core.worker import PipelineWorker
@@ -207,8 +207,11 @@ class Collector(PipelineWorker):
         expected = expected_ids(self.storage, shard)
         if batch.status is BatchStatus.FAILED:
             return _failed_batch_outcomes(shard, batch, expected), None
-        files = self._download(batch, shard_batch_dir(shard))
-        parsed = parse_outcomes(files.get("output"), files.get("errors"), endpoint=shard.endpoint)
+        with scratch_for(self.storage) as scratch:
+            files = self._download(batch, shard_batch_dir(shard), scratch)
+            parsed = parse_outcomes(
+                files.get("output"), files.get("errors"), endpoint=shard.endpoint
+            )
         if hasattr(self.backend, "pipeline_ids"):  # the provider's ids back to the pipeline's
             index = parsed.schema.get_field_index("custom_id")
             ids = self.backend.pipeline_ids(parsed["custom_id"], expected)
@@ -229,8 +232,11 @@ class Collector(PipelineWorker):
             parsed = pa.concat_tables([parsed, filler])
         return parsed, pc.index_in(expected, value_set=parsed["custom_id"])
 
-    def _download(self, batch: BatchInfo, folder: str) -> dict[str, StoredFile]:
-        """The batch's output and error files, stored in `folder` (a file gone is left out)."""
+    def _download(
+        self, batch: BatchInfo, folder: str, storage: StorageRoot
+    ) -> dict[str, StoredFile]:
+        """The batch's output and error files, stored in `folder` of `storage` (a file gone is
+        left out)."""
         files: dict[str, StoredFile] = {}
         for name, file_id in zip(
             BATCH_FILES, (batch.output_file_id, batch.error_file_id), strict=True
@@ -241,12 +247,12 @@ class Collector(PipelineWorker):
             try:
                 # Not flushed to disk: read at once, and fetched again if the outcomes, which
                 # are flushed, were never written.
-                with self.storage.atomic_write(relative, durable=False) as handle:
+                with storage.atomic_write(relative, durable=False) as handle:
                     self.backend.download_file(file_id, handle)
             except NotFound:
                 log.warning("batch %s: %s file %s is gone", batch.id, name, file_id)
                 continue
-            files[name] = StoredFile(self.storage, relative)
+            files[name] = StoredFile(storage, relative)
         return files
 
     def _settle(

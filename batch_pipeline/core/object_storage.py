@@ -76,6 +76,13 @@ class ObjectStorage:
             raise FileNotFoundError(f"{self.uri(rel)} does not exist")
         return buffered(self._call(self.filesystem.open_input_file, self._path(rel), rel))
 
+    def download(self, rel: str, out: BinaryIO) -> None:
+        """Write the whole object into `out`, read in one streamed request."""
+        stream = self._call(self.filesystem.open_input_stream, self._path(rel), rel)
+        with stream:
+            while chunk := self._call(stream.read, READ_BUFFER_BYTES, rel):
+                out.write(chunk)
+
     @contextlib.contextmanager
     def atomic_write(self, rel: str, *, durable: bool = True) -> Iterator[BinaryIO]:
         """Stage into a temporary local file, then upload it whole once the block ends

@@ -46,6 +46,12 @@ def outcome_groups(storage: StorageRoot, shards: list[ShardRecord]) -> list[Outc
     ]
 
 
+def outcome_paths(shards: list[ShardRecord]) -> list[str]:
+    """The shards' outcome files in the order the join reads them: by index, then attempt."""
+    ordered = sorted(shards, key=lambda shard: (shard.shard_index, shard.attempt))
+    return [shard.outcomes_path for shard in ordered if shard.outcomes_path]
+
+
 def _ordered_outcomes(storage: StorageRoot, shard: ShardRecord) -> OrderedOutcomes | None:
     """A shard's outcomes read in its request order, a chunk at a time; None if its file does
     not hold them in that order (collected by an earlier version)."""

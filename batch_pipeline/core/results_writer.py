@@ -13,7 +13,7 @@ from batch_pipeline.core.building import REBUILD_HINT
 from batch_pipeline.core.custom_id import custom_ids_for
 from batch_pipeline.core.gc import IntermediatesGc
 from batch_pipeline.core.layout import rejected_path, results_path
-from batch_pipeline.core.outcome_groups import outcome_groups
+from batch_pipeline.core.outcome_groups import outcome_groups, outcome_paths
 from batch_pipeline.core.output_columns import output_fields
 from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.partition import Partition
@@ -21,6 +21,7 @@ from batch_pipeline.core.prices import cost_usd
 from batch_pipeline.core.requests import source_columns
 from batch_pipeline.core.results import JoinedResults, ResultsError, assemble_results
 from batch_pipeline.core.sources import Source
+from batch_pipeline.core.staged_reads import StagedReads
 from batch_pipeline.core.types import PipelineError, ResultsSummary, RowStatus
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -50,9 +51,11 @@ class ResultsWriter(PipelineWorker):
         shards = self.ledger.shards(
             self.spec.name, partition=partition, generation=record.generation
         )
-        outcomes = outcome_groups(self.storage, shards)
-        rejected = read_parquet(self.storage, rejected_path(partition, record.generation))
+        # On an object store each outcome file is fetched while the join reads the one before.
+        reads = StagedReads(self.storage, outcome_paths(shards))
         try:
+            outcomes = outcome_groups(reads, shards)  # type: ignore[arg-type]
+            rejected = read_parquet(self.storage, rejected_path(partition, record.generation))
             summary = assemble_results(
                 # Read in the join's own chunks: larger batches only wait, decoded, in memory.
                 source_batches=self.source.batches(
@@ -82,6 +85,7 @@ class ResultsWriter(PipelineWorker):
                 "sends every row again"
             ) from None
         finally:
+            reads.close()
             pa.default_memory_pool().release_unused()  # see Collector.collect
         result = self._results_summary(partition, record.generation, summary)
         self.ledger.mark_collected(

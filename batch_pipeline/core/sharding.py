@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -84,10 +85,11 @@ class _FileWorker:
         """Queue `chunk`; `owner` (the Arrow array it views) is kept alive until written."""
         self._submit(len(chunk), self._write, chunk, owner)
 
-    def finish(self) -> Future[str]:
-        """Close and rename the open file; the future gives its sha256 once it is in place."""
+    def finish(self, then: Callable[[], None] | None = None) -> Future[str]:
+        """Close and rename the open file, then run `then` (a companion file's write) on the
+        closing thread; the future gives its sha256 once both are done."""
         sha256: Future[str] = Future()
-        task = self._submit(0, self._finish, sha256)
+        task = self._submit(0, self._finish, sha256, then)
         task.add_done_callback(lambda task: _pass_on_failure(task, sha256))
         return sha256
 
@@ -145,16 +147,25 @@ class _FileWorker:
         self._file.write(chunk)
         self._hash.update(chunk)
 
-    def _finish(self, sha256: Future[str]) -> None:
+    def _finish(self, sha256: Future[str], then: Callable[[], None] | None) -> None:
         assert self._open is not None
         self._closer.wait(1)  # at most two complete files wait to be closed
         stack, self._open, self._file = self._open, None, None
-        self._closer.submit(self._close, stack, self._hash.hexdigest(), sha256)
+        self._closer.submit(self._close, stack, self._hash.hexdigest(), sha256, then)
 
-    def _close(self, stack: contextlib.ExitStack, digest: str, sha256: Future[str]) -> None:
-        """On the closing thread: flush, fsync and rename a complete file into place."""
+    def _close(
+        self,
+        stack: contextlib.ExitStack,
+        digest: str,
+        sha256: Future[str],
+        then: Callable[[], None] | None,
+    ) -> None:
+        """On the closing thread: flush, fsync and rename (or upload) a complete file into
+        place, then write its companion file."""
         try:
             stack.close()
+            if then is not None:
+                then()
         except BaseException as exc:
             self._close_failed = exc
             self._writer.fail(exc)
@@ -337,11 +348,11 @@ class ShardWriter:
 
     def _finish(self) -> None:
         path = shard_path(self.partition, self.generation, self.attempt, self._next_index)
-        # Not flushed to disk: a file lost (or cut short) in a crash only means a rescan.
-        with self.storage.atomic_write(shard_ids_path(path), durable=False) as handle:
-            write_shard_ids(handle, self._ids, self._line_tokens)
+        # Written on the closing thread, so that on an object store the build goes on while
+        # it is uploaded (the manifest, written once every shard is closed, follows it).
+        write_ids = partial(_write_ids_file, self.storage, path, self._ids, self._line_tokens)
         closed = _Closed(
-            self._next_index, self._rows, self._bytes, self._tokens, self._worker.finish()
+            self._next_index, self._rows, self._bytes, self._tokens, self._worker.finish(write_ids)
         )
         self._closed.append(closed)
         self._is_open = False
@@ -365,6 +376,18 @@ class ShardWriter:
             model=request.model,
             endpoint=request.endpoint.value,
         )
+
+
+def _write_ids_file(
+    storage: StorageRoot,
+    path: str,
+    custom_ids: list[pa.Array | pa.ChunkedArray],
+    tokens: list[np.ndarray],
+) -> None:
+    """The ids file beside the shard at `path`. Not flushed to disk: a file lost (or cut
+    short) in a crash only means a rescan."""
+    with storage.atomic_write(shard_ids_path(path), durable=False) as handle:
+        write_shard_ids(handle, custom_ids, tokens)
 
 
 class _RejectedWriter:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -176,6 +177,22 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def scratch_for(storage: StorageRoot) -> Iterator[StorageRoot]:
+    """Where files that are read back at once and then dropped (a batch's downloaded output)
+    are written: `storage` itself when it is a local folder; for an object store, a temporary
+    folder of this machine, removed when the block ends (also on an error), so those bytes
+    never travel to the store and back. The caller reads them within the block."""
+    if isinstance(storage, LocalStorage):
+        yield storage
+        return
+    folder = tempfile.mkdtemp(prefix="batch-pipeline-")
+    try:
+        yield LocalStorage(Path(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def storage_for(root: str | Path, options: Mapping[str, Any] | None = None) -> StorageRoot:

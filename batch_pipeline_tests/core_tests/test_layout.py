@@ -184,10 +184,10 @@ def test_a_whole_pipeline_runs_on_a_storage_that_is_no_local_folder(
         layout.outcomes_path(layout.batch_dir(DAY, 1, 2, 0)),
         layout.results_path(DAY),
     } <= keys
-    # The downloaded output file was read from the storage, then removed once its batch's
-    # outcome file was written: that file keeps what was read from it.
+    # The downloaded output file never went to a storage that is no local folder: it passed
+    # through a temporary folder of this machine, read once into the batch's outcome file.
     downloaded = layout.batch_file_path(layout.batch_dir(DAY, 1, 1, 0), "output")
-    assert downloaded in storage.reads and downloaded not in keys
+    assert downloaded not in storage.reads and downloaded not in keys
     assert layout.shard_path(DAY, 1, 1, 0) in storage.reads  # uploaded from the storage
     on_disk = {p.name for p in spec.pipeline_dir.iterdir()}
     assert on_disk <= {"ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"}

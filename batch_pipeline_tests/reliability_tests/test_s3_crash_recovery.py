@@ -74,7 +74,7 @@ def assert_killed(crashed: subprocess.CompletedProcess[str], where: str, tally: 
     "key_pattern",
     [
         pytest.param(r"/requests/.*/shard-\d+\.jsonl", id="during-a-shard-upload"),
-        pytest.param(r"/batches/.*/output\.jsonl", id="during-the-upload-of-a-downloaded-output"),
+        pytest.param(r"/batches/.*/outcomes\.parquet", id="during-an-outcome-file-upload"),
         pytest.param(r"/results/.*\.parquet", id="during-the-results-upload"),
     ],
 )
