@@ -20,7 +20,8 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from batch_pipeline.local_api.server import add_serve_arguments
+    # The settings module only: the flags are defined without loading the service.
+    from batch_pipeline.local_api.settings import add_serve_arguments
 
     parser = argparse.ArgumentParser(
         prog="batch-pipeline",

@@ -165,11 +165,6 @@ def run_local_batch_api(
         server.stop()
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the flags of `batch-pipeline serve` (one per LocalApiSettings field)."""
-    LocalApiSettings.add_arguments(parser)
-
-
 class _AnnouncingServer(uvicorn.Server):
     """Prints its banner once it serves, when its Ctrl-C and SIGTERM handling is in place: a
     supervisor that stops the process as soon as it is announced stops it cleanly."""

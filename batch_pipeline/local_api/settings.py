@@ -245,6 +245,11 @@ class LocalApiSettings:
         return cls(**values)
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of `batch-pipeline serve` (one per LocalApiSettings field)."""
+    LocalApiSettings.add_arguments(parser)
+
+
 def default_expiry(settings: LocalApiSettings) -> int | None:
     """When a batch file that sets no expiry of its own expires, from now (None: never)."""
     seconds = settings.batch_file_expiry_seconds

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
@@ -71,6 +70,8 @@ def _day_bounds(day: date, tz: str | None) -> tuple[datetime, datetime]:
     end = start + timedelta(days=1)
     if tz is None:
         return start, end
+
+    import pandas as pd  # only for a zone: its rules for ambiguous and missing wall times
 
     def localize(moment: datetime) -> datetime:
         localized = pd.Timestamp(moment).tz_localize(
