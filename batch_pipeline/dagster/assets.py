@@ -15,15 +15,18 @@ still in flight is refused then: cancel it first (`batch-pipeline cancel`).
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from batch_pipeline.core.pipeline import Partition, Pipeline
+from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.spec import PipelineSpec, SpecError
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import ROLES, BatchPipelineTranslator
+
+if TYPE_CHECKING:  # the pipeline loads in the step that uses it
+    from batch_pipeline.core.pipeline import Pipeline
 
 DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
 
@@ -38,7 +41,7 @@ SUBMISSION_POOL = "batch_pipeline_submission"
 REBUILD_TAG = "batch_pipeline/rebuild"  # "true" on a run: build settled days afresh
 
 # A step's materialization, or None when it has nothing to materialize yet (results only).
-Step = Callable[[Pipeline, Partition, dg.AssetExecutionContext], dg.MaterializeResult | None]
+Step = Callable[["Pipeline", Partition, dg.AssetExecutionContext], dg.MaterializeResult | None]
 
 
 def build_partitions_def(spec: PipelineSpec) -> dg.DailyPartitionsDefinition:
@@ -138,7 +141,7 @@ def _pipeline_asset(
 
 
 def _build_requests(
-    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
+    pipeline: "Pipeline", partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult:
     rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
     record = pipeline.get_partition(partition)
@@ -156,7 +159,7 @@ def _build_requests(
     return dg.MaterializeResult(metadata=requests_metadata(summary))
 
 
-def _reuse_note(pipeline: Pipeline, partition: Partition) -> str:
+def _reuse_note(pipeline: "Pipeline", partition: Partition) -> str:
     """How a reused build stands: still in progress, or settled (a rebuild starts afresh)."""
     record = pipeline.get_partition(partition)
     if record is not None and record.settled_at is not None:
@@ -170,7 +173,7 @@ def _warn_of_spec_change(note: str | None, context: dg.AssetExecutionContext) ->
 
 
 def _submit_batches(
-    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
+    pipeline: "Pipeline", partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult:
     summary = pipeline.submit(partition)
     context.log.info(
@@ -185,7 +188,7 @@ def _submit_batches(
 
 
 def _collect_results(
-    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
+    pipeline: "Pipeline", partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult | None:
     record = pipeline.get_partition(partition)
     if record is not None and record.is_in_flight:

@@ -15,8 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipeline.core.pipeline import RequestsSummary, ResultsSummary, SubmitSummary
-from batch_pipeline.core.types import RowStatus
+from batch_pipeline.core.types import RequestsSummary, ResultsSummary, RowStatus, SubmitSummary
 
 ROW_COUNT = "dagster/row_count"
 COLUMN_SCHEMA = "dagster/column_schema"
