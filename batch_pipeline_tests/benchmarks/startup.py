@@ -65,8 +65,9 @@ def median_of(repetitions: int, measure: Callable[[int], float]) -> float:
 
 
 def run(config: Config) -> list[Row]:
-    """Fresh processes, alternating with their baselines; medians of at least 5."""
-    repetitions = max(config.repetitions, 5)
+    """Fresh processes, each case after its baseline; medians of at least 5 (1 in smoke)."""
+    repetitions = config.repetitions if config.smoke else max(config.repetitions, 5)
+    fixtures.compile_package()
     python = sys.executable
     interpreter = median_of(repetitions, lambda _: timed_command([python, "-c", "pass"]))
     help_seconds = median_of(repetitions, lambda _: timed_command([*cli_command(), "--help"]))
