@@ -15,7 +15,7 @@ import random
 import secrets
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -36,13 +36,18 @@ from batch_pipeline.local_api.result_lines import (
 )
 from batch_pipeline.local_api.upstream import Withdrawn
 
-if TYPE_CHECKING:
-    from batch_pipeline.local_api.answer_pool import AnswerPool
-
 log = logging.getLogger(__name__)
 
 Deferred = tuple[str, dict[str, Any], Fault | None]  # custom_id, body, fault
 Answered = tuple[list[Result], list[Deferred]]
+
+
+class ChunkAnswerer(Protocol):
+    """Answers request lines elsewhere (answer_pool.AnswerPool: in worker processes)."""
+
+    def answer(
+        self, endpoint: str, raws: list[bytes], prefix: str, triggers_faults: bool
+    ) -> Answered: ...
 
 
 @dataclass
@@ -62,7 +67,7 @@ class Dispatcher:
         *,
         chunk_size: int,
         triggers_faults: bool,
-        pool: AnswerPool | None = None,
+        pool: ChunkAnswerer | None = None,
     ) -> None:
         self.responder = responder
         self.chunk_size = chunk_size
