@@ -10,6 +10,7 @@ already done, appending to the partial files, the batch records).
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -45,6 +46,12 @@ def _answer(
     return values, deferred
 
 
+def _start_worker() -> None:
+    """In a new worker: leave Ctrl-C to the service, which stops its workers itself (a
+    terminal sends it to every process of the group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _warm() -> None:
     """In a worker: load the tokenizer before the first batch comes (seconds, once)."""
     from batch_pipeline.core.tokens import default_encoding
@@ -59,7 +66,7 @@ class AnswerPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn")
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
         )
         for _ in range(workers):
             self._executor.submit(_warm)
