@@ -21,7 +21,8 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from batch_pipeline.local_api.server import add_serve_arguments
+    # The settings module only: the flags are defined without loading the service.
+    from batch_pipeline.local_api.settings import add_serve_arguments
     from batch_pipeline.spend_report import add_report_arguments
 
     parser = argparse.ArgumentParser(

@@ -29,16 +29,16 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from batch_pipeline.core import layout
 from batch_pipeline.core.spec import PipelineSpec
 
-if TYPE_CHECKING:  # Dagster is imported only when the demo runs
+if TYPE_CHECKING:  # Dagster and pandas are imported only when the demo runs
     from collections.abc import Callable
 
     import dagster as dg
+    import pandas as pd
 
 DEMO_PIPELINE = "ticket_triage"
 # The same tickets triaged into typed fields: an output schema makes output_* columns.
@@ -215,6 +215,8 @@ def write_demo(folder: str | Path, *, base_url: str) -> PipelineSpec:
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / SOURCE_FILE
     if not source.exists():
+        import pandas as pd
+
         temporary = source.with_name(f".tmp-{os.getpid()}-{SOURCE_FILE}")
         pd.DataFrame(demo_rows()).to_parquet(temporary, index=False)
         temporary.replace(source)
@@ -477,6 +479,8 @@ def _summary_table(spec: PipelineSpec, checks: Sequence[dg.AssetCheckEvaluation]
     from batch_pipeline.core.types import RowStatus
 
     results = read_results(spec)
+    import pandas as pd
+
     table = pd.crosstab(results["partition"], results["status"]).reindex(
         columns=[status.value for status in RowStatus], fill_value=0
     )

@@ -35,11 +35,11 @@ from batch_pipeline.core.ledger_schema import (
     shards_table,
 )
 from batch_pipeline.core.reconnect import (
-    DEFAULT_RECONNECT_SECONDS,
     Reconnect,
     database_location,
     reconnecting,
 )
+from batch_pipeline.core.spec import DEFAULT_RECONNECT_SECONDS
 from batch_pipeline.core.types import BatchInfo, ShardInfo, ShardState
 
 __all__ = [

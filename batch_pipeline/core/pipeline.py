@@ -10,9 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from batch_pipeline.core.backends.base import BatchBackend
 from batch_pipeline.core.building import Builder, spec_change_note
@@ -40,6 +38,9 @@ from batch_pipeline.core.types import (
     SubmitSummary,
 )
 from batch_pipeline.core.worker import WorkerT, require_partition
+
+if TYPE_CHECKING:  # a DataFrame only where one is given or asked for: pandas loads then
+    import pandas as pd
 
 __all__ = [
     "GcReport",

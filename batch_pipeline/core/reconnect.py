@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Method = TypeVar("Method", bound=Callable[..., Any])
 
-DEFAULT_RECONNECT_SECONDS = 300.0
 FIRST_PAUSE_SECONDS = 0.25
 LONGEST_PAUSE_SECONDS = 5.0
 

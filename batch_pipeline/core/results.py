@@ -24,9 +24,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -54,6 +53,9 @@ from batch_pipeline.core.sources import nulls_as_text
 from batch_pipeline.core.storage import LocalStorage, StorageRoot
 from batch_pipeline.core.tuning import CHUNK_ROWS
 from batch_pipeline.core.types import Endpoint, RowStatus
+
+if TYPE_CHECKING:  # a DataFrame only where results are read as one: pandas loads then
+    import pandas as pd
 
 __all__ = [
     "REJECTED_CODE",
@@ -320,7 +322,7 @@ def read_results(storage: StorageRoot | Path, partition: str | None = None) -> p
 
 def results_frame(table: pa.Table) -> pd.DataFrame:
     """A results table as pandas, integer columns as nullable integers (200, not 200.0)."""
-    return table.to_pandas(types_mapper=_NULLABLE_PANDAS_TYPES.get)
+    return table.to_pandas(types_mapper=_nullable_pandas_types().get)
 
 
 def read_results_table(
@@ -376,11 +378,12 @@ def _read_day(table: pa.Table, schema: pa.Schema, name: str, day: str) -> pa.Tab
     return table.append_column(PARTITION_KEY, pa.array([day] * len(table), pa.string()))
 
 
-_NULLABLE_PANDAS_TYPES = {
-    pa.int32(): pd.Int32Dtype(),
-    pa.int64(): pd.Int64Dtype(),
-    pa.bool_(): pd.BooleanDtype(),
-}
+def _nullable_pandas_types() -> dict[pa.DataType, Any]:
+    """Arrow types read back as pandas' nullable ones (pandas loads only when results are
+    read as a DataFrame)."""
+    import pandas as pd
+
+    return {pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def _result_fields(endpoint: str, output_fields: Sequence[pa.Field] = ()) -> list[pa.Field]:

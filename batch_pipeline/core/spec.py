@@ -34,9 +34,11 @@ from batch_pipeline.core.output_forms import FORM_KEYS, OUTPUT_FORMS, takes_outp
 from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
 from batch_pipeline.core.partition import Partitioning, PartitionKind
 from batch_pipeline.core.prompt_template import parse_template
-from batch_pipeline.core.reconnect import DEFAULT_RECONNECT_SECONDS
 from batch_pipeline.core.storage_uri import check_options, is_remote, join, local_path_of
 from batch_pipeline.core.types import Endpoint
+
+# How long the ledger's database may be away before a step gives up (ledger.reconnect_seconds).
+DEFAULT_RECONNECT_SECONDS = 300.0
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -21,11 +21,10 @@ Only those few bodies are parsed, one by one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
@@ -34,6 +33,9 @@ from batch_pipeline.core.output_columns import output_fields, parse_outputs
 from batch_pipeline.core.output_schema import OutputSchema
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import Endpoint, PipelineError, RowStatus
+
+if TYPE_CHECKING:  # a DataFrame only where one is given: pandas loads then
+    import pandas as pd
 
 MODELS_COLUMN = "output"
 
@@ -57,6 +59,8 @@ def with_models(frame: pd.DataFrame, as_models: bool | type, spec: PipelineSpec)
         model.model_validate_json(text) if ok else None
         for ok, text in zip(succeeded, frame["response_text"], strict=True)
     ]
+    import pandas as pd
+
     return frame.assign(**{MODELS_COLUMN: pd.Series(models, index=frame.index, dtype=object)})
 
 

@@ -16,11 +16,11 @@ still in flight is refused then: cancel it first (`batch-pipeline cancel`).
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from batch_pipeline.core.pipeline import Partition, Pipeline
+from batch_pipeline.core.partition import Partition
 from batch_pipeline.core.report import spend_report
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.dagster.metadata import batches_metadata, requests_metadata, results_metadata
@@ -37,6 +37,9 @@ from batch_pipeline.dagster.upstream import (
     with_upstream_deps,
 )
 
+if TYPE_CHECKING:  # the pipeline loads in the step that uses it
+    from batch_pipeline.core.pipeline import Pipeline
+
 DEFAULT_BACKEND_RESOURCE_KEY = "batch_backend"
 
 
@@ -50,7 +53,7 @@ SUBMISSION_POOL = "batch_pipeline_submission"
 REBUILD_TAG = "batch_pipeline/rebuild"  # "true" on a run: build settled days afresh
 
 # A step's materialization, or None when it has nothing to materialize yet (results only).
-Step = Callable[[Pipeline, Partition, dg.AssetExecutionContext], dg.MaterializeResult | None]
+Step = Callable[["Pipeline", Partition, dg.AssetExecutionContext], dg.MaterializeResult | None]
 
 
 def build_asset_specs(
@@ -167,7 +170,7 @@ def _pipeline_asset(
 
 
 def _step_over_range(
-    step: Step, pipeline: Pipeline, context: dg.AssetExecutionContext
+    step: Step, pipeline: "Pipeline", context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult | None:
     """`step` for each day of a ranged run, in order. The run materializes the whole range,
     so its metadata holds each day's; a day whose results cannot be collected yet skips
@@ -196,7 +199,7 @@ def _plain(value: Any) -> Any:
 
 
 def _build_requests(
-    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
+    pipeline: "Pipeline", partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult:
     rebuild = context.run.tags.get(REBUILD_TAG, "").lower() == "true"
     record = pipeline.get_partition(partition)
@@ -214,7 +217,7 @@ def _build_requests(
     return dg.MaterializeResult(metadata=requests_metadata(summary))
 
 
-def _reuse_note(pipeline: Pipeline, partition: Partition) -> str:
+def _reuse_note(pipeline: "Pipeline", partition: Partition) -> str:
     """How a reused build stands: still in progress, or settled (a rebuild starts afresh)."""
     record = pipeline.get_partition(partition)
     if record is not None and record.settled_at is not None:
@@ -228,7 +231,7 @@ def _warn_of_spec_change(note: str | None, context: dg.AssetExecutionContext) ->
 
 
 def _submit_batches(
-    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
+    pipeline: "Pipeline", partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult:
     summary = pipeline.submit(partition)
     context.log.info(
@@ -243,7 +246,7 @@ def _submit_batches(
 
 
 def _collect_results(
-    pipeline: Pipeline, partition: Partition, context: dg.AssetExecutionContext
+    pipeline: "Pipeline", partition: Partition, context: dg.AssetExecutionContext
 ) -> dg.MaterializeResult | None:
     record = pipeline.get_partition(partition)
     if record is not None and record.is_in_flight:

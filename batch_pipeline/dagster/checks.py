@@ -1,13 +1,12 @@
-"""Asset checks on `results`, read back from the Parquet file the results run wrote."""
+"""Asset checks on `results`, read back from the Parquet file the results run wrote.
+
+Arrow and the ledger load in the check that reads the results, not with the definitions.
+"""
+
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from batch_pipeline.core.failures import failure_groups
-from batch_pipeline.core.layout import results_path
-from batch_pipeline.core.ledger import PartitionRecord
-from batch_pipeline.core.parquet_files import read_parquet
 from batch_pipeline.core.spec import PipelineSpec
 from batch_pipeline.core.types import RowStatus
 from batch_pipeline.dagster.assets import DEFAULT_BACKEND_RESOURCE_KEY, build_asset_specs
@@ -15,6 +14,11 @@ from batch_pipeline.dagster.metadata import failures_table
 from batch_pipeline.dagster.partitions import build_partitions_def, partition_key_of
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from batch_pipeline.core.ledger import PartitionRecord
 
 ROWS_ONCE_CHECK = "every_source_row_once"
 FAILED_SHARE_CHECK = "failed_share_within_limit"
@@ -50,6 +54,8 @@ def build_results_checks(
         "(a rejected duplicate key shares the id of the row it repeats).",
     )
     def every_source_row_once(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        import pyarrow.compute as pc
+
         record, table = _written_results(context, spec, backend_resource_key, ["custom_id"])
         sent = table.filter(pc.not_equal(table.column("status"), RowStatus.REJECTED.value))
         ids = sent.column("custom_id")
@@ -92,6 +98,8 @@ def build_results_checks(
     def failed_share_within_limit(
         context: dg.AssetCheckExecutionContext,
     ) -> dg.AssetCheckResult:
+        from batch_pipeline.core.failures import failure_groups
+
         _, table = _written_results(
             context, spec, backend_resource_key, ["error_code", "error_message"]
         )
@@ -119,9 +127,12 @@ def _written_results(
     spec: PipelineSpec,
     backend_resource_key: str,
     columns: list[str],
-) -> tuple[PartitionRecord, pa.Table]:
+) -> tuple["PartitionRecord", "pa.Table"]:
     """The day's ledger record, read on the step's backend resource, and its results table
     (status and `columns` only)."""
+    from batch_pipeline.core.layout import results_path
+    from batch_pipeline.core.parquet_files import read_parquet
+
     partition = partition_key_of(context)
     backend: BatchBackendResource = getattr(context.resources, backend_resource_key)
     with backend.open_pipeline(spec) as pipeline:
@@ -131,7 +142,9 @@ def _written_results(
         return record, read_parquet(pipeline.storage, results_path(partition), ["status", *columns])
 
 
-def _value_counts(column: pa.ChunkedArray) -> dict[object, int]:
+def _value_counts(column: "pa.ChunkedArray") -> dict[object, int]:
+    import pyarrow.compute as pc
+
     counts = pc.value_counts(column)
     return dict(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)

@@ -17,8 +17,8 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipeline.core.pipeline import RequestsSummary, ResultsSummary, SubmitSummary
 from batch_pipeline.core.report import Spend, SpendReport
+from batch_pipeline.core.types import RequestsSummary, ResultsSummary, SubmitSummary
 
 ROW_COUNT = "dagster/row_count"
 COLUMN_SCHEMA = "dagster/column_schema"

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from batch_pipeline.core.backends.base import BatchBackend
-from batch_pipeline.core.backends.openai import key_variable, make_backend
-from batch_pipeline.core.ledger import Ledger
-from batch_pipeline.core.pipeline import Pipeline
-from batch_pipeline.core.sources import Table
+from batch_pipeline.core.backends.base import key_variable
 from batch_pipeline.core.spec import BackendSpec, PipelineSpec
+
+if TYPE_CHECKING:  # the SDK, the ledger and the pipeline load in the step that uses them
+    from batch_pipeline.core.backends.base import BatchBackend
+    from batch_pipeline.core.ledger import Ledger
+    from batch_pipeline.core.pipeline import Pipeline
+    from batch_pipeline.core.sources import Table
 
 
 class _StepClients:
@@ -32,6 +34,9 @@ class _StepClients:
     def pipeline(self, spec: PipelineSpec, dataframe: Table | None = None) -> Pipeline:
         """The pipeline for `spec` on these clients (closing them is `close`'s job), reading
         `dataframe` in place of the spec's source when given."""
+        from batch_pipeline.core.ledger import Ledger
+        from batch_pipeline.core.pipeline import Pipeline
+
         url, reconnect = spec.ledger_url, spec.ledger.reconnect_seconds
         if (url, reconnect) not in self._ledgers:
             self._ledgers[url, reconnect] = Ledger(url, reconnect_seconds=reconnect)
@@ -123,6 +128,8 @@ class BatchBackendResource(dg.ConfigurableResource):
 
     def get_backend(self) -> BatchBackend:
         """A new core backend client; the caller closes it."""
+        from batch_pipeline.core.backends.openai import make_backend
+
         key = self._key()
         if key is None and (self.provider != "local" or self.api_key is not None):
             raise ValueError(

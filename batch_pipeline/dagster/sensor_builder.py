@@ -8,19 +8,18 @@ a tick also removes the intermediates of days collected more than
 what the last tick saw, for the UI, and when the intermediates were last removed.
 """
 
+from __future__ import annotations
+
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster_shared.serdes import deserialize_value, serialize_value, whitelist_for_serdes
 
-from batch_pipeline.core.ledger import PartitionRecord
-from batch_pipeline.core.pipeline import PartitionStatus, Pipeline, PollReport
-from batch_pipeline.core.reconnect import LedgerUnavailableError
 from batch_pipeline.core.spec import PipelineSpec
-from batch_pipeline.core.types import BatchStatus, ShardState
+from batch_pipeline.core.types import BatchStatus, PartitionStatus, PollReport, ShardState
 from batch_pipeline.dagster.assets import build_asset_specs
 from batch_pipeline.dagster.partitions import (
     build_partitions_def,
@@ -30,6 +29,10 @@ from batch_pipeline.dagster.partitions import (
 )
 from batch_pipeline.dagster.resources import BatchBackendResource
 from batch_pipeline.dagster.translator import BatchPipelineTranslator
+
+if TYPE_CHECKING:  # the ledger and the pipeline load in the tick that uses them
+    from batch_pipeline.core.ledger import PartitionRecord
+    from batch_pipeline.core.pipeline import Pipeline
 
 # The sensor gRPC call times out after 60 s; the poll stops in time for the tick to finish.
 POLL_TIME_BUDGET_SECONDS = 40.0
@@ -107,6 +110,8 @@ def build_batch_pipeline_sensor(
         asset_selection=[results_key],
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from batch_pipeline.core.reconnect import LedgerUnavailableError
+
         previous = _read_cursor(context)
         if previous.polled_at is not None:
             context.log.info(

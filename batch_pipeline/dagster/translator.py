@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dagster as dg
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from batch_pipeline.core.spec import PipelineSpec
 
@@ -100,7 +98,11 @@ _SHOWN_QUERY_KEYS = frozenset(
 
 def _without_password(url: str) -> str:
     """The URL with its password masked, and every query parameter but a few harmless ones
-    (host, port, database, TLS mode...)."""
+    (host, port, database, TLS mode...). SQLAlchemy loads only for a spec that names a
+    database."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:

@@ -1,13 +1,20 @@
-"""A local OpenAI-compatible Files + Batches API service (echo or proxy responder)."""
+"""A local OpenAI-compatible Files + Batches API service (echo or proxy responder).
 
-from batch_pipeline.local_api.app import create_app
-from batch_pipeline.local_api.server import (
-    LocalBatchApi,
-    add_serve_arguments,
-    run_local_batch_api,
-    serve_from_args,
-)
-from batch_pipeline.local_api.settings import LocalApiSettings
+Names load on first use, so defining the `serve` flags (`settings`) does not import the
+HTTP server, the responders or the tokenizer.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_PUBLIC = {
+    "LocalApiSettings": "batch_pipeline.local_api.settings",
+    "LocalBatchApi": "batch_pipeline.local_api.server",
+    "add_serve_arguments": "batch_pipeline.local_api.settings",
+    "create_app": "batch_pipeline.local_api.app",
+    "run_local_batch_api": "batch_pipeline.local_api.server",
+    "serve_from_args": "batch_pipeline.local_api.server",
+}
 
 __all__ = [
     "LocalApiSettings",
@@ -17,3 +24,23 @@ __all__ = [
     "run_local_batch_api",
     "serve_from_args",
 ]
+
+if TYPE_CHECKING:
+    from batch_pipeline.local_api.app import create_app
+    from batch_pipeline.local_api.server import (
+        LocalBatchApi,
+        run_local_batch_api,
+        serve_from_args,
+    )
+    from batch_pipeline.local_api.settings import LocalApiSettings, add_serve_arguments
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batch_pipeline.local_api' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

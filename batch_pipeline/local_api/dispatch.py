@@ -13,8 +13,9 @@ import asyncio
 import logging
 import random
 import secrets
+from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -38,6 +39,15 @@ from batch_pipeline.local_api.upstream import Withdrawn
 log = logging.getLogger(__name__)
 
 Deferred = tuple[str, dict[str, Any], Fault | None]  # custom_id, body, fault
+Answered = tuple[list[Result], list[Deferred]]
+
+
+class ChunkAnswerer(Protocol):
+    """Answers request lines elsewhere (answer_pool.AnswerPool: in worker processes)."""
+
+    def answer(
+        self, endpoint: str, raws: list[bytes], prefix: str, triggers_faults: bool
+    ) -> Answered: ...
 
 
 @dataclass
@@ -51,17 +61,42 @@ class ChunkOutcome:
 class Dispatcher:
     """Hands a batch's requests to the responder, a chunk at a time."""
 
-    def __init__(self, responder: Responder, *, chunk_size: int, triggers_faults: bool) -> None:
+    def __init__(
+        self,
+        responder: Responder,
+        *,
+        chunk_size: int,
+        triggers_faults: bool,
+        pool: ChunkAnswerer | None = None,
+    ) -> None:
         self.responder = responder
         self.chunk_size = chunk_size
         self.triggers_faults = triggers_faults
+        self.pool = pool  # worker processes answering in this one's place (echo only)
 
     def work_chunk(self, run: BatchRun, endpoint: str) -> ChunkOutcome:
-        """Read, answer and record one chunk of requests (runs in the thread pool)."""
+        """Read, answer and record one chunk of requests (runs in the thread pool; the
+        answering itself in a worker process when the engine has an answer pool)."""
         assert run.reader is not None and run.partial is not None
         raws = run.reader.next_chunk(self.chunk_size)
-        done = run.partial.done
         prefix = secrets.token_hex(10)
+        if self.pool is None:
+            results, deferred = self.answer(endpoint, raws, prefix, run.partial.done)
+        else:
+            results, deferred = self.pool.answer(endpoint, raws, prefix, self.triggers_faults)
+            done = run.partial.done  # results of done requests are dropped by `add`
+            deferred = [request for request in deferred if request[0] not in done]
+        # Lines come out deliberately not in input order (as with OpenAI): join on custom_id.
+        random.Random(f"{run.batch_id}:{run.chunks}").shuffle(results)
+        run.chunks += 1
+        run.partial.add(results)
+        return ChunkOutcome(run.reader.eof, deferred)
+
+    def answer(
+        self, endpoint: str, raws: list[bytes], prefix: str, done: Container[str] = ()
+    ) -> Answered:
+        """The results of the request lines that can be answered at once, and the requests
+        that must wait; requests in `done` are skipped. `prefix` makes the lines' ids."""
         results: list[Result] = []
         deferred: list[Deferred] = []
         for index, raw in enumerate(raws):
@@ -75,11 +110,7 @@ class Dispatcher:
                 results.append(result)
             else:
                 deferred.append((custom_id, body, result))
-        # Lines come out deliberately not in input order (as with OpenAI): join on custom_id.
-        random.Random(f"{run.batch_id}:{run.chunks}").shuffle(results)
-        run.chunks += 1
-        run.partial.add(results)
-        return ChunkOutcome(run.reader.eof, deferred)
+        return results, deferred
 
     def _answer_now(
         self, endpoint: str, custom_id: str, body: dict[str, Any], raw: bytes, key: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -165,11 +166,6 @@ def run_local_batch_api(
         server.stop()
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the flags of `batch-pipeline serve` (one per LocalApiSettings field)."""
-    LocalApiSettings.add_arguments(parser)
-
-
 class _AnnouncingServer(uvicorn.Server):
     """Prints its banner once it serves, when its Ctrl-C and SIGTERM handling is in place: a
     supervisor that stops the process as soon as it is announced stops it cleanly."""
@@ -186,6 +182,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; returns the process exit code."""
     try:
         settings = LocalApiSettings.from_namespace(args)
+        if settings.workers is None:  # the command uses every core; Python callers ask
+            settings = dataclasses.replace(settings, workers=os.cpu_count() or 1)
         settings.resolved_api_key()
         settings.resolved_upstream_api_key()
     except (ValueError, TypeError) as exc:
@@ -211,6 +209,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     server.banner = (
         f"Local Batch API on {base_url(settings.host, port)} "
         f"(state dir {settings.state_dir.resolve()}, responder {settings.responder}, "
+        f"workers {settings.workers}, "
         f"auth {'on' if settings.api_key_env else 'off'}). Ctrl-C to stop."
     )
     # uvicorn re-raises the signal that stopped it; make that a no-op, not a traceback.

@@ -133,6 +133,12 @@ class LocalApiSettings:
     )
     chunk_size: int = _opt(2000, "Request lines processed per unit of work.")
     worker_threads: int = _opt(2, "Threads doing the CPU work of validation and responding.")
+    workers: int | None = _opt(
+        None,
+        "Processes answering echo requests (token counts, answers, result lines), so the "
+        "echo responder uses that many cores (default: the machine's cores for `batch-pipeline "
+        "serve`; 1, this process alone, for a service started from Python).",
+    )
     progress_interval_seconds: float = _opt(
         1.0, "How often the request counts of a running batch are written to disk."
     )
@@ -173,6 +179,8 @@ class LocalApiSettings:
         )
         if self.enqueued_token_limit is not None:
             positive += ("enqueued_token_limit",)
+        if self.workers is not None:
+            positive += ("workers",)
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -249,6 +257,11 @@ class LocalApiSettings:
             if f.metadata.get("cli", False) and value is not None:
                 values[f.name] = value
         return cls(**values)
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of `batch-pipeline serve` (one per LocalApiSettings field)."""
+    LocalApiSettings.add_arguments(parser)
 
 
 def default_expiry(settings: LocalApiSettings) -> int | None:

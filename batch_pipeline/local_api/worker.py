@@ -24,10 +24,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from batch_pipeline.local_api.answer_pool import AnswerPool
 from batch_pipeline.local_api.answers import Responder
 from batch_pipeline.local_api.batch_run import BatchRun
 from batch_pipeline.local_api.dispatch import ChunkOutcome, Dispatcher
 from batch_pipeline.local_api.draining import SHUTDOWN_WAIT_SECONDS, drain
+from batch_pipeline.local_api.echo import EchoResponder
 from batch_pipeline.local_api.partial_results import InputReader
 from batch_pipeline.local_api.result_files import ResultFiles
 from batch_pipeline.local_api.settings import LocalApiSettings
@@ -47,6 +49,11 @@ _UNFINISHED = {"validating", "in_progress", "finalizing", "cancelling"}
 def _log_write_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("writing a batch record failed: %s", future.exception())
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn(...)`, here (what `AnswerPool.call` does in a worker process)."""
+    return fn(*args, **kwargs)
 
 
 def _needs_validation(record: dict[str, Any]) -> bool:
@@ -80,11 +87,21 @@ class BatchEngine:
         self.store = store
         self.settings = settings
         self.responder = responder
+        workers = settings.workers or 1
+        # Echo answers on `workers` processes; proxy requests wait on the loop instead.
+        self._answer_pool = (
+            AnswerPool(workers) if workers > 1 and isinstance(responder, EchoResponder) else None
+        )
         self._dispatcher = Dispatcher(
-            responder, chunk_size=settings.chunk_size, triggers_faults=settings.triggers_faults
+            responder,
+            chunk_size=settings.chunk_size,
+            triggers_faults=settings.triggers_faults,
+            pool=self._answer_pool,
         )
         self._result_files = ResultFiles(store, settings)
-        self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="batch-work")
+        # A thread per worker process waits on its chunk, beside those validating and writing.
+        threads = settings.worker_threads + (workers if self._answer_pool else 0)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="batch-work")
         # Record writes (their fsyncs) and work dir removals, in order, off the event loop.
         self._io = ThreadPoolExecutor(1, thread_name_prefix="batch-io")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,6 +131,8 @@ class BatchEngine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._answer_pool is not None:
+            self._answer_pool.close()
         self._io.shutdown(wait=True)  # the last progress writes
 
     def submit(self, batch_id: str) -> None:
@@ -287,17 +306,18 @@ class BatchEngine:
     async def _validate(self, run: BatchRun, record: dict[str, Any]) -> bool:
         """Validate the input; False when the batch is done with (failed) or shutting down."""
         limit = self.settings.enqueued_token_limit
-        result = await self._in_pool(
-            lambda: validate_input_file(
-                self.store.batch_input_path(record),
-                endpoint=record["endpoint"],
-                max_requests=record.get("_max_requests", self.settings.max_requests_per_batch),
-                max_bytes=record.get("_max_bytes", self.settings.max_batch_file_bytes),
-                count_prompt_tokens=limit is not None,
-                azure=record.get("_dialect") == "azure",
-                one_model=record.get("_dialect") != "anthropic",
-            )
-        )
+        options = {
+            "endpoint": record["endpoint"],
+            "max_requests": record.get("_max_requests", self.settings.max_requests_per_batch),
+            "max_bytes": record.get("_max_bytes", self.settings.max_batch_file_bytes),
+            "count_prompt_tokens": limit is not None,
+            "azure": record.get("_dialect") == "azure",
+            "one_model": record.get("_dialect") != "anthropic",
+        }
+        # In a worker process when there are several: it reads the file itself.
+        run_validation = self._answer_pool.call if self._answer_pool else _call
+        path = self.store.batch_input_path(record)
+        result = await self._in_pool(lambda: run_validation(validate_input_file, path, **options))
         if run.stop_reason == "shutdown":
             return False
         now = int(time.time())

@@ -14,6 +14,8 @@ RSS. The benchmarks:
   and results on S3 vs on local disk
 - footprint: what a settled day leaves in storage, with `keep_intermediates_days` 0 and 7
 - structured: results with a 5-property output schema vs the same answers without one
+- startup: `batch-pipeline --help`, `run` to its first HTTP request, and importing the code
+  location against `import dagster`
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ NAMES = (
     "object_store",
     "footprint",
     "structured",
+    "startup",
 )
 
 

@@ -17,8 +17,8 @@ BUDGET_SECONDS = {
     "shards": 120.0,
     "results": 240.0,
     "poll": 45.0,
-    "service": 75.0,
-    "end_to_end": 120.0,
+    "service": 120.0,
+    "end_to_end": 150.0,
     "object_store": 300.0,
     "structured": 480.0,
 }

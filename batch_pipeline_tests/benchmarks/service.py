@@ -1,8 +1,9 @@
 """Benchmark 4: the local Batch API (`batch-pipeline serve`, echo responder, its own process):
 requests processed a second over 200 batches of 1,000 requests (validation, answers with
 exact token counts and the output files included), and a 200 MB upload accepted while the
-server's memory stays bounded. Each round gets a fresh server; its peak RSS is the kernel's
-record for that process (VmHWM), restarted before the upload."""
+server's memory stays bounded; and the echo's throughput with 2 worker processes against the
+same server's with 1, in the same run. Each round gets fresh servers; a server's peak RSS is
+the kernel's record for that process (VmHWM), restarted before the upload."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ NAME = "service"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 THROUGHPUT_TARGET = 20_000
 UPLOAD_GROWTH_LIMIT = 64 * MB
+SCALING_TARGET = 1.7  # 2 workers against 1
+WARM_UP_SECONDS = 30.0  # for the worker processes to load the tokenizer
 POLL_SECONDS = 0.05
 
 
@@ -84,6 +87,30 @@ def throughput_case(url: str, batches: int, per_batch: int) -> dict[str, Any]:
     return {"seconds": seconds, "requests": batches * per_batch}
 
 
+def wait_for_workers(pid: int, workers: int) -> None:
+    """Wait (untimed) until the server's worker processes have loaded the tokenizer: all of
+    them started, and none using CPU any more."""
+    import psutil
+
+    def cpu_seconds() -> list[float] | None:
+        found = [
+            child.cpu_times()
+            for child in psutil.Process(pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        return [t.user + t.system for t in found] if len(found) >= workers else None
+
+    deadline = time.monotonic() + WARM_UP_SECONDS
+    before = cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds()
+        if before is not None and now == before:
+            return
+        before = now
+    raise RuntimeError(f"the server's {workers} worker processes did not settle in time")
+
+
 def upload_case(url: str, path: Path, size: int) -> dict[str, Any]:
     """Upload a file of `size` bytes, streamed from disk (written first, untimed)."""
     line = request_line("u", 0)
@@ -108,9 +135,13 @@ def run(config: Config) -> list[Row]:
     root = config.workdir / NAME
     batches, per_batch = config.service_batches
     throughput, upload = Measurement("throughput"), Measurement("upload")
+    single = Measurement("1 worker")
 
     def one(measurement: Measurement, _repetition: int) -> Sample:
-        with fixtures.local_service(root / "state") as service:
+        with fixtures.local_service(root / "single", "--workers", "1") as service:
+            single.add(run_isolated(throughput_case, service.url, batches, per_batch))
+        with fixtures.local_service(root / "state", "--workers", "2") as service:
+            wait_for_workers(service.pid, 2)
             sample = run_isolated(throughput_case, service.url, batches, per_batch)
             throughput.add(
                 replace(sample, info={**sample.info, "server_peak": process_peak_rss(service.pid)})
@@ -127,6 +158,8 @@ def run(config: Config) -> list[Row]:
 
     repeat([upload], one, config.repetitions, budget_seconds=config.budget(NAME))
     rate = throughput.info("requests") / throughput.seconds
+    single_rate = single.info("requests") / single.seconds
+    scaling = rate / single_rate
     growth = upload.info("server_growth")
     megabytes = upload.info("bytes") / 1e6
     return [
@@ -140,6 +173,17 @@ def run(config: Config) -> list[Row]:
             rate >= THROUGHPUT_TARGET,
             int(throughput.info("server_peak")),
             rate,
+        ),
+        Row(
+            "local service, echo throughput with 2 workers against 1 (--workers)",
+            f"{rate:,.0f} requests/s with 2 workers",
+            f"{single_rate:,.0f} requests/s with 1 ({seconds_text(single.seconds)}"
+            f"{runs_text(single, config)})",
+            scaling,
+            f"≥ {SCALING_TARGET}x its 1-worker throughput",
+            scaling >= SCALING_TARGET,
+            int(throughput.info("server_peak")),
+            scaling,
         ),
         Row(
             f"local service, {megabytes:,.0f} MB upload",

@@ -1,20 +1,27 @@
-"""Providers' Files + Batches APIs behind one interface."""
+"""Providers' Files + Batches APIs behind one interface.
 
-from batch_pipeline.core.backends.base import (
-    TRANSIENT_BATCH_ERROR_CODES,
-    BackendError,
-    BatchBackend,
-    NotFound,
-    TransientBackendError,
-    is_transient_batch_failure,
-)
-from batch_pipeline.core.backends.openai import (
-    LOCAL_BASE_URL,
-    OpenAIBackend,
-    batch_info_from_openai,
-    file_info_from_openai,
-    make_backend,
-)
+Names load on first use: `backends.base` (the interface, the errors) does not import a
+provider's SDK; `OpenAIBackend` and `make_backend` bring in `openai` when asked for.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_BASE = "batch_pipeline.core.backends.base"
+_OPENAI = "batch_pipeline.core.backends.openai"
+_PUBLIC = {
+    "LOCAL_BASE_URL": _OPENAI,
+    "TRANSIENT_BATCH_ERROR_CODES": _BASE,
+    "BackendError": _BASE,
+    "BatchBackend": _BASE,
+    "NotFound": _BASE,
+    "OpenAIBackend": _OPENAI,
+    "TransientBackendError": _BASE,
+    "batch_info_from_openai": _OPENAI,
+    "file_info_from_openai": _OPENAI,
+    "is_transient_batch_failure": _BASE,
+    "make_backend": _OPENAI,
+}
 
 __all__ = [
     "LOCAL_BASE_URL",
@@ -29,3 +36,31 @@ __all__ = [
     "is_transient_batch_failure",
     "make_backend",
 ]
+
+if TYPE_CHECKING:
+    from batch_pipeline.core.backends.base import (
+        TRANSIENT_BATCH_ERROR_CODES,
+        BackendError,
+        BatchBackend,
+        NotFound,
+        TransientBackendError,
+        is_transient_batch_failure,
+    )
+    from batch_pipeline.core.backends.openai import (
+        LOCAL_BASE_URL,
+        OpenAIBackend,
+        batch_info_from_openai,
+        file_info_from_openai,
+        make_backend,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -39,6 +39,7 @@ from batch_pipeline.core.backends._anthropic_ids import (
     tag_of,
 )
 from batch_pipeline.core.backends.base import (
+    ANTHROPIC_KEY_VARIABLE,
     UNREACHABLE_AFTER_SECONDS,
     BackendError,
     BatchBackend,
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from anthropic.types.messages import MessageBatch
 
-ANTHROPIC_KEY_VARIABLE = "ANTHROPIC_API_KEY"
 MESSAGES_ENDPOINT = "/v1/messages"
 RESULTS_PREFIX = "results:"
 STAGED_PREFIX = "staged-"

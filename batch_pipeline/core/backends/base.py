@@ -19,9 +19,12 @@ from batch_pipeline.core.types import BatchInfo, BatchStatus, FileInfo
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from batch_pipeline.core.spec import BackendSpec
+
 _T = TypeVar("_T")
 
 COMPLETION_WINDOW = "24h"
+ANTHROPIC_KEY_VARIABLE = "ANTHROPIC_API_KEY"
 # A client that has had no answer from its service for this long gives up (see ConnectionWatch).
 UNREACHABLE_AFTER_SECONDS = 600.0
 
@@ -293,3 +296,14 @@ def shown_url(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def key_variable(spec: BackendSpec) -> str | None:
+    """The environment variable the API key is read from. None for a local service whose
+    spec names no variable itself: the default OPENAI_API_KEY, a real key, is never sent to
+    a local service by accident."""
+    if spec.provider == "local" and "api_key_env" not in spec.model_fields_set:
+        return None
+    if spec.provider == "anthropic" and "api_key_env" not in spec.model_fields_set:
+        return ANTHROPIC_KEY_VARIABLE  # an OpenAI key is never sent to Anthropic
+    return spec.api_key_env

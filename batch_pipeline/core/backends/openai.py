@@ -17,10 +17,6 @@ import httpx2
 import openai
 from openai.types import Batch, FileObject
 
-from batch_pipeline.core.backends.anthropic import (
-    ANTHROPIC_KEY_VARIABLE,
-    make_anthropic_backend,
-)
 from batch_pipeline.core.backends.base import (
     COMPLETION_WINDOW,
     UNREACHABLE_AFTER_SECONDS,
@@ -30,6 +26,7 @@ from batch_pipeline.core.backends.base import (
     ServiceUnreachable,
     created_since,
     guarded_call,
+    key_variable,
     redact,
     shown_url,
     status_error,
@@ -243,17 +240,6 @@ def _no_answer_cause(exc: Exception) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
-def key_variable(spec: BackendSpec) -> str | None:
-    """The environment variable the API key is read from. None for a local service whose
-    spec names no variable itself: the default OPENAI_API_KEY, a real key, is never sent to
-    a local service by accident."""
-    if spec.provider == "local" and "api_key_env" not in spec.model_fields_set:
-        return None
-    if spec.provider == "anthropic" and "api_key_env" not in spec.model_fields_set:
-        return ANTHROPIC_KEY_VARIABLE  # an OpenAI key is never sent to Anthropic
-    return spec.api_key_env
-
-
 def make_backend(
     spec: BackendSpec,
     *,
@@ -271,6 +257,8 @@ def make_backend(
     `AnthropicBackend` (its SDK imported only then).
     """
     if spec.provider == "anthropic":
+        from batch_pipeline.core.backends.anthropic import make_anthropic_backend
+
         return make_anthropic_backend(spec, env=env, api_key=api_key)
     variable = key_variable(spec)
     key = api_key or ((env.get(variable) or None) if variable else None)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import date
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import pandas as pd
 import pyarrow as pa
 
 from batch_pipeline.core.partition import Partition
@@ -24,6 +23,9 @@ from batch_pipeline.core.sources.files import FILE_FORMATS, FileSource, nulls_as
 from batch_pipeline.core.sources.frame import FrameSource, Table, UnloadedSource, as_table
 from batch_pipeline.core.sources.sql import SqlSource
 from batch_pipeline.core.spec import PipelineSpec
+
+if TYPE_CHECKING:  # a DataFrame only where one is given: pandas loads then
+    import pandas as pd
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

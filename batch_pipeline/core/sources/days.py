@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
@@ -86,5 +85,7 @@ def _midnight(day: date, tz: str | None) -> datetime:
     start = datetime.combine(day, datetime.min.time())
     if tz is None:
         return start
+    import pandas as pd  # only for a zone: its rules for ambiguous and missing wall times
+
     localized = pd.Timestamp(start).tz_localize(tz, ambiguous=True, nonexistent="shift_forward")
     return localized.to_pydatetime()
