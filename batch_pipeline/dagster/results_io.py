@@ -14,9 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from batch_pipeline.core.results import read_results_table, results_frame
 from batch_pipeline.core.spec import PipelineSpec
-from batch_pipeline.core.storage import storage_for
 
 FORMATS = ("pandas", "arrow", "polars")
 
@@ -44,6 +42,9 @@ class BatchResultsIOManager(dg.IOManager):
                 f"input {context.name}: format {wanted!r} is not one of {', '.join(FORMATS)}"
             )
         partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
+        from batch_pipeline.core.results import read_results_table, results_frame
+        from batch_pipeline.core.storage import storage_for
+
         storage = storage_for(self.spec.pipeline_root, self.spec.output.storage_options)
         table = read_results_table(storage, partitions, strict=True)
         context.log.debug(

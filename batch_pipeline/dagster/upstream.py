@@ -9,10 +9,14 @@ source row with its answer, loads it too); otherwise the inputs load nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
-from batch_pipeline.core.sources import Table, as_table
 from batch_pipeline.core.spec import PipelineSpec
+
+if TYPE_CHECKING:  # the sources load in the step that reads the rows
+    from batch_pipeline.core.sources import Table
 
 ROWS_INPUT = "source_rows"  # the input of the asset the rows come from
 LINEAGE_ONLY_KEY = "batch_pipeline_lineage_only"  # the input manager of the other source assets
@@ -85,6 +89,8 @@ def lineage_resources(ins: dict[str, dg.AssetIn]) -> dict[str, dg.ResourceDefini
 def source_rows(spec: PipelineSpec, value: object) -> Table:
     """The rows an upstream asset's IO manager loaded, as a table the core reads; a
     SourceError naming the asset when it is not a table."""
+    from batch_pipeline.core.sources import as_table
+
     return as_table(
         value, what=f"source.asset_key {spec.source.from_asset}: what its IO manager loaded"
     )
