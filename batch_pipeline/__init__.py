@@ -5,8 +5,9 @@ core never pulls in Dagster: `BatchPipelineComponent` comes from the Dagster lay
 asked for.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from batch_pipeline.core._lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -64,12 +65,4 @@ if TYPE_CHECKING:
     from batch_pipeline.dagster import BatchPipelineComponent  # noqa: F401 - not in __all__
 
 
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'batch_pipeline' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -4,8 +4,9 @@ Names load on first use, so defining the `serve` flags (`settings`) does not imp
 HTTP server, the responders or the tokenizer.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from batch_pipeline.core._lazy_exports import lazy_exports
 
 _PUBLIC = {
     "LocalApiSettings": "batch_pipeline.local_api.settings",
@@ -35,12 +36,4 @@ if TYPE_CHECKING:
     from batch_pipeline.local_api.settings import LocalApiSettings, add_serve_arguments
 
 
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'batch_pipeline.local_api' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

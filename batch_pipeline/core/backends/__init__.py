@@ -4,11 +4,13 @@ Names load on first use: `backends.base` (the interface, the errors) does not im
 provider's SDK; `OpenAIBackend` and `make_backend` bring in `openai` when asked for.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from batch_pipeline.core._lazy_exports import lazy_exports
 
 _BASE = "batch_pipeline.core.backends.base"
 _OPENAI = "batch_pipeline.core.backends.openai"
+
 _PUBLIC = {
     "LOCAL_BASE_URL": _OPENAI,
     "TRANSIENT_BATCH_ERROR_CODES": _BASE,
@@ -55,12 +57,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
