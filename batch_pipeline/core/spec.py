@@ -5,35 +5,37 @@ Unknown keys and wrong types are refused with a `SpecError` that names the key.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
-    field_serializer,
     field_validator,
     model_validator,
 )
 
+from batch_pipeline.core._spec_base import (
+    ENV_NAME,
+    STORAGE_OPTIONS_HELP,
+    SpecError,
+    _env_name,
+    _Section,
+    _url_from_env,
+)
 from batch_pipeline.core.batch_caps import OPENAI_CAPS, batch_caps
 from batch_pipeline.core.cron import cron_errors
 from batch_pipeline.core.output_forms import FORM_KEYS, OUTPUT_FORMS, takes_output_schema
 from batch_pipeline.core.output_schema import OutputSchema, OutputSchemaError, load_output_schema
 from batch_pipeline.core.partition import Partitioning, PartitionKind
-from batch_pipeline.core.prompt_template import parse_template
+from batch_pipeline.core.spec_request import RequestSpec
+from batch_pipeline.core.spec_source import SourceSpec
 from batch_pipeline.core.storage_uri import check_options, is_remote, join, local_path_of
 from batch_pipeline.core.types import Endpoint
 
@@ -41,240 +43,6 @@ from batch_pipeline.core.types import Endpoint
 DEFAULT_RECONNECT_SECONDS = 300.0
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-STORAGE_OPTIONS_HELP = (
-    "Non-secret settings of the object store (endpoint_url, region, ...); credentials come "
-    "from the provider's environment and credential chain, never from the spec."
-)
-
-
-class SpecError(ValueError):
-    """A pipeline spec that cannot be used; the message names the key and the reason."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _env_name(value: str | None) -> str | None:
-    if value is not None and not ENV_NAME.fullmatch(value):
-        raise ValueError("must be the name of an environment variable, not its value")
-    return value
-
-
-def _url_from_env(name: str, key: str) -> str:
-    """The value of environment variable `name`, which `key` of the spec names."""
-    value = os.environ.get(name)
-    if not value:
-        raise SpecError(f"{key}: the environment variable {name} is not set")
-    return value
-
-
-class SqlSource(_Section):
-    url: str | None = Field(default=None, description="SQLAlchemy URL of the database.")
-    url_env: str | None = Field(
-        default=None,
-        description="The NAME of an environment variable holding the URL, so that a "
-        "password stays out of the spec.",
-    )
-    query: str = Field(description="A SELECT returning the source rows.")
-
-    _check_env = field_validator("url_env")(_env_name)
-
-    @model_validator(mode="after")
-    def _one_url(self) -> SqlSource:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("give exactly one of url and url_env")
-        return self
-
-    @property
-    def resolved_url(self) -> str:
-        """The URL, read from `url_env` when the spec names a variable."""
-        return self.url or _url_from_env(self.url_env or "", "source.sql.url_env")
-
-
-# `source.asset_key` as written: one key (its parts joined by '/') or a list of them.
-_ASSET_KEYS_SCHEMA = {
-    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-    "default": [],
-}
-
-
-class SourceSpec(_Section):
-    path: str | None = Field(
-        default=None,
-        description="A file or folder of .parquet, .csv or .jsonl files: a local path or an "
-        "object store's URI (s3://, gs://, az://, abfs://, file://).",
-    )
-    storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_HELP)
-    sql: SqlSource | None = Field(
-        default=None, description="A database query instead of files: {url or url_env, query}."
-    )
-    key: str = Field(description="The column holding each row's unique key.")
-    partition_column: str | None = Field(
-        default=None,
-        description="A date, timestamp or ISO text column: a row belongs to the partition "
-        "holding its day. Required unless `partitions` is none.",
-    )
-    asset_key: Annotated[tuple[str, ...], WithJsonSchema(_ASSET_KEYS_SCHEMA)] = Field(
-        default=(),
-        description="The Dagster asset (or assets) the source rows come from, each as a "
-        "key's parts joined by '/' (e.g. raw/tickets); in Python also an AssetKey or an "
-        "AssetSpec. The requests asset depends on them; without path or sql, the rows are "
-        "the one named asset's partition, loaded through that asset's IO manager.",
-    )
-    automation: Literal["eager", "on_cron"] | None = Field(
-        default=None,
-        description="Materialize requests and batches when the source asset updates: eager "
-        "(as soon as it does) or on_cron (at schedule.cron, once it has updated since); the "
-        "nightly schedule stays. Needs asset_key.",
-    )
-
-    @field_validator("asset_key", mode="before")
-    @classmethod
-    def _keys_as_text(cls, value: Any) -> Any:
-        return tuple(asset_key_text(key) for key in _one_or_many(value))
-
-    @model_validator(mode="after")
-    def _one_location(self) -> SourceSpec:
-        if self.path is not None and self.sql is not None:
-            raise ValueError("give exactly one of source.path and source.sql")
-        if self.path is None and self.sql is None and len(self.asset_key) != 1:
-            raise ValueError(
-                "give source.path or source.sql, or name the one asset the rows come from "
-                "in source.asset_key"
-            )
-        if self.automation is not None and not self.asset_key:
-            raise ValueError(
-                "source.automation reacts to the source asset's updates: name it in "
-                "source.asset_key"
-            )
-        return self
-
-    @property
-    def from_asset(self) -> str | None:
-        """The asset key (as text) whose partition the rows are loaded from, when the spec
-        names neither a path nor a query."""
-        if self.path is None and self.sql is None:
-            return self.asset_key[0]
-        return None
-
-    @field_validator("storage_options")
-    @classmethod
-    def _options_fit_the_store(cls, options: dict[str, Any], info: ValidationInfo) -> Any:
-        check_options(info.data.get("path") or "", options)
-        return options
-
-
-def _one_or_many(value: Any) -> list[Any]:
-    """One asset key, or a list or tuple of them."""
-    if value is None:
-        return []
-    one = isinstance(value, str) or hasattr(getattr(value, "key", value), "path")
-    return [value] if one or not isinstance(value, list | tuple) else list(value)
-
-
-def asset_key_text(key: Any) -> str:
-    """An asset key as its parts joined by '/': from that text itself, or from an object
-    with a `path` (Dagster's AssetKey) or a `key.path` (an AssetSpec, an AssetsDefinition)."""
-    path = getattr(getattr(key, "key", key), "path", None)
-    if isinstance(path, list | tuple) and path and all(isinstance(p, str) for p in path):
-        return "/".join(path)
-    if isinstance(key, str) and key.strip("/") and "//" not in key:
-        return key.strip("/")
-    raise ValueError(
-        f"{key!r} is not an asset key: give its parts joined by '/', an AssetKey or an AssetSpec"
-    )
-
-
-# The request keys that change what a request body holds (context_window only decides
-# which rows are sent).
-REQUEST_SHAPING_KEYS = ("endpoint", "model", "system", "prompt", "params", "output_schema")
-
-
-class RequestSpec(_Section):
-    endpoint: Endpoint = Field(
-        default=Endpoint.CHAT_COMPLETIONS,
-        description="The API each request calls: /v1/chat/completions, /v1/responses, "
-        "/v1/embeddings, /v1/completions, /v1/moderations or /v1/messages (Anthropic).",
-    )
-    model: str = Field(description="The model every request names.")
-    system: str | None = Field(
-        default=None, description="A system message, with {column} placeholders like the prompt."
-    )
-    prompt: str = Field(
-        description="Text with {column} placeholders ({{ and }} are literal braces); for "
-        "embeddings and moderations it is the input, for completions the prompt."
-    )
-    params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="More request parameters (max_tokens, temperature, ...) as the API takes.",
-    )
-    context_window: int | None = Field(
-        default=None,
-        description="The model's context in tokens; default from the built-in model table.",
-    )
-    output_schema: Any = Field(
-        default=None,
-        description="The JSON Schema answers must fit (inline, a .json file relative to the "
-        "spec, or a pydantic model class): each top-level property becomes a typed column "
-        "output_<property> of the results.",
-    )
-
-    @field_validator("prompt", "system")
-    @classmethod
-    def _template_parses(cls, text: str | None) -> str | None:
-        if text is not None:
-            parse_template(text)
-        return text
-
-    @field_validator("output_schema")
-    @classmethod
-    def _schema_given_as_one_of_its_forms(cls, value: Any) -> Any:
-        if value is None or isinstance(value, dict | str | Path | type):
-            return value
-        raise ValueError(
-            "must be a JSON Schema object, the path of a .json file, or a pydantic model class, "
-            f"not {type(value).__name__}"
-        )
-
-    @field_serializer("output_schema")
-    def _schema_as_json(self, value: Any) -> Any:
-        """A model class is written (and hashed) as its JSON Schema."""
-        if isinstance(value, Path):
-            return str(value)
-        return value.model_json_schema() if isinstance(value, type) else value
-
-    @field_validator("params")
-    @classmethod
-    def _params_do_not_override(cls, params: dict[str, Any]) -> dict[str, Any]:
-        reserved = {"model", "messages", "input", "prompt"} & params.keys()
-        if reserved:
-            raise ValueError(f"{sorted(reserved)} are set by the pipeline, not by params")
-        return params
-
-    @property
-    def fingerprint(self) -> str:
-        """A stable hash of what shapes the request bodies (endpoint, model, system, prompt,
-        params), so a build made with another request can be told apart. The section holds
-        no secret: keys live in `backend.api_key_env`'s variable."""
-        shaping = self.model_dump(mode="json", include=set(REQUEST_SHAPING_KEYS))
-        canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-    @property
-    def placeholders(self) -> list[str]:
-        """The column names the prompt and system texts refer to, in order, without repeats."""
-        names: list[str] = []
-        for text in (self.system or "", self.prompt):
-            for _, column in parse_template(text):
-                if column is not None and column not in names:
-                    names.append(column)
-        return names
 
 
 class BackendSpec(_Section):
