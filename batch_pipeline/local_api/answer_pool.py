@@ -2,9 +2,10 @@
 
 The echo responder's work (parsing each request line, counting its tokens exactly, writing
 its answer and result line) is pure CPU in Python, so threads share one core. With
-`workers` > 1 the engine hands each chunk of request lines to one of `workers` processes;
-the engine's process keeps what must stay in one place (reading the input, skipping requests
-already done, appending to the partial files, the batch records).
+`workers` > 1 the engine hands each chunk to one of `workers` processes: the worker reads
+the chunk's lines from the input file itself and sends back its result lines joined per
+file, so that the engine's process only schedules chunks and keeps what must stay in one
+place (appending to the partial files, the batch records).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from batch_pipeline.local_api.dispatch import Answered, Deferred, Dispatcher
+from batch_pipeline.local_api.dispatch import ChunkAnswers, ChunkTask, Dispatcher
 from batch_pipeline.local_api.echo import EchoResponder
-from batch_pipeline.local_api.result_lines import Result
 
 T = TypeVar("T")
 
@@ -25,25 +25,13 @@ T = TypeVar("T")
 _dispatchers: dict[bool, Dispatcher] = {}
 
 
-# A Result as plain values: a list of tuples crosses between processes ten times faster
-# than the objects themselves.
-ResultValues = tuple[str, bytes, bool, bool, int, int]
-
-
-def _answer(
-    endpoint: str, raws: list[bytes], prefix: str, triggers_faults: bool
-) -> tuple[list[ResultValues], list[Deferred]]:
-    """In a worker: answer request lines with this process's own echo responder."""
+def _answer_chunk(task: ChunkTask, triggers_faults: bool) -> ChunkAnswers:
+    """In a worker: answer a chunk with this process's own echo responder."""
     dispatcher = _dispatchers.get(triggers_faults)
     if dispatcher is None:
         dispatcher = Dispatcher(EchoResponder(), chunk_size=0, triggers_faults=triggers_faults)
         _dispatchers[triggers_faults] = dispatcher
-    results, deferred = dispatcher.answer(endpoint, raws, prefix)
-    values = [
-        (r.custom_id, r.line, r.error_file, r.succeeded, r.input_tokens, r.output_tokens)
-        for r in results
-    ]
-    return values, deferred
+    return dispatcher.answer_chunk(task)
 
 
 def _start_worker() -> None:
@@ -63,22 +51,18 @@ class AnswerPool:
     """`workers` processes answering chunks of echo requests (started with `spawn`: the
     service's process runs threads, which a fork would copy mid-flight)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, triggers_faults: bool) -> None:
         self.workers = workers
+        self.triggers_faults = triggers_faults
         self._executor = ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
         )
         for _ in range(workers):
             self._executor.submit(_warm)
 
-    def answer(
-        self, endpoint: str, raws: list[bytes], prefix: str, triggers_faults: bool
-    ) -> Answered:
-        """Have a worker answer `raws` (as `Dispatcher.answer`); waits for it."""
-        values, deferred = self._executor.submit(
-            _answer, endpoint, raws, prefix, triggers_faults
-        ).result()
-        return [Result(*fields) for fields in values], deferred
+    def answer_chunk(self, task: ChunkTask) -> ChunkAnswers:
+        """Have a worker answer a chunk (as `Dispatcher.answer_chunk`); waits for it."""
+        return self._executor.submit(_answer_chunk, task, self.triggers_faults).result()
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(...)` in a worker (a module-level function, picklable arguments); waits."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from batch_pipeline.local_api.partial_results import InputReader, PartialResults
+from batch_pipeline.local_api.partial_results import PartialResults
 from batch_pipeline.local_api.upstream import Flight
 
 
@@ -27,7 +28,8 @@ class BatchRun:
     published: Any = None  # the request counts last put in the record (in memory)
     persisted: Any = None  # ... and last written to disk
     partial: PartialResults | None = None
-    reader: InputReader | None = None
+    input_path: Path | None = None
+    offset: int = 0  # in the input file, where the next chunk starts
     flight: Flight = field(default_factory=Flight)
 
     def request_stop(self, reason: str) -> None:

@@ -2,9 +2,10 @@
 
 CPU work (reading, parsing and answering a chunk of a few thousand lines with the echo
 responder, writing its result lines) runs in the engine's thread pool, so neither the HTTP
-server nor other batches wait for it. Requests that must wait (`<<slow:S>>`, every request
-of the proxy responder) become asyncio tasks on the engine's loop; `<<hang>>` requests are
-only counted.
+server nor other batches wait for it; with an answer pool, in a worker process, which reads
+its chunk from the input file itself and hands back the chunk's lines joined per file.
+Requests that must wait (`<<slow:S>>`, every request of the proxy responder) become asyncio
+tasks on the engine's loop; `<<hang>>` requests are only counted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import random
 import secrets
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -28,11 +30,14 @@ from batch_pipeline.local_api.answers import (
 from batch_pipeline.local_api.batch_run import BatchRun
 from batch_pipeline.local_api.errors import fault_error_body
 from batch_pipeline.local_api.faults import Fault, detect_fault
+from batch_pipeline.local_api.partial_results import InputReader
 from batch_pipeline.local_api.result_lines import (
     UPSTREAM_UNAVAILABLE_CODE,
     Result,
+    ResultBlock,
     answer_result,
     error_result,
+    result_block,
 )
 from batch_pipeline.local_api.upstream import Withdrawn
 
@@ -42,12 +47,32 @@ Deferred = tuple[str, dict[str, Any], Fault | None]  # custom_id, body, fault
 Answered = tuple[list[Result], list[Deferred]]
 
 
-class ChunkAnswerer(Protocol):
-    """Answers request lines elsewhere (answer_pool.AnswerPool: in worker processes)."""
+class ChunkTask(NamedTuple):
+    """A chunk of a batch's input to answer (plain values: it may go to a worker process)."""
 
-    def answer(
-        self, endpoint: str, raws: list[bytes], prefix: str, triggers_faults: bool
-    ) -> Answered: ...
+    path: str  # the batch's input file
+    offset: int  # where the chunk's first line starts
+    size: int  # lines at most
+    endpoint: str
+    prefix: str  # makes the lines' ids
+    order: str  # seeds the order of the chunk's result lines
+    done: frozenset[str]  # requests done before this run: skipped
+
+
+class ChunkAnswers(NamedTuple):
+    """A chunk answered: where the next one starts, whether the input is done, the result
+    lines of the requests answered at once, and the requests that must wait."""
+
+    offset: int
+    eof: bool
+    block: ResultBlock
+    deferred: list[Deferred]
+
+
+class ChunkAnswerer(Protocol):
+    """Answers chunks elsewhere (answer_pool.AnswerPool: in worker processes)."""
+
+    def answer_chunk(self, task: ChunkTask) -> ChunkAnswers: ...
 
 
 @dataclass
@@ -75,22 +100,36 @@ class Dispatcher:
         self.pool = pool  # worker processes answering in this one's place (echo only)
 
     def work_chunk(self, run: BatchRun, endpoint: str) -> ChunkOutcome:
-        """Read, answer and record one chunk of requests (runs in the thread pool; the
-        answering itself in a worker process when the engine has an answer pool)."""
-        assert run.reader is not None and run.partial is not None
-        raws = run.reader.next_chunk(self.chunk_size)
-        prefix = secrets.token_hex(10)
-        if self.pool is None:
-            results, deferred = self.answer(endpoint, raws, prefix, run.partial.done)
-        else:
-            results, deferred = self.pool.answer(endpoint, raws, prefix, self.triggers_faults)
-            done = run.partial.done  # results of done requests are dropped by `add`
-            deferred = [request for request in deferred if request[0] not in done]
-        # Lines come out deliberately not in input order (as with OpenAI): join on custom_id.
-        random.Random(f"{run.batch_id}:{run.chunks}").shuffle(results)
+        """Answer and record the batch's next chunk of requests (runs in the thread pool;
+        the answering itself in a worker process when the engine has an answer pool)."""
+        assert run.input_path is not None and run.partial is not None
+        task = ChunkTask(
+            str(run.input_path),
+            run.offset,
+            self.chunk_size,
+            endpoint,
+            secrets.token_hex(10),
+            f"{run.batch_id}:{run.chunks}",
+            run.partial.recovered,
+        )
+        answers = (self.pool or self).answer_chunk(task)
         run.chunks += 1
-        run.partial.add(results)
-        return ChunkOutcome(run.reader.eof, deferred)
+        run.offset = answers.offset
+        run.partial.add_block(answers.block)
+        return ChunkOutcome(answers.eof, answers.deferred)
+
+    def answer_chunk(self, task: ChunkTask) -> ChunkAnswers:
+        """Read and answer one chunk of a batch's input (here or in a worker process)."""
+        reader = InputReader(Path(task.path), task.offset)
+        try:
+            raws = reader.next_chunk(task.size)
+            offset, eof = reader.offset, reader.eof
+        finally:
+            reader.close()
+        results, deferred = self.answer(task.endpoint, raws, task.prefix, task.done)
+        # Lines come out deliberately not in input order (as with OpenAI): join on custom_id.
+        random.Random(task.order).shuffle(results)
+        return ChunkAnswers(offset, eof, result_block(results), deferred)
 
     def answer(
         self, endpoint: str, raws: list[bytes], prefix: str, done: Container[str] = ()

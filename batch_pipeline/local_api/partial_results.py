@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from batch_pipeline.local_api.result_lines import Result, usage_tokens
+from batch_pipeline.local_api.result_lines import Result, ResultBlock, result_block, usage_tokens
 from batch_pipeline.local_api.validation import read_lines
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ class PartialResults:
         self.errors_path = work_dir / ERRORS_PARTIAL
         self._recover(self.output_path)
         self._recover(self.errors_path)
+        # Done before this run: the requests a chunk of the input skips (chunks read the
+        # input once, and validation let no custom_id in twice, so no other can be done).
+        self.recovered = frozenset(self.done)
         self._out = open(self.output_path, "ab")  # noqa: SIM115 - closed in close()
         self._err = open(self.errors_path, "ab")  # noqa: SIM115
         self._sync_interval = sync_interval
@@ -79,31 +82,32 @@ class PartialResults:
 
     def add(self, results: list[Result]) -> None:
         """Append result lines (a custom_id already done is ignored)."""
-        out: list[bytes] = []
-        err: list[bytes] = []
         with self.lock:
-            if self.closed:
-                raise RuntimeError("partial results already closed")
             done = self.done
-            for r in results:
-                if r.custom_id in done:
-                    continue
-                done.add(r.custom_id)
-                (err if r.error_file else out).append(r.line)
-                if r.succeeded:
-                    self.completed += 1
-                    self.input_tokens += r.input_tokens
-                    self.output_tokens += r.output_tokens
-                else:
-                    self.failed += 1
-            if out:
-                self._out.write(b"".join(out))
-                self._out.flush()
-            if err:
-                self._err.write(b"".join(err))
-                self._err.flush()
-            if time.monotonic() - self._last_sync >= self._sync_interval:
-                self._sync()
+            self._append(result_block(r for r in results if r.custom_id not in done))
+
+    def add_block(self, block: ResultBlock) -> None:
+        """Append a chunk's results, answered without the requests done before this run
+        (`recovered`): none of them can be done already."""
+        with self.lock:
+            self._append(block)
+
+    def _append(self, block: ResultBlock) -> None:
+        if self.closed:
+            raise RuntimeError("partial results already closed")
+        self.done.update(block.custom_ids)
+        self.completed += block.completed
+        self.failed += block.failed
+        self.input_tokens += block.input_tokens
+        self.output_tokens += block.output_tokens
+        if block.output:
+            self._out.write(block.output)
+            self._out.flush()
+        if block.errors:
+            self._err.write(block.errors)
+            self._err.flush()
+        if time.monotonic() - self._last_sync >= self._sync_interval:
+            self._sync()
 
     def _sync(self) -> None:
         for f in (self._out, self._err):
@@ -123,12 +127,19 @@ class PartialResults:
 
 
 class InputReader:
-    """Reads a batch input file in chunks of non-blank lines."""
+    """Reads a batch input file in chunks of non-blank lines, from `offset` (a line's
+    start)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: int = 0) -> None:
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._file.seek(offset)
         self._lines = read_lines(self._file)
         self.eof = False
+
+    @property
+    def offset(self) -> int:
+        """Where the next chunk starts."""
+        return self._file.tell()
 
     def next_chunk(self, size: int, max_bytes: int = CHUNK_MAX_BYTES) -> list[bytes]:
         """Up to `size` lines (fewer once they reach `max_bytes`); sets `eof` at the end."""

@@ -8,8 +8,9 @@ upstream unreachable, the batch cancelled or expired first) has an error-file li
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -31,6 +32,44 @@ class Result:
     succeeded: bool
     input_tokens: int = 0
     output_tokens: int = 0
+
+
+class ResultBlock(NamedTuple):
+    """Results joined for the partial files: the lines of each file, the requests' ids and
+    their counts. Cheap to pass between processes (a few objects, not one per request)."""
+
+    output: bytes
+    errors: bytes
+    custom_ids: list[str]
+    completed: int
+    failed: int
+    input_tokens: int
+    output_tokens: int
+
+
+def result_block(results: Iterable[Result]) -> ResultBlock:
+    """The block of `results`, in their order."""
+    output: list[bytes] = []
+    errors: list[bytes] = []
+    custom_ids: list[str] = []
+    completed = input_tokens = output_tokens = 0
+    for r in results:
+        custom_ids.append(r.custom_id)
+        (errors if r.error_file else output).append(r.line)
+        if r.succeeded:
+            completed += 1
+            input_tokens += r.input_tokens
+            output_tokens += r.output_tokens
+    failed = len(custom_ids) - completed
+    return ResultBlock(
+        b"".join(output),
+        b"".join(errors),
+        custom_ids,
+        completed,
+        failed,
+        input_tokens,
+        output_tokens,
+    )
 
 
 def usage_tokens(body: Any) -> tuple[int, int]:

@@ -30,7 +30,6 @@ from batch_pipeline.local_api.batch_run import BatchRun
 from batch_pipeline.local_api.dispatch import ChunkOutcome, Dispatcher
 from batch_pipeline.local_api.draining import SHUTDOWN_WAIT_SECONDS, drain
 from batch_pipeline.local_api.echo import EchoResponder
-from batch_pipeline.local_api.partial_results import InputReader
 from batch_pipeline.local_api.result_files import ResultFiles
 from batch_pipeline.local_api.settings import LocalApiSettings
 from batch_pipeline.local_api.store import TERMINAL_STATUSES, Store
@@ -90,7 +89,9 @@ class BatchEngine:
         workers = settings.workers or 1
         # Echo answers on `workers` processes; proxy requests wait on the loop instead.
         self._answer_pool = (
-            AnswerPool(workers) if workers > 1 and isinstance(responder, EchoResponder) else None
+            AnswerPool(workers, settings.triggers_faults)
+            if workers > 1 and isinstance(responder, EchoResponder)
+            else None
         )
         self._dispatcher = Dispatcher(
             responder,
@@ -296,8 +297,6 @@ class BatchEngine:
         run.stop_waiter.cancel()
         for task in list(run.tasks):
             task.cancel()
-        if run.reader is not None:
-            run.reader.close()
         if run.partial is not None:
             await self._in_pool(run.partial.close)
 
@@ -375,7 +374,7 @@ class BatchEngine:
 
     def _open(self, run: BatchRun, record: dict[str, Any]) -> None:
         run.partial = self._result_files.open_partial(run.batch_id)
-        run.reader = InputReader(self.store.batch_input_path(record))
+        run.input_path = self.store.batch_input_path(record)
 
     async def _process(self, run: BatchRun, record: dict[str, Any]) -> None:
         await self._in_pool(self._open, run, record)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from openai import OpenAI
 
 from batch_pipeline.local_api import LocalApiSettings
+from batch_pipeline.local_api.dispatch import ChunkTask, Dispatcher
+from batch_pipeline.local_api.echo import EchoResponder
 from batch_pipeline_tests.local_api_tests.conftest import StartApi
 from batch_pipeline_tests.local_api_tests.helpers import (
     by_custom_id,
     chat_line,
+    jsonl,
     read_lines,
     submit,
     wait_for,
@@ -72,3 +77,40 @@ def test_workers_must_be_positive_and_default_to_this_process_alone() -> None:
         LocalApiSettings(workers=0)
     assert LocalApiSettings().workers is None  # a service started from Python: 1 process
     assert LocalApiSettings(workers=2).workers == 2
+
+
+def _chunk(path: Path, offset: int, done: frozenset[str] = frozenset()) -> Any:
+    task = ChunkTask(str(path), offset, 2, "/v1/chat/completions", "ab" * 10, "b:0", done)
+    return Dispatcher(EchoResponder(), chunk_size=2, triggers_faults=True).answer_chunk(task)
+
+
+def test_a_chunk_reads_its_lines_from_its_offset_and_tells_where_the_next_starts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "input.jsonl"
+    lines = [chat_line(f"r{n}", f"text {n}") for n in range(3)]
+    lines[1] = chat_line("r1", "please <<fail:500>>")
+    path.write_bytes(jsonl(lines))
+
+    first = _chunk(path, 0)
+    second = _chunk(path, first.offset)
+
+    assert not first.eof and second.eof
+    output = [orjson.loads(line) for line in first.block.output.splitlines()]
+    errors = [orjson.loads(line) for line in first.block.errors.splitlines()]
+    assert [line["custom_id"] for line in output] == ["r0"]
+    assert [line["custom_id"] for line in errors] == ["r1"]
+    assert sorted(first.block.custom_ids) == ["r0", "r1"]
+    assert (first.block.completed, first.block.failed) == (1, 1)
+    assert first.block.input_tokens > 0 and first.block.output_tokens > 0
+    assert second.block.custom_ids == ["r2"]
+
+
+def test_a_chunk_skips_the_requests_done_before_this_run(tmp_path: Path) -> None:
+    path = tmp_path / "input.jsonl"
+    path.write_bytes(jsonl([chat_line("r0", "one"), chat_line("r1", "two <<slow:1>>")]))
+
+    answers = _chunk(path, 0, done=frozenset({"r0", "r1"}))
+
+    assert answers.block.custom_ids == [] and answers.deferred == []
+    assert answers.block.output == answers.block.errors == b""
