@@ -2,8 +2,10 @@
 requests processed a second over 200 batches of 1,000 requests (validation, answers with
 exact token counts and the output files included), and a 200 MB upload accepted while the
 server's memory stays bounded; and the echo's throughput with 2 worker processes against the
-same server's with 1, in the same run. Each round gets fresh servers; a server's peak RSS is
-the kernel's record for that process (VmHWM), restarted before the upload."""
+same server's with 1, in the same run. With 1 (`--workers 1`) the service's own process
+answers, by the same chunk code that a worker runs, with no process to hand chunks to. Each
+round gets fresh servers; a server's peak RSS is the kernel's record for that process (VmHWM),
+restarted before the upload."""
 
 from __future__ import annotations
 
