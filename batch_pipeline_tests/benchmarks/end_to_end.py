@@ -41,6 +41,12 @@ def result_counts(results: Path) -> dict[str, Any]:
     return {"rows": len(table), "succeeded": int((table["status"] == "succeeded").sum())}
 
 
+def cpu_text(measurement: Measurement) -> str:
+    """The median CPU time of a command's runs, which a loaded machine stretches far less than
+    their wall time."""
+    return f" (CPU {seconds_text(measurement.info('cpu_seconds'))})"
+
+
 def run(config: Config) -> list[Row]:
     """Each size on its own server; `config.e2e_rows` is the larger size (smaller in smoke)."""
     large = config.e2e_rows
@@ -92,7 +98,7 @@ def compare(config: Config, rows: int, target: float) -> Row:
                     interval,
                 ]
             sample = run_command(command, log_path=root / f"{out.name}.log", env=env)
-            sample = replace(sample, info=result_counts(results))
+            sample = replace(sample, info={**sample.info, **result_counts(results)})
             shutil.rmtree(out, ignore_errors=True)
             return sample
 
@@ -104,8 +110,10 @@ def compare(config: Config, rows: int, target: float) -> Row:
     counts = compared_counts({"rows": rows}, product, plain, ["rows", "succeeded"])
     return Row(
         f"end to end, {rows:,} rows, poll every {interval} s",
-        f"batch-pipeline run {seconds_text(product.seconds)}{runs_text(product, config)}",
-        f"plain SDK script {seconds_text(plain.seconds)}{runs_text(plain, config)}",
+        f"batch-pipeline run {seconds_text(product.seconds)}{runs_text(product, config)}"
+        f"{cpu_text(product)}",
+        f"plain SDK script {seconds_text(plain.seconds)}{runs_text(plain, config)}"
+        f"{cpu_text(plain)}",
         ratio,
         f"≤ {target}x the script",
         ratio <= target,
