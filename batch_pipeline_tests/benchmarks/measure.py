@@ -183,7 +183,8 @@ def run_command(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Sample:
-    """Run a command to its end: wall seconds and the child's own peak RSS (from wait4).
+    """Run a command to its end: wall seconds, the child's own peak RSS and CPU seconds (user +
+    system, info `cpu_seconds`; from wait4).
 
     Its output goes to `log_path`; a non-zero exit raises with the log's tail.
     """
@@ -199,7 +200,7 @@ def run_command(
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n{tail}")
     peak = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
-    return Sample(seconds, peak)
+    return Sample(seconds, peak, info={"cpu_seconds": usage.ru_utime + usage.ru_stime})
 
 
 def repeat(
