@@ -18,16 +18,6 @@ if TYPE_CHECKING:  # annotations only: the commands import the core lazily, when
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-# Modules the pipeline commands never use but their libraries import whenever installed:
-# httpcore imports trio (some 0.1 s) to pick its async locks, and these commands run no async
-# code. Marked absent, importing one fails at once and the library goes on without it.
-UNUSED_MODULES = ("trio",)
-
-
-def leave_out_unused_modules() -> None:
-    """Mark `UNUSED_MODULES` absent in this process, unless one is already imported."""
-    for name in UNUSED_MODULES:
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _pipeline_command(args: argparse.Namespace, out: TextIO) -> int:
-    leave_out_unused_modules()
     from sqlalchemy.exc import SQLAlchemyError
 
     from batch_pipeline.core.backends.base import BackendError
