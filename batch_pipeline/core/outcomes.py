@@ -17,7 +17,7 @@ the earlier line.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from typing import BinaryIO
 
@@ -98,45 +98,28 @@ def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | 
     """Write a shard's outcomes as Parquet in the order of its requests, marked so.
 
     `order`: the row of `outcomes` for each request, in request order (None: the rows are in
-    that order already). Rows are reordered a row group at a time, so the writing holds no
-    second copy of the outcomes.
+    that order already). The rows are put in that order by one take of the whole table: a
+    take per row group costs twice the CPU (each pays for combining its pieces), for a copy
+    of one shard's outcomes held while they are written.
     """
     if order is not None and (order.null_count or len(order) != len(outcomes)):
         raise ValueError("order must name one row of the outcomes for each request")
     schema = outcomes.schema.with_metadata(
         {**(outcomes.schema.metadata or {}), ROW_ORDER_KEY: REQUEST_ORDER}
     )
+    if order is not None:
+        outcomes = outcomes.take(order)
+    outcomes = outcomes.replace_schema_metadata(schema.metadata)
     step = OUTCOME_ROW_GROUP_ROWS
-    positions = None if order is None else order.to_numpy(zero_copy_only=False)
-    batches = outcomes.to_batches()
     with pq.ParquetWriter(
-        dest, schema, use_dictionary=dictionary_columns(schema), compression=PARQUET_COMPRESSION
+        dest,
+        schema,
+        use_dictionary=dictionary_columns(schema),
+        write_statistics=dictionary_columns(schema),
+        compression=PARQUET_COMPRESSION,
     ) as writer:
         for start in range(0, len(outcomes), step):
-            rows = (
-                outcomes.slice(start, step)
-                if positions is None
-                else _take_rows(batches, outcomes.schema, positions[start : start + step])
-            )
-            writer.write_table(rows.replace_schema_metadata(schema.metadata), row_group_size=step)
-
-
-def _take_rows(batches: list[pa.RecordBatch], schema: pa.Schema, rows: np.ndarray) -> pa.Table:
-    """The rows at these positions of a table made of `batches`, without the copy of every
-    batch that Arrow's take on chunked columns makes first: each batch gives its own rows,
-    then they are put in order."""
-    starts = np.cumsum([0, *(batch.num_rows for batch in batches)])
-    chunk_of = np.searchsorted(starts, rows, side="right") - 1
-    by_chunk = np.argsort(chunk_of, kind="stable")
-    sorted_rows, sorted_chunks = rows[by_chunk], chunk_of[by_chunk]
-    bounds = np.searchsorted(sorted_chunks, np.arange(len(batches) + 1))
-    pieces = [
-        batch.take(pa.array(sorted_rows[bounds[i] : bounds[i + 1]] - starts[i]))
-        for i, batch in enumerate(batches)
-        if bounds[i + 1] > bounds[i]
-    ]
-    gathered = pa.Table.from_batches(pieces, schema=schema)
-    return gathered.take(pa.array(np.argsort(by_chunk)))
+            writer.write_table(outcomes.slice(start, step), row_group_size=step)
 
 
 def in_request_order(file: pq.ParquetFile) -> bool:
@@ -189,41 +172,51 @@ def _iter_parsed(
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Record batches of parsed lines, output file first, with their custom_ids' hashes.
 
-    Chunks are parsed on the shared pool's threads, `PARSE_AHEAD` at a time (their parse is
-    mostly native code that releases the GIL, so a second core takes one), and given in order.
+    Chunks are parsed column-wise on the shared pool's threads, `PARSE_AHEAD` at a time (their
+    parse is mostly native code that releases the GIL, so a second core takes one), and given
+    in order. A chunk that path is not sure of is parsed line by line here, where the number
+    of its first line is known (that parse holds the GIL: a thread of its own would not help).
     """
     for path in (output_path, error_path):
         if path is None:
             continue
-        pending: deque[Future[tuple[pa.RecordBatch, np.ndarray]]] = deque()
+        pending: deque[Future[_ChunkParse]] = deque()
         first_line = 1
         for chunk in read_line_chunks(path, chunk_bytes):
-            line_count = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-            pending.append(pool_submit(_parse_chunk, chunk, path, first_line, endpoint))
-            first_line += line_count
+            pending.append(pool_submit(_parse_columns, chunk, endpoint))
             del chunk  # held by its task only
             if len(pending) >= PARSE_AHEAD:
-                yield from _non_empty(pending.popleft().result())
+                first_line = yield from _settled(pending.popleft(), path, first_line, endpoint)
         while pending:
-            yield from _non_empty(pending.popleft().result())
+            first_line = yield from _settled(pending.popleft(), path, first_line, endpoint)
 
 
-def _non_empty(
-    parsed: tuple[pa.RecordBatch, np.ndarray],
-) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+# A chunk's column-wise parse: its lines' batch and hashes (None if that path was not sure of
+# them, then the chunk itself), and its number of lines.
+_ChunkParse = tuple[tuple[pa.RecordBatch, np.ndarray] | None, bytes | None, int]
+
+
+def _settled(
+    task: Future[_ChunkParse], path: LineSource, first_line: int, endpoint: str
+) -> Generator[tuple[pa.RecordBatch, np.ndarray], None, int]:
+    """Give a chunk's parsed lines (parsed line by line if the column-wise path was not sure
+    of them); return the number of the next chunk's first line."""
+    parsed, chunk, line_count = task.result()
+    del task
+    if parsed is None:
+        assert chunk is not None
+        lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
+        del chunk
+        with gc_paused():
+            parsed = parse_lines(lines, path, first_line, endpoint)
     if parsed[0].num_rows:
         yield parsed
+    return first_line + line_count
 
 
-def _parse_chunk(
-    chunk: bytes, path: LineSource, first_line: int, endpoint: str
-) -> tuple[pa.RecordBatch, np.ndarray]:
-    """One chunk of lines parsed column-wise, or line by line where that path is not sure."""
+def _parse_columns(chunk: bytes, endpoint: str) -> _ChunkParse:
+    """One chunk of lines parsed column-wise, where that path is sure of them."""
     ends = line_ends(chunk)
     line_count = len(ends) + (not chunk.endswith(b"\n"))
     parsed = _outcome_columns.parse_chunk(chunk, line_count, endpoint, ends)
-    if parsed is None:
-        lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
-        with gc_paused():
-            parsed = parse_lines(lines, path, first_line, endpoint)
-    return parsed
+    return parsed, (chunk if parsed is None else None), line_count
