@@ -17,7 +17,7 @@ the earlier line.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import BinaryIO
 
@@ -37,6 +37,7 @@ from batch_pipeline.core._outcome_rows import (
 )
 from batch_pipeline.core._threads import pool_submit
 from batch_pipeline.core.jsonl import LineSource, line_ends, read_line_chunks
+from batch_pipeline.core.read_ahead import ReadAhead
 from batch_pipeline.core.types import RowStatus
 
 __all__ = [
@@ -55,8 +56,9 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 16 * 1024 * 1024
-# Chunks parsed at once (each on a thread of its own), so at most this many are held unparsed.
-PARSE_AHEAD = 2
+# Chunks in the pool at once, so at most this many are held unparsed: one more than two cores
+# parse side by side, so the thread done first takes the next chunk at once.
+PARSE_AHEAD = 3
 # Snappy, as pandas and Spark write by default: zstd makes files about a third smaller but
 # takes twice as long to write, and writing is most of the time of a day's results. Outcome
 # files too: zstd at its fastest level stores a million answers in 175 MB against 258 MB,
@@ -98,28 +100,60 @@ def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | 
     """Write a shard's outcomes as Parquet in the order of its requests, marked so.
 
     `order`: the row of `outcomes` for each request, in request order (None: the rows are in
-    that order already). The rows are put in that order by one take of the whole table: a
-    take per row group costs twice the CPU (each pays for combining its pieces), for a copy
-    of one shard's outcomes held while they are written.
+    that order already). Rows are reordered a row group at a time, so the writing holds no
+    second copy of the outcomes, on a thread of their own: the next row group is gathered on
+    the second core while this one is encoded.
     """
     if order is not None and (order.null_count or len(order) != len(outcomes)):
         raise ValueError("order must name one row of the outcomes for each request")
     schema = outcomes.schema.with_metadata(
         {**(outcomes.schema.metadata or {}), ROW_ORDER_KEY: REQUEST_ORDER}
     )
-    if order is not None:
-        outcomes = outcomes.take(order)
-    outcomes = outcomes.replace_schema_metadata(schema.metadata)
+    positions = None if order is None else order.to_numpy(zero_copy_only=False)
+    with (
+        ReadAhead(_row_groups(outcomes, positions), name="outcome-rows") as row_groups,
+        pq.ParquetWriter(
+            dest,
+            schema,
+            use_dictionary=dictionary_columns(schema),
+            write_statistics=dictionary_columns(schema),
+            compression=PARQUET_COMPRESSION,
+        ) as writer,
+    ):
+        for rows in row_groups:
+            writer.write_table(
+                rows.replace_schema_metadata(schema.metadata), row_group_size=len(rows)
+            )
+
+
+def _row_groups(outcomes: pa.Table, positions: np.ndarray | None) -> Iterator[pa.Table]:
+    """The outcomes' rows a row group at a time, in the order of `positions` (None: as they
+    are)."""
     step = OUTCOME_ROW_GROUP_ROWS
-    with pq.ParquetWriter(
-        dest,
-        schema,
-        use_dictionary=dictionary_columns(schema),
-        write_statistics=dictionary_columns(schema),
-        compression=PARQUET_COMPRESSION,
-    ) as writer:
-        for start in range(0, len(outcomes), step):
-            writer.write_table(outcomes.slice(start, step), row_group_size=step)
+    batches = outcomes.to_batches()
+    for start in range(0, len(outcomes), step):
+        if positions is None:
+            yield outcomes.slice(start, step)
+        else:
+            yield _take_rows(batches, outcomes.schema, positions[start : start + step])
+
+
+def _take_rows(batches: list[pa.RecordBatch], schema: pa.Schema, rows: np.ndarray) -> pa.Table:
+    """The rows at these positions of a table made of `batches`, without the copy of every
+    batch that Arrow's take on chunked columns makes first: each batch gives its own rows,
+    then they are put in order."""
+    starts = np.cumsum([0, *(batch.num_rows for batch in batches)])
+    chunk_of = np.searchsorted(starts, rows, side="right") - 1
+    by_chunk = np.argsort(chunk_of, kind="stable")
+    sorted_rows, sorted_chunks = rows[by_chunk], chunk_of[by_chunk]
+    bounds = np.searchsorted(sorted_chunks, np.arange(len(batches) + 1))
+    pieces = [
+        batch.take(pa.array(sorted_rows[bounds[i] : bounds[i + 1]] - starts[i]))
+        for i, batch in enumerate(batches)
+        if bounds[i + 1] > bounds[i]
+    ]
+    gathered = pa.Table.from_batches(pieces, schema=schema)
+    return gathered.take(pa.array(np.argsort(by_chunk)))
 
 
 def in_request_order(file: pq.ParquetFile) -> bool:
@@ -172,23 +206,30 @@ def _iter_parsed(
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Record batches of parsed lines, output file first, with their custom_ids' hashes.
 
-    Chunks are parsed column-wise on the shared pool's threads, `PARSE_AHEAD` at a time (their
-    parse is mostly native code that releases the GIL, so a second core takes one), and given
-    in order. A chunk that path is not sure of is parsed line by line here, where the number
-    of its first line is known (that parse holds the GIL: a thread of its own would not help).
+    Chunks are parsed column-wise on the shared pool's threads, `PARSE_AHEAD` in the pool at a
+    time (their parse is mostly native code that releases the GIL, so a second core takes
+    one), and given in order; the error file's first chunks join the output file's last ones.
+    A chunk that path is not sure of is parsed line by line here, where the number of its
+    first line is known (that parse holds the GIL: a thread of its own would not help).
     """
-    for path in (output_path, error_path):
-        if path is None:
-            continue
-        pending: deque[Future[_ChunkParse]] = deque()
-        first_line = 1
+    files = _LineCounts([path for path in (output_path, error_path) if path is not None])
+    pending: deque[tuple[int, Future[_ChunkParse]]] = deque()
+    for index, path in enumerate(files.paths):
         for chunk in read_line_chunks(path, chunk_bytes):
-            pending.append(pool_submit(_parse_columns, chunk, endpoint))
+            pending.append((index, pool_submit(_parse_columns, chunk, endpoint)))
             del chunk  # held by its task only
             if len(pending) >= PARSE_AHEAD:
-                first_line = yield from _settled(pending.popleft(), path, first_line, endpoint)
-        while pending:
-            first_line = yield from _settled(pending.popleft(), path, first_line, endpoint)
+                yield from _settled(*pending.popleft(), files, endpoint)
+    while pending:
+        yield from _settled(*pending.popleft(), files, endpoint)
+
+
+class _LineCounts:
+    """The files read, and the number of the next line to give of each."""
+
+    def __init__(self, paths: list[LineSource]) -> None:
+        self.paths = paths
+        self.next_line = [1] * len(paths)
 
 
 # A chunk's column-wise parse: its lines' batch and hashes (None if that path was not sure of
@@ -197,21 +238,22 @@ _ChunkParse = tuple[tuple[pa.RecordBatch, np.ndarray] | None, bytes | None, int]
 
 
 def _settled(
-    task: Future[_ChunkParse], path: LineSource, first_line: int, endpoint: str
-) -> Generator[tuple[pa.RecordBatch, np.ndarray], None, int]:
-    """Give a chunk's parsed lines (parsed line by line if the column-wise path was not sure
-    of them); return the number of the next chunk's first line."""
+    index: int, task: Future[_ChunkParse], files: _LineCounts, endpoint: str
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """Give the parsed lines of a chunk of file `index` (parsed line by line if the
+    column-wise path was not sure of them)."""
     parsed, chunk, line_count = task.result()
     del task
+    first_line = files.next_line[index]
+    files.next_line[index] += line_count
     if parsed is None:
         assert chunk is not None
         lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
         del chunk
         with gc_paused():
-            parsed = parse_lines(lines, path, first_line, endpoint)
+            parsed = parse_lines(lines, files.paths[index], first_line, endpoint)
     if parsed[0].num_rows:
         yield parsed
-    return first_line + line_count
 
 
 def _parse_columns(chunk: bytes, endpoint: str) -> _ChunkParse:
