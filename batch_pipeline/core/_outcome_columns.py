@@ -146,7 +146,7 @@ def _read_chunk(
         ends = line_ends(chunk)
     if not chunk.endswith(b"\n"):
         ends = np.r_[ends, len(chunk)]
-        chunk += b"\n"
+        chunk = chunk + b"\n"  # a new chunk: the caller's is not changed
     data = np.frombuffer(chunk, np.uint8)
     starts = np.r_[0, ends[:-1] + 1]
     # Every line must open an object: no blank lines (rows would shift against lines), and

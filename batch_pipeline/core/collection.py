@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -216,21 +217,26 @@ class Collector(PipelineWorker):
             index = parsed.schema.get_field_index("custom_id")
             ids = self.backend.pipeline_ids(parsed["custom_id"], expected)
             parsed = parsed.set_column(index, parsed.schema.field(index), ids)
-        asked = pc.is_in(parsed["custom_id"], value_set=expected)
-        if not pc.all(asked).as_py():  # lines for requests of other shards: not ours to keep
-            parsed = parsed.filter(asked)
-        missing = pc.filter(expected, pc.invert(pc.is_in(expected, value_set=parsed["custom_id"])))
-        if len(missing):
-            cancelled = batch.status is BatchStatus.CANCELLED
-            filler = _synthetic_outcomes(
-                missing,
-                status=RowStatus.CANCELLED if cancelled else RowStatus.FAILED,
-                retryable=not cancelled,
-                code="batch_cancelled" if cancelled else "missing_result",
-                message=f"batch {batch.id} ({batch.status.value}) gave no line for this request",
-            )
-            parsed = pa.concat_tables([parsed, filler])
-        return parsed, pc.index_in(expected, value_set=parsed["custom_id"])
+        order = pc.index_in(expected, value_set=parsed["custom_id"])
+        if len(order) - order.null_count < len(parsed):
+            # Lines for requests of other shards: not ours to keep.
+            parsed = parsed.filter(pc.is_in(parsed["custom_id"], value_set=expected))
+            order = pc.index_in(expected, value_set=parsed["custom_id"])
+        if not order.null_count:
+            return parsed, order
+        rows = order.fill_null(-1).to_numpy(zero_copy_only=False).copy()
+        missing_rows = rows < 0
+        cancelled = batch.status is BatchStatus.CANCELLED
+        filler = _synthetic_outcomes(
+            expected.filter(pa.array(missing_rows)),
+            status=RowStatus.CANCELLED if cancelled else RowStatus.FAILED,
+            retryable=not cancelled,
+            code="batch_cancelled" if cancelled else "missing_result",
+            message=f"batch {batch.id} ({batch.status.value}) gave no line for this request",
+        )
+        # The fillers follow the parsed rows, in request order.
+        rows[missing_rows] = len(parsed) + np.arange(len(filler))
+        return pa.concat_tables([parsed, filler]), pa.array(rows)
 
     def _download(
         self, batch: BatchInfo, folder: str, storage: StorageRoot

@@ -32,12 +32,22 @@ def open_binary(source: LineSource) -> BinaryIO:
     return source.open()
 
 
-def read_line_chunks(source: LineSource, chunk_bytes: int) -> Iterator[bytes]:
-    """The file in chunks of about `chunk_bytes`, each ending at the end of a line."""
+def read_line_chunks(source: LineSource, chunk_bytes: int) -> Iterator[bytearray]:
+    """The file in chunks of about `chunk_bytes`, each ending at the end of a line.
+
+    Each chunk is read into a buffer of its own, then grown in place by the rest of the line
+    the read stopped in: joining the two as bytes would copy every chunk once more. The caller
+    may keep a chunk; none is written to again.
+    """
     with open_binary(source) as handle:
-        while read := handle.read(chunk_bytes):
-            chunk = read + handle.readline()  # up to the end of the line the read stopped in
-            del read  # not held, a second copy, while the caller works on the chunk
+        while True:
+            chunk = bytearray(chunk_bytes)
+            read = handle.readinto(chunk)
+            if not read:
+                return
+            if read < chunk_bytes:
+                del chunk[read:]
+            chunk += handle.readline()  # up to the end of the line the read stopped in
             yield chunk
 
 

@@ -37,6 +37,7 @@ from batch_pipeline.core._outcome_rows import (
 )
 from batch_pipeline.core._threads import pool_submit
 from batch_pipeline.core.jsonl import LineSource, line_ends, read_line_chunks
+from batch_pipeline.core.read_ahead import ReadAhead
 from batch_pipeline.core.types import RowStatus
 
 __all__ = [
@@ -55,8 +56,9 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 16 * 1024 * 1024
-# Chunks parsed at once (each on a thread of its own), so at most this many are held unparsed.
-PARSE_AHEAD = 2
+# Chunks in the pool at once, so at most this many are held unparsed: one more than two cores
+# parse side by side, so the thread done first takes the next chunk at once.
+PARSE_AHEAD = 3
 # Snappy, as pandas and Spark write by default: zstd makes files about a third smaller but
 # takes twice as long to write, and writing is most of the time of a day's results. Outcome
 # files too: zstd at its fastest level stores a million answers in 175 MB against 258 MB,
@@ -99,26 +101,41 @@ def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | 
 
     `order`: the row of `outcomes` for each request, in request order (None: the rows are in
     that order already). Rows are reordered a row group at a time, so the writing holds no
-    second copy of the outcomes.
+    second copy of the outcomes, on a thread of their own: the next row group is gathered on
+    the second core while this one is encoded.
     """
     if order is not None and (order.null_count or len(order) != len(outcomes)):
         raise ValueError("order must name one row of the outcomes for each request")
     schema = outcomes.schema.with_metadata(
         {**(outcomes.schema.metadata or {}), ROW_ORDER_KEY: REQUEST_ORDER}
     )
-    step = OUTCOME_ROW_GROUP_ROWS
     positions = None if order is None else order.to_numpy(zero_copy_only=False)
-    batches = outcomes.to_batches()
-    with pq.ParquetWriter(
-        dest, schema, use_dictionary=dictionary_columns(schema), compression=PARQUET_COMPRESSION
-    ) as writer:
-        for start in range(0, len(outcomes), step):
-            rows = (
-                outcomes.slice(start, step)
-                if positions is None
-                else _take_rows(batches, outcomes.schema, positions[start : start + step])
+    with (
+        ReadAhead(_row_groups(outcomes, positions), name="outcome-rows") as row_groups,
+        pq.ParquetWriter(
+            dest,
+            schema,
+            use_dictionary=dictionary_columns(schema),
+            write_statistics=dictionary_columns(schema),
+            compression=PARQUET_COMPRESSION,
+        ) as writer,
+    ):
+        for rows in row_groups:
+            writer.write_table(
+                rows.replace_schema_metadata(schema.metadata), row_group_size=len(rows)
             )
-            writer.write_table(rows.replace_schema_metadata(schema.metadata), row_group_size=step)
+
+
+def _row_groups(outcomes: pa.Table, positions: np.ndarray | None) -> Iterator[pa.Table]:
+    """The outcomes' rows a row group at a time, in the order of `positions` (None: as they
+    are)."""
+    step = OUTCOME_ROW_GROUP_ROWS
+    batches = outcomes.to_batches()
+    for start in range(0, len(outcomes), step):
+        if positions is None:
+            yield outcomes.slice(start, step)
+        else:
+            yield _take_rows(batches, outcomes.schema, positions[start : start + step])
 
 
 def _take_rows(batches: list[pa.RecordBatch], schema: pa.Schema, rows: np.ndarray) -> pa.Table:
@@ -189,41 +206,59 @@ def _iter_parsed(
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """Record batches of parsed lines, output file first, with their custom_ids' hashes.
 
-    Chunks are parsed on the shared pool's threads, `PARSE_AHEAD` at a time (their parse is
-    mostly native code that releases the GIL, so a second core takes one), and given in order.
+    Chunks are parsed column-wise on the shared pool's threads, `PARSE_AHEAD` in the pool at a
+    time (their parse is mostly native code that releases the GIL, so a second core takes
+    one), and given in order; the error file's first chunks join the output file's last ones.
+    A chunk that path is not sure of is parsed line by line here, where the number of its
+    first line is known (that parse holds the GIL: a thread of its own would not help).
     """
-    for path in (output_path, error_path):
-        if path is None:
-            continue
-        pending: deque[Future[tuple[pa.RecordBatch, np.ndarray]]] = deque()
-        first_line = 1
+    files = _LineCounts([path for path in (output_path, error_path) if path is not None])
+    pending: deque[tuple[int, Future[_ChunkParse]]] = deque()
+    for index, path in enumerate(files.paths):
         for chunk in read_line_chunks(path, chunk_bytes):
-            line_count = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
-            pending.append(pool_submit(_parse_chunk, chunk, path, first_line, endpoint))
-            first_line += line_count
+            pending.append((index, pool_submit(_parse_columns, chunk, endpoint)))
             del chunk  # held by its task only
             if len(pending) >= PARSE_AHEAD:
-                yield from _non_empty(pending.popleft().result())
-        while pending:
-            yield from _non_empty(pending.popleft().result())
+                yield from _settled(*pending.popleft(), files, endpoint)
+    while pending:
+        yield from _settled(*pending.popleft(), files, endpoint)
 
 
-def _non_empty(
-    parsed: tuple[pa.RecordBatch, np.ndarray],
+class _LineCounts:
+    """The files read, and the number of the next line to give of each."""
+
+    def __init__(self, paths: list[LineSource]) -> None:
+        self.paths = paths
+        self.next_line = [1] * len(paths)
+
+
+# A chunk's column-wise parse: its lines' batch and hashes (None if that path was not sure of
+# them, then the chunk itself), and its number of lines.
+_ChunkParse = tuple[tuple[pa.RecordBatch, np.ndarray] | None, bytes | None, int]
+
+
+def _settled(
+    index: int, task: Future[_ChunkParse], files: _LineCounts, endpoint: str
 ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+    """Give the parsed lines of a chunk of file `index` (parsed line by line if the
+    column-wise path was not sure of them)."""
+    parsed, chunk, line_count = task.result()
+    del task
+    first_line = files.next_line[index]
+    files.next_line[index] += line_count
+    if parsed is None:
+        assert chunk is not None
+        lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
+        del chunk
+        with gc_paused():
+            parsed = parse_lines(lines, files.paths[index], first_line, endpoint)
     if parsed[0].num_rows:
         yield parsed
 
 
-def _parse_chunk(
-    chunk: bytes, path: LineSource, first_line: int, endpoint: str
-) -> tuple[pa.RecordBatch, np.ndarray]:
-    """One chunk of lines parsed column-wise, or line by line where that path is not sure."""
+def _parse_columns(chunk: bytes, endpoint: str) -> _ChunkParse:
+    """One chunk of lines parsed column-wise, where that path is sure of them."""
     ends = line_ends(chunk)
     line_count = len(ends) + (not chunk.endswith(b"\n"))
     parsed = _outcome_columns.parse_chunk(chunk, line_count, endpoint, ends)
-    if parsed is None:
-        lines = [line + b"\n" for line in chunk.split(b"\n")][:line_count]
-        with gc_paused():
-            parsed = parse_lines(lines, path, first_line, endpoint)
-    return parsed
+    return parsed, (chunk if parsed is None else None), line_count

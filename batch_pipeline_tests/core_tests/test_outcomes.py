@@ -283,6 +283,24 @@ def test_a_malformed_line_names_the_file_and_line(
         parse_outcomes(path, None, endpoint=CHAT)
 
 
+@pytest.mark.parametrize("bad_file", ["output", "errors"])
+def test_a_malformed_line_past_the_first_chunks_is_named_by_its_own_file_and_line(
+    tmp_path: Path, bad_file: str
+) -> None:
+    """Chunks of both files parsed side by side still number each file's lines from 1."""
+    lines = {
+        "output": [orjson.dumps(answer(f"a{i}", chat_body("A" * 50))) for i in range(30)],
+        "errors": [orjson.dumps(unanswered(f"e{i}", "batch_expired")) for i in range(30)],
+    }
+    lines[bad_file][22] = b'{"custom_id": "x", "response": {"status_'
+    for name, found in lines.items():
+        (tmp_path / f"{name}.jsonl").write_bytes(b"\n".join(found) + b"\n")
+    with pytest.raises(OutcomeFileError, match=rf"{bad_file}\.jsonl, line 23: not JSON"):
+        parse_outcomes(
+            tmp_path / "output.jsonl", tmp_path / "errors.jsonl", endpoint=CHAT, chunk_bytes=400
+        )
+
+
 def test_a_failed_write_leaves_the_previous_file(tmp_path: Path) -> None:
     def parsed(name: str, key: str) -> pa.Table:
         path = jsonl(tmp_path / name, [answer(key, chat_body(key.upper()))])
@@ -489,7 +507,7 @@ def test_a_custom_id_repeated_across_chunks_of_both_paths_keeps_its_best_line(
 
     def recorded(chunk: bytes, *args: Any) -> Any:
         parsed = parse_columns(chunk, *args)
-        columnar[chunk.split(b"\n", 1)[0]] = parsed is not None
+        columnar[bytes(chunk.split(b"\n", 1)[0])] = parsed is not None
         return parsed
 
     with pytest.MonkeyPatch.context() as patch:
