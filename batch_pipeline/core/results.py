@@ -7,9 +7,12 @@ that no row claims, or an outcome claimed twice stops the write with an error na
 The source is read once, in chunks, each joined and then written on a background thread while
 the next one is joined. Its accepted rows (those without a rejection) follow the order the
 requests were built in, so the outcomes come as groups, one request shard and its retries
-each, that cover consecutive accepted rows: a group is read when the join reaches it and
-dropped before the next one is read. Memory holds two chunks (one joined, one written) and one
-group, however large the partition. A problem is counted over the whole partition before the
+each, that cover consecutive accepted rows: a group is read on a thread of its own one step
+ahead of the join (its custom_ids, then its rows a chunk at a time) and dropped before the one
+after it is read. The outcome columns are taken into the written chunks without a copy. Memory
+holds two chunks (one joined, one written) and at most two groups' custom_ids and a chunk of
+their rows (two whole groups where retries make a group load whole), however large the
+partition. A problem is counted over the whole partition before the
 error is raised, and the temporary file is dropped.
 
 Layout: `layout.results_path(partition)`, `results/partition={partition}/part-0.parquet` under
@@ -211,6 +214,7 @@ def assemble_results(
             writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
         writer.commit()
     finally:
+        joiner.close()
         if writer is not None:
             writer.abort()
     return JoinedResults(
@@ -254,7 +258,7 @@ class _Tally:
     unanswered: list[dict[str, Any]] = field(default_factory=list)
     head: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, chunk: pa.RecordBatch, key_column: str) -> None:
+    def add(self, chunk: pa.Table, key_column: str) -> None:
         for item in pc.value_counts(chunk.column("status")).to_pylist():
             self.counts[item["values"]] += item["counts"]
         self.input_tokens += pc.sum(chunk.column("input_tokens")).as_py() or 0
@@ -285,12 +289,12 @@ class _WriteBehind:
         self._file = file
         self._thread = SerialWorker(WRITER_THREAD, capacity=WRITES_AHEAD)
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        """Hand the batch to the thread, once fewer than `WRITES_AHEAD` chunks wait for it."""
-        self._thread.submit(self._write, batch)
+    def write(self, chunk: pa.Table) -> None:
+        """Hand the chunk to the thread, once fewer than `WRITES_AHEAD` chunks wait for it."""
+        self._thread.submit(self._write, chunk)
 
-    def _write(self, batch: pa.RecordBatch) -> None:
-        self._file.write(batch)
+    def _write(self, chunk: pa.Table) -> None:
+        self._file.write(chunk)
         # The Parquet writer's buffers come from this thread's own heap in Arrow's allocator,
         # which keeps freed pages until this thread hands them back.
         pa.default_memory_pool().release_unused()
@@ -484,7 +488,7 @@ def _combined(
     yield from combined.to_batches(max_chunksize=rows)
 
 
-def _preview(batch: pa.RecordBatch, key_column: str) -> list[dict[str, Any]]:
+def _preview(batch: pa.Table, key_column: str) -> list[dict[str, Any]]:
     """The rows' key, status, text and error, as short JSON-friendly values (the custom_id
     is the partition and the key again: it would only take the reader's width)."""
     names = [key_column, "status", "response_text", "error_code", "error_message"]

@@ -579,7 +579,9 @@ def test_an_outcome_in_the_wrong_group_stops_the_write(tmp_path: Path) -> None:
     assert files_under(tmp_path / "results") == []
 
 
-def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeypatch) -> None:
+def test_at_most_the_group_being_joined_is_held_while_the_next_one_is_read(
+    tmp_path: Path, monkeypatch
+) -> None:
     opened: list[weakref.ref] = []
 
     class TrackedGroup(_results_join._Group):
@@ -600,4 +602,4 @@ def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeyp
 
     groups = [group(keys[i : i + 3]) for i in range(0, 12, 3)]
     assemble(tmp_path, source(keys), outcomes=groups, chunk_rows=4)  # chunks span two groups
-    assert alive_at_load == [0, 0, 0, 0] and len(opened) == 4
+    assert len(alive_at_load) == 4 and max(alive_at_load) <= 1 and len(opened) == 4
