@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -51,6 +52,7 @@ from batch_pipeline.core.parquet_files import (
     read_parquet,
     read_parquet_schema,
 )
+from batch_pipeline.core.read_ahead import ReadAhead
 from batch_pipeline.core.schema_unify import SchemaConflict, conform, unified_schema
 from batch_pipeline.core.sources import nulls_as_text
 from batch_pipeline.core.storage import LocalStorage, StorageRoot
@@ -77,6 +79,7 @@ SOURCE_PREFIX = "source_"
 PREVIEW_ROWS = 5
 _PREVIEW_CHARS = 80
 WRITER_THREAD = "results-writer"
+SOURCE_THREAD = "results-source"
 WRITES_AHEAD = 1  # chunks handed to the writer thread and not yet written
 
 _OUTCOME_FIELDS = [
@@ -197,15 +200,16 @@ def assemble_results(
     tally = _Tally()
     schema, renamed = results_schema(source_schema or pa.schema([]), endpoint, output_fields)
     writer: _WriteBehind | None = None
+    chunks = ReadAhead(
+        _source_chunks(source_batches, chunk_rows, key_column, custom_id_of),
+        name=SOURCE_THREAD,
+    )
     try:
-        for batch in map(_readable_text, _rebatched(source_batches, chunk_rows)):
+        for batch, custom_ids in chunks:
             if writer is None:
-                if key_column not in batch.schema.names:
-                    raise ValueError(f"the source has no key column {key_column!r}")
                 schema, renamed = results_schema(batch.schema, endpoint, output_fields)
                 writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
-            key = batch.column(key_column)
-            out = joiner.join(batch, key, _custom_ids(custom_id_of, key), schema)
+            out = joiner.join(batch, batch.column(key_column), custom_ids, schema)
             if out is not None:  # None: a problem was found, only checking from here on
                 writer.write(out)
                 tally.add(out, renamed.get(key_column, key_column))
@@ -214,6 +218,7 @@ def assemble_results(
             writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
         writer.commit()
     finally:
+        chunks.close()
         joiner.close()
         if writer is not None:
             writer.abort()
@@ -237,6 +242,19 @@ def _check_dest(dest: str, partition: str) -> None:
             f"{dest} is not in a {PARTITION_KEY}={partition} results folder; "
             "use layout.results_path() so readers see the partition"
         )
+
+
+def _source_chunks(
+    batches: Iterable[pa.RecordBatch],
+    rows: int,
+    key_column: str,
+    custom_id_of: Callable[[pa.Array], pa.Array],
+) -> Iterator[tuple[pa.RecordBatch, pa.Array]]:
+    """The source in chunks of `rows` rows, as the join takes them, each with its custom_ids."""
+    for batch in map(_readable_text, _rebatched(batches, rows)):
+        if key_column not in batch.schema.names:
+            raise ValueError(f"the source has no key column {key_column!r}")
+        yield batch, _custom_ids(custom_id_of, batch.column(key_column))
 
 
 def _custom_ids(custom_id_of: Callable[[pa.Array], pa.Array], key: pa.Array) -> pa.Array:
@@ -264,12 +282,12 @@ class _Tally:
         self.input_tokens += pc.sum(chunk.column("input_tokens")).as_py() or 0
         self.output_tokens += pc.sum(chunk.column("output_tokens")).as_py() or 0
         self.failures.add(chunk)
-        answered = pc.equal(chunk.column("status"), RowStatus.SUCCEEDED.value)
+        answered = pc.equal(chunk.column("status"), RowStatus.SUCCEEDED.value).to_numpy()
         if len(self.head) < PREVIEW_ROWS:
-            rows = _preview(chunk.filter(answered), key_column)
+            rows = _preview(chunk, answered, key_column)
             self.head += rows[: PREVIEW_ROWS - len(self.head)]
         if len(self.unanswered) < PREVIEW_ROWS:
-            rows = _preview(chunk.filter(pc.invert(answered)), key_column)
+            rows = _preview(chunk, ~answered, key_column)
             self.unanswered += rows[: PREVIEW_ROWS - len(self.unanswered)]
 
     def preview(self) -> list[dict[str, Any]]:
@@ -488,11 +506,12 @@ def _combined(
     yield from combined.to_batches(max_chunksize=rows)
 
 
-def _preview(batch: pa.Table, key_column: str) -> list[dict[str, Any]]:
-    """The rows' key, status, text and error, as short JSON-friendly values (the custom_id
-    is the partition and the key again: it would only take the reader's width)."""
+def _preview(chunk: pa.Table, wanted: np.ndarray, key_column: str) -> list[dict[str, Any]]:
+    """The first wanted rows' key, status, text and error, as short JSON-friendly values (the
+    custom_id is the partition and the key again: it would only take the reader's width)."""
     names = [key_column, "status", "response_text", "error_code", "error_message"]
-    head = batch.slice(0, PREVIEW_ROWS).select(names).to_pylist()
+    rows = pa.array(np.flatnonzero(wanted)[:PREVIEW_ROWS])
+    head = chunk.select(names).take(rows).to_pylist()
     return [{name: _short(value) for name, value in row.items()} for row in head]
 
 
