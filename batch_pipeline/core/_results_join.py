@@ -288,7 +288,8 @@ class _Group:
 
 
 class Joiner:
-    """Joins source chunks, in order, with the rejections and the outcome groups."""
+    """Joins source chunks, in order, with the rejections and the outcome groups, which it
+    reads ahead on a thread from the start: use it as a context manager (or call `close`)."""
 
     def __init__(
         self,
@@ -375,6 +376,12 @@ class Joiner:
     def close(self) -> None:
         """Stop reading outcomes ahead (after `finish`, or in place of it on an error)."""
         self._groups.close()
+
+    def __enter__(self) -> Joiner:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # -- outcomes ---------------------------------------------------------------------------
 

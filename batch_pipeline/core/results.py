@@ -192,36 +192,36 @@ def assemble_results(
     if isinstance(outcomes, pa.Table):
         table = outcomes
         outcomes = [OutcomeGroup(table.num_rows, lambda: table)]
-    joiner = Joiner(
-        outcomes,
-        prepare_rejected(rejected),
-        lambda table: _prepare_outcomes(table, attempts, batch_ids, endpoint, output_fields),
-    )
     tally = _Tally()
     schema, renamed = results_schema(source_schema or pa.schema([]), endpoint, output_fields)
     writer: _WriteBehind | None = None
-    chunks = ReadAhead(
-        _source_chunks(source_batches, chunk_rows, key_column, custom_id_of),
-        name=SOURCE_THREAD,
-    )
-    try:
-        for batch, custom_ids in chunks:
-            if writer is None:
-                schema, renamed = results_schema(batch.schema, endpoint, output_fields)
+    with (
+        Joiner(
+            outcomes,
+            prepare_rejected(rejected),
+            lambda table: _prepare_outcomes(table, attempts, batch_ids, endpoint, output_fields),
+        ) as joiner,
+        ReadAhead(
+            _source_chunks(source_batches, chunk_rows, key_column, custom_id_of),
+            name=SOURCE_THREAD,
+        ) as chunks,
+    ):
+        try:
+            for batch, custom_ids in chunks:
+                if writer is None:
+                    schema, renamed = results_schema(batch.schema, endpoint, output_fields)
+                    writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
+                out = joiner.join(batch, batch.column(key_column), custom_ids, schema)
+                if out is not None:  # None: a problem was found, only checking from here on
+                    writer.write(out)
+                    tally.add(out, renamed.get(key_column, key_column))
+            joiner.finish()
+            if writer is None:  # no rows: the file still gets the source's columns
                 writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
-            out = joiner.join(batch, batch.column(key_column), custom_ids, schema)
-            if out is not None:  # None: a problem was found, only checking from here on
-                writer.write(out)
-                tally.add(out, renamed.get(key_column, key_column))
-        joiner.finish()
-        if writer is None:  # no rows: the file still gets the source's columns
-            writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
-        writer.commit()
-    finally:
-        chunks.close()
-        joiner.close()
-        if writer is not None:
-            writer.abort()
+            writer.commit()
+        finally:
+            if writer is not None:
+                writer.abort()
     return JoinedResults(
         path=storage.uri(dest),
         partition=partition,
