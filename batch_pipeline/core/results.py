@@ -306,28 +306,35 @@ class _WriteBehind:
     def __init__(self, file: AtomicParquetFile) -> None:
         self._file = file
         self._thread = SerialWorker(WRITER_THREAD, capacity=WRITES_AHEAD)
+        self._stopped = False
 
     def write(self, chunk: pa.Table) -> None:
         """Hand the chunk to the thread, once fewer than `WRITES_AHEAD` chunks wait for it."""
-        self._thread.submit(self._write, chunk)
-
-    def _write(self, chunk: pa.Table) -> None:
-        self._file.write(chunk)
-        # The Parquet writer's buffers come from this thread's own heap in Arrow's allocator,
-        # which keeps freed pages until this thread hands them back.
-        pa.default_memory_pool().release_unused()
+        self._thread.submit(self._file.write, chunk)
 
     def commit(self) -> None:
         """Wait for every write, then close the file and move it into place."""
         self._thread.drain()
-        self._thread.shutdown()
+        self._stop(cancel=False)
         self._file.commit()
 
     def abort(self) -> None:
         """Drop the writes not started, wait for the thread, drop the temporary file (a no-op
         after `commit`)."""
-        self._thread.shutdown(cancel=True)
+        self._stop(cancel=True)
         self._file.abort()
+
+    def _stop(self, *, cancel: bool) -> None:
+        """Stop the thread once it has handed back the pages its own heap in Arrow's allocator
+        kept (the Parquet writer's buffers come from it). Only then: handing them back after
+        every chunk made the next chunk fault them in again, 7% of the writer's time."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if cancel:
+            self._thread.cancel()
+        self._thread.call(pa.default_memory_pool().release_unused)
+        self._thread.shutdown()
 
 
 def read_results(storage: StorageRoot | Path, partition: str | None = None) -> pd.DataFrame:
