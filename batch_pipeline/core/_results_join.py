@@ -12,10 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch_pipeline.core._threads import Prefetch
 from batch_pipeline.core.outcomes import OUTCOME_SCHEMA, one_chunk
 from batch_pipeline.core.types import RowStatus
 
 REJECTED_CODE = "rejected"
+READ_AHEAD_THREAD = "results-read-ahead"
 _MAX_NAMED = 10
 
 
@@ -43,8 +45,8 @@ class OrderedOutcomes:
 @dataclass(frozen=True)
 class OutcomeGroup:
     """The outcomes of `rows` consecutive accepted source rows (one request shard with its
-    retries), read by `load` only when the join reaches them: a partition's outcomes are never
-    all in memory at once.
+    retries), read by `load` only when the join is about to reach them (one group ahead): a
+    partition's outcomes are never all in memory at once.
 
     `open_ordered`, where given, reads them in the order of the source rows instead (None
     if they are not stored so; `load` then gives the same rows in the same order). While the
@@ -161,28 +163,82 @@ _PROBLEMS: dict[str, tuple[type[ResultsError], str]] = {
 }
 
 
-class _GroupOutcomes:
-    """One group's outcome rows as the join takes them: read in order while the source rows
-    follow an ordered group one by one, else (or from the first row that does not) its whole
-    table, loaded once."""
+@dataclass(frozen=True)
+class _Opened:
+    """A group as the read-ahead opened it: its custom_ids and, unless its rows follow in the
+    stream (an ordered group), its whole prepared table."""
 
-    def __init__(self, group: OutcomeGroup, prepare: Callable[[pa.Table], pa.Table]) -> None:
-        self._group, self._prepare = group, prepare
-        self._table: pa.Table | None = None
+    group: OutcomeGroup
+    ids: pa.Array
+    table: pa.Table | None
+
+
+def _read_groups(
+    groups: Sequence[OutcomeGroup], prepare: Callable[[pa.Table], pa.Table]
+) -> Iterator[_Opened | pa.Table]:
+    """Each group opened, then, for an ordered group, its prepared outcome tables in order."""
+    for group in groups:
         ordered = group.open_ordered() if group.open_ordered is not None else None
         if ordered is None:
-            self.ids = self._load().column("custom_id").combine_chunks()
+            table = prepare(group.load())
+            ids = one_chunk(table.column("custom_id"))
         else:
-            self.ids = one_chunk(ordered.ids)
-            self._tables: Iterator[pa.Table] | None = ordered.tables
-            self._read = 0  # rows of the stream read so far
-            self._pending: pa.Table | None = None  # the part of the last table not yet taken
-            self._following: pa.Array | None = None  # what `find` gave for the next rows
-        _refuse_repeated_outcomes(self.ids)
+            table, ids = None, one_chunk(ordered.ids)
+        _refuse_repeated_outcomes(ids)
+        yield _Opened(group, ids, table)
+        if ordered is not None:
+            yield from map(prepare, ordered.tables)
+
+
+class _GroupStream:
+    """The outcome groups read one item ahead on a thread of their own (Parquet decoding
+    releases the GIL), so reading the next rows overlaps with joining the current ones: at
+    most one opened group or one table of rows waits beside the ones being joined."""
+
+    def __init__(
+        self, groups: Sequence[OutcomeGroup], prepare: Callable[[pa.Table], pa.Table]
+    ) -> None:
+        self.count = len(groups)
+        self._items = Prefetch(_read_groups(groups, prepare), depth=0, name=READ_AHEAD_THREAD)
+
+    def next_group(self) -> _Opened:
+        """The next group, past the rows of the current one the join did not take."""
+        for item in self._items:
+            if isinstance(item, _Opened):
+                return item
+        raise RuntimeError("more groups asked for than given")
+
+    def next_table(self) -> pa.Table:
+        """The next rows of the current ordered group."""
+        item = next(self._items, None)
+        if not isinstance(item, pa.Table):
+            raise ResultsMismatchError("an ordered outcome file ended before its ids")
+        return item
+
+    def close(self) -> None:
+        """Stop reading ahead (closing the file being read)."""
+        self._items.close()
+
+
+class _GroupOutcomes:
+    """One group's outcome rows as the join takes them: streamed in order while the source
+    rows follow an ordered group one by one, else (or from the first row that does not) its
+    whole table, loaded once."""
+
+    def __init__(
+        self, opened: _Opened, stream: _GroupStream, prepare: Callable[[pa.Table], pa.Table]
+    ) -> None:
+        self._group, self._prepare = opened.group, prepare
+        self._table = opened.table
+        self.ids = opened.ids
+        self._stream: _GroupStream | None = stream if opened.table is None else None
+        self._read = 0  # rows of the stream read so far
+        self._pending: pa.Table | None = None  # the part of the last table not yet taken
+        self._following: pa.Array | None = None  # what `find` gave for the next rows
 
     def _load(self) -> pa.Table:
         self._table = self._prepare(self._group.load())
-        self._tables, self._pending = None, None
+        self._stream, self._pending = None, None
         return self._table
 
     def find(self, ids: pa.Array) -> pa.Array:
@@ -210,10 +266,8 @@ class _GroupOutcomes:
         pieces = [self._prepare(OUTCOME_SCHEMA.empty_table())] if not count else []
         while count:
             if self._pending is None or not self._pending.num_rows:
-                table = next(self._tables, None) if self._tables is not None else None
-                if table is None:
-                    raise ResultsMismatchError("an ordered outcome file ended before its ids")
-                self._pending = self._prepare(table)
+                assert self._stream is not None
+                self._pending = self._stream.next_table()
             piece = self._pending.slice(0, count)
             self._pending = self._pending.slice(piece.num_rows)
             pieces.append(piece)
@@ -234,7 +288,8 @@ class _Group:
 
 
 class Joiner:
-    """Joins source chunks, in order, with the rejections and the outcome groups."""
+    """Joins source chunks, in order, with the rejections and the outcome groups, which it
+    reads ahead on a thread from the start: use it as a context manager (or call `close`)."""
 
     def __init__(
         self,
@@ -242,7 +297,7 @@ class Joiner:
         rejected: pa.Table,
         prepare: Callable[[pa.Table], pa.Table],
     ) -> None:
-        self._groups = list(groups)
+        self._groups = _GroupStream(groups, prepare)
         self._next_group = 0
         self._prepare = prepare
         self._group: _Group | None = None
@@ -255,8 +310,12 @@ class Joiner:
 
     def join(
         self, batch: pa.RecordBatch, key: pa.Array, custom_ids: pa.Array, schema: pa.Schema
-    ) -> pa.RecordBatch | None:
-        """The chunk with its results columns; None once a problem has been found."""
+    ) -> pa.Table | None:
+        """The chunk with its results columns; None once a problem has been found.
+
+        The outcome columns stay in the chunks they were read in (a chunk's rows may span two
+        of them): the Parquet writer takes them so, and combining them would copy the answers.
+        """
         offset, count = self.rows, batch.num_rows
         self.rows += count
         low, high = np.searchsorted(self._rejected_rows, [offset, offset + count])
@@ -267,31 +326,36 @@ class Joiner:
         taken = self._take_outcomes(key, custom_ids, accepted)
         if self.problems:
             return None
-        if len(accepted) < count:  # rows for the rejected ones, null
-            expand = np.full(count, -1, dtype=np.int64)
-            expand[accepted] = np.arange(len(accepted))
-            taken = taken.take(pa.array(expand, mask=expand < 0))
-        taken = taken.combine_chunks()
-        is_rejected = pa.array(rejection_index >= 0)
-        rejection = self._rejected.take(pa.array(rejection_index, mask=rejection_index < 0))
-
-        def outcome_or(name: str, if_rejected: pa.Array | pa.Scalar) -> pa.Array:
-            return pc.if_else(is_rejected, if_rejected, taken.column(name).combine_chunks())
-
-        columns = {
-            "custom_id": custom_ids,
-            "status": outcome_or("status", pa.scalar(RowStatus.REJECTED.value)),
-            "attempts": outcome_or("attempts", pa.scalar(0, pa.int32())),
-            "error_code": outcome_or("error_code", rejection.column("code").combine_chunks()),
-            "error_message": outcome_or(
-                "error_message", rejection.column("reason").combine_chunks()
-            ),
-        }
-        arrays = list(batch.columns)
+        columns: dict[str, pa.ChunkedArray | pa.Array] = {}
+        if len(accepted) < count:
+            columns = self._with_rejections(taken, accepted, rejection_index)
+        columns["custom_id"] = custom_ids
+        arrays = [pa.chunked_array([column]) for column in batch.columns]
         for f in list(schema)[batch.num_columns :]:
             column = columns[f.name] if f.name in columns else taken.column(f.name)
-            arrays.append(one_chunk(column).cast(f.type))
-        return pa.record_batch(arrays, schema=schema)
+            arrays.append(column.cast(f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _with_rejections(
+        self, taken: pa.Table, accepted: np.ndarray, rejection_index: np.ndarray
+    ) -> dict[str, pa.Array]:
+        """The outcome columns of a chunk with rejected rows: null rows put in for them, and
+        their status, attempts and error taken from the rejection."""
+        expand = np.full(len(rejection_index), -1, dtype=np.int64)
+        expand[accepted] = np.arange(len(accepted))
+        taken = taken.take(pa.array(expand, mask=expand < 0)).combine_chunks()
+        is_rejected = pa.array(rejection_index >= 0)
+        rejection = self._rejected.take(pa.array(rejection_index, mask=rejection_index < 0))
+        in_place = {
+            "status": pa.scalar(RowStatus.REJECTED.value),
+            "attempts": pa.scalar(0, pa.int32()),
+            "error_code": one_chunk(rejection.column("code")),
+            "error_message": one_chunk(rejection.column("reason")),
+        }
+        columns = {name: one_chunk(taken.column(name)) for name in taken.column_names}
+        for name, if_rejected in in_place.items():
+            columns[name] = pc.if_else(is_rejected, if_rejected, columns[name])
+        return columns
 
     def finish(self) -> None:
         """Raise for what did not add up: rejections past the end, outcomes no row took."""
@@ -301,13 +365,23 @@ class Joiner:
             lambda: [f"row {row} of {self.rows}" for row in beyond.tolist()],
             len(beyond),
         )
-        while self._group is not None or self._next_group < len(self._groups):
+        while self._group is not None or self._next_group < self._groups.count:
             if self._group is None:
                 self._open_next()
                 continue
             self._close(self._group)
             self._group = None
         self.problems.raise_first(self.rows)
+
+    def close(self) -> None:
+        """Stop reading outcomes ahead (after `finish`, or in place of it on an error)."""
+        self._groups.close()
+
+    def __enter__(self) -> Joiner:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -331,7 +405,7 @@ class Joiner:
         (None past the last group).
 
         A group is referenced from here only until this returns, so the join holds no group
-        but the current one when the next one is read.
+        but the current one when the next one is read ahead.
         """
         group = self._current()
         rows = (
@@ -366,21 +440,21 @@ class Joiner:
             if self._group is not None:
                 self._close(self._group)
                 self._previous_ids, self._group = self._claimed_ids(self._group), None
-            if self._next_group >= len(self._groups):
+            if self._next_group >= self._groups.count:
                 return None
             self._open_next()
         return self._group
 
     def _open_next(self) -> None:
-        group = self._groups[self._next_group]
+        opened = self._groups.next_group()
         self._next_group += 1
-        outcomes = _GroupOutcomes(group, self._prepare)
+        outcomes = _GroupOutcomes(opened, self._groups, self._prepare)
         first_row = (
             self._accepted if self._group is None else self._group.first_row + self._group.rows
         )
         self._group = _Group(
             first_row=first_row,
-            rows=group.rows,
+            rows=opened.group.rows,
             outcomes=outcomes,
             ids=outcomes.ids,
             claimed=np.zeros(len(outcomes.ids), dtype=bool),

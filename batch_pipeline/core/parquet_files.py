@@ -10,6 +10,11 @@ import pyarrow.parquet as pq
 from batch_pipeline.core.outcomes import PARQUET_COMPRESSION, dictionary_columns
 from batch_pipeline.core.storage import StorageRoot
 
+# The answers' long texts: no reader selects rows by a range of them, so their min/max
+# statistics (a comparison of every value on write, two long values kept per page) serve no
+# query.
+UNRANGED_COLUMNS = frozenset({"response_text", "response_json"})
+
 
 class _Aborted(Exception):
     """Thrown into the storage's atomic write to make it drop the unfinished file."""
@@ -37,7 +42,11 @@ class AtomicParquetFile:
             on_failure.push(self._stack)
             sink = self._stack.enter_context(storage.atomic_write(key))
             self._writer = pq.ParquetWriter(
-                sink, schema, compression=compression, use_dictionary=dictionary_columns(schema)
+                sink,
+                schema,
+                compression=compression,
+                use_dictionary=dictionary_columns(schema),
+                write_statistics=[name for name in schema.names if name not in UNRANGED_COLUMNS],
             )
             on_failure.pop_all()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,18 @@ def source(keys: list[Any], **columns: list[Any]) -> pa.Table:
     return pa.table({"ticket_id": keys, "subject": [f"subject {k}" for k in keys], **columns})
 
 
-def assemble(tmp_path: Path, table: pa.Table, *, partition: str = DAY, **options: Any):
+def assemble(
+    tmp_path: Path,
+    table: pa.Table | Iterator[pa.RecordBatch],
+    *,
+    partition: str = DAY,
+    **options: Any,
+):
     options.setdefault("outcomes", outcomes())
     options.setdefault("rejected", rejections())
     options.setdefault("endpoint", CHAT)
     return assemble_results(
-        source_batches=table.to_batches(max_chunksize=3),
+        source_batches=table.to_batches(max_chunksize=3) if isinstance(table, pa.Table) else table,
         key_column="ticket_id",
         partition=partition,
         custom_id_of=custom_id_of,
@@ -542,6 +549,37 @@ def test_ordered_groups_are_streamed_in_pieces_and_never_loaded_whole(tmp_path: 
     assert summary.counts == {"succeeded": 26, "rejected": 4}
 
 
+def test_a_failing_source_stops_the_read_ahead_and_closes_the_outcome_file(
+    tmp_path: Path,
+) -> None:
+    keys = [f"k{i:02d}" for i in range(12)]
+    closed: list[bool] = []
+
+    def pieces():
+        try:
+            for start in range(0, 12, 3):
+                yield outcomes(*map(outcome, keys[start : start + 3]))
+        finally:
+            closed.append(True)
+
+    group = OutcomeGroup(
+        12,
+        lambda: outcomes(*map(outcome, keys)),
+        lambda: OrderedOutcomes(ids=pa.array(keys), tables=pieces()),
+    )
+
+    def failing_source():
+        yield from source(keys[:4]).to_batches()
+        raise OSError("the source went away")
+
+    with pytest.raises(OSError, match="went away"):
+        assemble(tmp_path, failing_source(), outcomes=[group], chunk_rows=4)
+    assert closed == [True]
+    assert files_under(tmp_path / "results") == []
+    threads = {thread.name.split("_")[0] for thread in threading.enumerate()}
+    assert not threads & {_results_join.READ_AHEAD_THREAD, results_module.SOURCE_THREAD}
+
+
 def test_rows_that_stop_following_an_ordered_group_are_joined_from_its_whole_table(
     tmp_path: Path,
 ) -> None:
@@ -579,7 +617,9 @@ def test_an_outcome_in_the_wrong_group_stops_the_write(tmp_path: Path) -> None:
     assert files_under(tmp_path / "results") == []
 
 
-def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeypatch) -> None:
+def test_at_most_the_group_being_joined_is_held_while_the_next_one_is_read(
+    tmp_path: Path, monkeypatch
+) -> None:
     opened: list[weakref.ref] = []
 
     class TrackedGroup(_results_join._Group):
@@ -600,4 +640,4 @@ def test_a_group_is_released_before_the_next_one_is_read(tmp_path: Path, monkeyp
 
     groups = [group(keys[i : i + 3]) for i in range(0, 12, 3)]
     assemble(tmp_path, source(keys), outcomes=groups, chunk_rows=4)  # chunks span two groups
-    assert alive_at_load == [0, 0, 0, 0] and len(opened) == 4
+    assert len(alive_at_load) == 4 and max(alive_at_load) <= 1 and len(opened) == 4
