@@ -181,6 +181,9 @@ def _s3_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
     `S3_RETRY_SECONDS` in all before the error reaches the pipeline."""
     s3_filesystem = _native("S3FileSystem", location)
     settings = _endpoint(options, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    # Parts go up one after another: with background writes, Arrow queues every part a fast
+    # local read hands it, so uploading a finished results file held most of it in memory.
+    settings["background_writes"] = False
     settings["retry_strategy"] = _native("AwsDefaultS3RetryStrategy", location)(
         max_attempts=S3_ATTEMPTS
     )

@@ -357,3 +357,32 @@ def test_run_with_a_store_it_cannot_reach_exits_with_one_line(tmp_path, capsys, 
         "S3FileSystem: pip install 'batch_pipeline[s3]'",
     }[case]
     assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+UPLOAD_MB = 192
+UPLOAD_SCRIPT = """
+import os, resource, sys
+from batch_pipeline.core.storage import storage_for
+storage = storage_for(sys.argv[1])
+block = os.urandom(8 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with storage.atomic_write("results/part-0.parquet") as handle:
+    for _ in range(int(sys.argv[2]) // 8):
+        handle.write(block)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_uploading_a_large_file_holds_a_part_in_memory_not_the_file(s3, s3_bucket):
+    # The uploading process is not the server's, so its peak RSS is the upload's own.
+    done = subprocess.run(
+        [sys.executable, "-c", UPLOAD_SCRIPT, f"s3://{s3_bucket}/out", str(UPLOAD_MB)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    grown_mb = int(done.stdout.split()[-1])
+    head = s3.client().head_object(Bucket=s3_bucket, Key="out/results/part-0.parquet")
+    assert head["ContentLength"] == UPLOAD_MB << 20
+    assert grown_mb < 32, f"peak RSS grew {grown_mb} MB uploading {UPLOAD_MB} MB"
