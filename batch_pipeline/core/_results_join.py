@@ -40,6 +40,7 @@ class OrderedOutcomes:
 
     ids: pa.Array
     tables: Iterator[pa.Table]
+    close: Callable[[], None] = lambda: None  # lets go of the file, read through or not
 
 
 @dataclass(frozen=True)
@@ -184,10 +185,14 @@ def _read_groups(
             ids = one_chunk(table.column("custom_id"))
         else:
             table, ids = None, one_chunk(ordered.ids)
-        _refuse_repeated_outcomes(ids)
-        yield _Opened(group, ids, table)
-        if ordered is not None:
-            yield from map(prepare, ordered.tables)
+        try:
+            _refuse_repeated_outcomes(ids)
+            yield _Opened(group, ids, table)
+            if ordered is not None:
+                yield from map(prepare, ordered.tables)
+        finally:
+            if ordered is not None:
+                ordered.close()
 
 
 class _GroupStream:

@@ -74,7 +74,7 @@ def _ordered_outcomes(storage: StorageRoot, shard: ShardRecord) -> OrderedOutcom
             for batch in file.iter_batches(batch_size=CHUNK_ROWS):
                 yield _with_attempts(pa.Table.from_batches([batch]))
 
-    return OrderedOutcomes(ids=ids, tables=tables())
+    return OrderedOutcomes(ids=ids, tables=tables(), close=handle.close)
 
 
 def _with_attempts(outcomes: pa.Table) -> pa.Table:

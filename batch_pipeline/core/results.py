@@ -10,9 +10,9 @@ requests were built in, so the outcomes come as groups, one request shard and it
 each, that cover consecutive accepted rows: a group is read on a thread of its own one step
 ahead of the join (its custom_ids, then its rows a chunk at a time) and dropped before the one
 after it is read. The outcome columns are taken into the written chunks without a copy. Memory
-holds two chunks (one joined, one written) and at most two groups' custom_ids and a chunk of
-their rows (two whole groups where retries make a group load whole), however large the
-partition. A problem is counted over the whole partition before the
+holds four chunks (one joined, one written, up to two source chunks read ahead) and at most
+two groups' custom_ids and a chunk of their rows (two whole groups where retries make a group
+load whole), however large the partition. A problem is counted over the whole partition before the
 error is raised, and the temporary file is dropped.
 
 Layout: `layout.results_path(partition)`, `results/partition={partition}/part-0.parquet` under

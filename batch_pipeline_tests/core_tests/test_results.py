@@ -556,16 +556,17 @@ def test_a_failing_source_stops_the_read_ahead_and_closes_the_outcome_file(
     closed: list[bool] = []
 
     def pieces():
-        try:
-            for start in range(0, 12, 3):
-                yield outcomes(*map(outcome, keys[start : start + 3]))
-        finally:
-            closed.append(True)
+        for start in range(0, 12, 3):
+            yield outcomes(*map(outcome, keys[start : start + 3]))
 
     group = OutcomeGroup(
         12,
         lambda: outcomes(*map(outcome, keys)),
-        lambda: OrderedOutcomes(ids=pa.array(keys), tables=pieces()),
+        lambda: OrderedOutcomes(
+            ids=outcomes(*map(outcome, keys))["custom_id"],
+            tables=pieces(),
+            close=lambda: closed.append(True),
+        ),
     )
 
     def failing_source():
