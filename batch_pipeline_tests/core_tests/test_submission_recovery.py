@@ -58,6 +58,8 @@ RUNNING_CHILD = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
+    # what a run loads on first use, loaded before the race: neither child may lose it to imports
+    import openai, pyarrow.dataset, pyarrow.parquet, sqlalchemy
     from batch_pipeline import PipelineSpec
     from batch_pipeline.core.pipeline import Pipeline
 
