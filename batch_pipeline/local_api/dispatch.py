@@ -30,7 +30,7 @@ from batch_pipeline.local_api.answers import (
 from batch_pipeline.local_api.batch_run import BatchRun
 from batch_pipeline.local_api.errors import fault_error_body
 from batch_pipeline.local_api.faults import Fault, detect_fault
-from batch_pipeline.local_api.partial_results import InputReader
+from batch_pipeline.local_api.partial_results import InputReader, recovered_ids
 from batch_pipeline.local_api.result_lines import (
     UPSTREAM_UNAVAILABLE_CODE,
     Result,
@@ -56,7 +56,7 @@ class ChunkTask(NamedTuple):
     endpoint: str
     prefix: str  # makes the lines' ids
     order: str  # seeds the order of the chunk's result lines
-    done: frozenset[str]  # requests done before this run: skipped
+    done_path: str | None  # names the requests done before this run, skipped (None: none)
 
 
 class ChunkAnswers(NamedTuple):
@@ -110,7 +110,7 @@ class Dispatcher:
             endpoint,
             secrets.token_hex(10),
             f"{run.batch_id}:{run.chunks}",
-            run.partial.recovered,
+            run.partial.recovered_path,
         )
         answers = (self.pool or self).answer_chunk(task)
         run.chunks += 1
@@ -126,7 +126,9 @@ class Dispatcher:
             offset, eof = reader.offset, reader.eof
         finally:
             reader.close()
-        results, deferred = self.answer(task.endpoint, raws, task.prefix, task.done)
+        results, deferred = self.answer(
+            task.endpoint, raws, task.prefix, recovered_ids(task.done_path)
+        )
         # Lines come out deliberately not in input order (as with OpenAI): join on custom_id.
         random.Random(task.order).shuffle(results)
         return ChunkAnswers(offset, eof, result_block(results), deferred)

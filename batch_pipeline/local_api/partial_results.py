@@ -9,8 +9,10 @@ is done: after a restart they are read back (a torn last line is cut off), the
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 OUTPUT_PARTIAL = "output.partial.jsonl"
 ERRORS_PARTIAL = "errors.partial.jsonl"
 CHUNK_MAX_BYTES = 4 * 1024 * 1024  # of input lines per chunk, bounding memory for big lines
+RECOVERED_PREFIX = "recovered-"
 
 
 class PartialResults:
@@ -44,6 +47,7 @@ class PartialResults:
         # Done before this run: the requests a chunk of the input skips (chunks read the
         # input once, and validation let no custom_id in twice, so no other can be done).
         self.recovered = frozenset(self.done)
+        self.recovered_path = _write_recovered(work_dir, self.recovered)
         self._out = open(self.output_path, "ab")  # noqa: SIM115 - closed in close()
         self._err = open(self.errors_path, "ab")  # noqa: SIM115
         self._sync_interval = sync_interval
@@ -157,3 +161,22 @@ class InputReader:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _write_recovered(work_dir: Path, recovered: frozenset[str]) -> str | None:
+    """The ids done before this run in a file of their own, named anew each run, so a chunk
+    task names them instead of carrying them all to a worker process; None if there are
+    none. The files of earlier runs are removed."""
+    for stale in work_dir.glob(f"{RECOVERED_PREFIX}*"):
+        stale.unlink(missing_ok=True)
+    if not recovered:
+        return None
+    path = work_dir / f"{RECOVERED_PREFIX}{secrets.token_hex(8)}.ids"
+    path.write_bytes(orjson.dumps(sorted(recovered)))
+    return str(path)
+
+
+@functools.lru_cache(maxsize=8)
+def recovered_ids(path: str | None) -> frozenset[str]:
+    """The ids `_write_recovered` wrote to `path` (none for None), read once per process."""
+    return frozenset(orjson.loads(Path(path).read_bytes())) if path else frozenset()

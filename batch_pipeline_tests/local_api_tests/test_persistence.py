@@ -9,7 +9,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from batch_pipeline.local_api.partial_results import PartialResults
+from batch_pipeline.local_api.partial_results import PartialResults, recovered_ids
 from batch_pipeline.local_api.result_lines import answer_result, error_result
 from batch_pipeline_tests.local_api_tests.conftest import StartApi
 from batch_pipeline_tests.local_api_tests.helpers import (
@@ -145,6 +145,9 @@ def test_partial_results_recover_and_cut_a_torn_line(tmp_path: Path) -> None:
     assert recovered.done == {"a", "b", "c"}
     assert (recovered.completed, recovered.failed) == (1, 2)
     assert (recovered.input_tokens, recovered.output_tokens) == (3, 2)
+    # what a worker process skips: read from a file, not carried with every chunk
+    assert partial.recovered_path is None
+    assert recovered_ids(recovered.recovered_path) == {"a", "b", "c"}
     recovered.add([answer_result("a", 200, chat, "again"), answer_result("d", 200, chat, "k4")])
     recovered.close()
     lines = (tmp_path / "output.partial.jsonl").read_bytes().splitlines()

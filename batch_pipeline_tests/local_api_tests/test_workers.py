@@ -79,8 +79,8 @@ def test_workers_must_be_positive_and_default_to_this_process_alone() -> None:
     assert LocalApiSettings(workers=2).workers == 2
 
 
-def _chunk(path: Path, offset: int, done: frozenset[str] = frozenset()) -> Any:
-    task = ChunkTask(str(path), offset, 2, "/v1/chat/completions", "ab" * 10, "b:0", done)
+def _chunk(path: Path, offset: int, done_path: str | None = None) -> Any:
+    task = ChunkTask(str(path), offset, 2, "/v1/chat/completions", "ab" * 10, "b:0", done_path)
     return Dispatcher(EchoResponder(), chunk_size=2, triggers_faults=True).answer_chunk(task)
 
 
@@ -110,7 +110,9 @@ def test_a_chunk_skips_the_requests_done_before_this_run(tmp_path: Path) -> None
     path = tmp_path / "input.jsonl"
     path.write_bytes(jsonl([chat_line("r0", "one"), chat_line("r1", "two <<slow:1>>")]))
 
-    answers = _chunk(path, 0, done=frozenset({"r0", "r1"}))
+    done = tmp_path / "done.ids"
+    done.write_text('["r0", "r1"]')
+    answers = _chunk(path, 0, done_path=str(done))
 
     assert answers.block.custom_ids == [] and answers.deferred == []
     assert answers.block.output == answers.block.errors == b""
