@@ -76,7 +76,7 @@ class _Envelope:
 
 
 def parse_chunk(
-    chunk: bytes, line_count: int, endpoint: str, ends: np.ndarray | None = None
+    chunk: bytes | bytearray, line_count: int, endpoint: str, ends: np.ndarray | None = None
 ) -> tuple[pa.RecordBatch, np.ndarray] | None:
     """The `line_count` lines of `chunk` as an outcome batch, parsed column-wise; None where
     this path cannot be sure of the result. `ends`: the chunk's newline positions, if known.
@@ -138,7 +138,7 @@ def parse_chunk(
 
 
 def _read_chunk(
-    chunk: bytes, line_count: int, ends: np.ndarray | None
+    chunk: bytes | bytearray, line_count: int, ends: np.ndarray | None
 ) -> tuple[_Envelope, pa.RecordBatch, pa.Array] | None:
     """(the fields outside the bodies, the parsed bodies, the bodies' bytes) of each line, null
     bodies for lines without one; None where a line does not fit this path."""
@@ -214,7 +214,7 @@ def _error_columns(
 
 
 def _read_envelope(
-    chunk: bytes, lines: pa.BinaryArray, heads: pa.BinaryArray, has_body: np.ndarray
+    chunk: bytes | bytearray, lines: pa.BinaryArray, heads: pa.BinaryArray, has_body: np.ndarray
 ) -> _Envelope | None:
     """The fields outside the bodies: lines with a body in the usual layout from their heads,
     the other lines (error lines, other layouts) read whole by Arrow; None if a line does not

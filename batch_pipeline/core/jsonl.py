@@ -51,12 +51,12 @@ def read_line_chunks(source: LineSource, chunk_bytes: int) -> Iterator[bytearray
             yield chunk
 
 
-def line_ends(chunk: bytes) -> np.ndarray:
+def line_ends(chunk: bytes | bytearray) -> np.ndarray:
     """The positions of the chunk's newlines."""
     return np.flatnonzero(np.frombuffer(chunk, np.uint8) == ord("\n"))
 
 
-def line_array(chunk: bytes, ends: np.ndarray) -> pa.BinaryArray:
+def line_array(chunk: bytes | bytearray, ends: np.ndarray) -> pa.BinaryArray:
     """The chunk's lines, each with its newline, as a binary array over the chunk's bytes;
     `ends` are the newline positions (`line_ends`), the last one the chunk's last byte."""
     offsets = np.r_[0, ends + 1].astype(np.int32)

@@ -234,7 +234,7 @@ class _LineCounts:
 
 # A chunk's column-wise parse: its lines' batch and hashes (None if that path was not sure of
 # them, then the chunk itself), and its number of lines.
-_ChunkParse = tuple[tuple[pa.RecordBatch, np.ndarray] | None, bytes | None, int]
+_ChunkParse = tuple[tuple[pa.RecordBatch, np.ndarray] | None, bytes | bytearray | None, int]
 
 
 def _settled(
@@ -256,7 +256,7 @@ def _settled(
         yield parsed
 
 
-def _parse_columns(chunk: bytes, endpoint: str) -> _ChunkParse:
+def _parse_columns(chunk: bytes | bytearray, endpoint: str) -> _ChunkParse:
     """One chunk of lines parsed column-wise, where that path is sure of them."""
     ends = line_ends(chunk)
     line_count = len(ends) + (not chunk.endswith(b"\n"))
