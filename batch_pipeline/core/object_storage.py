@@ -26,8 +26,12 @@ from batch_pipeline.core.storage_uri import (
     describe,
     filesystem_for,
 )
+from batch_pipeline.core.streamed_upload import streamed_upload
 
 READ_BUFFER_BYTES = 4 * 1024 * 1024  # one ranged GET per 4 MB read, not per line
+# A whole-object copy asks for this much per ranged GET: each request costs a round trip (and
+# is billed), so a 12 MB outcome file comes in one request and a 300 MB file in ten.
+DOWNLOAD_BLOCK_BYTES = 32 * 1024 * 1024
 
 
 class ObjectStorage:
@@ -35,6 +39,7 @@ class ObjectStorage:
 
     def __init__(self, uri: str, options: Mapping[str, Any] | None = None) -> None:
         self.location = RemoteLocation.parse(uri)
+        self._options = dict(options or {})
         self.filesystem = filesystem_for(self.location, options)
 
     def __repr__(self) -> str:
@@ -77,18 +82,26 @@ class ObjectStorage:
         return buffered(self._call(self.filesystem.open_input_file, self._path(rel), rel))
 
     def download(self, rel: str, out: BinaryIO) -> None:
-        """Write the whole object into `out`, read in one streamed request."""
+        """Write the whole object into `out`, one ranged request per `DOWNLOAD_BLOCK_BYTES`
+        (each Arrow read of an object is its own request)."""
         stream = self._call(self.filesystem.open_input_stream, self._path(rel), rel)
         with stream:
-            while chunk := self._call(stream.read, READ_BUFFER_BYTES, rel):
+            while chunk := self._call(stream.read, DOWNLOAD_BLOCK_BYTES, rel):
                 out.write(chunk)
 
     @contextlib.contextmanager
-    def atomic_write(self, rel: str, *, durable: bool = True) -> Iterator[BinaryIO]:
+    def atomic_write(
+        self, rel: str, *, durable: bool = True, streamed: bool = False
+    ) -> Iterator[BinaryIO]:
         """Stage into a temporary local file, then upload it whole once the block ends
-        normally; on an exception nothing is uploaded. `durable` is moot: an object store
-        keeps what it acknowledged."""
+        normally; on an exception nothing is uploaded. `streamed`: upload while the block
+        writes, through `streamed_upload` (a failure still publishes nothing). `durable` is
+        moot: an object store keeps what it acknowledged."""
         target = self._path(rel)
+        if streamed:
+            with streamed_upload(self.location.uri, self._options, target, self.uri(rel)) as sink:
+                yield sink
+            return
         descriptor, staged = tempfile.mkstemp(prefix="batch-pipeline-", suffix=".part")
         try:
             with os.fdopen(descriptor, "w+b") as handle:

@@ -24,7 +24,8 @@ class AtomicParquetFile:
     """A Parquet file streamed into `storage.atomic_write(key)`: it appears under `key` on
     commit, and a crash or an exception leaves the old file (or none), never half a file.
 
-    As a context manager it commits on success and aborts on an exception.
+    As a context manager it commits on success and aborts on an exception. `streamed`: a large
+    file, whose bytes an object store takes while it is written (see `StorageRoot.atomic_write`).
     """
 
     def __init__(
@@ -33,6 +34,8 @@ class AtomicParquetFile:
         key: str,
         schema: pa.Schema,
         compression: str = PARQUET_COMPRESSION,
+        *,
+        streamed: bool = False,
     ) -> None:
         self.storage = storage
         self.key = key
@@ -40,7 +43,7 @@ class AtomicParquetFile:
         self._stack = contextlib.ExitStack()
         with contextlib.ExitStack() as on_failure:
             on_failure.push(self._stack)
-            sink = self._stack.enter_context(storage.atomic_write(key))
+            sink = self._stack.enter_context(storage.atomic_write(key, streamed=streamed))
             self._writer = pq.ParquetWriter(
                 sink,
                 schema,

@@ -210,14 +210,14 @@ def assemble_results(
             for batch, custom_ids in chunks:
                 if writer is None:
                     schema, renamed = results_schema(batch.schema, endpoint, output_fields)
-                    writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
+                    writer = _results_file(storage, dest, schema, compression)
                 out = joiner.join(batch, batch.column(key_column), custom_ids, schema)
                 if out is not None:  # None: a problem was found, only checking from here on
                     writer.write(out)
                     tally.add(out, renamed.get(key_column, key_column))
             joiner.finish()
             if writer is None:  # no rows: the file still gets the source's columns
-                writer = _WriteBehind(AtomicParquetFile(storage, dest, schema, compression))
+                writer = _results_file(storage, dest, schema, compression)
             writer.commit()
         finally:
             if writer is not None:
@@ -292,6 +292,14 @@ class _Tally:
 
     def preview(self) -> list[dict[str, Any]]:
         return (self.unanswered + self.head)[:PREVIEW_ROWS]
+
+
+def _results_file(
+    storage: StorageRoot, dest: str, schema: pa.Schema, compression: str
+) -> _WriteBehind:
+    """The results file, written behind the join; an object store takes its bytes while the
+    join goes on (it is the largest file a pipeline writes, and written last)."""
+    return _WriteBehind(AtomicParquetFile(storage, dest, schema, compression, streamed=True))
 
 
 class _WriteBehind:

@@ -45,10 +45,13 @@ class StorageRoot(Protocol):
         ...
 
     def atomic_write(
-        self, rel: str, *, durable: bool = True
+        self, rel: str, *, durable: bool = True, streamed: bool = False
     ) -> contextlib.AbstractContextManager[BinaryIO]:
         """A binary file whose content appears under `rel` only if the block ends normally;
-        `durable=False` skips flushing it to disk, for copies that can be fetched again."""
+        `durable=False` skips flushing it to disk, for copies that can be fetched again;
+        `streamed=True` asks a remote store to send the bytes on as they are written (for a
+        large file written over a long time), where the file may then not be read back or
+        sought in."""
         ...
 
     def write_bytes(self, rel: str, data: bytes) -> None: ...
@@ -109,9 +112,11 @@ class LocalStorage:
         return self.local_path(rel).open("rb")
 
     @contextlib.contextmanager
-    def atomic_write(self, rel: str, *, durable: bool = True) -> Iterator[BinaryIO]:
+    def atomic_write(
+        self, rel: str, *, durable: bool = True, streamed: bool = False
+    ) -> Iterator[BinaryIO]:
         """Write to a temporary file beside the target, fsync it (if `durable`), then rename it
-        into place.
+        into place (`streamed` changes nothing on a local disk).
 
         On an exception the temporary file is removed and the target is left untouched.
         """

@@ -4,7 +4,9 @@
   same library, pyarrow's S3 filesystem: what the product adds to the upload itself. And the
   build's peak RSS at N and 4N rows: staging through a bounded temporary file keeps it flat.
 - Results (poll, collect the outcome files, join, write Parquet) with the pipeline's root on S3
-  vs on local disk, both with a PostgreSQL ledger, alternated in the same run.
+  vs on local disk, both with a PostgreSQL ledger, alternated in the same run. The server runs
+  in this process on the same cores as the case, so its CPU time is reported beside it: a
+  cloud store's work costs the pipeline's machine nothing.
 
 Every case runs in a fresh process that reaches the server through the standard AWS
 environment variables, as a deployment would.
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +184,10 @@ def _results_rows(config: Config, env: dict[str, str], bucket: str) -> list[Row]
             database = stack.enter_context(_new_postgres_database())
             spec = stack.enter_context(_fresh_spec(root / "run.yaml", source, out, database))
             run_isolated(with_env, env, submit_case, spec)
+            server_started = time.process_time()  # the server runs in this process, alone
             sample = run_isolated(with_env, env, results_benchmark.product_case, spec, files)
+            server = time.process_time() - server_started
+        sample = replace(sample, info={**sample.info, "server_cpu_seconds": server})
         if measurement is remote:
             storage_for(f"s3://{bucket}").delete_tree(f"results/{run_id}")
         else:
@@ -195,8 +202,11 @@ def _results_rows(config: Config, env: dict[str, str], bucket: str) -> list[Row]
             f"results on S3 vs local disk, {config.rows:,} rows",
             f"{seconds_text(remote.seconds)}{runs_text(remote, config)} (collect "
             f"{seconds_text(remote.info('collect_seconds'))} + join "
-            f"{seconds_text(remote.info('join_seconds'))})",
-            f"local disk {seconds_text(local.seconds)}{runs_text(local, config)}",
+            f"{seconds_text(remote.info('join_seconds'))}; CPU "
+            f"{seconds_text(remote.info('cpu_seconds'))}, and the S3 server's own CPU "
+            f"{seconds_text(remote.info('server_cpu_seconds'))} on the same cores)",
+            f"local disk {seconds_text(local.seconds)}{runs_text(local, config)} (CPU "
+            f"{seconds_text(local.info('cpu_seconds'))})",
             ratio,
             "≤ 1.5x local",
             ratio <= 1.5,

@@ -46,7 +46,9 @@ class MemoryStorage:
         return io.BytesIO(self._get(rel))
 
     @contextlib.contextmanager
-    def atomic_write(self, rel: str, *, durable: bool = True) -> Iterator[io.BytesIO]:
+    def atomic_write(
+        self, rel: str, *, durable: bool = True, streamed: bool = False
+    ) -> Iterator[io.BytesIO]:
         buffer = io.BytesIO()
         yield buffer
         self.files[rel] = buffer.getvalue()  # whole, and only once the block ended normally

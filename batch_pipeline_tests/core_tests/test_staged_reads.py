@@ -9,6 +9,7 @@ import tempfile
 
 import pytest
 
+from batch_pipeline.core import object_storage
 from batch_pipeline.core.staged_reads import StagedReads
 from batch_pipeline.core.storage import LocalStorage, scratch_for, storage_for
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def contents(count: int) -> dict[str, bytes]:
-    """Files of different sizes, one bigger than a read of the store."""
+    """Files of different sizes, two bigger than one request of a download (see bucket_root)."""
     return {f"group/{index}.bin": os.urandom(1_000 + index * 5_000_000) for index in range(count)}
 
 
@@ -24,6 +25,7 @@ def contents(count: int) -> dict[str, bytes]:
 def bucket_root(s3_bucket, tmp_path, monkeypatch):
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr(object_storage, "DOWNLOAD_BLOCK_BYTES", 4 * 1024 * 1024)
     return storage_for(f"s3://{s3_bucket}/root")
 
 

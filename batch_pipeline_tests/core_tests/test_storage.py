@@ -45,8 +45,12 @@ def test_local_uri_is_the_files_path(local_storage):
     assert local_storage.uri("a/b/c.txt") == str(local_storage.root / "a" / "b" / "c.txt")
 
 
-def test_atomic_write_that_raises_leaves_no_file_under_the_final_name(storage, staging):
-    with pytest.raises(RuntimeError), storage.atomic_write("out/new.jsonl") as handle:
+@pytest.mark.parametrize("streamed", [False, True], ids=["staged", "streamed"])
+def test_atomic_write_that_raises_leaves_no_file_under_the_final_name(storage, staging, streamed):
+    with (
+        pytest.raises(RuntimeError),
+        storage.atomic_write("out/new.jsonl", streamed=streamed) as handle,
+    ):
         handle.write(b"half a line")
         raise RuntimeError("crash while writing")
     assert not storage.exists("out/new.jsonl")
@@ -56,34 +60,41 @@ def test_atomic_write_that_raises_leaves_no_file_under_the_final_name(storage, s
         assert list((storage.root / "out").iterdir()) == []  # the temporary file is gone too
 
 
-def test_atomic_write_leaves_no_temporary_file_once_published(storage, staging):
-    with storage.atomic_write("out/new.jsonl") as handle:
+@pytest.mark.parametrize("streamed", [False, True], ids=["staged", "streamed"])
+def test_atomic_write_leaves_no_temporary_file_once_published(storage, staging, streamed):
+    with storage.atomic_write("out/new.jsonl", streamed=streamed) as handle:
         handle.write(b"{}\n")
     assert storage.read_bytes("out/new.jsonl") == b"{}\n"
     assert list(staging.iterdir()) == []
 
 
-def test_atomic_write_that_raises_keeps_the_old_content(storage):
+@pytest.mark.parametrize("streamed", [False, True], ids=["staged", "streamed"])
+def test_atomic_write_that_raises_keeps_the_old_content(storage, streamed):
     storage.write_bytes("shard.jsonl", b"old\n")
-    with pytest.raises(RuntimeError), storage.atomic_write("shard.jsonl") as handle:
+    with (
+        pytest.raises(RuntimeError),
+        storage.atomic_write("shard.jsonl", streamed=streamed) as handle,
+    ):
         handle.write(b"new but unfinished")
         raise RuntimeError("crash while writing")
     assert storage.read_bytes("shard.jsonl") == b"old\n"
 
 
-def test_atomic_write_replaces_old_content_only_when_done(storage):
+@pytest.mark.parametrize("streamed", [False, True], ids=["staged", "streamed"])
+def test_atomic_write_replaces_old_content_only_when_done(storage, streamed):
     storage.write_bytes("shard.jsonl", b"old\n")
-    with storage.atomic_write("shard.jsonl") as handle:
+    with storage.atomic_write("shard.jsonl", streamed=streamed) as handle:
         handle.write(b"new\n")
         assert storage.read_bytes("shard.jsonl") == b"old\n"
     assert storage.read_bytes("shard.jsonl") == b"new\n"
 
 
-def test_list_is_sorted_relative_and_never_shows_temporary_files(storage):
+@pytest.mark.parametrize("streamed", [False, True], ids=["staged", "streamed"])
+def test_list_is_sorted_relative_and_never_shows_temporary_files(storage, streamed):
     storage.write_bytes("p/b.txt", b"")
     storage.write_bytes("p/a/z.txt", b"")
     storage.write_bytes("q.txt", b"")
-    with storage.atomic_write("p/c.txt") as handle:
+    with storage.atomic_write("p/c.txt", streamed=streamed) as handle:
         handle.write(b"pending")
         assert storage.list("p") == ["p/a/z.txt", "p/b.txt"]
     assert storage.list("p") == ["p/a/z.txt", "p/b.txt", "p/c.txt"]
@@ -115,8 +126,9 @@ def test_local_path_serves_parquet_writers(local_storage):
     assert local_storage.list("results") == ["results/part-0.parquet"]
 
 
-def test_parquet_can_be_written_through_atomic_write_and_read_through_open_read(storage):
-    with storage.atomic_write("t.parquet") as handle:
+@pytest.mark.parametrize("streamed", [False, True], ids=["staged", "streamed"])
+def test_parquet_can_be_written_through_atomic_write_and_read_through_open_read(storage, streamed):
+    with storage.atomic_write("t.parquet", streamed=streamed) as handle:
         pq.write_table(pa.table({"a": [1, 2]}), handle)
     with storage.open_read("t.parquet") as handle:
         assert pq.read_table(handle).column("a").to_pylist() == [1, 2]
@@ -151,9 +163,10 @@ def test_written_files_are_as_readable_as_any_other_file_written_there(local_sto
     assert path.stat().st_mode == plain.stat().st_mode
 
 
-def test_a_file_of_several_upload_parts_streams_back_line_by_line(storage):
+@pytest.mark.parametrize("streamed", [False, True], ids=["staged", "streamed"])
+def test_a_file_of_several_upload_parts_streams_back_line_by_line(storage, streamed):
     line = b"x" * 1023 + b"\n"
-    with storage.atomic_write("big/lines.jsonl") as handle:
+    with storage.atomic_write("big/lines.jsonl", streamed=streamed) as handle:
         for _ in range(12 * 1024):  # 12 MB: more than one part of a multipart upload
             handle.write(line)
     assert storage.size("big/lines.jsonl") == 12 * 1024 * 1024

@@ -1,0 +1,212 @@
+"""An object-store upload that runs while its content is still being written, and that a
+failure abandons whole.
+
+Arrow's output stream to an object store is a multipart upload, but pyarrow cannot abort one:
+closing the stream (also from its destructor, after an exception) completes the upload and
+publishes whatever was written. So the stream lives in a child process that reads the content
+from a pipe in length-prefixed frames and completes the upload only on an explicit commit frame
+that carries the total length. A failure of the writer kills the child; a child that reads the
+end of the pipe without that frame (its parent died) or hits an error leaves with `os._exit`,
+before any destructor can run. Either way the upload stays unfinished, which no listing shows
+(and which a bucket's lifecycle rule for incomplete multipart uploads removes).
+
+Used for large files written over a long time (a partition's results), whose upload would
+otherwise start only once the whole file is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from batch_pipeline.core.storage_uri import StorageLocationError
+
+FRAME_BYTES = 1024 * 1024  # the sink sends its writes on in frames of about this size
+_HEADER = struct.Struct("!Q")  # a frame's length; 0 opens the commit, then the total length
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+@contextlib.contextmanager
+def streamed_upload(
+    root_uri: str, options: Mapping[str, Any], path: str, uri: str
+) -> Iterator[BinaryIO]:
+    """A write-only binary file whose bytes go to the object `path` (the pyarrow path of the
+    filesystem that reaches `root_uri` with `options`) as they are written. The object appears
+    only if the block ends normally; an exception, or this process dying, leaves none. A store
+    error is a StorageLocationError naming `uri`."""
+    upload = _ChildUpload(root_uri, options, path, uri)
+    try:
+        yield upload.sink  # type: ignore[misc]
+        upload.sink.commit()
+    except BaseException:
+        upload.stop()
+        raise
+    upload.finish()
+
+
+class _ChildUpload:
+    """The child process that holds the upload, and the pipe that feeds it."""
+
+    def __init__(self, root_uri: str, options: Mapping[str, Any], path: str, uri: str) -> None:
+        self.uri = uri
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", __name__, root_uri, json.dumps(dict(options)), path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": _python_path()},
+        )
+        self._error: str | None = None
+        self.sink = _FramedSink(self._child.stdin, self._failed)  # type: ignore[arg-type]
+
+    def _ended(self) -> str:
+        """Wait for the child (once); the last line it wrote to its error stream."""
+        if self._error is None:
+            assert self._child.stderr is not None
+            text = self._child.stderr.read().decode(errors="replace")
+            self._child.stderr.close()
+            self._child.wait()
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            self._error = lines[-1] if lines else f"the upload ended with {self._child.returncode}"
+        return self._error
+
+    def _failed(self) -> StorageLocationError:
+        """The child stopped reading: what it said, naming the location."""
+        return StorageLocationError(f"{self.uri}: {self._ended()}")
+
+    def stop(self) -> None:
+        """Abandon the upload: the child dies before it can complete it."""
+        self._child.kill()
+        self._ended()
+
+    def finish(self) -> None:
+        """Wait for the child to complete the upload; its error if it could not."""
+        error = self._ended()
+        if self._child.returncode != 0:
+            raise StorageLocationError(f"{self.uri}: {error}")
+
+
+def _python_path() -> str:
+    """The child's module path: this package's folder first, then whatever was set."""
+    inherited = os.environ.get("PYTHONPATH")
+    return os.pathsep.join(filter(None, [_PACKAGE_PARENT, inherited]))
+
+
+class _FramedSink:
+    """The writing end of the pipe to the child: writes are gathered into frames. A pipe the
+    child no longer reads raises what `failed` gives."""
+
+    def __init__(self, pipe: BinaryIO, failed: Callable[[], Exception]) -> None:
+        self._pipe = pipe
+        self._failed = failed
+        self._pending = bytearray()
+        self._position = 0
+        self.closed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._position
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        self._pending += data
+        self._position += size
+        if len(self._pending) >= FRAME_BYTES:
+            self._send(_HEADER.pack(len(self._pending)), self._pending)
+            self._pending.clear()
+        return size
+
+    def flush(self) -> None:
+        """Nothing to do: a frame goes out once full, the rest on commit."""
+
+    def close(self) -> None:
+        """Closing the file is not committing it: the upload completes when the block ends."""
+
+    def commit(self) -> None:
+        """Send the rest, then the commit frame with the total length; end the pipe."""
+        rest = [_HEADER.pack(len(self._pending)), self._pending] if self._pending else []
+        self._send(*rest, _HEADER.pack(0), _HEADER.pack(self._position))
+        self._pending.clear()
+        try:
+            self._pipe.close()
+        except BrokenPipeError:
+            raise self._failed() from None
+        self.closed = True
+
+    def _send(self, *parts: bytes | bytearray) -> None:
+        try:
+            for part in parts:
+                self._pipe.write(part)
+        except BrokenPipeError:
+            raise self._failed() from None
+
+
+# -- the child -----------------------------------------------------------------------------------
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+    """`size` bytes, or None if the pipe ends first."""
+    data = stream.read(size)
+    return data if len(data) == size else None
+
+
+# The child's open stream. Held here for the life of the process: no return or exception
+# unwinding a frame can then drop the last reference, whose destructor would complete it.
+_KEPT_OPEN: list[Any] = []
+
+
+def _upload(root_uri: str, options: dict[str, Any], path: str) -> int:
+    """Copy frames from standard input into the object; the exit code (0 once completed)."""
+    from batch_pipeline.core.storage_uri import RemoteLocation, filesystem_for
+
+    source = sys.stdin.buffer
+    filesystem = filesystem_for(RemoteLocation.parse(root_uri), options)
+    _KEPT_OPEN.append(filesystem.open_output_stream(path))
+    received = 0
+    while True:
+        header = _read_exact(source, _HEADER.size)
+        if header is None:
+            return 3  # the parent is gone: abandon
+        (size,) = _HEADER.unpack(header)
+        if size == 0:
+            break
+        data = _read_exact(source, size)
+        if data is None:
+            return 3
+        _KEPT_OPEN[0].write(data)
+        received += size
+    total = _read_exact(source, _HEADER.size)
+    if total is None or _HEADER.unpack(total)[0] != received:
+        return 4  # a commit that does not match what came: abandon
+    _KEPT_OPEN[0].close()  # completes the upload
+    return 0
+
+
+def main(argv: list[str]) -> None:
+    """The child. It ends with `os._exit`, which runs no destructor: an upload not completed
+    by `_upload` stays unfinished."""
+    from batch_pipeline.core.storage_uri import describe
+
+    try:
+        code = _upload(argv[0], json.loads(argv[1]), argv[2])
+    except BaseException as error:  # reported on one line, then abandoned
+        sys.stderr.write(describe(error) + "\n")
+        code = 1
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,98 @@
+"""A large file sent to the object store while it is written (the results file): its bytes
+reach the store before the file ends, yet the object appears only once the write ends
+normally. A failure, a dead writer or a store that refuses leaves no object, and the old one
+stays. Against the S3-compatible server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from batch_pipeline.core.storage import storage_for
+from batch_pipeline.core.storage_uri import StorageLocationError
+
+pytestmark = pytest.mark.slow
+
+MB = 1024 * 1024
+KEY = "results/partition=2026-01-15/part-0.parquet"
+
+
+def wait_for(condition, what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {seconds:.0f} s: {what}")
+        time.sleep(0.05)
+
+
+def test_bytes_reach_the_store_while_the_file_is_written_and_appear_only_at_its_end(s3, s3_bucket):
+    storage = storage_for(f"s3://{s3_bucket}/pipe")
+    content = os.urandom(24 * MB)
+    with storage.atomic_write(KEY, streamed=True) as handle:
+        for start in range(0, len(content), 100_000):
+            handle.write(content[start : start + 100_000])
+        # More than one part is written: the multipart upload is under way, and unlisted.
+        wait_for(lambda: s3.pending_uploads(s3_bucket) == [f"pipe/{KEY}"], "an upload started")
+        assert storage.list("results") == []
+    assert storage.read_bytes(KEY) == content
+    assert s3.pending_uploads(s3_bucket) == []
+
+
+def test_a_failure_after_parts_were_sent_keeps_the_old_object(s3, s3_bucket):
+    storage = storage_for(f"s3://{s3_bucket}/pipe")
+    storage.write_bytes(KEY, b"the results of the last run")
+    with (
+        pytest.raises(RuntimeError, match="the join failed"),
+        storage.atomic_write(KEY, streamed=True) as handle,
+    ):
+        handle.write(os.urandom(24 * MB))
+        wait_for(lambda: s3.pending_uploads(s3_bucket), "an upload started")
+        raise RuntimeError("the join failed")
+    assert storage.read_bytes(KEY) == b"the results of the last run"
+    assert s3.pending_uploads(s3_bucket) == [f"pipe/{KEY}"]  # abandoned, never completed
+
+
+WRITER = """
+import os, sys, time
+from batch_pipeline.core.storage import storage_for
+storage = storage_for(sys.argv[1])
+with storage.atomic_write(sys.argv[2], streamed=True) as handle:
+    handle.write(os.urandom(24 * 1024 * 1024))
+    print("written", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_writer_killed_mid_file_leaves_no_object(s3, s3_bucket):
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, f"s3://{s3_bucket}/pipe", KEY],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline() == "written\n"
+    wait_for(lambda: s3.pending_uploads(s3_bucket), "an upload started")
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    time.sleep(2)  # what the uploading process does once its writer is gone
+    assert s3.keys(s3_bucket) == []
+    assert s3.pending_uploads(s3_bucket) == [f"pipe/{KEY}"]
+
+
+def test_a_store_that_refuses_the_upload_is_named_on_one_line(s3, s3_bucket):
+    storage = storage_for(f"s3://{s3_bucket}/pipe")
+    s3.client().delete_bucket(Bucket=s3_bucket)
+    with (
+        pytest.raises(StorageLocationError) as raised,
+        storage.atomic_write(KEY, streamed=True) as handle,
+    ):
+        handle.write(os.urandom(12 * MB))
+    message = str(raised.value)
+    assert message.startswith(f"s3://{s3_bucket}/pipe/{KEY}: ")
+    assert "\n" not in message
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in message
