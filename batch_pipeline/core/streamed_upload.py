@@ -30,7 +30,6 @@ from batch_pipeline.core.storage_uri import StorageLocationError
 
 FRAME_BYTES = 1024 * 1024  # the sink sends its writes on in frames of about this size
 _HEADER = struct.Struct("!Q")  # a frame's length; 0 opens the commit, then the total length
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 @contextlib.contextmanager
@@ -94,9 +93,9 @@ class _ChildUpload:
 
 
 def _python_path() -> str:
-    """The child's module path: this package's folder first, then whatever was set."""
-    inherited = os.environ.get("PYTHONPATH")
-    return os.pathsep.join(filter(None, [_PACKAGE_PARENT, inherited]))
+    """The child's module path: this process's own, in its order (a notebook or a code
+    server may have found this package through a path it added)."""
+    return os.pathsep.join(str(Path(entry).resolve()) for entry in sys.path if entry)
 
 
 class _FramedSink:

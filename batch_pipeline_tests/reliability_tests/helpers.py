@@ -401,7 +401,11 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "batch_pipeline.cli", *args]
 
 
-def start_child(command: list[str], **env: str) -> subprocess.Popen[str]:
+def start_child(
+    command: list[str], *, own_group: bool = False, **env: str
+) -> subprocess.Popen[str]:
+    """The command in a child process; `own_group`: leading a process group of its own, which
+    a kill of the group ends with every process the child started."""
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -409,6 +413,7 @@ def start_child(command: list[str], **env: str) -> subprocess.Popen[str]:
         text=True,
         cwd=REPO_ROOT,
         env=child_env(**env),
+        start_new_session=own_group,
     )
 
 

@@ -46,7 +46,7 @@ OUTAGE_SECONDS = 5.0
 def start_run(on_store: OnStore, *args: str, **env: str) -> subprocess.Popen[str]:
     """A child running the day end to end (ROWS tickets in three shards) on the bucket."""
     spec = on_store.write(ticket_rows(ROWS), limits={"max_requests_per_file": PER_FILE})
-    return start_child(child_command(str(spec), "--partition", DAY, *args), **env)
+    return start_child(child_command(str(spec), "--partition", DAY, *args), own_group=True, **env)
 
 
 def rerun_and_check(on_store: OnStore, tally: Tally) -> None:

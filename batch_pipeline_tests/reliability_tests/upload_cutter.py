@@ -25,8 +25,9 @@ _CHUNKED = re.compile(rb"^transfer-encoding:.*chunked", re.IGNORECASE | re.MULTI
 
 @dataclass
 class UploadCutter:
-    """Kills `victim` (a pid, set once the process started) during the first upload whose
-    request line (`PUT /bucket/key?...`) matches `pattern`; `cut` names what it cut."""
+    """Kills `victim` (a pid, set once the process started; with its process group if it
+    leads one) during the first upload whose request line (`PUT /bucket/key?...`) matches
+    `pattern`; `cut` names what it cut."""
 
     upstream: tuple[str, int]
     pattern: re.Pattern[bytes]
@@ -67,7 +68,12 @@ class UploadCutter:
             if self.cut is not None or self.victim is None:
                 return False
             self.cut = request_line.decode(errors="replace")
-            os.kill(self.victim, signal.SIGKILL)
+            # The whole process group when the victim leads one: the process and the children
+            # it uploads through die together, as when a container or a machine goes.
+            if os.getpgid(self.victim) == self.victim:
+                os.killpg(self.victim, signal.SIGKILL)
+            else:
+                os.kill(self.victim, signal.SIGKILL)
             return True
 
 
