@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,12 @@ def ticket_spec(
         else:
             spec[section] = values
     return spec
+
+
+@pytest.fixture
+def staging(tmp_path, monkeypatch):
+    """The temporary folder, empty, so a test sees what a write leaves there."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -1,22 +1,11 @@
 """The storage contract, held by every storage root: a local folder and an object store (the
 S3-compatible server)."""
 
-import tempfile
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline.core.storage import LocalStorage, StorageRoot, StoredFile, storage_for
-
-
-@pytest.fixture
-def staging(tmp_path, monkeypatch):
-    """The temporary folder, empty, so a test sees what a write leaves there."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])

@@ -30,7 +30,9 @@ def wait_for(condition, what: str, seconds: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def test_bytes_reach_the_store_while_the_file_is_written_and_appear_only_at_its_end(s3, s3_bucket):
+def test_bytes_reach_the_store_while_the_file_is_written_and_appear_only_at_its_end(
+    s3, s3_bucket, staging
+):
     storage = storage_for(f"s3://{s3_bucket}/pipe")
     content = os.urandom(24 * MB)
     with storage.atomic_write(KEY, streamed=True) as handle:
@@ -39,6 +41,7 @@ def test_bytes_reach_the_store_while_the_file_is_written_and_appear_only_at_its_
         # More than one part is written: the multipart upload is under way, and unlisted.
         wait_for(lambda: s3.pending_uploads(s3_bucket) == [f"pipe/{KEY}"], "an upload started")
         assert storage.list("results") == []
+        assert list(staging.iterdir()) == []  # no local copy: the file is as large as a day
     assert storage.read_bytes(KEY) == content
     assert s3.pending_uploads(s3_bucket) == []
 
