@@ -10,6 +10,7 @@ import sys
 import uuid
 
 import pandas as pd
+import polars as pl
 import pyarrow.fs
 import pytest
 import yaml
@@ -68,8 +69,14 @@ def test_a_pipeline_on_s3_ends_with_every_row_once_read_back_from_the_store(
     assert any(key.startswith("out/tickets/requests/") for key in keys)
     assert s3.pending_uploads(s3_bucket) == []
     assert not list(tmp_path.glob("out*"))  # nothing went to a local folder
-    # Any S3 reader sees the same file: pandas through pyarrow, with the same environment.
+    # Any S3 reader sees the same file, with the same environment: pandas through pyarrow, and
+    # Polars through its own client, as the README shows them.
     assert len(pd.read_parquet(summary.path)) == 15
+    frame = pl.scan_parquet(
+        f"s3://{s3_bucket}/out/tickets/results/**/*.parquet", hive_partitioning=True
+    ).collect()
+    assert sorted(frame["ticket_id"].to_list()) == sorted(results["ticket_id"])
+    assert {str(day) for day in frame["partition"].to_list()} == {DAY}
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@ from datetime import UTC, date, datetime
 
 import orjson
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from batch_pipeline.core.sources import (
     parse_partition,
     source_schema,
 )
+from batch_pipeline.core.sources.frame import as_table
 from batch_pipeline.core.spec import PipelineSpec, ScheduleSpec, SpecError
 
 PARTITION = "2024-05-01"
@@ -407,6 +409,20 @@ def test_dataframe_is_filtered_in_memory_and_replaces_the_spec_source(tmp_path):
     spec = make_spec(tmp_path, path="does-not-exist")
     assert read_ids(spec, dataframe=frame) == ["a", "c"]
     assert source_schema(spec, frame).names == ["id", "day", "text"]
+
+
+def test_a_polars_frame_from_an_io_manager_reads_like_an_arrow_table(tmp_path):
+    frame = pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "day": [datetime(2024, 5, 1, 9), datetime(2024, 5, 2, 9), datetime(2024, 5, 1, 18)],
+            "text": ["x", "y", "z"],
+        }
+    )
+    table = as_table(frame, what="source.asset_key raw/tickets")
+    spec = make_spec(tmp_path, path="does-not-exist")
+    assert read_ids(spec, dataframe=table) == ["a", "c"]
+    assert source_schema(spec, table).names == ["id", "day", "text"]
 
 
 def test_dataframe_columns_mixing_python_types_read_as_text(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -210,6 +211,9 @@ def test_the_results_io_manager_reads_the_days_a_downstream_asset_maps_to(
     assert set(one_day["status"]) == {"succeeded"}
     both = load(DAY, "2026-11-19", format="arrow")
     assert isinstance(both, pa.Table) and sorted(both["ticket_id"].to_pylist()) == ["a", "b", "c"]
+    as_polars = load(DAY, "2026-11-19", format="polars")
+    assert isinstance(as_polars, pl.DataFrame)
+    assert sorted(as_polars["ticket_id"].to_list()) == ["a", "b", "c"]
     with pytest.raises(FileNotFoundError, match="for 2026-11-20: materialize its results"):
         load("2026-11-20", "2026-11-20")
     with pytest.raises(ValueError, match="format 'excel' is not one of pandas, arrow, polars"):
