@@ -83,6 +83,8 @@ class _ChildUpload:
     def stop(self) -> None:
         """Abandon the upload: the child dies before it can complete it."""
         self._child.kill()
+        with contextlib.suppress(OSError):  # a pipe the dead child no longer reads
+            self._child.stdin.close()  # type: ignore[union-attr]
         self._ended()
 
     def finish(self) -> None:

@@ -22,6 +22,18 @@ MB = 1024 * 1024
 KEY = "results/partition=2026-01-15/part-0.parquet"
 
 
+def open_pipes() -> int:
+    """How many pipes this process holds open."""
+    folder = "/proc/self/fd"
+    links = []
+    for name in os.listdir(folder):
+        try:
+            links.append(os.readlink(f"{folder}/{name}"))
+        except FileNotFoundError:  # the listing's own descriptor, gone already
+            continue
+    return sum(link.startswith("pipe:") for link in links)
+
+
 def wait_for(condition, what: str, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -49,6 +61,7 @@ def test_bytes_reach_the_store_while_the_file_is_written_and_appear_only_at_its_
 def test_a_failure_after_parts_were_sent_keeps_the_old_object(s3, s3_bucket):
     storage = storage_for(f"s3://{s3_bucket}/pipe")
     storage.write_bytes(KEY, b"the results of the last run")
+    pipes = open_pipes()
     with (
         pytest.raises(RuntimeError, match="the join failed"),
         storage.atomic_write(KEY, streamed=True) as handle,
@@ -58,6 +71,7 @@ def test_a_failure_after_parts_were_sent_keeps_the_old_object(s3, s3_bucket):
         raise RuntimeError("the join failed")
     assert storage.read_bytes(KEY) == b"the results of the last run"
     assert s3.pending_uploads(s3_bucket) == [f"pipe/{KEY}"]  # abandoned, never completed
+    assert open_pipes() == pipes  # the pipes to and from the uploading process are closed
 
 
 WRITER = """
