@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -44,10 +45,10 @@ def streamed_upload(
     try:
         yield upload.sink  # type: ignore[misc]
         upload.sink.commit()
+        upload.finish()
     except BaseException:
-        upload.stop()
+        upload.stop()  # also when interrupted while the child completes: no child is left
         raise
-    upload.finish()
 
 
 class _ChildUpload:
@@ -56,7 +57,8 @@ class _ChildUpload:
     def __init__(self, root_uri: str, options: Mapping[str, Any], path: str, uri: str) -> None:
         self.uri = uri
         self._child = subprocess.Popen(
-            [sys.executable, "-m", __name__, root_uri, json.dumps(dict(options)), path],
+            # -P: the module path is the parent's (below), not the working folder first
+            [sys.executable, "-P", "-m", __name__, root_uri, json.dumps(dict(options)), path],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -96,8 +98,8 @@ class _ChildUpload:
 
 def _python_path() -> str:
     """The child's module path: this process's own, in its order (a notebook or a code
-    server may have found this package through a path it added)."""
-    return os.pathsep.join(str(Path(entry).resolve()) for entry in sys.path if entry)
+    server may have found this package through a path it added; "" is the working folder)."""
+    return os.pathsep.join(str(Path(entry or ".").resolve()) for entry in sys.path)
 
 
 class _FramedSink:
@@ -196,17 +198,26 @@ def _upload(root_uri: str, options: dict[str, Any], path: str) -> int:
 
 
 def main(argv: list[str]) -> None:
-    """The child. It ends with `os._exit`, which runs no destructor: an upload not completed
-    by `_upload` stays unfinished."""
-    from batch_pipeline.core.storage_uri import describe
-
+    """The child. It ends with `os._exit` whatever happens, which runs no destructor: an
+    upload not completed by `_upload` stays unfinished. An interrupt is the parent's to act
+    on (a terminal's Ctrl-C reaches both); the parent then kills this process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = 1
     try:
         code = _upload(argv[0], json.loads(argv[1]), argv[2])
     except BaseException as error:  # reported on one line, then abandoned
+        _report(error)
+    finally:
+        os._exit(code)
+
+
+def _report(error: BaseException) -> None:
+    """The error on one line of the error stream, if anyone still reads it."""
+    with contextlib.suppress(BaseException):
+        from batch_pipeline.core.storage_uri import describe
+
         sys.stderr.write(describe(error) + "\n")
-        code = 1
-    sys.stderr.flush()
-    os._exit(code)
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -113,3 +113,18 @@ def test_a_store_that_refuses_the_upload_is_named_on_one_line(s3, s3_bucket):
     assert message.startswith(f"s3://{s3_bucket}/pipe/{KEY}: ")
     assert "\n" not in message
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in message
+
+
+def test_the_uploading_process_imports_what_the_writer_imports_not_the_working_folder(
+    s3, s3_bucket, tmp_path, monkeypatch
+):
+    """A run started in a folder that holds another checkout of the package (or a module
+    named like a library) still uploads with the code the run itself imported."""
+    other = tmp_path / "batch_pipeline"
+    other.mkdir()
+    (other / "__init__.py").write_text("raise ImportError('another checkout')\n")
+    monkeypatch.chdir(tmp_path)
+    storage = storage_for(f"s3://{s3_bucket}/pipe")
+    with storage.atomic_write(KEY, streamed=True) as handle:
+        handle.write(b"results")
+    assert storage.read_bytes(KEY) == b"results"
