@@ -2,7 +2,9 @@
 
 Object stores have no rename, so publication is whole-object: `atomic_write` stages the bytes
 in a temporary file of the machine's temporary folder (removed when the block ends, also on an
-error) and uploads it in one call once the block ends normally. A reader that lists an object
+error) and uploads it in one call once the block ends normally; with `streamed=True` (a large
+file written over a long time) the bytes go up as they are written, through a child process
+that completes the upload only then (`streamed_upload`). A reader that lists an object
 sees it whole (a single PUT or a completed multipart upload); an exception never completes an
 upload, and a killed process leaves at most an unfinished multipart upload, which no listing
 shows. Reads stream: `open_read` is pyarrow's random-access file over ranged GETs.
