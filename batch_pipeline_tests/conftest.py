@@ -15,9 +15,11 @@ import pytest
 import sqlalchemy as sa
 
 from batch_pipeline_tests.batch_apis import BatchApi, HttpApi, MemoryApi
+from batch_pipeline_tests.gcs_server import gcs, gcs_bucket, gcs_server
 from batch_pipeline_tests.s3_server import s3, s3_bucket, s3_server
 
-__all__ = ["s3", "s3_bucket", "s3_server"]  # fixtures of the S3-compatible server
+# fixtures of the S3-compatible server and of the GCS emulator
+__all__ = ["gcs", "gcs_bucket", "gcs_server", "s3", "s3_bucket", "s3_server"]
 
 # `throwaway_postgres`: a PostgreSQL server of a test's own, for tests that stop it.
 pytest_plugins = ["batch_pipeline_tests.throwaway_postgres"]

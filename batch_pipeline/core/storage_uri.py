@@ -196,8 +196,13 @@ def _s3_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
 
 def _gcs_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
     """Google Cloud Storage: Google's default credentials (GOOGLE_APPLICATION_CREDENTIALS,
-    the metadata server); an emulator through `endpoint_url` or STORAGE_EMULATOR_HOST."""
+    the metadata server); an emulator through `endpoint_url` or STORAGE_EMULATOR_HOST. With
+    STORAGE_EMULATOR_HOST set, requests are anonymous unless the option `anonymous` says
+    otherwise, as in Google's own client libraries: an emulator takes no credentials, and
+    looking for them off Google Cloud waits on a metadata server that is not there."""
     gcs_filesystem = _native("GcsFileSystem", location)
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        options.setdefault("anonymous", True)
     return gcs_filesystem(**_endpoint(options, "STORAGE_EMULATOR_HOST"), **options)
 
 

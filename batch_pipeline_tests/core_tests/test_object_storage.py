@@ -1,5 +1,6 @@
 """Pipelines whose source and output live in an object store: the S3-compatible server for S3,
-and the routing of gs:// and az:// URIs to pyarrow's filesystems (no emulator runs offline)."""
+the GCS emulator for gs://, and the routing of az:// URIs to pyarrow's Azure filesystem (no
+Azure emulator comes from PyPI)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 
 import pandas as pd
 import polars as pl
@@ -26,25 +28,51 @@ from batch_pipeline_tests.core_tests.test_pipeline import DAY, EXPECTED, mixed_r
 from batch_pipeline_tests.s3_server import SECRET_KEY
 
 
-def upload_tickets(s3, bucket: str, key: str, rows: list[dict]) -> str:
-    """The rows as a Parquet object; its URI."""
+def parquet_of(rows: list[dict]) -> bytes:
+    """The rows as the bytes of a Parquet file."""
     body = io.BytesIO()
     pd.DataFrame(rows).to_parquet(body, index=False)
-    s3.client().put_object(Bucket=bucket, Key=key, Body=body.getvalue())
+    return body.getvalue()
+
+
+def upload_tickets(s3, bucket: str, key: str, rows: list[dict]) -> str:
+    """The rows as a Parquet object; its URI."""
+    s3.client().put_object(Bucket=bucket, Key=key, Body=parquet_of(rows))
     return f"s3://{bucket}/{key}"
 
 
-def s3_spec(tmp_path, api, bucket: str, source: str, ledger_url: str, **overrides) -> PipelineSpec:
+def store_spec(tmp_path, api, root: str, source: str, ledger_url: str) -> PipelineSpec:
+    """The tickets pipeline reading `source`, with its output under `root` (a bucket's URI)."""
     spec = ticket_spec(
         tmp_path,
         api.base_url,
         source={"path": source},
-        output={"dir": f"s3://{bucket}/out"},
+        output={"dir": f"{root}/out"},
         ledger={"url": ledger_url},
         request={"context_window": 2000},
-        **overrides,
     )
     return PipelineSpec.from_dict(spec, base_dir=tmp_path)
+
+
+def run_every_row_once(
+    api, spec: PipelineSpec, root: str, keys: Callable[[], list[str]]
+) -> pd.DataFrame:
+    """Run the day; every row ends once with its expected status, read back from the store,
+    whose `keys` (listed by the server after the run) hold the results and the shards. The
+    results as read back."""
+    with api.pipeline(spec) as pipeline:
+        summary = pipeline.run(DAY, poll_interval=0.3, timeout=90)
+    results = read_results(spec, DAY)
+    assert len(results) == 15 and summary.rows == 15  # every row of the day, once
+    for key, (status, attempts) in EXPECTED.items():
+        row = results[results["ticket_id"] == key].iloc[0]
+        assert (row["status"], row["attempts"]) == (status, attempts), key
+    results_key = f"out/tickets/results/partition={DAY}/part-0.parquet"
+    assert summary.path == f"{root}/{results_key}"
+    listed = keys()
+    assert results_key in listed
+    assert any(key.startswith("out/tickets/requests/") for key in listed)
+    return results
 
 
 @on_both_apis
@@ -54,29 +82,34 @@ def test_a_pipeline_on_s3_ends_with_every_row_once_read_back_from_the_store(
     tmp_path, api, s3, s3_bucket, own_postgres_database
 ):
     source = upload_tickets(s3, s3_bucket, "src/tickets.parquet", mixed_rows())
-    spec = s3_spec(tmp_path, api, s3_bucket, source, own_postgres_database)
-    with api.pipeline(spec) as pipeline:
-        summary = pipeline.run(DAY, poll_interval=0.3, timeout=90)
-
-    results = read_results(spec, DAY)
-    assert len(results) == 15 and summary.rows == 15  # every row of the day, once
-    for key, (status, attempts) in EXPECTED.items():
-        row = results[results["ticket_id"] == key].iloc[0]
-        assert (row["status"], row["attempts"]) == (status, attempts), key
-    assert summary.path == f"s3://{s3_bucket}/out/tickets/results/partition={DAY}/part-0.parquet"
-    keys = s3.keys(s3_bucket)
-    assert f"out/tickets/results/partition={DAY}/part-0.parquet" in keys
-    assert any(key.startswith("out/tickets/requests/") for key in keys)
+    root = f"s3://{s3_bucket}"
+    spec = store_spec(tmp_path, api, root, source, own_postgres_database)
+    results = run_every_row_once(api, spec, root, lambda: s3.keys(s3_bucket))
     assert s3.pending_uploads(s3_bucket) == []
     assert not list(tmp_path.glob("out*"))  # nothing went to a local folder
     # Any S3 reader sees the same file, with the same environment: pandas through pyarrow, and
     # Polars through its own client, as the README shows them.
-    assert len(pd.read_parquet(summary.path)) == 15
+    assert len(pd.read_parquet(f"{root}/out/tickets/results/partition={DAY}/part-0.parquet")) == 15
     frame = pl.scan_parquet(
         f"s3://{s3_bucket}/out/tickets/results/**/*.parquet", hive_partitioning=True
     ).collect()
     assert sorted(frame["ticket_id"].to_list()) == sorted(results["ticket_id"])
     assert {str(day) for day in frame["partition"].to_list()} == {DAY}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("api", ["http"], indirect=True)
+def test_a_pipeline_on_gcs_ends_with_every_row_once_read_back_from_the_store(
+    tmp_path, api, gcs, gcs_bucket, own_postgres_database
+):
+    """The same run with its source and output on gs://, reached through
+    STORAGE_EMULATOR_HOST as a user reaches an emulator."""
+    storage_for(f"gs://{gcs_bucket}").write_bytes("src/tickets.parquet", parquet_of(mixed_rows()))
+    root = f"gs://{gcs_bucket}"
+    spec = store_spec(tmp_path, api, root, f"{root}/src/tickets.parquet", own_postgres_database)
+    run_every_row_once(api, spec, root, lambda: gcs.keys(gcs_bucket))
+    assert not list(tmp_path.glob("out*"))  # nothing went to a local folder
 
 
 @pytest.mark.slow
@@ -204,6 +237,18 @@ def test_gs_uris_go_to_pyarrows_gcs_filesystem_with_the_options(uri):
     settings = _settings(filesystem)
     assert (settings["endpoint_override"], settings["scheme"]) == ("127.0.0.1:4443", "http")
     assert (settings["project_id"], settings["anonymous"]) == ("p", True)
+
+
+def test_an_emulator_named_by_storage_emulator_host_is_reached_anonymously(monkeypatch):
+    """As Google's own clients do: an emulator takes no credentials, and looking for them off
+    Google Cloud waits on a metadata server that is not there."""
+    location = RemoteLocation.parse("gs://bucket/prefix")
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    assert _settings(filesystem_for(location))["anonymous"] is False
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:4443")
+    settings = _settings(filesystem_for(location))
+    assert (settings["endpoint_override"], settings["anonymous"]) == ("127.0.0.1:4443", True)
+    assert _settings(filesystem_for(location, {"anonymous": False}))["anonymous"] is False
 
 
 def test_az_and_abfs_uris_go_to_pyarrows_azure_filesystem_with_the_account(monkeypatch):

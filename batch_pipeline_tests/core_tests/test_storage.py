@@ -1,5 +1,5 @@
-"""The storage contract, held by every storage root: a local folder and an object store (the
-S3-compatible server)."""
+"""The storage contract, held by every storage root: a local folder and the object stores (the
+S3-compatible server, the GCS emulator)."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -8,12 +8,18 @@ import pytest
 from batch_pipeline.core.storage import LocalStorage, StorageRoot, StoredFile, storage_for
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("s3", marks=pytest.mark.slow),
+        pytest.param("gs", marks=pytest.mark.slow),
+    ]
+)
 def storage(request, tmp_path, staging):
-    if request.param == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
-        return storage_for(f"s3://{bucket}/some/prefix")
-    return LocalStorage(tmp_path / "root")
+    if request.param == "local":
+        return LocalStorage(tmp_path / "root")
+    bucket = request.getfixturevalue({"s3": "s3_bucket", "gs": "gcs_bucket"}[request.param])
+    return storage_for(f"{request.param}://{bucket}/some/prefix")
 
 
 @pytest.fixture
