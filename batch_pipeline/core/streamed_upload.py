@@ -23,6 +23,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -65,17 +66,26 @@ class _ChildUpload:
             env={**os.environ, "PYTHONPATH": _python_path()},
         )
         self._error: str | None = None
+        self._last_line = ""
+        # The child's error stream is read as it comes: a store's client may log there (Google's
+        # tracing variables do), and a full pipe would stall the child, and so the writer.
+        self._errors = threading.Thread(target=self._read_errors, name="upload-errors", daemon=True)
+        self._errors.start()
         self.sink = _FramedSink(self._child.stdin, self._failed)  # type: ignore[arg-type]
+
+    def _read_errors(self) -> None:
+        """Keep the last line of the child's error stream, up to its end."""
+        assert self._child.stderr is not None
+        with self._child.stderr:
+            for raw in self._child.stderr:
+                self._last_line = raw.decode(errors="replace").strip() or self._last_line
 
     def _ended(self) -> str:
         """Wait for the child (once); the last line it wrote to its error stream."""
         if self._error is None:
-            assert self._child.stderr is not None
-            text = self._child.stderr.read().decode(errors="replace")
-            self._child.stderr.close()
+            self._errors.join()
             self._child.wait()
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            self._error = lines[-1] if lines else f"the upload ended with {self._child.returncode}"
+            self._error = self._last_line or f"the upload ended with {self._child.returncode}"
         return self._error
 
     def _failed(self) -> StorageLocationError:

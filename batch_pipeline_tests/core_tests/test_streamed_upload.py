@@ -149,3 +149,17 @@ def test_the_uploading_process_imports_what_the_writer_imports_not_the_working_f
     with storage.atomic_write(KEY, streamed=True) as handle:
         handle.write(b"results")
     assert storage.read_bytes(KEY) == b"results"
+
+
+@pytest.mark.timeout(120)
+def test_a_store_client_that_logs_a_lot_does_not_stall_the_upload(gcs, gcs_bucket, monkeypatch):
+    """Google's documented tracing variables make its client log every request to the error
+    stream: far more than a pipe holds, which the uploading process must never wait on."""
+    monkeypatch.setenv("CLOUD_STORAGE_ENABLE_TRACING", "http")
+    monkeypatch.setenv("GOOGLE_CLOUD_CPP_ENABLE_CLOG", "yes")
+    storage = storage_for(f"gs://{gcs_bucket}/pipe")
+    content = os.urandom(64 * MB)
+    with storage.atomic_write(KEY, streamed=True) as handle:
+        for start in range(0, len(content), MB):
+            handle.write(content[start : start + MB])
+    assert storage.read_bytes(KEY) == content
