@@ -22,6 +22,7 @@ from batch_pipeline.core.requests import source_columns
 from batch_pipeline.core.results import JoinedResults, ResultsError, assemble_results
 from batch_pipeline.core.sources import Source
 from batch_pipeline.core.staged_reads import StagedReads
+from batch_pipeline.core.storage_uri import StorageLocationError
 from batch_pipeline.core.types import PipelineError, ResultsSummary, RowStatus
 from batch_pipeline.core.worker import PipelineWorker
 
@@ -105,7 +106,7 @@ class ResultsWriter(PipelineWorker):
         gc = IntermediatesGc(self.spec, self.ledger, self.storage, clock=self._clock)
         try:
             gc.run(partition=partition)
-        except OSError as exc:
+        except (OSError, StorageLocationError) as exc:  # a disk's error or an object store's
             log.warning("%s %s: intermediates not removed: %s", self.spec.name, partition, exc)
 
     def _results_summary(

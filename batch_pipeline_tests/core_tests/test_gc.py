@@ -13,8 +13,9 @@ import yaml
 from batch_pipeline import PipelineSpec
 from batch_pipeline.cli import main
 from batch_pipeline.core import layout
-from batch_pipeline.core.gc import DAY_SECONDS
+from batch_pipeline.core.gc import DAY_SECONDS, IntermediatesGc
 from batch_pipeline.core.pipeline import Pipeline
+from batch_pipeline.core.storage_uri import StorageLocationError
 from batch_pipeline_tests.batch_apis import MemoryApi
 from batch_pipeline_tests.conftest import ticket_spec, write_tickets
 from batch_pipeline_tests.core_tests.test_pipeline import DAY, OTHER_DAY
@@ -41,10 +42,12 @@ def two_days_of_rows() -> list[dict]:
     return rows
 
 
-def make_pipeline(tmp_path, api: MemoryApi, **output) -> Pipeline:
+def make_pipeline(tmp_path, api: MemoryApi, ledger: dict | None = None, **output) -> Pipeline:
     """A pipeline over two days of tickets, its spec in `tmp_path/pipeline.yaml`."""
     write_tickets(tmp_path / "tickets.parquet", two_days_of_rows())
     data = ticket_spec(tmp_path, api.base_url, retry={"max_attempts": 2}, output=output)
+    if ledger is not None:
+        data["ledger"] = ledger
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
     return api.pipeline(PipelineSpec.from_yaml(tmp_path / "pipeline.yaml"))
 
@@ -136,8 +139,27 @@ def test_a_day_rebuilt_after_gc_runs_from_the_source_and_reads_the_same(tmp_path
         assert intermediates_of(stored(pipeline), DAY)  # generation 2's, kept 7 days
 
 
-def test_keep_intermediates_days_0_removes_them_once_the_results_are_written(tmp_path, memory_api):
-    with make_pipeline(tmp_path, memory_api, keep_intermediates_days=0) as pipeline:
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("s3", marks=[pytest.mark.slow, pytest.mark.postgres]),
+        pytest.param("gs", marks=[pytest.mark.slow, pytest.mark.postgres]),
+    ]
+)
+def where(request) -> dict:
+    """The `output` and `ledger` of a pipeline on local disk, or on S3 or GCS (a fresh bucket
+    of the test's server) with its own PostgreSQL ledger."""
+    if request.param == "local":
+        return {}
+    bucket = request.getfixturevalue({"s3": "s3_bucket", "gs": "gcs_bucket"}[request.param])
+    database = request.getfixturevalue("own_postgres_database")
+    return {"dir": f"{request.param}://{bucket}/out", "ledger": {"url": database}}
+
+
+def test_keep_intermediates_days_0_removes_them_once_the_results_are_written(
+    tmp_path, memory_api, where
+):
+    with make_pipeline(tmp_path, memory_api, keep_intermediates_days=0, **where) as pipeline:
         pipeline.run(DAY, wait=False)
         assert intermediates_of(stored(pipeline), DAY)  # in flight: kept
         pipeline.run(DAY, **RUN)
@@ -146,6 +168,24 @@ def test_keep_intermediates_days_0_removes_them_once_the_results_are_written(tmp
         assert layout.results_path(DAY) in keys and layout.rejected_path(DAY, 1) in keys
         assert len(pipeline.read_results(DAY)) == 6
         assert pipeline.get_partition(DAY).intermediates_removed_at is not None
+
+
+def test_a_store_that_refuses_the_removal_leaves_the_results_standing(
+    tmp_path, memory_api, monkeypatch, caplog
+):
+    """Removing intermediates is tidying: an object store's refusal is logged, the results
+    stand, and a later `gc` tries again."""
+
+    def refuse(self, record, **_):
+        raise StorageLocationError(f"{self.storage.uri('batches')}: access refused")
+
+    monkeypatch.setattr(IntermediatesGc, "clean", refuse)
+    with make_pipeline(tmp_path, memory_api, keep_intermediates_days=0) as pipeline:
+        summary = pipeline.run(DAY, **RUN)
+        assert len(pipeline.read_results(DAY)) == summary.rows == 6
+        assert pipeline.get_partition(DAY).intermediates_removed_at is None
+        assert intermediates_of(stored(pipeline), DAY)
+    assert "intermediates not removed" in caplog.text and "access refused" in caplog.text
 
 
 def test_outcome_files_are_compressed_and_the_results_do_not_depend_on_their_codec(
