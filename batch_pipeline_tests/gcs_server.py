@@ -3,9 +3,8 @@
 The code under test reaches it the way a user reaches an emulator: `STORAGE_EMULATOR_HOST`,
 the variable Google's own client libraries read. The emulator runs in a process of its own
 (pyarrow's GCS client keeps the GIL through some calls, which would stall a server thread of
-the same process) and answers on a threading HTTP server: its own answers one connection at a
-time, so a reader that stops partway through a large object, as a ranged reader does, would
-hold it for good, as no real GCS does. The tests' own view of a bucket is the JSON API.
+the same process), as `gcs_emulator_main` runs it. The tests' own view of a bucket is the
+JSON API, and the emulator's data folder shows the bytes of uploads not yet finished.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,11 +27,7 @@ import pytest
 from batch_pipeline_tests.s3_server import free_port
 
 STARTUP_SECONDS = 30
-# The emulator's command line, served by a threading HTTP server.
-_LAUNCH = (
-    "import sys, http.server as h; h.HTTPServer = h.ThreadingHTTPServer; "
-    "from gcp_storage_emulator.__main__ import main; main(sys.argv[1:])"
-)
+LAUNCHER = Path(__file__).with_name("gcs_emulator_main.py")
 
 
 @dataclass(frozen=True)
@@ -39,6 +35,7 @@ class GcsServer:
     """A running GCS emulator and what a client needs to reach it."""
 
     endpoint: str
+    data_dir: Path
 
     def env(self) -> dict[str, str]:
         """The environment a process needs to use this emulator as its GCS."""
@@ -72,6 +69,12 @@ class GcsServer:
             if not token:
                 return sorted(names)
 
+    def unfinished_upload_bytes(self) -> int:
+        """The bytes the emulator holds of resumable uploads not yet finished (which no
+        listing shows)."""
+        folders = self.data_dir.rglob("_resumable")  # under the emulator's own subfolder
+        return sum(file.stat().st_size for f in folders for file in f.rglob("*") if file.is_file())
+
 
 def _wait_until_up(server: subprocess.Popen[bytes], endpoint: str) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -79,38 +82,41 @@ def _wait_until_up(server: subprocess.Popen[bytes], endpoint: str) -> None:
         if server.poll() is not None:
             raise RuntimeError(f"the GCS emulator exited with {server.returncode}")
         with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{endpoint}/", timeout=1) as answer,
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"{endpoint}/storage/v1/b?project=test", timeout=1) as answer,
         ):
-            answer.read()
-            return
+            if json.loads(answer.read()).get("kind") == "storage#buckets":  # not another server
+                return
         time.sleep(0.1)
     raise RuntimeError(f"the GCS emulator did not answer at {endpoint}")
 
 
 @contextlib.contextmanager
-def running_gcs_server() -> Iterator[GcsServer]:
-    """gcp-storage-emulator (in memory) in its own process on a free port, stopped at the end."""
+def running_gcs_server(data_dir: Path) -> Iterator[GcsServer]:
+    """The emulator, keeping its data in `data_dir`, in its own process on a free port; stopped
+    at the end (and by itself if this process dies: it exits when its standard input ends)."""
     port = free_port()
-    command = [sys.executable, "-c", _LAUNCH, "start", "--quiet", "--in-memory"]
+    command = [sys.executable, str(LAUNCHER), "--data-dir", str(data_dir), "start", "--quiet"]
     server = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         _wait_until_up(server, endpoint)
-        yield GcsServer(endpoint=endpoint)
+        yield GcsServer(endpoint=endpoint, data_dir=data_dir)
     finally:
         server.kill()
         server.wait()
+        server.stdin.close()  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="session")
-def gcs_server() -> Iterator[GcsServer]:
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
     """The GCS emulator shared by this test session."""
-    with running_gcs_server() as server:
+    with running_gcs_server(tmp_path_factory.mktemp("gcs")) as server:
         yield server
 
 

@@ -196,12 +196,13 @@ def _s3_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
 
 def _gcs_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
     """Google Cloud Storage: Google's default credentials (GOOGLE_APPLICATION_CREDENTIALS,
-    the metadata server); an emulator through `endpoint_url` or STORAGE_EMULATOR_HOST. With
-    STORAGE_EMULATOR_HOST set, requests are anonymous unless the option `anonymous` says
-    otherwise, as in Google's own client libraries: an emulator takes no credentials, and
-    looking for them off Google Cloud waits on a metadata server that is not there."""
+    the metadata server); an emulator through `endpoint_url` or STORAGE_EMULATOR_HOST. An
+    emulator named by STORAGE_EMULATOR_HOST (and no `endpoint_url`) is reached anonymously
+    unless the option `anonymous` says otherwise, as in Google's own client libraries: an
+    emulator takes no credentials, and looking for them off Google Cloud waits on a metadata
+    server that is not there. An emulator named by `endpoint_url` needs `anonymous: true`."""
     gcs_filesystem = _native("GcsFileSystem", location)
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
+    if os.environ.get("STORAGE_EMULATOR_HOST") and "endpoint_url" not in options:
         options.setdefault("anonymous", True)
     return gcs_filesystem(**_endpoint(options, "STORAGE_EMULATOR_HOST"), **options)
 

@@ -8,7 +8,8 @@ from a pipe in length-prefixed frames and completes the upload only on an explic
 that carries the total length. A failure of the writer kills the child; a child that reads the
 end of the pipe without that frame (its parent died) or hits an error leaves with `os._exit`,
 before any destructor can run. Either way the upload stays unfinished, which no listing shows
-(and which a bucket's lifecycle rule for incomplete multipart uploads removes).
+(on S3 a bucket's lifecycle rule for incomplete multipart uploads removes it; GCS drops an
+unfinished resumable upload by itself).
 
 Used for large files written over a long time (a partition's results), whose upload would
 otherwise start only once the whole file is written.

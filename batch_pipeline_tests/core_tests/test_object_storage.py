@@ -249,6 +249,9 @@ def test_an_emulator_named_by_storage_emulator_host_is_reached_anonymously(monke
     settings = _settings(filesystem_for(location))
     assert (settings["endpoint_override"], settings["anonymous"]) == ("127.0.0.1:4443", True)
     assert _settings(filesystem_for(location, {"anonymous": False}))["anonymous"] is False
+    # A store named in the spec is not the emulator: its requests keep their credentials.
+    real = _settings(filesystem_for(location, {"endpoint_url": "https://storage.example.com"}))
+    assert (real["endpoint_override"], real["anonymous"]) == ("storage.example.com", False)
 
 
 def test_az_and_abfs_uris_go_to_pyarrows_azure_filesystem_with_the_account(monkeypatch):

@@ -67,24 +67,30 @@ def store(request):
     return request.param, server, server.create_bucket()
 
 
-def upload_started(scheme: str, server, bucket: str) -> None:
-    """Wait until the store holds an unfinished upload (S3 lists them; a GCS resumable
-    upload cannot be listed, and the writer's frames are sent by the time its write returns)."""
+def unfinished(scheme: str, server, bucket: str) -> int:
+    """How much the store holds of uploads not finished, which no listing shows: S3's count
+    of the bucket's multipart uploads, the GCS emulator's bytes of resumable uploads."""
     if scheme == "s3":
-        wait_for(lambda: server.pending_uploads(bucket), "an upload started")
+        return len(server.pending_uploads(bucket))
+    return server.unfinished_upload_bytes()
+
+
+def upload_started(scheme: str, server, bucket: str, before: int) -> None:
+    """Wait until the store holds more of unfinished uploads than `before`."""
+    wait_for(lambda: unfinished(scheme, server, bucket) > before, "an upload under way")
 
 
 def test_a_failure_after_parts_were_sent_keeps_the_old_object(store):
     scheme, server, bucket = store
     storage = storage_for(f"{scheme}://{bucket}/pipe")
     storage.write_bytes(KEY, b"the results of the last run")
-    pipes = open_pipes()
+    pipes, before = open_pipes(), unfinished(scheme, server, bucket)
     with (
         pytest.raises(RuntimeError, match="the join failed"),
         storage.atomic_write(KEY, streamed=True) as handle,
     ):
         handle.write(os.urandom(24 * MB))
-        upload_started(scheme, server, bucket)
+        upload_started(scheme, server, bucket, before)
         raise RuntimeError("the join failed")
     assert storage.read_bytes(KEY) == b"the results of the last run"
     assert server.keys(bucket) == [f"pipe/{KEY}"]
@@ -106,6 +112,7 @@ with storage.atomic_write(sys.argv[2], streamed=True) as handle:
 
 def test_a_writer_killed_mid_file_leaves_no_object(store):
     scheme, server, bucket = store
+    before = unfinished(scheme, server, bucket)
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, f"{scheme}://{bucket}/pipe", KEY],
         stdout=subprocess.PIPE,
@@ -113,7 +120,7 @@ def test_a_writer_killed_mid_file_leaves_no_object(store):
     )
     assert writer.stdout is not None
     assert writer.stdout.readline() == "written\n"
-    upload_started(scheme, server, bucket)
+    upload_started(scheme, server, bucket, before)
     writer.send_signal(signal.SIGKILL)
     writer.wait()
     time.sleep(2)  # what the uploading process does once its writer is gone
