@@ -119,10 +119,13 @@ def test_a_writer_killed_mid_file_leaves_no_object(store):
         text=True,
     )
     assert writer.stdout is not None
-    assert writer.stdout.readline() == "written\n"
-    upload_started(scheme, server, bucket, before)
-    writer.send_signal(signal.SIGKILL)
-    writer.wait()
+    try:
+        assert writer.stdout.readline() == "written\n"
+        upload_started(scheme, server, bucket, before)
+    finally:  # killed also when the test fails first: no writer outlives it
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
     time.sleep(2)  # what the uploading process does once its writer is gone
     assert server.keys(bucket) == []
     if scheme == "s3":
