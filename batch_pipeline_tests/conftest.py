@@ -106,6 +106,12 @@ def write_tickets(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def store_server(request: pytest.FixtureRequest, scheme: str) -> Any:
+    """The test server of an object store's URI scheme (`s3`: the S3-compatible server, `gs`:
+    the GCS emulator), with the test's environment pointed at it."""
+    return request.getfixturevalue({"s3": "s3", "gs": "gcs"}[scheme])
+
+
 def ticket_spec(
     tmp_path: Path, base_url: str, *, endpoint: str = "/v1/chat/completions", **overrides: Any
 ) -> dict[str, Any]:

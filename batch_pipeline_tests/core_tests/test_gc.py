@@ -17,7 +17,7 @@ from batch_pipeline.core.gc import DAY_SECONDS, IntermediatesGc
 from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.storage_uri import StorageLocationError
 from batch_pipeline_tests.batch_apis import MemoryApi
-from batch_pipeline_tests.conftest import ticket_spec, write_tickets
+from batch_pipeline_tests.conftest import store_server, ticket_spec, write_tickets
 from batch_pipeline_tests.core_tests.test_pipeline import DAY, OTHER_DAY
 
 RUN = {"poll_interval": 0.5, "timeout": 600}
@@ -151,7 +151,7 @@ def where(request) -> dict:
     of the test's server) with its own PostgreSQL ledger."""
     if request.param == "local":
         return {}
-    bucket = request.getfixturevalue({"s3": "s3_bucket", "gs": "gcs_bucket"}[request.param])
+    bucket = store_server(request, request.param).create_bucket()
     database = request.getfixturevalue("own_postgres_database")
     return {"dir": f"{request.param}://{bucket}/out", "ledger": {"url": database}}
 

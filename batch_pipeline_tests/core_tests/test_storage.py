@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_pipeline.core.storage import LocalStorage, StorageRoot, StoredFile, storage_for
+from batch_pipeline_tests.conftest import store_server
 
 
 @pytest.fixture(
@@ -18,7 +19,7 @@ from batch_pipeline.core.storage import LocalStorage, StorageRoot, StoredFile, s
 def storage(request, tmp_path, staging):
     if request.param == "local":
         return LocalStorage(tmp_path / "root")
-    bucket = request.getfixturevalue({"s3": "s3_bucket", "gs": "gcs_bucket"}[request.param])
+    bucket = store_server(request, request.param).create_bucket()
     return storage_for(f"{request.param}://{bucket}/some/prefix")
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from batch_pipeline.core.storage import storage_for
 from batch_pipeline.core.storage_uri import StorageLocationError
+from batch_pipeline_tests.conftest import store_server
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def test_bytes_reach_the_store_while_the_file_is_written_and_appear_only_at_its_
 def store(request):
     """A fresh bucket on the S3-compatible server or the GCS emulator: (scheme, the server's
     own view of its buckets, the bucket's name), with the environment pointed at the server."""
-    server = request.getfixturevalue({"s3": "s3", "gs": "gcs"}[request.param])
+    server = store_server(request, request.param)
     return request.param, server, server.create_bucket()
 
 
