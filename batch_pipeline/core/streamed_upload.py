@@ -5,11 +5,13 @@ Arrow's output stream to an object store is a multipart upload, but pyarrow cann
 closing the stream (also from its destructor, after an exception) completes the upload and
 publishes whatever was written. So the stream lives in a child process that reads the content
 from a pipe in length-prefixed frames and completes the upload only on an explicit commit frame
-that carries the total length. A failure of the writer kills the child; a child that reads the
-end of the pipe without that frame (its parent died) or hits an error leaves with `os._exit`,
-before any destructor can run. Either way the upload stays unfinished, which no listing shows
-(on S3 a bucket's lifecycle rule for incomplete multipart uploads removes it; GCS drops an
-unfinished resumable upload by itself).
+that carries the total length. The child reads up to `FRAMES_AHEAD` frames ahead of the store
+(while a part goes up, the writer runs on), so memory stays bounded on both sides of the pipe.
+A failure of the writer kills the child; a child that reads the end of the pipe without that
+frame (its parent died) or hits an error leaves with `os._exit`, before any destructor can
+run. Either way the upload stays unfinished, which no listing shows (on S3 a bucket's
+lifecycle rule for incomplete multipart uploads removes it; GCS drops an unfinished resumable
+upload by itself).
 
 Used for large files written over a long time (a partition's results), whose upload would
 otherwise start only once the whole file is written.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import struct
 import subprocess
@@ -32,6 +35,8 @@ from typing import Any, BinaryIO
 from batch_pipeline.core.storage_uri import StorageLocationError
 
 FRAME_BYTES = 1024 * 1024  # the sink sends its writes on in frames of about this size
+# Frames the child holds while the store takes a part: the memory that lets the writer run on.
+FRAMES_AHEAD = 16
 _HEADER = struct.Struct("!Q")  # a frame's length; 0 opens the commit, then the total length
 
 
@@ -185,27 +190,39 @@ def _upload(root_uri: str, options: dict[str, Any], path: str) -> int:
     """Copy frames from standard input into the object; the exit code (0 once completed)."""
     from batch_pipeline.core.storage_uri import RemoteLocation, filesystem_for
 
-    source = sys.stdin.buffer
+    # The store takes a part inside a write (and opens the upload first); meanwhile a thread
+    # takes the next frames off the pipe, so the writer runs on instead of waiting for it.
+    frames: queue.Queue[bytes | int | None] = queue.Queue(maxsize=FRAMES_AHEAD)
+    reader = threading.Thread(target=_read_frames, args=(sys.stdin.buffer, frames), daemon=True)
+    reader.start()
     filesystem = filesystem_for(RemoteLocation.parse(root_uri), options)
     _KEPT_OPEN.append(filesystem.open_output_stream(path))
     received = 0
-    while True:
-        header = _read_exact(source, _HEADER.size)
-        if header is None:
-            return 3  # the parent is gone: abandon
-        (size,) = _HEADER.unpack(header)
-        if size == 0:
-            break
-        data = _read_exact(source, size)
-        if data is None:
-            return 3
-        _KEPT_OPEN[0].write(data)
-        received += size
-    total = _read_exact(source, _HEADER.size)
-    if total is None or _HEADER.unpack(total)[0] != received:
+    while isinstance(frame := frames.get(), bytes):
+        _KEPT_OPEN[0].write(frame)
+        received += len(frame)
+    if frame is None:
+        return 3  # the parent is gone, or sent a frame cut short: abandon
+    if frame != received:
         return 4  # a commit that does not match what came: abandon
     _KEPT_OPEN[0].close()  # completes the upload
     return 0
+
+
+def _read_frames(source: BinaryIO, frames: queue.Queue[bytes | int | None]) -> None:
+    """Put each frame's bytes into `frames`, then the commit's total length (an int), or
+    None if the pipe ends first."""
+    while (header := _read_exact(source, _HEADER.size)) is not None:
+        (size,) = _HEADER.unpack(header)
+        if size == 0:
+            total = _read_exact(source, _HEADER.size)
+            frames.put(None if total is None else _HEADER.unpack(total)[0])
+            return
+        data = _read_exact(source, size)
+        if data is None:
+            break
+        frames.put(data)
+    frames.put(None)
 
 
 def main(argv: list[str]) -> None:

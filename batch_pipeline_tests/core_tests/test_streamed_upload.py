@@ -6,16 +6,20 @@ decides it (pyarrow's GCS stream, like S3's, completes its upload when it is des
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from batch_pipeline.core.storage import storage_for
 from batch_pipeline.core.storage_uri import StorageLocationError
+from batch_pipeline.core.streamed_upload import FRAME_BYTES, FRAMES_AHEAD
 from batch_pipeline_tests.conftest import store_server
 
 pytestmark = pytest.mark.slow
@@ -174,3 +178,46 @@ def test_a_store_client_that_logs_a_lot_does_not_stall_the_upload(gcs, gcs_bucke
         for start in range(0, len(content), MB):
             handle.write(content[start : start + MB])
     assert storage.read_bytes(KEY) == content
+
+
+@pytest.mark.timeout(120)
+def test_the_writer_runs_ahead_of_a_store_that_has_not_answered_yet_but_only_so_far(
+    s3, s3_bucket, monkeypatch
+):
+    """While the store takes its time (here: it accepts the connection and never answers), the
+    uploading process keeps reading what the writer sends, so the join goes on producing; it
+    stops reading `FRAMES_AHEAD` frames on, so neither side holds more than that."""
+    storage = storage_for(f"s3://{s3_bucket}/pipe")  # the store is reached and checked
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    frame = os.urandom(FRAME_BYTES)
+    written: list[int] = []
+
+    def write_all(handle) -> None:
+        with contextlib.suppress(StorageLocationError):  # the pipe, once the upload is stopped
+            for _ in range(4 * FRAMES_AHEAD):
+                handle.write(frame)
+                written.append(1)
+
+    with (
+        pytest.raises(RuntimeError, match="stop"),
+        storage.atomic_write(KEY, streamed=True) as handle,
+    ):
+        writer = threading.Thread(target=write_all, args=(handle,), daemon=True)
+        writer.start()
+        wait_for(lambda: held, "the uploading process reached the store")
+        settled = []
+        wait_for(
+            lambda: settled.append(len(written)) or settled[-5:] == [len(written)] * 5,
+            "the writer stopped advancing",
+        )
+        assert FRAMES_AHEAD <= len(written) <= FRAMES_AHEAD + 4
+        assert writer.is_alive()
+        raise RuntimeError("stop")
+    writer.join(timeout=20)
+    assert not writer.is_alive()
+    silent.close()
+    for connection in held:
+        connection.close()
