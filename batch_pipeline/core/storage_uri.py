@@ -184,6 +184,9 @@ def _s3_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
     # Parts go up one after another: with background writes, Arrow queues every part a fast
     # local read hands it, so uploading a finished results file held most of it in memory.
     settings["background_writes"] = False
+    # `allow_delayed_open` stays off: it would send an object smaller than a part as a single
+    # PUT, whose wholeness after a cut rests on the store; a multipart upload is published only
+    # by its explicit completion, on every S3-compatible store.
     settings["retry_strategy"] = _native("AwsDefaultS3RetryStrategy", location)(
         max_attempts=S3_ATTEMPTS
     )
