@@ -184,9 +184,11 @@ def _s3_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
     # Parts go up one after another: with background writes, Arrow queues every part a fast
     # local read hands it, so uploading a finished results file held most of it in memory.
     settings["background_writes"] = False
-    # `allow_delayed_open` stays off: it would send an object smaller than a part as a single
-    # PUT, whose wholeness after a cut rests on the store; a multipart upload is published only
-    # by its explicit completion, on every S3-compatible store.
+    # An object smaller than a part (10 MB) goes up in one PUT when it is closed, not as a
+    # multipart upload opened at once (three requests): a small day's files, manifests, id
+    # files. A store keeps no PUT whose body was cut short, and a write abandoned before its
+    # first part leaves nothing at all. The bucket is checked first (`ObjectStorage.check`).
+    settings["allow_delayed_open"] = True
     settings["retry_strategy"] = _native("AwsDefaultS3RetryStrategy", location)(
         max_attempts=S3_ATTEMPTS
     )

@@ -9,9 +9,10 @@ that carries the total length. The child reads up to `FRAMES_AHEAD` frames ahead
 (while a part goes up, the writer runs on), so memory stays bounded on both sides of the pipe.
 A failure of the writer kills the child; a child that reads the end of the pipe without that
 frame (its parent died) or hits an error leaves with `os._exit`, before any destructor can
-run. Either way the upload stays unfinished, which no listing shows (on S3 a bucket's
-lifecycle rule for incomplete multipart uploads removes it; GCS drops an unfinished resumable
-upload by itself).
+run. Either way no object appears: an upload already opened stays unfinished, which no
+listing shows (on S3 a bucket's lifecycle rule for incomplete multipart uploads removes it;
+GCS drops an unfinished resumable upload by itself), and on S3 a file smaller than a part has
+opened none, as it goes up in one request at its end.
 
 Used for large files written over a long time (a partition's results), whose upload would
 otherwise start only once the whole file is written.

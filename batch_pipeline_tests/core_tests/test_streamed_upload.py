@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 MB = 1024 * 1024
 KEY = "results/partition=2026-01-15/part-0.parquet"
+STREAM_PART_FRAMES = 10  # what pyarrow's S3 stream holds (a part, 10 MB) before it sends it
 
 
 def open_pipes() -> int:
@@ -186,7 +187,8 @@ def test_the_writer_runs_ahead_of_a_store_that_has_not_answered_yet_but_only_so_
 ):
     """While the store takes its time (here: it accepts the connection and never answers), the
     uploading process keeps reading what the writer sends, so the join goes on producing; it
-    stops reading `FRAMES_AHEAD` frames on, so neither side holds more than that."""
+    stops reading `FRAMES_AHEAD` frames on, so neither side holds more than that (and the part
+    the store's stream holds)."""
     storage = storage_for(f"s3://{s3_bucket}/pipe")  # the store is reached and checked
     silent = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
@@ -213,7 +215,7 @@ def test_the_writer_runs_ahead_of_a_store_that_has_not_answered_yet_but_only_so_
             lambda: settled.append(len(written)) or settled[-5:] == [len(written)] * 5,
             "the writer stopped advancing",
         )
-        assert FRAMES_AHEAD <= len(written) <= FRAMES_AHEAD + 4
+        assert FRAMES_AHEAD <= len(written) <= FRAMES_AHEAD + STREAM_PART_FRAMES + 4
         assert writer.is_alive()
         raise RuntimeError("stop")
     writer.join(timeout=20)
@@ -221,3 +223,22 @@ def test_the_writer_runs_ahead_of_a_store_that_has_not_answered_yet_but_only_so_
     silent.close()
     for connection in held:
         connection.close()
+
+
+def test_a_small_file_abandoned_leaves_not_even_an_unfinished_upload(s3, s3_bucket):
+    """A day's results smaller than a part go up in one request at the end: a failure before
+    then leaves the store untouched, with nothing for a lifecycle rule to clean up."""
+    storage = storage_for(f"s3://{s3_bucket}/pipe")
+    with (
+        pytest.raises(RuntimeError, match="the join failed"),
+        storage.atomic_write(KEY, streamed=True) as handle,
+    ):
+        handle.write(os.urandom(MB))
+        time.sleep(1.5)  # time enough for an upload opened at once to reach the store
+        raise RuntimeError("the join failed")
+    assert s3.keys(s3_bucket) == []
+    assert s3.pending_uploads(s3_bucket) == []
+    with storage.atomic_write(KEY, streamed=True) as handle:
+        handle.write(b"small results")
+    assert storage.read_bytes(KEY) == b"small results"
+    assert s3.pending_uploads(s3_bucket) == []
