@@ -122,10 +122,9 @@ class ObjectStorage:
                 os.unlink(staged)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        # One write of the whole content: even an interrupted close publishes it whole.
-        stream = self._call(self.filesystem.open_output_stream, self._path(rel), rel)
-        with stream:
-            stream.write(data)
+        # Open, write and close in one call: on S3 a small object's only request is the PUT
+        # at close, so a store's refusal comes from there.
+        self._call(_put, self.filesystem, rel, self._path(rel), data)
 
     def read_bytes(self, rel: str) -> bytes:
         with self.open_read(rel) as handle:
@@ -164,6 +163,13 @@ class ObjectStorage:
             raise
         except OSError as error:
             raise StorageLocationError(f"{self.uri(rel)}: {describe(error)}") from None
+
+
+def _put(filesystem: Any, path: str, data: bytes) -> None:
+    """`data` as the object `path`, in one write: even an interrupted close publishes it
+    whole."""
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
 
 
 def buffered(native: Any) -> BinaryIO:

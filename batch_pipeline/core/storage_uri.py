@@ -187,7 +187,8 @@ def _s3_filesystem(location: RemoteLocation, options: dict[str, Any]) -> Any:
     # An object smaller than a part (10 MB) goes up in one PUT when it is closed, not as a
     # multipart upload opened at once (three requests): a small day's files, manifests, id
     # files. A store keeps no PUT whose body was cut short, and a write abandoned before its
-    # first part leaves nothing at all. The bucket is checked first (`ObjectStorage.check`).
+    # first part leaves nothing at all. A refusal then comes at close (`ObjectStorage` names
+    # the location either way).
     settings["allow_delayed_open"] = True
     settings["retry_strategy"] = _native("AwsDefaultS3RetryStrategy", location)(
         max_attempts=S3_ATTEMPTS

@@ -1,10 +1,11 @@
 """An object-store upload that runs while its content is still being written, and that a
 failure abandons whole.
 
-Arrow's output stream to an object store is a multipart upload, but pyarrow cannot abort one:
-closing the stream (also from its destructor, after an exception) completes the upload and
-publishes whatever was written. So the stream lives in a child process that reads the content
-from a pipe in length-prefixed frames and completes the upload only on an explicit commit frame
+Arrow's output stream to an object store uploads as it is written (on S3 a multipart upload,
+once the content outgrows a part), but pyarrow cannot abort it: closing the stream (also from
+its destructor, after an exception) completes the upload and publishes whatever was written.
+So the stream lives in a child process that reads the content from a pipe in length-prefixed
+frames (of at most `FRAME_BYTES`) and completes the upload only on an explicit commit frame
 that carries the total length. The child reads up to `FRAMES_AHEAD` frames ahead of the store
 (while a part goes up, the writer runs on), so memory stays bounded on both sides of the pipe.
 A failure of the writer kills the child; a child that reads the end of the pipe without that
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO
 
 from batch_pipeline.core.storage_uri import StorageLocationError
 
-FRAME_BYTES = 1024 * 1024  # the sink sends its writes on in frames of about this size
+FRAME_BYTES = 1024 * 1024  # the sink sends its writes on in frames of at most this size
 # Frames the child holds while the store takes a part: the memory that lets the writer run on.
 FRAMES_AHEAD = 16
 _HEADER = struct.Struct("!Q")  # a frame's length; 0 opens the commit, then the total length
@@ -144,7 +145,11 @@ class _FramedSink:
         self._pending += data
         self._position += size
         if len(self._pending) >= FRAME_BYTES:
-            self._send(_HEADER.pack(len(self._pending)), self._pending)
+            # One large write goes as several frames: the child's read-ahead counts frames.
+            with memoryview(self._pending) as pending:
+                for start in range(0, len(pending), FRAME_BYTES):
+                    with pending[start : start + FRAME_BYTES] as frame:
+                        self._send(_HEADER.pack(len(frame)), frame)
             self._pending.clear()
         return size
 
@@ -165,7 +170,7 @@ class _FramedSink:
             raise self._failed() from None
         self.closed = True
 
-    def _send(self, *parts: bytes | bytearray) -> None:
+    def _send(self, *parts: bytes | bytearray | memoryview) -> None:
         try:
             for part in parts:
                 self._pipe.write(part)
@@ -212,7 +217,15 @@ def _upload(root_uri: str, options: dict[str, Any], path: str) -> int:
 
 def _read_frames(source: BinaryIO, frames: queue.Queue[bytes | int | None]) -> None:
     """Put each frame's bytes into `frames`, then the commit's total length (an int), or
-    None if the pipe ends first."""
+    None if the pipe ends first. An error here ends the child as one in the upload does."""
+    try:
+        _read_into(source, frames)
+    except BaseException as error:
+        _report(error)
+        os._exit(3)
+
+
+def _read_into(source: BinaryIO, frames: queue.Queue[bytes | int | None]) -> None:
     while (header := _read_exact(source, _HEADER.size)) is not None:
         (size,) = _HEADER.unpack(header)
         if size == 0:

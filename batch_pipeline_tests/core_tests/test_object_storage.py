@@ -441,3 +441,17 @@ def test_uploading_a_large_file_holds_a_part_in_memory_not_the_file(s3, s3_bucke
     head = s3.client().head_object(Bucket=s3_bucket, Key="out/results/part-0.parquet")
     assert head["ContentLength"] == UPLOAD_MB << 20
     assert grown_mb < 32, f"peak RSS grew {grown_mb} MB uploading {UPLOAD_MB} MB"
+
+
+@pytest.mark.slow
+def test_a_small_object_the_store_refuses_is_named_on_one_line(s3, s3_bucket):
+    """A small object's only request is its PUT at close: the store's refusal there still
+    names the location, on one line, with no credential in it."""
+    storage = storage_for(f"s3://{s3_bucket}/out")
+    s3.client().delete_bucket(Bucket=s3_bucket)
+    with pytest.raises(StorageLocationError) as raised:
+        storage.write_bytes("manifest.json", b"{}")
+    message = str(raised.value)
+    assert message.startswith(f"s3://{s3_bucket}/out/manifest.json: ")
+    assert "\n" not in message
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in message

@@ -7,6 +7,7 @@ decides it (pyarrow's GCS stream, like S3's, completes its upload when it is des
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import pytest
 
 from batch_pipeline.core.storage import storage_for
 from batch_pipeline.core.storage_uri import StorageLocationError
-from batch_pipeline.core.streamed_upload import FRAME_BYTES, FRAMES_AHEAD
+from batch_pipeline.core.streamed_upload import FRAME_BYTES, FRAMES_AHEAD, _FramedSink
 from batch_pipeline_tests.conftest import store_server
 
 pytestmark = pytest.mark.slow
@@ -210,9 +211,10 @@ def test_the_writer_runs_ahead_of_a_store_that_has_not_answered_yet_but_only_so_
         writer = threading.Thread(target=write_all, args=(handle,), daemon=True)
         writer.start()
         wait_for(lambda: held, "the uploading process reached the store")
-        settled = []
+        wait_for(lambda: len(written) >= FRAMES_AHEAD, "the writer ran ahead")
+        seen: list[int] = []  # a second (20 looks) without progress: it is held
         wait_for(
-            lambda: settled.append(len(written)) or settled[-5:] == [len(written)] * 5,
+            lambda: seen.append(len(written)) or seen[-20:] == [len(written)] * 20,
             "the writer stopped advancing",
         )
         assert FRAMES_AHEAD <= len(written) <= FRAMES_AHEAD + STREAM_PART_FRAMES + 4
@@ -234,7 +236,7 @@ def test_a_small_file_abandoned_leaves_not_even_an_unfinished_upload(s3, s3_buck
         storage.atomic_write(KEY, streamed=True) as handle,
     ):
         handle.write(os.urandom(MB))
-        time.sleep(1.5)  # time enough for an upload opened at once to reach the store
+        time.sleep(3)  # time enough for an upload opened at once to reach the store
         raise RuntimeError("the join failed")
     assert s3.keys(s3_bucket) == []
     assert s3.pending_uploads(s3_bucket) == []
@@ -242,3 +244,37 @@ def test_a_small_file_abandoned_leaves_not_even_an_unfinished_upload(s3, s3_buck
         handle.write(b"small results")
     assert storage.read_bytes(KEY) == b"small results"
     assert s3.pending_uploads(s3_bucket) == []
+
+
+def test_one_large_write_goes_to_the_uploading_process_in_frames_of_bounded_size():
+    """The uploading process reads a number of frames ahead: a frame never holds more than
+    `FRAME_BYTES`, whatever the size of the write, so that number bounds its memory."""
+    pipe = KeptPipe()
+    sink = _FramedSink(pipe, lambda: AssertionError("the pipe broke"))
+    content = os.urandom(5 * FRAME_BYTES + 12_345)
+    sink.write(b"head")
+    sink.write(content)
+    sink.commit()
+    frames, total = read_frames(pipe.kept)
+    assert max(len(frame) for frame in frames) <= FRAME_BYTES
+    assert b"".join(frames) == b"head" + content
+    assert total == 4 + len(content)
+
+
+class KeptPipe(io.BytesIO):
+    """A pipe's writing end whose content stays readable after the sink closes it."""
+
+    kept = b""
+
+    def close(self) -> None:
+        self.kept = self.getvalue()
+        super().close()
+
+
+def read_frames(data: bytes) -> tuple[list[bytes], int]:
+    """The frames on the pipe, and the total length its commit carries."""
+    frames, at = [], 0
+    while (size := int.from_bytes(data[at : at + 8], "big")) != 0:
+        frames.append(data[at + 8 : at + 8 + size])
+        at += 8 + size
+    return frames, int.from_bytes(data[at + 8 : at + 16], "big")

@@ -91,8 +91,8 @@ def test_a_run_killed_mid_upload_is_finished_by_the_next(
         child = start_run(on_store, AWS_ENDPOINT_URL=cutter.endpoint)
         cutter.victim = child.pid
         assert_killed(finish_child(child, tally), f"in an upload of {key_pattern}", tally)
-    # Cut mid-request: the single PUT of a small object leaves nothing, the multipart upload
-    # of a larger one stays unfinished; either way the store lists no such object.
+    # Cut mid-request: these objects are smaller than a part, each one PUT, and a cut one
+    # leaves nothing (a cut multipart upload is test_streamed_upload's, at 24 MB).
     assert cutter.cut is not None
     assert cut_key(cutter.cut) not in on_store.store.keys(on_store.bucket)
     rerun_and_check(on_store, tally)
