@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -20,7 +21,12 @@ import pytest
 
 from batch_pipeline.core.storage import storage_for
 from batch_pipeline.core.storage_uri import StorageLocationError
-from batch_pipeline.core.streamed_upload import FRAME_BYTES, FRAMES_AHEAD, _FramedSink
+from batch_pipeline.core.streamed_upload import (
+    FRAME_BYTES,
+    FRAMES_AHEAD,
+    _FramedSink,
+    _read_into,
+)
 from batch_pipeline_tests.conftest import store_server
 
 pytestmark = pytest.mark.slow
@@ -272,9 +278,9 @@ class KeptPipe(io.BytesIO):
 
 
 def read_frames(data: bytes) -> tuple[list[bytes], int]:
-    """The frames on the pipe, and the total length its commit carries."""
-    frames, at = [], 0
-    while (size := int.from_bytes(data[at : at + 8], "big")) != 0:
-        frames.append(data[at + 8 : at + 8 + size])
-        at += 8 + size
-    return frames, int.from_bytes(data[at + 8 : at + 16], "big")
+    """The frames on the pipe, and the total length its commit carries, as the uploading
+    process reads them."""
+    queued: queue.Queue[bytes | int | None] = queue.Queue()
+    _read_into(io.BytesIO(data), queued)
+    *frames, total = [queued.get() for _ in range(queued.qsize())]
+    return frames, total
