@@ -84,6 +84,15 @@ class Collector(PipelineWorker):
 
     def collect(self, shard: ShardRecord, *, allow_retries: bool = True) -> CollectOutcome | None:
         """Download and settle one finished shard; None if another process holds it."""
+        begun = self.begin(shard, allow_retries=allow_retries)
+        return None if begun is None else begun.finish()
+
+    def begin(self, shard: ShardRecord, *, allow_retries: bool = True) -> Collecting | None:
+        """The first half of `collect`: claim the shard, then download, parse and judge its
+        batch's outcomes. `finish` on the result writes the outcome file and does the rest; it
+        may run on another thread while this one begins the next shard, so that writing (and
+        uploading) one shard's outcomes overlaps reading the next. None if another process
+        holds the shard."""
         claimed = self.ledger.claim(
             shard.shard_id,
             self.owner,
@@ -104,22 +113,19 @@ class Collector(PipelineWorker):
                 and is_transient_batch_failure(batch)
                 and claimed.submissions < self.tuning.max_submissions
             ):
-                outcome = self._requeue(claimed, batch)
-                done_with = [batch.input_file_id]  # it is uploaded afresh
-            else:
-                outcomes, order = self._outcomes(claimed, batch)
-                outcome = self._settle(claimed, outcomes, allow_retries=allow_retries, order=order)
-                done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
-                if not outcome.taken_over:
-                    self._delete_downloads(shard_batch_dir(claimed))
-            if not outcome.taken_over:  # else the other process may still be reading them
-                self._delete_provider_files(*done_with)
-            return outcome
-        finally:
-            self.ledger.release(claimed.shard_id, self.owner)
-            # A shard's files pass through Arrow's allocator, which keeps freed pages for
-            # reuse: hand them back, so a long-lived sensor process does not keep the peak.
-            pa.default_memory_pool().release_unused()
+                return Collecting(self, claimed, batch, self._requeue(claimed, batch))
+            outcomes, order = self._outcomes(claimed, batch)
+            judged = self._judge(claimed, outcomes, allow_retries=allow_retries, order=order)
+            return Collecting(self, claimed, batch, judged or _collection_taken_over(claimed))
+        except BaseException:
+            self._let_go(claimed)
+            raise
+
+    def _let_go(self, shard: ShardRecord) -> None:
+        self.ledger.release(shard.shard_id, self.owner)
+        # A shard's files pass through Arrow's allocator, which keeps freed pages for reuse:
+        # hand them back, so a long-lived sensor process does not keep the peak.
+        pa.default_memory_pool().release_unused()
 
     def cancel_unsubmitted(self, shard: ShardRecord) -> bool:
         """Settle a shard that never became a batch as `cancelled`; a batch that a crashed
@@ -269,10 +275,23 @@ class Collector(PipelineWorker):
         allow_retries: bool,
         order: pa.Array | None = None,
     ) -> CollectOutcome:
+        judged = self._judge(shard, outcomes, allow_retries=allow_retries, order=order)
+        return _collection_taken_over(shard) if judged is None else self._record(judged)
+
+    def _judge(
+        self,
+        shard: ShardRecord,
+        outcomes: pa.Table,
+        *,
+        allow_retries: bool,
+        order: pa.Array | None = None,
+    ) -> JudgedOutcomes | None:
+        """The shard's outcomes as they will be written, with what they come to; None if the
+        lease ran out meanwhile."""
         # Downloading and parsing can outlast the lease: write nothing (outcomes, retry
         # shards) unless this process still holds the shard.
         if not self.ledger.renew_lease(shard.shard_id, self.owner):
-            return _collection_taken_over(shard)
+            return None
         if self.spec.output_schema is not None:
             outcomes = judge_outcomes(
                 outcomes,
@@ -283,12 +302,20 @@ class Collector(PipelineWorker):
         outcomes = outcomes.append_column(
             "batch_id", pa.array([shard.batch_id] * len(outcomes), pa.string())
         ).append_column("attempt", pa.array([shard.attempt] * len(outcomes), pa.int32()))
-        relative = outcomes_path(shard_batch_dir(shard))
-        with self.storage.atomic_write(relative) as handle:
-            write_outcome_file(outcomes, handle, order=order)
         retry_ids = set()
         if allow_retries and shard.attempt < self.spec.retry.max_attempts:
             retry_ids = set(pc.filter(outcomes["custom_id"], outcomes["retryable"]).to_pylist())
+        succeeded = int(
+            pc.sum(pc.equal(outcomes["status"], RowStatus.SUCCEEDED.value)).as_py() or 0
+        )
+        return JudgedOutcomes(shard, outcomes, order, retry_ids, succeeded)
+
+    def _record(self, judged: JudgedOutcomes) -> CollectOutcome:
+        """Write the outcome file and the retry shards, and mark the shard collected."""
+        shard, retry_ids = judged.shard, judged.retry_ids
+        relative = outcomes_path(shard_batch_dir(shard))
+        with self.storage.atomic_write(relative) as handle:
+            write_outcome_file(judged.outcomes, handle, order=judged.order)
         retry_shard_ids: list[str] = []
         if retry_ids:
             manifest = write_retry_shards(
@@ -307,23 +334,65 @@ class Collector(PipelineWorker):
             )
             self.ledger.add_shards(manifest.shards)
             retry_shard_ids = [s.shard_id for s in manifest.shards]
-        succeeded = int(
-            pc.sum(pc.equal(outcomes["status"], RowStatus.SUCCEEDED.value)).as_py() or 0
-        )
-        failed = len(outcomes) - succeeded - len(retry_ids)
+        failed = len(judged.outcomes) - judged.succeeded - len(retry_ids)
         held = self.ledger.update_shard(
             shard.shard_id,
             self.owner,
             state=ShardState.COLLECTED,
             outcomes_path=relative,
-            succeeded=succeeded,
+            succeeded=judged.succeeded,
             failed=failed,
             retried=len(retry_ids),
             collected_at=self._clock(),
         )
         if not held:
             return _collection_taken_over(shard)
-        return CollectOutcome(shard.shard_id, succeeded, failed, len(retry_ids), retry_shard_ids)
+        return CollectOutcome(
+            shard.shard_id, judged.succeeded, failed, len(retry_ids), retry_shard_ids
+        )
+
+
+@dataclass(frozen=True)
+class JudgedOutcomes:
+    """A shard's outcomes read and judged, not yet written: `order` gives each request's row
+    (None: the rows are in request order); `retry_ids` are the requests to try again."""
+
+    shard: ShardRecord
+    outcomes: pa.Table
+    order: pa.Array | None
+    retry_ids: set[str]
+    succeeded: int
+
+
+@dataclass(frozen=True)
+class Collecting:
+    """A claimed shard whose outcomes are read (`Collector.begin`): `finish` settles it and
+    lets it go. `result`: the outcomes to write, or what collecting came to without any (the
+    batch queued again, or the lease lost)."""
+
+    collector: Collector
+    shard: ShardRecord
+    batch: BatchInfo
+    result: JudgedOutcomes | CollectOutcome
+
+    def finish(self) -> CollectOutcome:
+        """Write the outcome file, mark the shard collected (with its retry shards), tidy the
+        downloads and the provider's files, and release the shard (also on an error)."""
+        collector, batch, result = self.collector, self.batch, self.result
+        try:
+            if isinstance(result, CollectOutcome):
+                outcome = result
+                done_with = [batch.input_file_id]  # a batch queued again uploads it afresh
+            else:
+                outcome = collector._record(result)
+                done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
+                if not outcome.taken_over:
+                    collector._delete_downloads(shard_batch_dir(self.shard))
+            if not outcome.taken_over:  # else the other process may still be reading them
+                collector._delete_provider_files(*done_with)
+            return outcome
+        finally:
+            collector._let_go(self.shard)
 
 
 def _collection_taken_over(shard: ShardRecord) -> CollectOutcome:

@@ -12,9 +12,11 @@ calls grow with pages, not batches.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from batch_pipeline.core._threads import SerialWorker
 from batch_pipeline.core.backends.base import BackendError
 from batch_pipeline.core.batch_identity import CLOCK_SKEW_SECONDS
 from batch_pipeline.core.cancellation import SHARD_ERRORS, Canceller
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RETRIEVE_ONE_BY_ONE_UP_TO = 5
 LIST_PAGE_SIZE = 100
+FINISHING_THREAD = "collect-finish"
 
 
 @dataclass(frozen=True)
@@ -107,23 +110,39 @@ class PollPass(PipelineWorker):
     def _collect_finished(
         self, records: list[PartitionRecord], deadline: float
     ) -> Iterator[PollEvent]:
+        """Collect each finished shard: one shard's outcome file is written (and uploaded, on a
+        remote store) and the shard settled on a thread of its own, while the next shard's
+        outcomes are downloaded and parsed. At most two shards' outcomes are in memory: the
+        one being finished and the one being read (or queued behind it)."""
         collector = self.sibling(Collector)
         # Retries only serve a current generation that nobody cancelled.
         retrying = {(r.partition, r.generation) for r in records if not r.cancelled_at}
-        for shard in self.finished():
-            if self._clock() > deadline:
-                yield TimeBudgetUsedUp()
-                return
-            try:
-                outcome = collector.collect(
-                    shard, allow_retries=(shard.partition, shard.generation) in retrying
-                )
-            except SHARD_ERRORS as exc:
-                log.warning("collecting batch %s failed: %s", shard.batch_id, exc)
-                yield PollError(f"collecting {shard.batch_id} ({shard.shard_id}): {exc}")
-                continue
-            if outcome is not None and not outcome.taken_over:
-                yield ShardCollected(shard.shard_id, outcome.retry_shard_ids)
+        # Every shard begun is queued for finishing before the pass yields, so a pass left
+        # early still finishes (and lets go of) every shard it claimed.
+        finishing = SerialWorker(FINISHING_THREAD, capacity=2, stop_on_failure=False)
+        waiting: deque[ShardRecord] = deque()  # the shards queued there, in order
+        try:
+            for shard in self.finished():
+                if self._clock() > deadline:
+                    yield TimeBudgetUsedUp()
+                    break
+                try:
+                    begun = collector.begin(
+                        shard, allow_retries=(shard.partition, shard.generation) in retrying
+                    )
+                except SHARD_ERRORS as exc:
+                    yield _collect_error(shard, exc)
+                    continue
+                if begun is not None:
+                    finishing.submit(begun.finish)
+                    waiting.append(shard)
+                while len(waiting) > 1:
+                    yield from _finished(waiting.popleft(), finishing)
+            while waiting:
+                yield from _finished(waiting.popleft(), finishing)
+        finally:
+            finishing.settle()
+            finishing.shutdown()
 
     def _submit_queued(self, deadline: float) -> Iterator[PollEvent]:
         try:
@@ -171,6 +190,22 @@ class PollPass(PipelineWorker):
             for shard in self.ledger.shards(self.spec.name, states=[ShardState.SUBMITTED])
             if shard.batch_status is not None and shard.batch_status.is_terminal
         ]
+
+
+def _finished(shard: ShardRecord, finishing: SerialWorker) -> Iterator[PollEvent]:
+    """What finishing the collection of `shard` (the oldest task of `finishing`) came to."""
+    try:
+        outcome = finishing.take()
+    except SHARD_ERRORS as exc:
+        yield _collect_error(shard, exc)
+        return
+    if not outcome.taken_over:
+        yield ShardCollected(shard.shard_id, outcome.retry_shard_ids)
+
+
+def _collect_error(shard: ShardRecord, exc: BaseException) -> PollError:
+    log.warning("collecting batch %s failed: %s", shard.batch_id, exc)
+    return PollError(f"collecting {shard.batch_id} ({shard.shard_id}): {exc}")
 
 
 def summarize(events: Iterable[PollEvent], open_shards: list[ShardRecord]) -> PollReport:
