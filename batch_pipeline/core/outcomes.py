@@ -59,13 +59,15 @@ CHUNK_BYTES = 16 * 1024 * 1024
 # Chunks in the pool at once, so at most this many are held unparsed: one more than two cores
 # parse side by side, so the thread done first takes the next chunk at once.
 PARSE_AHEAD = 3
-# Snappy, as pandas and Spark write by default: zstd makes files about a third smaller but
-# takes twice as long to write, and writing is most of the time of a day's results. Outcome
-# files too: zstd at its fastest level stores a million answers in 175 MB against 258 MB,
-# but adds about 0.3 s to each 50,000-row shard's collection (a fifth of the time to collect
-# a million rows), while the downloaded files, removed once the outcomes are written, and
-# `output.keep_intermediates_days` keep the footprint down at no cost in speed.
+# Results are snappy by default (`output.compression`), as pandas and Spark write: zstd makes
+# them about a third smaller but takes twice as long to write, and writing is most of the time
+# of a day's results.
 PARQUET_COMPRESSION = "snappy"
+# Outcome files are zstd (level 1, Arrow's default): a million answers in about 175 MB against
+# 258 MB snappy, kept for `output.keep_intermediates_days` and, on an object store, uploaded and
+# fetched back once each. Each is written on a thread of its own while the next shard is parsed
+# (see `poller`), so the slower compression is off the collection's path.
+OUTCOME_COMPRESSION = "zstd"
 # Columns with a value of their own on every row: a dictionary page cannot shrink them, and
 # trying one costs a hash of every value on write and a dictionary decode on read (for a
 # shard's outcomes, reading them back took 3.5 times as long).
@@ -117,7 +119,7 @@ def write_outcome_file(outcomes: pa.Table, dest: BinaryIO, *, order: pa.Array | 
             schema,
             use_dictionary=dictionary_columns(schema),
             write_statistics=dictionary_columns(schema),
-            compression=PARQUET_COMPRESSION,
+            compression=OUTCOME_COMPRESSION,
         ) as writer,
     ):
         for rows in row_groups:
