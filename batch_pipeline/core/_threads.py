@@ -98,7 +98,8 @@ class SerialWorker:
         try:
             return task(*args)
         except BaseException as exc:
-            self.fail(exc)
+            if self._stop_on_failure:  # else kept only by its future, until it is taken
+                self.fail(exc)
             raise
 
 

@@ -82,17 +82,12 @@ class Collector(PipelineWorker):
 
     # -- collect ----------------------------------------------------------------------------
 
-    def collect(self, shard: ShardRecord, *, allow_retries: bool = True) -> CollectOutcome | None:
-        """Download and settle one finished shard; None if another process holds it."""
-        begun = self.begin(shard, allow_retries=allow_retries)
-        return None if begun is None else begun.finish()
-
     def begin(self, shard: ShardRecord, *, allow_retries: bool = True) -> Collecting | None:
-        """The first half of `collect`: claim the shard, then download, parse and judge its
-        batch's outcomes. `finish` on the result writes the outcome file and does the rest; it
-        may run on another thread while this one begins the next shard, so that writing (and
-        uploading) one shard's outcomes overlaps reading the next. None if another process
-        holds the shard."""
+        """Collecting a finished shard, first half: claim it, then download, parse and judge
+        its batch's outcomes. `finish` does the rest (writes the outcome file, settles and lets
+        go of the shard); it may run on another thread while this one begins the next shard,
+        so that writing (and uploading) one shard's outcomes overlaps reading the next. None if
+        another process holds the shard."""
         claimed = self.ledger.claim(
             shard.shard_id,
             self.owner,
@@ -113,13 +108,37 @@ class Collector(PipelineWorker):
                 and is_transient_batch_failure(batch)
                 and claimed.submissions < self.tuning.max_submissions
             ):
-                return Collecting(self, claimed, batch, self._requeue(claimed, batch))
+                return Collecting(claimed, batch, self._requeue(claimed, batch))
             outcomes, order = self._outcomes(claimed, batch)
             judged = self._judge(claimed, outcomes, allow_retries=allow_retries, order=order)
-            return Collecting(self, claimed, batch, judged or _collection_taken_over(claimed))
+            return Collecting(claimed, batch, judged or _collection_taken_over(claimed))
         except BaseException:
             self._let_go(claimed)
             raise
+
+    def finish(self, begun: Collecting) -> CollectOutcome:
+        """Collecting a finished shard, second half: write the outcome file, mark the shard
+        collected (with its retry shards), tidy the downloads and the provider's files, and
+        release the shard (also on an error)."""
+        batch, result = begun.batch, begun.result
+        try:
+            if isinstance(result, CollectOutcome):
+                outcome = result
+                done_with = [batch.input_file_id]  # a batch queued again uploads it afresh
+            else:
+                outcome = self._record(result)
+                done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
+                if not outcome.taken_over:
+                    self._delete_downloads(shard_batch_dir(begun.shard))
+            if not outcome.taken_over:  # else the other process may still be reading them
+                self._delete_provider_files(*done_with)
+            return outcome
+        finally:
+            self._let_go(begun.shard)
+
+    def abandon(self, begun: Collecting) -> None:
+        """Let go of a begun shard without settling it: the next pass collects it afresh."""
+        self._let_go(begun.shard)
 
     def _let_go(self, shard: ShardRecord) -> None:
         self.ledger.release(shard.shard_id, self.owner)
@@ -313,6 +332,10 @@ class Collector(PipelineWorker):
     def _record(self, judged: JudgedOutcomes) -> CollectOutcome:
         """Write the outcome file and the retry shards, and mark the shard collected."""
         shard, retry_ids = judged.shard, judged.retry_ids
+        # Another shard's writing may have come between the judging and this: write nothing
+        # unless this process still holds the shard.
+        if not self.ledger.renew_lease(shard.shard_id, self.owner):
+            return _collection_taken_over(shard)
         relative = outcomes_path(shard_batch_dir(shard))
         with self.storage.atomic_write(relative) as handle:
             write_outcome_file(judged.outcomes, handle, order=judged.order)
@@ -366,33 +389,13 @@ class JudgedOutcomes:
 
 @dataclass(frozen=True)
 class Collecting:
-    """A claimed shard whose outcomes are read (`Collector.begin`): `finish` settles it and
-    lets it go. `result`: the outcomes to write, or what collecting came to without any (the
-    batch queued again, or the lease lost)."""
+    """A claimed shard whose outcomes are read (`Collector.begin`), for `Collector.finish`.
+    `result`: the outcomes to write, or what collecting came to without any (the batch queued
+    again, or the lease lost)."""
 
-    collector: Collector
     shard: ShardRecord
     batch: BatchInfo
     result: JudgedOutcomes | CollectOutcome
-
-    def finish(self) -> CollectOutcome:
-        """Write the outcome file, mark the shard collected (with its retry shards), tidy the
-        downloads and the provider's files, and release the shard (also on an error)."""
-        collector, batch, result = self.collector, self.batch, self.result
-        try:
-            if isinstance(result, CollectOutcome):
-                outcome = result
-                done_with = [batch.input_file_id]  # a batch queued again uploads it afresh
-            else:
-                outcome = collector._record(result)
-                done_with = [batch.input_file_id, batch.output_file_id, batch.error_file_id]
-                if not outcome.taken_over:
-                    collector._delete_downloads(shard_batch_dir(self.shard))
-            if not outcome.taken_over:  # else the other process may still be reading them
-                collector._delete_provider_files(*done_with)
-            return outcome
-        finally:
-            collector._let_go(self.shard)
 
 
 def _collection_taken_over(shard: ShardRecord) -> CollectOutcome:

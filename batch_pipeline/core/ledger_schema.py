@@ -12,7 +12,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from batch_pipeline.core.database_url import database_url, open_engine, sqlite_file
+from batch_pipeline.core.database_url import (
+    DatabaseUrlError,
+    database_url,
+    open_engine,
+    shown,
+    sqlite_file,
+)
 
 # 2: shards start `built` (a state version 1 does not know), otherwise the same tables.
 # 3: shards count `deferrals`, the tries of one submission cut short by the provider.
@@ -174,8 +180,13 @@ def create_engine(url: str) -> Engine:
     parsed = database_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = sqlite_file(parsed)
-        if database is not None:
-            database.parent.mkdir(parents=True, exist_ok=True)
+        if database is None:
+            raise DatabaseUrlError(
+                f"{shown(parsed)}: an in-memory ledger is lost with its process (and is not "
+                "shared between its threads), so a rerun would pay for batches again; give a "
+                "SQLite file (sqlite:///path/ledger.db) or PostgreSQL"
+            )
+        database.parent.mkdir(parents=True, exist_ok=True)
         engine = open_engine(parsed, connect_args={"timeout": 60})
 
         @sa.event.listens_for(engine, "connect")

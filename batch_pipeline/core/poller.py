@@ -112,8 +112,9 @@ class PollPass(PipelineWorker):
     ) -> Iterator[PollEvent]:
         """Collect each finished shard: one shard's outcome file is written (and uploaded, on a
         remote store) and the shard settled on a thread of its own, while the next shard's
-        outcomes are downloaded and parsed. At most two shards' outcomes are in memory: the
-        one being finished and the one being read (or queued behind it)."""
+        outcomes are downloaded and parsed; so a shard's `ShardCollected` comes once the next
+        one is read. At most two shards' outcomes are in memory: the one being finished and
+        the one being read (or queued behind it)."""
         collector = self.sibling(Collector)
         # Retries only serve a current generation that nobody cancelled.
         retrying = {(r.partition, r.generation) for r in records if not r.cancelled_at}
@@ -121,9 +122,16 @@ class PollPass(PipelineWorker):
         # early still finishes (and lets go of) every shard it claimed.
         finishing = SerialWorker(FINISHING_THREAD, capacity=2, stop_on_failure=False)
         waiting: deque[ShardRecord] = deque()  # the shards queued there, in order
+
+        def reported(up_to: int) -> Iterator[PollEvent]:
+            """What the oldest queued shards came to, until at most `up_to` are queued."""
+            while len(waiting) > up_to:
+                yield from _finished(waiting.popleft(), finishing)
+
         try:
             for shard in self.finished():
                 if self._clock() > deadline:
+                    yield from reported(0)
                     yield TimeBudgetUsedUp()
                     break
                 try:
@@ -131,15 +139,18 @@ class PollPass(PipelineWorker):
                         shard, allow_retries=(shard.partition, shard.generation) in retrying
                     )
                 except SHARD_ERRORS as exc:
+                    yield from reported(0)  # the shards before it are reported first
                     yield _collect_error(shard, exc)
                     continue
                 if begun is not None:
-                    finishing.submit(begun.finish)
+                    try:
+                        finishing.submit(collector.finish, begun)
+                    except BaseException:
+                        collector.abandon(begun)
+                        raise
                     waiting.append(shard)
-                while len(waiting) > 1:
-                    yield from _finished(waiting.popleft(), finishing)
-            while waiting:
-                yield from _finished(waiting.popleft(), finishing)
+                yield from reported(1)
+            yield from reported(0)
         finally:
             finishing.settle()
             finishing.shutdown()

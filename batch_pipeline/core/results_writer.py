@@ -87,7 +87,7 @@ class ResultsWriter(PipelineWorker):
             ) from None
         finally:
             reads.close()
-            pa.default_memory_pool().release_unused()  # see Collector.collect
+            pa.default_memory_pool().release_unused()  # see Collector._let_go
         result = self._results_summary(partition, record.generation, summary)
         self.ledger.mark_collected(
             self.spec.name,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
+from batch_pipeline.core.database_url import DatabaseUrlError
 from batch_pipeline.core.leases import lease_is_free
 from batch_pipeline.core.ledger import Ledger
 
@@ -56,3 +58,9 @@ def test_two_build_claims_of_one_generation_exclude_each_other_until_released(tm
         assert ledger.claim_build("tickets", DAY, generation, "b")
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_ledger_is_refused_naming_what_to_give(url) -> None:
+    with pytest.raises(DatabaseUrlError, match=r"in-memory ledger .* SQLite file .* PostgreSQL"):
+        Ledger(url)

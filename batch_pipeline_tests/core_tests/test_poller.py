@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
+from batch_pipeline.core.backends.base import BackendError
 from batch_pipeline.core.pipeline import Pipeline
 from batch_pipeline.core.poller import (
     FINISHING_THREAD,
@@ -187,3 +188,24 @@ def test_a_pass_left_after_its_first_event_holds_no_shard(tmp_path, memory_api) 
         assert pipeline.poll().collected_shards == 1
         summary = pipeline.collect_results(DAY)
     assert summary.counts["succeeded"] == summary.rows == 3
+
+
+def test_a_shard_that_cannot_be_read_is_reported_in_its_place_between_the_others(
+    tmp_path, memory_api
+) -> None:
+    """The second shard's download fails: its error comes after the first shard's collection
+    and before the third's, as the work was done."""
+    downloads: list[str] = []
+
+    def fail_the_second(file_id: str, dest) -> None:
+        downloads.append(file_id)
+        if len(downloads) == 2:
+            raise BackendError("download failed: connection reset")
+
+    backend = Intercepted(memory_api.service, download_file=fail_the_second)
+    with three_finished_shards(tmp_path, memory_api, backend=backend) as pipeline:
+        events = list(pipeline._worker(PollPass).events(time_budget_seconds=40))
+        kinds = [type(e).__name__ for e in events if not isinstance(e, BatchChanged)]
+        assert kinds == ["ShardCollected", "PollError", "ShardCollected"]
+        assert "connection reset" in events[-2].message
+        assert pipeline.poll().collected_shards == 1
