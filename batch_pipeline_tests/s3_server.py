@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -126,16 +127,14 @@ def running_s3_server() -> Iterator[S3Server]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto_decoded_body = S3Response._handle_encoded_body
-    S3Response._handle_encoded_body = _decoded_body  # type: ignore[method-assign]
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield S3Server(endpoint=f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
-        S3Response._handle_encoded_body = moto_decoded_body  # type: ignore[method-assign]
+    with mock.patch.object(S3Response, "_handle_encoded_body", _decoded_body):
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            yield S3Server(endpoint=f"http://127.0.0.1:{port}")
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -114,7 +114,8 @@ def run(config: Config) -> list[Row]:
             f"{_mb(intermediates)} ({_mb(intermediates * per_million)} a million rows): shards "
             f"{_mb(shards)}, outcomes {_mb(kept['outcomes'])}, "
             f"downloads {_mb(kept['downloads'])}",
-            f"the release before: {_mb(earlier)} (the same and downloads {_mb(downloaded)})",
+            f"the release before: at least {_mb(earlier)} (the same and downloads "
+            f"{_mb(downloaded)}; its outcome files were larger)",
             kept_ratio,
             "≤ 0.5x the release before",
             kept_ratio <= 0.5,

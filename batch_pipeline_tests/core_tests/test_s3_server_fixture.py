@@ -7,9 +7,8 @@ import pytest
 
 from batch_pipeline_tests.s3_server import _decoded_body
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_the_environment_points_at_a_server_holding_the_bucket(s3, s3_bucket, monkeypatch):
     assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint
     s3.client().put_object(Bucket=s3_bucket, Key="a/b.txt", Body=b"x")
@@ -17,6 +16,7 @@ def test_the_environment_points_at_a_server_holding_the_bucket(s3, s3_bucket, mo
     assert s3.pending_uploads(s3_bucket) == []
 
 
+@pytest.mark.slow
 def test_checking_credentials_refuses_keys_the_server_never_issued(s3, s3_bucket):
     with s3.checking_credentials(), pytest.raises(botocore.exceptions.ClientError) as error:
         s3.client().list_objects_v2(Bucket=s3_bucket)
@@ -32,10 +32,22 @@ def test_an_aws_chunked_body_is_decoded_to_its_bytes_without_framing_or_trailer(
     assert _decoded_body(None, b"") == b""
 
 
-def test_what_the_aws_sdk_uploads_in_chunks_is_stored_byte_for_byte(s3, s3_bucket):
+@pytest.mark.slow
+def test_what_the_aws_sdk_uploads_in_chunks_is_stored_byte_for_byte(s3, s3_bucket, monkeypatch):
     """pyarrow's AWS SDK sends aws-chunked bodies with a checksum trailer, as one PUT (under
-    a part) and as a multipart upload; boto3 reads back exactly what was written."""
+    a part) and as a multipart upload; the server decodes them with `_decoded_body`, and
+    boto3 reads back exactly what was written."""
+    from moto.s3.responses import S3Response
+
     from batch_pipeline.core.storage_uri import RemoteLocation, filesystem_for
+
+    decoded: list[int] = []
+
+    def counted(self, body):
+        decoded.append(1)
+        return _decoded_body(self, body)
+
+    monkeypatch.setattr(S3Response, "_handle_encoded_body", counted)
 
     filesystem = filesystem_for(RemoteLocation.parse(f"s3://{s3_bucket}"))
     for key, size in (("small.bin", 3 * 1024 * 1024 + 17), ("large.bin", 23 * 1024 * 1024)):
@@ -44,4 +56,5 @@ def test_what_the_aws_sdk_uploads_in_chunks_is_stored_byte_for_byte(s3, s3_bucke
             stream.write(data)
         stored = s3.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read()
         assert stored == data, key
+    assert len(decoded) >= 4  # the PUT, and the large file's three parts
     assert s3.pending_uploads(s3_bucket) == []
