@@ -26,7 +26,10 @@ from batch_pipeline_tests.core_tests.test_submission_recovery import Intercepted
 DAY = "2026-11-20"
 
 
-def tickets_pipeline(tmp_path, api: MemoryApi, rows: int = 3, **overrides) -> Pipeline:
+def tickets_pipeline(
+    tmp_path, api: MemoryApi, rows: int = 3, backend=None, **overrides
+) -> Pipeline:
+    """A pipeline over `rows` tickets of DAY (`backend`: in place of the API's own)."""
     at = datetime(2026, 11, 20, 9)
     write_tickets(
         tmp_path / "tickets.parquet",
@@ -36,7 +39,8 @@ def tickets_pipeline(tmp_path, api: MemoryApi, rows: int = 3, **overrides) -> Pi
         ],
     )
     spec = ticket_spec(tmp_path, api.base_url, **overrides)
-    return api.pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path))
+    options = {} if backend is None else {"backend": backend}
+    return api.pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path), **options)
 
 
 def test_a_pass_yields_each_step_as_it_happens_in_order(tmp_path, memory_api) -> None:
@@ -86,22 +90,9 @@ def test_a_queued_shard_past_the_deadline_waits_for_the_time_budget(tmp_path, me
         assert [type(event) for event in events] == [BatchSubmitted]
 
 
-def three_finished_shards(tmp_path, api: MemoryApi, **options) -> Pipeline:
+def three_finished_shards(tmp_path, api: MemoryApi, backend=None) -> Pipeline:
     """A pipeline whose three shards (one ticket each) have finished batches."""
-    write_tickets(
-        tmp_path / "tickets.parquet",
-        [
-            {
-                "ticket_id": f"T{i}",
-                "subject": f"Order {i}",
-                "body": "late",
-                "created_at": datetime(2026, 11, 20, 9),
-            }
-            for i in range(3)
-        ],
-    )
-    spec = ticket_spec(tmp_path, api.base_url, limits={"max_requests_per_file": 1})
-    pipeline = api.pipeline(PipelineSpec.from_dict(spec, base_dir=tmp_path), **options)
+    pipeline = tickets_pipeline(tmp_path, api, backend=backend, limits={"max_requests_per_file": 1})
     pipeline.build_requests(DAY)
     assert len(pipeline.submit(DAY).submitted_batch_ids) == 3
     api.sleep(10)  # past the completion window
